@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only. The logic lives in ``imgflow``, the task wrappers in ``tasks``."""

@@ -1,0 +1,108 @@
+"""The ``imgflow`` command line.
+
+    imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N] [--json]
+    imgflow models [--artifacts DIR] [--name NAME]
+
+A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
+with status 2, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from imgflow.errors import UserError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from imgflow.config import build_run_config
+
+    # Check the arguments before starting Prefect, so a typo costs nothing.
+    build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
+    from flows.train import train
+
+    summary = train(
+        dataset=args.dataset,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+    )
+    sys.stderr.flush()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True), flush=True)
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(f"{summary['model']}: {summary['decision']}" + (f" as {summary['version']}" if summary["version"] else ""))
+    print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
+    for reason in summary["reasons"]:
+        print(f"  {reason}")
+    print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
+    for name, path in summary["artifacts"].items():
+        if path:
+            print(f"  {name}: {path}")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from imgflow import registry
+
+    root = Path(args.artifacts)
+    names = [args.name] if args.name else sorted(p.name for p in (root / "models").glob("*") if p.is_dir())
+    if not names:
+        print(f"no models registered under {root / 'models'}")
+    for name in names:
+        champion = registry.champion(root, name)
+        print(name)
+        for version in registry.versions(root, name):
+            card = registry.card(root, name, version)
+            mark = "*" if champion and champion["version"] == version else " "
+            print(f" {mark} {version}  accuracy {card['metrics']['accuracy']:.4f}  {card['source']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgflow", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the train flow: download, clean, shard, train, validate, export")
+    run.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
+    run.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    run.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    run.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    run.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    run.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
+    run.set_defaults(handler=_run)
+
+    models = commands.add_parser("models", help="list registered models and versions (* marks the champion)")
+    models.add_argument("--artifacts", default="artifacts")
+    models.add_argument("--name", help="only this model")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A batch job on a closed network: the Prefect server's telemetry heartbeat only fails (and logs a
+    # traceback). Set PREFECT_SERVER_ANALYTICS_ENABLED=true to turn it back on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"imgflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Small typed configs, one per stage, and the named dataset specs in ``datasets/*.toml``.
+
+Each stage's cache key hashes only its own config, so changing a field reruns exactly that stage and
+the ones downstream of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgflow.errors import ConfigError
+
+REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    source: str
+    limit: int | None = None  # keep a fixed sample of this many records (see stages.download.sample)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    image_size: tuple[int, int] | None = None  # (height, width); None: the most common size
+    channels: int | None = None  # 1 or 3; None: 1 when every image is grayscale, else 3
+    class_names: tuple[str, ...] | None = None  # None: the sorted labels found
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_salt: str = ""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    records_per_shard: int = 1024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "cnn"
+    width: int = 24
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    dropout: float = 0.3
+    translate: float = 0.1
+    rotate: float = 0.05
+    zoom: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_accuracy: float = 0.98
+    tolerance: float = 0.005  # how much worse than the champion a candidate may be
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    parity_tolerance: float = 1e-5
+    parity_batch: int = 256
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset comes from and how to read it; ``name`` also names the model in the registry."""
+
+    name: str
+    source: str
+    limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    clean: CleanConfig = CleanConfig()
+    train: dict[str, Any] = field(default_factory=dict)  # per-dataset TrainConfig defaults
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: DatasetSpec
+    artifacts: Path
+    download: DownloadConfig
+    clean: CleanConfig
+    shard: ShardConfig
+    train: TrainConfig
+    gate: GateConfig
+    export: ExportConfig
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+def _spec_from_toml(path: Path) -> DatasetSpec:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"dataset spec {path} is not valid TOML: {exc}") from None
+    if "source" not in data:
+        raise ConfigError(f"dataset spec {path} has no 'source' (e.g. source = \"sample:mnist5k\")")
+    unknown = sorted(set(data) - {"name", "source", "limit", "options", "clean", "train"})
+    if unknown:
+        raise ConfigError(
+            f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; "
+            "known: name, source, limit, options, [clean], [train]"
+        )
+    clean = dict(data.pop("clean", {}))
+    for key in ("image_size", "class_names"):
+        if key in clean:
+            clean[key] = tuple(clean[key])
+    return DatasetSpec(
+        name=data.pop("name", path.stem),
+        source=data.pop("source"),
+        limit=data.pop("limit", None),
+        options=dict(data.pop("options", {})),
+        clean=_build(CleanConfig, clean, f"{path} [clean]"),
+        train=dict(data.pop("train", {})),
+    )
+
+
+def resolve_dataset(spec: str, search: tuple[Path, ...] = ()) -> DatasetSpec:
+    """A dataset from a name (``datasets/NAME.toml``), a path to a TOML file, or a source spec.
+
+    A source spec (``scheme:rest``, e.g. ``tfds:mnist``) gets default cleaning settings and is named after
+    the last part of its path or name.
+    """
+    candidate = Path(spec)
+    if spec.endswith(".toml"):
+        if not candidate.is_file():
+            raise ConfigError(f"dataset spec file {spec} does not exist")
+        return _spec_from_toml(candidate)
+    if ":" in spec:
+        scheme, _, rest = spec.partition(":")
+        base = rest.split("#", 1)[0].rstrip("/").replace("\\", "/").split("/")[-1]
+        name = base.split(":", 1)[0].split(".")[0] or scheme
+        return DatasetSpec(name=name, source=spec)
+    for folder in (*search, Path.cwd() / "datasets", REPO_DATASETS):
+        path = folder / f"{spec}.toml"
+        if path.is_file():
+            return _spec_from_toml(path)
+    known = sorted({p.stem for folder in (Path.cwd() / "datasets", REPO_DATASETS) for p in folder.glob("*.toml")})
+    raise ConfigError(
+        f"unknown dataset {spec!r}: not a file, not a source spec (scheme:...), and no datasets/{spec}.toml; "
+        f"named datasets: {', '.join(known) or 'none'}"
+    )
+
+
+def build_run_config(
+    dataset: str,
+    artifacts: str | Path = "artifacts",
+    *,
+    epochs: int | None = None,
+    min_accuracy: float | None = None,
+    limit: int | None = None,
+    train: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a dataset and layer the command-line overrides on top of its defaults."""
+    spec = resolve_dataset(dataset)
+    train_values = {**spec.train, **(train or {})}
+    if epochs is not None:
+        train_values["epochs"] = epochs
+    train_cfg = _build(TrainConfig, train_values, f"dataset {spec.name} [train]")
+    if train_cfg.epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {train_cfg.epochs}")
+    gate = GateConfig() if min_accuracy is None else GateConfig(min_accuracy=min_accuracy)
+    if not 0.0 <= gate.min_accuracy <= 1.0:
+        raise ConfigError(f"min-accuracy must be between 0 and 1, got {gate.min_accuracy}")
+    effective_limit = limit if limit is not None else spec.limit
+    if effective_limit is not None and effective_limit < 1:
+        raise ConfigError(f"limit must be positive, got {effective_limit}")
+    return RunConfig(
+        dataset=spec,
+        artifacts=Path(artifacts).resolve(),
+        download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options),
+        clean=spec.clean,
+        shard=ShardConfig(),
+        train=train_cfg,
+        gate=gate,
+        export=ExportConfig(),
+    )

@@ -1,0 +1,85 @@
+"""Promotion: register a validated, exported model and move the champion pointer to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imgflow import registry
+from imgflow.fingerprint import to_jsonable
+from imgflow.store import StageResult
+
+
+def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
+    """The card of a candidate: config, fingerprints, metrics, gate decision and lineage."""
+    validation = results["validate"].info
+    lineage = {
+        stage: {"key": result.key, "fingerprint": result.fingerprint, "path": result.path}
+        for stage, result in results.items()
+    }
+    data = {
+        "model_fingerprint": results["train"].fingerprint,
+        "data_fingerprint": results["clean"].info["data_fingerprint"],
+        "source": results["download"].info["source"],
+        "image_shape": results["shard"].info["image_shape"],
+        "class_names": results["shard"].info["class_names"],
+        "metrics": {
+            "accuracy": validation["accuracy"],
+            "test_records": validation["test_records"],
+            "champion_accuracy": validation["champion_accuracy"],
+        },
+        "decision": {"promote": validation["promote"], "reasons": validation["reasons"]},
+        "training": results["train"].info,
+        "parity": results["export"].info["parity"],
+        "config": to_jsonable(config),
+        "lineage": lineage,
+    }
+    lines = [
+        f"# Model card: {name} {{version}}",
+        "",
+        f"- source: `{data['source']}`",
+        f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255, float32 or uint8",
+        f"- classes: {', '.join(data['class_names'])}",
+        f"- test accuracy: **{validation['accuracy']:.4f}** on {validation['test_records']} held-out records",
+        f"- gate: {'; '.join(validation['reasons'])}",
+        f"- SavedModel vs ONNX max abs difference: {data['parity']['max_abs_diff']:.2e}",
+        f"- model fingerprint: `{data['model_fingerprint']}`",
+        f"- data fingerprint: `{data['data_fingerprint']}`",
+        "",
+        "## Lineage",
+        "",
+        "| stage | key | output fingerprint |",
+        "|---|---|---|",
+        *[f"| {stage} | `{item['key']}` | `{item['fingerprint'][:16]}` |" for stage, item in lineage.items()],
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(data["config"], indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return data, "\n".join(lines)
+
+
+def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Register the candidate (once) and make it the champion; return the champion pointer."""
+    card, card_md = model_card(name, config, results)
+    files = {
+        "savedmodel": results["export"].file("savedmodel"),
+        "model.onnx": results["export"].file("model.onnx"),
+        "parity.json": results["export"].file("parity.json"),
+        "metrics.json": results["validate"].file("metrics.json"),
+        "confusion_matrix.png": results["validate"].file("confusion_matrix.png"),
+        "validation.md": results["validate"].file("report.md"),
+        "training_curves.png": results["train"].file("training_curves.png"),
+        "history.json": results["train"].file("history.json"),
+        "data_quality.md": results["clean"].file("report.md"),
+    }
+    version = registry.register(root, name, files, card, card_md)
+    current = registry.champion(root, name)
+    if current is not None and current["version"] == version:
+        return current
+    return registry.set_champion(root, name, version, reason="; ".join(results["validate"].info["reasons"]))

@@ -1,0 +1,140 @@
+"""The model registry: numbered versions of each model and an atomically moved champion pointer.
+
+Layout under ``<artifacts>/models/<name>/``::
+
+    champion.json        {"version", "model_fingerprint", "accuracy", "promoted_at", ...}; replaced
+                         atomically, so a reader sees the old champion or the new one, never neither
+    history.jsonl        one line per pointer move: version, previous version, when, who, why
+    v<N>/                one registered model version
+        savedmodel/      the TensorFlow SavedModel (serving_default takes raw pixels)
+        model.onnx       the ONNX model
+        card.json        config, data and model fingerprints, metrics, gate decision, lineage
+        model_card.md    the same for a person
+        ...              the run's plots and metrics
+
+A version folder is assembled in a temporary folder and renamed into place complete; a model already
+registered (same model fingerprint) is never registered twice.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imgflow.store import StageResult, write_json_atomic
+
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+def model_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / "models" / name
+
+
+def versions(root: str | Path, name: str) -> list[str]:
+    folder = model_dir(root, name)
+    if not folder.is_dir():
+        return []
+    found = [p.name for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def card(root: str | Path, name: str, version: str) -> dict[str, Any]:
+    return json.loads((model_dir(root, name) / version / "card.json").read_text())
+
+
+def champion(root: str | Path, name: str) -> dict[str, Any] | None:
+    """The champion pointer of model ``name``, or None before the first promotion."""
+    pointer = model_dir(root, name) / "champion.json"
+    if not pointer.is_file():
+        return None
+    data = json.loads(pointer.read_text())
+    return {**data, "path": str(model_dir(root, name) / data["version"])}
+
+
+def champion_result(root: str | Path, name: str) -> StageResult | None:
+    """The champion as an input to the validate stage: its folder and its model fingerprint."""
+    pointer = champion(root, name)
+    if pointer is None:
+        return None
+    return StageResult(
+        stage="champion",
+        key=pointer["version"],
+        path=pointer["path"],
+        fingerprint=pointer["model_fingerprint"],
+        status="cached",
+        info={"accuracy": pointer.get("accuracy")},
+    )
+
+
+def find_version(root: str | Path, name: str, model_fingerprint: str) -> str | None:
+    for version in versions(root, name):
+        if card(root, name, version).get("model_fingerprint") == model_fingerprint:
+            return version
+    return None
+
+
+def register(root: str | Path, name: str, files: Mapping[str, Path], card_data: Mapping[str, Any], card_md: str) -> str:
+    """Copy ``files`` (name in the version folder -> source path) into a new version; return its name.
+
+    ``card_data["model_fingerprint"]`` identifies the model: registering it again returns the existing
+    version.
+    """
+    existing = find_version(root, name, card_data["model_fingerprint"])
+    if existing is not None:
+        return existing
+    folder = model_dir(root, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for target, source in files.items():
+            if Path(source).is_dir():
+                shutil.copytree(source, tmp / target)
+            else:
+                shutil.copy2(source, tmp / target)
+        while True:
+            taken = versions(root, name)
+            version = f"v{int(taken[-1][1:]) + 1 if taken else 1}"
+            write_json_atomic(tmp / "card.json", {**card_data, "name": name, "version": version})
+            (tmp / "model_card.md").write_text(card_md.replace("{version}", version))
+            try:
+                os.rename(tmp, folder / version)
+                return version
+            except OSError:
+                if not (folder / version).exists():
+                    raise
+                # Another run took this number first: take the next one.
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def set_champion(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
+    """Point the champion at ``version`` (atomically) and record the move in history.jsonl."""
+    folder = model_dir(root, name)
+    if not (folder / version / "card.json").is_file():
+        raise ValueError(f"model {name} has no version {version}; versions: {', '.join(versions(root, name)) or 'none'}")
+    data = card(root, name, version)
+    previous = champion(root, name)
+    pointer = {
+        "name": name,
+        "version": version,
+        "model_fingerprint": data["model_fingerprint"],
+        "accuracy": data["metrics"]["accuracy"],
+        "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "previous": previous["version"] if previous else None,
+        "by": getpass.getuser(),
+        "reason": reason,
+    }
+    write_json_atomic(folder / "champion.json", pointer)
+    with open(folder / "history.jsonl", "a") as history:
+        history.write(json.dumps(pointer, sort_keys=True) + "\n")
+    return {**pointer, "path": str(folder / version)}

@@ -1,0 +1,63 @@
+"""shard: the clean table as TFRecord files, one set per split.
+
+Output folder::
+
+    <split>-<index>-of-<count>.tfrecord   tf.train.Example records (spec: ``imgflow.features``),
+                                          e.g. train-00000-of-00004.tfrecord
+
+The manifest's info names each split's files and record counts, the image shape and the class names:
+everything a reader needs without opening the shards. Records keep the clean table's order, so a
+shard's content depends only on the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imgflow.config import ShardConfig
+from imgflow.stages.clean import SPLITS
+from imgflow.store import Stage, StageResult
+
+
+def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from imgflow.features import make_example, shard_name
+
+    clean = inputs["clean"]
+    table = pq.read_table(clean.file("records.parquet"))
+    splits: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        part = table.filter(pc.equal(table["split"], split))
+        count = max(1, math.ceil(part.num_rows / config.records_per_shard))
+        files = []
+        for index in range(count):
+            rows = part.slice(index * config.records_per_shard, config.records_per_shard)
+            name = shard_name(split, index, count)
+            with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
+                for record_id, pixels, label in zip(
+                    rows["id"].to_pylist(), rows["pixels"].to_pylist(), rows["label"].to_pylist(), strict=True
+                ):
+                    writer.write(make_example(record_id, pixels, label))
+            files.append(name)
+        splits[split] = {"files": files, "records": part.num_rows}
+    return {
+        "image_shape": clean.info["image_shape"],
+        "class_names": clean.info["class_names"],
+        "data_fingerprint": clean.info["data_fingerprint"],
+        "splits": splits,
+    }
+
+
+def split_files(shards: StageResult, split: str) -> list[str]:
+    """Absolute paths of one split's shard files."""
+    return [str(Path(shards.path) / name) for name in shards.info["splits"][split]["files"]]
+
+
+SHARD = Stage("shard", "1", _build)

@@ -1,0 +1,91 @@
+"""train: a Keras model fitted on the train split, read from the shards with tf.data.
+
+Output folder::
+
+    model.keras           the trained model; takes raw pixels (N, H, W, C) in 0..255, returns probabilities
+    history.json          per-epoch loss, accuracy, val_loss, val_accuracy and learning rate
+    training_curves.png   the same as plots
+
+The learning rate warms up linearly for the first tenth of the steps and then follows a cosine decay;
+seeds are fixed so a rerun on the same data trains the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imgflow.config import TrainConfig
+from imgflow.stages.shard import split_files
+from imgflow.store import Stage, StageResult
+
+_EVAL_BATCH = 256
+
+
+def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    import keras
+
+    from imgflow.data import make_augmenter, shard_dataset
+    from imgflow.models import build_model
+    from imgflow.reports import plot_training_curves
+
+    shards = inputs["shards"]
+    shape = tuple(shards.info["image_shape"])
+    num_classes = len(shards.info["class_names"])
+    n_train = shards.info["splits"]["train"]["records"]
+    if n_train == 0:
+        raise ValueError(f"the train split in {shards.path} is empty: nothing to train on")
+    keras.utils.set_random_seed(config.seed)
+
+    augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
+    train_data = shard_dataset(
+        split_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed, augmenter=augmenter
+    )
+    val_data, val_steps = None, None
+    n_val = shards.info["splits"]["val"]["records"]
+    if n_val:
+        val_data = shard_dataset(split_files(shards, "val"), shape, _EVAL_BATCH, training=False)
+        # Known step counts: a dataset of unknown length makes Keras warn that input "ran out".
+        val_steps = math.ceil(n_val / _EVAL_BATCH)
+
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10,
+        decay_steps=max(1, total_steps - total_steps // 10),
+        warmup_target=config.learning_rate,
+        warmup_steps=total_steps // 10,
+    )
+    model = build_model(config.model, shape, num_classes, config.width, config.dropout)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history = model.fit(
+        train_data,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_data,
+        validation_steps=val_steps,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    model.save(out_dir / "model.keras")
+    curves = {name: [float(v) for v in values] for name, values in history.history.items()}
+    (out_dir / "history.json").write_text(json.dumps(curves, indent=2) + "\n")
+    plot_training_curves(curves, out_dir / "training_curves.png")
+    last = {name: values[-1] for name, values in curves.items()}
+    return {
+        "epochs": config.epochs,
+        "train_records": n_train,
+        "parameters": int(model.count_params()),
+        "final": last,
+    }
+
+
+TRAIN = Stage("train", "1", _build)

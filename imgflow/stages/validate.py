@@ -1,0 +1,119 @@
+"""validate: evaluate the candidate and the current champion on the same test split; decide promotion.
+
+Output folder::
+
+    metrics.json           accuracy, per-class precision/recall/F1, confusion matrix, the champion's
+                           accuracy on the same records
+    decision.json          promote (true/false), the reasons, and the numbers compared
+    confusion_matrix.png   the candidate's confusion matrix on the test split
+    report.md              the above for a person
+
+The champion is evaluated through its ONNX export, so any past model that takes the same input shape
+can be compared, whatever code built it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgflow.config import GateConfig
+from imgflow.gate import decide
+from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
+from imgflow.stages.shard import split_files
+from imgflow.store import Stage, StageResult, write_json_atomic
+
+
+def onnx_predict(model_path: str | Path, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities from an ONNX export for raw uint8/float32 pixels (N, H, W, C)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    outputs = [
+        session.run(None, {input_name: images[start : start + batch_size].astype(np.float32)})[0]
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs)
+
+
+def _champion_accuracy(champion: StageResult | None, candidate: StageResult, images: np.ndarray, labels: np.ndarray, accuracy: float) -> tuple[float | None, str]:
+    if champion is None:
+        return None, "none"
+    if champion.fingerprint == candidate.fingerprint:
+        return accuracy, "the candidate is the champion"
+    onnx_path = Path(champion.path) / "model.onnx"
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    if [d for d in expected[1:]] != list(images.shape[1:]):
+        return None, f"champion {champion.key} takes input {expected[1:]}, the test split is {list(images.shape[1:])}: not comparable"
+    predictions = onnx_predict(onnx_path, images).argmax(axis=1)
+    return float((predictions == labels).mean()), f"champion {champion.key} evaluated on the same test split"
+
+
+def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    import keras
+
+    from imgflow.data import load_arrays
+
+    shards, model_result = inputs["shards"], inputs["model"]
+    shape = tuple(shards.info["image_shape"])
+    class_names = shards.info["class_names"]
+    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
+    if len(labels) == 0:
+        raise ValueError(f"the test split in {shards.path} is empty: nothing to validate on")
+    model = keras.models.load_model(model_result.file("model.keras"))
+    probabilities = model.predict(images.astype(np.float32), batch_size=512, verbose=0)
+    predictions = probabilities.argmax(axis=1)
+    accuracy = float((predictions == labels).mean())
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    per_class = per_class_metrics(matrix, class_names)
+
+    champion_accuracy, champion_note = _champion_accuracy(inputs.get("champion"), model_result, images, labels, accuracy)
+    decision = decide(accuracy, champion_accuracy, config)
+    metrics = {
+        "accuracy": accuracy,
+        "test_records": int(len(labels)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "class_names": class_names,
+        "champion_accuracy": champion_accuracy,
+        "champion": champion_note,
+    }
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
+    plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
+    verdict = "PROMOTE" if decision.promote else "REJECT"
+    (out_dir / "report.md").write_text(
+        "\n".join(
+            [
+                f"# Validation: {verdict}",
+                "",
+                f"- test accuracy: **{accuracy:.4f}** on {len(labels)} records",
+                f"- champion: {champion_note}"
+                + (f", accuracy {champion_accuracy:.4f}" if champion_accuracy is not None else ""),
+                *[f"- {reason}" for reason in decision.reasons],
+                "",
+                "## Per class",
+                "",
+                per_class_markdown(per_class),
+                "",
+            ]
+        )
+    )
+    return {
+        "accuracy": accuracy,
+        "test_records": int(len(labels)),
+        "champion_accuracy": champion_accuracy,
+        "champion": champion_note,
+        "promote": decision.promote,
+        "reasons": list(decision.reasons),
+    }
+
+
+VALIDATE = Stage("validate", "1", _build)

@@ -1,0 +1,187 @@
+"""The artifact store: where every stage output lives, and the truth about what is already done.
+
+Layout under the root (``artifacts/`` by default)::
+
+    <stage>/<key>/            one complete output of a stage for one key
+        manifest.json         written last: stage, key, config, input fingerprints, files and their
+                              sha256, the stage's own info, and the output fingerprint
+        ...                   the stage's files (documented in each stage module)
+    <stage>/.tmp-<key>-<id>/  an output being written; never read, removed on the next attempt
+    models/<name>/            the model registry (see ``imgflow.registry``)
+
+An output is complete exactly when its ``manifest.json`` exists: the stage writes into a temporary
+folder, the manifest goes in last, and one ``rename`` moves the folder into place. A crash at any point
+leaves either the previous state or a complete output, never a partial one a later run could take for
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgflow import __version__
+from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
+
+MANIFEST = "manifest.json"
+KEY_LENGTH = 20
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage hands downstream: where its output is and what it contains, never the data."""
+
+    stage: str
+    key: str
+    path: str
+    fingerprint: str
+    status: str  # "ran" or "cached"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageResult:
+        return cls(**data)
+
+    def file(self, name: str) -> Path:
+        return Path(self.path) / name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+class ArtifactStore:
+    """Stage outputs keyed by content, under one root folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def stage_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> StageResult | None:
+        """The complete output for ``key``, or None when there is none."""
+        manifest_path = self.stage_dir(stage, key) / MANIFEST
+        if not manifest_path.is_file():
+            return None
+        manifest = json.loads(manifest_path.read_text())
+        return StageResult(
+            stage=stage,
+            key=key,
+            path=str(manifest_path.parent),
+            fingerprint=manifest["fingerprint"],
+            status="cached",
+            info=manifest["info"],
+        )
+
+    def build(
+        self,
+        stage: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any]],
+        *,
+        config: Any,
+        inputs: Mapping[str, str],
+    ) -> StageResult:
+        """Return the output for ``key``, calling ``build(tmp_dir) -> info`` only when it is missing."""
+        existing = self.lookup(stage, key)
+        if existing is not None:
+            return existing
+        parent = self.root / stage
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".tmp-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            started = time.time()
+            info = build(tmp)
+            files = _file_table(tmp)
+            if not files:
+                raise RuntimeError(f"stage {stage!r} produced no output in {tmp}")
+            manifest = {
+                "stage": stage,
+                "key": key,
+                "imgflow_version": __version__,
+                "config": config,
+                "inputs": dict(inputs),
+                "files": files,
+                "fingerprint": stable_hash(files),
+                "info": info,
+                "seconds": round(time.time() - started, 3),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_json_atomic(tmp / MANIFEST, manifest)
+            final = self.stage_dir(stage, key)
+            if final.exists() and self.lookup(stage, key) is None:
+                # Only complete folders are ever renamed into place, so one without a manifest is
+                # debris (e.g. edited by hand): it must not block the rebuild.
+                shutil.rmtree(final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # Another run finished the same key first; its output is as good as ours.
+                if self.lookup(stage, key) is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        result = self.lookup(stage, key)
+        assert result is not None
+        return StageResult(**{**result.to_dict(), "status": "ran"})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One arrow of the pipeline: a name, a code version, and a function that builds its output.
+
+    ``build(out_dir, config, inputs)`` receives the upstream results by name and returns a small info
+    dict (counts, metrics) that lands in the manifest and the run summary. Bump ``version`` whenever a
+    change to the stage's code changes its output: it is part of the key.
+    """
+
+    name: str
+    version: str
+    build: Callable[[Path, Any, Mapping[str, StageResult]], dict[str, Any]]
+
+    def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
+        fingerprints = {
+            name: value.fingerprint if isinstance(value, StageResult) else value
+            for name, value in inputs.items()
+        }
+        return stable_hash([self.name, self.version, config, fingerprints])[:KEY_LENGTH]
+
+    def run(self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str]) -> StageResult:
+        key = self.key(config, inputs)
+        results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
+        return store.build(
+            self.name,
+            key,
+            lambda out_dir: self.build(out_dir, config, results),
+            config=config,
+            inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
+        )
