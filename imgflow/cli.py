@@ -21,9 +21,11 @@ from imgflow.errors import UserError
 
 def _run(args: argparse.Namespace) -> int:
     from imgflow.config import build_run_config
+    from imgflow.sources import open_source
 
-    # Check the arguments before starting Prefect, so a typo costs nothing.
-    build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
+    # Check the arguments and the source before starting Prefect, so a typo costs nothing.
+    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
+    open_source(cfg.download.source, cfg.download.options)
     from flows.train import train
 
     summary = train(

@@ -46,7 +46,7 @@ class TfdsSource:
                 f"unknown TFDS dataset {name!r} (from {self.spec}): it is not in the tensorflow-datasets catalog"
             ) from None
         except (ValueError, AssertionError) as exc:
-            raise SourceError(f"cannot open TFDS dataset {self.spec}: {exc}") from None
+            raise SourceError(f"cannot open TFDS dataset {self.spec}: {str(exc).splitlines()[0]}") from None
         features = self.builder.info.features
         self.image_key = _pick(features, tfds.features.Image, options.get("image_feature"), "image", name)
         self.label_key = _pick(features, tfds.features.ClassLabel, options.get("label_feature"), "class label", name)

@@ -1,0 +1,141 @@
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imgflow.config import CleanConfig
+from imgflow.errors import SourceError
+from imgflow.stages.clean import CLEAN, assign_split, decode, natural_key
+from imgflow.stages.download import SCHEMA
+from imgflow.store import ArtifactStore, StageResult
+from tests.conftest import digit_like, encode
+
+
+def _raw(store: ArtifactStore, rows: list[tuple[str, bytes, str]]) -> StageResult:
+    folder = store.root / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {"id": [r[0] for r in rows], "image": [r[1] for r in rows], "label": [r[2] for r in rows]}, schema=SCHEMA
+    )
+    pq.write_table(table, folder / "records.parquet")
+    return StageResult("download", "k", str(folder), fingerprint=str(hash(tuple(rows))), status="ran", info={"source": "test:corpus"})
+
+
+def _corpus() -> list[tuple[str, bytes, str]]:
+    rows = [(f"good/{i:03d}", encode(digit_like(i)), str(i % 3)) for i in range(60)]
+    png = encode(digit_like(1000))
+    rows += [
+        ("bad/empty", b"", "0"),
+        ("bad/truncated", png[: len(png) // 2], "1"),
+        ("bad/text", b"this is not an image at all", "2"),
+        ("dup/copy", encode(digit_like(5)), "2"),  # same pixels and label as good/005
+        ("dup/bmp", encode(digit_like(7), "BMP"), "1"),  # same pixels, other format
+        ("conflict/a", encode(digit_like(2000)), "0"),
+        ("conflict/b", encode(digit_like(2000)), "1"),
+        ("mode/rgba", encode(digit_like(3000), mode="RGBA"), "0"),
+        ("mode/palette", encode(digit_like(3001), "GIF", mode="P"), "1"),
+        ("size/big", encode(digit_like(3002, size=40)), "2"),
+    ]
+    return rows
+
+
+def test_clean_accounts_for_every_record(store: ArtifactStore) -> None:
+    rows = _corpus()
+    result = CLEAN.run(store, CleanConfig(image_size=(16, 16), channels=1), {"raw": _raw(store, rows)})
+    info = result.info
+    assert info["records_in"] == len(rows) == info["kept"] + info["quarantined"]
+    quarantine = pq.read_table(result.file("quarantine.parquet")).to_pylist()
+    reasons = {row["id"]: row["reason"] for row in quarantine}
+    assert reasons == {
+        "bad/empty": "empty",
+        "bad/truncated": "truncated",
+        "bad/text": "not_an_image",
+        "dup/copy": "duplicate",
+        "dup/bmp": "duplicate",
+        "conflict/a": "label_conflict",
+        "conflict/b": "label_conflict",
+    }
+    assert all(row["detail"] for row in quarantine)
+    assert next(r for r in quarantine if r["id"] == "bad/truncated")["image"] == rows[61][1][: len(rows[61][1])]
+    assert info["quarantine_reasons"] == {"duplicate": 2, "label_conflict": 2, "empty": 1, "truncated": 1, "not_an_image": 1}
+
+    kept = pq.read_table(result.file("records.parquet")).to_pylist()
+    assert {r["id"] for r in kept} >= {"mode/rgba", "mode/palette", "size/big", "good/005", "good/007"}
+    assert all(len(r["pixels"]) == 16 * 16 for r in kept)
+    assert info["class_names"] == ["0", "1", "2"]
+    assert all(info["class_names"][r["label"]] == r["label_name"] for r in kept)
+    report = Path(result.path, "report.md").read_text()
+    assert "| truncated | 1 |" in report and "bad/truncated" in report
+
+
+def test_kept_pixels_are_the_decoded_image(store: ArtifactStore) -> None:
+    rows = [(f"r{i}", encode(digit_like(i)), str(i % 2)) for i in range(10)]
+    result = CLEAN.run(store, CleanConfig(), {"raw": _raw(store, rows)})
+    kept = pq.read_table(result.file("records.parquet")).to_pylist()
+    assert result.info["image_shape"] == [16, 16, 1]  # inferred: most common size, all grayscale
+    first = next(r for r in kept if r["id"] == "r0")
+    assert np.array_equal(np.frombuffer(first["pixels"], np.uint8).reshape(16, 16), digit_like(0))
+
+
+def test_color_images_infer_three_channels_and_transparency_becomes_white(store: ArtifactStore) -> None:
+    transparent = np.zeros((16, 16, 4), np.uint8)
+    rows = [("clear", encode(transparent), "a"), ("gray", encode(digit_like(1)), "b")]
+    result = CLEAN.run(store, CleanConfig(test_fraction=0, val_fraction=0), {"raw": _raw(store, rows)})
+    assert result.info["image_shape"] == [16, 16, 3]
+    kept = {r["id"]: r for r in pq.read_table(result.file("records.parquet")).to_pylist()}
+    assert set(np.frombuffer(kept["clear"]["pixels"], np.uint8)) == {255}
+
+
+def test_unknown_label_is_quarantined(store: ArtifactStore) -> None:
+    rows = [(f"r{i}", encode(digit_like(i)), "abc"[i % 3]) for i in range(9)]
+    result = CLEAN.run(store, CleanConfig(class_names=("a", "b")), {"raw": _raw(store, rows)})
+    assert result.info["quarantine_reasons"] == {"unknown_label": 3}
+
+
+def test_no_decodable_image_fails_naming_the_source(store: ArtifactStore) -> None:
+    raw = _raw(store, [("a", b"", "0"), ("b", b"junk", "1")])
+    with pytest.raises(SourceError, match="test:corpus has no decodable image among its 2 records"):
+        CLEAN.run(store, CleanConfig(), {"raw": raw})
+
+
+def test_one_class_fails(store: ArtifactStore) -> None:
+    raw = _raw(store, [(f"r{i}", encode(digit_like(i)), "only") for i in range(5)])
+    with pytest.raises(SourceError, match="fewer than two classes"):
+        CLEAN.run(store, CleanConfig(), {"raw": raw})
+
+
+def test_splits_follow_fractions_and_never_share_an_image(store: ArtifactStore) -> None:
+    rows = [(f"r{i}", encode(digit_like(i)), str(i % 2)) for i in range(400)]
+    result = CLEAN.run(store, CleanConfig(test_fraction=0.25, val_fraction=0.1), {"raw": _raw(store, rows)})
+    kept = pq.read_table(result.file("records.parquet")).to_pylist()
+    counts = result.info["splits"]
+    assert 60 <= counts["test"] <= 140 and 15 <= counts["val"] <= 70
+    test_hashes = {r["sha256"] for r in kept if r["split"] == "test"}
+    assert not test_hashes & {r["sha256"] for r in kept if r["split"] == "train"}
+
+
+@given(
+    old=st.lists(st.binary(min_size=1, max_size=16), min_size=1, max_size=40, unique=True),
+    new=st.lists(st.binary(min_size=1, max_size=16), max_size=40),
+)
+def test_adding_records_never_moves_existing_ones(old: list[bytes], new: list[bytes]) -> None:
+    """The split of a record depends on its own content only, never on what else is in the data."""
+    from imgflow.fingerprint import sha256_bytes
+
+    before = {sha256_bytes(b): assign_split(sha256_bytes(b), 0.2, 0.1) for b in old}
+    after = {sha256_bytes(b): assign_split(sha256_bytes(b), 0.2, 0.1) for b in [*new, *old]}
+    assert all(after[h] == split for h, split in before.items())
+
+
+def test_decode_resizes_and_converts() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    assert decode(encode(rgb), (10, 12), 1).shape == (10, 12, 1)
+    assert decode(encode(rgb, "JPEG"), (30, 20), 3).shape == (30, 20, 3)
+
+
+def test_natural_sort_of_labels() -> None:
+    assert sorted(["10", "2", "cat", "1"], key=natural_key) == ["1", "2", "10", "cat"]

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from imgflow.config import build_run_config, resolve_dataset
+from imgflow.errors import ConfigError
+
+
+def test_named_dataset_reads_its_toml() -> None:
+    spec = resolve_dataset("mnist5k")
+    assert spec.name == "mnist5k" and spec.source == "sample:mnist5k"
+    assert spec.clean.image_size == (28, 28) and spec.clean.channels == 1
+    assert spec.clean.test_fraction >= 0.21  # >= 1,000 of the 5,000 digits held out
+
+
+def test_source_spec_gets_defaults_and_a_name() -> None:
+    assert resolve_dataset("tfds:mnist:3.0.1").name == "mnist"
+    assert resolve_dataset("sample:digits").name == "digits"
+
+
+def test_toml_path(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('source = "sample:digits"\n[clean]\nchannels = 1\n[train]\nepochs = 3\n')
+    cfg = build_run_config(str(path), tmp_path)
+    assert cfg.dataset.name == "mine" and cfg.train.epochs == 3 and cfg.clean.channels == 1
+
+
+def test_cli_values_override_dataset_defaults(tmp_path: Path) -> None:
+    cfg = build_run_config("digits", tmp_path, epochs=2, min_accuracy=0.5, limit=100)
+    assert cfg.train.epochs == 2 and cfg.gate.min_accuracy == 0.5 and cfg.download.limit == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"min_accuracy": 1.5}, "min-accuracy must be between 0 and 1"),
+        ({"limit": 0}, "limit must be positive"),
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_run_config("digits", tmp_path, **kwargs)
+
+
+def test_unknown_dataset_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown dataset 'nope'.*mnist5k"):
+        resolve_dataset("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("source = \n", "not valid TOML"),
+        ("name = 'x'\n", "has no 'source'"),
+        ("source = 'sample:digits'\ncolour = 1\n", "unknown key.*colour"),
+        ("source = 'sample:digits'\n[clean]\nsize = 3\n", "unknown setting.*size"),
+    ],
+)
+def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_dataset(str(path))
+    assert str(path) in str(info.value)

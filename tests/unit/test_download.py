@@ -1,0 +1,61 @@
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+from imgflow import sources
+from imgflow.config import DownloadConfig
+from imgflow.errors import SourceError
+from imgflow.sources import RawRecord
+from imgflow.stages.download import DOWNLOAD, sample, source_fingerprint
+from imgflow.store import ArtifactStore
+
+
+class ListSource:
+    """A source over records the test makes itself."""
+
+    def __init__(self, records: list[RawRecord]) -> None:
+        self.spec = "list:test"
+        self._records = records
+
+    def fingerprint(self) -> str:
+        return str(len(self._records))
+
+    def records(self) -> Iterator[RawRecord]:
+        return iter(self._records)
+
+
+def _records(n: int) -> list[RawRecord]:
+    return [RawRecord(id=f"r{i:04d}", image=bytes([i % 256]), label=str(i // (n // 2))) for i in range(n)]
+
+
+def test_sample_is_spread_fixed_and_in_source_order() -> None:
+    records = _records(1000)  # sorted by label, like mnist5k
+    chosen = sample(records, 100)
+    assert len(chosen) == 100
+    assert chosen == sample(list(reversed(records)), 100)[::-1]  # chosen by id, not position
+    assert [r.id for r in chosen] == sorted(r.id for r in chosen)
+    assert 30 <= sum(r.label == "0" for r in chosen) <= 70  # both halves represented
+    assert sample(records, 5000) == records
+
+
+def test_download_writes_every_record(store: ArtifactStore) -> None:
+    config = DownloadConfig(source="sample:digits")
+    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    table = pq.read_table(result.file("records.parquet"))
+    assert table.num_rows == result.info["records"] == 1797
+    assert table.column_names == ["id", "image", "label"]
+
+
+def test_download_limit(store: ArtifactStore) -> None:
+    config = DownloadConfig(source="sample:mnist5k", limit=300)
+    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    labels = pq.read_table(result.file("records.parquet")).column("label").to_pylist()
+    assert len(labels) == 300 and len(set(labels)) == 10
+
+
+def test_empty_source_fails_and_leaves_nothing(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sources.SCHEMES, "list", lambda rest, options: ListSource([]))
+    with pytest.raises(SourceError, match="list:empty holds no records"):
+        DOWNLOAD.run(store, DownloadConfig(source="list:empty"), {"source": "x"})
+    assert not any(p.name != ".gitkeep" for p in (store.root / "download").iterdir())

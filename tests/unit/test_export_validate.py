@@ -1,0 +1,96 @@
+"""Export and validate on a real (tiny, untrained) Keras model over real shards."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgflow import registry
+from imgflow.config import CleanConfig, DownloadConfig, ExportConfig, GateConfig, ShardConfig
+from imgflow.errors import ExportMismatchError
+from imgflow.stages.clean import CLEAN
+from imgflow.stages.download import DOWNLOAD, source_fingerprint
+from imgflow.stages.export import EXPORT
+from imgflow.stages.shard import SHARD, split_files
+from imgflow.stages.validate import VALIDATE
+from imgflow.store import ArtifactStore, Stage, StageResult
+
+
+@pytest.fixture
+def shards(store: ArtifactStore) -> StageResult:
+    config = DownloadConfig(source="sample:digits", limit=300)
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    clean = CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
+    return SHARD.run(store, ShardConfig(), {"clean": clean})
+
+
+def _model(store: ArtifactStore, shards: StageResult, seed: int) -> StageResult:
+    """A stand-in for the train stage: an untrained model with a fixed seed."""
+
+    def build(out_dir: Path, config: dict, inputs: dict) -> dict:
+        import keras
+
+        from imgflow.models import make_model
+
+        keras.utils.set_random_seed(seed)
+        make_model((8, 8, 1), len(shards.info["class_names"]), width=4).save(out_dir / "model.keras")
+        return {}
+
+    return Stage("train", "test", build).run(store, {"seed": seed}, {"shards": shards})
+
+
+def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards: StageResult) -> None:
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from imgflow.data import load_arrays
+
+    result = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": _model(store, shards, 0)})
+    assert result.info["parity"]["max_abs_diff"] <= 1e-5 and result.info["parity"]["same_top1"]
+    images, _, _ = load_arrays(split_files(shards, "test"), (8, 8, 1))
+
+    loaded = tf.saved_model.load(str(result.file("savedmodel")))
+    as_float = loaded.signatures["serving_default"](pixels=tf.constant(images, tf.float32))["probabilities"].numpy()
+    as_uint8 = loaded.signatures["serving_uint8"](pixels=tf.constant(images))["probabilities"].numpy()
+    assert as_float.shape == (len(images), 10) and np.allclose(as_float.sum(1), 1, atol=1e-5)
+    assert np.array_equal(as_float, as_uint8)
+
+    session = ort.InferenceSession(str(result.file("model.onnx")))
+    (onnx_input,) = session.get_inputs()
+    assert onnx_input.name == "pixels" and onnx_input.shape[1:] == [8, 8, 1]
+    assert session.get_outputs()[0].name == "probabilities"
+    for batch in (1, 7):  # dynamic batch size
+        out = session.run(None, {"pixels": images[:batch].astype(np.float32)})[0]
+        assert np.abs(out - as_float[:batch]).max() <= 1e-5
+
+
+def test_export_refuses_exports_that_disagree(store: ArtifactStore, shards: StageResult) -> None:
+    model = _model(store, shards, 0)
+    with pytest.raises(ExportMismatchError, match="SavedModel and ONNX outputs differ"):
+        EXPORT.run(store, ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})
+    assert store.lookup("export", EXPORT.key(ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})) is None
+
+
+def test_validate_compares_with_the_champion_on_the_same_test_split(store: ArtifactStore, shards: StageResult) -> None:
+    champion_model = _model(store, shards, 1)
+    exported = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": champion_model})
+    card = {"model_fingerprint": champion_model.fingerprint, "metrics": {"accuracy": 0.5}}
+    registry.register(store.root, "digits", {"model.onnx": exported.file("model.onnx")}, card, "")
+    registry.set_champion(store.root, "digits", "v1", "test")
+    champion = registry.champion_result(store.root, "digits")
+
+    first = VALIDATE.run(store, GateConfig(min_accuracy=0.0), {"shards": shards, "model": champion_model})
+    assert first.info["champion_accuracy"] is None and first.info["promote"]
+
+    candidate = _model(store, shards, 2)
+    gate = GateConfig(min_accuracy=0.0, tolerance=0.0)
+    result = VALIDATE.run(store, gate, {"shards": shards, "model": candidate, "champion": champion})
+    info = result.info
+    assert info["champion"] == "champion v1 evaluated on the same test split"
+    assert 0.0 <= info["champion_accuracy"] <= 1.0
+    assert info["promote"] == (info["accuracy"] >= info["champion_accuracy"])
+    assert info["test_records"] == shards.info["splits"]["test"]["records"]
+    assert result.file("confusion_matrix.png").is_file() and "Per class" in result.file("report.md").read_text()
+
+    same = VALIDATE.run(store, gate, {"shards": shards, "model": champion_model, "champion": champion})
+    assert same.info["champion"] == "the candidate is the champion" and same.info["promote"]

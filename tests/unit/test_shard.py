@@ -1,0 +1,50 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
+from imgflow.stages.clean import CLEAN
+from imgflow.stages.download import DOWNLOAD, source_fingerprint
+from imgflow.stages.shard import SHARD, split_files
+from imgflow.store import ArtifactStore, StageResult
+
+
+@pytest.fixture
+def clean(store: ArtifactStore) -> StageResult:
+    config = DownloadConfig(source="sample:digits", limit=300)
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    return CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
+
+
+def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult) -> None:
+    from imgflow.data import load_arrays
+
+    shards = SHARD.run(store, ShardConfig(records_per_shard=64), {"clean": clean})
+    table = pq.read_table(clean.file("records.parquet")).to_pylist()
+    assert shards.info["image_shape"] == [8, 8, 1]
+    for split in ("train", "val", "test"):
+        expected = [r for r in table if r["split"] == split]
+        files = split_files(shards, split)
+        assert shards.info["splits"][split]["records"] == len(expected)
+        assert [f.rsplit("/", 1)[1] for f in files] == [
+            f"{split}-{i:05d}-of-{len(files):05d}.tfrecord" for i in range(len(files))
+        ]
+        images, labels, ids = load_arrays(files, (8, 8, 1))
+        assert ids == [r["id"] for r in expected]
+        assert labels.tolist() == [r["label"] for r in expected]
+        assert all(
+            np.array_equal(image.ravel(), np.frombuffer(r["pixels"], np.uint8)) for image, r in zip(images, expected)
+        )
+
+
+def test_training_pipeline_batches_and_augments(store: ArtifactStore, clean: StageResult) -> None:
+    from imgflow.data import make_augmenter, shard_dataset
+
+    shards = SHARD.run(store, ShardConfig(), {"clean": clean})
+    dataset = shard_dataset(
+        split_files(shards, "train"), (8, 8, 1), 32, training=True, augmenter=make_augmenter(0.1, 0.05, 0.1, 0)
+    )
+    images, labels = next(iter(dataset))
+    assert images.shape == (32, 8, 8, 1) and images.dtype.name == "float32" and labels.shape == (32,)
+    assert 0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255
+    assert make_augmenter(0, 0, 0, 0) is None
