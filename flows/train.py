@@ -13,7 +13,7 @@ from prefect.states import State
 from imgflow import registry
 from imgflow.config import build_run_config
 from imgflow.fingerprint import to_jsonable
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.store import StageResult
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages
 
@@ -24,15 +24,6 @@ def _result(state: State) -> StageResult:
     if state.name == "Cached":
         return StageResult(**{**result.to_dict(), "status": "cached"})
     return result
-
-
-def _champion_validation(root: str, name: str, model: StageResult) -> StageResult | None:
-    """When the candidate already is the champion, its recorded validation stands: no new evaluation."""
-    champion = registry.champion(root, name)
-    if champion is None or champion["model_fingerprint"] != model.fingerprint:
-        return None
-    recorded = registry.card(root, name, champion["version"])["lineage"]["validate"]
-    return ArtifactStore(root).lookup("validate", recorded["key"])
 
 
 @flow(name="train")
@@ -59,12 +50,12 @@ def train(
     # Model: train, then gate against the floor and the current champion on the same test split
     results["train"] = _result(stages.train(cfg.train, {"shards": shards}, root, return_state=True))
     model = results["train"].to_dict()
-    validation = _champion_validation(root, name, results["train"])
-    if validation is None:
-        champion = registry.champion_result(root, name)
-        inputs = {"shards": shards, "model": model, **({"champion": champion.to_dict()} if champion else {})}
-        validation = _result(stages.validate(cfg.gate, inputs, root, return_state=True))
-    results["validate"] = validation
+    inputs = {"shards": shards, "model": model}
+    champion = registry.champion_result(root, name)
+    if champion is not None and champion.fingerprint != results["train"].fingerprint:
+        # Only a different model is a rival: a rerun of the champion itself keeps its validation key.
+        inputs["champion"] = champion.to_dict()
+    results["validate"] = _result(stages.validate(cfg.gate, inputs, root, return_state=True))
 
     # Release: export and promote only what the gate let through
     if results["validate"].info["promote"]:
@@ -72,6 +63,12 @@ def train(
         stages.promote(root, name, to_jsonable(cfg), {stage: r.to_dict() for stage, r in results.items()})
 
     summary = build_summary(name, results, registry.champion(root, name), time.time() - started)
-    artifact_key = re.sub(r"[^a-z0-9-]+", "-", f"imgflow-run-{name}".lower())
-    create_markdown_artifact(summary_markdown(summary), key=artifact_key, description="imgflow run summary")
+    _publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
+    _publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
+    _publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
     return summary
+
+
+def _publish(key: str, markdown: str, description: str) -> None:
+    """A Prefect markdown artifact (keys allow only lowercase letters, digits and dashes)."""
+    create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", key.lower()), description=description)

@@ -15,6 +15,7 @@ from typing import Any
 from imgflow.errors import ConfigError
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+MODEL_NAMES = ("cnn",)  # the keys of imgflow.models.MODELS (kept here so checking needs no Keras)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def build_run_config(
     if epochs is not None:
         train_values["epochs"] = epochs
     train_cfg = _build(TrainConfig, train_values, f"dataset {spec.name} [train]")
+    if train_cfg.model not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {train_cfg.model!r}; known: {', '.join(MODEL_NAMES)}")
     if train_cfg.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {train_cfg.epochs}")
     gate = GateConfig() if min_accuracy is None else GateConfig(min_accuracy=min_accuracy)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from imgflow.features import parse_batch, parse_records
 
-# Shards smaller than this in total are cached in memory after the first pass (their serialized bytes).
+# Training shards smaller than this in total are cached in memory after the first pass (serialized).
 CACHE_LIMIT_BYTES = 1 << 30
 
 
@@ -47,7 +47,8 @@ def shard_dataset(
     predictions line up with the records.
     """
     if cache is None:
-        cache = sum(tf.io.gfile.stat(f).length for f in files) < CACHE_LIMIT_BYTES
+        # Only training makes many passes; an evaluation pass over a cache would only add a copy.
+        cache = training and sum(tf.io.gfile.stat(f).length for f in files) < CACHE_LIMIT_BYTES
     dataset = tf.data.Dataset.from_tensor_slices(list(files))
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import keras
 
+from imgflow.config import TrainConfig
+
 
 def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
@@ -45,3 +47,20 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name](input_shape, num_classes, width=width, dropout=dropout)
+
+
+def compile_for_training(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
+    """Adam with a learning rate that warms up over the first tenth of the steps, then decays (cosine)."""
+    total_steps = steps_per_epoch * config.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10,
+        decay_steps=max(1, total_steps - total_steps // 10),
+        warmup_target=config.learning_rate,
+        warmup_steps=total_steps // 10,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

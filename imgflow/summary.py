@@ -29,7 +29,11 @@ def build_summary(
 ) -> dict[str, Any]:
     """``results`` has every stage that ran or was reused; export is absent when the gate rejected."""
     validation = results["validate"].info
-    promoted = champion is not None and champion["model_fingerprint"] == results["train"].fingerprint
+    promoted = (
+        validation["promote"]
+        and champion is not None
+        and champion["model_fingerprint"] == results["train"].fingerprint
+    )
     stages = {stage: _stage_entry(results.get(stage)) for stage in STAGES}
     clean = results["clean"].info
     stages["clean"].update(

@@ -6,8 +6,8 @@ Output folder::
     history.json          per-epoch loss, accuracy, val_loss, val_accuracy and learning rate
     training_curves.png   the same as plots
 
-The learning rate warms up linearly for the first tenth of the steps and then follows a cosine decay;
-seeds are fixed so a rerun on the same data trains the same way.
+The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``; seeds
+are fixed so a rerun on the same data trains the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     import keras
 
     from imgflow.data import make_augmenter, shard_dataset
-    from imgflow.models import build_model
+    from imgflow.models import build_model, compile_for_training
     from imgflow.reports import plot_training_curves
 
     shards = inputs["shards"]
@@ -53,19 +53,8 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         val_steps = math.ceil(n_val / _EVAL_BATCH)
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate / 10,
-        decay_steps=max(1, total_steps - total_steps // 10),
-        warmup_target=config.learning_rate,
-        warmup_steps=total_steps // 10,
-    )
     model = build_model(config.model, shape, num_classes, config.width, config.dropout)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    compile_for_training(model, config, steps_per_epoch)
     history = model.fit(
         train_data,
         epochs=config.epochs,

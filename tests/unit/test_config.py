@@ -36,6 +36,7 @@ def test_cli_values_override_dataset_defaults(tmp_path: Path) -> None:
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"min_accuracy": 1.5}, "min-accuracy must be between 0 and 1"),
         ({"limit": 0}, "limit must be positive"),
+        ({"train": {"model": "vit"}}, "unknown model 'vit'"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:

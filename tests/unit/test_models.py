@@ -13,6 +13,13 @@ def test_model_takes_raw_pixels_and_returns_probabilities(shape: tuple[int, int,
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_config_knows_every_model() -> None:
+    from imgflow.config import MODEL_NAMES
+    from imgflow.models import MODELS
+
+    assert set(MODEL_NAMES) == set(MODELS)
+
+
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model 'vit'"):
         build_model("vit", (8, 8, 1), 2, 4, 0.1)
