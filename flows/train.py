@@ -6,13 +6,14 @@ import re
 import time
 from typing import Any
 
-from prefect import flow
+from prefect import Task, flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import State
 
 from imgflow import registry
 from imgflow.config import build_run_config
 from imgflow.fingerprint import to_jsonable
+from imgflow.stages import refreshed
 from imgflow.store import StageResult
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages
@@ -33,33 +34,42 @@ def train(
     epochs: int | None = None,
     min_accuracy: float | None = None,
     limit: int | None = None,
+    refresh: str | None = None,
 ) -> dict[str, Any]:
-    """Train, gate, export and promote an image classifier on ``dataset``; return the run summary."""
+    """Train, gate, export and promote an image classifier on ``dataset``; return the run summary.
+
+    ``refresh`` names a stage to run again even when its output exists, with every stage after it.
+    """
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
+    forced = refreshed(refresh)
     root, name = str(cfg.artifacts), cfg.dataset.name
     results: dict[str, StageResult] = {}
 
+    def run(stage: Task, config: Any, inputs: dict[str, Any]) -> StageResult:
+        state = stage(config, inputs, root, force=stage.name in forced, return_state=True)
+        return _result(state)
+
     # Data: download, clean, shard
     source = stages.fingerprint_source(cfg.download)
-    results["download"] = _result(stages.download(cfg.download, {"source": source}, root, return_state=True))
-    results["clean"] = _result(stages.clean(cfg.clean, {"raw": results["download"].to_dict()}, root, return_state=True))
-    results["shard"] = _result(stages.shard(cfg.shard, {"clean": results["clean"].to_dict()}, root, return_state=True))
+    results["download"] = run(stages.download, cfg.download, {"source": source})
+    results["clean"] = run(stages.clean, cfg.clean, {"raw": results["download"].to_dict()})
+    results["shard"] = run(stages.shard, cfg.shard, {"clean": results["clean"].to_dict()})
     shards = results["shard"].to_dict()
 
     # Model: train, then gate against the floor and the current champion on the same test split
-    results["train"] = _result(stages.train(cfg.train, {"shards": shards}, root, return_state=True))
+    results["train"] = run(stages.train, cfg.train, {"shards": shards})
     model = results["train"].to_dict()
     inputs = {"shards": shards, "model": model}
     champion = registry.champion_result(root, name)
     if champion is not None and champion.fingerprint != results["train"].fingerprint:
         # Only a different model is a rival: a rerun of the champion itself keeps its validation key.
         inputs["champion"] = champion.to_dict()
-    results["validate"] = _result(stages.validate(cfg.gate, inputs, root, return_state=True))
+    results["validate"] = run(stages.validate, cfg.gate, inputs)
 
     # Release: export and promote only what the gate let through
     if results["validate"].info["promote"]:
-        results["export"] = _result(stages.export(cfg.export, {"shards": shards, "model": model}, root, return_state=True))
+        results["export"] = run(stages.export, cfg.export, {"shards": shards, "model": model})
         stages.promote(root, name, to_jsonable(cfg), {stage: r.to_dict() for stage, r in results.items()})
 
     summary = build_summary(name, results, registry.champion(root, name), time.time() - started)

@@ -1,6 +1,7 @@
 """The ``imgflow`` command line.
 
-    imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N] [--json]
+    imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N]
+                [--refresh STAGE] [--json]
     imgflow models [--artifacts DIR] [--name NAME]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgflow.errors import UserError
+from imgflow.stages import ORDER
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         min_accuracy=args.min_accuracy,
         limit=args.limit,
+        refresh=args.refresh,
     )
     sys.stderr.flush()
     if args.json:
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
     run.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
     run.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    run.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage after it again even if cached ({', '.join(ORDER)})")
     run.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
     run.set_defaults(handler=_run)
 

@@ -67,16 +67,28 @@ class ExportConfig:
     parity_batch: int = 256
 
 
+SECTIONS = {
+    "clean": CleanConfig,
+    "shard": ShardConfig,
+    "train": TrainConfig,
+    "gate": GateConfig,
+    "export": ExportConfig,
+}
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a dataset comes from and how to read it; ``name`` also names the model in the registry."""
+    """Where a dataset comes from and how to read it; ``name`` also names the model in the registry.
+
+    ``sections`` holds per-stage settings from the spec file (``[clean]``, ``[train]``, ...), layered
+    under the command line's.
+    """
 
     name: str
     source: str
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    clean: CleanConfig = CleanConfig()
-    train: dict[str, Any] = field(default_factory=dict)  # per-dataset TrainConfig defaults
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,12 +103,13 @@ class RunConfig:
     export: ExportConfig
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _section(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return cls(**values)
+    # TOML has arrays, the configs tuples: keep configs hashable and their JSON the same.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _spec_from_toml(path: Path) -> DatasetSpec:
@@ -106,23 +119,22 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
         raise ConfigError(f"dataset spec {path} is not valid TOML: {exc}") from None
     if "source" not in data:
         raise ConfigError(f"dataset spec {path} has no 'source' (e.g. source = \"sample:mnist5k\")")
-    unknown = sorted(set(data) - {"name", "source", "limit", "options", "clean", "train"})
+    known = {"name", "source", "limit", "options", *SECTIONS}
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
-            f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; "
-            "known: name, source, limit, options, [clean], [train]"
+            f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; known: name, source, limit, options, "
+            + ", ".join(f"[{section}]" for section in SECTIONS)
         )
-    clean = dict(data.pop("clean", {}))
-    for key in ("image_size", "class_names"):
-        if key in clean:
-            clean[key] = tuple(clean[key])
+    sections = {section: dict(data.get(section, {})) for section in SECTIONS}
+    for section, values in sections.items():
+        _section(SECTIONS[section], values, f"{path} [{section}]")
     return DatasetSpec(
-        name=data.pop("name", path.stem),
-        source=data.pop("source"),
-        limit=data.pop("limit", None),
-        options=dict(data.pop("options", {})),
-        clean=_build(CleanConfig, clean, f"{path} [clean]"),
-        train=dict(data.pop("train", {})),
+        name=data.get("name", path.stem),
+        source=data["source"],
+        limit=data.get("limit"),
+        options=dict(data.get("options", {})),
+        sections=sections,
     )
 
 
@@ -160,19 +172,21 @@ def build_run_config(
     epochs: int | None = None,
     min_accuracy: float | None = None,
     limit: int | None = None,
-    train: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
-    """Resolve a dataset and layer the command-line overrides on top of its defaults."""
+    """Resolve a dataset and layer overrides (``{"train": {"width": 32}}``, then the flags) on its spec."""
     spec = resolve_dataset(dataset)
-    train_values = {**spec.train, **(train or {})}
+    values = {section: {**spec.sections.get(section, {}), **(overrides or {}).get(section, {})} for section in SECTIONS}
     if epochs is not None:
-        train_values["epochs"] = epochs
-    train_cfg = _build(TrainConfig, train_values, f"dataset {spec.name} [train]")
+        values["train"]["epochs"] = epochs
+    if min_accuracy is not None:
+        values["gate"]["min_accuracy"] = min_accuracy
+    configs = {section: _section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
+    train_cfg, gate = configs["train"], configs["gate"]
     if train_cfg.model not in MODEL_NAMES:
         raise ConfigError(f"unknown model {train_cfg.model!r}; known: {', '.join(MODEL_NAMES)}")
     if train_cfg.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {train_cfg.epochs}")
-    gate = GateConfig() if min_accuracy is None else GateConfig(min_accuracy=min_accuracy)
     if not 0.0 <= gate.min_accuracy <= 1.0:
         raise ConfigError(f"min-accuracy must be between 0 and 1, got {gate.min_accuracy}")
     effective_limit = limit if limit is not None else spec.limit
@@ -182,9 +196,5 @@ def build_run_config(
         dataset=spec,
         artifacts=Path(artifacts).resolve(),
         download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options),
-        clean=spec.clean,
-        shard=ShardConfig(),
-        train=train_cfg,
-        gate=gate,
-        export=ExportConfig(),
+        **configs,
     )

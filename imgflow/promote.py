@@ -9,7 +9,7 @@ from typing import Any
 
 from imgflow import registry
 from imgflow.fingerprint import to_jsonable
-from imgflow.store import StageResult
+from imgflow.store import StageResult, file_lock
 
 
 def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
@@ -78,8 +78,12 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "history.json": results["train"].file("history.json"),
         "data_quality.md": results["clean"].file("report.md"),
     }
-    version = registry.register(root, name, files, card, card_md)
-    current = registry.champion(root, name)
-    if current is not None and current["version"] == version:
-        return current
-    return registry.set_champion(root, name, version, reason="; ".join(results["validate"].info["reasons"]))
+    folder = registry.model_dir(root, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One promotion at a time per model: two runs promoting the same candidate register it once.
+    with file_lock(folder / ".lock"):
+        version = registry.register(root, name, files, card, card_md)
+        current = registry.champion(root, name)
+        if current is not None and current["version"] == version:
+            return current
+        return registry.set_champion(root, name, version, reason="; ".join(results["validate"].info["reasons"]))

@@ -7,6 +7,8 @@ Layout under the root (``artifacts/`` by default)::
                               sha256, the stage's own info, and the output fingerprint
         ...                   the stage's files (documented in each stage module)
     <stage>/.tmp-<key>-<id>/  an output being written; never read, removed on the next attempt
+    <stage>/.work-<key>/      scratch that survives a crash (training checkpoints), so a rerun of the
+                              same key can resume; removed once the output is complete
     models/<name>/            the model registry (see ``imgflow.registry``)
 
 An output is complete exactly when its ``manifest.json`` exists: the stage writes into a temporary
@@ -17,12 +19,14 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes; the kernel drops it if the holder dies."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -105,14 +120,36 @@ class ArtifactStore:
         *,
         config: Any,
         inputs: Mapping[str, str],
+        force: bool = False,
     ) -> StageResult:
-        """Return the output for ``key``, calling ``build(tmp_dir) -> info`` only when it is missing."""
+        """Return the output for ``key``, calling ``build(tmp_dir) -> info`` only when it is missing.
+
+        Runs that ask for the same key at once take turns on a lock: the first builds, the others wait
+        and then find its output. ``force`` rebuilds even when an output exists, then swaps it in.
+        """
         existing = self.lookup(stage, key)
-        if existing is not None:
+        if existing is not None and not force:
             return existing
         parent = self.root / stage
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".tmp-{key}-*"):
+        with file_lock(parent / f".lock-{key}"):
+            existing = self.lookup(stage, key)
+            if existing is not None and not force:
+                return existing
+            return self._build_locked(stage, key, build, config=config, inputs=inputs)
+
+    def _build_locked(
+        self,
+        stage: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any]],
+        *,
+        config: Any,
+        inputs: Mapping[str, str],
+    ) -> StageResult:
+        parent = self.root / stage
+        # Leftovers of runs that died holding this key's lock (we hold it now, so none is live).
+        for stale in [*parent.glob(f".tmp-{key}-*"), *parent.glob(f".old-{key}-*")]:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -136,23 +173,32 @@ class ArtifactStore:
             }
             write_json_atomic(tmp / MANIFEST, manifest)
             final = self.stage_dir(stage, key)
-            if final.exists() and self.lookup(stage, key) is None:
-                # Only complete folders are ever renamed into place, so one without a manifest is
-                # debris (e.g. edited by hand): it must not block the rebuild.
-                shutil.rmtree(final)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                # Another run finished the same key first; its output is as good as ours.
-                if self.lookup(stage, key) is None:
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists():
+                # A forced rebuild, or debris without a manifest (only complete folders are renamed
+                # into place): move it aside in one rename, then put the new output in its place.
+                retired = parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, retired)
+                shutil.rmtree(retired, ignore_errors=True)
+            os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         result = self.lookup(stage, key)
         assert result is not None
         return StageResult(**{**result.to_dict(), "status": "ran"})
+
+
+def scratch_dir(out_dir: Path) -> Path:
+    """The crash-surviving scratch folder of the build writing into ``out_dir`` (a ``.tmp-<key>-<id>``).
+
+    Unlike ``out_dir``, it outlives a killed run, so the next build of the same key can pick up where
+    the last one stopped; the store removes it once the output is complete.
+    """
+    key = out_dir.name.removeprefix(".tmp-").rsplit("-", 1)[0]
+    folder = out_dir.parent / f".work-{key}"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -175,7 +221,9 @@ class Stage:
         }
         return stable_hash([self.name, self.version, config, fingerprints])[:KEY_LENGTH]
 
-    def run(self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str]) -> StageResult:
+    def run(
+        self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False
+    ) -> StageResult:
         key = self.key(config, inputs)
         results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
         return store.build(
@@ -184,4 +232,5 @@ class Stage:
             lambda out_dir: self.build(out_dir, config, results),
             config=config,
             inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
+            force=force,
         )

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgflow.stages import ORDER
 from imgflow.store import StageResult
-
-STAGES = ("download", "clean", "shard", "train", "validate", "export")
 
 
 def _stage_entry(result: StageResult | None) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def build_summary(
         and champion is not None
         and champion["model_fingerprint"] == results["train"].fingerprint
     )
-    stages = {stage: _stage_entry(results.get(stage)) for stage in STAGES}
+    stages = {stage: _stage_entry(results.get(stage)) for stage in ORDER}
     clean = results["clean"].info
     stages["clean"].update(
         records_in=clean["records_in"],
@@ -43,7 +42,13 @@ def build_summary(
         quarantine_reasons=clean["quarantine_reasons"],
         splits=clean["splits"],
     )
-    stages["train"].update(epochs=results["train"].info["epochs"], final=results["train"].info["final"])
+    train = results["train"]
+    stages["train"].update(
+        epochs=train.info["epochs"],
+        final=train.info["final"],
+        # How this run trained: from scratch (0), from a killed run's checkpoint, or not at all (None).
+        resumed_from_epoch=train.info["resumed_from_epoch"] if train.status == "ran" else None,
+    )
     export = results.get("export")
     artifacts = {
         "root": str(Path(results["download"].path).parent.parent),

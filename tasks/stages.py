@@ -36,14 +36,16 @@ def stage_task(stage: Stage, *, retries: int = 0) -> Task:
     """A Prefect task running ``stage`` against the artifact store at ``root``."""
 
     def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+        if parameters.get("force"):
+            return None
         store = ArtifactStore(parameters["root"])
         key = stage.key(parameters["config"], _inputs(parameters["inputs"]))
         if store.lookup(stage.name, key) is None:
             return None  # not in the store (never built, or pruned): run, whatever Prefect remembers
         return f"imgflow-{stage.name}-{key}-{stable_hash(str(store.root))[:12]}"
 
-    def run_stage(config: Any, inputs: StageInputs, root: str) -> dict[str, Any]:
-        result = stage.run(ArtifactStore(root), config, _inputs(inputs))
+    def run_stage(config: Any, inputs: StageInputs, root: str, force: bool = False) -> dict[str, Any]:
+        result = stage.run(ArtifactStore(root), config, _inputs(inputs), force=force)
         get_run_logger().info("%s %s -> %s", stage.name, result.status, result.path)
         return result.to_dict()
 

@@ -6,6 +6,10 @@ Output folder::
     history.json          per-epoch loss, accuracy, val_loss, val_accuracy and learning rate
     training_curves.png   the same as plots
 
+Training checkpoints every epoch into the store's scratch folder for this key (see
+``imgflow.checkpoints``): a run killed mid-training resumes from its last completed epoch when the same
+key runs again, and ``resumed_from_epoch`` in the info says from which (0: from scratch).
+
 The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``; seeds
 are fixed so a rerun on the same data trains the same way.
 """
@@ -21,7 +25,7 @@ from typing import Any
 
 from imgflow.config import TrainConfig
 from imgflow.stages.shard import split_files
-from imgflow.store import Stage, StageResult
+from imgflow.store import Stage, StageResult, scratch_dir
 
 _EVAL_BATCH = 256
 
@@ -29,6 +33,7 @@ _EVAL_BATCH = 256
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
     import keras
 
+    from imgflow.checkpoints import EpochCheckpoint, load_progress
     from imgflow.data import make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training
     from imgflow.reports import plot_training_curves
@@ -53,28 +58,40 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         val_steps = math.ceil(n_val / _EVAL_BATCH)
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    model = build_model(config.model, shape, num_classes, config.width, config.dropout)
-    compile_for_training(model, config, steps_per_epoch)
-    history = model.fit(
+    checkpoints = scratch_dir(out_dir)
+    progress = load_progress(checkpoints)
+    if progress is None:
+        model = build_model(config.model, shape, num_classes, config.width, config.dropout)
+        compile_for_training(model, config, steps_per_epoch)
+        resumed_from, history = 0, {}
+    else:
+        # A killed run of this same key left a checkpoint: the model and optimizer state at the end of
+        # its last completed epoch, and the history up to it.
+        model = keras.models.load_model(checkpoints / progress["checkpoint"])
+        resumed_from, history = progress["epoch"], progress["history"]
+        print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
+    model.fit(
         train_data,
         epochs=config.epochs,
+        initial_epoch=resumed_from,
         steps_per_epoch=steps_per_epoch,
         validation_data=val_data,
         validation_steps=val_steps,
         shuffle=False,  # the tf.data pipeline shuffles
         verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[EpochCheckpoint(checkpoints, history)],
     )
     model.save(out_dir / "model.keras")
-    curves = {name: [float(v) for v in values] for name, values in history.history.items()}
-    (out_dir / "history.json").write_text(json.dumps(curves, indent=2) + "\n")
-    plot_training_curves(curves, out_dir / "training_curves.png")
-    last = {name: values[-1] for name, values in curves.items()}
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    plot_training_curves(history, out_dir / "training_curves.png")
+    last = {name: values[-1] for name, values in history.items()}
     return {
         "epochs": config.epochs,
+        "resumed_from_epoch": resumed_from,
         "train_records": n_train,
         "parameters": int(model.count_params()),
         "final": last,
     }
 
 
-TRAIN = Stage("train", "1", _build)
+TRAIN = Stage("train", "2", _build)

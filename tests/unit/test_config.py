@@ -9,8 +9,9 @@ from imgflow.errors import ConfigError
 def test_named_dataset_reads_its_toml() -> None:
     spec = resolve_dataset("mnist5k")
     assert spec.name == "mnist5k" and spec.source == "sample:mnist5k"
-    assert spec.clean.image_size == (28, 28) and spec.clean.channels == 1
-    assert spec.clean.test_fraction >= 0.21  # >= 1,000 of the 5,000 digits held out
+    clean = build_run_config("mnist5k").clean
+    assert clean.image_size == (28, 28) and clean.channels == 1
+    assert clean.test_fraction >= 0.21  # >= 1,000 of the 5,000 digits held out
 
 
 def test_source_spec_gets_defaults_and_a_name() -> None:
@@ -25,6 +26,17 @@ def test_toml_path(tmp_path: Path) -> None:
     assert cfg.dataset.name == "mine" and cfg.train.epochs == 3 and cfg.clean.channels == 1
 
 
+def test_every_stage_section_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "all.toml"
+    path.write_text(
+        'source = "sample:digits"\n[clean]\nimage_size = [8, 8]\n[shard]\nrecords_per_shard = 50\n'
+        "[train]\nwidth = 8\n[gate]\ntolerance = 0.1\n[export]\nopset = 16\n"
+    )
+    cfg = build_run_config(str(path), tmp_path)
+    assert cfg.clean.image_size == (8, 8) and cfg.shard.records_per_shard == 50 and cfg.train.width == 8
+    assert cfg.gate.tolerance == 0.1 and cfg.export.opset == 16
+
+
 def test_cli_values_override_dataset_defaults(tmp_path: Path) -> None:
     cfg = build_run_config("digits", tmp_path, epochs=2, min_accuracy=0.5, limit=100)
     assert cfg.train.epochs == 2 and cfg.gate.min_accuracy == 0.5 and cfg.download.limit == 100
@@ -36,7 +48,8 @@ def test_cli_values_override_dataset_defaults(tmp_path: Path) -> None:
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"min_accuracy": 1.5}, "min-accuracy must be between 0 and 1"),
         ({"limit": 0}, "limit must be positive"),
-        ({"train": {"model": "vit"}}, "unknown model 'vit'"),
+        ({"overrides": {"train": {"model": "vit"}}}, "unknown model 'vit'"),
+        ({"overrides": {"shard": {"size": 1}}}, r"\[shard\]: unknown setting.*size"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:

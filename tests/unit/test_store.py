@@ -45,7 +45,7 @@ def test_failed_build_leaves_nothing_a_later_run_would_read(store: ArtifactStore
     with pytest.raises(ValueError, match="boom"):
         stage.run(store, {}, {})
     assert store.lookup("demo", stage.key({}, {})) is None
-    assert list((store.root / "demo").iterdir()) == []
+    assert [p.name for p in (store.root / "demo").iterdir()] == [f".lock-{stage.key({}, {})}"]
 
 
 def test_output_without_manifest_is_not_complete(store: ArtifactStore) -> None:
@@ -64,3 +64,44 @@ def test_stage_that_writes_nothing_fails(store: ArtifactStore) -> None:
     stage = Stage("demo", "1", lambda out_dir, config, inputs: {})
     with pytest.raises(RuntimeError, match="produced no output"):
         stage.run(store, {}, {})
+
+
+def test_force_rebuilds_and_swaps_the_output_in(store: ArtifactStore) -> None:
+    calls = []
+
+    def build(out_dir: Path, config: dict, inputs: dict) -> dict:
+        calls.append(1)
+        (out_dir / "out.txt").write_text(f"build {len(calls)}")
+        return {}
+
+    stage = Stage("demo", "1", build)
+    first = stage.run(store, {}, {})
+    assert stage.run(store, {}, {}).status == "cached"
+    forced = stage.run(store, {}, {}, force=True)
+    assert forced.status == "ran" and forced.path == first.path and len(calls) == 2
+    assert (Path(forced.path) / "out.txt").read_text() == "build 2"
+    assert sorted(p.name for p in (store.root / "demo").iterdir() if not p.name.startswith(".lock")) == [first.key]
+
+
+def test_concurrent_builders_of_one_key_build_once(store: ArtifactStore) -> None:
+    import threading
+
+    calls = []
+    started = threading.Event()
+
+    def slow(out_dir: Path, config: dict, inputs: dict) -> dict:
+        calls.append(1)
+        started.set()
+        threading.Event().wait(0.5)
+        (out_dir / "out.txt").write_text("once")
+        return {}
+
+    stage = Stage("demo", "1", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(stage.run(store, {}, {}))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted(r.status for r in results) == ["cached", "cached", "ran"]
