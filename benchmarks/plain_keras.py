@@ -41,6 +41,8 @@ def main(epochs: int | None) -> None:
 
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
+    if t.deterministic:  # as the pipeline does, so both sides do the same work
+        tf.config.experimental.enable_op_determinism()
     augmenter = make_augmenter(t.translate, t.rotate, t.zoom, t.seed)
     data = (
         tf.data.Dataset.from_tensor_slices((images[train].astype(np.float32), labels[train]))

@@ -14,7 +14,8 @@ from imgflow import registry
 from imgflow.config import build_run_config
 from imgflow.fingerprint import to_jsonable
 from imgflow.stages import refreshed
-from imgflow.store import StageResult
+from imgflow.promote import champion_validation
+from imgflow.store import ArtifactStore, StageResult
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages
 
@@ -60,12 +61,17 @@ def train(
     # Model: train, then gate against the floor and the current champion on the same test split
     results["train"] = run(stages.train, cfg.train, {"shards": shards})
     model = results["train"].to_dict()
-    inputs = {"shards": shards, "model": model}
-    champion = registry.champion_result(root, name)
-    if champion is not None and champion.fingerprint != results["train"].fingerprint:
-        # Only a different model is a rival: a rerun of the champion itself keeps its validation key.
-        inputs["champion"] = champion.to_dict()
-    results["validate"] = run(stages.validate, cfg.gate, inputs)
+    recorded = None
+    if "validate" not in forced:
+        recorded = champion_validation(ArtifactStore(root), name, cfg.gate, results["train"], results["shard"])
+    if recorded is not None:
+        results["validate"] = recorded  # the candidate already is the champion, gated as it is now
+    else:
+        inputs = {"shards": shards, "model": model}
+        champion = registry.champion_result(root, name)
+        if champion is not None and champion.fingerprint != results["train"].fingerprint:
+            inputs["champion"] = champion.to_dict()  # only a different model is a rival
+        results["validate"] = run(stages.validate, cfg.gate, inputs)
 
     # Release: export and promote only what the gate let through
     if results["validate"].info["promote"]:

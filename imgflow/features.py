@@ -22,7 +22,9 @@ def make_example(record_id: str, pixels: bytes, label: int) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record_id.encode()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Features is a protobuf map, whose order is arbitrary unless asked for: fixed order, same bytes.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_records(serialized: tf.Tensor, shape: tuple[int, int, int]) -> dict[str, tf.Tensor]:

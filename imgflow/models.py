@@ -5,7 +5,11 @@ Preprocessing (scaling raw 0..255 pixels) lives inside the model, so every expor
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import keras
+import numpy as np
 
 from imgflow.config import TrainConfig
 
@@ -64,3 +68,12 @@ def compile_for_training(model: keras.Model, config: TrainConfig, steps_per_epoc
         metrics=["accuracy"],
     )
     return model
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A hash of what the model computes: its architecture and its weights, not its file's bytes."""
+    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for weights in model.get_weights():
+        digest.update(str(weights.shape).encode() + str(weights.dtype).encode())
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()

@@ -9,7 +9,7 @@ from typing import Any
 
 from imgflow import registry
 from imgflow.fingerprint import to_jsonable
-from imgflow.store import StageResult, file_lock
+from imgflow.store import MANIFEST, ArtifactStore, StageResult, file_lock
 
 
 def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
@@ -62,6 +62,27 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         "",
     ]
     return data, "\n".join(lines)
+
+
+def champion_validation(
+    store: ArtifactStore, name: str, gate: Any, model: StageResult, shards: StageResult
+) -> StageResult | None:
+    """The validation that promoted ``model``, when it already is the champion: no new evaluation.
+
+    It stands only while it was made with the same gate config on the same test split; otherwise the
+    candidate is validated again (against no rival: it is the champion).
+    """
+    champion = registry.champion(store.root, name)
+    if champion is None or champion["model_fingerprint"] != model.fingerprint:
+        return None
+    recorded = registry.card(store.root, name, champion["version"])["lineage"].get("validate")
+    result = store.lookup("validate", recorded["key"]) if recorded else None
+    if result is None:
+        return None
+    manifest = json.loads(Path(result.path, MANIFEST).read_text())
+    if manifest["config"] != to_jsonable(gate) or manifest["inputs"].get("shards") != shards.fingerprint:
+        return None
+    return result
 
 
 def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:

@@ -60,4 +60,4 @@ def split_files(shards: StageResult, split: str) -> list[str]:
     return [str(Path(shards.path) / name) for name in shards.info["splits"][split]["files"]]
 
 
-SHARD = Stage("shard", "1", _build)
+SHARD = Stage("shard", "2", _build)

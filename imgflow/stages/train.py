@@ -10,8 +10,9 @@ Training checkpoints every epoch into the store's scratch folder for this key (s
 ``imgflow.checkpoints``): a run killed mid-training resumes from its last completed epoch when the same
 key runs again, and ``resumed_from_epoch`` in the info says from which (0: from scratch).
 
-The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``; seeds
-are fixed so a rerun on the same data trains the same way.
+The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``. Seeds
+are fixed and, with ``deterministic`` (the default), TensorFlow's op determinism is on, so the same
+inputs train the same model, bit for bit.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from imgflow.config import TrainConfig
 from imgflow.stages.shard import split_files
-from imgflow.store import Stage, StageResult, scratch_dir
+from imgflow.store import CONTENT_FINGERPRINT, Stage, StageResult, scratch_dir
 
 _EVAL_BATCH = 256
 
@@ -35,7 +36,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
 
     from imgflow.checkpoints import EpochCheckpoint, load_progress
     from imgflow.data import make_augmenter, shard_dataset
-    from imgflow.models import build_model, compile_for_training
+    from imgflow.models import build_model, compile_for_training, model_fingerprint
     from imgflow.reports import plot_training_curves
 
     shards = inputs["shards"]
@@ -45,6 +46,10 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     if n_train == 0:
         raise ValueError(f"the train split in {shards.path} is empty: nothing to train on")
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
     train_data = shard_dataset(
@@ -86,6 +91,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     plot_training_curves(history, out_dir / "training_curves.png")
     last = {name: values[-1] for name, values in history.items()}
     return {
+        CONTENT_FINGERPRINT: model_fingerprint(model),
         "epochs": config.epochs,
         "resumed_from_epoch": resumed_from,
         "train_records": n_train,
@@ -94,4 +100,4 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     }
 
 
-TRAIN = Stage("train", "2", _build)
+TRAIN = Stage("train", "3", _build)

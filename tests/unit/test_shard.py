@@ -48,3 +48,9 @@ def test_training_pipeline_batches_and_augments(store: ArtifactStore, clean: Sta
     assert images.shape == (32, 8, 8, 1) and images.dtype.name == "float32" and labels.shape == (32,)
     assert 0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255
     assert make_augmenter(0, 0, 0, 0) is None
+
+
+def test_sharding_is_byte_for_byte_reproducible(tmp_path, clean: StageResult) -> None:
+    first = SHARD.run(ArtifactStore(tmp_path / "a"), ShardConfig(), {"clean": clean})
+    second = SHARD.run(ArtifactStore(tmp_path / "b"), ShardConfig(), {"clean": clean})
+    assert first.fingerprint == second.fingerprint

@@ -1,0 +1,74 @@
+"""Changing one setting reruns exactly the stages downstream of it; --refresh forces a stage onwards."""
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+STAGES = ("download", "clean", "shard", "train", "validate", "export")
+BASE = {
+    "limit": 400,
+    "clean": {"image_size": [8, 8], "channels": 1, "test_fraction": 0.2, "val_fraction": 0.1},
+    "shard": {"records_per_shard": 100},
+    "train": {"epochs": 1, "width": 4, "translate": 0.0, "rotate": 0.0, "zoom": 0.0},
+    "gate": {"min_accuracy": 0.0, "tolerance": 1.0},  # every candidate passes: export always runs
+    "export": {"opset": 17},
+}
+
+
+def _toml(settings: dict) -> str:
+    lines = ['source = "sample:digits"', f"limit = {settings['limit']}"]
+    for section in ("clean", "shard", "train", "gate", "export"):
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value!r}".replace("'", '"') for key, value in settings[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _run(tmp_path: Path, change: tuple[str, str, object] | None = None, refresh: str | None = None) -> dict[str, str]:
+    from flows.train import train
+
+    settings = {key: dict(value) if isinstance(value, dict) else value for key, value in BASE.items()}
+    if change is not None:
+        section, key, value = change
+        if section == "download":
+            settings[key] = value
+        else:
+            settings[section][key] = value
+    spec = tmp_path / "digits_small.toml"
+    spec.write_text(_toml(settings))
+    summary = train(dataset=str(spec), artifacts=str(tmp_path / "artifacts"), refresh=refresh)
+    return {stage: summary["stages"][stage]["status"] for stage in STAGES}
+
+
+def _expect(ran: tuple[str, ...]) -> dict[str, str]:
+    return {stage: "ran" if stage in ran else "cached" for stage in STAGES}
+
+
+def test_each_config_group_reruns_exactly_its_downstream(tmp_path: Path) -> None:
+    assert _run(tmp_path) == _expect(STAGES)
+    assert _run(tmp_path) == _expect(())
+    cases = [
+        (("download", "limit", 420), STAGES),
+        (("clean", "test_fraction", 0.25), STAGES[1:]),
+        (("shard", "records_per_shard", 50), STAGES[2:]),
+        (("train", "epochs", 2), STAGES[3:]),
+        (("gate", "tolerance", 0.9), ("validate",)),
+        (("export", "opset", 16), ("export",)),
+    ]
+    for change, ran in cases:
+        assert _run(tmp_path, change) == _expect(ran), change
+
+
+def test_refresh_forces_a_stage_and_everything_after_it(tmp_path: Path) -> None:
+    assert _run(tmp_path) == _expect(STAGES)
+    assert _run(tmp_path, refresh="shard") == _expect(STAGES[2:])
+    assert _run(tmp_path, refresh="export") == _expect(("export",))
+    assert _run(tmp_path) == _expect(())
+
+
+def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
+    from imgflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot refresh unknown stage 'evaluate'"):
+        _run(tmp_path, refresh="evaluate")
