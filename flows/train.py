@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import State
 
 from imgflow import registry
+from imgflow.cache import record_run
 from imgflow.config import build_run_config
 from imgflow.fingerprint import to_jsonable
 from imgflow.stages import refreshed
@@ -79,6 +80,7 @@ def train(
         stages.promote(root, name, to_jsonable(cfg), {stage: r.to_dict() for stage, r in results.items()})
 
     summary = build_summary(name, results, registry.champion(root, name), time.time() - started)
+    record_run(root, summary)
     _publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
     _publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
     _publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")

@@ -3,6 +3,8 @@
     imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N]
                 [--refresh STAGE] [--json]
     imgflow models [--artifacts DIR] [--name NAME]
+    imgflow cache ls [--artifacts DIR]
+    imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
 with status 2, without a traceback; anything else is a bug and keeps its traceback.
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +80,37 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from imgflow import cache
+
+    if args.cache_command == "ls":
+        found = cache.entries(args.artifacts)
+        print(f"{'stage':<9} {'key':<22} {'size':>9} {'age':>5}  used by")
+        for entry in found:
+            users = [f"{len(entry.runs)} run(s), last {entry.runs[-1]}"] if entry.runs else []
+            users += entry.models
+            state = "" if entry.complete else "  [incomplete: left by a killed run]"
+            print(
+                f"{entry.stage:<9} {entry.key:<22} {entry.bytes / 1e6:>7.1f}MB {_age(time.time() - entry.created):>5}  "
+                f"{', '.join(users) or '-'}{state}"
+            )
+        print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {args.artifacts}")
+        return 0
+    removed = cache.prune(args.artifacts, keep_runs=args.keep_runs, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in removed:
+        print(f"{verb} {entry.stage}/{entry.key} ({entry.bytes / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} outputs, {sum(e.bytes for e in removed) / 1e6:.1f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgflow", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--artifacts", default="artifacts")
     models.add_argument("--name", help="only this model")
     models.set_defaults(handler=_models)
+    cache = commands.add_parser("cache", help="list or prune stage outputs in the artifact store")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    listing = cache_commands.add_parser("ls", help="every stage output: key, size, age, the runs and models using it")
+    listing.add_argument("--artifacts", default="artifacts")
+    pruning = cache_commands.add_parser(
+        "prune",
+        help="remove outputs that no registered model and none of the recent runs use (never a model's "
+        "lineage); run it while no pipeline runs",
+    )
+    pruning.add_argument("--artifacts", default="artifacts")
+    pruning.add_argument("--keep-runs", type=int, default=5, help="keep what the last N runs used (default 5)")
+    pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cache.set_defaults(handler=_cache)
     return parser
 
 

@@ -50,3 +50,10 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 
     listing = _imgflow("models", "--artifacts", str(artifacts), cwd=tmp_path)
     assert listing.returncode == 0 and "* v1" in listing.stdout and "digits" in listing.stdout
+
+    outputs = _imgflow("cache", "ls", "--artifacts", str(artifacts), cwd=tmp_path)
+    assert outputs.returncode == 0
+    for stage, entry in summary["stages"].items():
+        assert f"{stage:<9} {entry['key']}" in outputs.stdout and "digits/v1" in outputs.stdout
+    pruned = _imgflow("cache", "prune", "--artifacts", str(artifacts), "--keep-runs", "0", cwd=tmp_path)
+    assert pruned.returncode == 0 and "removed 0 outputs" in pruned.stdout  # all of it is v1's lineage

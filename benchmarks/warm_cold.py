@@ -1,0 +1,107 @@
+"""What a rerun with nothing new costs: a warm (all cached) run against a cold one, side by side.
+
+Measured twice in one invocation: with Prefect's temporary server (what `imgflow run` does with no
+server configured) and against a running `prefect server start` on 127.0.0.1. Each mode uses a fresh
+artifact root: a cold run, a warm rerun (must be all cached), then a run with one more epoch (must
+rerun train, validate and export only).
+
+    python benchmarks/warm_cold.py [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A real `prefect server start` on a free local port; yields its API URL."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = open(home.parent / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"prefect server did not start; see {home.parent / 'server.log'}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _run(artifacts: Path, epochs: int, env: dict[str, str]) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(artifacts), "--epochs", str(epochs), "--json"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"imgflow run failed:\n{result.stderr[-4000:]}")
+    return seconds, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _statuses(summary: dict) -> str:
+    return ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items())
+
+
+def measure(label: str, tmp: Path, epochs: int, env: dict[str, str]) -> float:
+    artifacts = tmp / "artifacts"
+    cold, _ = _run(artifacts, epochs, env)
+    warm, warm_summary = _run(artifacts, epochs, env)
+    more, more_summary = _run(artifacts, epochs + 1, env)
+    print(f"{label}: cold {cold:.1f}s, warm {warm:.1f}s, warm/cold = {warm / cold:.3f}", flush=True)
+    print(f"  warm: {_statuses(warm_summary)}")
+    print(f"  --epochs {epochs + 1} ({more:.1f}s): {_statuses(more_summary)}")
+    return warm / cold
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imgflow-warm-cold-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        base.pop("PREFECT_API_URL", None)
+        (tmp / "temporary").mkdir()
+        temporary = measure(
+            "temporary server", tmp / "temporary", args.epochs, {**base, "PREFECT_HOME": str(tmp / "temporary" / "prefect")}
+        )
+        (tmp / "server").mkdir()
+        home = tmp / "server" / "prefect"
+        home.mkdir()
+        with prefect_server(home) as url:
+            running = measure("prefect server start", tmp / "server", args.epochs, {**base, "PREFECT_HOME": str(home), "PREFECT_API_URL": url})
+    print(f"warm/cold ratio: temporary server {temporary:.3f}, running server {running:.3f} (goal: <= 0.2)")
+
+
+if __name__ == "__main__":
+    main()
