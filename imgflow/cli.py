@@ -41,12 +41,30 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         refresh=args.refresh,
     )
+    _stop_temporary_server()
     sys.stderr.flush()
     if args.json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
         _print_summary(summary)
     return 0
+
+
+def _stop_temporary_server() -> None:
+    """Stop Prefect's temporary server now rather than at exit, so its farewell log line comes before
+    the summary and ``--json`` output really ends with the JSON line, even with 2>&1."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # Prefect keeps its temporary servers in this (private) registry and stops them at exit, after
+    # its log and event workers have sent what they hold: do both, in that order, now.
+    servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
+    if servers:
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
+    for server in servers:
+        server.stop()
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -11,8 +11,12 @@ import pytest
 IMGFLOW = [sys.executable, "-m", "imgflow.cli"]
 
 
-def _imgflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*IMGFLOW, *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=os.environ)
+def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.CompletedProcess:
+    """Run imgflow; with ``merged`` its stderr goes into stdout, as with 2>&1 in a shell."""
+    return subprocess.run(
+        [*IMGFLOW, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True, timeout=900, env=os.environ,
+    )
 
 
 @pytest.mark.parametrize(
@@ -35,9 +39,9 @@ def test_bad_input_exits_2_with_one_message_and_no_traceback(tmp_path: Path, arg
 def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     result = _imgflow("run", "--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0",
-                      "--artifacts", str(artifacts), "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+                      "--artifacts", str(artifacts), "--json", cwd=tmp_path, merged=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # the last line, stderr included
     assert summary["decision"] == "promoted"
     assert isinstance(summary["metrics"]["accuracy"], float)
     assert {s: summary["stages"][s]["status"] for s in summary["stages"]} == dict.fromkeys(
@@ -46,7 +50,7 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
     assert summary["stages"]["clean"]["records_in"] == 500
     assert {"kept", "quarantined"} <= set(summary["stages"]["clean"])
     assert Path(summary["artifacts"]["savedmodel"]).is_dir() and Path(summary["artifacts"]["onnx"]).is_file()
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
 
     listing = _imgflow("models", "--artifacts", str(artifacts), cwd=tmp_path)
     assert listing.returncode == 0 and "* v1" in listing.stdout and "digits" in listing.stdout
