@@ -17,22 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _timing import timed_json
+
 HERE = Path(__file__).resolve().parent
-
-
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict]:
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    return seconds, json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -47,9 +38,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="imgflow-bench-") as tmp:
             env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "TF_CPP_MIN_LOG_LEVEL": "2"}
             pipeline = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(Path(tmp) / "artifacts"), "--json", *epochs]
-            cold, cold_summary = _timed(pipeline, env)
-            plain, plain_result = _timed([sys.executable, str(HERE / "plain_keras.py"), *epochs[1:]], env)
-            warm, warm_summary = _timed(pipeline, env)
+            cold, cold_summary = timed_json(pipeline, env)
+            plain, plain_result = timed_json([sys.executable, str(HERE / "plain_keras.py"), *epochs[1:]], env)
+            warm, warm_summary = timed_json(pipeline, env)
             stage_seconds = {
                 stage: json.loads((Path(entry["path"]) / "manifest.json").read_text())["seconds"]
                 for stage, entry in cold_summary["stages"].items()

@@ -11,7 +11,6 @@ rerun train, validate and export only).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -22,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from _timing import timed_json
 
 
 def _free_port() -> int:
@@ -60,12 +61,7 @@ def prefect_server(home: Path) -> Iterator[str]:
 
 def _run(artifacts: Path, epochs: int, env: dict[str, str]) -> tuple[float, dict]:
     command = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(artifacts), "--epochs", str(epochs), "--json"]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"imgflow run failed:\n{result.stderr[-4000:]}")
-    return seconds, json.loads(result.stdout.strip().splitlines()[-1])
+    return timed_json(command, env)
 
 
 def _statuses(summary: dict) -> str:

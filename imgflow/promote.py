@@ -40,7 +40,8 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         f"# Model card: {name} {{version}}",
         "",
         f"- source: `{data['source']}`",
-        f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255, float32 or uint8",
+        f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255: SavedModel "
+        "`serving_default` (float32) or `serving_uint8` (uint8); ONNX input `pixels` (float32)",
         f"- classes: {', '.join(data['class_names'])}",
         f"- test accuracy: **{validation['accuracy']:.4f}** on {validation['test_records']} held-out records",
         f"- gate: {'; '.join(validation['reasons'])}",

@@ -139,17 +139,12 @@ class ArtifactStore:
             existing = self.lookup(stage, key)
             if existing is not None and not force:
                 return existing
-            return self._build_locked(stage, key, build, config=config, inputs=inputs)
+            return self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
 
     def _build_locked(
-        self,
-        stage: str,
-        key: str,
-        build: Callable[[Path], dict[str, Any]],
-        *,
-        config: Any,
-        inputs: Mapping[str, str],
+        self, stage: str, key: str, build: Callable[[Path], dict[str, Any]], provenance: dict[str, Any]
     ) -> StageResult:
+        """``build`` under this key's lock: into a temporary folder, manifest last, renamed into place."""
         parent = self.root / stage
         # Leftovers of runs that died holding this key's lock (we hold it now, so none is live).
         for stale in [*parent.glob(f".tmp-{key}-*"), *parent.glob(f".old-{key}-*")]:
@@ -167,8 +162,7 @@ class ArtifactStore:
                 "stage": stage,
                 "key": key,
                 "imgflow_version": __version__,
-                "config": config,
-                "inputs": dict(inputs),
+                **provenance,
                 "files": files,
                 "fingerprint": info.pop(CONTENT_FINGERPRINT, None) or stable_hash(files),
                 "info": info,

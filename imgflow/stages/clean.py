@@ -282,7 +282,7 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
         f"- kept: **{report['kept']}**",
         f"- quarantined: **{report['quarantined']}**",
         f"- image shape after cleaning: {' x '.join(map(str, report['image_shape']))}",
-        f"- splits: " + ", ".join(f"{s} {report['splits'].get(s, 0)}" for s in SPLITS),
+        "- splits: " + ", ".join(f"{s} {report['splits'].get(s, 0)}" for s in SPLITS),
         "",
         "## Quarantine reasons",
         "",
