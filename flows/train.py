@@ -14,8 +14,8 @@ from imgflow import registry
 from imgflow.cache import record_run
 from imgflow.config import build_run_config
 from imgflow.fingerprint import to_jsonable
-from imgflow.stages import refreshed
 from imgflow.promote import champion_validation
+from imgflow.stages import refreshed
 from imgflow.store import ArtifactStore, StageResult
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages

@@ -28,11 +28,15 @@ from imgflow.stages.shard import split_files
 from imgflow.store import Stage, StageResult, write_json_atomic
 
 
-def onnx_predict(model_path: str | Path, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities from an ONNX export for raw uint8/float32 pixels (N, H, W, C)."""
+def onnx_session(model_path: str | Path):  # noqa: ANN201 - onnxruntime.InferenceSession, imported lazily
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(model: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities from an ONNX export (a path or an open session) for raw pixels (N, H, W, C)."""
+    session = model if hasattr(model, "run") else onnx_session(model)
     input_name = session.get_inputs()[0].name
     outputs = [
         session.run(None, {input_name: images[start : start + batch_size].astype(np.float32)})[0]
@@ -46,13 +50,11 @@ def _champion_accuracy(champion: StageResult | None, candidate: StageResult, ima
         return None, "none"
     if champion.fingerprint == candidate.fingerprint:
         return accuracy, "the candidate is the champion"
-    onnx_path = Path(champion.path) / "model.onnx"
-    import onnxruntime as ort
-
-    expected = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-    if [d for d in expected[1:]] != list(images.shape[1:]):
-        return None, f"champion {champion.key} takes input {expected[1:]}, the test split is {list(images.shape[1:])}: not comparable"
-    predictions = onnx_predict(onnx_path, images).argmax(axis=1)
+    session = onnx_session(Path(champion.path) / "model.onnx")
+    expected = session.get_inputs()[0].shape[1:]
+    if list(expected) != list(images.shape[1:]):
+        return None, f"champion {champion.key} takes input {expected}, the test split is {list(images.shape[1:])}: not comparable"
+    predictions = onnx_predict(session, images).argmax(axis=1)
     return float((predictions == labels).mean()), f"champion {champion.key} evaluated on the same test split"
 
 
