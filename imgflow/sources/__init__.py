@@ -1,6 +1,7 @@
 """Dataset sources behind one interface.
 
-A source turns a spec such as ``sample:mnist5k`` or ``tfds:mnist:3.0.1`` into a stream of raw records:
+A source turns a spec such as ``folder:data/pets``, ``parquet:s3://lake/pets``, ``archive:URL#sha256=HEX``,
+``sample:mnist5k`` or ``tfds:mnist:3.0.1`` into a stream of raw records:
 an id that is stable across runs, the encoded image file bytes exactly as the source holds them, and
 a label name. Decoding and checking happen later, in the clean stage, so one broken image never stops
 a download. ``fingerprint()`` describes the content (a file hash, or a catalog name + version +
@@ -44,6 +45,24 @@ def _sample(rest: str, options: Mapping[str, Any]) -> Source:
     return SampleSource(rest)
 
 
+def _folder(rest: str, options: Mapping[str, Any]) -> Source:
+    from imgflow.sources.folder import FolderSource
+
+    return FolderSource(rest)
+
+
+def _parquet(rest: str, options: Mapping[str, Any]) -> Source:
+    from imgflow.sources.parquet import ParquetSource
+
+    return ParquetSource(rest, options)
+
+
+def _archive(rest: str, options: Mapping[str, Any]) -> Source:
+    from imgflow.sources.archive import ArchiveSource
+
+    return ArchiveSource(rest)
+
+
 def _tfds(rest: str, options: Mapping[str, Any]) -> Source:
     from imgflow.sources.tfds import TfdsSource
 
@@ -52,6 +71,9 @@ def _tfds(rest: str, options: Mapping[str, Any]) -> Source:
 
 SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Source]] = {
     "sample": _sample,
+    "folder": _folder,
+    "parquet": _parquet,
+    "archive": _archive,
     "tfds": _tfds,
 }
 
@@ -62,6 +84,6 @@ def open_source(spec: str, options: Mapping[str, Any] | None = None) -> Source:
     if not sep or scheme not in SCHEMES:
         raise SourceError(
             f"unknown dataset source {spec!r}: a source is SCHEME:WHERE with SCHEME one of "
-            f"{', '.join(sorted(SCHEMES))} (e.g. sample:mnist5k, tfds:mnist)"
+            f"{', '.join(sorted(SCHEMES))} (e.g. sample:mnist5k, folder:data/pets, parquet:s3://bucket/table, tfds:mnist)"
         )
     return SCHEMES[scheme](rest, options or {})

@@ -1,0 +1,226 @@
+"""folder:, parquet: and archive: sources on data the tests make, including every clear-failure case."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from imgflow.errors import FetchError, SourceError
+from imgflow.sources import open_source
+from tests.conftest import digit_like, encode
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _images(n: int = 4) -> dict[str, bytes]:
+    return {f"{'ab'[i % 2]}/{i}.png": encode(digit_like(i)) for i in range(n)}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# folder:
+
+
+def test_folder_labels_are_class_folders_and_ids_relative_paths(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", {**_images(), "a/deep/x.jpg": encode(digit_like(9), "JPEG"), ".DS_Store": b"meta",
+                                   "a/.hidden.png": b"", "README.txt": b"about"})
+    records = list(open_source(f"folder:{root}").records())
+    assert [(r.id, r.label) for r in records] == [
+        ("README.txt", ""), ("a/0.png", "a"), ("a/2.png", "a"), ("a/deep/x.jpg", "a"), ("b/1.png", "b"), ("b/3.png", "b"),
+    ]
+    assert records[1].image == (root / "a/0.png").read_bytes()
+
+
+def test_folder_fingerprint_follows_content_not_location_or_time(tmp_path: Path) -> None:
+    one = _tree(tmp_path / "one", _images())
+    two = _tree(tmp_path / "two", _images())
+    assert open_source(f"folder:{one}").fingerprint() == open_source(f"folder:{two}").fingerprint()
+    (two / "a/0.png").write_bytes(encode(digit_like(100)))
+    assert open_source(f"folder:{one}").fingerprint() != open_source(f"folder:{two}").fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, r"folder .*/d is empty: it holds no files"),
+        ({"a/1.png": b"x", "a/2.png": b"y"}, r"folder .*/d has 1 class folder\(s\) with files \(a\)"),
+        ({"1.png": b"x"}, r"folder .*/d has 0 class folder\(s\) with files \(none\)"),
+    ],
+)
+def test_folder_without_two_classes_fails(tmp_path: Path, files: dict[str, bytes], message: str) -> None:
+    (tmp_path / "d").mkdir()
+    _tree(tmp_path / "d", files)
+    with pytest.raises(SourceError, match=message):
+        open_source(f"folder:{tmp_path / 'd'}")
+
+
+def test_missing_folder_and_a_file_fail_naming_the_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=f"dataset folder {tmp_path}/nope does not exist"):
+        open_source(f"folder:{tmp_path}/nope")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SourceError, match="is not a folder"):
+        open_source(f"folder:{tmp_path}/f")
+
+
+# parquet:
+
+
+def _parquet(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def test_parquet_partitions_and_ids_are_the_same_through_root_or_partition(tmp_path: Path) -> None:
+    for day in ("2024-05-01", "2024-05-02"):
+        _parquet(tmp_path / "lake" / f"date={day}" / "part-0.parquet",
+                 [{"image": encode(digit_like(i)), "label": i % 2} for i in range(3)])
+    (tmp_path / "lake" / "_SUCCESS").write_text("")
+    whole = list(open_source(f"parquet:{tmp_path / 'lake'}").records())
+    assert [r.id for r in whole][:2] == ["date=2024-05-01/part-0.parquet#0", "date=2024-05-01/part-0.parquet#1"]
+    assert len(whole) == 6 and {r.label for r in whole} == {"0", "1"}
+    one_day = list(open_source(f"parquet:{tmp_path / 'lake' / 'date=2024-05-02'}").records())
+    assert [r.id for r in one_day] == [r.id for r in whole][3:]
+    uri = list(open_source(f"parquet:file://{tmp_path / 'lake'}").records())
+    assert [r.id for r in uri] == [r.id for r in whole]
+
+
+def test_parquet_columns_by_option_struct_images_ids_and_nulls(tmp_path: Path) -> None:
+    path = _parquet(tmp_path / "t.parquet", [
+        {"key": "k1", "img": {"bytes": encode(digit_like(1)), "path": "1.png"}, "y": "cat"},
+        {"key": "k2", "img": {"bytes": None, "path": "2.png"}, "y": None},
+    ])
+    options = {"image_column": "img", "label_column": "y", "id_column": "key"}
+    records = list(open_source(f"parquet:{path}", options).records())
+    assert [(r.id, r.label, len(r.image) > 0) for r in records] == [("k1", "cat", True), ("k2", "", False)]
+
+
+def test_parquet_uses_an_id_column_named_id_by_default(tmp_path: Path) -> None:
+    path = _parquet(tmp_path / "t.parquet", [{"id": "x", "image": b"1", "label": "a"}])
+    assert [r.id for r in open_source(f"parquet:{path}").records()] == ["x"]
+
+
+def test_parquet_clear_failures(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=f"Parquet source {tmp_path}/none does not exist"):
+        open_source(f"parquet:{tmp_path}/none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="is empty: the folder holds no Parquet files"):
+        open_source(f"parquet:{tmp_path}/empty")
+    (tmp_path / "mixed").mkdir()
+    _parquet(tmp_path / "mixed" / "a.parquet", [{"image": b"1", "label": "a"}])
+    (tmp_path / "mixed" / "b.parquet").write_text("id,image,label\n")
+    with pytest.raises(SourceError, match=r"mixed/b.parquet in Parquet source .* is not a readable Parquet file"):
+        open_source(f"parquet:{tmp_path}/mixed")
+    path = _parquet(tmp_path / "cols.parquet", [{"picture": b"1", "label": "a"}])
+    with pytest.raises(SourceError, match=r"cols.parquet has no image column 'image' \(columns: picture, label\)"):
+        open_source(f"parquet:{path}")
+    with pytest.raises(SourceError, match="has no label column 'y'"):
+        open_source(f"parquet:{path}", {"image_column": "picture", "label_column": "y"})
+    text = _parquet(tmp_path / "text.parquet", [{"image": "not bytes", "label": "a"}])
+    with pytest.raises(SourceError, match="the image column 'image' holds string, not image bytes"):
+        open_source(f"parquet:{text}")
+
+
+# archive:
+
+
+def _zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None, hard: bool = False) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("maker", [_zip, _tar])
+def test_archive_reads_class_folders_inside_one_top_folder(tmp_path: Path, maker) -> None:
+    files = {f"pets/{name}": data for name, data in _images().items()}
+    path = maker(tmp_path / "data.bin", files)
+    source = open_source(f"archive:{path}#sha256={_sha(path)}")
+    records = list(source.records())
+    assert [(r.id, r.label) for r in records] == [("a/0.png", "a"), ("a/2.png", "a"), ("b/1.png", "b"), ("b/3.png", "b")]
+    assert records[0].image == files["pets/a/0.png"]
+    assert source.fingerprint() == open_source(f"archive:{path}#sha256={_sha(path).upper()}").fingerprint()
+
+
+def test_archive_by_url_is_fetched_and_checked(tmp_path: Path) -> None:
+    path = _zip(tmp_path / "d.zip", _images())
+    assert len(list(open_source(f"archive:file://{path}#sha256={_sha(path)}").records())) == 4
+    with pytest.raises(SourceError, match="fails its checksum"):
+        list(open_source(f"archive:file://{path}#sha256={'0' * 64}").records())
+    with pytest.raises(FetchError, match="cannot fetch archive file:///nowhere.zip"):
+        list(open_source(f"archive:file:///nowhere.zip#sha256={'0' * 64}").records())
+
+
+def test_archive_clear_failures(tmp_path: Path) -> None:
+    path = _zip(tmp_path / "d.zip", _images())
+    with pytest.raises(SourceError, match=r"needs a location and its checksum: archive:PATH_OR_URL#sha256=HEX"):
+        open_source(f"archive:{path}")
+    with pytest.raises(SourceError, match=rf"archive {path} fails its checksum: sha256 is {_sha(path)}, the spec says 0+;"):
+        open_source(f"archive:{path}#sha256={'0' * 64}")
+    with pytest.raises(SourceError, match=f"archive {tmp_path}/none.zip does not exist"):
+        open_source(f"archive:{tmp_path}/none.zip#sha256={'0' * 64}")
+    text = tmp_path / "notes.zip"
+    text.write_text("hello")
+    with pytest.raises(SourceError, match="is neither a zip nor a tar archive"):
+        open_source(f"archive:{text}#sha256={_sha(text)}")
+
+
+@pytest.mark.parametrize(
+    ("files", "links", "hard", "message"),
+    [
+        ({"/etc/a/x.png": b"1", "b/y.png": b"2"}, None, False, "an absolute path, '/etc/a/x.png'"),
+        ({"a/../../x.png": b"1", "b/y.png": b"2"}, None, False, "an entry escaping its folder, 'a/../../x.png'"),
+        ({"a/x.png": b"1", "b/y.png": b"2"}, {"a/evil.png": "../../etc/passwd"}, False, "a link escaping its folder, 'a/evil.png' -> '../../etc/passwd'"),
+        ({"a/x.png": b"1", "b/y.png": b"2"}, {"a/evil.png": "/etc/passwd"}, False, "a link escaping its folder"),
+        ({"a/x.png": b"1", "b/y.png": b"2"}, {"a/evil.png": "../etc/passwd"}, True, "a link escaping its folder"),
+    ],
+)
+def test_archive_entries_escaping_the_folder_refuse_the_archive(tmp_path: Path, files, links, hard, message) -> None:
+    path = _tar(tmp_path / "evil.tgz", files, links, hard)
+    with pytest.raises(SourceError, match=message):
+        open_source(f"archive:{path}#sha256={_sha(path)}")
+
+
+def test_archive_link_inside_the_folder_is_allowed(tmp_path: Path) -> None:
+    path = _tar(tmp_path / "ok.tgz", _images(), {"a/same.png": "0.png"})
+    assert len(list(open_source(f"archive:{path}#sha256={_sha(path)}").records())) == 4
+
+
+def test_zip_symlink_escaping_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in _images().items():
+            archive.writestr(name, data)
+        link = zipfile.ZipInfo("a/evil.png")
+        link.external_attr = (0o120777 << 16)
+        archive.writestr(link, "../../../etc/passwd")
+    with pytest.raises(SourceError, match="a link escaping its folder, 'a/evil.png'"):
+        open_source(f"archive:{path}#sha256={_sha(path)}")
