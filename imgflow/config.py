@@ -52,6 +52,7 @@ class TrainConfig:
     rotate: float = 0.05
     zoom: float = 0.1
     seed: int = 0
+    class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
 
 

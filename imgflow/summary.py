@@ -41,6 +41,8 @@ def build_summary(
         quarantined=clean["quarantined"],
         quarantine_reasons=clean["quarantine_reasons"],
         splits=clean["splits"],
+        class_balance={name: sum(counts.values()) for name, counts in clean["per_class"].items()},
+        source_images=clean["source_images"],
     )
     train = results["train"]
     stages["train"].update(

@@ -9,6 +9,10 @@ Output folder::
     report.json          counts per reason, per class and split, image sizes and modes
     report.md            the same for a person
 
+Quarantine reasons: ``unlabeled`` (no class), ``empty`` (zero bytes), ``not_an_image``, ``truncated``,
+``undecodable``, ``unknown_label`` (not in the spec's class_names), ``duplicate`` (same pixels as an
+earlier record with the same label), ``label_conflict`` (same pixels under different labels).
+
 Nothing is dropped silently: ``records_in == kept + quarantined``. Every image is decoded, converted to
 the spec's channels and resized to its size. Exact duplicates (same pixels after that) keep their first
 record; an image seen under two different labels is quarantined in every copy. A record's split comes
@@ -156,13 +160,17 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
     quarantine: dict[str, tuple[str, str]] = {}  # id -> (reason, detail)
 
     probes: dict[str, Probe] = {}
-    for record_id, data in zip(ids, images, strict=True):
+    for record_id, data, label in zip(ids, images, labels, strict=True):
+        if not label:
+            quarantine[record_id] = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
+            continue
         try:
             probes[record_id] = probe(data)
         except BadImage as bad:
             quarantine[record_id] = (bad.reason, bad.detail)
     if not probes:
-        raise SourceError(f"dataset source {source} has no decodable image among its {len(ids)} records")
+        examples = "; ".join(f"{record_id}: {reason} ({detail})" for record_id, (reason, detail) in list(quarantine.items())[:3])
+        raise SourceError(f"dataset source {source} has no decodable image among its {len(ids)} records, e.g. {examples}")
     size, channels = _target_shape(config, probes)
 
     class_names = list(config.class_names) if config.class_names else sorted(
@@ -311,4 +319,4 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
     return "\n".join(lines) + "\n"
 
 
-CLEAN = Stage("clean", "1", _build)
+CLEAN = Stage("clean", "2", _build)

@@ -5,7 +5,7 @@ Output folder::
     <split>-<index>-of-<count>.tfrecord   tf.train.Example records (spec: ``imgflow.features``),
                                           e.g. train-00000-of-00004.tfrecord
 
-The manifest's info names each split's files and record counts, the image shape and the class names:
+The manifest's info names each split's files, record and per-class counts, the image shape and the class names:
 everything a reader needs without opening the shards. Records keep the clean table's order, so a
 shard's content depends only on the data.
 """
@@ -13,6 +13,7 @@ shard's content depends only on the data.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
                 ):
                     writer.write(make_example(record_id, pixels, label))
             files.append(name)
-        splits[split] = {"files": files, "records": part.num_rows}
+        labels = Counter(part["label"].to_pylist())
+        class_counts = [labels[index] for index in range(len(clean.info["class_names"]))]
+        splits[split] = {"files": files, "records": part.num_rows, "class_counts": class_counts}
     return {
         "image_shape": clean.info["image_shape"],
         "class_names": clean.info["class_names"],
@@ -60,4 +63,4 @@ def split_files(shards: StageResult, split: str) -> list[str]:
     return [str(Path(shards.path) / name) for name in shards.info["splits"][split]["files"]]
 
 
-SHARD = Stage("shard", "2", _build)
+SHARD = Stage("shard", "3", _build)

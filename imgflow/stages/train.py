@@ -10,6 +10,9 @@ Training checkpoints every epoch into the store's scratch folder for this key (s
 ``imgflow.checkpoints``): a run killed mid-training resumes from its last completed epoch when the same
 key runs again, and ``resumed_from_epoch`` in the info says from which (0: from scratch).
 
+With ``class_weights`` on, each class's examples are weighed by the inverse of its share of the train
+split (see ``balanced_class_weights``), for imbalanced data.
+
 The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``. Seeds
 are fixed and, with ``deterministic`` (the default), TensorFlow's op determinism is on, so the same
 inputs train the same model, bit for bit.
@@ -77,6 +80,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
     model.fit(
         train_data,
+        class_weight=balanced_class_weights(shards.info["splits"]["train"]["class_counts"]) if config.class_weights else None,
         epochs=config.epochs,
         initial_epoch=resumed_from,
         steps_per_epoch=steps_per_epoch,
@@ -98,6 +102,13 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         "parameters": int(model.count_params()),
         "final": last,
     }
+
+
+def balanced_class_weights(counts: list[int]) -> dict[int, float]:
+    """Inverse-frequency weights (``n / (k * n_c)``), so each present class weighs the same in the loss."""
+    present = {index: count for index, count in enumerate(counts) if count}
+    total = sum(present.values())
+    return {index: total / (len(present) * count) for index, count in present.items()}
 
 
 TRAIN = Stage("train", "3", _build)

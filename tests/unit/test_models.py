@@ -23,3 +23,11 @@ def test_config_knows_every_model() -> None:
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model 'vit'"):
         build_model("vit", (8, 8, 1), 2, 4, 0.1)
+
+
+def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:
+    from imgflow.stages.train import balanced_class_weights
+
+    weights = balanced_class_weights([30, 10, 0, 20])
+    assert weights == {0: 60 / 90, 1: 60 / 30, 3: 60 / 60}
+    assert {i: weights[i] * n for i, n in ((0, 30), (1, 10), (3, 20))} == {0: 20.0, 1: 20.0, 3: 20.0}
