@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -33,21 +34,44 @@ def _run(args: argparse.Namespace) -> int:
     open_source(cfg.download.source, cfg.download.options)
     from flows.train import train
 
-    summary = train(
-        dataset=args.dataset,
-        artifacts=args.artifacts,
-        epochs=args.epochs,
-        min_accuracy=args.min_accuracy,
-        limit=args.limit,
-        refresh=args.refresh,
-    )
-    _stop_temporary_server()
+    _quiet_user_errors()
+    try:
+        summary = train(
+            dataset=args.dataset,
+            artifacts=args.artifacts,
+            epochs=args.epochs,
+            min_accuracy=args.min_accuracy,
+            limit=args.limit,
+            refresh=args.refresh,
+        )
+    finally:
+        _stop_temporary_server()
     sys.stderr.flush()
     if args.json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
         _print_summary(summary)
     return 0
+
+
+class _WithoutTraceback(logging.Filter):
+    """Prefect logs a failed task's or flow's exception with its traceback. For a ``UserError`` (the
+    user's data or settings, not our bug) the console keeps the message and drops the traceback; the
+    logs sent to the Prefect server keep it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    """Put ``_WithoutTraceback`` on Prefect's console handlers (set up when Prefect is imported)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_WithoutTraceback())
 
 
 def _stop_temporary_server() -> None:

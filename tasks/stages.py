@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect import Task, get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.states import State
 
 from imgflow.config import DownloadConfig
+from imgflow.errors import FetchError, UserError
 from imgflow.fingerprint import stable_hash
 from imgflow.promote import promote as promote_candidate
 from imgflow.stages.clean import CLEAN
@@ -30,6 +33,13 @@ StageInputs = Mapping[str, "dict[str, Any] | str"]
 
 def _inputs(raw: StageInputs) -> dict[str, StageResult | str]:
     return {name: StageResult.from_dict(v) if isinstance(v, Mapping) else v for name, v in raw.items()}
+
+
+def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry failures that may pass (a network error, a bug hit by a flaky resource), never bad data:
+    a checksum or a missing column fails the same way every time."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, UserError) or isinstance(error, FetchError)
 
 
 def stage_task(stage: Stage, *, retries: int = 0) -> Task:
@@ -58,10 +68,11 @@ def stage_task(stage: Stage, *, retries: int = 0) -> Task:
         result_serializer="json",
         retries=retries,
         retry_delay_seconds=[2, 10, 30][:retries],
+        retry_condition_fn=worth_retrying,
     )
 
 
-@task(name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10])
+@task(name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying)
 def fingerprint_source(config: DownloadConfig) -> str:
     """The source's content fingerprint (may read a remote catalog: retried)."""
     return source_fingerprint(config)

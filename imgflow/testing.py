@@ -1,0 +1,76 @@
+"""Build realistic, dirty image corpora from the bundled MNIST digits, for tests and benchmarks.
+
+``dirty_folder`` writes a ``folder:`` dataset the way users' folders look: real digits saved as PNG,
+JPEG, GIF, BMP and WebP, in grayscale, RGB, RGBA and palette modes, at several sizes, with broken files
+mixed in. It returns what cleaning must find, so a test can check the accounting exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgflow.sources import open_source
+from imgflow.stages.download import sample
+
+FORMATS = (("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"), ("WEBP", "webp"))
+MODES = ("L", "RGB", "RGBA", "P")
+SIZES = (28, 32, 40)
+
+
+@dataclass
+class Corpus:
+    root: Path
+    files: int = 0
+    expected: Counter = field(default_factory=Counter)  # quarantine reason -> count
+
+
+def image_file(pixels: np.ndarray, fmt: str, mode: str, side: int) -> bytes:
+    """``pixels`` (a grayscale uint8 array) as an image file: resized, converted to ``mode``."""
+    image = Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR)
+    if fmt == "JPEG" and mode in ("RGBA", "P"):
+        mode = "RGB"  # JPEG stores neither alpha nor a palette
+    image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    return buffer.getvalue()
+
+
+def dirty_folder(root: Path, count: int = 2000, bad_every: int = 100) -> Corpus:
+    """``count`` (at most 5,000) real digits from ``sample:mnist5k`` under ``root/<digit>/``, in mixed formats, modes and
+    sizes; for every ``bad_every`` images also a zero-byte file, a truncated PNG and a text file named
+    like an image; one image copied under a second label (a label conflict) and one exact duplicate.
+    """
+    corpus = Corpus(root)
+    records = sample(open_source("sample:mnist5k").records(), count)  # spread over all ten classes
+    rng = np.random.default_rng(0)
+    for index, record in enumerate(records):
+        pixels = np.asarray(Image.open(io.BytesIO(record.image)))
+        fmt, ext = FORMATS[index % len(FORMATS)]
+        data = image_file(pixels, fmt, MODES[(index // len(FORMATS)) % len(MODES)], SIZES[int(rng.integers(len(SIZES)))])
+        folder = root / record.label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:05d}.{ext}").write_bytes(data)
+        corpus.files += 1
+        if index % bad_every == 0:
+            (folder / f"{index:05d}-empty.png").write_bytes(b"")
+            (folder / f"{index:05d}-cut.png").write_bytes(data[: len(data) // 2] if fmt == "PNG" else image_file(pixels, "PNG", "L", 28)[:200])
+            (folder / f"{index:05d}-notes.jpg").write_text("not an image, just a misnamed note\n")
+            corpus.files += 3
+            corpus.expected.update(empty=1, truncated=1, not_an_image=1)
+        if index == 1:
+            other = "7" if record.label != "7" else "1"
+            (root / other).mkdir(parents=True, exist_ok=True)
+            (root / other / f"{index:05d}-conflict.{ext}").write_bytes(data)
+            corpus.files += 1
+            corpus.expected.update(label_conflict=2)
+        if index == 2:
+            (folder / f"{index:05d}-copy.{ext}").write_bytes(data)
+            corpus.files += 1
+            corpus.expected.update(duplicate=1)
+    return corpus
