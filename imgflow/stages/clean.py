@@ -142,13 +142,36 @@ def _target_shape(config: CleanConfig, probes: Mapping[str, Probe]) -> tuple[tup
     return size, 1 if grayscale else 3
 
 
-def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
-    heights = [h for h, _ in sizes]
-    widths = [w for _, w in sizes]
+def _size_stats(size_counts: Mapping[str, int]) -> dict[str, Any]:
+    """min/median/max height and width from ``{"HxW": count}``, which partitions can sum."""
+    sizes = [tuple(int(n) for n in key.split("x")) for key, count in size_counts.items() for _ in range(count)]
+    if not sizes:
+        return {}
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
     return {
         "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
         "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
     }
+
+
+def content_conflicts(ids: list[str], labels: list[str], shas: list[str | None]) -> dict[str, tuple[str, str]]:
+    """Duplicates and label conflicts among records with the same pixels (``sha256``; None: not an image).
+
+    The first record of a group with one label is kept and the others are ``duplicate``; every record
+    of a group seen under two labels is a ``label_conflict``.
+    """
+    by_content: dict[str, list[int]] = defaultdict(list)
+    for position, sha in enumerate(shas):
+        if sha is not None:
+            by_content[sha].append(position)
+    found: dict[str, tuple[str, str]] = {}
+    for positions in by_content.values():
+        if len({labels[p] for p in positions}) > 1:
+            others = ", ".join(f"{ids[p]}={labels[p]!r}" for p in positions)
+            found.update((ids[p], ("label_conflict", f"same image under different labels: {others}")) for p in positions)
+        else:
+            found.update((ids[p], ("duplicate", f"same image as {ids[positions[0]]}")) for p in positions[1:])
+    return found
 
 
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
@@ -190,27 +213,9 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
             quarantine[record_id] = (bad.reason, bad.detail)
             continue
         decoded[record_id] = (sha256_bytes(pixels), pixels)
-
-    by_content: dict[str, list[int]] = defaultdict(list)
-    for position, record_id in enumerate(ids):
-        if record_id in decoded:
-            by_content[decoded[record_id][0]].append(position)
-    for positions in by_content.values():
-        group_labels = {labels[p] for p in positions}
-        if len(group_labels) > 1:
-            others = ", ".join(f"{ids[p]}={labels[p]!r}" for p in positions)
-            for p in positions:
-                quarantine[ids[p]] = ("label_conflict", f"same image under different labels: {others}")
-            continue
-        for p in positions[1:]:
-            quarantine[ids[p]] = ("duplicate", f"same image as {ids[positions[0]]}")
+    quarantine.update(content_conflicts(ids, labels, [decoded[i][0] if i in decoded else None for i in ids]))
 
     kept_positions = [p for p, record_id in enumerate(ids) if record_id in decoded and record_id not in quarantine]
-    if len({labels[p] for p in kept_positions}) < 2:
-        raise SourceError(
-            f"dataset source {source} has fewer than two classes with usable images "
-            f"(classes kept: {sorted({labels[p] for p in kept_positions}) or 'none'})"
-        )
     kept = {
         "id": [ids[p] for p in kept_positions],
         "label": [class_index[labels[p]] for p in kept_positions],
@@ -222,42 +227,73 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         "sha256": [decoded[ids[p]][0] for p in kept_positions],
         "pixels": [decoded[ids[p]][1] for p in kept_positions],
     }
-    pq.write_table(pa.table(kept, schema=KEPT_SCHEMA), out_dir / "records.parquet")
     bad_positions = [p for p, record_id in enumerate(ids) if record_id in quarantine]
-    pq.write_table(
-        pa.table(
-            {
-                "id": [ids[p] for p in bad_positions],
-                "label_name": [labels[p] for p in bad_positions],
-                "reason": [quarantine[ids[p]][0] for p in bad_positions],
-                "detail": [quarantine[ids[p]][1] for p in bad_positions],
-                "image": [images[p] for p in bad_positions],
-            },
-            schema=QUARANTINE_SCHEMA,
-        ),
-        out_dir / "quarantine.parquet",
-    )
-    if len(kept_positions) + len(bad_positions) != len(ids):
-        raise RuntimeError(f"clean lost records: {len(ids)} in, {len(kept_positions)} kept, {len(bad_positions)} quarantined")
-
-    per_class_split = {
-        name: {split: 0 for split in SPLITS} for name in class_names
+    quarantined = {
+        "id": [ids[p] for p in bad_positions],
+        "label_name": [labels[p] for p in bad_positions],
+        "reason": [quarantine[ids[p]][0] for p in bad_positions],
+        "detail": [quarantine[ids[p]][1] for p in bad_positions],
+        "image": [images[p] for p in bad_positions],
     }
-    for name, split in zip(kept["label_name"], kept["split"], strict=True):
+    return write_clean_output(
+        out_dir,
+        config,
+        source=source,
+        records_in=len(ids),
+        kept=pa.table(kept, schema=KEPT_SCHEMA),
+        quarantined=pa.table(quarantined, schema=QUARANTINE_SCHEMA),
+        class_names=class_names,
+        image_shape=[size[0], size[1], channels],
+        modes=Counter(p.mode for p in probes.values()),
+        size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes.values()),
+    )
+
+
+def write_clean_output(
+    out_dir: Path,
+    config: CleanConfig,
+    *,
+    source: str,
+    records_in: int,
+    kept: pa.Table,
+    quarantined: pa.Table,
+    class_names: list[str],
+    image_shape: list[int],
+    modes: Mapping[str, int],
+    size_counts: Mapping[str, int],
+) -> dict[str, Any]:
+    """Write a clean table, its quarantine and report (the layout above); return the report.
+
+    Checks the accounting (``records_in == kept + quarantined``) and that two classes are left.
+    """
+    if kept.num_rows + quarantined.num_rows != records_in:
+        raise RuntimeError(f"clean lost records: {records_in} in, {kept.num_rows} kept, {quarantined.num_rows} quarantined")
+    kept_names = kept.column("label_name").to_pylist()
+    if len(set(kept_names)) < 2:
+        raise SourceError(
+            f"dataset source {source} has fewer than two classes with usable images "
+            f"(classes kept: {sorted(set(kept_names)) or 'none'})"
+        )
+    pq.write_table(kept, out_dir / "records.parquet")
+    pq.write_table(quarantined, out_dir / "quarantine.parquet")
+    splits = kept.column("split").to_pylist()
+    per_class_split = {name: dict.fromkeys(SPLITS, 0) for name in class_names}
+    for name, split in zip(kept_names, splits, strict=True):
         per_class_split[name][split] += 1
     report = {
         "source": source,
-        "records_in": len(ids),
-        "kept": len(kept_positions),
-        "quarantined": len(bad_positions),
-        "quarantine_reasons": dict(Counter(quarantine[ids[p]][0] for p in bad_positions).most_common()),
-        "image_shape": [size[0], size[1], channels],
+        "records_in": records_in,
+        "kept": kept.num_rows,
+        "quarantined": quarantined.num_rows,
+        "quarantine_reasons": dict(Counter(quarantined.column("reason").to_pylist()).most_common()),
+        "image_shape": image_shape,
         "class_names": class_names,
-        "splits": dict(Counter(kept["split"])),
+        "splits": dict(Counter(splits)),
         "per_class": per_class_split,
         "source_images": {
-            "modes": dict(Counter(p.mode for p in probes.values()).most_common()),
-            **_size_stats([p.size for p in probes.values()]),
+            "modes": dict(Counter(modes).most_common()),
+            "size_counts": dict(Counter(size_counts).most_common()),
+            **_size_stats(size_counts),
         },
         "split_rule": {
             "test_fraction": config.test_fraction,
@@ -265,20 +301,12 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
             "salt": config.split_salt,
             "hash": "sha256 of the pixels",
         },
-        "data_fingerprint": stable_hash(sorted(kept["sha256"])),
+        "data_fingerprint": stable_hash(sorted(kept.column("sha256").to_pylist())),
     }
     write_json_atomic(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(report_markdown(report, quarantine_sample(ids, labels, quarantine)))
+    sample = quarantined.slice(0, 20).select(["id", "label_name", "reason", "detail"]).to_pylist()
+    (out_dir / "report.md").write_text(report_markdown(report, sample))
     return report
-
-
-def quarantine_sample(ids: list[str], labels: list[str], quarantine: Mapping[str, tuple[str, str]], n: int = 20) -> list[dict[str, str]]:
-    rows = [
-        {"id": record_id, "label": label, "reason": quarantine[record_id][0], "detail": quarantine[record_id][1]}
-        for record_id, label in zip(ids, labels, strict=True)
-        if record_id in quarantine
-    ]
-    return rows[:n]
 
 
 def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]) -> str:
@@ -315,7 +343,7 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
     ]
     if quarantined:
         lines += ["", f"## Quarantined records (first {len(quarantined)})", "", "| id | label | reason | detail |", "|---|---|---|---|"]
-        lines += [f"| {r['id']} | {r['label']} | {r['reason']} | {r['detail'][:120]} |" for r in quarantined]
+        lines += [f"| {r['id']} | {r['label_name']} | {r['reason']} | {r['detail'][:120]} |" for r in quarantined]
     return "\n".join(lines) + "\n"
 
 
