@@ -22,7 +22,7 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
     data = {
         "model_fingerprint": results["train"].fingerprint,
         "data_fingerprint": results["clean"].info["data_fingerprint"],
-        "source": results["download"].info["source"],
+        "source": results["clean"].info["source"],
         "image_shape": results["shard"].info["image_shape"],
         "class_names": results["shard"].info["class_names"],
         "metrics": {

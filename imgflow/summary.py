@@ -22,11 +22,17 @@ def _stage_entry(result: StageResult | None) -> dict[str, Any]:
 
 def build_summary(
     name: str,
+    root: str | Path,
     results: Mapping[str, StageResult],
     champion: Mapping[str, Any] | None,
     seconds: float,
+    partitions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``results`` has every stage that ran or was reused; export is absent when the gate rejected."""
+    """``results`` has every stage that ran or was reused; export is absent when the gate rejected.
+
+    A partitioned run has no single download: ``clean`` is the merged table, and ``partitions`` says
+    which date partitions were downloaded and cleaned in this run (``ran``) or reused (``cached``).
+    """
     validation = results["validate"].info
     promoted = (
         validation["promote"]
@@ -34,6 +40,8 @@ def build_summary(
         and champion["model_fingerprint"] == results["train"].fingerprint
     )
     stages = {stage: _stage_entry(results.get(stage)) for stage in ORDER}
+    if partitions is not None:
+        stages["download"] = {"status": "ran" if "ran" in partitions.values() else "cached", "partitions": len(partitions)}
     clean = results["clean"].info
     stages["clean"].update(
         records_in=clean["records_in"],
@@ -53,7 +61,7 @@ def build_summary(
     )
     export = results.get("export")
     artifacts = {
-        "root": str(Path(results["download"].path).parent.parent),
+        "root": str(root),
         "data_quality_report": str(results["clean"].file("report.md")),
         "training_curves": str(results["train"].file("training_curves.png")),
         "confusion_matrix": str(results["validate"].file("confusion_matrix.png")),
@@ -75,6 +83,7 @@ def build_summary(
         "stages": stages,
         "artifacts": artifacts,
         "seconds": round(seconds, 2),
+        **({"partitions": dict(partitions)} if partitions is not None else {}),
     }
 
 
@@ -95,6 +104,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "|---|---|---|",
         *[f"| {stage} | {entry['status']} | `{entry.get('key', '')}` |" for stage, entry in summary["stages"].items()],
         "",
+        *(
+            ["| partition | status |", "|---|---|", *[f"| {day} | {status} |" for day, status in summary["partitions"].items()], ""]
+            if "partitions" in summary
+            else []
+        ),
         "| artifact | path |",
         "|---|---|",
         *[f"| {name} | `{path}` |" for name, path in summary["artifacts"].items() if path],

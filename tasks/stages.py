@@ -23,6 +23,7 @@ from imgflow.promote import promote as promote_candidate
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, source_fingerprint
 from imgflow.stages.export import EXPORT
+from imgflow.stages.merge import MERGE
 from imgflow.stages.shard import SHARD
 from imgflow.stages.train import TRAIN
 from imgflow.stages.validate import VALIDATE
@@ -81,6 +82,7 @@ def fingerprint_source(config: DownloadConfig) -> str:
 # Only the download touches the network; retrying any other stage would redo the same failure.
 download = stage_task(DOWNLOAD, retries=2)
 clean = stage_task(CLEAN)
+merge = stage_task(MERGE)
 shard = stage_task(SHARD)
 train = stage_task(TRAIN)
 validate = stage_task(VALIDATE)
