@@ -2,91 +2,46 @@
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from prefect import Task, flow
-from prefect.artifacts import create_markdown_artifact
-from prefect.states import State
+from prefect import flow
+from pydantic import Field
 
-from imgflow import registry
-from imgflow.cache import record_run
+from flows._pipeline import ingest, ingest_partitions, release, scheduled_date, task_runner
 from imgflow.config import build_run_config
-from imgflow.fingerprint import to_jsonable
-from imgflow.promote import champion_validation
-from imgflow.stages import refreshed
-from imgflow.store import ArtifactStore, StageResult
-from imgflow.summary import build_summary, summary_markdown
-from tasks import stages
+from imgflow.partitions import date_partitions, select
+from imgflow.stages import ORDER, refreshed
+
+# Flow parameters mirror the CLI's flags; Prefect validates them with pydantic before a run starts.
+Epochs = Annotated[int, Field(ge=1, description="training epochs (default: the dataset's, else 15)")]
+Accuracy = Annotated[float, Field(ge=0.0, le=1.0, description="the gate's accuracy floor on the test split")]
+Limit = Annotated[int, Field(ge=1, description="a fixed sample of N records of the source")]
+Dataset = Annotated[str, Field(min_length=1, description="a name in datasets/, a .toml file, or a source spec")]
+StageName = Literal[ORDER]  # type: ignore[valid-type]
 
 
-def _result(state: State) -> StageResult:
-    """The StageResult a task state holds; a Prefect cache hit counts as ``cached``."""
-    result = StageResult.from_dict(state.result())
-    if state.name == "Cached":
-        return StageResult(**{**result.to_dict(), "status": "cached"})
-    return result
-
-
-@flow(name="train")
+@flow(name="train", task_runner=task_runner())
 def train(
-    dataset: str = "mnist5k",
+    dataset: Dataset = "mnist5k",
     artifacts: str = "artifacts",
-    epochs: int | None = None,
-    min_accuracy: float | None = None,
-    limit: int | None = None,
-    refresh: str | None = None,
+    epochs: Epochs | None = None,
+    min_accuracy: Accuracy | None = None,
+    limit: Limit | None = None,
+    refresh: StageName | None = None,
+    as_of: dt.date | None = None,
 ) -> dict[str, Any]:
     """Train, gate, export and promote an image classifier on ``dataset``; return the run summary.
 
-    ``refresh`` names a stage to run again even when its output exists, with every stage after it.
+    ``refresh`` names a stage to run again even when its output exists, with every stage after it. A
+    ``parquet:`` source with ``date=`` partitions is read up to ``as_of`` (default: the day the run was
+    scheduled for), one cached partition at a time, as a backfill would.
     """
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
-    forced = refreshed(refresh)
-    root, name = str(cfg.artifacts), cfg.dataset.name
-    results: dict[str, StageResult] = {}
-
-    def run(stage: Task, config: Any, inputs: dict[str, Any]) -> StageResult:
-        state = stage(config, inputs, root, force=stage.name in forced, return_state=True)
-        return _result(state)
-
-    # Data: download, clean, shard
-    source = stages.fingerprint_source(cfg.download)
-    results["download"] = run(stages.download, cfg.download, {"source": source})
-    results["clean"] = run(stages.clean, cfg.clean, {"raw": results["download"].to_dict()})
-    results["shard"] = run(stages.shard, cfg.shard, {"clean": results["clean"].to_dict()})
-    shards = results["shard"].to_dict()
-
-    # Model: train, then gate against the floor and the current champion on the same test split
-    results["train"] = run(stages.train, cfg.train, {"shards": shards})
-    model = results["train"].to_dict()
-    recorded = None
-    if "validate" not in forced:
-        recorded = champion_validation(ArtifactStore(root), name, cfg.gate, results["train"], results["shard"])
-    if recorded is not None:
-        results["validate"] = recorded  # the candidate already is the champion, gated as it is now
-    else:
-        inputs = {"shards": shards, "model": model}
-        champion = registry.champion_result(root, name)
-        if champion is not None and champion.fingerprint != results["train"].fingerprint:
-            inputs["champion"] = champion.to_dict()  # only a different model is a rival
-        results["validate"] = run(stages.validate, cfg.gate, inputs)
-
-    # Release: export and promote only what the gate let through
-    if results["validate"].info["promote"]:
-        results["export"] = run(stages.export, cfg.export, {"shards": shards, "model": model})
-        stages.promote(root, name, to_jsonable(cfg), {stage: r.to_dict() for stage, r in results.items()})
-
-    summary = build_summary(name, results, registry.champion(root, name), time.time() - started)
-    record_run(root, summary)
-    _publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
-    _publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
-    _publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
-    return summary
-
-
-def _publish(key: str, markdown: str, description: str) -> None:
-    """A Prefect markdown artifact (keys allow only lowercase letters, digits and dashes)."""
-    create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", key.lower()), description=description)
+    forced, root = refreshed(refresh), str(cfg.artifacts)
+    if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
+        results, partitions = ingest_partitions(cfg, root, forced, select(cfg.download.source, None, as_of or scheduled_date()))
+        return release(cfg, results, root, forced, started, partitions)
+    return release(cfg, ingest(cfg, root, forced), root, forced, started)

@@ -2,6 +2,8 @@
 
     imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N]
                 [--refresh STAGE] [--json]
+    imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--epochs N]
+                     [--min-accuracy F] [--json]
     imgflow models [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
@@ -13,6 +15,7 @@ with status 2, without a traceback; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -34,24 +37,58 @@ def _run(args: argparse.Namespace) -> int:
     open_source(cfg.download.source, cfg.download.options)
     from flows.train import train
 
+    return _run_flow(
+        train,
+        args.json,
+        dataset=args.dataset,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+        refresh=args.refresh,
+    )
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from imgflow.config import build_run_config
+    from imgflow.partitions import select
+
+    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy)
+    select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
+    from flows.backfill import backfill
+
+    return _run_flow(
+        backfill,
+        args.json,
+        dataset=args.dataset,
+        start=args.start,
+        end=args.end,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+    )
+
+
+def _run_flow(flow: Any, as_json: bool, **parameters: Any) -> int:
+    """Run a flow that returns a run summary; print the summary (or its JSON line, last)."""
     _quiet_user_errors()
     try:
-        summary = train(
-            dataset=args.dataset,
-            artifacts=args.artifacts,
-            epochs=args.epochs,
-            min_accuracy=args.min_accuracy,
-            limit=args.limit,
-            refresh=args.refresh,
-        )
+        summary = flow(**parameters)
     finally:
         _stop_temporary_server()
     sys.stderr.flush()
-    if args.json:
+    if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
         _print_summary(summary)
     return 0
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 class _WithoutTraceback(logging.Filter):
@@ -98,6 +135,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for reason in summary["reasons"]:
         print(f"  {reason}")
     print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
+    if "partitions" in summary:
+        print("  partitions: " + ", ".join(f"{day} {status}" for day, status in summary["partitions"].items()))
     for name, path in summary["artifacts"].items():
         if path:
             print(f"  {name}: {path}")
@@ -166,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage after it again even if cached ({', '.join(ORDER)})")
     run.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
     run.set_defaults(handler=_run)
+
+    back = commands.add_parser(
+        "backfill",
+        help="ingest each date=YYYY-MM-DD partition of a parquet: dataset in a range once, then train on their union",
+    )
+    back.add_argument("--dataset", required=True, help="parquet:ROOT (with date=YYYY-MM-DD folders) or a spec naming one")
+    back.add_argument("--start", type=_date, required=True, help="first partition date, YYYY-MM-DD (included)")
+    back.add_argument("--end", type=_date, required=True, help="last partition date, YYYY-MM-DD (included)")
+    back.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    back.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    back.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
+    back.set_defaults(handler=_backfill)
 
     models = commands.add_parser("models", help="list registered models and versions (* marks the champion)")
     models.add_argument("--artifacts", default="artifacts")

@@ -74,3 +74,19 @@ def dirty_folder(root: Path, count: int = 2000, bad_every: int = 100) -> Corpus:
             corpus.files += 1
             corpus.expected.update(duplicate=1)
     return corpus
+
+
+def partitioned_parquet(root: Path, days: list[str], per_day: int, offset: int = 0) -> Path:
+    """A Parquet table of real digits under ``root/date=<day>/part-0.parquet``, ``per_day`` distinct
+    digits per day (days take consecutive slices of a class-spread sample, starting at ``offset``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = sample(open_source("sample:mnist5k").records(), offset + per_day * len(days))[offset:]
+    for number, day in enumerate(days):
+        rows = records[number * per_day : (number + 1) * per_day]
+        folder = root / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"image": [r.image for r in rows], "label": [int(r.label) for r in rows]})
+        pq.write_table(table, folder / "part-0.parquet")
+    return root

@@ -1,0 +1,114 @@
+"""Backfills over date partitions of a real Parquet table: per-partition caching, Dask, concurrency,
+events, and parameter validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imgflow.testing import partitioned_parquet
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]
+D = dt.date.fromisoformat
+
+
+def _model_events(name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
+    wanted = EventFilter(
+        event=EventNameFilter(prefix=["imgflow.model."]),
+        resource=EventResourceFilter(id=[f"imgflow.model.{name}"]),
+    )
+    with get_client(sync_client=True) as client:
+        for _ in range(40):  # the server stores events asynchronously
+            events = client.read_events(wanted, limit=50).events
+            if events:
+                return events
+            time.sleep(0.5)
+    return []
+
+
+def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.backfill import backfill
+
+    lake = partitioned_parquet(tmp_path / "lake", DAYS, per_day=300)
+    artifacts = str(tmp_path / "artifacts")
+    params = {"dataset": f"parquet:{lake}", "artifacts": artifacts, "epochs": 2, "min_accuracy": 0.0}
+
+    on_dask = backfill.with_options(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True}))
+    first = on_dask(start=D(DAYS[0]), end=D(DAYS[1]), **params)
+    assert first["partitions"] == {DAYS[0]: "ran", DAYS[1]: "ran"}
+    assert first["stages"]["clean"]["records_in"] == 600 == first["stages"]["clean"]["kept"] + first["stages"]["clean"]["quarantined"]
+    assert first["decision"] == "promoted" and first["version"] == "v1"
+
+    more = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
+    assert more["partitions"] == {DAYS[0]: "cached", DAYS[1]: "cached", DAYS[2]: "ran"}
+    assert more["stages"]["clean"]["records_in"] == 900
+    assert more["stages"]["train"]["status"] == "ran" and more["decision"] in ("promoted", "rejected")
+    # The gate compared it with the champion (v1) on the new, larger test split.
+    assert more["metrics"]["champion_accuracy"] is not None
+    assert more["metrics"]["test_records"] > first["metrics"]["test_records"]
+
+    again = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
+    assert set(again["partitions"].values()) == {"cached"}
+    assert {entry["status"] for entry in again["stages"].values()} <= {"cached", "skipped"}
+
+    events = _model_events("lake")
+    assert {e.event for e in events} <= {"imgflow.model.promoted", "imgflow.model.rejected"}
+    promoted = [e for e in events if e.event == "imgflow.model.promoted"]
+    assert promoted and {e.payload["version"] for e in promoted} >= {"v1"}
+    assert all(0.0 <= e.payload["accuracy"] <= 1.0 for e in events)
+
+
+def test_a_scheduled_retrain_of_a_partitioned_source_reads_up_to_its_date(tmp_path: Path) -> None:
+    from flows.train import train
+
+    lake = partitioned_parquet(tmp_path / "lake", DAYS, per_day=200)
+    summary = train(dataset=f"parquet:{lake}", artifacts=str(tmp_path / "a"), epochs=1, min_accuracy=0.0, as_of=D(DAYS[1]))
+    assert summary["partitions"] == {DAYS[0]: "ran", DAYS[1]: "ran"}
+
+
+def test_flow_parameters_are_validated_before_anything_runs(tmp_path: Path) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.backfill import backfill
+    from flows.train import train
+
+    with pytest.raises(ParameterTypeError, match="epochs"):
+        train(dataset="digits", artifacts=str(tmp_path), epochs=0)
+    with pytest.raises(ParameterTypeError, match="min_accuracy"):
+        train(dataset="digits", artifacts=str(tmp_path), min_accuracy=1.5)
+    with pytest.raises(ParameterTypeError, match="refresh"):
+        train(dataset="digits", artifacts=str(tmp_path), refresh="everything")
+    with pytest.raises(ParameterTypeError, match="start"):
+        backfill(dataset="parquet:x", start="May 1st", end="2024-05-02", artifacts=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_two_backfills_at_once_are_safe(tmp_path: Path) -> None:
+    lake = partitioned_parquet(tmp_path / "lake", DAYS[:2], per_day=200)
+    command = [sys.executable, "-m", "imgflow.cli", "backfill", "--dataset", f"parquet:{lake}", "--start", DAYS[0],
+               "--end", DAYS[1], "--epochs", "1", "--min-accuracy", "0", "--artifacts", str(tmp_path / "a"), "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # each starts its own temporary server
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    for day in DAYS[:2]:
+        assert sorted(s["partitions"][day] for s in summaries) == ["cached", "ran"]  # built once, reused once
+    assert {s["version"] for s in summaries} == {"v1"}
+    assert summaries[0]["stages"]["train"]["key"] == summaries[1]["stages"]["train"]["key"]
