@@ -1,0 +1,52 @@
+"""The deployment path as a user types it, against a real `prefect server start` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgflow.testing import prefect_server
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
+    home = tmp_path / "prefect"
+    with prefect_server(home) as url:
+        env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home), "IMGFLOW_REPO": str(REPO)}
+
+        def prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+            result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+            assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout[-4000:]}"
+            return result
+
+        prefect("work-pool", "create", "imgflow", "--type", "process")
+        deployed = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+        assert "train/retrain" in deployed.stdout and "backfill/backfill" in deployed.stdout
+
+        with (tmp_path / "worker.log").open("w") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "imgflow"],
+                                      cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                artifacts = tmp_path / "artifacts"
+                run = prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k",
+                              "--param", "epochs=1", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
+            finally:
+                worker.terminate()
+                worker.wait(timeout=60)
+        assert "Completed" in run.stdout, run.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-3000:]
+        for stage in ("download", "clean", "shard", "train", "validate"):
+            assert list((artifacts / stage).glob("*/manifest.json")), stage
+        assert (artifacts / "runs.jsonl").is_file()
+
+        created = prefect("automation", "create", "--from-file", "deploy/automation-rejected.yaml")
+        assert "Created automation 'imgflow model rejected'" in created.stdout
+
+        inspected = prefect("deployment", "inspect", "train/retrain")
+        assert "0 3 * * *" in inspected.stdout and "UTC" in inspected.stdout
