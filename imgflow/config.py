@@ -15,6 +15,7 @@ from typing import Any
 from imgflow.errors import ConfigError
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
 MODEL_NAMES = ("cnn",)  # the keys of imgflow.models.MODELS (kept here so checking needs no Keras)
 
 
@@ -67,6 +68,9 @@ class ExportConfig:
     opset: int = 17
     parity_tolerance: float = 1e-5
     parity_batch: int = 256
+    int8: bool = True  # also try an int8-quantized ONNX model
+    int8_max_drop: float = 0.005  # keep it only if it loses at most this much test accuracy
+    calibration_images: int = 256
 
 
 SECTIONS = {

@@ -2,12 +2,18 @@
 
 Output folder::
 
-    savedmodel/     TensorFlow SavedModel; signatures ``serving_default`` (float32 pixels) and
-                    ``serving_uint8`` (uint8 pixels), both (N, H, W, C) in 0..255, returning
-                    {"probabilities": float32 (N, classes)}
-    model.onnx      the same model for ONNX Runtime: input "pixels" float32 (N, H, W, C) in 0..255
-                    (dynamic batch), output "probabilities"
-    parity.json     the largest absolute difference between the two on a batch of test images
+    savedmodel/       TensorFlow SavedModel; signatures ``serving_default`` (float32 pixels) and
+                      ``serving_uint8`` (uint8 pixels), both (N, H, W, C) in 0..255, and
+                      ``serving_bytes`` (a batch of encoded PNG/JPEG/GIF/BMP files, decoded, converted
+                      and resized inside the graph: ready for TF Serving), all returning
+                      {"probabilities": float32 (N, classes)}
+    model.onnx        the same model for ONNX Runtime: input "pixels" float32 (N, H, W, C) in 0..255
+                      (dynamic batch), output "probabilities"; opset in the info
+    model.int8.onnx   the int8-quantized ONNX model (static QDQ quantization calibrated on the
+                      validation split), only when its test accuracy is within ``int8_max_drop`` of
+                      the float model's; the info says both accuracies either way
+    parity.json       the largest absolute difference between SavedModel and ONNX on a batch of test
+                      images
 
 Both exports run on the same test batch; a difference above the tolerance fails the stage, so a model
 whose exports disagree is never promoted.
@@ -49,10 +55,20 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     def serve_uint8(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return serve(tf.cast(pixels, tf.float32))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        def decode(data: tf.Tensor) -> tf.Tensor:
+            image = tf.io.decode_image(data, channels=shape[2], expand_animations=False)
+            return tf.image.resize(image, shape[:2])
+
+        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+        return serve(pixels)
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve)
     archive.add_endpoint("serving_uint8", serve_uint8)
+    archive.add_endpoint("serving_bytes", serve_bytes)
     archive.write_out(str(out_dir / "savedmodel"), verbose=False)
 
     onnx_path = out_dir / "model.onnx"
@@ -76,7 +92,50 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
             f"SavedModel and ONNX outputs differ by {max_diff:.3g} (> {config.parity_tolerance:g}) "
             f"on {len(batch)} test images: refusing to promote {inputs['model'].path}"
         )
-    return {"opset": config.opset, "parity": parity}
+    int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, shape, config) if config.int8 else None
+    return {"opset": config.opset, "parity": parity, "int8": int8}
 
 
-EXPORT = Stage("export", "1", _build)
+def _quantize(float_path: Path, int8_path: Path, shards: StageResult, shape: tuple[int, ...], config: ExportConfig) -> dict[str, Any]:
+    """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
+    calibration data; keep it only if it loses at most ``int8_max_drop`` test accuracy."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from imgflow.data import load_arrays
+
+    calibration, _, _ = load_arrays(split_files(shards, "val"), shape)
+    if len(calibration) == 0:
+        calibration, _, _ = load_arrays(split_files(shards, "train"), shape)
+    calibration = calibration[: config.calibration_images].astype(np.float32)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixels": batch}
+
+    scratch = int8_path.with_name("model.pre-quant.onnx")
+    quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
+    quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
+    scratch.unlink()
+    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
+    float_accuracy = float((onnx_predict(float_path, images).argmax(1) == labels).mean())
+    int8_accuracy = float((onnx_predict(int8_path, images).argmax(1) == labels).mean())
+    kept = float_accuracy - int8_accuracy <= config.int8_max_drop
+    if not kept:
+        int8_path.unlink()
+    return {
+        "exported": kept,
+        "accuracy": int8_accuracy,
+        "float_accuracy": float_accuracy,
+        "max_drop": config.int8_max_drop,
+        "calibration_images": int(len(calibration)),
+        "bytes": int8_path.stat().st_size if kept else None,
+        "float_bytes": float_path.stat().st_size,
+    }
+
+
+EXPORT = Stage("export", "2", _build)
