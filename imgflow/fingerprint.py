@@ -44,3 +44,10 @@ def stable_hash(obj: Any) -> str:
 def to_jsonable(obj: Any) -> Any:
     """The plain JSON value of ``obj`` (dataclasses become dicts, tuples lists, paths strings)."""
     return _jsonable(obj)
+
+
+def code_fingerprint() -> str:
+    """A hash of imgflow's own source (the imgflow, tasks and flows packages): which code made a model."""
+    repo = Path(__file__).resolve().parent.parent
+    files = sorted(p for package in ("imgflow", "tasks", "flows") for p in (repo / package).rglob("*.py"))
+    return stable_hash([(p.relative_to(repo).as_posix(), sha256_file(p)) for p in files])

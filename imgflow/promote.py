@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import registry
-from imgflow.fingerprint import to_jsonable
+from imgflow.errors import ConfigError
+from imgflow.fingerprint import code_fingerprint, to_jsonable
+from imgflow.model_report import report_html
 from imgflow.store import MANIFEST, ArtifactStore, StageResult, file_lock
 
 
@@ -33,6 +35,8 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         "decision": {"promote": validation["promote"], "reasons": validation["reasons"]},
         "training": results["train"].info,
         "parity": results["export"].info["parity"],
+        "export": {"opset": results["export"].info["opset"], "int8": results["export"].info.get("int8")},
+        "code_fingerprint": code_fingerprint(),
         "config": to_jsonable(config),
         "lineage": lineage,
     }
@@ -99,13 +103,35 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "training_curves.png": results["train"].file("training_curves.png"),
         "history.json": results["train"].file("history.json"),
         "data_quality.md": results["clean"].file("report.md"),
+        "misclassified.parquet": results["validate"].file("misclassified.parquet"),
+    }
+    if results["export"].file("model.int8.onnx").is_file():
+        files["model.int8.onnx"] = results["export"].file("model.int8.onnx")
+    documents = {
+        "model_card.md": card_md,
+        "report.html": report_html({**card, "name": name}, Path(results["validate"].path), Path(results["train"].path)),
     }
     folder = registry.model_dir(root, name)
     folder.mkdir(parents=True, exist_ok=True)
     # One promotion at a time per model: two runs promoting the same candidate register it once.
     with file_lock(folder / ".lock"):
-        version = registry.register(root, name, files, card, card_md)
+        version = registry.register(root, name, files, card, documents)
         current = registry.champion(root, name)
         if current is not None and current["version"] == version:
             return current
         return registry.set_champion(root, name, version, reason="; ".join(results["validate"].info["reasons"]))
+
+
+def promote_version(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
+    """Make a registered ``version`` the champion by hand (recorded with who and why)."""
+    with file_lock(registry.model_dir(root, name) / ".lock"):
+        return registry.set_champion(root, name, version, reason=f"manual promotion: {reason}")
+
+
+def rollback(root: str | Path, name: str, reason: str) -> dict[str, Any]:
+    """Point the champion back at the version it replaced (recorded with who and why)."""
+    with file_lock(registry.model_dir(root, name) / ".lock"):
+        current = registry.champion(root, name)
+        if current is None or not current.get("previous"):
+            raise ConfigError(f"model {name} has no earlier champion to roll back to")
+        return registry.set_champion(root, name, current["previous"], reason=f"rollback from {current['version']}: {reason}")

@@ -10,7 +10,9 @@ Layout under ``<artifacts>/models/<name>/``::
         model.onnx       the ONNX model
         card.json        config, data and model fingerprints, metrics, gate decision, lineage
         model_card.md    the same for a person
-        ...              the run's plots and metrics
+        report.html      the model report: one self-contained page (imgflow.model_report)
+        model.int8.onnx  the int8-quantized ONNX model, when it kept the accuracy
+        ...              the run's plots, metrics and hardest mistakes
 
 A version folder is assembled in a temporary folder and renamed into place complete; a model already
 registered (same model fingerprint) is never registered twice.
@@ -29,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgflow.errors import ConfigError
 from imgflow.store import StageResult, write_json_atomic
 
 _VERSION = re.compile(r"^v(\d+)$")
@@ -59,6 +62,32 @@ def champion(root: str | Path, name: str) -> dict[str, Any] | None:
     return {**data, "path": str(model_dir(root, name) / data["version"])}
 
 
+def model_names(root: str | Path) -> list[str]:
+    folder = Path(root) / "models"
+    return sorted(p.name for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def resolve_name(root: str | Path, name: str | None) -> str:
+    """``name``, checked; without one, the only registered model (a clear error when there are several)."""
+    names = model_names(root)
+    if name is not None:
+        if name not in names:
+            raise ConfigError(f"no model named {name!r} under {Path(root) / 'models'}; models: {', '.join(names) or 'none'}")
+        return name
+    if len(names) != 1:
+        raise ConfigError(
+            f"{'several models' if names else 'no model'} under {Path(root) / 'models'}"
+            + (f" ({', '.join(names)}): say which with --name" if names else ": train one first (imgflow run)")
+        )
+    return names[0]
+
+
+def history(root: str | Path, name: str) -> list[dict[str, Any]]:
+    """Every champion pointer move of model ``name``, oldest first."""
+    path = model_dir(root, name) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def champion_result(root: str | Path, name: str) -> StageResult | None:
     """The champion as an input to the validate stage: its folder and its model fingerprint."""
     pointer = champion(root, name)
@@ -81,8 +110,11 @@ def find_version(root: str | Path, name: str, model_fingerprint: str) -> str | N
     return None
 
 
-def register(root: str | Path, name: str, files: Mapping[str, Path], card_data: Mapping[str, Any], card_md: str) -> str:
-    """Copy ``files`` (name in the version folder -> source path) into a new version; return its name.
+def register(
+    root: str | Path, name: str, files: Mapping[str, Path], card_data: Mapping[str, Any], documents: Mapping[str, str]
+) -> str:
+    """Copy ``files`` (name in the version folder -> source path) into a new version and write
+    ``documents`` (name -> text, with ``{version}`` replaced by the new version); return its name.
 
     ``card_data["model_fingerprint"]`` identifies the model: registering it again returns the existing
     version.
@@ -104,7 +136,8 @@ def register(root: str | Path, name: str, files: Mapping[str, Path], card_data: 
             taken = versions(root, name)
             version = f"v{int(taken[-1][1:]) + 1 if taken else 1}"
             write_json_atomic(tmp / "card.json", {**card_data, "name": name, "version": version})
-            (tmp / "model_card.md").write_text(card_md.replace("{version}", version))
+            for document, text in documents.items():
+                (tmp / document).write_text(text.replace("{version}", version))
             try:
                 os.rename(tmp, folder / version)
                 return version
@@ -121,7 +154,7 @@ def set_champion(root: str | Path, name: str, version: str, reason: str) -> dict
     """Point the champion at ``version`` (atomically) and record the move in history.jsonl."""
     folder = model_dir(root, name)
     if not (folder / version / "card.json").is_file():
-        raise ValueError(f"model {name} has no version {version}; versions: {', '.join(versions(root, name)) or 'none'}")
+        raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(versions(root, name)) or 'none'}")
     data = card(root, name, version)
     previous = champion(root, name)
     pointer = {

@@ -69,6 +69,7 @@ def build_summary(
         "savedmodel": str(export.file("savedmodel")) if export else None,
         "onnx": str(export.file("model.onnx")) if export else None,
         "registry": str(Path(champion["path"])) if promoted and champion else None,
+        "model_report": str(Path(champion["path"]) / "report.html") if promoted and champion else None,
     }
     return {
         "model": name,
@@ -111,7 +112,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         ),
         "| artifact | path |",
         "|---|---|",
-        *[f"| {name} | `{path}` |" for name, path in summary["artifacts"].items() if path],
+        *[
+            f"| {name} | [{Path(path).name}]({Path(path).as_uri()}) |" if name == "model_report" else f"| {name} | `{path}` |"
+            for name, path in summary["artifacts"].items()
+            if path
+        ],
         "",
     ]
     return "\n".join(lines)

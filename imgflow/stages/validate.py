@@ -6,6 +6,8 @@ Output folder::
                            accuracy on the same records
     decision.json          promote (true/false), the reasons, and the numbers compared
     confusion_matrix.png   the candidate's confusion matrix on the test split
+    misclassified.parquet  the hardest mistakes (most confident wrong answers, at most 24): id, label,
+                           predicted, confidence, image (PNG), for the model report
     report.md              the above for a person
 
 The champion is evaluated through its ONNX export, so any past model that takes the same input shape
@@ -45,6 +47,32 @@ def onnx_predict(model: Any, images: np.ndarray, batch_size: int = 512) -> np.nd
     return np.concatenate(outputs)
 
 
+def write_misclassified(
+    path: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str],
+    class_names: list[str], limit: int = 24,
+) -> None:
+    """The ``limit`` most confident wrong predictions, hardest first, with their images as PNG."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgflow.sources.images import encode_png
+
+    predictions = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    hardest = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    table = pa.table(
+        {
+            "id": [ids[i] for i in hardest],
+            "label": [class_names[labels[i]] for i in hardest],
+            "predicted": [class_names[predictions[i]] for i in hardest],
+            "confidence": pa.array([float(confidence[i]) for i in hardest], pa.float64()),
+            "image": pa.array([encode_png(images[i]) for i in hardest], pa.binary()),
+        }
+    )
+    pq.write_table(table, path)
+
+
 def _champion_accuracy(champion: StageResult | None, candidate: StageResult, images: np.ndarray, labels: np.ndarray, accuracy: float) -> tuple[float | None, str]:
     if champion is None:
         return None, "none"
@@ -66,7 +94,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     shards, model_result = inputs["shards"], inputs["model"]
     shape = tuple(shards.info["image_shape"])
     class_names = shards.info["class_names"]
-    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
+    images, labels, ids = load_arrays(split_files(shards, "test"), shape)
     if len(labels) == 0:
         raise ValueError(f"the test split in {shards.path} is empty: nothing to validate on")
     model = keras.models.load_model(model_result.file("model.keras"))
@@ -88,6 +116,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         "champion": champion_note,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    write_misclassified(out_dir / "misclassified.parquet", images, labels, probabilities, ids, class_names)
     write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
     plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
     verdict = "PROMOTE" if decision.promote else "REJECT"
@@ -118,4 +147,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     }
 
 
-VALIDATE = Stage("validate", "1", _build)
+VALIDATE = Stage("validate", "2", _build)

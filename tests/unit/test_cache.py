@@ -29,7 +29,7 @@ def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: Ar
     onnx = tmp_path / "model.onnx"
     onnx.write_text("onnx")
     card = {"model_fingerprint": "f", "metrics": {"accuracy": 1.0}, "lineage": {"train": {"key": lineage}}}
-    registry.register(root, "m", {"model.onnx": onnx}, card, "")
+    registry.register(root, "m", {"model.onnx": onnx}, card, {})
     _run(root, {"train": old})
     _run(root, {"train": recent})
 
