@@ -129,9 +129,9 @@ def release(
     summary = build_summary(name, root, results, registry.champion(root, name), time.time() - started, partitions)
     record_run(root, summary)
     _announce(summary)
-    _publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
-    _publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
-    _publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
+    publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
+    publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
+    publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
     return summary
 
 
@@ -151,7 +151,7 @@ def _announce(summary: dict[str, Any]) -> None:
     )
 
 
-def _publish(key: str, markdown: str, description: str) -> None:
+def publish(key: str, markdown: str, description: str) -> None:
     """A Prefect markdown artifact (keys allow only lowercase letters, digits and dashes)."""
     create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", key.lower()), description=description)
 

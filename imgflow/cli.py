@@ -4,7 +4,10 @@
                 [--refresh STAGE] [--json]
     imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--epochs N]
                      [--min-accuracy F] [--json]
-    imgflow models [--artifacts DIR] [--name NAME]
+    imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
+                    [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K] [--json]
+    imgflow models [ls | show VERSION | promote VERSION --reason R | rollback --reason R]
+                   [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
 
@@ -21,10 +24,12 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from imgflow.errors import UserError
+from imgflow.errors import ConfigError, UserError
+from imgflow.config import BACKENDS
 from imgflow.stages import ORDER
 
 
@@ -143,21 +148,72 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from imgflow import promote, registry
 
+    root = args.artifacts
+    command = args.models_command or "ls"
+    if command == "ls":
+        names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
+        if not names:
+            print(f"no models registered under {Path(root) / 'models'}")
+        for name in names:
+            champion = registry.champion(root, name)
+            print(f"{name}  (* champion)")
+            print(f"   {'version':<8} {'accuracy':>8} {'test':>6} {'champion before':>15}  {'int8':<5} decision")
+            for version in registry.versions(root, name):
+                card = registry.card(root, name, version)
+                metrics, int8 = card["metrics"], (card.get("export") or {}).get("int8") or {}
+                mark = "*" if champion and champion["version"] == version else " "
+                before = f"{metrics['champion_accuracy']:.4f}" if metrics.get("champion_accuracy") is not None else "-"
+                print(
+                    f" {mark} {version:<8} {metrics['accuracy']:>8.4f} {metrics['test_records']:>6} {before:>15}  "
+                    f"{'yes' if int8.get('exported') else 'no':<5} {'; '.join(card['decision']['reasons'])}"
+                )
+        return 0
+    name = registry.resolve_name(root, args.name)
+    if command == "show":
+        folder = registry.model_dir(root, name) / args.version
+        if not (folder / "card.json").is_file():
+            raise ConfigError(f"model {name} has no version {args.version!r}; versions: {', '.join(registry.versions(root, name)) or 'none'}")
+        print((folder / "model_card.md").read_text())
+        moves = [m for m in registry.history(root, name) if args.version in (m["version"], m.get("previous"))]
+        print("## Champion history\n")
+        for move in moves:
+            print(f"- {move['promoted_at']} {move.get('previous') or '-'} -> {move['version']} by {move['by']}: {move['reason']}")
+        print(f"\nfolder: {folder}" + (f"\nreport: {folder / 'report.html'}" if (folder / "report.html").is_file() else ""))
+        return 0
+    if command == "promote":
+        pointer = promote.promote_version(root, name, args.version, args.reason)
+    else:
+        pointer = promote.rollback(root, name, args.reason)
+    print(f"{name}: champion {pointer['previous'] or '-'} -> {pointer['version']} (accuracy {pointer['accuracy']:.4f}), by {pointer['by']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
     from imgflow import registry
+    from imgflow.predict import input_images
 
-    root = Path(args.artifacts)
-    names = [args.name] if args.name else sorted(p.name for p in (root / "models").glob("*") if p.is_dir())
-    if not names:
-        print(f"no models registered under {root / 'models'}")
-    for name in names:
-        champion = registry.champion(root, name)
-        print(name)
-        for version in registry.versions(root, name):
-            card = registry.card(root, name, version)
-            mark = "*" if champion and champion["version"] == version else " "
-            print(f" {mark} {version}  accuracy {card['metrics']['accuracy']:.4f}  {card['source']}")
+    if not args.output.endswith(".parquet"):
+        raise ConfigError(f"--output must be a .parquet file, got {args.output}")
+    registry.resolve_name(args.artifacts, args.name)
+    input_images(args.input)  # a missing or empty input costs nothing
+    from flows.predict import predict
+
+    _quiet_user_errors()
+    try:
+        summary = predict(
+            input=args.input, output=args.output, artifacts=args.artifacts, name=args.name, model=args.model,
+            backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
+        )
+    finally:
+        _stop_temporary_server()
+    sys.stderr.flush()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True), flush=True)
+    else:
+        print(f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
+              f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}")
     return 0
 
 
@@ -219,10 +275,38 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
     back.set_defaults(handler=_backfill)
 
-    models = commands.add_parser("models", help="list registered models and versions (* marks the champion)")
+    pred = commands.add_parser("predict", help="label every image of a folder or Parquet table with a registered model")
+    pred.add_argument("--input", required=True, help="PATH (an image or a folder), folder:PATH or parquet:PATH_OR_URI")
+    pred.add_argument("--output", required=True, help="the predictions, FILE.parquet (one row per input image)")
+    pred.add_argument("--artifacts", default="artifacts", help="the artifact root holding the registry")
+    pred.add_argument("--name", help="the model (default: the only one registered)")
+    pred.add_argument("--model", metavar="VERSION", help="a registered version such as v3 (default: the champion)")
+    pred.add_argument("--backend", choices=BACKENDS, default="onnx", help="ONNX Runtime (default), its int8 variant, or TensorFlow")
+    pred.add_argument("--top-k", type=int, default=3, help="how many best classes each row lists (default 3)")
+    pred.add_argument("--batch-size", type=int, default=256)
+    pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
+    pred.set_defaults(handler=_predict)
+
+    models = commands.add_parser("models", help="the model registry: ls (default), show, promote, rollback")
     models.add_argument("--artifacts", default="artifacts")
-    models.add_argument("--name", help="only this model")
-    models.set_defaults(handler=_models)
+    models.add_argument("--name", help="the model (default: every model for ls, else the only one registered)")
+    models.set_defaults(handler=_models, models_command=None)
+    # The same two options after the subcommand too (SUPPRESS: given there, they win; absent, the above).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--artifacts", default=argparse.SUPPRESS)
+    common.add_argument("--name", default=argparse.SUPPRESS)
+    model_commands = models.add_subparsers(dest="models_command")
+    model_commands.add_parser("ls", parents=[common], help="versions, metrics, gate decision; * marks the champion")
+    show = model_commands.add_parser("show", parents=[common], help="a version's model card and champion history")
+    show.add_argument("version")
+    promoting = model_commands.add_parser(
+        "promote", parents=[common], help="make a registered version the champion (recorded with who and why)"
+    )
+    promoting.add_argument("version")
+    promoting.add_argument("--reason", required=True, help="why, for the history")
+    rolling = model_commands.add_parser("rollback", parents=[common], help="point the champion back at the version it replaced")
+    rolling.add_argument("--reason", required=True, help="why, for the history")
+
     cache = commands.add_parser("cache", help="list or prune stage outputs in the artifact store")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     listing = cache_commands.add_parser("ls", help="every stage output: key, size, age, the runs and models using it")

@@ -2,7 +2,7 @@
 
 Options (a dataset spec's ``[options]``): ``image_column`` (default ``image``; binary, or a struct with a
 ``bytes`` field as Hugging Face datasets write it), ``label_column`` (default ``label``; strings or
-integers), ``id_column`` (default ``id`` when the table has one). Without an id column a record's id is
+integers; None for unlabelled images), ``id_column`` (default ``id`` when the table has one). Without an id column a record's id is
 its file's path and row number.
 
 A folder is read recursively with Hive partitions (``date=2024-05-01/part-0.parquet``); files whose name
@@ -60,7 +60,8 @@ class ParquetSource:
             raise SourceError("a Parquet source needs a path or URI: parquet:PATH_OR_URI, e.g. parquet:data/images")
         self.spec = f"parquet:{location}"
         self.image_column = str(options.get("image_column", "image"))
-        self.label_column = str(options.get("label_column", "label"))
+        label_column = options.get("label_column", "label")  # None: unlabelled images (batch prediction)
+        self.label_column = None if label_column is None else str(label_column)
         self.filesystem, path = _open_filesystem(location)
         info = self.filesystem.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
@@ -94,7 +95,7 @@ class ParquetSource:
                 raise SourceError(f"{path} in Parquet source {self.spec} is not a readable Parquet file: {exc}") from None
             names = set(schema.names) | set(partition_values(relative))
             for role, column in (("image", self.image_column), ("label", self.label_column)):
-                if column not in names:
+                if column is not None and column not in names:
                     raise SourceError(
                         f"{path} has no {role} column {column!r} (columns: {', '.join(schema.names)}); "
                         f"set {role}_column in the dataset spec's [options]"
@@ -130,7 +131,7 @@ class ParquetSource:
             row = 0
             for batch in parquet.iter_batches(batch_size=_BATCH, columns=columns):
                 images = _image_bytes(batch.column(self.image_column))
-                labels = _column(batch, self.label_column, partitions)
+                labels = _column(batch, self.label_column, partitions) if self.label_column else [None] * batch.num_rows
                 ids = _column(batch, self.id_column, partitions) if self.id_column else None
                 for offset in range(batch.num_rows):
                     label = labels[offset]

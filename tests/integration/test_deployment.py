@@ -28,7 +28,8 @@ def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
 
         prefect("work-pool", "create", "imgflow", "--type", "process")
         deployed = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
-        assert "train/retrain" in deployed.stdout and "backfill/backfill" in deployed.stdout
+        for deployment in ("train/retrain", "backfill/backfill", "predict/predict"):
+            assert deployment in deployed.stdout
 
         with (tmp_path / "worker.log").open("w") as log:
             worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "imgflow"],

@@ -1,0 +1,47 @@
+"""The ``predict`` flow: label a batch of images with the champion (or a named version)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from prefect import flow
+from pydantic import Field
+
+from flows._pipeline import publish
+from imgflow import registry
+from imgflow.errors import ConfigError
+from imgflow.config import BACKENDS
+from imgflow.predict import PredictConfig
+from tasks.predict import predict_images
+
+
+@flow(name="predict")
+def predict(
+    input: Annotated[str, Field(min_length=1, description="PATH, folder:PATH or parquet:PATH_OR_URI")],  # noqa: A002
+    output: Annotated[str, Field(pattern=r"\.parquet$", description="the predictions file, FILE.parquet")],
+    artifacts: str = "artifacts",
+    name: str | None = None,
+    model: str | None = None,
+    backend: Literal[BACKENDS] = "onnx",  # type: ignore[valid-type]
+    top_k: Annotated[int, Field(ge=1)] = 3,
+    batch_size: Annotated[int, Field(ge=1)] = 256,
+) -> dict[str, Any]:
+    """Label every image of ``input`` with model ``name``'s champion, or its version ``model``; write
+    one row per image to ``output``. Returns the prediction summary."""
+    name = registry.resolve_name(artifacts, name)
+    version = model or (registry.champion(artifacts, name) or {}).get("version")
+    if version is None:
+        raise ConfigError(f"model {name} has no champion yet: name a version with --model")
+    version_dir = registry.model_dir(artifacts, name) / version
+    if not (version_dir / "card.json").is_file():
+        raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(registry.versions(artifacts, name)) or 'none'}")
+    summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size))
+    publish(
+        f"imgflow-predict-{name}",
+        f"# Predictions: {summary['model']} {summary['version']} ({summary['backend']})\n\n"
+        f"- input: `{input}`\n- output: `{summary['output']}`\n- rows: {summary['rows']} "
+        f"({summary['predicted']} predicted, {summary['errors']} with an error)\n"
+        f"- throughput: {summary['images_per_second']} images/s\n",
+        "batch prediction summary",
+    )
+    return summary

@@ -1,0 +1,179 @@
+"""Batch prediction: a registered model labels every image of a folder or a Parquet table.
+
+Inputs: ``PATH`` (an image file, or a folder read recursively), ``folder:PATH`` (the same) or
+``parquet:PATH_OR_URI`` (an image-bytes column, ``image`` unless ``image_column`` says otherwise; ids
+from an ``id`` column when there is one). Images are decoded and converted exactly as the clean stage
+does for training, then run in batches through ONNX Runtime (the default), its int8 variant, or the
+TensorFlow SavedModel.
+
+The output is one Parquet row per input image, in input order: ``id`` (the path relative to the
+folder, or the table's id), ``label``, ``probability``, ``top_k`` (list of {label, probability}),
+``model``, ``version``, ``backend`` and ``error``. An image that cannot be decoded gets a row with the
+reason in ``error`` and null predictions: never a silent drop, never a failed batch. The file is
+written next to its destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgflow.config import BACKENDS
+from imgflow.errors import ConfigError, SourceError
+from imgflow.sources.folder import hidden
+from imgflow.stages.clean import BadImage, decode
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("label", pa.string()),
+        ("probability", pa.float32()),
+        ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))),
+        ("model", pa.string()),
+        ("version", pa.string()),
+        ("backend", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+Progress = Callable[[int, int | None], None]  # (images done, images in all when known)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    backend: str = "onnx"
+    top_k: int = 3
+    batch_size: int = 256
+
+
+def _folder_images(root: Path) -> tuple[int, Iterator[tuple[str, bytes]]]:
+    if root.is_file():
+        return 1, iter([(root.name, root.read_bytes())])
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden(p.relative_to(root).parts))
+    if not files:
+        raise SourceError(f"prediction input {root} holds no files")
+    return len(files), ((p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
+
+
+def input_images(spec: str, options: dict[str, Any] | None = None) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
+    """(how many, when known; an iterator of (id, encoded image bytes)) for a prediction input."""
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme == "parquet":
+        from imgflow.sources.parquet import ParquetSource
+
+        source = ParquetSource(rest, {**(options or {}), "label_column": None})
+        return None, ((record.id, record.image) for record in source.records())
+    path = Path(rest if sep and scheme == "folder" else spec).expanduser()
+    if sep and scheme not in ("folder", "parquet") and not path.exists():
+        raise SourceError(f"prediction input {spec!r}: expected PATH, folder:PATH or parquet:PATH_OR_URI")
+    if not path.exists():
+        raise SourceError(f"prediction input {path} does not exist")
+    return _folder_images(path)
+
+
+class Predictor:
+    """Class probabilities for uint8 pixels (N, H, W, C) from a registered version's export."""
+
+    def __init__(self, version_dir: Path, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+        self.backend = backend
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            self._tf = tf
+            self._signature = tf.saved_model.load(str(version_dir / "savedmodel")).signatures["serving_default"]
+            return
+        from imgflow.stages.validate import onnx_session
+
+        path = version_dir / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
+        if not path.is_file():
+            raise ConfigError(f"{version_dir} has no {path.name}" + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else ""))
+        self._session = onnx_session(path)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        batch = pixels.astype(np.float32)
+        if self.backend == "tensorflow":
+            return self._signature(pixels=self._tf.constant(batch))["probabilities"].numpy()
+        return self._session.run(None, {"pixels": batch})[0]
+
+
+def predict(
+    spec: str,
+    version_dir: Path,
+    output: Path,
+    config: PredictConfig = PredictConfig(),
+    options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Label every image of ``spec`` with the model in ``version_dir``; write ``output``; return a summary."""
+    card = json.loads((version_dir / "card.json").read_text())
+    shape = tuple(card["image_shape"])
+    classes = np.array(card["class_names"], dtype=object)
+    total, images = input_images(spec, options)
+    predictor = Predictor(version_dir, config.backend)
+    k = min(config.top_k, len(classes))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    counts = {"rows": 0, "errors": 0}
+    started = time.perf_counter()
+
+    def flush(writer: pq.ParquetWriter, batch: list[tuple[str, np.ndarray | None, str | None]]) -> None:
+        good = [i for i, (_, pixels, _) in enumerate(batch) if pixels is not None]
+        probabilities = predictor(np.stack([batch[i][1] for i in good])) if good else np.zeros((0, len(classes)))
+        by_row = dict(zip(good, probabilities, strict=True))
+        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        for i, (record_id, _, error) in enumerate(batch):
+            p = by_row.get(i)
+            top = np.argsort(-p, kind="stable")[:k] if p is not None else []
+            rows["id"].append(record_id)
+            rows["label"].append(classes[top[0]] if p is not None else None)
+            rows["probability"].append(float(p[top[0]]) if p is not None else None)
+            rows["top_k"].append([{"label": classes[j], "probability": float(p[j])} for j in top] if p is not None else None)
+            rows["error"].append(error)
+        n = len(batch)
+        rows.update(model=[card["name"]] * n, version=[card["version"]] * n, backend=[config.backend] * n)
+        writer.write_table(pa.table(rows, schema=SCHEMA))
+        counts["rows"] += n
+        counts["errors"] += n - len(good)
+        if progress:
+            progress(counts["rows"], total)
+
+    try:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            batch: list[tuple[str, np.ndarray | None, str | None]] = []
+            for record_id, data in images:
+                try:
+                    if not data:
+                        raise BadImage("empty", "zero bytes")
+                    batch.append((record_id, decode(data, shape[:2], shape[2]), None))
+                except BadImage as bad:
+                    batch.append((record_id, None, f"{bad.reason}: {bad.detail}"))
+                if len(batch) >= config.batch_size:
+                    flush(writer, batch)
+                    batch = []
+            if batch or counts["rows"] == 0:
+                flush(writer, batch)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return {
+        "output": str(output),
+        "rows": counts["rows"],
+        "predicted": counts["rows"] - counts["errors"],
+        "errors": counts["errors"],
+        "model": card["name"],
+        "version": card["version"],
+        "backend": config.backend,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(counts["rows"] / seconds, 1) if seconds else None,
+    }
