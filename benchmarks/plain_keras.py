@@ -53,7 +53,7 @@ def main(epochs: int | None) -> None:
         .prefetch(tf.data.AUTOTUNE)
     )
     steps = math.ceil(int(train.sum()) / t.batch_size)
-    model = compile_for_training(build_model(t.model, (28, 28, 1), 10, t.width, t.dropout), t, steps)
+    model = compile_for_training(build_model((28, 28, 1), 10, t), t.learning_rate, steps * t.epochs)
     model.fit(data, epochs=t.epochs, steps_per_epoch=steps, verbose=2)
     accuracy = float((model.predict(images[test].astype(np.float32), verbose=0).argmax(1) == labels[test]).mean())
     print(json.dumps({"seconds": time.time() - started, "accuracy": accuracy, "test_records": int(test.sum())}))

@@ -16,7 +16,7 @@ from imgflow.errors import ConfigError
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
-MODEL_NAMES = ("cnn",)  # the keys of imgflow.models.MODELS (kept here so checking needs no Keras)
+MODEL_NAMES = ("cnn", "resnet9", "transfer")  # what imgflow.models.build_model builds (checked without Keras)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,17 @@ class TrainConfig:
     zoom: float = 0.1
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
+    # Transfer learning (model = "transfer"): a keras.applications backbone, its weights from a local
+    # file (None: random; nothing is downloaded), trained frozen for freeze_epochs, then fine-tuned
+    # at learning_rate * fine_tune_factor.
+    backbone: str = "MobileNetV2"
+    backbone_weights: str | None = None
+    backbone_size: int = 96
+    freeze_epochs: int = 0
+    fine_tune_factor: float = 0.1
+    # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, float32 without XLA on a CPU.
+    precision: str = "auto"
+    jit_compile: str | bool = "auto"
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
 
 
@@ -109,7 +120,7 @@ class RunConfig:
     export: ExportConfig
 
 
-def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -134,7 +145,7 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
         )
     sections = {section: dict(data.get(section, {})) for section in SECTIONS}
     for section, values in sections.items():
-        _section(SECTIONS[section], values, f"{path} [{section}]")
+        parse_section(SECTIONS[section], values, f"{path} [{section}]")
     return DatasetSpec(
         name=data.get("name", path.stem),
         source=data["source"],
@@ -187,7 +198,7 @@ def build_run_config(
         values["train"]["epochs"] = epochs
     if min_accuracy is not None:
         values["gate"]["min_accuracy"] = min_accuracy
-    configs = {section: _section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
+    configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
     train_cfg, gate = configs["train"], configs["gate"]
     if train_cfg.model not in MODEL_NAMES:
         raise ConfigError(f"unknown model {train_cfg.model!r}; known: {', '.join(MODEL_NAMES)}")

@@ -44,28 +44,105 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
     return keras.Model(inputs, outputs, name="cnn")
 
 
-MODELS = {"cnn": make_model}
+def _residual(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    return keras.layers.Add()([x, _conv_bn_relu(_conv_bn_relu(x, filters), filters)])
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, width: int, dropout: float) -> keras.Model:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](input_shape, num_classes, width=width, dropout=dropout)
+def make_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: int = 64, dropout: float = 0.0) -> keras.Model:
+    """A residual CNN in the spirit of ResNet-9 (the fast CIFAR-10 trainers): a prep conv, then three
+    stages of conv + pool with a residual block after the first and the last, global max pooling and a
+    linear classifier. ``width`` 64 gives the classic 64-128-256-512 channels (6.5M parameters)."""
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = _conv_bn_relu(x, width)
+    x = keras.layers.MaxPooling2D()(_conv_bn_relu(x, 2 * width))
+    x = _residual(x, 2 * width)
+    x = keras.layers.MaxPooling2D()(_conv_bn_relu(x, 4 * width))
+    x = keras.layers.MaxPooling2D()(_conv_bn_relu(x, 8 * width)) if min(input_shape[:2]) >= 8 else _conv_bn_relu(x, 8 * width)
+    x = _residual(x, 8 * width)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="resnet9")
 
 
-def compile_for_training(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
+# keras.applications backbones offered for transfer learning, with how each wants its pixels scaled
+# (0..255 in: scale, offset) when its own preprocessing is not built in.
+BACKBONES = {
+    "MobileNetV2": (1 / 127.5, -1.0),
+    "MobileNetV3Small": (1.0, 0.0),  # includes its preprocessing
+    "EfficientNetB0": (1.0, 0.0),  # includes its preprocessing
+    "ResNet50V2": (1 / 127.5, -1.0),
+}
+BACKBONE = "backbone"  # the backbone's layer name in a transfer model
+
+
+def make_transfer(
+    input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig
+) -> keras.Model:
+    """A ``keras.applications`` backbone (no top, average pooled) under a new softmax head.
+
+    Inputs are resized to ``backbone_size`` and grayscale is repeated to RGB inside the model, so it
+    still takes raw pixels. Weights come from ``backbone_weights`` (a local ``.weights.h5`` file of the
+    backbone without its top) or are random (``None``; nothing is downloaded). The backbone is called
+    in inference mode, so its batch-norm statistics stay put while it is fine-tuned.
+    """
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {config.backbone!r}; known: {', '.join(BACKBONES)}")
+    size = config.backbone_size
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = inputs
+    if tuple(input_shape[:2]) != (size, size):
+        x = keras.layers.Resizing(size, size)(x)
+    if input_shape[2] == 1:
+        x = keras.layers.Concatenate()([x, x, x])
+    scale, offset = BACKBONES[config.backbone]
+    if (scale, offset) != (1.0, 0.0):
+        x = keras.layers.Rescaling(scale, offset)(x)
+    backbone = getattr(keras.applications, config.backbone)(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", name=BACKBONE
+    )
+    if config.backbone_weights:
+        backbone.load_weights(config.backbone_weights)
+    x = backbone(x, training=False)
+    x = keras.layers.Dropout(config.dropout)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"transfer_{config.backbone.lower()}")
+
+
+def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig) -> keras.Model:
+    if config.model == "cnn":
+        return make_model(input_shape, num_classes, width=config.width, dropout=config.dropout)
+    if config.model == "resnet9":
+        return make_resnet9(input_shape, num_classes, width=config.width, dropout=config.dropout)
+    if config.model == "transfer":
+        return make_transfer(input_shape, num_classes, config)
+    raise ValueError(f"unknown model {config.model!r}; known: cnn, resnet9, transfer")
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze or unfreeze a transfer model's backbone (no-op for models without one)."""
+    names = {layer.name for layer in model.layers}
+    if BACKBONE in names:
+        model.get_layer(BACKBONE).trainable = trainable
+
+
+def compile_for_training(
+    model: keras.Model, learning_rate: float, total_steps: int, jit_compile: bool = False
+) -> keras.Model:
     """Adam with a learning rate that warms up over the first tenth of the steps, then decays (cosine)."""
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = max(1, total_steps)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate / 10,
+        initial_learning_rate=learning_rate / 10,
         decay_steps=max(1, total_steps - total_steps // 10),
-        warmup_target=config.learning_rate,
+        warmup_target=learning_rate,
         warmup_steps=total_steps // 10,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     return model
 

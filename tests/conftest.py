@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imgflow.store import ArtifactStore  # noqa: E402
+from imgflow.store import ArtifactStore, StageResult  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,20 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore(tmp_path / "artifacts")
+
+
+@pytest.fixture
+def shards(store: ArtifactStore) -> StageResult:
+    """Real shards of 300 of scikit-learn's 8x8 digits (the stages' own outputs)."""
+    from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
+    from imgflow.stages.clean import CLEAN
+    from imgflow.stages.download import DOWNLOAD, source_fingerprint
+    from imgflow.stages.shard import SHARD
+
+    config = DownloadConfig(source="sample:digits", limit=300)
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    clean = CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
+    return SHARD.run(store, ShardConfig(), {"clean": clean})
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:

@@ -3,7 +3,7 @@
 Output folder::
 
     model.keras           the trained model; takes raw pixels (N, H, W, C) in 0..255, returns probabilities
-    history.json          per-epoch loss, accuracy, val_loss, val_accuracy and learning rate
+    history.json          per-epoch loss, accuracy, val_loss and val_accuracy
     training_curves.png   the same as plots
 
 Training checkpoints every epoch into the store's scratch folder for this key (see
@@ -12,6 +12,11 @@ key runs again, and ``resumed_from_epoch`` in the info says from which (0: from 
 
 With ``class_weights`` on, each class's examples are weighed by the inverse of its share of the train
 split (see ``balanced_class_weights``), for imbalanced data.
+
+A ``transfer`` model trains its new head on a frozen backbone for ``freeze_epochs``, then fine-tunes
+everything at ``learning_rate * fine_tune_factor``. The hardware plan (``imgflow.accel``) picks the
+distribution strategy, precision and XLA; ``model.keras`` is always float32, and the info records the
+plan under ``hardware``.
 
 The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``. Seeds
 are fixed and, with ``deterministic`` (the default), TensorFlow's op determinism is on, so the same
@@ -37,12 +42,34 @@ _EVAL_BATCH = 256
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
     import keras
 
+    from imgflow.accel import current_plan, float32_copy, make_strategy
+
+    # The strategy first: a multi-worker one must exist before any other TensorFlow op runs.
+    chosen = current_plan(config.precision, config.jit_compile)
+    strategy = make_strategy(chosen)
+    keras.mixed_precision.set_global_policy(chosen.precision)
+    try:
+        model, info = _train(out_dir, config, inputs["shards"], chosen, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    from imgflow.models import model_fingerprint
+
+    # Saved in float32 whatever the training precision: validation and export need no special case.
+    model = float32_copy(model) if chosen.precision != "float32" else model
+    model.save(out_dir / "model.keras")
+    return {CONTENT_FINGERPRINT: model_fingerprint(model), **info}
+
+
+def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any, strategy: Any) -> tuple[Any, dict[str, Any]]:
+    import keras
+    import tensorflow as tf
+
+    from imgflow.accel import fit_multi_worker
     from imgflow.checkpoints import EpochCheckpoint, load_progress
     from imgflow.data import make_augmenter, shard_dataset
-    from imgflow.models import build_model, compile_for_training, model_fingerprint
+    from imgflow.models import build_model, compile_for_training, set_backbone_trainable
     from imgflow.reports import plot_training_curves
 
-    shards = inputs["shards"]
     shape = tuple(shards.info["image_shape"])
     num_classes = len(shards.info["class_names"])
     n_train = shards.info["splits"]["train"]["records"]
@@ -50,8 +77,6 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         raise ValueError(f"the train split in {shards.path} is empty: nothing to train on")
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        import tensorflow as tf
-
         tf.config.experimental.enable_op_determinism()
 
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
@@ -64,44 +89,78 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
         val_data = shard_dataset(split_files(shards, "val"), shape, _EVAL_BATCH, training=False)
         # Known step counts: a dataset of unknown length makes Keras warn that input "ran out".
         val_steps = math.ceil(n_val / _EVAL_BATCH)
+    if chosen.workers > 1:
+        # Every worker reads every shard and takes its share of each batch (few, small shards).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_data = train_data.with_options(options)
+        val_data = val_data.with_options(options) if val_data is not None else None
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     checkpoints = scratch_dir(out_dir)
     progress = load_progress(checkpoints)
-    if progress is None:
-        model = build_model(config.model, shape, num_classes, config.width, config.dropout)
-        compile_for_training(model, config, steps_per_epoch)
-        resumed_from, history = 0, {}
-    else:
-        # A killed run of this same key left a checkpoint: the model and optimizer state at the end of
-        # its last completed epoch, and the history up to it.
-        model = keras.models.load_model(checkpoints / progress["checkpoint"])
-        resumed_from, history = progress["epoch"], progress["history"]
-        print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
-    model.fit(
-        train_data,
-        class_weight=balanced_class_weights(shards.info["splits"]["train"]["class_counts"]) if config.class_weights else None,
-        epochs=config.epochs,
-        initial_epoch=resumed_from,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_data,
-        validation_steps=val_steps,
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=1 if sys.stdout.isatty() else 2,
-        callbacks=[EpochCheckpoint(checkpoints, history)],
-    )
-    model.save(out_dir / "model.keras")
+    # Transfer learning trains in two phases: the head on a frozen backbone, then everything at a lower
+    # learning rate. Other models have one phase.
+    frozen = min(config.freeze_epochs, config.epochs) if config.model == "transfer" else 0
+    with strategy.scope():
+        if progress is None:
+            model = build_model(shape, num_classes, config)
+            set_backbone_trainable(model, frozen == 0)
+            compile_for_training(model, config.learning_rate, steps_per_epoch * (frozen or config.epochs), chosen.jit_compile)
+            resumed_from, history = 0, {}
+        else:
+            # A killed run of this same key left a checkpoint: the model and optimizer state at the end
+            # of its last completed epoch, and the history up to it.
+            model = keras.models.load_model(checkpoints / progress["checkpoint"])
+            resumed_from, history = progress["epoch"], progress["history"]
+            print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
+    class_weight = balanced_class_weights(shards.info["splits"]["train"]["class_counts"]) if config.class_weights else None
+    callbacks = [EpochCheckpoint(checkpoints, history)]
+
+    def fit(epochs: int, initial_epoch: int) -> None:
+        if chosen.workers > 1:
+            fit_multi_worker(
+                model, strategy, train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                global_batch=config.batch_size, validation_data=val_data, validation_steps=val_steps,
+                callbacks=callbacks, class_weight=class_weight,
+            )
+            return
+        model.fit(
+            train_data,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_data,
+            validation_steps=val_steps,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+            callbacks=callbacks,
+            class_weight=class_weight,
+        )
+
+    if resumed_from < frozen:
+        fit(frozen, resumed_from)
+    # Fine-tuning starts after the frozen phase, and after a resume from its last checkpoint (a resume
+    # from a later epoch restores the fine-tuning state itself).
+    if frozen and resumed_from <= frozen < config.epochs:
+        with strategy.scope():
+            set_backbone_trainable(model, True)
+            compile_for_training(
+                model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile
+            )
+    fit(config.epochs, max(resumed_from, frozen))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_training_curves(history, out_dir / "training_curves.png")
-    last = {name: values[-1] for name, values in history.items()}
-    return {
-        CONTENT_FINGERPRINT: model_fingerprint(model),
+    info = {
         "epochs": config.epochs,
         "resumed_from_epoch": resumed_from,
         "train_records": n_train,
         "parameters": int(model.count_params()),
-        "final": last,
+        "final": {name: values[-1] for name, values in history.items()},
+        "hardware": {"strategy": chosen.strategy, "precision": chosen.precision, "jit_compile": chosen.jit_compile,
+                     "replicas": int(strategy.num_replicas_in_sync), "workers": chosen.workers},
     }
+    return model, info
 
 
 def balanced_class_weights(counts: list[int]) -> dict[int, float]:
@@ -111,4 +170,4 @@ def balanced_class_weights(counts: list[int]) -> dict[int, float]:
     return {index: total / (len(present) * count) for index, count in present.items()}
 
 
-TRAIN = Stage("train", "3", _build)
+TRAIN = Stage("train", "4", _build)

@@ -6,22 +6,12 @@ import numpy as np
 import pytest
 
 from imgflow import registry
-from imgflow.config import CleanConfig, DownloadConfig, ExportConfig, GateConfig, ShardConfig
+from imgflow.config import ExportConfig, GateConfig
 from imgflow.errors import ExportMismatchError
-from imgflow.stages.clean import CLEAN
-from imgflow.stages.download import DOWNLOAD, source_fingerprint
 from imgflow.stages.export import EXPORT
-from imgflow.stages.shard import SHARD, split_files
+from imgflow.stages.shard import split_files
 from imgflow.stages.validate import VALIDATE
 from imgflow.store import ArtifactStore, Stage, StageResult
-
-
-@pytest.fixture
-def shards(store: ArtifactStore) -> StageResult:
-    config = DownloadConfig(source="sample:digits", limit=300)
-    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
-    clean = CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
-    return SHARD.run(store, ShardConfig(), {"clean": clean})
 
 
 def _model(store: ArtifactStore, shards: StageResult, seed: int) -> StageResult:

@@ -1,7 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 
-from imgflow.models import build_model, make_model
+from imgflow.accel import float32_copy, plan
+from imgflow.config import TrainConfig
+from imgflow.errors import ConfigError
+from imgflow.models import build_model, make_model, make_resnet9, make_transfer, set_backbone_trainable
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
@@ -15,14 +20,75 @@ def test_model_takes_raw_pixels_and_returns_probabilities(shape: tuple[int, int,
 
 def test_config_knows_every_model() -> None:
     from imgflow.config import MODEL_NAMES
-    from imgflow.models import MODELS
 
-    assert set(MODEL_NAMES) == set(MODELS)
+    for name in MODEL_NAMES:
+        config = TrainConfig(model=name, width=4, backbone_size=32, backbone="MobileNetV3Small")
+        assert build_model((32, 32, 3), 3, config).output_shape == (None, 3)
 
 
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model 'vit'"):
-        build_model("vit", (8, 8, 1), 2, 4, 0.1)
+        build_model((8, 8, 1), 2, TrainConfig(model="vit"))
+
+
+def test_resnet9_is_residual_and_has_the_classic_size_at_width_64() -> None:
+    model = make_resnet9((32, 32, 3), 10, width=64)
+    assert sum(layer.__class__.__name__ == "Add" for layer in model.layers) == 2
+    assert 6.4e6 < model.count_params() < 6.7e6
+    small = make_resnet9((28, 28, 1), 10, width=8)
+    assert small.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, 10)
+
+
+def test_transfer_model_takes_grayscale_pixels_and_loads_local_backbone_weights(tmp_path) -> None:
+    config = TrainConfig(model="transfer", backbone="MobileNetV2", backbone_size=32)
+    model = make_transfer((28, 28, 1), 4, config)
+    assert model.predict(np.full((2, 28, 28, 1), 128, np.float32), verbose=0).shape == (2, 4)
+    backbone = model.get_layer("backbone")
+    set_backbone_trainable(model, False)
+    assert not backbone.trainable and model.get_layer("probabilities").trainable
+    # Offline, weights come from a local file of the backbone: save one, load it into a new model.
+    path = tmp_path / "mobilenetv2.weights.h5"
+    backbone.save_weights(path)
+    loaded = make_transfer((28, 28, 1), 4, TrainConfig(model="transfer", backbone="MobileNetV2", backbone_size=32, backbone_weights=str(path)))
+    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), loaded.get_layer("backbone").get_weights(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "tf_config", "precision", "jit", "expected"),
+    [
+        ([], None, "auto", "auto", ("default", "float32", False, 1)),
+        (["/gpu:0"], None, "auto", "auto", ("default", "mixed_bfloat16", True, 1)),
+        (["/gpu:0", "/gpu:1"], None, "auto", "auto", ("mirrored", "mixed_bfloat16", True, 1)),
+        (["/gpu:0"], None, "float32", False, ("default", "float32", False, 1)),
+        ([], json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}), "auto", "auto",
+         ("multi_worker", "float32", False, 2)),
+    ],
+)
+def test_hardware_plan(gpus, tf_config, precision, jit, expected) -> None:
+    chosen = plan(precision, jit, gpus, tf_config)
+    assert (chosen.strategy, chosen.precision, chosen.jit_compile, chosen.workers) == expected
+    assert chosen.chief == (tf_config is None or json.loads(tf_config)["task"]["index"] == 0)
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown precision 'int4'"):
+        plan("int4", "auto", [], None)
+
+
+def test_a_bfloat16_model_exports_as_float32_with_the_same_weights() -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = make_model((8, 8, 1), 3, width=4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.layers[2].compute_dtype == "bfloat16"
+    copy = float32_copy(mixed)
+    assert {layer.compute_dtype for layer in copy.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), copy.get_weights(), strict=True))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.float32)
+    assert np.abs(mixed.predict(pixels, verbose=0) - copy.predict(pixels, verbose=0)).max() < 0.02
 
 
 def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:

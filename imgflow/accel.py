@@ -1,0 +1,191 @@
+"""How training uses the hardware: distribution strategy, precision policy and XLA, decided from what
+is visible (GPUs, ``TF_CONFIG``) and the train config, as plain functions that tests can drive on CPU.
+
+- Strategy: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster with more than one
+  worker, ``MirroredStrategy`` when one process sees several GPUs, else TensorFlow's default.
+- Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32) and
+  ``float32`` on a CPU, where bf16 kernels are slower.
+- XLA: ``auto`` compiles the train step (``jit_compile``) on a GPU only.
+
+Exports stay float32 whatever the training precision: ``float32_copy`` rebuilds the model with float32
+layers and copies the weights (ONNX Runtime refuses bfloat16 graphs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imgflow.errors import ConfigError
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: str  # "default" | "mirrored" | "multi_worker"
+    precision: str  # a Keras dtype policy name
+    jit_compile: bool
+    workers: int = 1
+    task_index: int = 0
+
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes the outputs (worker 0 of a cluster, or the only process)."""
+        return self.task_index == 0
+
+
+def plan(precision: str, jit_compile: str | bool, gpus: Sequence[str], tf_config: str | None) -> Plan:
+    """The training plan for ``gpus`` (visible GPU names) and a ``TF_CONFIG`` value (or None)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    cluster: Mapping[str, Any] = json.loads(tf_config) if tf_config else {}
+    workers = len(cluster.get("cluster", {}).get("worker", []))
+    task = cluster.get("task", {})
+    if workers > 1:
+        strategy = "multi_worker"
+    elif len(gpus) > 1:
+        strategy = "mirrored"
+    else:
+        strategy = "default"
+    on_gpu = bool(gpus)
+    resolved = ("mixed_bfloat16" if on_gpu else "float32") if precision == "auto" else precision
+    jit = on_gpu if jit_compile == "auto" else bool(jit_compile)
+    return Plan(strategy, resolved, jit, max(1, workers), int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0)
+
+
+def current_plan(precision: str, jit_compile: str | bool) -> Plan:
+    """The plan for this process: its visible GPUs and its ``TF_CONFIG``."""
+    import tensorflow as tf
+
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    return plan(precision, jit_compile, gpus, os.environ.get("TF_CONFIG"))
+
+
+def make_strategy(chosen: Plan) -> Any:
+    """The ``tf.distribute`` strategy of a plan (create it before any other TensorFlow op)."""
+    import tensorflow as tf
+
+    if chosen.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if chosen.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def float32_copy(model: Any) -> Any:
+    """The same model with float32 layers and the same weights (a no-op copy for a float32 model)."""
+    import keras
+
+    config = model.get_config()
+
+    def to_float32(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: ("float32" if key == "dtype" and _is_policy(value) else to_float32(value)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [to_float32(value) for value in node]
+        return node
+
+    copy = model.__class__.from_config(to_float32(config))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_policy(value: Any) -> bool:
+    """A layer's ``dtype`` entry: a policy name or a serialized DTypePolicy."""
+    if isinstance(value, str):
+        return value.startswith("mixed_") or value in ("float32", "bfloat16", "float16")
+    return isinstance(value, dict) and value.get("class_name", "").endswith("DTypePolicy")
+
+
+def fit_multi_worker(
+    model: Any,
+    strategy: Any,
+    train_data: Any,
+    *,
+    epochs: int,
+    initial_epoch: int,
+    steps_per_epoch: int,
+    global_batch: int,
+    validation_data: Any = None,
+    validation_steps: int | None = None,
+    callbacks: Sequence[Any] = (),
+    class_weight: Mapping[int, float] | None = None,
+) -> None:
+    """``model.fit`` for ``MultiWorkerMirroredStrategy``, as a custom training loop.
+
+    Keras 3.15's ``fit`` cannot run under a multi-worker strategy (keras-team/keras#20585: it reduces
+    the first batch and then scalar metrics along axis 0, which collective all-reduce refuses), so the
+    multi-worker path steps the compiled model's optimizer itself: per-replica loss averaged over the
+    global batch, gradients all-reduced by the strategy. Callbacks get ``on_epoch_end`` with the same
+    logs ``fit`` would give (loss, accuracy, val_loss, val_accuracy).
+    """
+    import keras
+    import tensorflow as tf
+
+    losses = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    weights = None
+    if class_weight:
+        weights = tf.constant([class_weight.get(i, 1.0) for i in range(model.output_shape[-1])], tf.float32)
+
+    def replica_step(images: Any, labels: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            per_example = losses(labels, probabilities)
+            if weights is not None:
+                per_example = per_example * tf.gather(weights, labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss, _correct(labels, probabilities)
+
+    def replica_eval(images: Any, labels: Any) -> tuple[Any, Any]:
+        probabilities = model(images, training=False)
+        return tf.reduce_sum(losses(labels, probabilities)), _correct(labels, probabilities)
+
+    @tf.function
+    def train_step(iterator: Any) -> tuple[Any, Any]:
+        loss, correct = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    @tf.function
+    def eval_step(iterator: Any) -> tuple[Any, Any]:
+        loss, correct = strategy.run(replica_eval, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    iterator = iter(strategy.experimental_distribute_dataset(train_data))
+    for callback in callbacks:
+        callback.set_model(model)
+    for epoch in range(initial_epoch, epochs):
+        loss_sum, correct = 0.0, 0.0
+        for _ in range(steps_per_epoch):
+            loss, hits = train_step(iterator)
+            loss_sum += float(loss)
+            correct += float(hits)
+        logs = {"accuracy": correct / (steps_per_epoch * global_batch), "loss": loss_sum / steps_per_epoch}
+        if validation_data is not None:
+            val_iterator = iter(strategy.experimental_distribute_dataset(validation_data))
+            total_loss, total_correct, seen = 0.0, 0.0, 0
+            for _ in range(validation_steps or 0):
+                loss, hits = eval_step(val_iterator)
+                total_loss, total_correct = total_loss + float(loss), total_correct + float(hits)
+            seen = sum(int(n) for n in _count(validation_data, validation_steps))
+            logs.update(val_loss=total_loss / max(seen, 1), val_accuracy=total_correct / max(seen, 1))
+        print(f"epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+
+def _correct(labels: Any, probabilities: Any) -> Any:
+    import tensorflow as tf
+
+    predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+def _count(dataset: Any, steps: int | None) -> list[int]:
+    """The examples in the first ``steps`` batches of an evaluation dataset."""
+    return [int(labels.shape[0]) for _, labels in dataset.take(steps or 0)]
