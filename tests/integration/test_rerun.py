@@ -68,7 +68,13 @@ def test_refresh_forces_a_stage_and_everything_after_it(tmp_path: Path) -> None:
 
 
 def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
-    from imgflow.errors import ConfigError
+    from prefect.exceptions import ParameterTypeError
 
-    with pytest.raises(ConfigError, match="cannot refresh unknown stage 'evaluate'"):
+    from imgflow.errors import ConfigError
+    from imgflow.stages import refreshed
+
+    # The flow's parameter validation refuses it before anything runs; the library says the same.
+    with pytest.raises(ParameterTypeError, match="refresh: Input should be 'download', 'clean'"):
         _run(tmp_path, refresh="evaluate")
+    with pytest.raises(ConfigError, match="cannot refresh unknown stage 'evaluate'"):
+        refreshed("evaluate")
