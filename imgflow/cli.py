@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from imgflow.errors import ConfigError, UserError
@@ -74,8 +74,11 @@ def _backfill(args: argparse.Namespace) -> int:
     )
 
 
-def _run_flow(flow: Any, as_json: bool, **parameters: Any) -> int:
-    """Run a flow that returns a run summary; print the summary (or its JSON line, last)."""
+def _run_flow(
+    flow: Any, as_json: bool, printer: Callable[[dict[str, Any]], None] | None = None, **parameters: Any
+) -> int:
+    """Run a flow that returns a summary; print it with ``printer`` (default: a run summary), or as
+    one JSON line, last."""
     _quiet_user_errors()
     try:
         summary = flow(**parameters)
@@ -85,7 +88,7 @@ def _run_flow(flow: Any, as_json: bool, **parameters: Any) -> int:
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
-        _print_summary(summary)
+        (printer or _print_summary)(summary)
     return 0
 
 
@@ -200,21 +203,15 @@ def _predict(args: argparse.Namespace) -> int:
     input_images(args.input)  # a missing or empty input costs nothing
     from flows.predict import predict
 
-    _quiet_user_errors()
-    try:
-        summary = predict(
-            input=args.input, output=args.output, artifacts=args.artifacts, name=args.name, model=args.model,
-            backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
-        )
-    finally:
-        _stop_temporary_server()
-    sys.stderr.flush()
-    if args.json:
-        print(json.dumps(summary, sort_keys=True), flush=True)
-    else:
-        print(f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
-              f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}")
-    return 0
+    return _run_flow(
+        predict, args.json, printer=_print_predictions, input=args.input, output=args.output, artifacts=args.artifacts,
+        name=args.name, model=args.model, backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
+    )
+
+
+def _print_predictions(summary: dict[str, Any]) -> None:
+    print(f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
+          f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}")
 
 
 def _age(seconds: float) -> str:

@@ -74,7 +74,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     onnx_path = out_dir / "model.onnx"
     tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=config.opset, output_path=str(onnx_path))
 
-    images, _, _ = load_arrays(split_files(shards, "test"), shape)
+    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
     batch = images[: config.parity_batch].astype(np.float32)
     loaded = tf.saved_model.load(str(out_dir / "savedmodel"))
     from_savedmodel = loaded.signatures["serving_default"](pixels=tf.constant(batch))["probabilities"].numpy()
@@ -92,18 +92,21 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
             f"SavedModel and ONNX outputs differ by {max_diff:.3g} (> {config.parity_tolerance:g}) "
             f"on {len(batch)} test images: refusing to promote {inputs['model'].path}"
         )
-    int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, shape, config) if config.int8 else None
+    int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, (images, labels), config) if config.int8 else None
     return {"opset": config.opset, "parity": parity, "int8": int8}
 
 
-def _quantize(float_path: Path, int8_path: Path, shards: StageResult, shape: tuple[int, ...], config: ExportConfig) -> dict[str, Any]:
+def _quantize(
+    float_path: Path, int8_path: Path, shards: StageResult, test: tuple[np.ndarray, np.ndarray], config: ExportConfig
+) -> dict[str, Any]:
     """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
-    calibration data; keep it only if it loses at most ``int8_max_drop`` test accuracy."""
+    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on ``test``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from imgflow.data import load_arrays
 
+    shape = tuple(shards.info["image_shape"])
     calibration, _, _ = load_arrays(split_files(shards, "val"), shape)
     if len(calibration) == 0:
         calibration, _, _ = load_arrays(split_files(shards, "train"), shape)
@@ -121,7 +124,7 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, shape: tup
     quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
     quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
     scratch.unlink()
-    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
+    images, labels = test
     float_accuracy = float((onnx_predict(float_path, images).argmax(1) == labels).mean())
     int8_accuracy = float((onnx_predict(int8_path, images).argmax(1) == labels).mean())
     kept = float_accuracy - int8_accuracy <= config.int8_max_drop
