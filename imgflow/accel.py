@@ -6,6 +6,9 @@ is visible (GPUs, ``TF_CONFIG``) and the train config, as plain functions that t
 - Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32) and
   ``float32`` on a CPU, where bf16 kernels are slower.
 - XLA: ``auto`` compiles the train step (``jit_compile``) on a GPU only.
+- Augmentation: ``auto`` applies it per batch inside the train step on a GPU (``with_augmentation``), so
+  it runs on the device next to the model, and in the tf.data pipeline on a CPU, where it overlaps with
+  training in parallel threads.
 
 Exports stay float32 whatever the training precision: ``float32_copy`` rebuilds the model with float32
 layers and copies the weights (ONNX Runtime refuses bfloat16 graphs).
@@ -31,6 +34,7 @@ class Plan:
     jit_compile: bool
     workers: int = 1
     task_index: int = 0
+    augment_on_device: bool = False  # augmentation inside the train step (on the GPU), not in tf.data
 
     @property
     def chief(self) -> bool:
@@ -38,10 +42,14 @@ class Plan:
         return self.task_index == 0
 
 
-def plan(precision: str, jit_compile: str | bool, gpus: Sequence[str], tf_config: str | None) -> Plan:
+def plan(
+    precision: str, jit_compile: str | bool, gpus: Sequence[str], tf_config: str | None, augment_on: str = "auto"
+) -> Plan:
     """The training plan for ``gpus`` (visible GPU names) and a ``TF_CONFIG`` value (or None)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if augment_on not in ("auto", "host", "device"):
+        raise ConfigError(f"augment_on must be auto, host or device, got {augment_on!r}")
     cluster: Mapping[str, Any] = json.loads(tf_config) if tf_config else {}
     workers = len(cluster.get("cluster", {}).get("worker", []))
     task = cluster.get("task", {})
@@ -54,15 +62,36 @@ def plan(precision: str, jit_compile: str | bool, gpus: Sequence[str], tf_config
     on_gpu = bool(gpus)
     resolved = ("mixed_bfloat16" if on_gpu else "float32") if precision == "auto" else precision
     jit = on_gpu if jit_compile == "auto" else bool(jit_compile)
-    return Plan(strategy, resolved, jit, max(1, workers), int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0)
+    index = int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0
+    on_device = augment_on == "device" or (augment_on == "auto" and on_gpu)
+    return Plan(strategy, resolved, jit, max(1, workers), index, on_device)
 
 
-def current_plan(precision: str, jit_compile: str | bool) -> Plan:
+def current_plan(precision: str, jit_compile: str | bool, augment_on: str = "auto") -> Plan:
     """The plan for this process: its visible GPUs and its ``TF_CONFIG``."""
     import tensorflow as tf
 
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return plan(precision, jit_compile, gpus, os.environ.get("TF_CONFIG"))
+    return plan(precision, jit_compile, gpus, os.environ.get("TF_CONFIG"), augment_on)
+
+
+def with_augmentation(model: Any, augmenter: Any) -> Any:
+    """A training wrapper that augments each batch inside the train step, where the model runs (the
+    GPU), then calls ``model``; the random layers are active only in training. ``model`` itself is what
+    gets saved and exported."""
+    import keras
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    return keras.Model(inputs, model(augmenter(inputs)), name=f"train_{model.name}")
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside a ``with_augmentation`` wrapper (the model itself when not wrapped)."""
+    import keras
+
+    if not model.name.startswith("train_"):
+        return model
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name == model.name[len("train_"):])
 
 
 def make_strategy(chosen: Plan) -> Any:

@@ -65,6 +65,7 @@ class TrainConfig:
     # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, float32 without XLA on a CPU.
     precision: str = "auto"
     jit_compile: str | bool = "auto"
+    augment_on: str = "auto"  # "device": in the train step; "host": in tf.data; auto: device on a GPU
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
 
 

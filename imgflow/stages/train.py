@@ -45,7 +45,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     from imgflow.accel import current_plan, float32_copy, make_strategy
 
     # The strategy first: a multi-worker one must exist before any other TensorFlow op runs.
-    chosen = current_plan(config.precision, config.jit_compile)
+    chosen = current_plan(config.precision, config.jit_compile, config.augment_on)
     strategy = make_strategy(chosen)
     keras.mixed_precision.set_global_policy(chosen.precision)
     try:
@@ -64,7 +64,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import keras
     import tensorflow as tf
 
-    from imgflow.accel import fit_multi_worker
+    from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
     from imgflow.checkpoints import EpochCheckpoint, load_progress
     from imgflow.data import make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training, set_backbone_trainable
@@ -80,8 +80,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         tf.config.experimental.enable_op_determinism()
 
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
+    on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
-        split_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed, augmenter=augmenter
+        split_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
+        augmenter=None if on_device else augmenter,
     )
     val_data, val_steps = None, None
     n_val = shards.info["splits"]["val"]["records"]
@@ -105,7 +107,9 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     with strategy.scope():
         if progress is None:
             model = build_model(shape, num_classes, config)
-            set_backbone_trainable(model, frozen == 0)
+            if on_device:
+                model = with_augmentation(model, augmenter)
+            set_backbone_trainable(unwrap(model), frozen == 0)
             compile_for_training(model, config.learning_rate, steps_per_epoch * (frozen or config.epochs), chosen.jit_compile)
             resumed_from, history = 0, {}
         else:
@@ -144,7 +148,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # from a later epoch restores the fine-tuning state itself).
     if frozen and resumed_from <= frozen < config.epochs:
         with strategy.scope():
-            set_backbone_trainable(model, True)
+            set_backbone_trainable(unwrap(model), True)
             compile_for_training(
                 model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile
             )
@@ -158,9 +162,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         "parameters": int(model.count_params()),
         "final": {name: values[-1] for name, values in history.items()},
         "hardware": {"strategy": chosen.strategy, "precision": chosen.precision, "jit_compile": chosen.jit_compile,
-                     "replicas": int(strategy.num_replicas_in_sync), "workers": chosen.workers},
+                     "replicas": int(strategy.num_replicas_in_sync), "workers": chosen.workers,
+                     "augment_on_device": on_device},
     }
-    return model, info
+    return unwrap(model), info
 
 
 def balanced_class_weights(counts: list[int]) -> dict[int, float]:

@@ -70,6 +70,15 @@ def test_hardware_plan(gpus, tf_config, precision, jit, expected) -> None:
     assert chosen.chief == (tf_config is None or json.loads(tf_config)["task"]["index"] == 0)
 
 
+def test_augmentation_moves_to_the_device_only_with_a_gpu_unless_told() -> None:
+    assert plan("auto", "auto", ["/gpu:0"], None).augment_on_device
+    assert not plan("auto", "auto", [], None).augment_on_device
+    assert plan("auto", "auto", [], None, augment_on="device").augment_on_device
+    assert not plan("auto", "auto", ["/gpu:0"], None, augment_on="host").augment_on_device
+    with pytest.raises(ConfigError, match="augment_on must be auto, host or device"):
+        plan("auto", "auto", [], None, augment_on="gpu")
+
+
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown precision 'int4'"):
         plan("int4", "auto", [], None)

@@ -50,5 +50,18 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
 def test_resnet9_trains_and_the_plan_is_recorded(store: ArtifactStore, shards: StageResult) -> None:
     trained = TRAIN.run(store, TrainConfig(model="resnet9", width=8, epochs=1, translate=0, rotate=0, zoom=0), {"shards": shards})
     assert trained.info["hardware"] == {"strategy": "default", "precision": "float32", "jit_compile": False,
-                                        "replicas": 1, "workers": 1}
+                                        "replicas": 1, "workers": 1, "augment_on_device": False}
     assert np.isfinite(trained.info["final"]["loss"])
+
+
+def test_augmentation_in_the_train_step_trains_the_model_and_saves_it_without_augmentation(
+    store: ArtifactStore, shards: StageResult
+) -> None:
+    import keras
+
+    config = TrainConfig(width=4, epochs=1, augment_on="device", translate=0.1)
+    trained = TRAIN.run(store, config, {"shards": shards})
+    assert trained.info["hardware"]["augment_on_device"] is True
+    model = keras.models.load_model(trained.file("model.keras"))
+    assert model.name == "cnn" and not any("random" in layer.name for layer in model.layers)
+    assert model.input_shape == (None, 8, 8, 1)
