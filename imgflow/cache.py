@@ -45,6 +45,7 @@ def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
         "decision": summary["decision"],
         "version": summary["version"],
         "stages": {stage: entry.get("key") for stage, entry in summary["stages"].items() if entry.get("key")},
+        **({"partitions": summary["partitions"]} if "partitions" in summary else {}),
     }
     with open(Path(root) / RUNS, "a") as log:
         log.write(json.dumps(line, sort_keys=True) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.testing import prefect_server
+from imgflow.testing import partitioned_parquet, prefect_server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,11 @@ def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
                 artifacts = tmp_path / "artifacts"
                 run = prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k",
                               "--param", "epochs=1", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
+                # A retrain scheduled in the past reads a partitioned source up to its own date: a backfill.
+                lake = partitioned_parquet(tmp_path / "lake", ["2024-05-01", "2024-05-02", "2024-05-03"], per_day=150)
+                past = prefect("deployment", "run", "train/retrain", "--param", f"dataset=parquet:{lake}",
+                               "--param", "epochs=1", "--param", "min_accuracy=0", "--param", f"artifacts={tmp_path / 'past'}",
+                               "--start-at", "2024-05-02 03:00", "--watch", timeout=600)
             finally:
                 worker.terminate()
                 worker.wait(timeout=60)
@@ -45,6 +51,9 @@ def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
         for stage in ("download", "clean", "shard", "train", "validate"):
             assert list((artifacts / stage).glob("*/manifest.json")), stage
         assert (artifacts / "runs.jsonl").is_file()
+        assert "Completed" in past.stdout, past.stdout[-3000:]
+        logged = json.loads((tmp_path / "past" / "runs.jsonl").read_text().splitlines()[-1])
+        assert logged["partitions"] == {"2024-05-01": "ran", "2024-05-02": "ran"}
 
         created = prefect("automation", "create", "--from-file", "deploy/automation-rejected.yaml")
         assert "Created automation 'imgflow model rejected'" in created.stdout
