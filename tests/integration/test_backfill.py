@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,7 +109,15 @@ def test_two_backfills_at_once_are_safe(tmp_path: Path) -> None:
     outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    # Every output was built by one of the two and reused by the other: no stage output is built twice
+    # (a partition may show "ran" in both when one built its download and the other its clean).
+    logs = outputs[0][1] + outputs[1][1]
+    for stage in ("download", "clean", "merge", "shard", "train"):
+        built = re.findall(rf"{stage} ran -> (\S+)", logs)
+        assert built and len(built) == len(set(built)), (stage, built)
+    for stage, count in (("download", 2), ("clean", 2), ("merge", 1), ("train", 1)):
+        assert len(list((tmp_path / "a" / stage).glob("*/manifest.json"))) == count, stage
     for day in DAYS[:2]:
-        assert sorted(s["partitions"][day] for s in summaries) == ["cached", "ran"]  # built once, reused once
+        assert "ran" in {s["partitions"][day] for s in summaries}
     assert {s["version"] for s in summaries} == {"v1"}
     assert summaries[0]["stages"]["train"]["key"] == summaries[1]["stages"]["train"]["key"]
