@@ -20,7 +20,8 @@ from pathlib import Path
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
 from imgflow.stages.clean import CLEAN
-from imgflow.stages.download import DOWNLOAD, source_fingerprint
+from imgflow.sources import source_fingerprint
+from imgflow.stages.download import DOWNLOAD
 from imgflow.stages.shard import SHARD
 from imgflow.store import ArtifactStore, StageResult
 from imgflow.testing import dirty_folder
@@ -55,7 +56,7 @@ def main() -> None:
         corpus = dirty_folder(root / "corpus", args.images)
         store = ArtifactStore(root / "artifacts")
         download_config = DownloadConfig(source=f"folder:{corpus.root}")
-        raw = DOWNLOAD.run(store, download_config, {"source": source_fingerprint(download_config)})
+        raw = DOWNLOAD.run(store, download_config, {"source": source_fingerprint(download_config.source)})
         print(f"corpus: {corpus.files} files in mixed formats, modes and sizes; median of {args.repeat} runs")
         for shape in args.shapes.split(","):
             height, width, channels = (int(n) for n in shape.split("x"))
@@ -75,12 +76,12 @@ def measure(root: Path, store: ArtifactStore, raw: StageResult, clean_config: Cl
         timings["raw"].append(raw_write(root, shard_bytes, sync=False))
         timings["raw_fsync"].append(raw_write(root, shard_bytes, sync=True))
     median = {name: statistics.median(values) for name, values in timings.items()}
-    records, mb = clean.info["records_in"], shard_bytes / 1e6
-    print(f"\ncleaned to {'x'.join(map(str, clean.info['image_shape']))}: {clean.info['kept']} kept, "
-          f"{clean.info['quarantined']} quarantined")
+    records, mb = clean.info.records_in, shard_bytes / 1e6
+    print(f"\ncleaned to {'x'.join(map(str, clean.info.image_shape))}: {clean.info.kept} kept, "
+          f"{clean.info.quarantined} quarantined")
     print(f"  clean:     {records / median['clean']:8.0f} images/s ({median['clean']:.2f} s: decode, check, convert, dedupe, split, write)")
     print(f"  shard:     {mb / median['shard']:8.1f} MB/s     ({median['shard']:.2f} s for {mb:.1f} MB of TFRecords, "
-          f"{clean.info['kept'] / median['shard']:.0f} records/s)")
+          f"{clean.info.kept / median['shard']:.0f} records/s)")
     print(f"  raw write: {mb / median['raw']:8.1f} MB/s     (same bytes, 1 MiB blocks, buffered); with fsync "
           f"{mb / median['raw_fsync']:.1f} MB/s")
     print(f"  ratio shard / raw write: {median['raw'] / median['shard']:.3f} buffered, {median['raw_fsync'] / median['shard']:.3f} fsync'd")

@@ -37,7 +37,7 @@ def main() -> None:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="imgflow-bench-") as tmp:
             env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-            pipeline = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(Path(tmp) / "artifacts"), "--json", *epochs]
+            pipeline = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(Path(tmp) / "artifacts"), "--json", *epochs]
             cold, cold_summary = timed_json(pipeline, env)
             plain, plain_result = timed_json([sys.executable, str(HERE / "plain_keras.py"), *epochs[1:]], env)
             warm, warm_summary = timed_json(pipeline, env)

@@ -18,7 +18,8 @@ import numpy as np
 
 from imgflow.config import build_run_config
 from imgflow.sources import open_source
-from imgflow.stages.clean import assign_split, decode
+from imgflow.cleantable import assign_split
+from imgflow.images import decode
 
 
 def main(epochs: int | None) -> None:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from imgflow import registry
 from imgflow.config import BACKENDS
 from imgflow.predict import PredictConfig, Predictor, predict
-from imgflow.sources.images import encode_png
+from imgflow.images import encode_png
 
 
 def _held_out(version_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="train the default model under --artifacts first")
     args = parser.parse_args()
     if args.train:
-        subprocess.run([sys.executable, "-m", "imgflow.cli", "run", "--artifacts", args.artifacts], check=True)
+        subprocess.run([sys.executable, "-m", "flows.cli", "run", "--artifacts", args.artifacts], check=True)
     pointer = registry.champion(args.artifacts, args.name)
     if pointer is None:
         sys.exit(f"no champion of {args.name} under {args.artifacts}: run `make run` first, or pass --train")

@@ -27,13 +27,14 @@ import numpy as np
 def _shards(root: Path):  # noqa: ANN202 - StageResult
     from imgflow.config import build_run_config
     from imgflow.stages.clean import CLEAN
-    from imgflow.stages.download import DOWNLOAD, source_fingerprint
+    from imgflow.sources import source_fingerprint
+    from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
     from imgflow.store import ArtifactStore
 
     cfg = build_run_config("mnist5k", root)
     store = ArtifactStore(root)
-    raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download)})
+    raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
     return cfg, SHARD.run(store, cfg.shard, {"clean": clean})
 
@@ -52,11 +53,11 @@ def input_pipeline(root: Path, batch: int, batches: int) -> None:
     import tensorflow as tf
 
     from imgflow.data import load_arrays, make_augmenter, shard_dataset
-    from imgflow.stages.shard import split_files
+    from imgflow.results import shard_files
 
     cfg, shards = _shards(root)
-    shape = tuple(shards.info["image_shape"])
-    files = split_files(shards, "train")
+    shape = tuple(shards.info.image_shape)
+    files = shard_files(shards, "train")
     images, labels, _ = load_arrays(files, shape)
     print(f"\n(1) input pipeline, {len(images)} train images {shape}, batch {batch}, {batches} batches")
     for label, augmenter in (("with augmentation", make_augmenter(cfg.train.translate, cfg.train.rotate, cfg.train.zoom, 0)),
@@ -103,16 +104,16 @@ def mnist(root: Path) -> None:
 
     from imgflow.data import load_arrays, make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training
-    from imgflow.stages.shard import split_files
+    from imgflow.results import shard_files
 
     cfg, shards = _shards(root)
     t = cfg.train
-    shape = tuple(shards.info["image_shape"])
+    shape = tuple(shards.info.image_shape)
     keras.utils.set_random_seed(t.seed)
-    train = shard_dataset(split_files(shards, "train"), shape, t.batch_size, training=True, seed=t.seed,
+    train = shard_dataset(shard_files(shards, "train"), shape, t.batch_size, training=True, seed=t.seed,
                           augmenter=make_augmenter(t.translate, t.rotate, t.zoom, t.seed))
-    test_images, test_labels, _ = load_arrays(split_files(shards, "test"), shape)
-    steps = math.ceil(shards.info["splits"]["train"]["records"] / t.batch_size)
+    test_images, test_labels, _ = load_arrays(shard_files(shards, "test"), shape)
+    steps = math.ceil(shards.info.splits["train"].records / t.batch_size)
     model = compile_for_training(build_model(shape, 10, t), t.learning_rate, steps * t.epochs)
     print(f"\n(3) time to 0.98 test accuracy on sample:mnist5k ({len(test_labels)} test images), default config")
     training = 0.0

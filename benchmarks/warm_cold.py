@@ -19,11 +19,11 @@ from pathlib import Path
 
 from _timing import timed_json
 
-from imgflow.testing import prefect_server
+from flows.server import prefect_server
 
 
 def _run(artifacts: Path, epochs: int, env: dict[str, str]) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(artifacts), "--epochs", str(epochs), "--json"]
+    command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(artifacts), "--epochs", str(epochs), "--json"]
     return timed_json(command, env)
 
 

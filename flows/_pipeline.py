@@ -1,6 +1,6 @@
-"""The pieces the flows share: running a stage task, ingesting data (whole or by date partition),
-and releasing a model (shard, train, gate, export, promote, report). Wiring only: the work is in
-``imgflow`` and the tasks in ``tasks``.
+"""What the flows share: walking the declared pipeline (``imgflow.pipeline.PIPELINE``) with one Prefect
+task per stage, then promoting, reporting and announcing the result. Wiring only: the graph is the
+declaration, the work is in ``imgflow`` and the task wrappers in ``tasks``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import datetime as dt
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from prefect import Task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture
@@ -25,8 +25,10 @@ from imgflow.config import RunConfig
 from imgflow.errors import ConfigError
 from imgflow.fingerprint import to_jsonable
 from imgflow.partitions import Partition
-from imgflow.promote import champion_validation
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
+from imgflow.promote import versus_champion
+from imgflow.results import StageResult
+from imgflow.store import ArtifactStore
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages
 
@@ -49,23 +51,23 @@ def task_runner() -> TaskRunner:
     raise ConfigError(f"IMGFLOW_TASK_RUNNER={spec!r}: expected threads[:N], dask or dask:ADDRESS")
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one run walks the pipeline: what to force, where to stop."""
+
+    root: str
+    forced: frozenset[str] = frozenset()
+    until: str | None = None
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return PIPELINE.until(self.until)
+
+
 def _result(state: State) -> StageResult:
     """The StageResult a task state holds; a Prefect cache hit counts as ``cached``."""
-    result = StageResult.from_dict(state.result())
-    if state.name == "Cached":
-        return StageResult(**{**result.to_dict(), "status": "cached"})
-    return result
-
-
-def run_stage(stage: Task, config: Any, inputs: dict[str, Any], root: str, forced: frozenset[str]) -> StageResult:
-    return _result(stage(config, inputs, root, force=stage.name in forced, return_state=True))
-
-
-def ingest(cfg: RunConfig, root: str, forced: frozenset[str]) -> dict[str, StageResult]:
-    """Download and clean the whole source."""
-    source = stages.fingerprint_source(cfg.download)
-    raw = run_stage(stages.download, cfg.download, {"source": source}, root, forced)
-    return {"download": raw, "clean": run_stage(stages.clean, cfg.clean, {"raw": raw.to_dict()}, root, forced)}
+    result: StageResult = state.result()
+    return result.with_status("cached") if state.name == "Cached" else result
 
 
 def _settled(future: PrefectFuture) -> StageResult:
@@ -73,65 +75,87 @@ def _settled(future: PrefectFuture) -> StageResult:
     return _result(future.state)
 
 
-def ingest_partitions(
-    cfg: RunConfig, root: str, forced: frozenset[str], partitions: list[Partition]
-) -> tuple[dict[str, StageResult], dict[str, str]]:
-    """Download and clean each partition as its own source, all at once through the flow's task runner,
-    then merge the clean tables. Returns the results (``clean`` is the merged table) and each
-    partition's status: ``ran`` when its download or clean ran, else ``cached``."""
-    submitted = {}
+def _ingest_steps(run: RunOptions) -> list[Step]:
+    return [step for step in PIPELINE.steps if step.per_partition and step.name in run.wanted]
+
+
+def ingest(cfg: RunConfig, run: RunOptions, source_fingerprint: str | None = None) -> dict[str, StageResult]:
+    """The per-partition steps (download, clean) over the whole source."""
+    source = source_fingerprint or stages.fingerprint_source(cfg.download)
+    results: dict[str, StageResult] = {}
+    for step in _ingest_steps(run):
+        inputs = PIPELINE.inputs(step, results, {SOURCE: source})
+        state = stages.STAGE_TASKS[step.name](step.config_of(cfg), inputs, run.root, force=step.name in run.forced, return_state=True)
+        results[step.name] = _result(state)
+    return results
+
+
+def ingest_partitions(cfg: RunConfig, run: RunOptions, partitions: list[Partition]) -> dict[str, dict[str, StageResult]]:
+    """The per-partition steps for each date partition as its own source, all at once through the
+    flow's task runner; returns each date's results."""
+    submitted: dict[str, dict[str, PrefectFuture]] = {}
     for partition in partitions:
-        download_cfg = dataclasses.replace(cfg.download, source=partition.source)
-        source = stages.fingerprint_source.submit(download_cfg)
-        raw = stages.download.submit(download_cfg, {"source": source}, root, force="download" in forced)
-        clean = stages.clean.submit(cfg.clean, {"raw": raw}, root, force="clean" in forced)
-        submitted[partition.date.isoformat()] = (raw, clean)
-    statuses, parts = {}, {}
-    for day, (raw, clean) in submitted.items():
-        raw_result, clean_result = _settled(raw), _settled(clean)
-        statuses[day] = "ran" if "ran" in (raw_result.status, clean_result.status) else "cached"
-        parts[f"part:{day}"] = clean_result.to_dict()
-    merged = run_stage(stages.merge, cfg.clean, parts, root, forced)
-    return {"clean": merged}, statuses
+        part_cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, source=partition.source))
+        futures: dict[str, Any] = {}
+        source = stages.fingerprint_source.submit(part_cfg.download)
+        for step in _ingest_steps(run):
+            inputs = PIPELINE.inputs(step, futures, {SOURCE: source})
+            futures[step.name] = stages.STAGE_TASKS[step.name].submit(
+                step.config_of(part_cfg), inputs, run.root, force=step.name in run.forced
+            )
+        submitted[partition.date.isoformat()] = futures
+    return {day: {name: _settled(future) for name, future in futures.items()} for day, futures in submitted.items()}
+
+
+def build_model(
+    cfg: RunConfig, run: RunOptions, results: dict[str, StageResult], parts: Mapping[str, Mapping[str, StageResult]] | None
+) -> dict[str, StageResult]:
+    """The steps after ingestion, in declared order: merge (partitioned runs), shard, train, validate
+    against the champion, and export when the gate promotes."""
+    store = ArtifactStore(run.root)
+    for step in PIPELINE.run_steps(partitioned=parts is not None):
+        if step.per_partition or step.name not in run.wanted:
+            continue
+        if step.gated_by and not promoted(results[step.gated_by]):
+            continue
+        external: dict[str, Any] = {CHAMPION: None}
+        if step.name == "validate":
+            check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
+            if check.recorded is not None and step.name not in run.forced:
+                results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now
+                continue
+            external[CHAMPION] = check.rival
+        if step.fan_in:
+            assert parts is not None
+            inputs = part_inputs({day: r["clean"] for day, r in parts.items()})
+        else:
+            inputs = PIPELINE.inputs(step, results, external)
+        state = stages.STAGE_TASKS[step.name](step.config_of(cfg), inputs, run.root, force=step.name in run.forced, return_state=True)
+        results[step.name] = _result(state)
+    return results
 
 
 def release(
     cfg: RunConfig,
+    run: RunOptions,
     results: dict[str, StageResult],
-    root: str,
-    forced: frozenset[str],
     started: float,
-    partitions: dict[str, str] | None = None,
+    parts: Mapping[str, Mapping[str, StageResult]] | None = None,
 ) -> dict[str, Any]:
-    """Shard the clean data, train, gate against the floor and the champion, export and promote what
-    passes; publish the reports and an event; return the run summary."""
+    """Promote what the gate passed and exported; publish the reports and an event; return the run
+    summary."""
     name = cfg.dataset.name
-    results["shard"] = run_stage(stages.shard, cfg.shard, {"clean": results["clean"].to_dict()}, root, forced)
-    shards = results["shard"].to_dict()
-    results["train"] = run_stage(stages.train, cfg.train, {"shards": shards}, root, forced)
-    model = results["train"].to_dict()
-    recorded = None
-    if "validate" not in forced:
-        recorded = champion_validation(ArtifactStore(root), name, cfg.gate, results["train"], results["shard"])
-    if recorded is not None:
-        results["validate"] = recorded  # the candidate already is the champion, gated as it is now
-    else:
-        inputs = {"shards": shards, "model": model}
-        champion = registry.champion_result(root, name)
-        if champion is not None and champion.fingerprint != results["train"].fingerprint:
-            inputs["champion"] = champion.to_dict()  # only a different model is a rival
-        results["validate"] = run_stage(stages.validate, cfg.gate, inputs, root, forced)
-
-    if results["validate"].info["promote"]:
-        results["export"] = run_stage(stages.export, cfg.export, {"shards": shards, "model": model}, root, forced)
-        stages.promote(root, name, to_jsonable(cfg), {stage: r.to_dict() for stage, r in results.items()})
-
-    summary = build_summary(name, root, results, registry.champion(root, name), time.time() - started, partitions)
-    record_run(root, summary)
-    _announce(summary)
+    if "export" in results:
+        stages.promote(run.root, name, to_jsonable(cfg), results)
+    summary = build_summary(name, run.root, results, registry.champion(run.root, name), time.time() - started, parts, run.until)
+    record_run(run.root, summary)
     publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
-    publish(f"imgflow-data-quality-{name}", results["clean"].file("report.md").read_text(), "data quality report")
-    publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
+    table = results.get("merge") or results.get("clean")
+    if table is not None:
+        publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")
+    if "validate" in results:
+        _announce(summary)
+        publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
     return summary
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._pipeline import ingest_partitions, release, task_runner
+from flows._pipeline import RunOptions, build_model, ingest_partitions, release, task_runner
 from flows.train import Accuracy, Dataset, Epochs
 from imgflow.config import build_run_config
 from imgflow.partitions import select
@@ -24,11 +24,11 @@ def backfill(
     min_accuracy: Accuracy | None = None,
 ) -> dict[str, Any]:
     """Download and clean every ``date=YYYY-MM-DD`` partition of a ``parquet:`` dataset from ``start`` to
-    ``end`` (included), each cached on its own and run concurrently, then shard their union, train,
-    gate, export and promote. The summary's ``partitions`` says which partitions ran and which were
-    cached."""
+    ``end`` (included), each cached on its own and run concurrently, then merge, shard their union,
+    train, gate, export and promote. The summary's ``partitions`` says which partitions ran and which
+    were cached."""
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy)
-    root = str(cfg.artifacts)
-    results, partitions = ingest_partitions(cfg, root, frozenset(), select(cfg.download.source, start, end))
-    return release(cfg, results, root, frozenset(), started, partitions)
+    run = RunOptions(str(cfg.artifacts))
+    parts = ingest_partitions(cfg, run, select(cfg.download.source, start, end))
+    return release(cfg, run, build_model(cfg, run, {}, parts), started, parts)

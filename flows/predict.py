@@ -9,9 +9,9 @@ from pydantic import Field
 
 from flows._pipeline import publish
 from imgflow import registry
-from imgflow.errors import ConfigError
 from imgflow.config import BACKENDS
-from imgflow.predict import PredictConfig
+from imgflow.errors import ConfigError
+from imgflow.predict import PredictConfig, input_options
 from tasks.predict import predict_images
 
 
@@ -25,9 +25,15 @@ def predict(
     backend: Literal[BACKENDS] = "onnx",  # type: ignore[valid-type]
     top_k: Annotated[int, Field(ge=1)] = 3,
     batch_size: Annotated[int, Field(ge=1)] = 256,
+    dataset: Annotated[str | None, Field(description="a dataset spec whose [options] say how to read a parquet: input")] = None,
+    image_column: Annotated[str | None, Field(description="a parquet: input's image column (default: image)")] = None,
+    id_column: Annotated[str | None, Field(description="a parquet: input's id column (default: id, if present)")] = None,
 ) -> dict[str, Any]:
     """Label every image of ``input`` with model ``name``'s champion, or its version ``model``; write
-    one row per image to ``output``. Returns the prediction summary."""
+    one row per image to ``output``. A ``parquet:`` input is read with the ``[options]`` of
+    ``dataset`` (a table laid out like the training data), overridden by ``image_column`` and
+    ``id_column``. Returns the prediction summary."""
+    options = input_options(dataset, image_column=image_column, id_column=id_column)
     name = registry.resolve_name(artifacts, name)
     version = model or (registry.champion(artifacts, name) or {}).get("version")
     if version is None:
@@ -35,7 +41,7 @@ def predict(
     version_dir = registry.model_dir(artifacts, name) / version
     if not (version_dir / "card.json").is_file():
         raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(registry.versions(artifacts, name)) or 'none'}")
-    summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size))
+    summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size), options)
     publish(
         f"imgflow-predict-{name}",
         f"# Predictions: {summary['model']} {summary['version']} ({summary['backend']})\n\n"

@@ -1,4 +1,4 @@
-"""The ``train`` flow: download -> clean -> shard -> train -> validate -> export -> promote."""
+"""The ``train`` flow: the declared pipeline (``imgflow.pipeline``) from the source to a promoted model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows._pipeline import ingest, ingest_partitions, release, scheduled_date, task_runner
+from flows._pipeline import RunOptions, build_model, ingest, ingest_partitions, release, scheduled_date, task_runner
 from imgflow.config import build_run_config
 from imgflow.partitions import date_partitions, select
-from imgflow.stages import ORDER, refreshed
+from imgflow.pipeline import ORDER, PIPELINE
 
 # Flow parameters mirror the CLI's flags; Prefect validates them with pydantic before a run starts.
 Epochs = Annotated[int, Field(ge=1, description="training epochs (default: the dataset's, else 15)")]
@@ -20,6 +20,7 @@ Accuracy = Annotated[float, Field(ge=0.0, le=1.0, description="the gate's accura
 Limit = Annotated[int, Field(ge=1, description="a fixed sample of N records of the source")]
 Dataset = Annotated[str, Field(min_length=1, description="a name in datasets/, a .toml file, or a source spec")]
 StageName = Literal[ORDER]  # type: ignore[valid-type]
+Fingerprint = Annotated[str, Field(min_length=1, description="the source's content fingerprint, when the caller computed it")]
 
 
 @flow(name="train", task_runner=task_runner())
@@ -30,18 +31,23 @@ def train(
     min_accuracy: Accuracy | None = None,
     limit: Limit | None = None,
     refresh: StageName | None = None,
+    until: StageName | None = None,
     as_of: dt.date | None = None,
+    source_fingerprint: Fingerprint | None = None,
 ) -> dict[str, Any]:
     """Train, gate, export and promote an image classifier on ``dataset``; return the run summary.
 
-    ``refresh`` names a stage to run again even when its output exists, with every stage after it. A
-    ``parquet:`` source with ``date=`` partitions is read up to ``as_of`` (default: the day the run was
-    scheduled for), one cached partition at a time, as a backfill would.
+    ``refresh`` names a stage to run again even when its output exists, with every stage downstream of
+    it; ``until`` stops after that stage. A ``parquet:`` source with ``date=`` partitions is read up to
+    ``as_of`` (default: the day the run was scheduled for), one cached partition at a time, as a
+    backfill would. ``source_fingerprint`` spares opening the source twice when the caller (the
+    command line, which checks the source before starting Prefect) already fingerprinted it.
     """
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
-    forced, root = refreshed(refresh), str(cfg.artifacts)
+    run = RunOptions(str(cfg.artifacts), PIPELINE.refreshed(refresh), until)
     if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
-        results, partitions = ingest_partitions(cfg, root, forced, select(cfg.download.source, None, as_of or scheduled_date()))
-        return release(cfg, results, root, forced, started, partitions)
-    return release(cfg, ingest(cfg, root, forced), root, forced, started)
+        parts = ingest_partitions(cfg, run, select(cfg.download.source, None, as_of or scheduled_date()))
+        return release(cfg, run, build_model(cfg, run, {}, parts), started, parts)
+    results = ingest(cfg, run, source_fingerprint)
+    return release(cfg, run, build_model(cfg, run, results, None), started)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import registry
-from imgflow.stages import ORDER
+from imgflow.pipeline import PIPELINE
 from imgflow.store import MANIFEST
 
 RUNS = "runs.jsonl"
@@ -44,7 +44,12 @@ def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
         "model": summary["model"],
         "decision": summary["decision"],
         "version": summary["version"],
-        "stages": {stage: entry.get("key") for stage, entry in summary["stages"].items() if entry.get("key")},
+        # stage -> the keys of its outputs this run used (several for a per-partition stage)
+        "stages": {
+            stage: entry["keys"] if "keys" in entry else [entry["key"]]
+            for stage, entry in summary["stages"].items()
+            if entry.get("key") or entry.get("keys")
+        },
         **({"partitions": summary["partitions"]} if "partitions" in summary else {}),
     }
     with open(Path(root) / RUNS, "a") as log:
@@ -54,6 +59,15 @@ def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
 def _runs(root: Path) -> list[dict[str, Any]]:
     path = root / RUNS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _used(run: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(stage, key) of every output a logged run used (older logs hold one key per stage)."""
+    return {
+        (stage, key)
+        for stage, keys in run["stages"].items()
+        for key in ([keys] if isinstance(keys, str) else keys)
+    }
 
 
 def _size(path: Path) -> int:
@@ -76,10 +90,10 @@ def entries(root: str | Path) -> list[Entry]:
     models = _model_users(root)
     runs: dict[tuple[str, str], list[str]] = defaultdict(list)
     for run in _runs(root):
-        for stage, key in run["stages"].items():
-            runs[(stage, key)].append(run["at"])
+        for used in _used(run):
+            runs[used].append(run["at"])
     found = []
-    for stage in ORDER:
+    for stage in PIPELINE.names:
         for path in sorted((root / stage).glob("*")) if (root / stage).is_dir() else []:
             if not path.is_dir():
                 continue
@@ -132,7 +146,7 @@ def prune(root: str | Path, keep_runs: int = 5, dry_run: bool = False) -> list[E
     """
     root = Path(root)
     recent = _runs(root)[-keep_runs:] if keep_runs > 0 else []
-    needed = {(stage, key) for run in recent for stage, key in run["stages"].items()}
+    needed = {used for run in recent for used in _used(run)}
     removed = []
     for entry in entries(root):
         if entry.models or (entry.stage, _key_of(entry)) in needed:

@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from imgflow import progress
 from imgflow.store import write_json_atomic
 
 PROGRESS = "progress.json"
@@ -45,3 +46,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.folder.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink()
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Reports each finished epoch to ``imgflow.progress`` (a progress bar, a Prefect artifact)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        progress.report(epoch + 1, self.epochs, "epochs")

@@ -24,7 +24,8 @@ from imgflow.accel import plan
 from imgflow.config import TrainConfig, parse_section
 from imgflow.errors import ConfigError, UserError
 from imgflow.stages.train import TRAIN
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.results import StageResult
+from imgflow.store import ArtifactStore
 
 
 def trainable_fingerprint(result: StageResult) -> str:
@@ -72,7 +73,7 @@ def main() -> int:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2
     report = {"task_index": index, "key": result.key, "model_fingerprint": result.fingerprint,
-              "trainable_fingerprint": trainable, "hardware": result.info["hardware"]}
+              "trainable_fingerprint": trainable, "hardware": result.info.model_dump(mode="json")["hardware"]}
     print(json.dumps(report), flush=True)
     return 0
 

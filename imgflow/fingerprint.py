@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 _CHUNK = 1 << 20
 
 
@@ -24,6 +26,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -42,7 +46,8 @@ def stable_hash(obj: Any) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """The plain JSON value of ``obj`` (dataclasses become dicts, tuples lists, paths strings)."""
+    """The plain JSON value of ``obj`` (dataclasses and pydantic models become dicts, tuples lists,
+    paths strings)."""
     return _jsonable(obj)
 
 

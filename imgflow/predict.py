@@ -1,8 +1,9 @@
 """Batch prediction: a registered model labels every image of a folder or a Parquet table.
 
 Inputs: ``PATH`` (an image file, or a folder read recursively), ``folder:PATH`` (the same) or
-``parquet:PATH_OR_URI`` (an image-bytes column, ``image`` unless ``image_column`` says otherwise; ids
-from an ``id`` column when there is one). Images are decoded and converted exactly as the clean stage
+``parquet:PATH_OR_URI`` (an image-bytes column, ``image`` unless the options' ``image_column`` says
+otherwise; ids from an ``id`` column, or the options' ``id_column``, when there is one). The options
+come from a dataset spec's ``[options]`` and flags: ``input_options``. Images are decoded and converted exactly as the clean stage
 does for training, then run in batches through ONNX Runtime (the default), its int8 variant, or the
 TensorFlow SavedModel.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow.config import BACKENDS
+from imgflow import progress
+from imgflow.config import BACKENDS, resolve_dataset
 from imgflow.errors import ConfigError, SourceError
+from imgflow.images import BadImage, decode
+from imgflow.inference import onnx_session
 from imgflow.sources.folder import hidden
-from imgflow.stages.clean import BadImage, decode
 
 SCHEMA = pa.schema(
     [
@@ -44,7 +47,6 @@ SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-Progress = Callable[[int, int | None], None]  # (images done, images in all when known)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,17 @@ def _folder_images(root: Path) -> tuple[int, Iterator[tuple[str, bytes]]]:
     return len(files), ((p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
 
 
-def input_images(spec: str, options: dict[str, Any] | None = None) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
+def input_options(dataset: str | None = None, **columns: str | None) -> dict[str, Any]:
+    """How to read a prediction input: a dataset spec's ``[options]`` (a table laid out like the
+    training data), then the columns given by name (``image_column``, ``id_column``; None: unset)."""
+    options = dict(resolve_dataset(dataset).options) if dataset else {}
+    unknown = set(columns) - {"image_column", "id_column"}
+    if unknown:
+        raise ConfigError(f"unknown prediction input option(s) {', '.join(sorted(unknown))}")
+    return {**options, **{name: value for name, value in columns.items() if value is not None}}
+
+
+def input_images(spec: str, options: Mapping[str, Any] | None = None) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
     """(how many, when known; an iterator of (id, encoded image bytes)) for a prediction input."""
     scheme, sep, rest = spec.partition(":")
     if sep and scheme == "parquet":
@@ -92,8 +104,6 @@ class Predictor:
             self._tf = tf
             self._signature = tf.saved_model.load(str(version_dir / "savedmodel")).signatures["serving_default"]
             return
-        from imgflow.stages.validate import onnx_session
-
         path = version_dir / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
         if not path.is_file():
             raise ConfigError(f"{version_dir} has no {path.name}" + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else ""))
@@ -111,10 +121,10 @@ def predict(
     version_dir: Path,
     output: Path,
     config: PredictConfig = PredictConfig(),
-    options: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Label every image of ``spec`` with the model in ``version_dir``; write ``output``; return a summary."""
+    """Label every image of ``spec`` (read with ``options``: see ``input_options``) with the model in
+    ``version_dir``; write ``output``; return a summary. Reports progress in images."""
     card = json.loads((version_dir / "card.json").read_text())
     shape = tuple(card["image_shape"])
     classes = np.array(card["class_names"], dtype=object)
@@ -144,16 +154,13 @@ def predict(
         writer.write_table(pa.table(rows, schema=SCHEMA))
         counts["rows"] += n
         counts["errors"] += n - len(good)
-        if progress:
-            progress(counts["rows"], total)
+        progress.report(counts["rows"], total, "images")
 
     try:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
             batch: list[tuple[str, np.ndarray | None, str | None]] = []
             for record_id, data in images:
                 try:
-                    if not data:
-                        raise BadImage("empty", "zero bytes")
                     batch.append((record_id, decode(data, shape[:2], shape[2]), None))
                 except BadImage as bad:
                     batch.append((record_id, None, f"{bad.reason}: {bad.detail}"))

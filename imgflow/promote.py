@@ -1,9 +1,11 @@
-"""Promotion: register a validated, exported model and move the champion pointer to it."""
+"""Promotion: the candidate against the champion, registering a validated, exported model, and moving
+the champion pointer (by the gate, or by hand)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,31 +13,34 @@ from imgflow import registry
 from imgflow.errors import ConfigError
 from imgflow.fingerprint import code_fingerprint, to_jsonable
 from imgflow.model_report import report_html
-from imgflow.store import MANIFEST, ArtifactStore, StageResult, file_lock
+from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo
+from imgflow.store import MANIFEST, ArtifactStore, file_lock
 
 
 def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
     """The card of a candidate: config, fingerprints, metrics, gate decision and lineage."""
-    validation = results["validate"].info
+    validation, clean, shards, export = (results[s].info for s in ("validate", "clean", "shard", "export"))
+    assert isinstance(validation, ValidateInfo) and isinstance(clean, CleanInfo)
+    assert isinstance(shards, ShardInfo) and isinstance(export, ExportInfo)
     lineage = {
         stage: {"key": result.key, "fingerprint": result.fingerprint, "path": result.path}
         for stage, result in results.items()
     }
     data = {
         "model_fingerprint": results["train"].fingerprint,
-        "data_fingerprint": results["clean"].info["data_fingerprint"],
-        "source": results["clean"].info["source"],
-        "image_shape": results["shard"].info["image_shape"],
-        "class_names": results["shard"].info["class_names"],
+        "data_fingerprint": clean.data_fingerprint,
+        "source": clean.source,
+        "image_shape": shards.image_shape,
+        "class_names": shards.class_names,
         "metrics": {
-            "accuracy": validation["accuracy"],
-            "test_records": validation["test_records"],
-            "champion_accuracy": validation["champion_accuracy"],
+            "accuracy": validation.accuracy,
+            "test_records": validation.test_records,
+            "champion_accuracy": validation.champion_accuracy,
         },
-        "decision": {"promote": validation["promote"], "reasons": validation["reasons"]},
-        "training": results["train"].info,
-        "parity": results["export"].info["parity"],
-        "export": {"opset": results["export"].info["opset"], "int8": results["export"].info.get("int8")},
+        "decision": {"promote": validation.promote, "reasons": validation.reasons},
+        "training": results["train"].info.model_dump(mode="json"),
+        "parity": export.parity.model_dump(mode="json"),
+        "export": {"opset": export.opset, "int8": export.int8.model_dump(mode="json") if export.int8 else None},
         "code_fingerprint": code_fingerprint(),
         "config": to_jsonable(config),
         "lineage": lineage,
@@ -47,8 +52,8 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255: SavedModel "
         "`serving_default` (float32) or `serving_uint8` (uint8); ONNX input `pixels` (float32)",
         f"- classes: {', '.join(data['class_names'])}",
-        f"- test accuracy: **{validation['accuracy']:.4f}** on {validation['test_records']} held-out records",
-        f"- gate: {'; '.join(validation['reasons'])}",
+        f"- test accuracy: **{validation.accuracy:.4f}** on {validation.test_records} held-out records",
+        f"- gate: {'; '.join(validation.reasons)}",
         f"- SavedModel vs ONNX max abs difference: {data['parity']['max_abs_diff']:.2e}",
         f"- model fingerprint: `{data['model_fingerprint']}`",
         f"- data fingerprint: `{data['data_fingerprint']}`",
@@ -69,25 +74,35 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
     return data, "\n".join(lines)
 
 
-def champion_validation(
-    store: ArtifactStore, name: str, gate: Any, model: StageResult, shards: StageResult
-) -> StageResult | None:
-    """The validation that promoted ``model``, when it already is the champion: no new evaluation.
+@dataclass(frozen=True)
+class ChampionCheck:
+    """How a candidate stands against the current champion: at most one of the two is set.
 
-    It stands only while it was made with the same gate config on the same test split; otherwise the
-    candidate is validated again (against no rival: it is the champion).
+    ``recorded``: the candidate already is the champion, and the validation that promoted it still
+    stands (same gate config, same test split): reuse it, evaluate nothing. ``rival``: the champion
+    is another model; evaluate it on the same test split as the candidate. Neither: there is no
+    champion yet, or the candidate is the champion but must be validated again (against no rival).
     """
+
+    recorded: StageResult | None = None
+    rival: StageResult | None = None
+
+
+def versus_champion(store: ArtifactStore, name: str, gate: Any, model: StageResult, shards: StageResult) -> ChampionCheck:
+    """The one place that decides champion against candidate (for the flows and ``imgflow plan``)."""
     champion = registry.champion(store.root, name)
-    if champion is None or champion["model_fingerprint"] != model.fingerprint:
-        return None
+    if champion is None:
+        return ChampionCheck()
+    if champion["model_fingerprint"] != model.fingerprint:
+        return ChampionCheck(rival=registry.champion_result(store.root, name))
     recorded = registry.card(store.root, name, champion["version"])["lineage"].get("validate")
     result = store.lookup("validate", recorded["key"]) if recorded else None
     if result is None:
-        return None
+        return ChampionCheck()
     manifest = json.loads(Path(result.path, MANIFEST).read_text())
     if manifest["config"] != to_jsonable(gate) or manifest["inputs"].get("shards") != shards.fingerprint:
-        return None
-    return result
+        return ChampionCheck()
+    return ChampionCheck(recorded=result)
 
 
 def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
@@ -119,7 +134,7 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         current = registry.champion(root, name)
         if current is not None and current["version"] == version:
             return current
-        return registry.set_champion(root, name, version, reason="; ".join(results["validate"].info["reasons"]))
+        return registry.set_champion(root, name, version, reason="; ".join(card["decision"]["reasons"]))
 
 
 def promote_version(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.errors import ConfigError
-from imgflow.store import StageResult, write_json_atomic
+from imgflow.results import StageResult
+from imgflow.store import write_json_atomic
 
 _VERSION = re.compile(r"^v(\d+)$")
 

@@ -10,24 +10,23 @@ import numpy as np
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[i, j] = records of class i predicted as class j."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-    return matrix
+    """counts[i, j] = records of class i predicted as class j (every class has a row, seen or not)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
-def per_class_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support per class (0 where undefined, as scikit-learn does)."""
-    rows = []
-    for index, name in enumerate(class_names):
-        true_positive = int(matrix[index, index])
-        predicted = int(matrix[:, index].sum())
-        support = int(matrix[index, :].sum())
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
-    return rows
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class (0 where undefined)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0
+    )
+    return [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(class_names, precision, recall, f1, support, strict=True)
+    ]
 
 
 def per_class_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -27,40 +27,18 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgflow import __version__
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
+from imgflow.results import Info, StageResult
 
 MANIFEST = "manifest.json"
-# A build may return this in its info to name its output's content fingerprint itself, when its files
-# carry incidental bytes (a .keras zip records when it was saved): same content, same fingerprint.
-CONTENT_FINGERPRINT = "content_fingerprint"
 KEY_LENGTH = 20
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What a stage hands downstream: where its output is and what it contains, never the data."""
-
-    stage: str
-    key: str
-    path: str
-    fingerprint: str
-    status: str  # "ran" or "cached"
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageResult:
-        return cls(**data)
-
-    def file(self, name: str) -> Path:
-        return Path(self.path) / name
+# What a build returns: its stage's info model (a plain mapping for ad-hoc stages, e.g. in tests).
+Built = Info | Mapping[str, Any]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -112,14 +90,14 @@ class ArtifactStore:
             path=str(manifest_path.parent),
             fingerprint=manifest["fingerprint"],
             status="cached",
-            info=manifest["info"],
+            info=manifest["info"],  # read back as the stage's info type
         )
 
     def build(
         self,
         stage: str,
         key: str,
-        build: Callable[[Path], dict[str, Any]],
+        build: Callable[[Path], Built],
         *,
         config: Any,
         inputs: Mapping[str, str],
@@ -127,7 +105,7 @@ class ArtifactStore:
     ) -> StageResult:
         """Return the output for ``key``, calling ``build(tmp_dir) -> info`` only when it is missing.
 
-        Runs that ask for the same key at once take turns on a lock: the first builds, the others wait
+        ``build`` returns the stage's info (see ``imgflow.results``). Runs that ask for the same key at once take turns on a lock: the first builds, the others wait
         and then find its output. ``force`` rebuilds even when an output exists, then swaps it in.
         """
         existing = self.lookup(stage, key)
@@ -142,7 +120,7 @@ class ArtifactStore:
             return self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
 
     def _build_locked(
-        self, stage: str, key: str, build: Callable[[Path], dict[str, Any]], provenance: dict[str, Any]
+        self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]
     ) -> StageResult:
         """``build`` under this key's lock: into a temporary folder, manifest last, renamed into place."""
         parent = self.root / stage
@@ -153,7 +131,8 @@ class ArtifactStore:
         tmp.mkdir()
         try:
             started = time.time()
-            info = dict(build(tmp))
+            built = build(tmp)
+            info = built if isinstance(built, Info) else Info(**built)
             _failpoint(stage, tmp)
             files = _file_table(tmp)
             if not files:
@@ -164,8 +143,8 @@ class ArtifactStore:
                 "imgflow_version": __version__,
                 **provenance,
                 "files": files,
-                "fingerprint": info.pop(CONTENT_FINGERPRINT, None) or stable_hash(files),
-                "info": info,
+                "fingerprint": info.content_fingerprint or stable_hash(files),
+                "info": info.model_dump(mode="json"),
                 "seconds": round(time.time() - started, 3),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -184,7 +163,7 @@ class ArtifactStore:
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         result = self.lookup(stage, key)
         assert result is not None
-        return StageResult(**{**result.to_dict(), "status": "ran"})
+        return result.with_status("ran")
 
 
 FAILPOINT = "IMGFLOW_FAILPOINT"
@@ -217,14 +196,15 @@ def scratch_dir(out_dir: Path) -> Path:
 class Stage:
     """One arrow of the pipeline: a name, a code version, and a function that builds its output.
 
-    ``build(out_dir, config, inputs)`` receives the upstream results by name and returns a small info
-    dict (counts, metrics) that lands in the manifest and the run summary. Bump ``version`` whenever a
-    change to the stage's code changes its output: it is part of the key.
+    ``build(out_dir, config, inputs)`` receives the upstream results by name and returns its info model
+    (counts, metrics: ``imgflow.results``) that lands in the manifest and the run summary. Long builds
+    report progress with ``imgflow.progress.report``. Bump ``version`` whenever a change to the stage's
+    code changes its output: it is part of the key.
     """
 
     name: str
     version: str
-    build: Callable[[Path, Any, Mapping[str, StageResult]], dict[str, Any]]
+    build: Callable[[Path, Any, Mapping[str, StageResult]], Built]
 
     def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
         fingerprints = {

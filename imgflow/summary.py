@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgflow.stages import ORDER
-from imgflow.store import StageResult
+from imgflow.pipeline import PIPELINE
+from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo
 
 
 def _stage_entry(result: StageResult | None) -> dict[str, Any]:
@@ -20,72 +20,108 @@ def _stage_entry(result: StageResult | None) -> dict[str, Any]:
     return {"status": result.status, "key": result.key, "path": result.path}
 
 
+def _partitioned_entry(results: list[StageResult]) -> dict[str, Any]:
+    """One per-partition stage over all partitions: ``ran`` when it ran for any of them."""
+    if not results:
+        return {"status": "skipped"}
+    status = "ran" if any(r.status == "ran" for r in results) else "cached"
+    return {"status": status, "partitions": len(results), "keys": [r.key for r in results]}
+
+
 def build_summary(
     name: str,
     root: str | Path,
     results: Mapping[str, StageResult],
     champion: Mapping[str, Any] | None,
     seconds: float,
-    partitions: Mapping[str, str] | None = None,
+    partitions: Mapping[str, Mapping[str, StageResult]] | None = None,
+    until: str | None = None,
 ) -> dict[str, Any]:
-    """``results`` has every stage that ran or was reused; export is absent when the gate rejected.
+    """``results`` has every stage that ran or was reused (export is absent when the gate rejected;
+    everything after ``until`` when the run stopped there).
 
-    A partitioned run has no single download: ``clean`` is the merged table, and ``partitions`` says
-    which date partitions were downloaded and cleaned in this run (``ran``) or reused (``cached``).
+    A partitioned run downloads and cleans each date partition (``partitions``: date -> stage ->
+    result) and merges them: ``stages.clean`` then reports the merged table's accounting, and the
+    summary's ``partitions`` says which partitions were downloaded or cleaned in this run (``ran``)
+    and which were reused (``cached``).
     """
-    validation = results["validate"].info
+    steps = PIPELINE.run_steps(partitioned=partitions is not None)
+    stages = {step.name: _stage_entry(results.get(step.name)) for step in steps}
+    if partitions is not None:
+        for step in steps:
+            if step.per_partition:
+                stages[step.name] = _partitioned_entry([p[step.name] for p in partitions.values() if step.name in p])
+    table = results.get("merge") or results.get("clean")
+    if table is not None:
+        clean = table.info
+        assert isinstance(clean, CleanInfo)
+        stages["clean"].update(
+            records_in=clean.records_in,
+            kept=clean.kept,
+            quarantined=clean.quarantined,
+            quarantine_reasons=clean.quarantine_reasons,
+            splits=clean.splits,
+            class_balance={name: sum(counts.values()) for name, counts in clean.per_class.items()},
+            source_images=clean.source_images.model_dump(mode="json", exclude_none=True),
+        )
+    train = results.get("train")
+    if train is not None:
+        assert isinstance(train.info, TrainInfo)
+        stages["train"].update(
+            epochs=train.info.epochs,
+            final=train.info.final,
+            # How this run trained: from scratch (0), from a killed run's checkpoint, or not at all (None).
+            resumed_from_epoch=train.info.resumed_from_epoch if train.status == "ran" else None,
+        )
+    validate = results.get("validate")
+    validation = validate.info if validate is not None else None
+    assert validation is None or isinstance(validation, ValidateInfo)
     promoted = (
-        validation["promote"]
+        validation is not None
+        and validation.promote
         and champion is not None
         and champion["model_fingerprint"] == results["train"].fingerprint
     )
-    stages = {stage: _stage_entry(results.get(stage)) for stage in ORDER}
-    if partitions is not None:
-        stages["download"] = {"status": "ran" if "ran" in partitions.values() else "cached", "partitions": len(partitions)}
-    clean = results["clean"].info
-    stages["clean"].update(
-        records_in=clean["records_in"],
-        kept=clean["kept"],
-        quarantined=clean["quarantined"],
-        quarantine_reasons=clean["quarantine_reasons"],
-        splits=clean["splits"],
-        class_balance={name: sum(counts.values()) for name, counts in clean["per_class"].items()},
-        source_images=clean["source_images"],
-    )
-    train = results["train"]
-    stages["train"].update(
-        epochs=train.info["epochs"],
-        final=train.info["final"],
-        # How this run trained: from scratch (0), from a killed run's checkpoint, or not at all (None).
-        resumed_from_epoch=train.info["resumed_from_epoch"] if train.status == "ran" else None,
-    )
     export = results.get("export")
+
+    def path(stage: str, name: str) -> str | None:
+        return str(results[stage].file(name)) if stage in results else None
+
     artifacts = {
         "root": str(root),
-        "data_quality_report": str(results["clean"].file("report.md")),
-        "training_curves": str(results["train"].file("training_curves.png")),
-        "confusion_matrix": str(results["validate"].file("confusion_matrix.png")),
-        "validation_report": str(results["validate"].file("report.md")),
+        "data_quality_report": str(table.file("report.md")) if table is not None else None,
+        "training_curves": path("train", "training_curves.png"),
+        "confusion_matrix": path("validate", "confusion_matrix.png"),
+        "validation_report": path("validate", "report.md"),
         "savedmodel": str(export.file("savedmodel")) if export else None,
         "onnx": str(export.file("model.onnx")) if export else None,
         "registry": str(Path(champion["path"])) if promoted and champion else None,
         "model_report": str(Path(champion["path"]) / "report.html") if promoted and champion else None,
     }
+    if validation is None:
+        decision, reasons = "stopped", [f"stopped after {until} (--until): nothing was validated"]
+    else:
+        decision, reasons = ("promoted" if promoted else "rejected"), list(validation.reasons)
     return {
         "model": name,
-        "decision": "promoted" if promoted else "rejected",
-        "reasons": validation["reasons"],
+        "decision": decision,
+        "reasons": reasons,
         "version": champion["version"] if promoted and champion else None,
         "metrics": {
-            "accuracy": validation["accuracy"],
-            "test_records": validation["test_records"],
-            "champion_accuracy": validation["champion_accuracy"],
+            "accuracy": validation.accuracy if validation else None,
+            "test_records": validation.test_records if validation else None,
+            "champion_accuracy": validation.champion_accuracy if validation else None,
         },
         "stages": stages,
         "artifacts": artifacts,
         "seconds": round(seconds, 2),
-        **({"partitions": dict(partitions)} if partitions is not None else {}),
+        **({"partitions": _partition_statuses(partitions)} if partitions is not None else {}),
     }
+
+
+def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> dict[str, str]:
+    """Each date: ``ran`` when any of its stages ran in this run, else ``cached``."""
+    return {day: "ran" if any(r.status == "ran" for r in stages.values()) else "cached" for day, stages in partitions.items()}
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
@@ -95,10 +131,18 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         f"# imgflow run: {summary['model']} {summary['decision'].upper()}"
         + (f" as {summary['version']}" if summary["version"] else ""),
         "",
-        f"- test accuracy: **{metrics['accuracy']:.4f}** on {metrics['test_records']} records"
-        + (f" (champion: {metrics['champion_accuracy']:.4f})" if metrics["champion_accuracy"] is not None else ""),
+        *(
+            [f"- test accuracy: **{metrics['accuracy']:.4f}** on {metrics['test_records']} records"
+             + (f" (champion: {metrics['champion_accuracy']:.4f})" if metrics["champion_accuracy"] is not None else "")]
+            if metrics["accuracy"] is not None
+            else []
+        ),
         *[f"- {reason}" for reason in summary["reasons"]],
-        f"- records: {clean['records_in']} in, {clean['kept']} kept, {clean['quarantined']} quarantined",
+        *(
+            [f"- records: {clean['records_in']} in, {clean['kept']} kept, {clean['quarantined']} quarantined"]
+            if "records_in" in clean
+            else []
+        ),
         f"- wall time: {summary['seconds']} s",
         "",
         "| stage | status | key |",

@@ -1,5 +1,6 @@
 """Helpers for tests and benchmarks: realistic, dirty image corpora built from the bundled MNIST
-digits, a date-partitioned Parquet table, and a real Prefect server on a free local port.
+digits, a date-partitioned Parquet table, and a free local port. (A real Prefect server for tests is
+``flows.server.prefect_server``: the library never starts Prefect.)
 
 ``dirty_folder`` writes a ``folder:`` dataset the way users' folders look: real digits saved as PNG,
 JPEG, GIF, BMP and WebP, in grayscale, RGB, RGBA and palette modes, at several sizes, with broken files
@@ -9,14 +10,7 @@ mixed in. It returns what cleaning must find, so a test can check the accounting
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgflow.sources import open_source
-from imgflow.stages.download import sample
+from imgflow.sources import open_source, sample
 
 FORMATS = (("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"), ("WEBP", "webp"))
 MODES = ("L", "RGB", "RGBA", "P")
@@ -105,34 +98,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextmanager
-def prefect_server(home: Path, timeout: float = 120) -> Iterator[str]:
-    """A real ``prefect server start`` on 127.0.0.1 and a free port, with its own ``PREFECT_HOME``
-    (database included); yields its API URL. Its log is ``home/server.log``."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log_path = home / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}/api"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
-                    time.sleep(0.5)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=30)

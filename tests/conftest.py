@@ -41,11 +41,12 @@ def shards(store: ArtifactStore) -> StageResult:
     """Real shards of 300 of scikit-learn's 8x8 digits (the stages' own outputs)."""
     from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
     from imgflow.stages.clean import CLEAN
-    from imgflow.stages.download import DOWNLOAD, source_fingerprint
+    from imgflow.sources import source_fingerprint
+    from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
 
     config = DownloadConfig(source="sample:digits", limit=300)
-    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
     clean = CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
     return SHARD.run(store, ShardConfig(), {"clean": clean})
 

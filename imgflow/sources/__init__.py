@@ -13,11 +13,13 @@ Adding a source: write a class with ``fingerprint`` and ``records`` and register
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imgflow.errors import SourceError
+from imgflow.fingerprint import sha256_bytes
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,24 @@ def open_source(spec: str, options: Mapping[str, Any] | None = None) -> Source:
             f"{', '.join(sorted(SCHEMES))} (e.g. sample:mnist5k, folder:data/pets, parquet:s3://bucket/table, tfds:mnist)"
         )
     return SCHEMES[scheme](rest, options or {})
+
+
+def source_fingerprint(spec: str, options: Mapping[str, Any] | None = None) -> str:
+    """The content fingerprint of a source: the download stage's only input."""
+    return open_source(spec, options).fingerprint()
+
+
+def sample(records: Iterable[RawRecord], limit: int) -> list[RawRecord]:
+    """``limit`` records chosen by a hash of their ids, in source order.
+
+    Sources are often sorted by class, so the first N records would be one class; the N smallest id
+    hashes are spread over the whole source, and the same ids are chosen on every run.
+    """
+    heap: list[tuple[int, int, RawRecord]] = []
+    for order, record in enumerate(records):
+        rank = -int(sha256_bytes(record.id.encode())[:16], 16)
+        if len(heap) < limit:
+            heapq.heappush(heap, (rank, order, record))
+        elif rank > heap[0][0]:
+            heapq.heapreplace(heap, (rank, order, record))
+    return [record for _, _, record in sorted(heap, key=lambda item: item[1])]

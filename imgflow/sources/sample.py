@@ -17,7 +17,7 @@ import numpy as np
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
 from imgflow.sources import RawRecord
-from imgflow.sources.images import encode_png
+from imgflow.images import encode_png
 
 # Bump when the way records are made from the files changes.
 _FORMAT = "1"

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgflow.config import ExportConfig
 from imgflow.errors import ExportMismatchError
-from imgflow.stages.shard import split_files
-from imgflow.stages.validate import onnx_predict
-from imgflow.store import Stage, StageResult, write_json_atomic
+from imgflow.inference import onnx_predict
+from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
+from imgflow.store import Stage, write_json_atomic
 
 
-def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult]) -> ExportInfo:
     import keras
     import tensorflow as tf
     import tf2onnx
@@ -42,7 +41,8 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     from imgflow.data import load_arrays
 
     shards = inputs["shards"]
-    shape = tuple(shards.info["image_shape"])
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    shape = tuple(shards.info.image_shape)
     model = keras.models.load_model(inputs["model"].file("model.keras"))
 
     float_spec = tf.TensorSpec([None, *shape], tf.float32, name="pixels")
@@ -74,18 +74,18 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     onnx_path = out_dir / "model.onnx"
     tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=config.opset, output_path=str(onnx_path))
 
-    images, labels, _ = load_arrays(split_files(shards, "test"), shape)
+    images, labels, _ = load_arrays(shard_files(shards, "test"), shape)
     batch = images[: config.parity_batch].astype(np.float32)
     loaded = tf.saved_model.load(str(out_dir / "savedmodel"))
     from_savedmodel = loaded.signatures["serving_default"](pixels=tf.constant(batch))["probabilities"].numpy()
     from_onnx = onnx_predict(onnx_path, batch)
     max_diff = float(np.abs(from_savedmodel - from_onnx).max())
-    parity = {
-        "max_abs_diff": max_diff,
-        "tolerance": config.parity_tolerance,
-        "batch": int(len(batch)),
-        "same_top1": bool((from_savedmodel.argmax(1) == from_onnx.argmax(1)).all()),
-    }
+    parity = Parity(
+        max_abs_diff=max_diff,
+        tolerance=config.parity_tolerance,
+        batch=int(len(batch)),
+        same_top1=bool((from_savedmodel.argmax(1) == from_onnx.argmax(1)).all()),
+    )
     write_json_atomic(out_dir / "parity.json", parity)
     if not max_diff <= config.parity_tolerance:
         raise ExportMismatchError(
@@ -93,12 +93,12 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
             f"on {len(batch)} test images: refusing to promote {inputs['model'].path}"
         )
     int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, (images, labels), config) if config.int8 else None
-    return {"opset": config.opset, "parity": parity, "int8": int8}
+    return ExportInfo(opset=config.opset, parity=parity, int8=int8)
 
 
 def _quantize(
     float_path: Path, int8_path: Path, shards: StageResult, test: tuple[np.ndarray, np.ndarray], config: ExportConfig
-) -> dict[str, Any]:
+) -> Int8:
     """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
     calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on ``test``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -106,10 +106,10 @@ def _quantize(
 
     from imgflow.data import load_arrays
 
-    shape = tuple(shards.info["image_shape"])
-    calibration, _, _ = load_arrays(split_files(shards, "val"), shape)
+    shape = tuple(shards.info.image_shape)  # type: ignore[attr-defined]  # a shard result
+    calibration, _, _ = load_arrays(shard_files(shards, "val"), shape)
     if len(calibration) == 0:
-        calibration, _, _ = load_arrays(split_files(shards, "train"), shape)
+        calibration, _, _ = load_arrays(shard_files(shards, "train"), shape)
     calibration = calibration[: config.calibration_images].astype(np.float32)
 
     class Batches(CalibrationDataReader):
@@ -130,15 +130,15 @@ def _quantize(
     kept = float_accuracy - int8_accuracy <= config.int8_max_drop
     if not kept:
         int8_path.unlink()
-    return {
-        "exported": kept,
-        "accuracy": int8_accuracy,
-        "float_accuracy": float_accuracy,
-        "max_drop": config.int8_max_drop,
-        "calibration_images": int(len(calibration)),
-        "bytes": int8_path.stat().st_size if kept else None,
-        "float_bytes": float_path.stat().st_size,
-    }
+    return Int8(
+        exported=kept,
+        accuracy=int8_accuracy,
+        float_accuracy=float_accuracy,
+        max_drop=config.int8_max_drop,
+        calibration_images=int(len(calibration)),
+        bytes=int8_path.stat().st_size if kept else None,
+        float_bytes=float_path.stat().st_size,
+    )
 
 
 EXPORT = Stage("export", "2", _build)

@@ -1,5 +1,7 @@
 """merge: the union of several cleaned partitions, as one clean table (same layout as ``clean``).
 
+Output folder: the clean-table layout of ``imgflow.cleantable``.
+
 Inputs are clean outputs named ``part:<name>`` (e.g. ``part:2024-05-01``), in order. Labels are
 re-indexed against one class list (the spec's ``class_names``, else every label found, sorted), an
 image seen in two partitions is a ``duplicate`` (same label: the earliest partition keeps it) or a
@@ -14,30 +16,33 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, content_conflicts, natural_key, write_clean_output
 from imgflow.config import CleanConfig
 from imgflow.errors import ConfigError
-from imgflow.sources.images import encode_png
-from imgflow.stages.clean import KEPT_SCHEMA, QUARANTINE_SCHEMA, content_conflicts, natural_key, write_clean_output
-from imgflow.store import Stage, StageResult
+from imgflow.images import encode_png
+from imgflow.results import CleanInfo, StageResult
+from imgflow.store import Stage
+
+PART = "part:"  # the prefix of the merge stage's input names: one input per cleaned partition
 
 
-def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
-    parts = [result for name, result in inputs.items() if name.startswith("part:")]
-    shapes = {tuple(p.info["image_shape"]) for p in parts}
+def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:
+    parts = [result for name, result in inputs.items() if name.startswith(PART)]
+    infos: list[CleanInfo] = [p.info for p in parts]  # type: ignore[misc]  # clean results
+    shapes = {tuple(info.image_shape) for info in infos}
     if len(shapes) > 1:
         raise ConfigError(
             f"the partitions clean to different image shapes ({', '.join('x'.join(map(str, s)) for s in sorted(shapes))}): "
             "set [clean] image_size and channels in the dataset spec so they agree"
         )
     class_names = list(config.class_names) if config.class_names else sorted(
-        {name for p in parts for name in p.info["class_names"]}, key=natural_key
+        {name for info in infos for name in info.class_names}, key=natural_key
     )
     index = {name: i for i, name in enumerate(class_names)}
     kept = pa.concat_tables([pq.read_table(p.file("records.parquet")) for p in parts]) if parts else KEPT_SCHEMA.empty_table()
@@ -61,14 +66,14 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
     )
     quarantined = pa.concat_tables([*(pq.read_table(p.file("quarantine.parquet")) for p in parts), merge_quarantine])
     modes, sizes = Counter(), Counter()
-    for p in parts:
-        modes.update(p.info["source_images"]["modes"])
-        sizes.update(p.info["source_images"]["size_counts"])
+    for info in infos:
+        modes.update(info.source_images.modes)
+        sizes.update(info.source_images.size_counts)
     return write_clean_output(
         out_dir,
         config,
-        source=_describe([p.info["source"] for p in parts]),
-        records_in=sum(p.info["records_in"] for p in parts),
+        source=_describe([info.source for info in infos]),
+        records_in=sum(info.records_in for info in infos),
         kept=kept.filter(pc.invert(dropped)),
         quarantined=quarantined,
         class_names=class_names,

@@ -16,24 +16,28 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from imgflow import progress
+from imgflow.cleantable import SPLITS
 from imgflow.config import ShardConfig
-from imgflow.stages.clean import SPLITS
-from imgflow.store import Stage, StageResult
+from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
+from imgflow.store import Stage
 
 
-def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]) -> ShardInfo:
     import tensorflow as tf
 
     from imgflow.features import make_example, shard_name
 
     clean = inputs["clean"]
+    info = clean.info
+    assert isinstance(info, CleanInfo), clean.stage
     table = pq.read_table(clean.file("records.parquet"))
-    splits: dict[str, dict[str, Any]] = {}
+    splits: dict[str, SplitShards] = {}
+    written = 0
     for split in SPLITS:
         part = table.filter(pc.equal(table["split"], split))
         count = max(1, math.ceil(part.num_rows / config.records_per_shard))
@@ -47,20 +51,14 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
                 ):
                     writer.write(make_example(record_id, pixels, label))
             files.append(name)
+            written += rows.num_rows
+            progress.report(written, table.num_rows, "records")
         labels = Counter(part["label"].to_pylist())
-        class_counts = [labels[index] for index in range(len(clean.info["class_names"]))]
-        splits[split] = {"files": files, "records": part.num_rows, "class_counts": class_counts}
-    return {
-        "image_shape": clean.info["image_shape"],
-        "class_names": clean.info["class_names"],
-        "data_fingerprint": clean.info["data_fingerprint"],
-        "splits": splits,
-    }
-
-
-def split_files(shards: StageResult, split: str) -> list[str]:
-    """Absolute paths of one split's shard files."""
-    return [str(Path(shards.path) / name) for name in shards.info["splits"][split]["files"]]
+        class_counts = [labels[index] for index in range(len(info.class_names))]
+        splits[split] = SplitShards(files=files, records=part.num_rows, class_counts=class_counts)
+    return ShardInfo(
+        image_shape=info.image_shape, class_names=info.class_names, data_fingerprint=info.data_fingerprint, splits=splits
+    )
 
 
 SHARD = Stage("shard", "3", _build)

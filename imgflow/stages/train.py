@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.config import TrainConfig
-from imgflow.stages.shard import split_files
-from imgflow.store import CONTENT_FINGERPRINT, Stage, StageResult, scratch_dir
+from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
+from imgflow.store import Stage, scratch_dir
 
 _EVAL_BATCH = 256
 
 
-def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
 
     from imgflow.accel import current_plan, float32_copy, make_strategy
@@ -57,22 +57,24 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     # Saved in float32 whatever the training precision: validation and export need no special case.
     model = float32_copy(model) if chosen.precision != "float32" else model
     model.save(out_dir / "model.keras")
-    return {CONTENT_FINGERPRINT: model_fingerprint(model), **info}
+    return info.model_copy(update={"content_fingerprint": model_fingerprint(model)})
 
 
-def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any, strategy: Any) -> tuple[Any, dict[str, Any]]:
+def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any, strategy: Any) -> tuple[Any, TrainInfo]:
     import keras
     import tensorflow as tf
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import EpochCheckpoint, load_progress
+    from imgflow.checkpoints import EpochCheckpoint, EpochProgress, load_progress
     from imgflow.data import make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training, set_backbone_trainable
     from imgflow.reports import plot_training_curves
 
-    shape = tuple(shards.info["image_shape"])
-    num_classes = len(shards.info["class_names"])
-    n_train = shards.info["splits"]["train"]["records"]
+    shard_info = shards.info
+    assert isinstance(shard_info, ShardInfo), shards.stage
+    shape = tuple(shard_info.image_shape)
+    num_classes = len(shard_info.class_names)
+    n_train = shard_info.splits["train"].records
     if n_train == 0:
         raise ValueError(f"the train split in {shards.path} is empty: nothing to train on")
     keras.utils.set_random_seed(config.seed)
@@ -82,13 +84,13 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
     on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
-        split_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
+        shard_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
         augmenter=None if on_device else augmenter,
     )
     val_data, val_steps = None, None
-    n_val = shards.info["splits"]["val"]["records"]
+    n_val = shard_info.splits["val"].records
     if n_val:
-        val_data = shard_dataset(split_files(shards, "val"), shape, _EVAL_BATCH, training=False)
+        val_data = shard_dataset(shard_files(shards, "val"), shape, _EVAL_BATCH, training=False)
         # Known step counts: a dataset of unknown length makes Keras warn that input "ran out".
         val_steps = math.ceil(n_val / _EVAL_BATCH)
     if chosen.workers > 1:
@@ -118,8 +120,8 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             model = keras.models.load_model(checkpoints / progress["checkpoint"])
             resumed_from, history = progress["epoch"], progress["history"]
             print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
-    class_weight = balanced_class_weights(shards.info["splits"]["train"]["class_counts"]) if config.class_weights else None
-    callbacks = [EpochCheckpoint(checkpoints, history)]
+    class_weight = balanced_class_weights(shard_info.splits["train"].class_counts) if config.class_weights else None
+    callbacks = [EpochCheckpoint(checkpoints, history), EpochProgress(config.epochs)]
 
     def fit(epochs: int, initial_epoch: int) -> None:
         if chosen.workers > 1:
@@ -155,17 +157,19 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     fit(config.epochs, max(resumed_from, frozen))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_training_curves(history, out_dir / "training_curves.png")
-    info = {
-        "epochs": config.epochs,
-        "resumed_from_epoch": resumed_from,
-        "train_records": n_train,
-        "parameters": int(model.count_params()),
-        "final": {name: values[-1] for name, values in history.items()},
-        "hardware": {"strategy": chosen.strategy, "precision": chosen.precision, "jit_compile": chosen.jit_compile,
-                     "replicas": int(strategy.num_replicas_in_sync), "workers": chosen.workers,
-                     "augment_on_device": on_device},
-    }
+    info = TrainInfo(
+        epochs=config.epochs,
+        resumed_from_epoch=resumed_from,
+        train_records=n_train,
+        parameters=int(model.count_params()),
+        final={name: float(values[-1]) for name, values in history.items()},
+        hardware=Hardware(
+            strategy=chosen.strategy, precision=chosen.precision, jit_compile=chosen.jit_compile,
+            replicas=int(strategy.num_replicas_in_sync), workers=chosen.workers, augment_on_device=on_device,
+        ),
+    )
     return unwrap(model), info
+
 
 
 def balanced_class_weights(counts: list[int]) -> dict[int, float]:

@@ -19,32 +19,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgflow.config import GateConfig
 from imgflow.gate import decide
+from imgflow.images import encode_png
+from imgflow.inference import onnx_predict, onnx_session
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
-from imgflow.stages.shard import split_files
-from imgflow.store import Stage, StageResult, write_json_atomic
-
-
-def onnx_session(model_path: str | Path):  # noqa: ANN201 - onnxruntime.InferenceSession, imported lazily
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-
-
-def onnx_predict(model: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities from an ONNX export (a path or an open session) for raw pixels (N, H, W, C)."""
-    session = model if hasattr(model, "run") else onnx_session(model)
-    input_name = session.get_inputs()[0].name
-    outputs = [
-        session.run(None, {input_name: images[start : start + batch_size].astype(np.float32)})[0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outputs)
+from imgflow.results import ShardInfo, StageResult, ValidateInfo, shard_files
+from imgflow.store import Stage, write_json_atomic
 
 
 def write_misclassified(
@@ -54,8 +38,6 @@ def write_misclassified(
     """The ``limit`` most confident wrong predictions, hardest first, with their images as PNG."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from imgflow.sources.images import encode_png
 
     predictions = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -73,11 +55,11 @@ def write_misclassified(
     pq.write_table(table, path)
 
 
-def _champion_accuracy(champion: StageResult | None, candidate: StageResult, images: np.ndarray, labels: np.ndarray, accuracy: float) -> tuple[float | None, str]:
+def _champion_accuracy(champion: StageResult | None, images: np.ndarray, labels: np.ndarray) -> tuple[float | None, str]:
+    """The champion's accuracy on the same test records, and what was evaluated. The caller passes a
+    champion only when it is another model (``imgflow.promote.versus_champion`` decides)."""
     if champion is None:
         return None, "none"
-    if champion.fingerprint == candidate.fingerprint:
-        return accuracy, "the candidate is the champion"
     session = onnx_session(Path(champion.path) / "model.onnx")
     expected = session.get_inputs()[0].shape[1:]
     if list(expected) != list(images.shape[1:]):
@@ -86,15 +68,16 @@ def _champion_accuracy(champion: StageResult | None, candidate: StageResult, ima
     return float((predictions == labels).mean()), f"champion {champion.key} evaluated on the same test split"
 
 
-def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> ValidateInfo:
     import keras
 
     from imgflow.data import load_arrays
 
     shards, model_result = inputs["shards"], inputs["model"]
-    shape = tuple(shards.info["image_shape"])
-    class_names = shards.info["class_names"]
-    images, labels, ids = load_arrays(split_files(shards, "test"), shape)
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    shape = tuple(shards.info.image_shape)
+    class_names = shards.info.class_names
+    images, labels, ids = load_arrays(shard_files(shards, "test"), shape)
     if len(labels) == 0:
         raise ValueError(f"the test split in {shards.path} is empty: nothing to validate on")
     model = keras.models.load_model(model_result.file("model.keras"))
@@ -102,9 +85,9 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     predictions = probabilities.argmax(axis=1)
     accuracy = float((predictions == labels).mean())
     matrix = confusion_matrix(labels, predictions, len(class_names))
-    per_class = per_class_metrics(matrix, class_names)
+    per_class = per_class_metrics(labels, predictions, class_names)
 
-    champion_accuracy, champion_note = _champion_accuracy(inputs.get("champion"), model_result, images, labels, accuracy)
+    champion_accuracy, champion_note = _champion_accuracy(inputs.get("champion"), images, labels)
     decision = decide(accuracy, champion_accuracy, config)
     metrics = {
         "accuracy": accuracy,
@@ -137,14 +120,14 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
             ]
         )
     )
-    return {
-        "accuracy": accuracy,
-        "test_records": int(len(labels)),
-        "champion_accuracy": champion_accuracy,
-        "champion": champion_note,
-        "promote": decision.promote,
-        "reasons": list(decision.reasons),
-    }
+    return ValidateInfo(
+        accuracy=accuracy,
+        test_records=int(len(labels)),
+        champion_accuracy=champion_accuracy,
+        champion=champion_note,
+        promote=decision.promote,
+        reasons=list(decision.reasons),
+    )
 
 
 VALIDATE = Stage("validate", "2", _build)

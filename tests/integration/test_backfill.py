@@ -101,7 +101,7 @@ def test_flow_parameters_are_validated_before_anything_runs(tmp_path: Path) -> N
 
 def test_two_backfills_at_once_are_safe(tmp_path: Path) -> None:
     lake = partitioned_parquet(tmp_path / "lake", DAYS[:2], per_day=200)
-    command = [sys.executable, "-m", "imgflow.cli", "backfill", "--dataset", f"parquet:{lake}", "--start", DAYS[0],
+    command = [sys.executable, "-m", "flows.cli", "backfill", "--dataset", f"parquet:{lake}", "--start", DAYS[0],
                "--end", DAYS[1], "--epochs", "1", "--min-accuracy", "0", "--artifacts", str(tmp_path / "a"), "--json"]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # each starts its own temporary server
     runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

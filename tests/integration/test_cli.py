@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-IMGFLOW = [sys.executable, "-m", "imgflow.cli"]
+IMGFLOW = [sys.executable, "-m", "flows.cli"]
 
 
 def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ SMALL = ["--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accura
 
 
 def _start(artifacts: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "imgflow.cli", "run", "--artifacts", str(artifacts), "--json", *args]
+    command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(artifacts), "--json", *args]
     return subprocess.Popen(
         command,
         env={**os.environ, **(env or {})},

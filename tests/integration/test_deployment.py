@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.testing import partitioned_parquet, prefect_server
+from flows.server import prefect_server
+from imgflow.testing import partitioned_parquet
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
-IMGFLOW = [sys.executable, "-m", "imgflow.cli"]
+IMGFLOW = [sys.executable, "-m", "flows.cli"]
 
 
 @pytest.fixture(scope="module")

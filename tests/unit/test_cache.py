@@ -5,10 +5,17 @@ from imgflow import cache, registry
 from imgflow.store import ArtifactStore, Stage, file_lock
 
 
+# Stand-in outputs of two real stages (the cache lists the pipeline's stages), with valid infos.
+INFOS = {
+    "download": {"records": 1, "source": "test:x"},
+    "shard": {"image_shape": [1, 1, 1], "class_names": [], "data_fingerprint": "d", "splits": {}},
+}
+
+
 def _output(store: ArtifactStore, stage: str, tag: str) -> str:
     def build(out_dir: Path, config: dict, inputs: dict) -> dict:
         (out_dir / "data.bin").write_bytes(b"x" * 1000)
-        return {}
+        return INFOS[stage]
 
     return Stage(stage, "1", build).run(store, {"tag": tag}, {}).key
 
@@ -20,36 +27,36 @@ def _run(root: Path, keys: dict[str, str]) -> None:
 
 def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: ArtifactStore, tmp_path: Path) -> None:
     root = store.root
-    lineage = _output(store, "train", "champion")
-    old = _output(store, "train", "old")
-    recent = _output(store, "train", "recent")
+    lineage = _output(store, "shard", "champion")
+    old = _output(store, "shard", "old")
+    recent = _output(store, "shard", "recent")
     unused = _output(store, "download", "unused")
     (root / "clean" / ".tmp-deadbeef-1234").mkdir(parents=True)  # left by a killed run
-    (root / "train" / ".work-cafe").mkdir()
+    (root / "train" / ".work-cafe").mkdir(parents=True)
     onnx = tmp_path / "model.onnx"
     onnx.write_text("onnx")
-    card = {"model_fingerprint": "f", "metrics": {"accuracy": 1.0}, "lineage": {"train": {"key": lineage}}}
+    card = {"model_fingerprint": "f", "metrics": {"accuracy": 1.0}, "lineage": {"shard": {"key": lineage}}}
     registry.register(root, "m", {"model.onnx": onnx}, card, {})
-    _run(root, {"train": old})
-    _run(root, {"train": recent})
+    _run(root, {"shard": old})
+    _run(root, {"shard": recent})
 
     listed = {(e.stage, e.key): e for e in cache.entries(root)}
-    assert listed[("train", lineage)].models == ["m/v1"]
-    assert len(listed[("train", recent)].runs) == 1 and listed[("train", recent)].bytes >= 1000
+    assert listed[("shard", lineage)].models == ["m/v1"]
+    assert len(listed[("shard", recent)].runs) == 1 and listed[("shard", recent)].bytes >= 1000
     assert not listed[("clean", ".tmp-deadbeef-1234")].complete
 
     removed = cache.prune(root, keep_runs=1)
     assert {(e.stage, e.key) for e in removed} == {
-        ("train", old), ("download", unused), ("clean", ".tmp-deadbeef-1234"), ("train", ".work-cafe")
+        ("shard", old), ("download", unused), ("clean", ".tmp-deadbeef-1234"), ("train", ".work-cafe")
     }
-    assert store.lookup("train", lineage) and store.lookup("train", recent)
-    assert store.lookup("train", old) is None and not (root / "train" / ".work-cafe").exists()
+    assert store.lookup("shard", lineage) and store.lookup("shard", recent)
+    assert store.lookup("shard", old) is None and not (root / "train" / ".work-cafe").exists()
 
 
 def test_dry_run_removes_nothing(store: ArtifactStore) -> None:
-    key = _output(store, "train", "a")
+    key = _output(store, "download", "a")
     assert [e.key for e in cache.prune(store.root, keep_runs=0, dry_run=True)] == [key]
-    assert store.lookup("train", key) is not None
+    assert store.lookup("download", key) is not None
 
 
 def test_prune_leaves_what_a_live_build_holds(store: ArtifactStore) -> None:
@@ -65,4 +72,13 @@ def test_run_log_is_one_json_line_per_run(tmp_path: Path) -> None:
     _run(tmp_path, {"download": "k1"})
     _run(tmp_path, {"download": "k2"})
     lines = (tmp_path / cache.RUNS).read_text().splitlines()
-    assert [json.loads(line)["stages"]["download"] for line in lines] == ["k1", "k2"]
+    assert [json.loads(line)["stages"]["download"] for line in lines] == [["k1"], ["k2"]]
+
+
+def test_a_partitioned_run_keeps_every_partitions_outputs(store: ArtifactStore) -> None:
+    days = [_output(store, "download", day) for day in ("d1", "d2")]
+    summary = {"model": "m", "decision": "promoted", "version": None,
+               "stages": {"download": {"status": "ran", "partitions": 2, "keys": days}}}
+    cache.record_run(store.root, summary)
+    assert cache.prune(store.root, keep_runs=1) == []
+    assert [e.key for e in cache.prune(store.root, keep_runs=0)] == sorted(days)

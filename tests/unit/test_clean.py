@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
-from imgflow.stages.clean import CLEAN, assign_split, decode, natural_key
+from imgflow.cleantable import assign_split, natural_key
+from imgflow.images import decode
+from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import SCHEMA
 from imgflow.store import ArtifactStore, StageResult
 from tests.conftest import digit_like, encode
@@ -22,7 +24,10 @@ def _raw(store: ArtifactStore, rows: list[tuple[str, bytes, str]]) -> StageResul
         {"id": [r[0] for r in rows], "image": [r[1] for r in rows], "label": [r[2] for r in rows]}, schema=SCHEMA
     )
     pq.write_table(table, folder / "records.parquet")
-    return StageResult("download", "k", str(folder), fingerprint=str(hash(tuple(rows))), status="ran", info={"source": "test:corpus"})
+    return StageResult(
+        stage="download", key="k", path=str(folder), fingerprint=str(hash(tuple(rows))), status="ran",
+        info={"records": len(rows), "source": "test:corpus"},
+    )
 
 
 def _corpus() -> list[tuple[str, bytes, str]]:
@@ -47,7 +52,7 @@ def test_clean_accounts_for_every_record(store: ArtifactStore) -> None:
     rows = _corpus()
     result = CLEAN.run(store, CleanConfig(image_size=(16, 16), channels=1), {"raw": _raw(store, rows)})
     info = result.info
-    assert info["records_in"] == len(rows) == info["kept"] + info["quarantined"]
+    assert info.records_in == len(rows) == info.kept + info.quarantined
     quarantine = pq.read_table(result.file("quarantine.parquet")).to_pylist()
     reasons = {row["id"]: row["reason"] for row in quarantine}
     assert reasons == {
@@ -60,14 +65,15 @@ def test_clean_accounts_for_every_record(store: ArtifactStore) -> None:
         "conflict/b": "label_conflict",
     }
     assert all(row["detail"] for row in quarantine)
-    assert next(r for r in quarantine if r["id"] == "bad/truncated")["image"] == rows[61][1][: len(rows[61][1])]
-    assert info["quarantine_reasons"] == {"duplicate": 2, "label_conflict": 2, "empty": 1, "truncated": 1, "not_an_image": 1}
+    truncated = next(r for r in quarantine if r["id"] == "bad/truncated")["image"]
+    assert truncated == rows[61][1] and len(truncated) < len(encode(digit_like(1000)))  # the original, cut bytes
+    assert info.quarantine_reasons == {"duplicate": 2, "label_conflict": 2, "empty": 1, "truncated": 1, "not_an_image": 1}
 
     kept = pq.read_table(result.file("records.parquet")).to_pylist()
     assert {r["id"] for r in kept} >= {"mode/rgba", "mode/palette", "size/big", "good/005", "good/007"}
     assert all(len(r["pixels"]) == 16 * 16 for r in kept)
-    assert info["class_names"] == ["0", "1", "2"]
-    assert all(info["class_names"][r["label"]] == r["label_name"] for r in kept)
+    assert info.class_names == ["0", "1", "2"]
+    assert all(info.class_names[r["label"]] == r["label_name"] for r in kept)
     report = Path(result.path, "report.md").read_text()
     assert "| truncated | 1 |" in report and "bad/truncated" in report
 
@@ -76,7 +82,7 @@ def test_kept_pixels_are_the_decoded_image(store: ArtifactStore) -> None:
     rows = [(f"r{i}", encode(digit_like(i)), str(i % 2)) for i in range(10)]
     result = CLEAN.run(store, CleanConfig(), {"raw": _raw(store, rows)})
     kept = pq.read_table(result.file("records.parquet")).to_pylist()
-    assert result.info["image_shape"] == [16, 16, 1]  # inferred: most common size, all grayscale
+    assert result.info.image_shape == [16, 16, 1]  # inferred: most common size, all grayscale
     first = next(r for r in kept if r["id"] == "r0")
     assert np.array_equal(np.frombuffer(first["pixels"], np.uint8).reshape(16, 16), digit_like(0))
 
@@ -85,7 +91,7 @@ def test_color_images_infer_three_channels_and_transparency_becomes_white(store:
     transparent = np.zeros((16, 16, 4), np.uint8)
     rows = [("clear", encode(transparent), "a"), ("gray", encode(digit_like(1)), "b")]
     result = CLEAN.run(store, CleanConfig(test_fraction=0, val_fraction=0), {"raw": _raw(store, rows)})
-    assert result.info["image_shape"] == [16, 16, 3]
+    assert result.info.image_shape == [16, 16, 3]
     kept = {r["id"]: r for r in pq.read_table(result.file("records.parquet")).to_pylist()}
     assert set(np.frombuffer(kept["clear"]["pixels"], np.uint8)) == {255}
 
@@ -93,7 +99,7 @@ def test_color_images_infer_three_channels_and_transparency_becomes_white(store:
 def test_unknown_label_is_quarantined(store: ArtifactStore) -> None:
     rows = [(f"r{i}", encode(digit_like(i)), "abc"[i % 3]) for i in range(9)]
     result = CLEAN.run(store, CleanConfig(class_names=("a", "b")), {"raw": _raw(store, rows)})
-    assert result.info["quarantine_reasons"] == {"unknown_label": 3}
+    assert result.info.quarantine_reasons == {"unknown_label": 3}
 
 
 def test_no_decodable_image_fails_naming_the_source(store: ArtifactStore) -> None:
@@ -112,7 +118,7 @@ def test_splits_follow_fractions_and_never_share_an_image(store: ArtifactStore) 
     rows = [(f"r{i}", encode(digit_like(i)), str(i % 2)) for i in range(400)]
     result = CLEAN.run(store, CleanConfig(test_fraction=0.25, val_fraction=0.1), {"raw": _raw(store, rows)})
     kept = pq.read_table(result.file("records.parquet")).to_pylist()
-    counts = result.info["splits"]
+    counts = result.info.splits
     assert 60 <= counts["test"] <= 140 and 15 <= counts["val"] <= 70
     test_hashes = {r["sha256"] for r in kept if r["split"] == "test"}
     assert not test_hashes & {r["sha256"] for r in kept if r["split"] == "train"}
@@ -150,7 +156,7 @@ def test_adding_records_never_moves_existing_ones(tmp_path_factory: pytest.TempP
 def test_unlabeled_records_are_quarantined(store: ArtifactStore) -> None:
     rows = [(f"r{i}", encode(digit_like(i)), "ab"[i % 2]) for i in range(6)] + [("stray.png", encode(digit_like(99)), "")]
     result = CLEAN.run(store, CleanConfig(), {"raw": _raw(store, rows)})
-    assert result.info["quarantine_reasons"] == {"unlabeled": 1} and result.info["class_names"] == ["a", "b"]
+    assert result.info.quarantine_reasons == {"unlabeled": 1} and result.info.class_names == ["a", "b"]
 
 
 def test_decode_resizes_and_converts() -> None:

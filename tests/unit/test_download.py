@@ -7,7 +7,8 @@ from imgflow import sources
 from imgflow.config import DownloadConfig
 from imgflow.errors import SourceError
 from imgflow.sources import RawRecord
-from imgflow.stages.download import DOWNLOAD, sample, source_fingerprint
+from imgflow.sources import sample, source_fingerprint
+from imgflow.stages.download import DOWNLOAD
 from imgflow.store import ArtifactStore
 
 
@@ -41,15 +42,15 @@ def test_sample_is_spread_fixed_and_in_source_order() -> None:
 
 def test_download_writes_every_record(store: ArtifactStore) -> None:
     config = DownloadConfig(source="sample:digits")
-    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
     table = pq.read_table(result.file("records.parquet"))
-    assert table.num_rows == result.info["records"] == 1797
+    assert table.num_rows == result.info.records == 1797
     assert table.column_names == ["id", "image", "label"]
 
 
 def test_download_limit(store: ArtifactStore) -> None:
     config = DownloadConfig(source="sample:mnist5k", limit=300)
-    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    result = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
     labels = pq.read_table(result.file("records.parquet")).column("label").to_pylist()
     assert len(labels) == 300 and len(set(labels)) == 10
 

@@ -55,7 +55,10 @@ def _cleaned(store: ArtifactStore, name: str, rows: list[tuple[str, bytes, str]]
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"id": [r[0] for r in rows], "image": [r[1] for r in rows], "label": [r[2] for r in rows]},
                             schema=SCHEMA), folder / "records.parquet")
-    raw = StageResult("download", name, str(folder), fingerprint=name, status="ran", info={"source": f"test:{name}"})
+    raw = StageResult(
+        stage="download", key=name, path=str(folder), fingerprint=name, status="ran",
+        info={"records": len(rows), "source": f"test:{name}"},
+    )
     return CLEAN.run(store, config, {"raw": raw})
 
 
@@ -69,15 +72,15 @@ def test_merge_unions_partitions_with_one_class_list_and_dedupes_across_them(sto
     ], config)
     merged = MERGE.run(store, config, {"part:d1": day1, "part:d2": day2})
     info = merged.info
-    assert info["class_names"] == ["a", "b", "c"]
-    assert info["records_in"] == 9 + 8 == info["kept"] + info["quarantined"]
-    assert info["quarantine_reasons"] == {"empty": 1, "duplicate": 1, "label_conflict": 2}
+    assert info.class_names == ["a", "b", "c"]
+    assert info.records_in == 9 + 8 == info.kept + info.quarantined
+    assert info.quarantine_reasons == {"empty": 1, "duplicate": 1, "label_conflict": 2}
     kept = pq.read_table(merged.file("records.parquet")).to_pylist()
-    assert all(info["class_names"][r["label"]] == r["label_name"] for r in kept)
+    assert all(info.class_names[r["label"]] == r["label_name"] for r in kept)
     splits_before = {r["id"]: r["split"] for p in (day1, day2) for r in pq.read_table(p.file("records.parquet")).to_pylist()}
     assert all(splits_before[r["id"]] == r["split"] for r in kept)
-    assert sum(info["source_images"]["size_counts"].values()) == 16
-    assert info["source"] == "test:d1 .. test:d2 (2 partitions)"
+    assert sum(info.source_images.size_counts.values()) == 16
+    assert info.source == "test:d1 .. test:d2 (2 partitions)"
 
 
 def test_merge_refuses_partitions_of_different_shapes(store: ArtifactStore) -> None:

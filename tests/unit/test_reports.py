@@ -7,9 +7,10 @@ from imgflow.reports import confusion_matrix, per_class_metrics, plot_confusion_
 
 
 def test_confusion_matrix_and_per_class_metrics() -> None:
-    matrix = confusion_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
-    assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    rows = per_class_metrics(matrix, ["a", "b", "c"])
+    truth, predicted = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    matrix = confusion_matrix(truth, predicted, 4)  # a class absent from both still has its row
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    rows = per_class_metrics(truth, predicted, ["a", "b", "c"])
     assert rows[0] == {"class": "a", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert rows[1]["precision"] == 2 / 3 and rows[1]["recall"] == 1.0
     assert rows[2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}

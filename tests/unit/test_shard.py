@@ -4,15 +4,17 @@ import pytest
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
 from imgflow.stages.clean import CLEAN
-from imgflow.stages.download import DOWNLOAD, source_fingerprint
-from imgflow.stages.shard import SHARD, split_files
+from imgflow.sources import source_fingerprint
+from imgflow.stages.download import DOWNLOAD
+from imgflow.results import shard_files
+from imgflow.stages.shard import SHARD
 from imgflow.store import ArtifactStore, StageResult
 
 
 @pytest.fixture
 def clean(store: ArtifactStore) -> StageResult:
     config = DownloadConfig(source="sample:digits", limit=300)
-    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config)})
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
     return CLEAN.run(store, CleanConfig(image_size=(8, 8), channels=1), {"raw": raw})
 
 
@@ -21,11 +23,11 @@ def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult
 
     shards = SHARD.run(store, ShardConfig(records_per_shard=64), {"clean": clean})
     table = pq.read_table(clean.file("records.parquet")).to_pylist()
-    assert shards.info["image_shape"] == [8, 8, 1]
+    assert shards.info.image_shape == [8, 8, 1]
     for split in ("train", "val", "test"):
         expected = [r for r in table if r["split"] == split]
-        files = split_files(shards, split)
-        assert shards.info["splits"][split]["records"] == len(expected)
+        files = shard_files(shards, split)
+        assert shards.info.splits[split].records == len(expected)
         assert [f.rsplit("/", 1)[1] for f in files] == [
             f"{split}-{i:05d}-of-{len(files):05d}.tfrecord" for i in range(len(files))
         ]
@@ -42,7 +44,7 @@ def test_training_pipeline_batches_and_augments(store: ArtifactStore, clean: Sta
 
     shards = SHARD.run(store, ShardConfig(), {"clean": clean})
     dataset = shard_dataset(
-        split_files(shards, "train"), (8, 8, 1), 32, training=True, augmenter=make_augmenter(0.1, 0.05, 0.1, 0)
+        shard_files(shards, "train"), (8, 8, 1), 32, training=True, augmenter=make_augmenter(0.1, 0.05, 0.1, 0)
     )
     images, labels = next(iter(dataset))
     assert images.shape == (32, 8, 8, 1) and images.dtype.name == "float32" and labels.shape == (32,)

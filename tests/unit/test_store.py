@@ -32,7 +32,7 @@ def test_key_changes_with_config_inputs_and_code_version() -> None:
     assert stage.key({"x": 2}, {"source": "abc"}) != base
     assert stage.key({"x": 1}, {"source": "abd"}) != base
     assert Stage("demo", "2", _writer("")).key({"x": 1}, {"source": "abc"}) != base
-    upstream = StageResult("up", "k", "/p", "fp1", "ran")
+    upstream = StageResult(stage="up", key="k", path="/p", fingerprint="fp1", status="ran")
     assert stage.key({}, {"up": upstream}) == stage.key({}, {"up": "fp1"})
 
 

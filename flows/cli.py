@@ -1,23 +1,27 @@
-"""The ``imgflow`` command line.
+"""The ``imgflow`` command line: the flows, the plan, the registry and the cache, for a person.
 
     imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N]
-                [--refresh STAGE] [--json]
+                [--refresh STAGE] [--until STAGE] [--json]
+    imgflow plan [same flags as run]
     imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--epochs N]
                      [--min-accuracy F] [--json]
     imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
-                    [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K] [--json]
+                    [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K]
+                    [--dataset SPEC] [--image-column COL] [--id-column COL] [--json]
     imgflow models [ls | show VERSION | promote VERSION --reason R | rollback --reason R]
                    [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
-with status 2, without a traceback; anything else is a bug and keeps its traceback.
+with status 2, without a traceback; anything else is a bug and keeps its traceback. Everything that can
+be checked is checked before Prefect starts, so a typo costs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,18 +32,45 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from imgflow.config import BACKENDS, RunConfig
 from imgflow.errors import ConfigError, UserError
-from imgflow.config import BACKENDS
-from imgflow.stages import ORDER
+from imgflow.pipeline import ORDER
+
+
+def _console() -> Console:
+    # Piped output (a log, a test) gets long lines rather than a table folded to 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    return Table(*columns, title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    from imgflow.config import build_run_config
+
+    return build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
+
+
+def _partitions(cfg: RunConfig) -> list[Any] | None:
+    """The date partitions a run of ``cfg`` today reads, or None for a whole-source run."""
+    from imgflow.partitions import date_partitions, select
+
+    if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
+        return select(cfg.download.source, None, dt.date.today())
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from imgflow.config import build_run_config
-    from imgflow.sources import open_source
+    from imgflow.sources import source_fingerprint
 
-    # Check the arguments and the source before starting Prefect, so a typo costs nothing.
-    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
-    open_source(cfg.download.source, cfg.download.options)
+    # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
+    # fingerprint taken while checking is handed to the flow, which need not open the source again.
+    cfg = _run_config(args)
+    fingerprint = None if _partitions(cfg) is not None else source_fingerprint(cfg.download.source, cfg.download.options)
     from flows.train import train
 
     return _run_flow(
@@ -51,7 +82,29 @@ def _run(args: argparse.Namespace) -> int:
         min_accuracy=args.min_accuracy,
         limit=args.limit,
         refresh=args.refresh,
+        until=args.until,
+        source_fingerprint=fingerprint,
     )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """What ``imgflow run`` with the same flags would run and reuse: no Prefect, no TensorFlow."""
+    from imgflow.pipeline import PIPELINE, plan
+
+    cfg = _run_config(args)
+    planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=_partitions(cfg))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in planned]), flush=True)
+        return 0
+    table = _table("stage", "partition", "action", "key", "why", title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
+    style = {"run": "bold yellow", "reuse": "green", "skip": "dim"}
+    for p in planned:
+        table.add_row(p.stage, p.partition or "", f"[{style[p.action]}]{p.action}[/]", p.key or "(not known yet)", p.note)
+    console = _console()
+    console.print(table)
+    counts = {action: sum(p.action == action for p in planned) for action in ("run", "reuse", "skip")}
+    console.print(", ".join(f"{n} to {action}" for action, n in counts.items() if n))
+    return 0
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -79,11 +132,11 @@ def _run_flow(
 ) -> int:
     """Run a flow that returns a summary; print it with ``printer`` (default: a run summary), or as
     one JSON line, last."""
+    from flows.server import temporary_api
+
     _quiet_user_errors()
-    try:
+    with temporary_api():
         summary = flow(**parameters)
-    finally:
-        _stop_temporary_server()
     sys.stderr.flush()
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
@@ -119,27 +172,11 @@ def _quiet_user_errors() -> None:
             handler.addFilter(_WithoutTraceback())
 
 
-def _stop_temporary_server() -> None:
-    """Stop Prefect's temporary server now rather than at exit, so its farewell log line comes before
-    the summary and ``--json`` output really ends with the JSON line, even with 2>&1."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # Prefect keeps its temporary servers in this (private) registry and stops them at exit, after
-    # its log and event workers have sent what they hold: do both, in that order, now.
-    servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
-    if servers:
-        APILogWorker.drain_all(timeout=30)
-        EventsWorker.drain_all(timeout=30)
-    for server in servers:
-        server.stop()
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     print()
     print(f"{summary['model']}: {summary['decision']}" + (f" as {summary['version']}" if summary["version"] else ""))
-    print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
+    if summary["metrics"]["accuracy"] is not None:
+        print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
     for reason in summary["reasons"]:
         print(f"  {reason}")
     print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
@@ -157,21 +194,24 @@ def _models(args: argparse.Namespace) -> int:
     command = args.models_command or "ls"
     if command == "ls":
         names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
+        console = _console()
         if not names:
-            print(f"no models registered under {Path(root) / 'models'}")
+            console.print(f"no models registered under {Path(root) / 'models'}")
         for name in names:
             champion = registry.champion(root, name)
-            print(f"{name}  (* champion)")
-            print(f"   {'version':<8} {'accuracy':>8} {'test':>6} {'champion before':>15}  {'int8':<5} decision")
+            table = _table("version", "accuracy", "test", "champion before", "int8", "decision", title=f"{name}  (* champion)")
+            for column in table.columns[1:4]:
+                column.justify = "right"
             for version in registry.versions(root, name):
                 card = registry.card(root, name, version)
                 metrics, int8 = card["metrics"], (card.get("export") or {}).get("int8") or {}
                 mark = "*" if champion and champion["version"] == version else " "
                 before = f"{metrics['champion_accuracy']:.4f}" if metrics.get("champion_accuracy") is not None else "-"
-                print(
-                    f" {mark} {version:<8} {metrics['accuracy']:>8.4f} {metrics['test_records']:>6} {before:>15}  "
-                    f"{'yes' if int8.get('exported') else 'no':<5} {'; '.join(card['decision']['reasons'])}"
+                table.add_row(
+                    f"{mark} {version}", f"{metrics['accuracy']:.4f}", str(metrics["test_records"]), before,
+                    "yes" if int8.get("exported") else "no", "; ".join(card["decision"]["reasons"]),
                 )
+            console.print(table)
         return 0
     name = registry.resolve_name(root, args.name)
     if command == "show":
@@ -195,17 +235,19 @@ def _models(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from imgflow import registry
-    from imgflow.predict import input_images
+    from imgflow.predict import input_images, input_options
 
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
     registry.resolve_name(args.artifacts, args.name)
-    input_images(args.input)  # a missing or empty input costs nothing
+    columns = {"image_column": args.image_column, "id_column": args.id_column}
+    input_images(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
     from flows.predict import predict
 
     return _run_flow(
         predict, args.json, printer=_print_predictions, input=args.input, output=args.output, artifacts=args.artifacts,
         name=args.name, model=args.model, backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
+        dataset=args.dataset, **columns,
     )
 
 
@@ -226,16 +268,19 @@ def _cache(args: argparse.Namespace) -> int:
 
     if args.cache_command == "ls":
         found = cache.entries(args.artifacts)
-        print(f"{'stage':<9} {'key':<22} {'size':>9} {'age':>5}  used by")
+        table = _table("stage", "key", "size", "age", "used by")
+        table.columns[2].justify = table.columns[3].justify = "right"
         for entry in found:
             users = [f"{len(entry.runs)} run(s), last {entry.runs[-1]}"] if entry.runs else []
             users += entry.models
             state = "" if entry.complete else "  [incomplete: left by a killed run]"
-            print(
-                f"{entry.stage:<9} {entry.key:<22} {entry.bytes / 1e6:>7.1f}MB {_age(time.time() - entry.created):>5}  "
-                f"{', '.join(users) or '-'}{state}"
+            table.add_row(
+                entry.stage, entry.key, f"{entry.bytes / 1e6:.1f}MB", _age(time.time() - entry.created),
+                f"{', '.join(users) or '-'}{state}",
             )
-        print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {args.artifacts}")
+        console = _console()
+        console.print(table)
+        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {args.artifacts}")
         return 0
     removed = cache.prune(args.artifacts, keep_runs=args.keep_runs, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -249,15 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgflow", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the train flow: download, clean, shard, train, validate, export")
-    run.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
-    run.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
-    run.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
-    run.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
-    run.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
-    run.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage after it again even if cached ({', '.join(ORDER)})")
-    run.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
+    # run and plan take the same flags: plan says what run would do.
+    run_flags = argparse.ArgumentParser(add_help=False)
+    run_flags.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
+    run_flags.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    run_flags.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    run_flags.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    run_flags.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    run_flags.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})")
+    run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
+    run_flags.add_argument("--json", action="store_true", help="end the output with one JSON line")
+
+    run = commands.add_parser("run", parents=[run_flags], help="run the train flow: download, clean, shard, train, validate, export")
     run.set_defaults(handler=_run)
+    planning = commands.add_parser(
+        "plan", parents=[run_flags], help="say which stages `run` with the same flags would run or reuse, running nothing"
+    )
+    planning.set_defaults(handler=_plan)
 
     back = commands.add_parser(
         "backfill",
@@ -281,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--backend", choices=BACKENDS, default="onnx", help="ONNX Runtime (default), its int8 variant, or TensorFlow")
     pred.add_argument("--top-k", type=int, default=3, help="how many best classes each row lists (default 3)")
     pred.add_argument("--batch-size", type=int, default=256)
+    pred.add_argument("--dataset", help="a dataset spec whose [options] say how to read a parquet: input (its columns)")
+    pred.add_argument("--image-column", help="a parquet: input's image column (default: image, or the spec's)")
+    pred.add_argument("--id-column", help="a parquet: input's id column (default: id when present, or the spec's)")
     pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
     pred.set_defaults(handler=_predict)
 

@@ -1,0 +1,179 @@
+"""Typed stage results: what a stage hands downstream, and the info each stage records about its output.
+
+A ``StageResult`` is small (paths, a content fingerprint, counts), never the data itself. Its ``info``
+is a typed model per stage (``CleanInfo``, ``ShardInfo``, ...), chosen by the result's ``stage``
+name, so the same JSON read back from a manifest, a Prefect result or a task parameter comes back with
+the same types. These are pydantic models: Prefect serialises them as JSON between tasks as they are,
+and the field names are the manifest's ``info`` keys (what ``--json`` and ``cache ls`` show).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+
+
+class Info(BaseModel):
+    """The info of a stage output. The base class takes any fields (a test's ad-hoc stage, the
+    champion pseudo-result); each pipeline stage has its own strict subclass below."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    # A build may name its output's content fingerprint itself, when its files carry incidental bytes
+    # (a .keras zip records when it was saved): same content, same fingerprint. Not part of the info.
+    content_fingerprint: str | None = Field(default=None, exclude=True, repr=False)
+
+
+class _Strict(Info):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadInfo(_Strict):
+    records: int
+    source: str
+
+
+class SizeStats(_Strict):
+    min: int
+    median: float
+    max: int
+
+
+class SourceImages(_Strict):
+    """What the source's image headers said, before any conversion."""
+
+    modes: dict[str, int]
+    size_counts: dict[str, int]  # "HxW" -> images: partitions can sum these
+    height: SizeStats | None = None
+    width: SizeStats | None = None
+
+
+class CleanInfo(_Strict):
+    """A clean table's report (``report.json``); the merge stage's output has the same shape."""
+
+    source: str
+    records_in: int
+    kept: int
+    quarantined: int
+    quarantine_reasons: dict[str, int]
+    image_shape: list[int]
+    class_names: list[str]
+    splits: dict[str, int]
+    per_class: dict[str, dict[str, int]]  # class -> split -> records
+    source_images: SourceImages
+    split_rule: dict[str, Any]
+    data_fingerprint: str
+
+
+class SplitShards(_Strict):
+    files: list[str]
+    records: int
+    class_counts: list[int]
+
+
+class ShardInfo(_Strict):
+    image_shape: list[int]
+    class_names: list[str]
+    data_fingerprint: str
+    splits: dict[str, SplitShards]
+
+
+class Hardware(_Strict):
+    strategy: str
+    precision: str
+    jit_compile: bool
+    replicas: int
+    workers: int
+    augment_on_device: bool
+
+
+class TrainInfo(_Strict):
+    epochs: int
+    resumed_from_epoch: int
+    train_records: int
+    parameters: int
+    final: dict[str, float]
+    hardware: Hardware
+
+
+class ValidateInfo(_Strict):
+    accuracy: float
+    test_records: int
+    champion_accuracy: float | None
+    champion: str  # what the champion was: "none", or which version was evaluated and how
+    promote: bool
+    reasons: list[str]
+
+
+class Parity(_Strict):
+    max_abs_diff: float
+    tolerance: float
+    batch: int
+    same_top1: bool
+
+
+class Int8(_Strict):
+    exported: bool
+    accuracy: float
+    float_accuracy: float
+    max_drop: float
+    calibration_images: int
+    bytes: int | None
+    float_bytes: int
+
+
+class ExportInfo(_Strict):
+    opset: int
+    parity: Parity
+    int8: Int8 | None
+
+
+# The info type of each stage's output, by stage name (merge writes a clean table).
+INFO_TYPES: dict[str, type[Info]] = {
+    "download": DownloadInfo,
+    "clean": CleanInfo,
+    "merge": CleanInfo,
+    "shard": ShardInfo,
+    "train": TrainInfo,
+    "validate": ValidateInfo,
+    "export": ExportInfo,
+}
+
+
+class StageResult(BaseModel):
+    """Where a stage's output is and what it contains, never the data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    key: str
+    path: str
+    fingerprint: str
+    status: str  # "ran" or "cached"
+    info: SerializeAsAny[Info] = Field(default_factory=Info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_info(cls, data: Any) -> Any:
+        """Read ``info`` as its stage's type, whether it comes as a dict (JSON) or a model."""
+        if isinstance(data, dict) and "info" in data:
+            info_type = INFO_TYPES.get(data.get("stage", ""), Info)
+            info = data["info"]
+            if not isinstance(info, info_type):
+                raw = info.model_dump() if isinstance(info, BaseModel) else info
+                data = {**data, "info": info_type.model_validate(raw)}
+        return data
+
+    def file(self, name: str) -> Path:
+        return Path(self.path) / name
+
+    def with_status(self, status: str) -> StageResult:
+        return self.model_copy(update={"status": status})
+
+
+def shard_files(shards: StageResult, split: str) -> list[str]:
+    """Absolute paths of one split's shard files (a ``shard`` result)."""
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    return [str(Path(shards.path) / name) for name in shards.info.splits[split].files]
