@@ -27,7 +27,7 @@ from imgflow.fingerprint import to_jsonable
 from imgflow.partitions import Partition
 from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
 from imgflow.promote import versus_champion
-from imgflow.results import StageResult
+from imgflow.results import StageResult, clean_table
 from imgflow.store import ArtifactStore
 from imgflow.summary import build_summary, summary_markdown
 from tasks import stages
@@ -150,7 +150,7 @@ def release(
     summary = build_summary(name, run.root, results, registry.champion(run.root, name), time.time() - started, parts, run.until)
     record_run(run.root, summary)
     publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
-    table = results.get("merge") or results.get("clean")
+    table = clean_table(results)
     if table is not None:
         publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")
     if "validate" in results:

@@ -13,13 +13,16 @@ from imgflow import registry
 from imgflow.errors import ConfigError
 from imgflow.fingerprint import code_fingerprint, to_jsonable
 from imgflow.model_report import report_html
-from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo
+from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo, clean_table
 from imgflow.store import MANIFEST, ArtifactStore, file_lock
 
 
 def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
     """The card of a candidate: config, fingerprints, metrics, gate decision and lineage."""
-    validation, clean, shards, export = (results[s].info for s in ("validate", "clean", "shard", "export"))
+    table = clean_table(results)
+    assert table is not None
+    clean = table.info
+    validation, shards, export = (results[s].info for s in ("validate", "shard", "export"))
     assert isinstance(validation, ValidateInfo) and isinstance(clean, CleanInfo)
     assert isinstance(shards, ShardInfo) and isinstance(export, ExportInfo)
     lineage = {
@@ -108,6 +111,8 @@ def versus_champion(store: ArtifactStore, name: str, gate: Any, model: StageResu
 def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
     """Register the candidate (once) and make it the champion; return the champion pointer."""
     card, card_md = model_card(name, config, results)
+    table = clean_table(results)
+    assert table is not None
     files = {
         "savedmodel": results["export"].file("savedmodel"),
         "model.onnx": results["export"].file("model.onnx"),
@@ -117,7 +122,7 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "validation.md": results["validate"].file("report.md"),
         "training_curves.png": results["train"].file("training_curves.png"),
         "history.json": results["train"].file("history.json"),
-        "data_quality.md": results["clean"].file("report.md"),
+        "data_quality.md": table.file("report.md"),
         "misclassified.parquet": results["validate"].file("misclassified.parquet"),
     }
     if results["export"].file("model.int8.onnx").is_file():

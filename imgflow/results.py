@@ -9,6 +9,7 @@ and the field names are the manifest's ``info`` keys (what ``--json`` and ``cach
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,11 @@ class StageResult(BaseModel):
 
     def with_status(self, status: str) -> StageResult:
         return self.model_copy(update={"status": status})
+
+
+def clean_table(results: Mapping[str, StageResult]) -> StageResult | None:
+    """The clean table a run trained on: the merged one when it merged date partitions."""
+    return results.get("merge") or results.get("clean")
 
 
 def shard_files(shards: StageResult, split: str) -> list[str]:

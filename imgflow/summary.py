@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.pipeline import PIPELINE
-from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo
+from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 
 
 def _stage_entry(result: StageResult | None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def build_summary(
         for step in steps:
             if step.per_partition:
                 stages[step.name] = _partitioned_entry([p[step.name] for p in partitions.values() if step.name in p])
-    table = results.get("merge") or results.get("clean")
+    table = clean_table(results)
     if table is not None:
         clean = table.info
         assert isinstance(clean, CleanInfo)

@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imgflow.store import ArtifactStore, StageResult  # noqa: E402
+from imgflow.results import StageResult, TrainInfo  # noqa: E402
+from imgflow.store import ArtifactStore, Stage  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,21 @@ def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> byte
 def digit_like(seed: int, size: int = 16) -> np.ndarray:
     """A distinct random grayscale image (the seed decides its content)."""
     return np.random.default_rng(seed).integers(0, 256, size=(size, size), dtype=np.uint8)
+
+
+def untrained_model(store: ArtifactStore, shards: StageResult, seed: int) -> StageResult:
+    """A stand-in for the train stage: an untrained model with a fixed seed, stored as a train output."""
+
+    def build(out_dir: Path, config: dict, inputs: dict) -> TrainInfo:
+        import keras
+
+        from imgflow.models import make_model
+        from imgflow.results import Hardware
+
+        keras.utils.set_random_seed(seed)
+        model = make_model((8, 8, 1), len(shards.info.class_names), width=4)
+        model.save(out_dir / "model.keras")
+        hardware = Hardware(strategy="default", precision="float32", jit_compile=False, replicas=1, workers=1, augment_on_device=False)
+        return TrainInfo(epochs=0, resumed_from_epoch=0, train_records=0, parameters=model.count_params(), final={}, hardware=hardware)
+
+    return Stage("train", "test", build).run(store, {"seed": seed}, {"shards": shards})

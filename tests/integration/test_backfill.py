@@ -74,12 +74,26 @@ def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) ->
     assert all(0.0 <= e.payload["accuracy"] <= 1.0 for e in events)
 
 
-def test_a_scheduled_retrain_of_a_partitioned_source_reads_up_to_its_date(tmp_path: Path) -> None:
+def test_a_scheduled_retrain_of_a_partitioned_source_reads_up_to_its_date(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
     from flows.train import train
 
     lake = partitioned_parquet(tmp_path / "lake", DAYS, per_day=200)
-    summary = train(dataset=f"parquet:{lake}", artifacts=str(tmp_path / "a"), epochs=1, min_accuracy=0.0, as_of=D(DAYS[1]))
+    params = {"dataset": f"parquet:{lake}", "artifacts": str(tmp_path / "a"), "epochs": 1, "min_accuracy": 0.0, "as_of": D(DAYS[1])}
+    summary = train(**params)
     assert summary["partitions"] == {DAYS[0]: "ran", DAYS[1]: "ran"}
+    assert summary["stages"]["merge"]["status"] == "ran"
+    assert summary["stages"]["clean"]["records_in"] == 400 and summary["stages"]["clean"]["partitions"] == 2
+
+    # The merged table is a stage output like any other: listed, and kept by the run log.
+    assert main(["cache", "ls", "--artifacts", str(tmp_path / "a")]) == 0
+    listing = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["merge", summary["stages"]["merge"]["key"]] in [row[:2] for row in listing]
+    # --refresh clean cleans every partition again, and so merges again (same content: same keys).
+    again = train(**params, refresh="clean")
+    assert {s: again["stages"][s]["status"] for s in ("download", "clean", "merge", "shard")} == {
+        "download": "cached", "clean": "ran", "merge": "ran", "shard": "ran"}
+    assert again["stages"]["merge"]["key"] == summary["stages"]["merge"]["key"]
 
 
 def test_flow_parameters_are_validated_before_anything_runs(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The imgflow command as a user runs it: a real process, Prefect's temporary server included."""
+"""The imgflow command as a user runs it: a real process, Prefect's temporary server included (the
+checks made before Prefect starts run in-process: they are fast)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
+STAGES = ("download", "clean", "shard", "train", "validate", "export")
 
 
 def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.CompletedProcess:
@@ -18,6 +20,13 @@ def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.Complete
         [*IMGFLOW, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True, timeout=900, env=os.environ,
     )
+
+
+def _bad_inputs(root: Path) -> None:
+    for name in ("one-class/a/x.png", "junk/a/x.png", "junk/b/y.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("not an image")
+    (root / "bad.parquet").write_text("id,image,label\n")
 
 
 @pytest.mark.parametrize(
@@ -32,33 +41,56 @@ def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.Complete
         (["--dataset", "parquet:bad.parquet"], "bad.parquet in Parquet source parquet:bad.parquet is not a readable Parquet file"),
         (["--dataset", f"archive:one-class/a/x.png#sha256={'0' * 64}"], "fails its checksum"),
         (["--dataset", "tfds:no_such_dataset_xyz"], "unknown TFDS dataset 'no_such_dataset_xyz'"),
-        # Found only once the flow runs: the clean stage decodes every file.
-        (["--dataset", "folder:junk"], "has no decodable image among its 2 records, e.g. a/x.png: not_an_image"),
     ],
 )
-def test_bad_input_exits_2_with_one_message_and_no_traceback(tmp_path: Path, args: list[str], message: str) -> None:
-    for name in ("one-class/a/x.png", "junk/a/x.png", "junk/b/y.png"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("not an image")
-    (tmp_path / "bad.parquet").write_text("id,image,label\n")
-    result = _imgflow("run", "--artifacts", str(tmp_path / "artifacts"), *args, cwd=tmp_path)
+def test_bad_input_is_refused_before_prefect_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    from flows.cli import main
+
+    _bad_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for command in ("run", "plan"):
+        assert main([command, "--artifacts", str(tmp_path / "artifacts"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("imgflow: error:")
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.slow
+def test_bad_data_found_inside_the_flow_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
+    # Found only once the flow runs: the clean stage decodes every file.
+    _bad_inputs(tmp_path)
+    result = _imgflow("run", "--artifacts", str(tmp_path / "artifacts"), "--dataset", "folder:junk", cwd=tmp_path)
     assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "has no decodable image among its 2 records, e.g. a/x.png: not_an_image" in result.stderr
+    assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("imgflow: error:")
+
+
+# ``imgflow plan`` in a fresh interpreter that must not have imported TensorFlow (nor started Prefect).
+PLAN = [sys.executable, "-c", "import sys\nfrom flows.cli import main\nrc = main(['plan', *sys.argv[1:]])\n"
+        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules\nsys.exit(rc)"]
+
+
+def _plan(*args: str, cwd: Path) -> dict[str, str]:
+    result = subprocess.run([*PLAN, *args, "--json"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {p["stage"]: p["action"] for p in json.loads(result.stdout.strip().splitlines()[-1])}
 
 
 @pytest.mark.slow
 def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    result = _imgflow("run", "--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0",
-                      "--artifacts", str(artifacts), "--json", cwd=tmp_path, merged=True)
+    small = ["--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0", "--artifacts", str(artifacts)]
+    assert _plan(*small, cwd=tmp_path) == dict.fromkeys(STAGES, "run")
+    result = _imgflow("run", *small, "--json", cwd=tmp_path, merged=True)
     assert result.returncode == 0, result.stdout[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])  # the last line, stderr included
     assert summary["decision"] == "promoted"
     assert isinstance(summary["metrics"]["accuracy"], float)
-    assert {s: summary["stages"][s]["status"] for s in summary["stages"]} == dict.fromkeys(
-        ("download", "clean", "shard", "train", "validate", "export"), "ran"
-    )
+    assert {s: summary["stages"][s]["status"] for s in summary["stages"]} == dict.fromkeys(STAGES, "ran")
     assert summary["stages"]["clean"]["records_in"] == 500
     assert {"kept", "quarantined"} <= set(summary["stages"]["clean"])
     assert Path(summary["artifacts"]["savedmodel"]).is_dir() and Path(summary["artifacts"]["onnx"]).is_file()
@@ -69,10 +101,26 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 
     outputs = _imgflow("cache", "ls", "--artifacts", str(artifacts), cwd=tmp_path)
     assert outputs.returncode == 0
+    rows = [line.split() for line in outputs.stdout.splitlines()]
     for stage, entry in summary["stages"].items():
-        assert f"{stage:<9} {entry['key']}" in outputs.stdout and "digits/v1" in outputs.stdout
+        assert [stage, entry["key"]] in [row[:2] for row in rows] and "digits/v1" in outputs.stdout
     pruned = _imgflow("cache", "prune", "--artifacts", str(artifacts), "--keep-runs", "0", cwd=tmp_path)
     assert pruned.returncode == 0 and "removed 0 outputs" in pruned.stdout  # all of it is v1's lineage
+
+    # What a rerun would do: reuse everything; with more epochs, train again and what follows it.
+    assert _plan(*small, cwd=tmp_path) == dict.fromkeys(STAGES, "reuse")
+    more = [*small[:4], "--epochs", "3", *small[6:]]
+    assert _plan(*more, cwd=tmp_path) == {"download": "reuse", "clean": "reuse", "shard": "reuse",
+                                           "train": "run", "validate": "run", "export": "run"}
+    assert _plan(*small, "--refresh", "shard", cwd=tmp_path) == {
+        **dict.fromkeys(STAGES[:2], "reuse"), **dict.fromkeys(STAGES[2:], "run")}
+    # --until stops there: the run trains nothing new, and says it stopped.
+    until = _imgflow("run", *more, "--until", "shard", "--json", cwd=tmp_path)
+    assert until.returncode == 0, until.stderr[-3000:]
+    stopped = json.loads(until.stdout.strip().splitlines()[-1])
+    assert stopped["decision"] == "stopped" and stopped["version"] is None
+    assert {s: e["status"] for s, e in stopped["stages"].items()} == {
+        **dict.fromkeys(STAGES[:3], "cached"), **dict.fromkeys(STAGES[3:], "skipped")}
 
 
 @pytest.mark.slow

@@ -141,3 +141,35 @@ def test_the_model_report_renders_in_headless_chromium(trained, tmp_path: Path) 
     assert ((pixels[..., 1] > 120) & (pixels[..., 0] < 60) & (pixels[..., 2] < 110)).sum() > 200
     assert (pixels.sum(axis=2) < 30).sum() > 10_000
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
+
+
+def test_parquet_input_with_its_own_column_names_from_a_flag_or_a_dataset_spec(trained, tmp_path: Path) -> None:
+    from flows.predict import predict
+
+    tmp, _ = trained
+    files = sorted((tmp / "held" / "7").iterdir())[:5]
+    table = pa.table({"name": [f.name for f in files], "picture": [f.read_bytes() for f in files]})
+    pq.write_table(table, tmp_path / "renamed.parquet")
+    artifacts = str(tmp / "artifacts")
+
+    # The flow, with the columns named by parameter.
+    predict(input=f"parquet:{tmp_path / 'renamed.parquet'}", output=str(tmp_path / "flow.parquet"), artifacts=artifacts,
+            image_column="picture", id_column="name")
+    by_flow = pq.read_table(tmp_path / "flow.parquet").to_pylist()
+    assert [r["id"] for r in by_flow] == table["name"].to_pylist() and not any(r["error"] for r in by_flow)
+
+    # The command line, with the columns from a dataset spec's [options] (as the training table had them).
+    spec = tmp_path / "renamed.toml"
+    spec.write_text('source = "parquet:elsewhere"\n[options]\nimage_column = "picture"\nid_column = "name"\n')
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    command = [*IMGFLOW, "predict", "--input", f"parquet:{tmp_path / 'renamed.parquet'}", "--artifacts", artifacts]
+    result = subprocess.run([*command, "--dataset", str(spec), "--output", str(tmp_path / "cli.parquet"), "--json"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pq.read_table(tmp_path / "cli.parquet").to_pylist() == by_flow
+
+    # Without them, the missing column is named before anything runs.
+    refused = subprocess.run([*command, "--output", str(tmp_path / "no.parquet")], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert refused.returncode == 2 and "image" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "no.parquet").exists()

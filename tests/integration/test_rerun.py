@@ -71,10 +71,10 @@ def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
     from prefect.exceptions import ParameterTypeError
 
     from imgflow.errors import ConfigError
-    from imgflow.stages import refreshed
+    from imgflow.pipeline import PIPELINE
 
     # The flow's parameter validation refuses it before anything runs; the library says the same.
     with pytest.raises(ParameterTypeError, match="refresh: Input should be 'download', 'clean'"):
         _run(tmp_path, refresh="evaluate")
     with pytest.raises(ConfigError, match="cannot refresh unknown stage 'evaluate'"):
-        refreshed("evaluate")
+        PIPELINE.refreshed("evaluate")

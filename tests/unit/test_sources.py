@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from imgflow.errors import SourceError
-from imgflow.sources import open_source
+from imgflow.sources import RawRecord, open_source, sample
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -67,3 +67,17 @@ def test_tfds_catalog_dataset_offline_with_mock_data() -> None:
 def test_tfds_dataset_without_image_feature_is_refused() -> None:
     with pytest.raises(SourceError, match="not an image-classification dataset"):
         open_source("tfds:imdb_reviews")
+
+
+def _records(n: int) -> list[RawRecord]:
+    return [RawRecord(id=f"r{i:04d}", image=bytes([i % 256]), label=str(i // (n // 2))) for i in range(n)]
+
+
+def test_sample_is_spread_fixed_and_in_source_order() -> None:
+    records = _records(1000)  # sorted by label, like mnist5k
+    chosen = sample(records, 100)
+    assert len(chosen) == 100
+    assert chosen == sample(list(reversed(records)), 100)[::-1]  # chosen by id, not position
+    assert [r.id for r in chosen] == sorted(r.id for r in chosen)
+    assert 30 <= sum(r.label == "0" for r in chosen) <= 70  # both halves represented
+    assert sample(records, 5000) == records

@@ -1,3 +1,5 @@
+"""clean: every record decoded and checked, bad ones quarantined with a reason, stable splits."""
+
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,6 @@ from hypothesis import strategies as st
 
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
-from imgflow.cleantable import assign_split, natural_key
-from imgflow.images import decode
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import SCHEMA
 from imgflow.store import ArtifactStore, StageResult
@@ -157,13 +157,3 @@ def test_unlabeled_records_are_quarantined(store: ArtifactStore) -> None:
     rows = [(f"r{i}", encode(digit_like(i)), "ab"[i % 2]) for i in range(6)] + [("stray.png", encode(digit_like(99)), "")]
     result = CLEAN.run(store, CleanConfig(), {"raw": _raw(store, rows)})
     assert result.info.quarantine_reasons == {"unlabeled": 1} and result.info.class_names == ["a", "b"]
-
-
-def test_decode_resizes_and_converts() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)
-    assert decode(encode(rgb), (10, 12), 1).shape == (10, 12, 1)
-    assert decode(encode(rgb, "JPEG"), (30, 20), 3).shape == (30, 20, 3)
-
-
-def test_natural_sort_of_labels() -> None:
-    assert sorted(["10", "2", "cat", "1"], key=natural_key) == ["1", "2", "10", "cat"]

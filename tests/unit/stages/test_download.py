@@ -7,7 +7,7 @@ from imgflow import sources
 from imgflow.config import DownloadConfig
 from imgflow.errors import SourceError
 from imgflow.sources import RawRecord
-from imgflow.sources import sample, source_fingerprint
+from imgflow.sources import source_fingerprint
 from imgflow.stages.download import DOWNLOAD
 from imgflow.store import ArtifactStore
 
@@ -24,20 +24,6 @@ class ListSource:
 
     def records(self) -> Iterator[RawRecord]:
         return iter(self._records)
-
-
-def _records(n: int) -> list[RawRecord]:
-    return [RawRecord(id=f"r{i:04d}", image=bytes([i % 256]), label=str(i // (n // 2))) for i in range(n)]
-
-
-def test_sample_is_spread_fixed_and_in_source_order() -> None:
-    records = _records(1000)  # sorted by label, like mnist5k
-    chosen = sample(records, 100)
-    assert len(chosen) == 100
-    assert chosen == sample(list(reversed(records)), 100)[::-1]  # chosen by id, not position
-    assert [r.id for r in chosen] == sorted(r.id for r in chosen)
-    assert 30 <= sum(r.label == "0" for r in chosen) <= 70  # both halves represented
-    assert sample(records, 5000) == records
 
 
 def test_download_writes_every_record(store: ArtifactStore) -> None:

@@ -12,6 +12,8 @@ from imgflow.stages.export import EXPORT
 from imgflow.stages.train import TRAIN
 from imgflow.store import ArtifactStore, StageResult
 
+pytestmark = pytest.mark.slow  # trains (tiny) models: `make test-fast` trains nothing
+
 
 def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float32(
     store: ArtifactStore, shards: StageResult, monkeypatch: pytest.MonkeyPatch

@@ -1,0 +1,81 @@
+"""export: SavedModel and ONNX from a real (tiny, untrained) Keras model over real shards."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgflow.config import ExportConfig
+from imgflow.errors import ExportMismatchError
+from imgflow.results import StageResult, shard_files
+from imgflow.stages.export import EXPORT
+from imgflow.store import ArtifactStore
+from tests.conftest import untrained_model
+
+
+def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards: StageResult) -> None:
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from imgflow.data import load_arrays
+
+    result = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": untrained_model(store, shards, 0)})
+    assert result.info.parity.max_abs_diff <= 1e-5 and result.info.parity.same_top1
+    images, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
+
+    loaded = tf.saved_model.load(str(result.file("savedmodel")))
+    as_float = loaded.signatures["serving_default"](pixels=tf.constant(images, tf.float32))["probabilities"].numpy()
+    as_uint8 = loaded.signatures["serving_uint8"](pixels=tf.constant(images))["probabilities"].numpy()
+    assert as_float.shape == (len(images), 10) and np.allclose(as_float.sum(1), 1, atol=1e-5)
+    assert np.array_equal(as_float, as_uint8)
+
+    session = ort.InferenceSession(str(result.file("model.onnx")))
+    (onnx_input,) = session.get_inputs()
+    assert onnx_input.name == "pixels" and onnx_input.shape[1:] == [8, 8, 1]
+    assert session.get_outputs()[0].name == "probabilities"
+    for batch in (1, 7):  # dynamic batch size
+        out = session.run(None, {"pixels": images[:batch].astype(np.float32)})[0]
+        assert np.abs(out - as_float[:batch]).max() <= 1e-5
+
+
+def test_savedmodel_takes_encoded_image_bytes_for_tf_serving(store: ArtifactStore, shards: StageResult) -> None:
+    import tensorflow as tf
+
+    from imgflow.data import load_arrays
+    from tests.conftest import encode
+
+    result = EXPORT.run(store, ExportConfig(int8=False), {"shards": shards, "model": untrained_model(store, shards, 0)})
+    assert result.info.int8 is None and not result.file("model.int8.onnx").exists()
+    images, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
+    signatures = tf.saved_model.load(str(result.file("savedmodel"))).signatures
+    expected = signatures["serving_default"](pixels=tf.constant(images[:5], tf.float32))["probabilities"].numpy()
+    png = [encode(image[..., 0]) for image in images[:5]]
+    from_png = signatures["serving_bytes"](images=tf.constant(png))["probabilities"].numpy()
+    assert np.abs(from_png - expected).max() <= 1e-6
+    # JPEG, RGB and another size: decoded, converted to one channel and resized inside the graph.
+    rgb_big = [encode(np.repeat(np.kron(image, np.ones((2, 2, 1), np.uint8)), 3, axis=2), "JPEG") for image in images[:5]]
+    from_jpeg = signatures["serving_bytes"](images=tf.constant(rgb_big))["probabilities"].numpy()
+    assert from_jpeg.shape == (5, 10) and np.allclose(from_jpeg.sum(1), 1, atol=1e-5)
+
+
+def test_int8_variant_is_kept_only_within_the_allowed_accuracy_drop(store: ArtifactStore, shards: StageResult) -> None:
+    from imgflow.inference import onnx_session
+
+    model = untrained_model(store, shards, 0)
+    kept = EXPORT.run(store, ExportConfig(int8_max_drop=1.0), {"shards": shards, "model": model})
+    int8 = kept.info.int8
+    assert int8.exported and kept.file("model.int8.onnx").is_file() and int8.bytes > 0
+    ops = {node.op_type for node in __import__("onnx").load(str(kept.file("model.int8.onnx"))).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert onnx_session(kept.file("model.int8.onnx")).get_inputs()[0].name == "pixels"
+    # A drop no quantized model can meet (negative: it would have to be better): not exported.
+    refused = EXPORT.run(store, ExportConfig(int8_max_drop=-1.0), {"shards": shards, "model": model})
+    assert refused.info.int8.exported is False and not refused.file("model.int8.onnx").exists()
+    assert refused.info.int8.accuracy == int8.accuracy
+
+
+def test_export_refuses_exports_that_disagree(store: ArtifactStore, shards: StageResult) -> None:
+    model = untrained_model(store, shards, 0)
+    with pytest.raises(ExportMismatchError, match="SavedModel and ONNX outputs differ"):
+        EXPORT.run(store, ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})
+    assert store.lookup("export", EXPORT.key(ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})) is None
