@@ -96,10 +96,13 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in planned]), flush=True)
         return 0
-    table = _table("stage", "partition", "action", "key", "why", title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
+    partitioned = any(p.partition for p in planned)
+    columns = ("stage", "partition", "action", "key", "why") if partitioned else ("stage", "action", "key", "why")
+    table = _table(*columns, title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
     style = {"run": "bold yellow", "reuse": "green", "skip": "dim"}
     for p in planned:
-        table.add_row(p.stage, p.partition or "", f"[{style[p.action]}]{p.action}[/]", p.key or "(not known yet)", p.note)
+        cells = [p.stage, *([p.partition or ""] if partitioned else []), f"[{style[p.action]}]{p.action}[/]"]
+        table.add_row(*cells, p.key or "(not known yet)", p.note)
     console = _console()
     console.print(table)
     counts = {action: sum(p.action == action for p in planned) for action in ("run", "reuse", "skip")}
