@@ -17,7 +17,6 @@ never moves an old record and an image never sits in two splits; records with th
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,16 +68,33 @@ def natural_key(label: str) -> tuple[int, int | str]:
     return (0, int(label)) if label.isdigit() else (1, label)
 
 
+def _stats(counts: Mapping[int, int]) -> dict[str, Any]:
+    """min/median/max of values given as ``{value: how many}`` (the median as ``statistics.median``)."""
+    values = sorted(v for v, n in counts.items() if n)
+    total = sum(counts.values())
+
+    def nth(index: int) -> int:  # the index-th smallest value, counting repeats
+        for value in values:
+            index -= counts[value]
+            if index < 0:
+                return value
+        raise IndexError(index)
+
+    median = nth(total // 2) if total % 2 else (nth(total // 2 - 1) + nth(total // 2)) / 2
+    return {"min": values[0], "median": median, "max": values[-1]}
+
+
 def _size_stats(size_counts: Mapping[str, int]) -> dict[str, Any]:
     """min/median/max height and width from ``{"HxW": count}``, which partitions can sum."""
-    sizes = [tuple(int(n) for n in key.split("x")) for key, count in size_counts.items() for _ in range(count)]
-    if not sizes:
+    heights: Counter[int] = Counter()
+    widths: Counter[int] = Counter()
+    for key, count in size_counts.items():
+        height, width = (int(n) for n in key.split("x"))
+        heights[height] += count
+        widths[width] += count
+    if not sum(heights.values()):
         return {}
-    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
-    return {
-        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
-        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
-    }
+    return {"height": _stats(heights), "width": _stats(widths)}
 
 
 def content_conflicts(ids: list[str], labels: list[str], shas: list[str | None]) -> dict[str, tuple[str, str]]:
@@ -101,64 +117,91 @@ def content_conflicts(ids: list[str], labels: list[str], shas: list[str | None])
     return found
 
 
-def write_clean_output(
-    out_dir: Path,
-    config: CleanConfig,
-    *,
-    source: str,
-    records_in: int,
-    kept: pa.Table,
-    quarantined: pa.Table,
-    class_names: list[str],
-    image_shape: list[int],
-    modes: Mapping[str, int],
-    size_counts: Mapping[str, int],
-) -> CleanInfo:
-    """Write a clean table, its quarantine and report (the layout above); return the report.
+class CleanTableWriter:
+    """Writes a clean table (the layout above) batch by batch, in the order given, and keeps only what
+    the report needs: counts, and the content hash of each kept record (for the data fingerprint).
 
-    Checks the accounting (``records_in == kept + quarantined``) and that two classes are left.
+    ``finish`` checks the accounting (``records_in == kept + quarantined``) and that two classes are
+    left, then writes the report. Used as a context manager, it closes its files whatever happens (the
+    stage writes into a temporary folder, so a failed build leaves nothing behind).
     """
-    if kept.num_rows + quarantined.num_rows != records_in:
-        raise RuntimeError(f"clean lost records: {records_in} in, {kept.num_rows} kept, {quarantined.num_rows} quarantined")
-    kept_names = kept.column("label_name").to_pylist()
-    if len(set(kept_names)) < 2:
-        raise SourceError(
-            f"dataset source {source} has fewer than two classes with usable images "
-            f"(classes kept: {sorted(set(kept_names)) or 'none'})"
-        )
-    pq.write_table(kept, out_dir / "records.parquet")
-    pq.write_table(quarantined, out_dir / "quarantine.parquet")
-    splits = kept.column("split").to_pylist()
-    per_class_split = {name: dict.fromkeys(SPLITS, 0) for name in class_names}
-    for name, split in zip(kept_names, splits, strict=True):
-        per_class_split[name][split] += 1
-    report = {
-        "source": source,
-        "records_in": records_in,
-        "kept": kept.num_rows,
-        "quarantined": quarantined.num_rows,
-        "quarantine_reasons": dict(Counter(quarantined.column("reason").to_pylist()).most_common()),
-        "image_shape": image_shape,
-        "class_names": class_names,
-        "splits": dict(Counter(splits)),
-        "per_class": per_class_split,
-        "source_images": {
-            "modes": dict(Counter(modes).most_common()),
-            "size_counts": dict(Counter(size_counts).most_common()),
-            **_size_stats(size_counts),
-        },
-        "split_rule": {
-            "test_fraction": config.test_fraction,
-            "val_fraction": config.val_fraction,
-            "salt": config.split_salt,
-            "hash": "sha256 of the pixels",
-        },
-        "data_fingerprint": stable_hash(sorted(kept.column("sha256").to_pylist())),
-    }
-    write_json_atomic(out_dir / "report.json", report)
-    sample = quarantined.slice(0, 20).select(["id", "label_name", "reason", "detail"]).to_pylist()
-    (out_dir / "report.md").write_text(report_markdown(report, sample))
-    return CleanInfo.model_validate(report)
+
+    def __init__(self, out_dir: Path, config: CleanConfig, class_names: list[str]) -> None:
+        self.out_dir = out_dir
+        self.config = config
+        self.class_names = class_names
+        self.per_class = {name: dict.fromkeys(SPLITS, 0) for name in class_names}
+        self.splits: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.shas: list[str] = []
+        self.kept = self.quarantined = 0
+        self.sample: list[dict[str, str]] = []  # the first quarantined records, for the report
+        self._kept = pq.ParquetWriter(out_dir / "records.parquet", KEPT_SCHEMA)
+        self._quarantine = pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA)
+
+    def __enter__(self) -> CleanTableWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kept.close()
+        self._quarantine.close()
+
+    def write_kept(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._kept.write_table(table.cast(KEPT_SCHEMA))
+        for name, split in zip(table.column("label_name").to_pylist(), table.column("split").to_pylist(), strict=True):
+            self.per_class[name][split] += 1
+            self.splits[split] += 1
+        self.shas.extend(table.column("sha256").to_pylist())
+        self.kept += table.num_rows
+
+    def write_quarantined(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._quarantine.write_table(table.cast(QUARANTINE_SCHEMA))
+        self.reasons.update(table.column("reason").to_pylist())
+        if len(self.sample) < 20:
+            self.sample += table.slice(0, 20 - len(self.sample)).select(["id", "label_name", "reason", "detail"]).to_pylist()
+        self.quarantined += table.num_rows
+
+    def finish(
+        self, *, source: str, records_in: int, image_shape: list[int], modes: Mapping[str, int], size_counts: Mapping[str, int]
+    ) -> CleanInfo:
+        """The report (written as report.json and report.md), once every record was written."""
+        if self.kept + self.quarantined != records_in:
+            raise RuntimeError(f"clean lost records: {records_in} in, {self.kept} kept, {self.quarantined} quarantined")
+        present = sorted(name for name, counts in self.per_class.items() if sum(counts.values()))
+        if len(present) < 2:
+            raise SourceError(
+                f"dataset source {source} has fewer than two classes with usable images (classes kept: {present or 'none'})"
+            )
+        report = {
+            "source": source,
+            "records_in": records_in,
+            "kept": self.kept,
+            "quarantined": self.quarantined,
+            "quarantine_reasons": dict(self.reasons.most_common()),
+            "image_shape": image_shape,
+            "class_names": self.class_names,
+            "splits": dict(self.splits),
+            "per_class": self.per_class,
+            "source_images": {
+                "modes": dict(Counter(modes).most_common()),
+                "size_counts": dict(Counter(size_counts).most_common()),
+                **_size_stats(size_counts),
+            },
+            "split_rule": {
+                "test_fraction": self.config.test_fraction,
+                "val_fraction": self.config.val_fraction,
+                "salt": self.config.split_salt,
+                "hash": "sha256 of the pixels",
+            },
+            "data_fingerprint": stable_hash(sorted(self.shas)),
+        }
+        write_json_atomic(self.out_dir / "report.json", report)
+        (self.out_dir / "report.md").write_text(report_markdown(report, self.sample))
+        return CleanInfo.model_validate(report)
 
 
 def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]) -> str:

@@ -38,7 +38,10 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
-    records_per_shard: int = 1024
+    # Shards hold consecutive records of the clean table, one file per split for each: about
+    # shard_bytes of records (TensorFlow's guidance: on the order of 100 MB), or records_per_shard.
+    shard_bytes: int = 100 * 2**20
+    records_per_shard: int | None = None
 
 
 @dataclass(frozen=True)

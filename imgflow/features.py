@@ -3,42 +3,104 @@
 A record holds the cleaned pixels as raw uint8 bytes (height x width x channels, row-major), the class
 index and the record id. Raw bytes rather than PNG let the reader parse and decode a whole batch with
 two vectorised ops instead of one image decode per record.
+
+Writing needs no TensorFlow: ``encode_example`` builds the ``tf.train.Example`` bytes for this fixed
+spec directly (the same bytes ``Example.SerializeToString(deterministic=True)`` gives: a test holds
+them equal), and ``TFRecordWriter`` frames them as TFRecord does (length, data, masked CRC-32C of
+each). So the shard stage's worker processes stay small and start fast; only reading (``parse_*``)
+imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import struct
+from typing import Any, BinaryIO
 
-FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "id": tf.io.FixedLenFeature([], tf.string),
-}
+import google_crc32c
 
-
-def make_example(record_id: str, pixels: bytes, label: int) -> bytes:
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record_id.encode()])),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    # Features is a protobuf map, whose order is arbitrary unless asked for: fixed order, same bytes.
-    return example.SerializeToString(deterministic=True)
+# feature name -> its kind; the parser's tf.io spec and the writer's encoding both follow this.
+SPEC = {"id": "bytes", "image": "bytes", "label": "int64"}
 
 
-def parse_records(serialized: tf.Tensor, shape: tuple[int, int, int]) -> dict[str, tf.Tensor]:
-    """A batch of serialized examples -> {"image": uint8 [N, H, W, C], "label": int64 [N], "id": [N]}."""
-    parsed = tf.io.parse_example(serialized, FEATURES)
-    images = tf.io.decode_raw(parsed["image"], tf.uint8)
-    return {"image": tf.reshape(images, [-1, *shape]), "label": parsed["label"], "id": parsed["id"]}
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
-def parse_batch(serialized: tf.Tensor, shape: tuple[int, int, int]) -> tuple[tf.Tensor, tf.Tensor]:
-    """A batch of serialized examples -> (uint8 images [N, H, W, C], int64 labels [N])."""
-    parsed = parse_records(serialized, shape)
-    return parsed["image"], parsed["label"]
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_example(record_id: str, pixels: bytes, label: int) -> bytes:
+    """The serialized ``tf.train.Example`` of one record (map entries in key order, as deterministic
+    serialization writes them)."""
+    if label < 0:
+        raise ValueError(f"label must be a class index, got {label}")
+    values: dict[str, Any] = {"id": record_id.encode(), "image": pixels, "label": label}
+    entries = b""
+    for name in sorted(SPEC):
+        if SPEC[name] == "bytes":
+            feature = _field(1, _field(1, values[name]))  # Feature.bytes_list = BytesList(value=[...])
+        else:
+            feature = _field(3, _field(1, _varint(values[name])))  # Feature.int64_list, packed
+        entries += _field(1, _field(1, name.encode()) + _field(2, feature))  # Features.feature map entry
+    return _field(1, entries)  # Example.features
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordWriter:
+    """Writes TFRecord files without TensorFlow: ``tf.data.TFRecordDataset`` reads them."""
+
+    def __init__(self, path: str) -> None:
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close() / the context manager
+
+    def write(self, record: bytes) -> None:
+        length = struct.pack("<Q", len(record))
+        self._file.write(length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record)))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _tf_spec() -> dict[str, Any]:
+    import tensorflow as tf
+
+    kinds = {"bytes": tf.string, "int64": tf.int64}
+    return {name: tf.io.FixedLenFeature([], kinds[kind]) for name, kind in SPEC.items()}
+
+
+def parse_records(serialized: Any, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """A batch of serialized examples -> {"image": uint8 [N, H, W, C], "label": int64 [N], "id": [N]}."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_example(serialized, _tf_spec())
+    images = tf.io.decode_raw(parsed["image"], tf.uint8)
+    return {"image": tf.reshape(images, [-1, *shape]), "label": parsed["label"], "id": parsed["id"]}
+
+
+def parse_batch(serialized: Any, shape: tuple[int, int, int]) -> tuple[Any, Any]:
+    """A batch of serialized examples -> (uint8 images [N, H, W, C], int64 labels [N])."""
+    parsed = parse_records(serialized, shape)
+    return parsed["image"], parsed["label"]

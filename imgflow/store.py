@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgflow import __version__
+from imgflow import __version__, memory
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
 from imgflow.results import Info, StageResult
 
@@ -160,6 +160,8 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            memory.release()  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         result = self.lookup(stage, key)
         assert result is not None

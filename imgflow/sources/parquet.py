@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
 from imgflow.sources import RawRecord
+from imgflow.tables import open_parquet
 
 _FORMAT = "1"
 _BATCH = 512
@@ -127,7 +128,7 @@ class ParquetSource:
         for relative, path in self.files.items():
             partitions = partition_values(relative)
             columns = [c for c in (self.image_column, self.label_column, self.id_column) if c and c not in partitions]
-            parquet = pq.ParquetFile(path, filesystem=self.filesystem)
+            parquet = open_parquet(path, self.filesystem)
             row = 0
             for batch in parquet.iter_batches(batch_size=_BATCH, columns=columns):
                 images = _image_bytes(batch.column(self.image_column))

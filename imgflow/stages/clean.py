@@ -12,117 +12,255 @@ the spec's channels and resized to its size. Exact duplicates (same pixels after
 record; an image seen under two different labels is quarantined in every copy. A record's split comes
 from a hash of its pixels, so adding data never moves an old record between splits, and an image can
 never sit in both train and test.
+
+How, at any size: the raw table is cut into chunks of row groups, and worker processes
+(``imgflow.parallel``) scan them: each record's header is probed and, once the target shape is known,
+its pixels decoded into a chunk file in a scratch folder. Only compact keys come back (id, label,
+probe, content hash or quarantine reason), so memory holds one chunk per worker, never the dataset.
+When the spec fixes ``image_size`` and ``channels`` one pass does both; otherwise a first pass probes
+every header (the most common size, whether every image is grayscale), a second decodes. Duplicates
+and conflicts are found on the content hashes, then the chunks are written out in order: a parallel
+run's output is byte-identical to a serial one's.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgflow import progress
-from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, assign_split, content_conflicts, natural_key, write_clean_output
+from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, content_conflicts, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_bytes
 from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
+from imgflow.parallel import ordered_map
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage
+from imgflow.tables import open_parquet
+
+CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
+_UNLABELED = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
+_DECODED = pa.schema([("position", pa.int64()), ("pixels", pa.binary())])
 
 
-def _target_shape(config: CleanConfig, probes: Mapping[str, Probe]) -> tuple[tuple[int, int], int]:
+@dataclass
+class Scan:
+    """What the workers found, one entry per record in table order: compact keys only (about 250
+    bytes a record), whatever the size of the images."""
+
+    ids: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    headers: list[str | None] = field(default_factory=list)  # "HxW MODE" from the header; None: unreadable
+    shas: list[str | None] = field(default_factory=list)  # of the decoded pixels, when decoded
+    reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (reason, detail)
+
+    def add(self, record_id: str, label: str, header: str | None, sha: str | None = None,
+            reason: tuple[str, str] | None = None) -> None:
+        if reason is not None:
+            self.reasons[len(self.ids)] = reason
+        self.ids.append(record_id)
+        self.labels.append(label)
+        self.headers.append(header)
+        self.shas.append(sha)
+
+    def extend(self, other: Scan) -> None:
+        start = len(self.ids)
+        self.reasons.update((start + position, reason) for position, reason in other.reasons.items())
+        self.ids += other.ids
+        # Labels and headers repeat: one string object for each distinct value.
+        self.labels += [sys.intern(label) for label in other.labels]
+        self.headers += [None if h is None else sys.intern(h) for h in other.headers]
+        self.shas += other.shas
+
+    def probes(self) -> list[Probe]:
+        """The distinct headers read (size and mode), one per record that had a readable one."""
+        return [_probe(h) for h in self.headers if h is not None]
+
+
+def _header(found: Probe) -> str:
+    return f"{found.size[0]}x{found.size[1]} {found.mode}"
+
+
+def _probe(header: str) -> Probe:
+    size, mode = header.split(" ", 1)
+    height, width = size.split("x")
+    return Probe((int(height), int(width)), mode)
+
+
+def chunks(raw: pq.ParquetFile, rows: int = CHUNK_ROWS) -> list[list[int]]:
+    """Consecutive row groups of about ``rows`` records each."""
+    found: list[list[int]] = []
+    size = 0
+    for index in range(raw.metadata.num_row_groups):
+        if not found or size >= rows:
+            found.append([])
+            size = 0
+        found[-1].append(index)
+        size += raw.metadata.row_group(index).num_rows
+    return found
+
+
+def scan_chunk(
+    raw_path: str,
+    groups: list[int],
+    target: tuple[tuple[int, int], int] | None,
+    class_names: Sequence[str] | None,
+    decoded_path: str | None,
+    first_position: int,
+) -> Scan:
+    """Probe every record of ``groups``; with a ``target`` shape also decode the usable ones, writing
+    their pixels to ``decoded_path`` (position, pixels). Runs in a worker process."""
+    table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"])
+    allowed = set(class_names) if class_names is not None else None
+    scan = Scan()
+    positions: list[int] = []
+    pixels: list[bytes] = []
+    ids, images, labels = (table.column(name).to_pylist() for name in ("id", "image", "label"))
+    for offset, (record_id, data, label) in enumerate(zip(ids, images, labels, strict=True)):
+        if not label:
+            scan.add(record_id, "", None, reason=_UNLABELED)
+            continue
+        try:
+            header = _header(probe(data))
+        except BadImage as bad:
+            scan.add(record_id, label, None, reason=(bad.reason, bad.detail))
+            continue
+        if target is None:
+            scan.add(record_id, label, header)
+            continue
+        if allowed is not None and label not in allowed:
+            scan.add(record_id, label, header, reason=("unknown_label", f"label {label!r} is not one of the spec's class_names"))
+            continue
+        try:
+            decoded = decode(data, target[0], target[1]).tobytes()
+        except BadImage as bad:
+            scan.add(record_id, label, header, reason=(bad.reason, bad.detail))
+            continue
+        scan.add(record_id, label, header, sha=sha256_bytes(decoded))
+        positions.append(first_position + offset)
+        pixels.append(decoded)
+    if decoded_path is not None:
+        pq.write_table(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path)
+    return scan
+
+
+def _target_shape(config: CleanConfig, probes: Sequence[Probe]) -> tuple[tuple[int, int], int]:
+    """The (height, width) and channels every image becomes: the spec's, else the probes' majority."""
     if config.image_size is not None:
         size = (int(config.image_size[0]), int(config.image_size[1]))
     else:
-        size = Counter(p.size for p in probes.values()).most_common(1)[0][0]
+        size = Counter(p.size for p in probes).most_common(1)[0][0]
     if config.channels is not None:
         if config.channels not in (1, 3):
             raise SourceError(f"channels must be 1 or 3, got {config.channels}")
         return size, config.channels
-    grayscale = all(p.mode in GRAYSCALE_MODES for p in probes.values())
-    return size, 1 if grayscale else 3
+    return size, 1 if all(p.mode in GRAYSCALE_MODES for p in probes) else 3
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """The raw table cut into chunks: each chunk's row groups and the position of its first record."""
+
+    raw_path: Path
+    groups: list[list[int]]
+    starts: list[int]
+    sizes: list[int]
+    scratch: Path
+
+    @classmethod
+    def of(cls, raw_path: Path, scratch: Path) -> _Chunks:
+        raw = open_parquet(raw_path)
+        metadata, groups = raw.metadata, chunks(raw)
+        sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return cls(raw_path, groups, starts, sizes, scratch)
+
+    def decoded(self, index: int) -> str:
+        return str(self.scratch / f"chunk-{index:05d}.parquet")
+
+    def scan(self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str) -> Scan:
+        """Scan every chunk (in parallel; decoding too when ``target`` is known): the records in order."""
+        jobs = [
+            (str(self.raw_path), chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
+            for i, chunk in enumerate(self.groups)
+        ]
+        scan = Scan()
+        for found in ordered_map(scan_chunk, jobs):
+            scan.extend(found)
+            progress.report(len(scan.ids), sum(self.sizes), unit)
+        return scan
 
 
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:
-    raw = pq.read_table(inputs["raw"].file("records.parquet"))
-    ids: list[str] = raw.column("id").to_pylist()
-    images: list[bytes] = raw.column("image").to_pylist()
-    labels: list[str] = raw.column("label").to_pylist()
     raw_info = inputs["raw"].info
     source = raw_info.source if isinstance(raw_info, DownloadInfo) else inputs["raw"].path
-    quarantine: dict[str, tuple[str, str]] = {}  # id -> (reason, detail)
+    raw = open_parquet(inputs["raw"].file("records.parquet"))
+    total = raw.metadata.num_rows
+    scratch = out_dir / ".chunks"  # decoded pixels, chunk by chunk; removed before the output is complete
+    scratch.mkdir()
+    parts = _Chunks.of(inputs["raw"].file("records.parquet"), scratch)
 
-    probes: dict[str, Probe] = {}
-    for record_id, data, label in zip(ids, images, labels, strict=True):
-        if not label:
-            quarantine[record_id] = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
-            continue
-        try:
-            probes[record_id] = probe(data)
-        except BadImage as bad:
-            quarantine[record_id] = (bad.reason, bad.detail)
+    # With the shape fixed by the spec, one pass probes and decodes; else the probes decide it first.
+    target = _target_shape(config, []) if config.image_size is not None and config.channels is not None else None
+    class_names = list(config.class_names) if config.class_names else None
+    scan = parts.scan(target, class_names, "images")
+    probes = scan.probes()
     if not probes:
-        examples = "; ".join(f"{record_id}: {reason} ({detail})" for record_id, (reason, detail) in list(quarantine.items())[:3])
-        raise SourceError(f"dataset source {source} has no decodable image among its {len(ids)} records, e.g. {examples}")
-    size, channels = _target_shape(config, probes)
+        examples = "; ".join(f"{scan.ids[p]}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
+        raise SourceError(f"dataset source {source} has no decodable image among its {total} records, e.g. {examples}")
+    if class_names is None:
+        class_names = sorted({label for label, h in zip(scan.labels, scan.headers, strict=True) if h is not None}, key=natural_key)
+    if target is None:
+        target = _target_shape(config, probes)
+        scan = parts.scan(target, class_names, "images decoded")
 
-    class_names = list(config.class_names) if config.class_names else sorted(
-        {label for record_id, label in zip(ids, labels, strict=True) if record_id in probes}, key=natural_key
-    )
-    class_index = {name: index for index, name in enumerate(class_names)}
-    decoded: dict[str, tuple[str, bytes]] = {}  # id -> (sha256, pixels)
-    for position, (record_id, data, label) in enumerate(zip(ids, images, labels, strict=True)):
-        if position % 1024 == 0:
-            progress.report(position, len(ids), "images")
-        if record_id in quarantine:
-            continue
-        if label not in class_index:
-            quarantine[record_id] = ("unknown_label", f"label {label!r} is not one of the spec's class_names")
-            continue
-        try:
-            pixels = decode(data, size, channels).tobytes()
-        except BadImage as bad:
-            quarantine[record_id] = (bad.reason, bad.detail)
-            continue
-        decoded[record_id] = (sha256_bytes(pixels), pixels)
-    progress.report(len(ids), len(ids), "images")
-    quarantine.update(content_conflicts(ids, labels, [decoded[i][0] if i in decoded else None for i in ids]))
+    ids, labels = scan.ids, scan.labels
+    quarantine = dict(scan.reasons)
+    by_id = content_conflicts(ids, labels, scan.shas)
+    quarantine.update((position, by_id[record_id]) for position, record_id in enumerate(ids) if record_id in by_id)
 
-    kept_positions = [p for p, record_id in enumerate(ids) if record_id in decoded and record_id not in quarantine]
-    kept = {
-        "id": [ids[p] for p in kept_positions],
-        "label": [class_index[labels[p]] for p in kept_positions],
-        "label_name": [labels[p] for p in kept_positions],
-        "split": [
-            assign_split(decoded[ids[p]][0], config.test_fraction, config.val_fraction, config.split_salt)
-            for p in kept_positions
-        ],
-        "sha256": [decoded[ids[p]][0] for p in kept_positions],
-        "pixels": [decoded[ids[p]][1] for p in kept_positions],
-    }
-    bad_positions = [p for p, record_id in enumerate(ids) if record_id in quarantine]
-    quarantined = {
-        "id": [ids[p] for p in bad_positions],
-        "label_name": [labels[p] for p in bad_positions],
-        "reason": [quarantine[ids[p]][0] for p in bad_positions],
-        "detail": [quarantine[ids[p]][1] for p in bad_positions],
-        "image": [images[p] for p in bad_positions],
-    }
-    return write_clean_output(
-        out_dir,
-        config,
-        source=source,
-        records_in=len(ids),
-        kept=pa.table(kept, schema=KEPT_SCHEMA),
-        quarantined=pa.table(quarantined, schema=QUARANTINE_SCHEMA),
-        class_names=class_names,
-        image_shape=[size[0], size[1], channels],
-        modes=Counter(p.mode for p in probes.values()),
-        size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes.values()),
-    )
+    index = {name: i for i, name in enumerate(class_names)}
+    with CleanTableWriter(out_dir, config, class_names) as writer:
+        for number, (chunk, start, size) in enumerate(zip(parts.groups, parts.starts, parts.sizes, strict=True)):
+            decoded = pq.read_table(parts.decoded(number))
+            positions = decoded.column("position").to_pylist()
+            keep = [i for i, position in enumerate(positions) if position not in quarantine]
+            kept_positions = [positions[i] for i in keep]
+            shas = [scan.shas[p] for p in kept_positions]
+            writer.write_kept(pa.table({
+                "id": [ids[p] for p in kept_positions],
+                "label": [index[labels[p]] for p in kept_positions],
+                "label_name": [labels[p] for p in kept_positions],
+                "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
+                "sha256": shas,
+                "pixels": decoded.column("pixels").take(keep),
+            }))
+            bad = [p for p in range(start, start + size) if p in quarantine]
+            if bad:
+                images = raw.read_row_groups(chunk, columns=["image"]).column("image").take([p - start for p in bad])
+                writer.write_quarantined(pa.table({
+                    "id": [ids[p] for p in bad],
+                    "label_name": [labels[p] for p in bad],
+                    "reason": [quarantine[p][0] for p in bad],
+                    "detail": [quarantine[p][1] for p in bad],
+                    "image": images,  # the original bytes, kept for inspection
+                }, schema=QUARANTINE_SCHEMA))
+        shutil.rmtree(scratch)
+        return writer.finish(
+            source=source,
+            records_in=total,
+            image_shape=[target[0][0], target[0][1], target[1]],
+            modes=Counter(p.mode for p in probes),
+            size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes),
+        )
 
 
-CLEAN = Stage("clean", "2", _build)
+CLEAN = Stage("clean", "3", _build)

@@ -28,7 +28,7 @@ import numpy as np
 
 from imgflow.config import ExportConfig
 from imgflow.errors import ExportMismatchError
-from imgflow.inference import onnx_predict
+from imgflow.inference import onnx_predict, onnx_session
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
 from imgflow.store import Stage, write_json_atomic
 
@@ -74,8 +74,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     onnx_path = out_dir / "model.onnx"
     tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=config.opset, output_path=str(onnx_path))
 
-    images, labels, _ = load_arrays(shard_files(shards, "test"), shape)
-    batch = images[: config.parity_batch].astype(np.float32)
+    batch = load_arrays(shard_files(shards, "test"), shape, limit=config.parity_batch)[0].astype(np.float32)
     loaded = tf.saved_model.load(str(out_dir / "savedmodel"))
     from_savedmodel = loaded.signatures["serving_default"](pixels=tf.constant(batch))["probabilities"].numpy()
     from_onnx = onnx_predict(onnx_path, batch)
@@ -92,25 +91,24 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
             f"SavedModel and ONNX outputs differ by {max_diff:.3g} (> {config.parity_tolerance:g}) "
             f"on {len(batch)} test images: refusing to promote {inputs['model'].path}"
         )
-    int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, (images, labels), config) if config.int8 else None
+    int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, config) if config.int8 else None
     return ExportInfo(opset=config.opset, parity=parity, int8=int8)
 
 
-def _quantize(
-    float_path: Path, int8_path: Path, shards: StageResult, test: tuple[np.ndarray, np.ndarray], config: ExportConfig
-) -> Int8:
+def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: ExportConfig) -> Int8:
     """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
-    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on ``test``."""
+    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on the test split."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from imgflow.data import load_arrays
+    from imgflow.data import eval_batch, iter_batches, load_arrays
 
-    shape = tuple(shards.info.image_shape)  # type: ignore[attr-defined]  # a shard result
-    calibration, _, _ = load_arrays(shard_files(shards, "val"), shape)
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    shape = tuple(shards.info.image_shape)
+    calibration = load_arrays(shard_files(shards, "val"), shape, limit=config.calibration_images)[0]
     if len(calibration) == 0:
-        calibration, _, _ = load_arrays(shard_files(shards, "train"), shape)
-    calibration = calibration[: config.calibration_images].astype(np.float32)
+        calibration = load_arrays(shard_files(shards, "train"), shape, limit=config.calibration_images)[0]
+    calibration = calibration.astype(np.float32)
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -124,9 +122,14 @@ def _quantize(
     quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
     quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
     scratch.unlink()
-    images, labels = test
-    float_accuracy = float((onnx_predict(float_path, images).argmax(1) == labels).mean())
-    int8_accuracy = float((onnx_predict(int8_path, images).argmax(1) == labels).mean())
+    # Both models over the test split, a batch at a time.
+    sessions = [onnx_session(float_path), onnx_session(int8_path)]
+    correct, seen = [0, 0], 0
+    for images, labels, _ in iter_batches(shard_files(shards, "test"), shape, eval_batch(shape)):
+        for which, session in enumerate(sessions):
+            correct[which] += int((onnx_predict(session, images).argmax(1) == labels).sum())
+        seen += len(labels)
+    float_accuracy, int8_accuracy = (c / seen for c in correct)
     kept = float_accuracy - int8_accuracy <= config.int8_max_drop
     if not kept:
         int8_path.unlink()
@@ -141,4 +144,4 @@ def _quantize(
     )
 
 
-EXPORT = Stage("export", "2", _build)
+EXPORT = Stage("export", "3", _build)

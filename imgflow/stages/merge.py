@@ -22,14 +22,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, content_conflicts, natural_key, write_clean_output
+from imgflow import progress
+from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, content_conflicts, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import ConfigError
 from imgflow.images import encode_png
 from imgflow.results import CleanInfo, StageResult
 from imgflow.store import Stage
+from imgflow.tables import open_parquet
 
 PART = "part:"  # the prefix of the merge stage's input names: one input per cleaned partition
+_BATCH = 4096
 
 
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:
@@ -41,45 +44,62 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
             f"the partitions clean to different image shapes ({', '.join('x'.join(map(str, s)) for s in sorted(shapes))}): "
             "set [clean] image_size and channels in the dataset spec so they agree"
         )
+    shape = next(iter(shapes))
     class_names = list(config.class_names) if config.class_names else sorted(
         {name for info in infos for name in info.class_names}, key=natural_key
     )
     index = {name: i for i, name in enumerate(class_names)}
-    kept = pa.concat_tables([pq.read_table(p.file("records.parquet")) for p in parts]) if parts else KEPT_SCHEMA.empty_table()
-    names = kept.column("label_name").to_pylist()
-    kept = kept.set_column(kept.schema.get_field_index("label"), "label", pa.array([index[n] for n in names], pa.int64()))
-    ids = kept.column("id").to_pylist()
-    found = content_conflicts(ids, names, kept.column("sha256").to_pylist())
-    dropped = pa.array([record_id in found for record_id in ids])
-    shape = next(iter(shapes))
-    moved = kept.filter(dropped)
-    merge_quarantine = pa.table(
-        {
-            "id": moved.column("id"),
-            "label_name": moved.column("label_name"),
-            "reason": [found[i][0] for i in moved.column("id").to_pylist()],
-            "detail": [found[i][1] for i in moved.column("id").to_pylist()],
-            # The partition's clean table holds pixels, not the file: keep them viewable as PNG.
-            "image": [encode_png(np.frombuffer(b, np.uint8).reshape(shape)) for b in moved.column("pixels").to_pylist()],
-        },
-        schema=QUARANTINE_SCHEMA,
+    # Duplicates and conflicts across partitions, found on compact keys: ids, labels, content hashes.
+    keys = [pq.read_table(p.file("records.parquet"), columns=["id", "label_name", "sha256"]) for p in parts]
+    found = content_conflicts(
+        [i for k in keys for i in k.column("id").to_pylist()],
+        [n for k in keys for n in k.column("label_name").to_pylist()],
+        [h for k in keys for h in k.column("sha256").to_pylist()],
     )
-    quarantined = pa.concat_tables([*(pq.read_table(p.file("quarantine.parquet")) for p in parts), merge_quarantine])
-    modes, sizes = Counter(), Counter()
+    del keys
+    modes: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
     for info in infos:
         modes.update(info.source_images.modes)
         sizes.update(info.source_images.size_counts)
-    return write_clean_output(
-        out_dir,
-        config,
-        source=_describe([info.source for info in infos]),
-        records_in=sum(info.records_in for info in infos),
-        kept=kept.filter(pc.invert(dropped)),
-        quarantined=quarantined,
-        class_names=class_names,
-        image_shape=list(shape),
-        modes=modes,
-        size_counts=sizes,
+    total = sum(info.records_in for info in infos)
+    with CleanTableWriter(out_dir, config, class_names) as writer:
+        # The partitions' own quarantines first, then the kept records (in partition order), moving
+        # the ones seen in another partition to the quarantine as they come.
+        for part in parts:
+            for batch in open_parquet(part.file("quarantine.parquet")).iter_batches(batch_size=_BATCH):
+                writer.write_quarantined(pa.Table.from_batches([batch]))
+        for part in parts:
+            for batch in open_parquet(part.file("records.parquet")).iter_batches(batch_size=_BATCH):
+                table = pa.Table.from_batches([batch])
+                names = table.column("label_name").to_pylist()
+                table = table.set_column(table.schema.get_field_index("label"), "label", pa.array([index[n] for n in names], pa.int64()))
+                dropped = pa.array([record_id in found for record_id in table.column("id").to_pylist()])
+                writer.write_kept(table.filter(pc.invert(dropped)))
+                writer.write_quarantined(_moved(table.filter(dropped), found, shape))
+                progress.report(writer.kept + writer.quarantined, total, "records")
+        return writer.finish(
+            source=_describe([info.source for info in infos]),
+            records_in=total,
+            image_shape=list(shape),
+            modes=modes,
+            size_counts=sizes,
+        )
+
+
+def _moved(moved: pa.Table, found: Mapping[str, tuple[str, str]], shape: tuple[int, ...]) -> pa.Table:
+    """Kept records of a partition that the union quarantines, with their pixels as PNG (the
+    partition's clean table holds pixels, not the file: this keeps them viewable)."""
+    ids = moved.column("id").to_pylist()
+    return pa.table(
+        {
+            "id": ids,
+            "label_name": moved.column("label_name"),
+            "reason": [found[i][0] for i in ids],
+            "detail": [found[i][1] for i in ids],
+            "image": [encode_png(np.frombuffer(b, np.uint8).reshape(shape)) for b in moved.column("pixels").to_pylist()],
+        },
+        schema=QUARANTINE_SCHEMA,
     )
 
 
@@ -90,4 +110,4 @@ def _describe(sources: list[str]) -> str:
     return f"{sources[0]} .. {sources[-1].rsplit('/', 1)[-1]} ({len(sources)} partitions)"
 
 
-MERGE = Stage("merge", "1", _build)
+MERGE = Stage("merge", "2", _build)

@@ -5,9 +5,15 @@ Output folder::
     <split>-<index>-of-<count>.tfrecord   tf.train.Example records (spec: ``imgflow.features``),
                                           e.g. train-00000-of-00004.tfrecord
 
-The manifest's info names each split's files, record and per-class counts, the image shape and the class names:
-everything a reader needs without opening the shards. Records keep the clean table's order, so a
-shard's content depends only on the data.
+Shard ``index`` of every split holds that split's records among the clean table's rows
+``[index * R, (index + 1) * R)``, in table order, where R is ``records_per_shard`` or as many records
+as fit in ``shard_bytes`` (about 100 MB: a train shard then holds about 70 MB). So a shard's content
+depends only on the data and the config, and the shards are written in parallel, one worker process
+per range of rows (``imgflow.parallel``), each reading only its rows: memory holds one range per
+worker, not the table. Writing needs no TensorFlow (``imgflow.features``).
+
+The manifest's info names each split's files, record and per-class counts, the image shape and the
+class names: everything a reader needs without opening the shards.
 """
 
 from __future__ import annotations
@@ -17,48 +23,77 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imgflow import progress
 from imgflow.cleantable import SPLITS
 from imgflow.config import ShardConfig
+from imgflow.features import TFRecordWriter, encode_example, shard_name
+from imgflow.parallel import ordered_map
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
 from imgflow.store import Stage
+from imgflow.tables import open_parquet
+
+_EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
+
+
+def records_per_shard(config: ShardConfig, image_shape: list[int]) -> int:
+    if config.records_per_shard is not None:
+        return max(1, config.records_per_shard)
+    return max(1, config.shard_bytes // (math.prod(image_shape) + _EXAMPLE_OVERHEAD))
+
+
+def write_shards(clean_path: str, start: int, end: int, index: int, count: int, out_dir: str) -> dict[str, Counter[int]]:
+    """Rows ``[start, end)`` of the clean table as shard ``index`` of every split; the labels written
+    per split. Runs in a worker process."""
+    table = open_parquet(clean_path)
+    first, pieces = 0, []
+    for group in range(table.metadata.num_row_groups):
+        rows = table.metadata.row_group(group).num_rows
+        if first < end and first + rows > start:
+            part = table.read_row_group(group, columns=["id", "label", "split", "pixels"])
+            pieces.append(part.slice(max(0, start - first), min(end, first + rows) - max(start, first)))
+        first += rows
+    writers = {split: TFRecordWriter(str(Path(out_dir) / shard_name(split, index, count))) for split in SPLITS}
+    written: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
+    try:
+        for part in pieces:
+            columns = (part.column(name).to_pylist() for name in ("id", "label", "split", "pixels"))
+            for record_id, label, split, pixels in zip(*columns, strict=True):
+                writers[split].write(encode_example(record_id, pixels, label))
+                written[split][label] += 1
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return written
 
 
 def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]) -> ShardInfo:
-    import tensorflow as tf
-
-    from imgflow.features import make_example, shard_name
-
     clean = inputs["clean"]
     info = clean.info
     assert isinstance(info, CleanInfo), clean.stage
-    table = pq.read_table(clean.file("records.parquet"))
-    splits: dict[str, SplitShards] = {}
-    written = 0
-    for split in SPLITS:
-        part = table.filter(pc.equal(table["split"], split))
-        count = max(1, math.ceil(part.num_rows / config.records_per_shard))
-        files = []
-        for index in range(count):
-            rows = part.slice(index * config.records_per_shard, config.records_per_shard)
-            name = shard_name(split, index, count)
-            with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
-                for record_id, pixels, label in zip(
-                    rows["id"].to_pylist(), rows["pixels"].to_pylist(), rows["label"].to_pylist(), strict=True
-                ):
-                    writer.write(make_example(record_id, pixels, label))
-            files.append(name)
-            written += rows.num_rows
-            progress.report(written, table.num_rows, "records")
-        labels = Counter(part["label"].to_pylist())
-        class_counts = [labels[index] for index in range(len(info.class_names))]
-        splits[split] = SplitShards(files=files, records=part.num_rows, class_counts=class_counts)
+    path = str(clean.file("records.parquet"))
+    total = open_parquet(path).metadata.num_rows
+    size = records_per_shard(config, info.image_shape)
+    count = max(1, math.ceil(total / size))
+    jobs = [(path, i * size, min(total, (i + 1) * size), i, count, str(out_dir)) for i in range(count)]
+    labels: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
+    for done, written in enumerate(ordered_map(write_shards, jobs), start=1):
+        for split, counts in written.items():
+            labels[split].update(counts)
+        progress.report(min(total, done * size), total, "records")
     return ShardInfo(
-        image_shape=info.image_shape, class_names=info.class_names, data_fingerprint=info.data_fingerprint, splits=splits
+        image_shape=info.image_shape,
+        class_names=info.class_names,
+        data_fingerprint=info.data_fingerprint,
+        splits={
+            split: SplitShards(
+                files=[shard_name(split, i, count) for i in range(count)],
+                records=sum(labels[split].values()),
+                class_counts=[labels[split][index] for index in range(len(info.class_names))],
+            )
+            for split in SPLITS
+        },
     )
 
 
-SHARD = Stage("shard", "3", _build)
+SHARD = Stage("shard", "4", _build)

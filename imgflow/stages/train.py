@@ -36,9 +36,6 @@ from imgflow.config import TrainConfig
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
 from imgflow.store import Stage, scratch_dir
 
-_EVAL_BATCH = 256
-
-
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
 
@@ -66,7 +63,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
     from imgflow.checkpoints import EpochCheckpoint, EpochProgress, load_progress
-    from imgflow.data import make_augmenter, shard_dataset
+    from imgflow.data import eval_batch, make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training, set_backbone_trainable
     from imgflow.reports import plot_training_curves
 
@@ -90,9 +87,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     val_data, val_steps = None, None
     n_val = shard_info.splits["val"].records
     if n_val:
-        val_data = shard_dataset(shard_files(shards, "val"), shape, _EVAL_BATCH, training=False)
+        batch = eval_batch(shape, largest=256)
+        val_data = shard_dataset(shard_files(shards, "val"), shape, batch, training=False)
         # Known step counts: a dataset of unknown length makes Keras warn that input "ran out".
-        val_steps = math.ceil(n_val / _EVAL_BATCH)
+        val_steps = math.ceil(n_val / batch)
     if chosen.workers > 1:
         # Every worker reads every shard and takes its share of each batch (few, small shards).
         options = tf.data.Options()

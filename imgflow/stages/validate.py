@@ -17,11 +17,14 @@ can be compared, whatever code built it.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from imgflow import progress
 from imgflow.config import GateConfig
 from imgflow.gate import decide
 from imgflow.images import encode_png
@@ -31,63 +34,84 @@ from imgflow.results import ShardInfo, StageResult, ValidateInfo, shard_files
 from imgflow.store import Stage, write_json_atomic
 
 
-def write_misclassified(
-    path: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str],
-    class_names: list[str], limit: int = 24,
-) -> None:
-    """The ``limit`` most confident wrong predictions, hardest first, with their images as PNG."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    predictions = probabilities.argmax(axis=1)
-    confidence = probabilities.max(axis=1)
-    wrong = np.flatnonzero(predictions != labels)
-    hardest = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
-    table = pa.table(
-        {
-            "id": [ids[i] for i in hardest],
-            "label": [class_names[labels[i]] for i in hardest],
-            "predicted": [class_names[predictions[i]] for i in hardest],
-            "confidence": pa.array([float(confidence[i]) for i in hardest], pa.float64()),
-            "image": pa.array([encode_png(images[i]) for i in hardest], pa.binary()),
-        }
-    )
-    pq.write_table(table, path)
+class Hardest:
+    """The ``limit`` most confident wrong predictions seen so far, kept in a bounded heap: memory holds
+    ``limit`` images whatever the size of the test split."""
+
+    def __init__(self, limit: int = 24) -> None:
+        self.limit = limit
+        self.heap: list[tuple[float, int, str, int, int, bytes]] = []  # confidence, -order, id, label, predicted, PNG
+        self.seen = 0
+
+    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str]) -> None:
+        predictions, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        for i in np.flatnonzero(predictions != labels):
+            # Among equal confidences the earlier record stays, as a stable sort would keep it.
+            item = (float(confidence[i]), -(self.seen + int(i)))
+            if len(self.heap) < self.limit or item > self.heap[0][:2]:
+                entry = (*item, ids[i], int(labels[i]), int(predictions[i]), encode_png(images[i]))
+                (heapq.heappush if len(self.heap) < self.limit else heapq.heapreplace)(self.heap, entry)
+        self.seen += len(labels)
+
+    def write(self, path: Path, class_names: list[str]) -> None:
+        """misclassified.parquet, hardest first."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = sorted(self.heap, reverse=True)
+        pq.write_table(pa.table({
+            "id": [r[2] for r in rows],
+            "label": [class_names[r[3]] for r in rows],
+            "predicted": [class_names[r[4]] for r in rows],
+            "confidence": pa.array([r[0] for r in rows], pa.float64()),
+            "image": pa.array([r[5] for r in rows], pa.binary()),
+        }), path)
 
 
-def _champion_accuracy(champion: StageResult | None, images: np.ndarray, labels: np.ndarray) -> tuple[float | None, str]:
-    """The champion's accuracy on the same test records, and what was evaluated. The caller passes a
-    champion only when it is another model (``imgflow.promote.versus_champion`` decides)."""
+def _champion_session(champion: StageResult | None, shape: tuple[int, ...]) -> tuple[Any, str]:
+    """An ONNX Runtime session on the champion, or None and why not. The caller passes a champion
+    only when it is another model (``imgflow.promote.versus_champion`` decides)."""
     if champion is None:
         return None, "none"
     session = onnx_session(Path(champion.path) / "model.onnx")
     expected = session.get_inputs()[0].shape[1:]
-    if list(expected) != list(images.shape[1:]):
-        return None, f"champion {champion.key} takes input {expected}, the test split is {list(images.shape[1:])}: not comparable"
-    predictions = onnx_predict(session, images).argmax(axis=1)
-    return float((predictions == labels).mean()), f"champion {champion.key} evaluated on the same test split"
+    if list(expected) != list(shape):
+        return None, f"champion {champion.key} takes input {expected}, the test split is {list(shape)}: not comparable"
+    return session, f"champion {champion.key} evaluated on the same test split"
 
 
 def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> ValidateInfo:
     import keras
 
-    from imgflow.data import load_arrays
+    from imgflow.data import eval_batch, iter_batches
 
     shards, model_result = inputs["shards"], inputs["model"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     shape = tuple(shards.info.image_shape)
     class_names = shards.info.class_names
-    images, labels, ids = load_arrays(shard_files(shards, "test"), shape)
-    if len(labels) == 0:
+    total = shards.info.splits["test"].records
+    if total == 0:
         raise ValueError(f"the test split in {shards.path} is empty: nothing to validate on")
     model = keras.models.load_model(model_result.file("model.keras"))
-    probabilities = model.predict(images.astype(np.float32), batch_size=512, verbose=0)
-    predictions = probabilities.argmax(axis=1)
+    champion, champion_note = _champion_session(inputs.get("champion"), shape)
+    # One pass over the test split, a batch at a time: only labels and predictions (one integer
+    # each per record) and the hardest mistakes are kept.
+    labels_seen, predicted, champion_predicted = [], [], []
+    hardest = Hardest()
+    for images, labels, ids in iter_batches(shard_files(shards, "test"), shape, eval_batch(shape)):
+        probabilities = np.asarray(model.predict_on_batch(images.astype(np.float32)))
+        labels_seen.append(labels)
+        predicted.append(probabilities.argmax(axis=1))
+        hardest.add(images, labels, probabilities, ids)
+        if champion is not None:
+            champion_predicted.append(onnx_predict(champion, images).argmax(axis=1))
+        progress.report(hardest.seen, total, "test images")
+    labels, predictions = np.concatenate(labels_seen), np.concatenate(predicted)
     accuracy = float((predictions == labels).mean())
     matrix = confusion_matrix(labels, predictions, len(class_names))
     per_class = per_class_metrics(labels, predictions, class_names)
-
-    champion_accuracy, champion_note = _champion_accuracy(inputs.get("champion"), images, labels)
+    champion_accuracy = float((np.concatenate(champion_predicted) == labels).mean()) if champion is not None else None
     decision = decide(accuracy, champion_accuracy, config)
     metrics = {
         "accuracy": accuracy,
@@ -99,7 +123,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         "champion": champion_note,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
-    write_misclassified(out_dir / "misclassified.parquet", images, labels, probabilities, ids, class_names)
+    hardest.write(out_dir / "misclassified.parquet", class_names)
     write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
     plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
     verdict = "PROMOTE" if decision.promote else "REJECT"
@@ -130,4 +154,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     )
 
 
-VALIDATE = Stage("validate", "2", _build)
+VALIDATE = Stage("validate", "3", _build)

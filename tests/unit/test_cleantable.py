@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, assign_split, content_conflicts, natural_key, write_clean_output
+from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, CleanTableWriter, assign_split, content_conflicts, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 
@@ -38,13 +39,23 @@ def _kept(names: list[str]) -> pa.Table:
                      "sha256": [str(i) for i in range(rows)], "pixels": [b"\0"] * rows}, schema=KEPT_SCHEMA)
 
 
+def _write(folder, records_in: int, names: list[str]):
+    folder.mkdir()
+    with CleanTableWriter(folder, CleanConfig(), ["a", "b"]) as writer:
+        for name in names:  # one batch per record: the writer streams
+            writer.write_kept(_kept([name]))
+        writer.write_quarantined(QUARANTINE_SCHEMA.empty_table())
+        return writer.finish(source="test:x", records_in=records_in, image_shape=[1, 1, 1], modes={"L": 2},
+                             size_counts={"1x1": 1, "1x3": 1})
+
+
 def test_the_accounting_must_add_up_and_two_classes_must_be_left(tmp_path) -> None:
-    args = {"source": "test:x", "class_names": ["a", "b"], "image_shape": [1, 1, 1], "modes": {"L": 2}, "size_counts": {"1x1": 2}}
-    empty = QUARANTINE_SCHEMA.empty_table()
     with pytest.raises(RuntimeError, match="clean lost records: 3 in, 2 kept, 0 quarantined"):
-        write_clean_output(tmp_path, CleanConfig(), records_in=3, kept=_kept(["a", "b"]), quarantined=empty, **args)
-    with pytest.raises(SourceError, match="fewer than two classes"):
-        write_clean_output(tmp_path, CleanConfig(), records_in=2, kept=_kept(["a", "a"]), quarantined=empty, **args)
-    info = write_clean_output(tmp_path, CleanConfig(), records_in=2, kept=_kept(["a", "b"]), quarantined=empty, **args)
+        _write(tmp_path / "lost", 3, ["a", "b"])
+    with pytest.raises(SourceError, match=r"fewer than two classes with usable images \(classes kept: \['a'\]\)"):
+        _write(tmp_path / "one", 2, ["a", "a"])
+    info = _write(tmp_path / "good", 2, ["a", "b"])
     assert (info.kept, info.quarantined, info.per_class) == (2, 0, {"a": {"train": 1, "val": 0, "test": 0}, "b": {"train": 1, "val": 0, "test": 0}})
-    assert (tmp_path / "records.parquet").is_file() and "| a | 1 | 0 | 0 |" in (tmp_path / "report.md").read_text()
+    assert info.source_images.width.median == 2.0 and info.source_images.height.median == 1
+    assert pq.read_table(tmp_path / "good" / "records.parquet").num_rows == 2
+    assert "| a | 1 | 0 | 0 |" in (tmp_path / "good" / "report.md").read_text()

@@ -1,0 +1,133 @@
+"""Scale: the pipeline's stages over growing datasets, with time per image and peak memory per stage.
+
+    python benchmarks/scale.py [--sizes 25000,50000,100000,200000] [--image-size 64] [--train]
+                               [--speedup-at 50000] [--workdir DIR] [--keep]
+
+For each size N it generates a Parquet table of N synthetic RGB images (``imgflow.testing.
+synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
+clean, shard; with --train also train for one epoch, validate and export) in a fresh process of its
+own, the earlier stages already in the store, printing the stage's wall time, images/s, microseconds
+per image and the process's peak RSS (from ``wait4``: the largest resident size the stage's process
+reached; clean's and shard's worker processes are smaller and not added). Memory should not grow with
+N and time per image should stay flat: the last lines give the spread of each across sizes. At
+``--speedup-at`` it also cleans the same table with one worker process and with all of them
+(``IMGFLOW_WORKERS``), side by side: the speed-up of all cores over one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DATA_STAGES = ("download", "clean", "shard")
+MODEL_STAGES = ("train", "validate", "export")
+
+
+def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
+    """In a child process: run the pipeline up to ``stage`` (the earlier stages are in the store, so
+    they are lookups) and print how long ``stage`` itself took."""
+    from imgflow.config import build_run_config
+    from imgflow.pipeline import PIPELINE, SOURCE
+    from imgflow.sources import source_fingerprint
+    from imgflow.store import ArtifactStore
+
+    cfg = build_run_config(dataset, artifacts, epochs=1, min_accuracy=0.0)
+    store = ArtifactStore(cfg.artifacts)
+    results: dict = {}
+    external = {SOURCE: source_fingerprint(cfg.download.source)}
+    for step in PIPELINE.run_steps(partitioned=False):
+        inputs = PIPELINE.inputs(step, results, {**external, "<champion>": None})
+        started = time.perf_counter()
+        results[step.name] = step.stage.run(store, step.config_of(cfg), inputs, force=force and step.name == stage)
+        if step.name == stage:
+            print(json.dumps({"seconds": time.perf_counter() - started, "status": results[step.name].status}), flush=True)
+            return
+
+
+def measure(stage: str, dataset: str, artifacts: Path, force: bool = False, workers: int | None = None) -> dict:
+    """Run one stage in a fresh process; its time and the process's peak RSS."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if workers is not None:
+        env["IMGFLOW_WORKERS"] = str(workers)
+    command = [sys.executable, __file__, "--run-stage", stage, "--dataset", dataset, "--artifacts", str(artifacts)]
+    process = subprocess.Popen([*command, *(["--force"] if force else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    stdout = process.stdout.read()
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{stage} failed:\n{stderr[-3000:]}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="25000,50000,100000,200000", help="dataset sizes, comma-separated")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train", action="store_true", help="also train (one epoch), validate and export")
+    parser.add_argument("--speedup-at", type=int, default=50000, help="the size at which to compare 1 and all workers")
+    parser.add_argument("--workdir", type=Path, help="where tables and artifacts go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--run-stage", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--artifacts", help=argparse.SUPPRESS)
+    parser.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_stage:
+        run_stage(args.run_stage, args.dataset, args.artifacts, args.force)
+        return
+
+    from imgflow.parallel import worker_count
+    from imgflow.testing import synthetic_table
+
+    sizes = [int(n) for n in args.sizes.split(",")]
+    stages = DATA_STAGES + (MODEL_STAGES if args.train else ())
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="imgflow-scale-"))
+    rows: dict[str, list[tuple[int, dict]]] = {stage: [] for stage in stages}
+    speedup = None
+    print(f"{args.image_size}x{args.image_size} RGB PNG images, {worker_count()} worker processes, work folder {work}")
+    print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'peak RSS MB':>12}")
+    try:
+        for size in sizes:
+            started = time.perf_counter()
+            table = synthetic_table(work / f"n{size}" / "table.parquet", size, args.image_size)
+            print(f"{size:>8}  {'(generate':<9} {time.perf_counter() - started:>8.1f})", flush=True)
+            dataset, artifacts = f"parquet:{table}", work / f"n{size}" / "artifacts"
+            for stage in stages:
+                result = measure(stage, dataset, artifacts)
+                rows[stage].append((size, result))
+                seconds = result["seconds"]
+                print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} "
+                      f"{result['peak_rss_mb']:>12.0f}", flush=True)
+            if size == args.speedup_at:
+                one = measure("clean", dataset, artifacts, force=True, workers=1)
+                every = measure("clean", dataset, artifacts, force=True, workers=worker_count())
+                speedup = (size, one["seconds"], every["seconds"])
+            if not args.keep:
+                shutil.rmtree(work / f"n{size}")
+        print("\nacross sizes (largest / smallest):")
+        for stage, found in rows.items():
+            per_image = [r["seconds"] / n for n, r in found]
+            rss = [r["peak_rss_mb"] for _, r in found]
+            print(f"  {stage:<9} time per image {max(per_image) / min(per_image):.2f}   peak RSS {max(rss) / min(rss):.2f}"
+                  f"   (RSS {min(rss):.0f}-{max(rss):.0f} MB)")
+        if speedup:
+            size, one, every = speedup
+            print(f"\nclean of {size} images: 1 worker {one:.1f} s, {worker_count()} workers {every:.1f} s: "
+                  f"speed-up {one / every:.2f}x")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
