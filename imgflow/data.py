@@ -90,7 +90,7 @@ def shard_dataset(
 def eval_batch(shape: Sequence[int], largest: int = 512) -> int:
     """Records per evaluation batch: ``largest`` for small images, fewer for large ones, since a
     batch's activations grow with its pixels (512 images of 64x64 took 700 MB through the default CNN)."""
-    return max(16, min(largest, 2**20 // (shape[0] * shape[1])))
+    return max(16, min(largest, 2**19 // (shape[0] * shape[1])))
 
 
 def iter_batches(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgflow.sources import open_source, sample
+from imgflow.sources import open_source, sample_records
 
 FORMATS = (("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"), ("WEBP", "webp"))
 MODES = ("L", "RGB", "RGBA", "P")
@@ -49,7 +49,7 @@ def dirty_folder(root: Path, count: int = 2000, bad_every: int = 100) -> Corpus:
     like an image; one image copied under a second label (a label conflict) and one exact duplicate.
     """
     corpus = Corpus(root)
-    records = sample(open_source("sample:mnist5k").records(), count)  # spread over all ten classes
+    records = sample_records(open_source("sample:mnist5k").records(), count)  # spread over all ten classes
     rng = np.random.default_rng(0)
     for index, record in enumerate(records):
         pixels = np.asarray(Image.open(io.BytesIO(record.image)))
@@ -84,7 +84,7 @@ def partitioned_parquet(root: Path, days: list[str], per_day: int, offset: int =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    records = sample(open_source("sample:mnist5k").records(), offset + per_day * len(days))[offset:]
+    records = sample_records(open_source("sample:mnist5k").records(), offset + per_day * len(days))[offset:]
     for number, day in enumerate(days):
         rows = records[number * per_day : (number + 1) * per_day]
         folder = root / f"date={day}"

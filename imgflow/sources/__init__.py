@@ -96,7 +96,7 @@ def source_fingerprint(spec: str, options: Mapping[str, Any] | None = None) -> s
     return open_source(spec, options).fingerprint()
 
 
-def sample(records: Iterable[RawRecord], limit: int) -> list[RawRecord]:
+def sample_records(records: Iterable[RawRecord], limit: int) -> list[RawRecord]:
     """``limit`` records chosen by a hash of their ids, in source order.
 
     Sources are often sorted by class, so the first N records would be one class; the N smallest id

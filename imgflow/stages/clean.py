@@ -178,7 +178,7 @@ class _Chunks:
     @classmethod
     def of(cls, raw_path: Path, scratch: Path) -> _Chunks:
         raw = open_parquet(raw_path)
-        metadata, groups = raw.metadata, chunks(raw)
+        metadata, groups = raw.metadata, chunks(raw, CHUNK_ROWS)
         sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         return cls(raw_path, groups, starts, sizes, scratch)
@@ -241,7 +241,7 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
                 "label_name": [labels[p] for p in kept_positions],
                 "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
                 "sha256": shas,
-                "pixels": decoded.column("pixels").take(keep),
+                "pixels": decoded.column("pixels").take(pa.array(keep, pa.int64())),
             }))
             bad = [p for p in range(start, start + size) if p in quarantine]
             if bad:

@@ -22,7 +22,7 @@ from imgflow import progress
 from imgflow.config import DownloadConfig
 from imgflow.errors import SourceError
 from imgflow.results import DownloadInfo, StageResult
-from imgflow.sources import open_source, sample
+from imgflow.sources import open_source, sample_records
 from imgflow.store import Stage
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.string())])
@@ -31,7 +31,7 @@ _BATCH = 1024
 
 def _build(out_dir: Path, config: DownloadConfig, inputs: Mapping[str, StageResult]) -> DownloadInfo:
     source = open_source(config.source, config.options)
-    records = source.records() if config.limit is None else sample(source.records(), config.limit)
+    records = source.records() if config.limit is None else sample_records(source.records(), config.limit)
     count = 0
     batch: dict[str, list[Any]] = {"id": [], "image": [], "label": []}
     with pq.ParquetWriter(out_dir / "records.parquet", SCHEMA) as writer:

@@ -38,7 +38,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     import tensorflow as tf
     import tf2onnx
 
-    from imgflow.data import load_arrays
+    from imgflow.data import eval_batch, load_arrays
 
     shards = inputs["shards"]
     assert isinstance(shards.info, ShardInfo), shards.stage
@@ -75,9 +75,12 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=config.opset, output_path=str(onnx_path))
 
     batch = load_arrays(shard_files(shards, "test"), shape, limit=config.parity_batch)[0].astype(np.float32)
-    loaded = tf.saved_model.load(str(out_dir / "savedmodel"))
-    from_savedmodel = loaded.signatures["serving_default"](pixels=tf.constant(batch))["probabilities"].numpy()
-    from_onnx = onnx_predict(onnx_path, batch)
+    loaded = tf.saved_model.load(str(out_dir / "savedmodel")).signatures["serving_default"]
+    step = eval_batch(shape)  # large images go through in smaller pieces: activations grow with pixels
+    from_savedmodel = np.concatenate(
+        [loaded(pixels=tf.constant(batch[i : i + step]))["probabilities"].numpy() for i in range(0, len(batch), step)]
+    )
+    from_onnx = onnx_predict(onnx_path, batch, batch_size=step)
     max_diff = float(np.abs(from_savedmodel - from_onnx).max())
     parity = Parity(
         max_abs_diff=max_diff,
@@ -123,7 +126,7 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
     scratch.unlink()
     # Both models over the test split, a batch at a time.
-    sessions = [onnx_session(float_path), onnx_session(int8_path)]
+    sessions = [onnx_session(float_path, keep_memory=False), onnx_session(int8_path, keep_memory=False)]
     correct, seen = [0, 0], 0
     for images, labels, _ in iter_batches(shard_files(shards, "test"), shape, eval_batch(shape)):
         for which, session in enumerate(sessions):

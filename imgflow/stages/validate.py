@@ -74,7 +74,7 @@ def _champion_session(champion: StageResult | None, shape: tuple[int, ...]) -> t
     only when it is another model (``imgflow.promote.versus_champion`` decides)."""
     if champion is None:
         return None, "none"
-    session = onnx_session(Path(champion.path) / "model.onnx")
+    session = onnx_session(Path(champion.path) / "model.onnx", keep_memory=False)
     expected = session.get_inputs()[0].shape[1:]
     if list(expected) != list(shape):
         return None, f"champion {champion.key} takes input {expected}, the test split is {list(shape)}: not comparable"

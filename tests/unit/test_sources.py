@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from imgflow.errors import SourceError
-from imgflow.sources import RawRecord, open_source, sample
+from imgflow.sources import RawRecord, open_source, sample_records
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -75,9 +75,9 @@ def _records(n: int) -> list[RawRecord]:
 
 def test_sample_is_spread_fixed_and_in_source_order() -> None:
     records = _records(1000)  # sorted by label, like mnist5k
-    chosen = sample(records, 100)
+    chosen = sample_records(records, 100)
     assert len(chosen) == 100
-    assert chosen == sample(list(reversed(records)), 100)[::-1]  # chosen by id, not position
+    assert chosen == sample_records(list(reversed(records)), 100)[::-1]  # chosen by id, not position
     assert [r.id for r in chosen] == sorted(r.id for r in chosen)
     assert 30 <= sum(r.label == "0" for r in chosen) <= 70  # both halves represented
-    assert sample(records, 5000) == records
+    assert sample_records(records, 5000) == records

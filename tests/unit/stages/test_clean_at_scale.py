@@ -1,0 +1,99 @@
+"""The streaming, parallel clean gives the answers the first, in-memory version gave, and the same
+bytes on one core as on several."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
+from imgflow.fingerprint import sha256_file, stable_hash
+from imgflow.results import StageResult
+from imgflow.sources import source_fingerprint
+from imgflow.stages import clean as clean_module
+from imgflow.stages.clean import CLEAN
+from imgflow.stages.download import DOWNLOAD, SCHEMA
+from imgflow.stages.shard import SHARD
+from imgflow.store import ArtifactStore
+from tests.conftest import digit_like, encode
+
+# Digests of (id, label, split, sha256) of every kept record and (id, reason) of every quarantined
+# one, as the in-memory clean of commit 5eccbf6 wrote them.
+GOLDEN = {
+    "mnist5k": ("7c3d751a3e3673762c91233e1d3e21ec7f4933e910b835feed66048ad2f251a4",
+                "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945", 5000, 0),
+    "dirty": ("0886ff4bf911585b4b2fff50a39715417b63e3a32f7d18015f0e226026746d16",
+              "b254ca9ccd6220b07781b6ff76ef0d189490e48645e49292a4e9772854644978", 1999, 63),
+    "dirty28": ("b1012c8c9b16515025249fa18003c11b8ed7e3eac59390feea0bb42b811641ab",
+                "b254ca9ccd6220b07781b6ff76ef0d189490e48645e49292a4e9772854644978", 1999, 63),
+}
+
+
+def _digests(result: StageResult) -> tuple[str, str, int, int]:
+    kept = pq.read_table(result.file("records.parquet"), columns=["id", "label_name", "split", "sha256"]).to_pylist()
+    bad = pq.read_table(result.file("quarantine.parquet"), columns=["id", "reason"]).to_pylist()
+    return (stable_hash(sorted((r["id"], r["label_name"], r["split"], r["sha256"]) for r in kept)),
+            stable_hash(sorted((r["id"], r["reason"]) for r in bad)), len(kept), len(bad))
+
+
+def _clean(store: ArtifactStore, spec: str, config: CleanConfig) -> StageResult:
+    raw = DOWNLOAD.run(store, DownloadConfig(source=spec), {"source": source_fingerprint(spec)})
+    return CLEAN.run(store, config, {"raw": raw})
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of one 1,024-record row group, on two worker processes: the parallel path on small data."""
+    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 1024)
+    monkeypatch.setenv("IMGFLOW_WORKERS", "2")
+
+
+def test_the_bundled_sample_cleans_as_it_always_did(store: ArtifactStore, small_chunks: None) -> None:
+    assert _digests(_clean(store, "sample:mnist5k", CleanConfig())) == GOLDEN["mnist5k"]
+
+
+@pytest.mark.slow
+def test_the_dirty_folder_cleans_as_it_always_did(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
+    from imgflow.testing import dirty_folder
+
+    corpus = dirty_folder(tmp_path / "dirty", count=2000)
+    assert _digests(_clean(store, f"folder:{corpus.root}", CleanConfig())) == GOLDEN["dirty"]
+    assert _digests(_clean(store, f"folder:{corpus.root}", CleanConfig(image_size=(28, 28), channels=1))) == GOLDEN["dirty28"]
+
+
+def _raw(folder: Path) -> StageResult:
+    """A raw table in row groups of 40 records with bad files, duplicates and a conflict spread across them."""
+    rows = [(f"r{i:03d}", encode(digit_like(i % 150)), str(i % 3 if i < 150 else (i + 1) % 3 if i % 7 == 0 else i % 3))
+            for i in range(300)]
+    rows[13] = ("bad/empty", b"", "1")
+    rows[77] = ("bad/text", b"not an image", "2")
+    rows[201] = ("bad/unlabeled", encode(digit_like(999)), "")
+    folder.mkdir(parents=True)
+    table = pa.table({name: [r[i] for r in rows] for i, name in enumerate(("id", "image", "label"))}, schema=SCHEMA)
+    pq.write_table(table, folder / "records.parquet", row_group_size=40)
+    return StageResult(stage="download", key="k", path=str(folder), fingerprint="raw", status="ran",
+                       info={"records": len(rows), "source": "test:spread"})
+
+
+def test_one_core_and_several_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _raw(tmp_path / "raw")
+    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 40)
+    outputs = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("IMGFLOW_WORKERS", workers)
+        store = ArtifactStore(tmp_path / f"w{workers}")
+        cleaned = CLEAN.run(store, CleanConfig(), {"raw": raw})
+        shards = SHARD.run(store, ShardConfig(records_per_shard=70), {"clean": cleaned})
+        outputs[workers] = {
+            name: sha256_file(Path(result.path) / name)
+            for result in (cleaned, shards)
+            for name in sorted(p.name for p in Path(result.path).iterdir() if p.name != "manifest.json")
+        }
+        assert cleaned.info.records_in == 300 == cleaned.info.kept + cleaned.info.quarantined
+        assert {"duplicate", "label_conflict", "empty", "not_an_image", "unlabeled"} <= set(cleaned.info.quarantine_reasons)
+        ranges = -(-cleaned.info.kept // 70)  # one shard per split for each range of 70 rows
+        assert ranges > 1 and all(len(shards.info.splits[s].files) == ranges for s in ("train", "val", "test"))
+    assert outputs["1"] == outputs["2"] and len(outputs["1"]) == 4 + 3 * ranges
