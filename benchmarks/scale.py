@@ -7,8 +7,8 @@ For each size N it generates a Parquet table of N synthetic RGB images (``imgflo
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
 clean, shard; with --train also train for one epoch, validate and export) in a fresh process of its
 own, the earlier stages already in the store, printing the stage's wall time, images/s, microseconds
-per image and the process's peak RSS (from ``wait4``: the largest resident size the stage's process
-reached; clean's and shard's worker processes are smaller and not added). Memory should not grow with
+per image and the process's peak RSS (``VmHWM``: the largest resident size the stage's process
+reached; clean's and shard's worker processes hold one chunk each and are not added). Memory should not grow with
 N and time per image should stay flat: the last lines give the spread of each across sizes. At
 ``--speedup-at`` it also cleans the same table with one worker process and with all of them
 (``IMGFLOW_WORKERS``), side by side: the speed-up of all cores over one.
@@ -50,8 +50,18 @@ def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
         started = time.perf_counter()
         results[step.name] = step.stage.run(store, step.config_of(cfg), inputs, force=force and step.name == stage)
         if step.name == stage:
-            print(json.dumps({"seconds": time.perf_counter() - started, "status": results[step.name].status}), flush=True)
+            seconds = time.perf_counter() - started
+            print(json.dumps({"seconds": seconds, "status": results[step.name].status, "peak_rss_mb": _peak_rss_mb()}), flush=True)
             return
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident size since it started its program (``VmHWM``; ``ru_maxrss`` would
+    also count the memory of the process it was forked from, before ``exec``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(stage: str, dataset: str, artifacts: Path, force: bool = False, workers: int | None = None) -> dict:
@@ -60,13 +70,10 @@ def measure(stage: str, dataset: str, artifacts: Path, force: bool = False, work
     if workers is not None:
         env["IMGFLOW_WORKERS"] = str(workers)
     command = [sys.executable, __file__, "--run-stage", stage, "--dataset", dataset, "--artifacts", str(artifacts)]
-    process = subprocess.Popen([*command, *(["--force"] if force else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    stdout = process.stdout.read()
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{stage} failed:\n{stderr[-3000:]}")
-    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, env=env, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -107,8 +107,6 @@ def make_strategy(chosen: Plan) -> Any:
 
 def float32_copy(model: Any) -> Any:
     """The same model with float32 layers and the same weights (a no-op copy for a float32 model)."""
-    import keras
-
     config = model.get_config()
 
     def to_float32(node: Any) -> Any:

@@ -136,7 +136,12 @@ class CleanTableWriter:
         self.shas: list[str] = []
         self.kept = self.quarantined = 0
         self.sample: list[dict[str, str]] = []  # the first quarantined records, for the report
-        self._kept = pq.ParquetWriter(out_dir / "records.parquet", KEPT_SCHEMA)
+        # Pixels are written as they are: compressing them cost more time than any other part of
+        # writing the table, for little (photos barely compress); unique columns get no dictionary.
+        self._kept = pq.ParquetWriter(
+            out_dir / "records.parquet", KEPT_SCHEMA, compression={name: "none" if name == "pixels" else "snappy" for name in KEPT_SCHEMA.names},
+            use_dictionary=["label", "label_name", "split"],
+        )
         self._quarantine = pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA)
 
     def __enter__(self) -> CleanTableWriter:

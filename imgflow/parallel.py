@@ -17,6 +17,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from imgflow.errors import ConfigError
@@ -35,20 +36,36 @@ def worker_count() -> int:
     return int(value)
 
 
-def ordered_map(function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int | None = None) -> Iterator[T]:
-    """``function(*job)`` for every job, yielded in the jobs' order as they finish; in worker processes
-    when there are several jobs and workers. ``function`` must be importable (a module-level name)."""
-    workers = min(worker_count() if workers is None else workers, len(jobs))
+@contextmanager
+def worker_pool(jobs: int, workers: int | None = None) -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool for up to ``jobs`` jobs (None when one process is enough: then work runs here).
+    Starting one costs about half a second, so a stage with several parallel passes keeps one."""
+    workers = min(worker_count() if workers is None else workers, jobs)
     if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool
+
+
+def ordered_map(
+    function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], pool: ProcessPoolExecutor | None | bool = True
+) -> Iterator[T]:
+    """``function(*job)`` for every job, yielded in the jobs' order as they finish: on ``pool``, on a
+    pool of its own (True, the default), or here (None). ``function`` must be importable (a
+    module-level name): the worker processes import it."""
+    if pool is True:
+        with worker_pool(len(jobs)) as own:
+            yield from ordered_map(function, jobs, own)
+        return
+    if pool is None or pool is False:
         for job in jobs:
             yield function(*job)
         return
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(function, *job) for job in jobs]
-        try:
-            for future in futures:
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    futures = [pool.submit(function, *job) for job in jobs]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()

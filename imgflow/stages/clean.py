@@ -28,9 +28,10 @@ from __future__ import annotations
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,7 +42,7 @@ from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_bytes
 from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
-from imgflow.parallel import ordered_map
+from imgflow.parallel import ordered_map, worker_pool
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage
 from imgflow.tables import open_parquet
@@ -148,7 +149,8 @@ def scan_chunk(
         positions.append(first_position + offset)
         pixels.append(decoded)
     if decoded_path is not None:
-        pq.write_table(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path)
+        # Scratch, read once by this run: not worth compressing.
+        pq.write_table(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path, compression="none")
     return scan
 
 
@@ -174,44 +176,143 @@ class _Chunks:
     starts: list[int]
     sizes: list[int]
     scratch: Path
+    pool: Any = None  # the worker pool both passes share (None: this process)
 
     @classmethod
-    def of(cls, raw_path: Path, scratch: Path) -> _Chunks:
+    def of(cls, raw_path: Path, scratch: Path, pool: Any) -> _Chunks:
         raw = open_parquet(raw_path)
         metadata, groups = raw.metadata, chunks(raw, CHUNK_ROWS)
         sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return cls(raw_path, groups, starts, sizes, scratch)
+        return cls(raw_path, groups, starts, sizes, scratch, pool)
 
     def decoded(self, index: int) -> str:
         return str(self.scratch / f"chunk-{index:05d}.parquet")
 
-    def scan(self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str) -> Scan:
-        """Scan every chunk (in parallel; decoding too when ``target`` is known): the records in order."""
+    def scan(
+        self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str,
+        then: Callable[[int, Scan, int], None] | None = None,
+    ) -> Scan:
+        """Scan every chunk (in parallel; decoding too when ``target`` is known): the records in order.
+        ``then(number, scan, start)`` runs on each chunk as soon as it and every chunk before it are
+        in, while the workers go on with the next ones."""
         jobs = [
             (str(self.raw_path), chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
             for i, chunk in enumerate(self.groups)
         ]
         scan = Scan()
-        for found in ordered_map(scan_chunk, jobs):
+        for number, found in enumerate(ordered_map(scan_chunk, jobs, self.pool)):
+            start = len(scan.ids)
             scan.extend(found)
             progress.report(len(scan.ids), sum(self.sizes), unit)
+            if then is not None:
+                then(number, scan, start)
         return scan
+
+
+class _Assembly:
+    """Writes the clean table chunk by chunk, in order, once each record's fate is known.
+
+    Duplicates are decided on the fly (the first copy of an image stays), so chunks can be written
+    while the workers still decode later ones. A label conflict cannot: it quarantines every copy,
+    earlier ones included. If one turns up (or the class list is only known at the end), the
+    assembly waits for the whole scan and writes everything then, with ``content_conflicts``;
+    either way the bytes written are the same.
+    """
+
+    def __init__(self, out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile,
+                 class_names: list[str] | None) -> None:
+        self.out_dir, self.config, self.parts, self.raw = out_dir, config, parts, raw
+        self.class_names = class_names
+        self.first_seen: dict[str, tuple[str, str, int]] = {}  # content hash -> label, id, position of its first copy
+        self.written = 0  # chunks written on the fly
+        self.writer: CleanTableWriter | None = None
+        if class_names is not None:
+            self.writer = CleanTableWriter(out_dir, config, class_names)
+
+    def on_chunk(self, number: int, scan: Scan, start: int) -> None:
+        if self.writer is None or self.written != number:
+            return  # writing on the fly was given up: the end writes everything
+        duplicates = {}
+        for position in range(start, len(scan.ids)):
+            sha = scan.shas[position]
+            if sha is None:
+                continue
+            label, first_id, first = self.first_seen.setdefault(sha, (scan.labels[position], scan.ids[position], position))
+            if first == position:
+                continue
+            if label != scan.labels[position] or first_id == scan.ids[position]:
+                # A label conflict (earlier chunks may change), or a repeated id (conflicts are
+                # decided per id): write at the end, with the whole picture.
+                return
+            duplicates[position] = ("duplicate", f"same image as {first_id}")
+        self._write(number, scan, {**scan.reasons, **duplicates})
+        self.written += 1
+
+    def finish(self, scan: Scan, class_names: list[str], image_shape: list[int], **report: Any) -> CleanInfo:
+        if self.written != len(self.parts.groups):
+            # Start over from the scratch chunks with the whole picture.
+            if self.writer is not None:
+                self.writer.__exit__()
+            self.class_names, self.writer = class_names, CleanTableWriter(self.out_dir, self.config, class_names)
+            quarantine = dict(scan.reasons)
+            found = content_conflicts(scan.ids, scan.labels, scan.shas)
+            quarantine.update((p, found[record_id]) for p, record_id in enumerate(scan.ids) if record_id in found)
+            for number in range(len(self.parts.groups)):
+                self._write(number, scan, quarantine)
+        assert self.writer is not None
+        with self.writer:
+            return self.writer.finish(records_in=len(scan.ids), image_shape=image_shape, **report)
+
+    def _write(self, number: int, scan: Scan, quarantine: Mapping[int, tuple[str, str]]) -> None:
+        """One chunk's kept records (decoded pixels from its scratch file) and quarantined ones
+        (their original bytes from the raw table)."""
+        assert self.writer is not None and self.class_names is not None
+        config, start, size = self.config, self.parts.starts[number], self.parts.sizes[number]
+        index = {name: i for i, name in enumerate(self.class_names)}
+        decoded = pq.read_table(self.parts.decoded(number))
+        positions = decoded.column("position").to_pylist()
+        keep = [i for i, position in enumerate(positions) if position not in quarantine]
+        kept = [positions[i] for i in keep]
+        shas = [scan.shas[p] for p in kept]
+        self.writer.write_kept(pa.table({
+            "id": [scan.ids[p] for p in kept],
+            "label": [index[scan.labels[p]] for p in kept],
+            "label_name": [scan.labels[p] for p in kept],
+            "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
+            "sha256": shas,
+            "pixels": decoded.column("pixels").take(pa.array(keep, pa.int64())),
+        }))
+        bad = [p for p in range(start, start + size) if p in quarantine]
+        if bad:
+            images = self.raw.read_row_groups(self.parts.groups[number], columns=["image"]).column("image")
+            self.writer.write_quarantined(pa.table({
+                "id": [scan.ids[p] for p in bad],
+                "label_name": [scan.labels[p] for p in bad],
+                "reason": [quarantine[p][0] for p in bad],
+                "detail": [quarantine[p][1] for p in bad],
+                "image": images.take([p - start for p in bad]),  # the original bytes, kept for inspection
+            }, schema=QUARANTINE_SCHEMA))
 
 
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:
     raw_info = inputs["raw"].info
     source = raw_info.source if isinstance(raw_info, DownloadInfo) else inputs["raw"].path
     raw = open_parquet(inputs["raw"].file("records.parquet"))
-    total = raw.metadata.num_rows
     scratch = out_dir / ".chunks"  # decoded pixels, chunk by chunk; removed before the output is complete
     scratch.mkdir()
-    parts = _Chunks.of(inputs["raw"].file("records.parquet"), scratch)
+    with worker_pool(len(chunks(raw, CHUNK_ROWS))) as pool:
+        return _clean(out_dir, config, _Chunks.of(inputs["raw"].file("records.parquet"), scratch, pool), raw, source)
 
+
+def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, source: str) -> CleanInfo:
+    """Scan (one pass or two), then assemble: see the module docstring."""
+    total = raw.metadata.num_rows
     # With the shape fixed by the spec, one pass probes and decodes; else the probes decide it first.
     target = _target_shape(config, []) if config.image_size is not None and config.channels is not None else None
     class_names = list(config.class_names) if config.class_names else None
-    scan = parts.scan(target, class_names, "images")
+    assembly = _Assembly(out_dir, config, parts, raw, class_names) if target is not None else None
+    scan = parts.scan(target, class_names, "images", assembly.on_chunk if assembly else None)
     probes = scan.probes()
     if not probes:
         examples = "; ".join(f"{scan.ids[p]}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
@@ -220,47 +321,19 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         class_names = sorted({label for label, h in zip(scan.labels, scan.headers, strict=True) if h is not None}, key=natural_key)
     if target is None:
         target = _target_shape(config, probes)
-        scan = parts.scan(target, class_names, "images decoded")
-
-    ids, labels = scan.ids, scan.labels
-    quarantine = dict(scan.reasons)
-    by_id = content_conflicts(ids, labels, scan.shas)
-    quarantine.update((position, by_id[record_id]) for position, record_id in enumerate(ids) if record_id in by_id)
-
-    index = {name: i for i, name in enumerate(class_names)}
-    with CleanTableWriter(out_dir, config, class_names) as writer:
-        for number, (chunk, start, size) in enumerate(zip(parts.groups, parts.starts, parts.sizes, strict=True)):
-            decoded = pq.read_table(parts.decoded(number))
-            positions = decoded.column("position").to_pylist()
-            keep = [i for i, position in enumerate(positions) if position not in quarantine]
-            kept_positions = [positions[i] for i in keep]
-            shas = [scan.shas[p] for p in kept_positions]
-            writer.write_kept(pa.table({
-                "id": [ids[p] for p in kept_positions],
-                "label": [index[labels[p]] for p in kept_positions],
-                "label_name": [labels[p] for p in kept_positions],
-                "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
-                "sha256": shas,
-                "pixels": decoded.column("pixels").take(pa.array(keep, pa.int64())),
-            }))
-            bad = [p for p in range(start, start + size) if p in quarantine]
-            if bad:
-                images = raw.read_row_groups(chunk, columns=["image"]).column("image").take([p - start for p in bad])
-                writer.write_quarantined(pa.table({
-                    "id": [ids[p] for p in bad],
-                    "label_name": [labels[p] for p in bad],
-                    "reason": [quarantine[p][0] for p in bad],
-                    "detail": [quarantine[p][1] for p in bad],
-                    "image": images,  # the original bytes, kept for inspection
-                }, schema=QUARANTINE_SCHEMA))
-        shutil.rmtree(scratch)
-        return writer.finish(
-            source=source,
-            records_in=total,
-            image_shape=[target[0][0], target[0][1], target[1]],
-            modes=Counter(p.mode for p in probes),
-            size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes),
-        )
+        assembly = _Assembly(out_dir, config, parts, raw, class_names)
+        scan = parts.scan(target, class_names, "images decoded", assembly.on_chunk)
+    assert assembly is not None
+    info = assembly.finish(
+        scan,
+        class_names,
+        image_shape=[target[0][0], target[0][1], target[1]],
+        source=source,
+        modes=Counter(p.mode for p in probes),
+        size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes),
+    )
+    shutil.rmtree(parts.scratch)
+    return info
 
 
 CLEAN = Stage("clean", "3", _build)

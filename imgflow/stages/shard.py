@@ -34,6 +34,7 @@ from imgflow.store import Stage
 from imgflow.tables import open_parquet
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
+_BATCH = 1024
 
 
 def records_per_shard(config: ShardConfig, image_shape: list[int]) -> int:
@@ -46,21 +47,21 @@ def write_shards(clean_path: str, start: int, end: int, index: int, count: int, 
     """Rows ``[start, end)`` of the clean table as shard ``index`` of every split; the labels written
     per split. Runs in a worker process."""
     table = open_parquet(clean_path)
-    first, pieces = 0, []
-    for group in range(table.metadata.num_row_groups):
-        rows = table.metadata.row_group(group).num_rows
-        if first < end and first + rows > start:
-            part = table.read_row_group(group, columns=["id", "label", "split", "pixels"])
-            pieces.append(part.slice(max(0, start - first), min(end, first + rows) - max(start, first)))
-        first += rows
     writers = {split: TFRecordWriter(str(Path(out_dir) / shard_name(split, index, count))) for split in SPLITS}
     written: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
     try:
-        for part in pieces:
-            columns = (part.column(name).to_pylist() for name in ("id", "label", "split", "pixels"))
-            for record_id, label, split, pixels in zip(*columns, strict=True):
-                writers[split].write(encode_example(record_id, pixels, label))
-                written[split][label] += 1
+        first = 0
+        for group in range(table.metadata.num_row_groups):
+            rows = table.metadata.row_group(group).num_rows
+            if first < end and first + rows > start:
+                part = table.read_row_group(group, columns=["id", "label", "split", "pixels"])
+                part = part.slice(max(0, start - first), min(end, first + rows) - max(start, first))
+                for batch in part.to_batches(max_chunksize=_BATCH):  # Python objects for a batch at a time
+                    columns = (batch.column(name).to_pylist() for name in ("id", "label", "split", "pixels"))
+                    for record_id, label, split, pixels in zip(*columns, strict=True):
+                        writers[split].write(encode_example(record_id, pixels, label))
+                        written[split][label] += 1
+            first += rows
     finally:
         for writer in writers.values():
             writer.close()

@@ -1,6 +1,5 @@
 """export: SavedModel and ONNX from a real (tiny, untrained) Keras model over real shards."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
