@@ -119,7 +119,7 @@ def build_model(
         if step.gated_by and not promoted(results[step.gated_by]):
             continue
         external: dict[str, Any] = {CHAMPION: None}
-        if step.name == "validate":
+        if step.against_champion:
             check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
             if check.recorded is not None and step.name not in run.forced:
                 results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now

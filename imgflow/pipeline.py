@@ -68,6 +68,12 @@ class Step:
     def config_of(self, cfg: RunConfig) -> Any:
         return getattr(cfg, self.config)
 
+    @property
+    def against_champion(self) -> bool:
+        """Whether it reads the champion: then ``versus_champion`` decides its inputs, or reuses the
+        champion's own validation."""
+        return any(CHAMPION in providers for providers in self.inputs.values())
+
 
 def promoted(result: StageResult) -> bool:
     """Whether a validate result promotes its candidate (what a gated step waits for)."""
@@ -87,9 +93,6 @@ class Pipeline:
                 raise ValueError(f"step {step.name} reads {sorted(missing)} before they are declared")
             seen.add(step.name)
         self.names = tuple(step.name for step in self.steps)
-
-    def step(self, name: str) -> Step:
-        return self.steps[self.names.index(name)]
 
     def check(self, name: str, what: str) -> str:
         if name not in self.names:
@@ -230,7 +233,7 @@ def plan(
             visit(step, config, part_inputs(parts) if ready else None, results)
             continue
         external: dict[str, Any] = {CHAMPION: None}
-        if step.name == "validate" and results.get("train") and results.get("shard"):
+        if step.against_champion and results.get("train") and results.get("shard"):
             check = versus_champion(store, cfg.dataset.name, config, results["train"], results["shard"])
             if check.recorded is not None and step.name not in forced and step.name in wanted:
                 results[step.name] = check.recorded
