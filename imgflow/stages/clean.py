@@ -336,4 +336,4 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     return info
 
 
-CLEAN = Stage("clean", "3", _build)
+CLEAN = Stage("clean", "4", _build)
