@@ -113,6 +113,7 @@ def build_model(
     """The steps after ingestion, in declared order: merge (partitioned runs), shard, train, validate
     against the champion, and export when the gate promotes."""
     store = ArtifactStore(run.root)
+    store.pull_models(cfg.dataset.name)  # where versus_champion reads it
     for step in PIPELINE.run_steps(partitioned=parts is not None):
         if step.per_partition or step.name not in run.wanted:
             continue
@@ -145,12 +146,18 @@ def release(
     """Promote what the gate passed and exported; publish the reports and an event; return the run
     summary."""
     name = cfg.dataset.name
+    store = ArtifactStore(run.root)
+    # What the registry and the reports read, in this machine's folder (built on another, it is fetched).
+    table = clean_table(results)
+    read = {"train", "validate", "export", table.stage if table is not None else ""}
+    results = {stage: store.localize(result) if stage in read else result for stage, result in results.items()}
+    table = clean_table(results)
     if "export" in results:
         stages.promote(run.root, name, to_jsonable(cfg), results)
-    summary = build_summary(name, run.root, results, registry.champion(run.root, name), time.time() - started, parts, run.until)
-    record_run(run.root, summary)
+    root = store.pull_models(name)  # the local folder (a mirror of an object-store root)
+    summary = build_summary(name, root, results, registry.champion(root, name), time.time() - started, parts, run.until)
+    record_run(root, summary)
     publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
-    table = clean_table(results)
     if table is not None:
         publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")
     if "validate" in results:

@@ -193,8 +193,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def _models(args: argparse.Namespace) -> int:
     from imgflow import promote, registry
 
-    root = args.artifacts
+    from imgflow.store import ArtifactStore
+
     command = args.models_command or "ls"
+    # Reads see the registry in the local folder (pulled first from an object-store root); promote
+    # and rollback lock, pull and push it themselves.
+    root = args.artifacts if command in ("promote", "rollback") else ArtifactStore(args.artifacts).pull_models(args.name)
     if command == "ls":
         names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
         console = _console()
@@ -216,7 +220,7 @@ def _models(args: argparse.Namespace) -> int:
                 )
             console.print(table)
         return 0
-    name = registry.resolve_name(root, args.name)
+    name = registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
     if command == "show":
         folder = registry.model_dir(root, name) / args.version
         if not (folder / "card.json").is_file():
@@ -239,10 +243,11 @@ def _models(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from imgflow import registry
     from imgflow.predict import input_images, input_options
+    from imgflow.store import ArtifactStore
 
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
-    registry.resolve_name(args.artifacts, args.name)
+    registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
     columns = {"image_column": args.image_column, "id_column": args.id_column}
     input_images(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
     from flows.predict import predict
@@ -268,9 +273,12 @@ def _age(seconds: float) -> str:
 
 def _cache(args: argparse.Namespace) -> int:
     from imgflow import cache
+    from imgflow.store import ArtifactStore
 
+    # An object-store root is listed and pruned in its local mirror (what this machine holds).
+    root = ArtifactStore(args.artifacts).root
     if args.cache_command == "ls":
-        found = cache.entries(args.artifacts)
+        found = cache.entries(root)
         table = _table("stage", "key", "size", "age", "used by")
         table.columns[2].justify = table.columns[3].justify = "right"
         for entry in found:
@@ -283,9 +291,9 @@ def _cache(args: argparse.Namespace) -> int:
             )
         console = _console()
         console.print(table)
-        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {args.artifacts}")
+        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {root}")
         return 0
-    removed = cache.prune(args.artifacts, keep_runs=args.keep_runs, dry_run=args.dry_run)
+    removed = cache.prune(root, keep_runs=args.keep_runs, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for entry in removed:
         print(f"{verb} {entry.stage}/{entry.key} ({entry.bytes / 1e6:.1f} MB)")

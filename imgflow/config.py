@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.errors import ConfigError
+from imgflow.objectstore import is_remote
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
@@ -115,7 +116,7 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class RunConfig:
     dataset: DatasetSpec
-    artifacts: Path
+    artifacts: str  # a folder (resolved) or an object-store URI (s3://bucket/prefix)
     download: DownloadConfig
     clean: CleanConfig
     shard: ShardConfig
@@ -215,7 +216,7 @@ def build_run_config(
         raise ConfigError(f"limit must be positive, got {effective_limit}")
     return RunConfig(
         dataset=spec,
-        artifacts=Path(artifacts).resolve(),
+        artifacts=str(artifacts) if is_remote(artifacts) else str(Path(artifacts).resolve()),
         download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options),
         **configs,
     )

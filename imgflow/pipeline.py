@@ -190,6 +190,7 @@ def plan(
     the source's fingerprint and each stored upstream output's. A stage whose input is not built yet
     runs, and so does everything after it."""
     store = ArtifactStore(cfg.artifacts)
+    store.pull_models(cfg.dataset.name)
     wanted = PIPELINE.until(until)
     planned: list[PlannedStage] = []
 
@@ -202,7 +203,7 @@ def plan(
             planned.append(PlannedStage(step.name, "run", None, "its inputs are built in this run", partition))
             return
         key = step.stage.key(config, inputs)
-        existing = store.lookup(step.name, key)
+        existing = store.lookup(step.name, key, fetch=False)
         forced_here = step.name in forced
         known[step.name] = existing if not forced_here else None
         action = "reuse" if existing is not None and not forced_here else "run"

@@ -14,7 +14,7 @@ from imgflow.errors import ConfigError
 from imgflow.fingerprint import code_fingerprint, to_jsonable
 from imgflow.model_report import report_html
 from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo, clean_table
-from imgflow.store import MANIFEST, ArtifactStore, file_lock
+from imgflow.store import MANIFEST, ArtifactStore
 
 
 def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> tuple[dict[str, Any], str]:
@@ -131,27 +131,25 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "model_card.md": card_md,
         "report.html": report_html({**card, "name": name}, Path(results["validate"].path), Path(results["train"].path)),
     }
-    folder = registry.model_dir(root, name)
-    folder.mkdir(parents=True, exist_ok=True)
     # One promotion at a time per model: two runs promoting the same candidate register it once.
-    with file_lock(folder / ".lock"):
-        version = registry.register(root, name, files, card, documents)
-        current = registry.champion(root, name)
+    with ArtifactStore(root).models(name) as local:
+        version = registry.register(local, name, files, card, documents)
+        current = registry.champion(local, name)
         if current is not None and current["version"] == version:
             return current
-        return registry.set_champion(root, name, version, reason="; ".join(card["decision"]["reasons"]))
+        return registry.set_champion(local, name, version, reason="; ".join(card["decision"]["reasons"]))
 
 
 def promote_version(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
     """Make a registered ``version`` the champion by hand (recorded with who and why)."""
-    with file_lock(registry.model_dir(root, name) / ".lock"):
-        return registry.set_champion(root, name, version, reason=f"manual promotion: {reason}")
+    with ArtifactStore(root).models(name) as local:
+        return registry.set_champion(local, name, version, reason=f"manual promotion: {reason}")
 
 
 def rollback(root: str | Path, name: str, reason: str) -> dict[str, Any]:
     """Point the champion back at the version it replaced (recorded with who and why)."""
-    with file_lock(registry.model_dir(root, name) / ".lock"):
-        current = registry.champion(root, name)
+    with ArtifactStore(root).models(name) as local:
+        current = registry.champion(local, name)
         if current is None or not current.get("previous"):
             raise ConfigError(f"model {name} has no earlier champion to roll back to")
-        return registry.set_champion(root, name, current["previous"], reason=f"rollback from {current['version']}: {reason}")
+        return registry.set_champion(local, name, current["previous"], reason=f"rollback from {current['version']}: {reason}")

@@ -33,6 +33,7 @@ from typing import Any
 
 from imgflow import __version__, memory
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
+from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
 
 MANIFEST = "manifest.json"
@@ -41,13 +42,19 @@ KEY_LENGTH = 20
 Built = Info | Mapping[str, Any]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old one or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
-    with open(tmp, "rb") as handle:
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    write_bytes_atomic(path, (json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n").encode())
 
 
 @contextlib.contextmanager
@@ -70,28 +77,91 @@ def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 class ArtifactStore:
-    """Stage outputs keyed by content, under one root folder."""
+    """Stage outputs keyed by content, under one root: a local folder, or an object-store URI
+    (``s3://bucket/prefix``) worked through a local mirror.
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).resolve()
+    With an object-store root the remote copy is the truth: an output counts as complete when its
+    manifest is there, and ``lookup`` brings a complete output into the mirror (checking every file
+    against the manifest) before handing out its local path. ``build`` takes the local lock and the
+    root's cross-machine lease (``imgflow.objectstore``), builds locally as for a local root, then
+    publishes: every file first, the manifest last. The registry (``models/``) moves the same way,
+    under a lease per model (``models``).
+    """
+
+    def __init__(self, root: str | Path, mirror: Path | None = None) -> None:
+        """``mirror``: the local folder of an object-store root (default: ``objectstore.mirror_dir``)."""
+        self.remote = ObjectRoot(str(root)) if is_remote(root) else None
+        self.root = (mirror or mirror_dir(str(root))) if self.remote else Path(root).resolve()
+        self.uri = self.remote.uri if self.remote else str(self.root)
 
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def lookup(self, stage: str, key: str) -> StageResult | None:
-        """The complete output for ``key``, or None when there is none."""
+    def _local(self, stage: str, key: str) -> StageResult | None:
         manifest_path = self.stage_dir(stage, key) / MANIFEST
         if not manifest_path.is_file():
             return None
-        manifest = json.loads(manifest_path.read_text())
+        return self._result(stage, key, manifest_path.read_bytes())
+
+    def _result(self, stage: str, key: str, manifest_bytes: bytes) -> StageResult:
+        manifest = json.loads(manifest_bytes)
         return StageResult(
             stage=stage,
             key=key,
-            path=str(manifest_path.parent),
+            path=str(self.stage_dir(stage, key)),
             fingerprint=manifest["fingerprint"],
             status="cached",
             info=manifest["info"],  # read back as the stage's info type
         )
+
+    def lookup(self, stage: str, key: str, *, fetch: bool = True) -> StageResult | None:
+        """The complete output for ``key``, or None when there is none.
+
+        With an object-store root, the output is brought into the local mirror first (unless
+        ``fetch`` is False: then only its manifest is read, for plans that need no files).
+        """
+        if self.remote is None:
+            return self._local(stage, key)
+        remote = self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}")
+        if remote is None:
+            return None
+        local = self.stage_dir(stage, key) / MANIFEST
+        if not fetch or (local.is_file() and local.read_bytes() == remote):
+            return self._result(stage, key, remote)
+        parent = self.root / stage
+        parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(parent / f".fetch-{key}"):
+            if not (local.is_file() and local.read_bytes() == remote):
+                tmp = parent / f".fetch-{key}-{uuid.uuid4().hex[:8]}"
+                try:
+                    self.remote.download(f"{stage}/{key}", json.loads(remote)["files"], tmp)
+                    (tmp / MANIFEST).write_bytes(remote)
+                    _swap_in(tmp, self.stage_dir(stage, key))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return self._result(stage, key, remote)
+
+    def localize(self, result: StageResult) -> StageResult:
+        """``result`` (built here or on another machine) with its files in this store's local folder."""
+        if self.remote is None:
+            return result
+        found = self.lookup(result.stage, result.key)
+        if found is not None:
+            return found.with_status(result.status)
+        if Path(result.path).exists():
+            return result  # not a stage output (the champion, from the pulled registry)
+        raise FileNotFoundError(f"{result.stage} output {result.key} is not in the artifact root {self.uri}")
+
+    @contextlib.contextmanager
+    def _locked(self, folder: Path, name: str) -> Iterator[Any]:
+        """The lock on ``name`` in ``folder``: a file lock here, and the root's lease when it is remote."""
+        folder.mkdir(parents=True, exist_ok=True)
+        with file_lock(folder / f".lock-{name}"):
+            if self.remote is None:
+                yield None
+                return
+            with self.remote.lease(f"{folder.relative_to(self.root).as_posix()}/.lease-{name}") as lease:
+                yield lease
 
     def build(
         self,
@@ -105,19 +175,44 @@ class ArtifactStore:
     ) -> StageResult:
         """Return the output for ``key``, calling ``build(tmp_dir) -> info`` only when it is missing.
 
-        ``build`` returns the stage's info (see ``imgflow.results``). Runs that ask for the same key at once take turns on a lock: the first builds, the others wait
-        and then find its output. ``force`` rebuilds even when an output exists, then swaps it in.
+        ``build`` returns the stage's info (see ``imgflow.results``). Runs that ask for the same key
+        at once take turns on a lock (across machines for an object-store root): the first builds,
+        the others wait and then find its output. ``force`` rebuilds even when an output exists, then
+        swaps it in. An output found on an object-store root is not fetched here: ``localize`` does
+        that where its files are read.
         """
-        existing = self.lookup(stage, key)
+        existing = self.lookup(stage, key, fetch=False)
         if existing is not None and not force:
             return existing
-        parent = self.root / stage
-        parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(parent / f".lock-{key}"):
-            existing = self.lookup(stage, key)
+        with self._locked(self.root / stage, key) as lease:
+            existing = self.lookup(stage, key, fetch=False)
             if existing is not None and not force:
                 return existing
-            return self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
+            local = self._local(stage, key)
+            if local is not None and not force and self.remote is not None:
+                # Built here by a run that died before publishing it: publish, do not rebuild.
+                self._publish(stage, key, lease)
+                return local
+            result = self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
+            if self.remote is not None:
+                self._publish(stage, key, lease, replace=force)
+            return result
+
+    def _publish(self, stage: str, key: str, lease: Any, replace: bool = False) -> None:
+        """Copy the local output of ``key`` to the object-store root: files first, manifest last
+        (after removing the old manifest when replacing, so no reader mixes the two)."""
+        assert self.remote is not None
+        folder, prefix = self.stage_dir(stage, key), f"{stage}/{key}"
+        manifest = (folder / MANIFEST).read_bytes()
+        files = sorted(json.loads(manifest)["files"])
+        if replace:
+            self.remote.delete(f"{prefix}/{MANIFEST}")
+        self.remote.upload(folder, files, prefix)
+        _failpoint(f"{stage}@publish", folder.parent / f".failpoint-{key}")
+        lease.check()
+        self.remote.write_bytes(f"{prefix}/{MANIFEST}", manifest)
+        for stale in set(self.remote.files(prefix)) - {*files, MANIFEST}:
+            self.remote.delete(f"{prefix}/{stale}")
 
     def _build_locked(
         self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]
@@ -133,7 +228,7 @@ class ArtifactStore:
             started = time.time()
             built = build(tmp)
             info = built if isinstance(built, Info) else Info(**built)
-            _failpoint(stage, tmp)
+            _failpoint(stage, tmp / ".failpoint")
             files = _file_table(tmp)
             if not files:
                 raise RuntimeError(f"stage {stage!r} produced no output in {tmp}")
@@ -149,36 +244,97 @@ class ArtifactStore:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_json_atomic(tmp / MANIFEST, manifest)
-            final = self.stage_dir(stage, key)
-            if final.exists():
-                # A forced rebuild, or debris without a manifest (only complete folders are renamed
-                # into place): move it aside in one rename, then put the new output in its place.
-                retired = parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, retired)
-                shutil.rmtree(retired, ignore_errors=True)
-            os.rename(tmp, final)
+            _swap_in(tmp, self.stage_dir(stage, key))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
             memory.release()  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
-        result = self.lookup(stage, key)
+        result = self._local(stage, key)
         assert result is not None
         return result.with_status("ran")
+
+    def pull_models(self, name: str | None = None) -> Path:
+        """Bring the registry of model ``name`` (every model when None) into the local folder: the
+        champion pointer, its history and every version not here yet. Returns the local root, where
+        ``imgflow.registry`` reads it. A no-op on a local root."""
+        if self.remote is not None:
+            names = [name] if name else sorted({f.split("/", 1)[0] for f in self.remote.files("models")})
+            for model in names:
+                self._pull_model(model)
+        return self.root
+
+    def _pull_model(self, name: str) -> None:
+        assert self.remote is not None
+        prefix, folder = f"models/{name}", self.root / "models" / name
+        found = self.remote.files(prefix)
+        if not found:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        versions = {f.split("/", 1)[0] for f in found if f.endswith("/card.json") and f.count("/") == 1}
+        for version in sorted(versions - {p.name for p in folder.iterdir() if p.is_dir()}):
+            tmp = folder / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
+            try:
+                self.remote.download(f"{prefix}/{version}", [f.split("/", 1)[1] for f in found if f.startswith(f"{version}/")], tmp)
+                with contextlib.suppress(OSError):  # another process here pulled it first
+                    os.rename(tmp, folder / version)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        for pointer in ("history.jsonl", "champion.json"):
+            data = self.remote.read_bytes(f"{prefix}/{pointer}")
+            if data is not None:
+                write_bytes_atomic(folder / pointer, data)
+
+    @contextlib.contextmanager
+    def models(self, name: str) -> Iterator[Path]:
+        """Change the registry of model ``name``: one writer at a time (across machines for an
+        object-store root, where the registry is pulled first and pushed back after: new versions,
+        card last, then the history and the champion pointer). Yields the local root."""
+        with self._locked(self.root / "models" / name, "registry") as lease:
+            self.pull_models(name)
+            yield self.root
+            if self.remote is not None:
+                self._push_model(name, lease)
+
+    def _push_model(self, name: str, lease: Any) -> None:
+        assert self.remote is not None
+        prefix, folder = f"models/{name}", self.root / "models" / name
+        published = {f.split("/", 1)[0] for f in self.remote.files(prefix) if f.endswith("/card.json")}
+        for version in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "card.json").is_file()):
+            if version.name in published:
+                continue  # versions never change once registered
+            names = sorted(p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file())
+            self.remote.upload(version, [n for n in names if n != "card.json"], f"{prefix}/{version.name}")
+            self.remote.upload(version, ["card.json"], f"{prefix}/{version.name}")
+        lease.check()
+        for pointer in ("history.jsonl", "champion.json"):
+            if (folder / pointer).is_file():
+                self.remote.upload(folder, [pointer], prefix)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing what is there (a forced rebuild, a
+    stale mirror, or debris without a manifest: only complete folders are renamed into place)."""
+    if final.exists():
+        retired = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+    os.rename(tmp, final)
 
 
 FAILPOINT = "IMGFLOW_FAILPOINT"
 
 
-def _failpoint(stage: str, tmp: Path) -> None:
-    """Crash-test hook: with IMGFLOW_FAILPOINT=<stage>, stop here (files written, no manifest yet).
+def _failpoint(point: str, marker: Path) -> None:
+    """Crash-test hook: with IMGFLOW_FAILPOINT=<point>, stop here.
 
-    Writes ``<tmp>/.failpoint`` and sleeps, so a test can SIGKILL the run at the worst moment: after
-    the stage wrote all its files but before the manifest that would make them count.
+    Points: ``<stage>`` (the stage wrote all its files, no manifest yet) and ``<stage>@publish`` (an
+    object-store root holds its files, not yet its manifest). Touches ``marker`` and sleeps, so a
+    test can SIGKILL the run at the worst moment.
     """
-    if os.environ.get(FAILPOINT) == stage:
-        (tmp / ".failpoint").touch()
+    if os.environ.get(FAILPOINT) == point:
+        marker.touch()
         time.sleep(600)
 
 
@@ -219,11 +375,12 @@ class Stage:
         self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False
     ) -> StageResult:
         key = self.key(config, inputs)
+        # Inputs built elsewhere are fetched into a local mirror only when this stage really runs.
         results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
         return store.build(
             self.name,
             key,
-            lambda out_dir: self.build(out_dir, config, results),
+            lambda out_dir: self.build(out_dir, config, {n: store.localize(v) for n, v in results.items()}),
             config=config,
             inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
             force=force,

@@ -45,9 +45,9 @@ def stage_task(step: Step) -> Task:
             return None
         store = ArtifactStore(parameters["root"])
         key = stage.key(parameters["config"], parameters["inputs"])
-        if store.lookup(stage.name, key) is None:
+        if store.lookup(stage.name, key, fetch=False) is None:
             return None  # not in the store (never built, or pruned): run, whatever Prefect remembers
-        return f"imgflow-{stage.name}-{key}-{stable_hash(str(store.root))[:12]}"
+        return f"imgflow-{stage.name}-{key}-{stable_hash(store.uri)[:12]}"
 
     def run_stage(config: Any, inputs: StageInputs, root: str, force: bool = False) -> StageResult:
         with task_progress(stage.name):

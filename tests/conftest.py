@@ -32,6 +32,64 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 server on 127.0.0.1 (moto's), with one bucket: yields ``s3://imgflow-test``. Its
+    endpoint and test credentials are set in this process's environment, which the runs the tests
+    start inherit (boto3 and pyarrow both read ``AWS_ENDPOINT_URL``)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket="imgflow-test")
+                break
+            except Exception:  # not listening yet
+                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        yield "s3://imgflow-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_root(s3_server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """An empty artifact root on the test S3 server, one per test; leases last 2 s (not 30) so a
+    test that kills a holder waits little; the local mirror under the test's tmp_path."""
+    import uuid
+
+    monkeypatch.setenv("IMGFLOW_LEASE_SECONDS", "2")
+    monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path / "mirror"))
+    return f"{s3_server}/{request.node.name.replace('[', '-').rstrip(']')[:40]}-{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore(tmp_path / "artifacts")

@@ -1,0 +1,180 @@
+"""The artifact store on an object-store root, against a real local S3 server (moto's).
+
+Two ``ArtifactStore`` objects with different mirrors stand for two machines sharing one ``s3://`` root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from imgflow import registry
+from imgflow.objectstore import LeaseLost, ObjectRoot
+from imgflow.store import MANIFEST, ArtifactStore, Stage
+
+
+def _machines(root: str, tmp_path: Path, count: int = 2) -> list[ArtifactStore]:
+    return [ArtifactStore(root, mirror=tmp_path / f"machine-{i}") for i in range(count)]
+
+
+def _counting(calls: list[int], text: str = "hello", pause: float = 0.0) -> Stage:
+    def build(out_dir: Path, config: dict, inputs: dict) -> dict:
+        calls.append(1)
+        time.sleep(pause)
+        (out_dir / "out.txt").write_text(f"{text} {len(calls)}")
+        (out_dir / "deep").mkdir()
+        (out_dir / "deep" / "part.bin").write_bytes(os.urandom(1000))
+        return {"n": len(calls)}
+
+    return Stage("demo", "1", build)
+
+
+def test_an_output_built_on_one_machine_is_complete_and_fetched_on_another(s3_root: str, tmp_path: Path) -> None:
+    here, there = _machines(s3_root, tmp_path)
+    calls: list[int] = []
+    built = _counting(calls).run(here, {}, {})
+    assert built.status == "ran"
+    remote = ObjectRoot(s3_root)
+    assert remote.files(f"demo/{built.key}") == ["deep/part.bin", MANIFEST, "out.txt"]
+
+    found = _counting(calls).run(there, {}, {})
+    assert found.status == "cached" and calls == [1] and found.fingerprint == built.fingerprint
+    assert not Path(found.path).exists(), "a cached output is fetched only where its files are read"
+    local = there.localize(found)
+    assert local.path == str(there.stage_dir("demo", built.key)) and local.status == "cached"
+    for name in ("out.txt", "deep/part.bin", MANIFEST):
+        assert local.file(name).read_bytes() == built.file(name).read_bytes()
+
+
+def test_files_without_a_manifest_do_not_count(s3_root: str, tmp_path: Path) -> None:
+    (store,) = _machines(s3_root, tmp_path, 1)
+    calls: list[int] = []
+    stage = _counting(calls)
+    key = stage.key({}, {})
+    ObjectRoot(s3_root).write_bytes(f"demo/{key}/out.txt", b"left by a run killed while publishing")
+    assert store.lookup("demo", key) is None
+    result = store.localize(stage.run(store, {}, {}))
+    assert result.status == "ran" and result.file("out.txt").read_text() == "hello 1"
+    assert ObjectRoot(s3_root).read_bytes(f"demo/{key}/out.txt") == b"hello 1"
+
+
+def test_a_fetched_file_that_does_not_match_its_manifest_is_refused(s3_root: str, tmp_path: Path) -> None:
+    here, there = _machines(s3_root, tmp_path)
+    built = _counting([]).run(here, {}, {})
+    ObjectRoot(s3_root).write_bytes(f"demo/{built.key}/out.txt", b"tampered")
+    with pytest.raises(OSError, match=rf"demo/{built.key}/out.txt does not match its manifest"):
+        there.lookup("demo", built.key)
+    assert not there.stage_dir("demo", built.key).exists(), "nothing half-fetched is left to be taken for complete"
+
+
+def test_force_replaces_the_remote_output_and_its_stale_files(s3_root: str, tmp_path: Path) -> None:
+    here, there = _machines(s3_root, tmp_path)
+    calls: list[int] = []
+    first = _counting(calls).run(here, {}, {})
+    ObjectRoot(s3_root).write_bytes(f"demo/{first.key}/stale.txt", b"from an older build")
+    assert there.localize(there.lookup("demo", first.key)).file("out.txt").read_text() == "hello 1"
+
+    forced = _counting(calls).run(here, {}, {}, force=True)
+    assert forced.status == "ran" and calls == [1, 1]
+    assert "stale.txt" not in ObjectRoot(s3_root).files(f"demo/{first.key}")
+    assert there.localize(there.lookup("demo", first.key)).file("out.txt").read_text() == "hello 2", "the mirror follows"
+
+
+def test_two_machines_asking_for_one_output_build_it_once(s3_root: str, tmp_path: Path) -> None:
+    machines = _machines(s3_root, tmp_path, 3)
+    calls: list[int] = []
+    stage = _counting(calls, pause=1.0)
+    results = []
+    threads = [threading.Thread(target=lambda m=m: results.append(stage.run(m, {}, {}))) for m in machines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted(r.status for r in results) == ["cached", "cached", "ran"]
+    assert not [f for f in ObjectRoot(s3_root).files("demo") if ".lease-" in f], "the lease is let go"
+
+
+def test_an_output_complete_here_but_never_published_is_published_not_rebuilt(s3_root: str, tmp_path: Path) -> None:
+    (store,) = _machines(s3_root, tmp_path, 1)
+    calls: list[int] = []
+    built = _counting(calls).run(store, {}, {})
+    for name in ObjectRoot(s3_root).files(f"demo/{built.key}"):  # as if killed before publishing
+        ObjectRoot(s3_root).delete(f"demo/{built.key}/{name}")
+    assert store.lookup("demo", built.key) is None
+    again = _counting(calls).run(store, {}, {})
+    assert calls == [1] and again.fingerprint == built.fingerprint
+    assert MANIFEST in ObjectRoot(s3_root).files(f"demo/{built.key}")
+
+
+_HOLD = """
+import sys, time
+from imgflow.objectstore import ObjectRoot
+with ObjectRoot(sys.argv[1]).lease("held"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_dead_holders_lease_is_taken_over_after_one_lease_period(s3_root: str) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, s3_root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # Alive, it renews: a waiter gets nothing for several lease periods.
+        waiter = threading.Thread(target=lambda: ObjectRoot(s3_root).lease("held").__enter__(), daemon=True)
+        waiter.start()
+        waiter.join(timeout=5)
+        assert waiter.is_alive(), "a live holder's lease was taken"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    started = time.monotonic()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "the dead holder's lease was never taken over"
+    assert time.monotonic() - started < 10
+
+
+def test_a_holder_that_lost_its_lease_does_not_publish(s3_root: str) -> None:
+    remote = ObjectRoot(s3_root)
+    with pytest.raises(LeaseLost), remote.lease("held") as lease:
+        # Someone else took it over (as a waiter does when the holder stalls for a lease period).
+        boto3.client("s3").put_object(Bucket="imgflow-test", Key=lease.key, Body=b"another holder")
+        time.sleep(1.5)  # past the holder's next renewal
+        lease.check()
+    assert remote.read_bytes("held") == b"another holder", "a lost lease is not deleted by its old holder"
+
+
+def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -> None:
+    here, there = _machines(s3_root, tmp_path)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes")
+    card = {"model_fingerprint": "abc", "metrics": {"accuracy": 0.9}}
+    with here.models("digits") as root:
+        version = registry.register(root, "digits", {"model.onnx": model}, card, {"model_card.md": "# {version}"})
+        registry.set_champion(root, "digits", version, reason="first")
+    assert registry.champion(there.root, "digits") is None
+    assert there.pull_models() == there.root
+    pointer = registry.champion(there.root, "digits")
+    assert pointer["version"] == "v1" and pointer["accuracy"] == 0.9
+    assert (Path(pointer["path"]) / "model.onnx").read_bytes() == b"onnx bytes"
+    assert (Path(pointer["path"]) / "model_card.md").read_text() == "# v1"
+
+    # The second machine registers the next version; the first sees it after a pull.
+    card2 = {"model_fingerprint": "def", "metrics": {"accuracy": 0.95}}
+    with there.models("digits") as root:
+        assert registry.register(root, "digits", {"model.onnx": model}, card2, {}) == "v2"
+        registry.set_champion(root, "digits", "v2", reason="better")
+    here.pull_models("digits")
+    assert registry.versions(here.root, "digits") == ["v1", "v2"]
+    assert [m["version"] for m in registry.history(here.root, "digits")] == ["v1", "v2"]
+    assert json.loads((here.root / "models" / "digits" / "v2" / "card.json").read_text())["version"] == "v2"
+    assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
