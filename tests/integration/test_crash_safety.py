@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from imgflow.objectstore import CACHE, ObjectRoot
 from imgflow.store import FAILPOINT, MANIFEST
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ STAGES = ("download", "clean", "shard", "train", "validate", "export")
 SMALL = ["--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0"]
 
 
-def _start(artifacts: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start(artifacts: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(artifacts), "--json", *args]
     return subprocess.Popen(
         command,
@@ -54,19 +55,21 @@ def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: fl
     process.wait(timeout=60)
 
 
-def _fingerprints(summary: dict) -> dict[str, str]:
-    """Output fingerprints of every stage up to validate, and the export's parity check.
+def _fingerprints(summary: dict, root: str | None = None) -> dict[str, str]:
+    """Output fingerprints of every stage up to validate, and the export's parity check, read from
+    the local folders the summary names or, given ``root``, from that object-store root.
 
     A SavedModel's bytes differ from one export to the next (TensorFlow names traced functions with
     process counters), so an export is compared by what it computes: its parity with the model.
     """
-    found = {
-        stage: json.loads((Path(entry["path"]) / MANIFEST).read_text())["fingerprint"]
-        for stage, entry in summary["stages"].items()
-        if entry.get("path") and stage != "export"
-    }
-    parity = json.loads((Path(summary["stages"]["export"]["path"]) / "parity.json").read_text())
-    return {**found, "export parity": parity}
+    def read(stage: str, name: str) -> dict:
+        entry = summary["stages"][stage]
+        if root is None:
+            return json.loads((Path(entry["path"]) / name).read_text())
+        return json.loads(ObjectRoot(root).read_bytes(f"{stage}/{entry['key']}/{name}"))
+
+    found = {stage: read(stage, MANIFEST)["fingerprint"] for stage, entry in summary["stages"].items() if entry.get("path") and stage != "export"}
+    return {**found, "export parity": read("export", "parity.json")}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,31 @@ def test_sigkill_inside_a_stage_then_rerun_matches_an_uninterrupted_run(tmp_path
     assert _fingerprints(rerun) == _fingerprints(uninterrupted)
     assert rerun["metrics"] == uninterrupted["metrics"] and rerun["decision"] == "promoted"
     assert not any((artifacts / stage).glob(".tmp-*")), "the rerun cleans up what the killed run left"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_while_publishing_to_s3_then_another_machine_finishes(
+    tmp_path: Path, stage: str, uninterrupted: dict, s3_root: str
+) -> None:
+    """The object-store root's worst moment: the stage's files uploaded, its manifest not. The run
+    dies holding the key's lease; a run on another machine (another mirror) takes the lease over
+    once it stops being renewed, rebuilds that stage and matches an uninterrupted run."""
+    mirror_a, mirror_b = tmp_path / "machine-a", tmp_path / "machine-b"
+    process = _start(s3_root, *SMALL, env={FAILPOINT: f"{stage}@publish", CACHE: str(mirror_a)})
+    _kill_when(process, lambda: any(mirror_a.glob(f"*/{stage}/.failpoint-*")))
+    key = next(mirror_a.glob(f"*/{stage}/.failpoint-*")).name.removeprefix(".failpoint-")
+    remote = ObjectRoot(s3_root)
+    assert remote.files(f"{stage}/{key}") and MANIFEST not in remote.files(f"{stage}/{key}"), "files, no manifest"
+
+    rerun = _finish(_start(s3_root, *SMALL, env={CACHE: str(mirror_b)}))
+    position = STAGES.index(stage)
+    assert {s: rerun["stages"][s]["status"] for s in STAGES} == {
+        s: "cached" if i < position else "ran" for i, s in enumerate(STAGES)
+    }
+    assert rerun["stages"][stage]["key"] == key
+    assert _fingerprints(rerun, s3_root) == _fingerprints(uninterrupted)
+    assert rerun["metrics"] == uninterrupted["metrics"] and rerun["decision"] == "promoted"
+    assert not [f for f in remote.files("") if ".lease-" in f], "every lease is let go or taken over"
 
 
 def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
@@ -126,7 +154,27 @@ def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path) -> None:
     assert first["version"] == second["version"] == "v1"
     assert sorted(p.name for p in (artifacts / "models" / "digits").iterdir() if p.is_dir()) == ["v1"]
 
-    # A third run over the same finished work is all cached and never imports TensorFlow.
+    _cached_rerun_skips_tensorflow(str(artifacts))
+
+
+def test_two_machines_at_once_on_s3_compute_each_stage_once(tmp_path: Path, s3_root: str) -> None:
+    runs = [
+        _start(s3_root, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}"), CACHE: str(tmp_path / f"machine-{i}")})
+        for i in range(2)
+    ]
+    first, second = (_finish(run) for run in runs)
+    remote = ObjectRoot(s3_root)
+    for stage in STAGES:
+        assert sorted([first["stages"][stage]["status"], second["stages"][stage]["status"]]) == ["cached", "ran"], stage
+        assert first["stages"][stage]["key"] == second["stages"][stage]["key"]
+        assert [f for f in remote.files(stage) if f.endswith(MANIFEST)] == [f"{first['stages'][stage]['key']}/{MANIFEST}"]
+    assert first["version"] == second["version"] == "v1"
+    assert sorted({f.split("/")[0] for f in remote.files("models/digits") if "/" in f}) == ["v1"]
+    _cached_rerun_skips_tensorflow(s3_root, {CACHE: str(tmp_path / "machine-3")})
+
+
+def _cached_rerun_skips_tensorflow(artifacts: str, env: dict[str, str] | None = None) -> None:
+    """A run over the same finished work is all cached and never imports TensorFlow."""
     script = (
         "import json, sys\n"
         "from flows.train import train\n"
@@ -134,6 +182,6 @@ def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path) -> None:
         "print(json.dumps({'tensorflow': 'tensorflow' in sys.modules,"
         " 'statuses': sorted({entry['status'] for entry in summary['stages'].values()})}))\n"
     )
-    warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert json.loads(warm.stdout.strip().splitlines()[-1]) == {"tensorflow": False, "statuses": ["cached"]}
