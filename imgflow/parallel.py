@@ -9,6 +9,10 @@ with 1, or a single chunk, everything runs in this process.
 The pool's processes come from a ``forkserver``: a clean interpreter that forks the workers, so they
 never inherit the threads of the process that asked (Prefect's event loop, Arrow's and TensorFlow's
 thread pools), which plain ``fork`` would copy in whatever state their locks were.
+
+``cluster_pool`` is the same for work that may leave the machine: with ``IMGFLOW_TASK_RUNNER=dask``
+(a local Dask cluster of processes) or ``dask:ADDRESS`` (an existing scheduler) it is a Dask executor,
+so adding workers adds throughput; its jobs then name their data by URIs every worker can reach.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -24,6 +28,7 @@ from imgflow.errors import ConfigError
 
 T = TypeVar("T")
 WORKERS = "IMGFLOW_WORKERS"
+RUNNER = "IMGFLOW_TASK_RUNNER"
 
 
 def worker_count() -> int:
@@ -48,8 +53,45 @@ def worker_pool(jobs: int, workers: int | None = None) -> Iterator[ProcessPoolEx
         yield pool
 
 
+def dask_address() -> str | None:
+    """With ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]``, the scheduler's address ("" for a local cluster);
+    None otherwise (the flows read the same variable for their task runner)."""
+    kind, _, address = os.environ.get(RUNNER, "threads").partition(":")
+    return address if kind == "dask" else None
+
+
+@contextmanager
+def cluster_pool(jobs: int) -> Iterator[Executor | None]:
+    """A Dask executor when ``IMGFLOW_TASK_RUNNER`` asks for Dask, else ``worker_pool(jobs)``.
+
+    Inside a task that already runs on a Dask worker (a backfill's partitions on the Dask task
+    runner), the jobs go to that worker's cluster through ``worker_client``, which takes the waiting
+    task out of the worker's thread pool so it cannot starve its own jobs.
+    """
+    address = dask_address()
+    if address is None or jobs <= 1:
+        with worker_pool(jobs) as pool:
+            yield pool
+        return
+    from distributed import Client, LocalCluster, get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:  # not on a worker
+        if address:
+            with Client(address) as client:
+                yield client.get_executor(pure=False)
+            return
+        with (LocalCluster(n_workers=min(worker_count(), jobs), threads_per_worker=1, processes=True,
+                           dashboard_address=None) as cluster, Client(cluster) as client):
+            yield client.get_executor(pure=False)
+        return
+    with worker_client() as client:
+        yield client.get_executor(pure=False)
+
+
 def ordered_map(
-    function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], pool: ProcessPoolExecutor | None | bool = True
+    function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], pool: Executor | None | bool = True
 ) -> Iterator[T]:
     """``function(*job)`` for every job, yielded in the jobs' order as they finish: on ``pool``, on a
     pool of its own (True, the default), or here (None). ``function`` must be importable (a

@@ -154,6 +154,7 @@ class StageResult(BaseModel):
     fingerprint: str
     status: str  # "ran" or "cached"
     info: SerializeAsAny[Info] = Field(default_factory=Info)
+    uri: str | None = None  # the output on an object-store root (``path`` is its local mirror)
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,7 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import os
@@ -112,6 +113,7 @@ class ArtifactStore:
             fingerprint=manifest["fingerprint"],
             status="cached",
             info=manifest["info"],  # read back as the stage's info type
+            uri=self.remote.url(f"{stage}/{key}") if self.remote else None,
         )
 
     def lookup(self, stage: str, key: str, *, fetch: bool = True) -> StageResult | None:
@@ -196,6 +198,8 @@ class ArtifactStore:
             result = self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
             if self.remote is not None:
                 self._publish(stage, key, lease, replace=force)
+                for name in self.remote.files(f"{stage}/.work-{key}"):  # shared scratch (see shared_scratch)
+                    self.remote.delete(f"{stage}/.work-{key}/{name}")
             return result
 
     def _publish(self, stage: str, key: str, lease: Any, replace: bool = False) -> None:
@@ -224,6 +228,7 @@ class ArtifactStore:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        shared = _SHARED_SCRATCH.set(self.remote.url(f"{stage}/.work-{key}") if self.remote else None)
         try:
             started = time.time()
             built = build(tmp)
@@ -249,6 +254,7 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
+            _SHARED_SCRATCH.reset(shared)
             memory.release()  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         result = self._local(stage, key)
@@ -348,6 +354,22 @@ def scratch_dir(out_dir: Path) -> Path:
     folder = out_dir.parent / f".work-{key}"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+_SHARED_SCRATCH: contextvars.ContextVar[str | None] = contextvars.ContextVar("shared_scratch", default=None)
+
+
+def shared_scratch(out_dir: Path) -> str:
+    """Scratch for the build writing into ``out_dir`` that every worker of a cluster can reach: on an
+    object-store root the URI of ``<stage>/.work-<key>/`` there (removed once the output is
+    published), else ``<out_dir>/.shared`` (a local root reaches only the workers that share its
+    disk). Pyarrow reads and writes either."""
+    remote = _SHARED_SCRATCH.get()
+    if remote is not None:
+        return remote
+    folder = out_dir / ".shared"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_bytes
 from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
-from imgflow.parallel import ordered_map, worker_pool
+from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
-from imgflow.store import Stage
+from imgflow.store import Stage, shared_scratch
 from imgflow.tables import open_parquet
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
@@ -171,15 +171,15 @@ def _target_shape(config: CleanConfig, probes: Sequence[Probe]) -> tuple[tuple[i
 class _Chunks:
     """The raw table cut into chunks: each chunk's row groups and the position of its first record."""
 
-    raw_path: Path
+    raw_path: str  # a local path or a URI
     groups: list[list[int]]
     starts: list[int]
     sizes: list[int]
-    scratch: Path
+    scratch: str  # a local folder or a URI
     pool: Any = None  # the worker pool both passes share (None: this process)
 
     @classmethod
-    def of(cls, raw_path: Path, scratch: Path, pool: Any) -> _Chunks:
+    def of(cls, raw_path: str, scratch: str, pool: Any) -> _Chunks:
         raw = open_parquet(raw_path)
         metadata, groups = raw.metadata, chunks(raw, CHUNK_ROWS)
         sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
@@ -187,7 +187,7 @@ class _Chunks:
         return cls(raw_path, groups, starts, sizes, scratch, pool)
 
     def decoded(self, index: int) -> str:
-        return str(self.scratch / f"chunk-{index:05d}.parquet")
+        return f"{self.scratch}/chunk-{index:05d}.parquet"
 
     def scan(
         self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str,
@@ -197,7 +197,7 @@ class _Chunks:
         ``then(number, scan, start)`` runs on each chunk as soon as it and every chunk before it are
         in, while the workers go on with the next ones."""
         jobs = [
-            (str(self.raw_path), chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
+            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
             for i, chunk in enumerate(self.groups)
         ]
         scan = Scan()
@@ -298,11 +298,23 @@ class _Assembly:
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:
     raw_info = inputs["raw"].info
     source = raw_info.source if isinstance(raw_info, DownloadInfo) else inputs["raw"].path
-    raw = open_parquet(inputs["raw"].file("records.parquet"))
-    scratch = out_dir / ".chunks"  # decoded pixels, chunk by chunk; removed before the output is complete
-    scratch.mkdir()
-    with worker_pool(len(chunks(raw, CHUNK_ROWS))) as pool:
-        return _clean(out_dir, config, _Chunks.of(inputs["raw"].file("records.parquet"), scratch, pool), raw, source)
+    raw_path = str(inputs["raw"].file("records.parquet"))
+    raw = open_parquet(raw_path)
+    if dask_address() is not None:
+        # Workers on other machines read the raw table and write their chunks where all can reach:
+        # the object-store root when there is one.
+        if inputs["raw"].uri is not None:
+            raw_path = f"{inputs['raw'].uri}/records.parquet"
+        scratch = shared_scratch(out_dir)
+    else:
+        scratch = str(out_dir / ".chunks")
+        Path(scratch).mkdir()
+    # Decoded pixels, chunk by chunk: removed before the output is complete (by the store, remotely).
+    with cluster_pool(len(chunks(raw, CHUNK_ROWS))) as pool:
+        info = _clean(out_dir, config, _Chunks.of(raw_path, scratch, pool), raw, source)
+    if "://" not in scratch:
+        shutil.rmtree(scratch)
+    return info
 
 
 def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, source: str) -> CleanInfo:
@@ -332,7 +344,6 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
         modes=Counter(p.mode for p in probes),
         size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes),
     )
-    shutil.rmtree(parts.scratch)
     return info
 
 

@@ -125,6 +125,7 @@ with ObjectRoot(sys.argv[1]).lease("held"):
 """
 
 
+@pytest.mark.slow
 def test_a_dead_holders_lease_is_taken_over_after_one_lease_period(s3_root: str) -> None:
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, s3_root], stdout=subprocess.PIPE, text=True)
     try:

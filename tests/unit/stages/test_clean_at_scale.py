@@ -3,6 +3,7 @@ bytes on one core as on several."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,13 +12,14 @@ import pytest
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
 from imgflow.fingerprint import sha256_file, stable_hash
-from imgflow.results import StageResult
+from imgflow.objectstore import ObjectRoot
+from imgflow.results import DownloadInfo, StageResult
 from imgflow.sources import source_fingerprint
 from imgflow.stages import clean as clean_module
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
-from imgflow.store import ArtifactStore
+from imgflow.store import ArtifactStore, Stage
 from tests.conftest import digit_like, encode
 
 # Digests of (id, label, split, sha256) of every kept record and (id, reason) of every quarantined
@@ -97,3 +99,38 @@ def test_one_core_and_several_write_the_same_bytes(tmp_path: Path, monkeypatch: 
         ranges = -(-cleaned.info.kept // 70)  # one shard per split for each range of 70 rows
         assert ranges > 1 and all(len(shards.info.splits[s].files) == ranges for s in ("train", "val", "test"))
     assert outputs["1"] == outputs["2"] and len(outputs["1"]) == 4 + 3 * ranges
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_root: str
+) -> None:
+    """The chunks run on the Dask workers (separate processes), which read the raw table from the
+    s3:// root and write their decoded chunks there; the output is byte for byte a single process's."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    local = _raw(tmp_path / "raw")
+    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 40)
+    monkeypatch.setenv("IMGFLOW_WORKERS", "1")
+    alone = CLEAN.run(ArtifactStore(tmp_path / "alone"), CleanConfig(), {"raw": local})
+
+    shared = ArtifactStore(s3_root, mirror=tmp_path / "mirror")
+
+    def upload(out_dir: Path, config: dict, inputs: dict) -> DownloadInfo:
+        shutil.copy(local.file("records.parquet"), out_dir)
+        return local.info
+
+    raw = Stage("download", "test", upload).run(shared, {}, {"source": "spread"})
+    assert raw.uri is not None
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        monkeypatch.setenv("IMGFLOW_TASK_RUNNER", f"dask:{cluster.scheduler_address}")
+        with get_task_stream(client) as stream:
+            cleaned = shared.localize(CLEAN.run(shared, CleanConfig(), {"raw": raw}))
+    scans = [task for task in stream.data if task["key"].startswith("scan_chunk")]
+    assert len(scans) == 2 * 8, "two passes (probe, then decode) over 8 chunks, all on the cluster"
+    assert len({task["worker"] for task in scans}) == 2
+    files = sorted(p.name for p in Path(alone.path).iterdir() if p.name != "manifest.json")
+    assert files == sorted(p.name for p in Path(cleaned.path).iterdir() if p.name != "manifest.json")
+    assert {n: sha256_file(Path(alone.path) / n) for n in files} == {n: sha256_file(Path(cleaned.path) / n) for n in files}
+    assert not ObjectRoot(s3_root).files(f"clean/.work-{cleaned.key}"), "the shared scratch goes once the output is in"
