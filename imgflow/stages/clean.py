@@ -20,7 +20,9 @@ probe, content hash or quarantine reason), so memory holds one chunk per worker,
 When the spec fixes ``image_size`` and ``channels`` one pass does both; otherwise a first pass probes
 every header (the most common size, whether every image is grayscale), a second decodes. Duplicates
 and conflicts are found on the content hashes, then the chunks are written out in order: a parallel
-run's output is byte-identical to a serial one's.
+run's output is byte-identical to a serial one's. With ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the
+chunks run on a Dask cluster instead (``imgflow.parallel.cluster_pool``), reading the raw table from,
+and writing the chunks to, the object-store root when there is one (``store.shared_scratch``).
 """
 
 from __future__ import annotations
