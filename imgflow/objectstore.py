@@ -180,6 +180,7 @@ class Lease:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.etag: str | None = None
         self.lost = False
+        self.error: Exception | None = None  # the last failed renewal's error, for LeaseLost's message
         self._beats = 0
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -225,16 +226,27 @@ class Lease:
         self._renewer.start()
 
     def _renew(self) -> None:
+        """Every third of a lease period. A renewal that fails on the network is tried again at the
+        next tick; once none has succeeded for a whole period, a waiter may have taken over: lost."""
+        renewed = time.monotonic()
         while not self._stop.wait(self.seconds / 3):
             assert self.etag is not None
-            if not self._put(IfMatch=self.etag):
-                self.lost = True
-                return
+            try:
+                if not self._put(IfMatch=self.etag):
+                    self.lost = True  # someone else holds it now
+                    return
+                renewed = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - transient (connection, throttling): the next tick retries
+                self.error = exc
+                if time.monotonic() - renewed > self.seconds:
+                    self.lost = True
+                    return
 
     def check(self) -> None:
         """Raise ``LeaseLost`` if the lease is no longer ours."""
         if self.lost:
-            raise LeaseLost(f"lost the lease s3://{self.bucket}/{self.key} (stalled longer than {self.seconds:g} s?): not publishing")
+            why = f"renewals failed: {self.error}" if self.error else f"stalled longer than {self.seconds:g} s?"
+            raise LeaseLost(f"lost the lease s3://{self.bucket}/{self.key} ({why}): not publishing")
 
     def release(self) -> None:
         from botocore.exceptions import ClientError

@@ -179,3 +179,16 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
     assert [m["version"] for m in registry.history(here.root, "digits")] == ["v1", "v2"]
     assert json.loads((here.root / "models" / "digits" / "v2" / "card.json").read_text())["version"] == "v2"
     assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
+
+
+def test_a_holder_whose_renewals_keep_failing_gives_the_lease_up(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = ObjectRoot(s3_root)
+    with pytest.raises(LeaseLost, match="renewals failed: .*connection refused"), remote.lease("held") as lease:
+        def unreachable(**condition: str) -> bool:
+            raise ConnectionError("connection refused")
+
+        monkeypatch.setattr(lease, "_put", unreachable)
+        time.sleep(1.0)
+        lease.check()  # one failed renewal: still within the period, still ours
+        time.sleep(2.5)
+        lease.check()
