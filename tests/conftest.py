@@ -3,9 +3,12 @@ touches ~/.prefect."""
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,43 @@ from PIL import Image  # noqa: E402
 
 from imgflow.results import StageResult, TrainInfo  # noqa: E402
 from imgflow.store import ArtifactStore, Stage  # noqa: E402
+
+# How long the session may take, after its last test ran, to tear its servers down and exit.
+_EXIT_GRACE_SECONDS = 180
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Before the last test's teardown (which stops the session's servers), start a watchdog: if the
+    process has not exited ``_EXIT_GRACE_SECONDS`` later, it prints where every thread is stuck and
+    exits with the session's result. Third-party shutdown code (Prefect's unbounded log and event
+    drains, pyarrow's S3 finaliser: apache/arrow#50188) can hang a process whose tests have all been
+    reported; CI would then time out with the verdict unprinted. The watchdog turns that into a
+    loud traceback and a prompt exit."""
+    if nextitem is not None:
+        return
+    session = item.session
+
+    def watch() -> None:
+        threading.Event().wait(_EXIT_GRACE_SECONDS)
+        status = 1 if session.testsfailed else 0
+        sys.stdout.flush()
+        print(
+            f"\nThe test process had not exited {_EXIT_GRACE_SECONDS} s after its last test "
+            f"({session.testsfailed} failed); where each thread was stuck:",
+            file=sys.__stderr__, flush=True,
+        )
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        os._exit(status)
+
+    threading.Thread(target=watch, name="exit watchdog", daemon=True).start()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The watchdog's backstop for a hang that holds the GIL (its thread could not run): faulthandler's
+    own C thread prints the stacks and exits with status 1 a minute after the watchdog would have."""
+    faulthandler.dump_traceback_later(_EXIT_GRACE_SECONDS + 60, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")
