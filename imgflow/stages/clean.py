@@ -27,6 +27,7 @@ and writing the chunks to, the object-store root when there is one (``store.shar
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 from collections import Counter
@@ -42,7 +43,6 @@ from imgflow import progress
 from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, content_conflicts, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
-from imgflow.fingerprint import sha256_bytes
 from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
 from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
@@ -56,16 +56,17 @@ _DECODED = pa.schema([("position", pa.int64()), ("pixels", pa.binary())])
 
 @dataclass
 class Scan:
-    """What the workers found, one entry per record in table order: compact keys only (about 250
-    bytes a record), whatever the size of the images."""
+    """What the workers found, one entry per record in table order: compact keys only (about 170
+    bytes a record: the id, shared label and header strings, a 32-byte digest), whatever the size of
+    the images."""
 
     ids: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     headers: list[str | None] = field(default_factory=list)  # "HxW MODE" from the header; None: unreadable
-    shas: list[str | None] = field(default_factory=list)  # of the decoded pixels, when decoded
+    shas: list[bytes | None] = field(default_factory=list)  # sha256 digest of the decoded pixels, when decoded
     reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (reason, detail)
 
-    def add(self, record_id: str, label: str, header: str | None, sha: str | None = None,
+    def add(self, record_id: str, label: str, header: str | None, sha: bytes | None = None,
             reason: tuple[str, str] | None = None) -> None:
         if reason is not None:
             self.reasons[len(self.ids)] = reason
@@ -147,7 +148,7 @@ def scan_chunk(
         except BadImage as bad:
             scan.add(record_id, label, header, reason=(bad.reason, bad.detail))
             continue
-        scan.add(record_id, label, header, sha=sha256_bytes(decoded))
+        scan.add(record_id, label, header, sha=hashlib.sha256(decoded).digest())
         positions.append(first_position + offset)
         pixels.append(decoded)
     if decoded_path is not None:
@@ -226,7 +227,7 @@ class _Assembly:
                  class_names: list[str] | None) -> None:
         self.out_dir, self.config, self.parts, self.raw = out_dir, config, parts, raw
         self.class_names = class_names
-        self.first_seen: dict[str, tuple[str, str, int]] = {}  # content hash -> label, id, position of its first copy
+        self.first_seen: dict[bytes, int] = {}  # content hash -> position of its first copy
         self.written = 0  # chunks written on the fly
         self.writer: CleanTableWriter | None = None
         if class_names is not None:
@@ -240,14 +241,14 @@ class _Assembly:
             sha = scan.shas[position]
             if sha is None:
                 continue
-            label, first_id, first = self.first_seen.setdefault(sha, (scan.labels[position], scan.ids[position], position))
+            first = self.first_seen.setdefault(sha, position)
             if first == position:
                 continue
-            if label != scan.labels[position] or first_id == scan.ids[position]:
+            if scan.labels[first] != scan.labels[position] or scan.ids[first] == scan.ids[position]:
                 # A label conflict (earlier chunks may change), or a repeated id (conflicts are
                 # decided per id): write at the end, with the whole picture.
                 return
-            duplicates[position] = ("duplicate", f"same image as {first_id}")
+            duplicates[position] = ("duplicate", f"same image as {scan.ids[first]}")
         self._write(number, scan, {**scan.reasons, **duplicates})
         self.written += 1
 
@@ -276,7 +277,7 @@ class _Assembly:
         positions = decoded.column("position").to_pylist()
         keep = [i for i, position in enumerate(positions) if position not in quarantine]
         kept = [positions[i] for i in keep]
-        shas = [scan.shas[p] for p in kept]
+        shas = [scan.shas[p].hex() for p in kept]  # type: ignore[union-attr]  # decoded: it has one
         self.writer.write_kept(pa.table({
             "id": [scan.ids[p] for p in kept],
             "label": [index[scan.labels[p]] for p in kept],

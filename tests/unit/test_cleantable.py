@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.cleantable import KEPT_SCHEMA, QUARANTINE_SCHEMA, CleanTableWriter, assign_split, content_conflicts, natural_key
+from imgflow.cleantable import (
+    KEPT_SCHEMA,
+    QUARANTINE_SCHEMA,
+    CleanTableWriter,
+    assign_split,
+    content_conflicts,
+    data_fingerprint,
+    natural_key,
+)
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 
@@ -36,7 +46,7 @@ def test_content_conflicts_keep_the_first_duplicate_and_drop_every_conflicting_c
 def _kept(names: list[str]) -> pa.Table:
     rows = len(names)
     return pa.table({"id": [str(i) for i in range(rows)], "label": [0] * rows, "label_name": names, "split": ["train"] * rows,
-                     "sha256": [str(i) for i in range(rows)], "pixels": [b"\0"] * rows}, schema=KEPT_SCHEMA)
+                     "sha256": [hashlib.sha256(bytes([i])).hexdigest() for i in range(rows)], "pixels": [b"\0"] * rows}, schema=KEPT_SCHEMA)
 
 
 def _write(folder, records_in: int, names: list[str]):
@@ -47,6 +57,14 @@ def _write(folder, records_in: int, names: list[str]):
         writer.write_quarantined(QUARANTINE_SCHEMA.empty_table())
         return writer.finish(source="test:x", records_in=records_in, image_shape=[1, 1, 1], modes={"L": 2},
                              size_counts={"1x1": 1, "1x3": 1})
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 4096, 9000])
+def test_the_data_fingerprint_from_packed_digests_is_the_stable_hash_of_the_sorted_hex_list(count: int) -> None:
+    from imgflow.fingerprint import stable_hash
+
+    hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(count)]
+    assert data_fingerprint(bytes.fromhex("".join(hexes))) == stable_hash(sorted(hexes))
 
 
 def test_the_accounting_must_add_up_and_two_classes_must_be_left(tmp_path) -> None:
