@@ -47,7 +47,7 @@ from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
 from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage, shared_scratch
-from imgflow.tables import open_parquet
+from imgflow.tables import open_parquet, read_scratch, write_scratch
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
 _UNLABELED = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
@@ -152,8 +152,7 @@ def scan_chunk(
         positions.append(first_position + offset)
         pixels.append(decoded)
     if decoded_path is not None:
-        # Scratch, read once by this run: not worth compressing.
-        pq.write_table(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path, compression="none")
+        write_scratch(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path)
     return scan
 
 
@@ -190,7 +189,7 @@ class _Chunks:
         return cls(raw_path, groups, starts, sizes, scratch, pool)
 
     def decoded(self, index: int) -> str:
-        return f"{self.scratch}/chunk-{index:05d}.parquet"
+        return f"{self.scratch}/chunk-{index:05d}.arrow"
 
     def scan(
         self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str,
@@ -273,10 +272,13 @@ class _Assembly:
         assert self.writer is not None and self.class_names is not None
         config, start, size = self.config, self.parts.starts[number], self.parts.sizes[number]
         index = {name: i for i, name in enumerate(self.class_names)}
-        decoded = pq.read_table(self.parts.decoded(number))
+        decoded = read_scratch(self.parts.decoded(number))
         positions = decoded.column("position").to_pylist()
         keep = [i for i, position in enumerate(positions) if position not in quarantine]
         kept = [positions[i] for i in keep]
+        pixels = decoded.column("pixels")
+        if len(keep) < len(positions):
+            pixels = pixels.take(pa.array(keep, pa.int64()))
         shas = [scan.shas[p].hex() for p in kept]  # type: ignore[union-attr]  # decoded: it has one
         self.writer.write_kept(pa.table({
             "id": [scan.ids[p] for p in kept],
@@ -284,7 +286,7 @@ class _Assembly:
             "label_name": [scan.labels[p] for p in kept],
             "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
             "sha256": shas,
-            "pixels": decoded.column("pixels").take(pa.array(keep, pa.int64())),
+            "pixels": pixels,
         }))
         bad = [p for p in range(start, start + size) if p in quarantine]
         if bad:
