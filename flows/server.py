@@ -4,6 +4,8 @@
 with ``PREFECT_API_URL`` set it uses that server; without, it starts Prefect's temporary server
 (``SubprocessASGIServer``, the one Prefect itself would start on first use) on a free local port,
 points this process at it, and at the end sends the logs and events still queued before stopping it.
+Runs started at once on one machine share ``PREFECT_HOME``'s database: their servers start one at a
+time, since two servers migrating a new database together collide ("duplicate column name").
 Doing that ourselves, rather than leaving the server to Prefect's exit hooks, keeps its farewell lines
 before our last line of output (``--json`` really ends with the JSON line) and uses only public API.
 
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from imgflow.store import file_lock
 from imgflow.testing import free_port
 
 
@@ -38,7 +41,10 @@ def temporary_api() -> Iterator[str]:
         yield configured
         return
     server = SubprocessASGIServer(port=free_port())
-    server.start()
+    home = Path(get_current_settings().home)
+    home.mkdir(parents=True, exist_ok=True)
+    with file_lock(home / ".imgflow-server-start.lock"):
+        server.start()  # its database is migrated when this returns
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
