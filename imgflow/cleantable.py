@@ -12,14 +12,14 @@ Folder layout::
 The rules: a record's split comes from a hash of its pixels alone (``assign_split``), so adding data
 never moves an old record and an image never sits in two splits; records with the same pixels are
 ``duplicate`` (one label: the first is kept) or ``label_conflict`` (several labels: every copy goes,
-``content_conflicts``); and nothing is dropped silently: ``records_in == kept + quarantined``.
+``imgflow.recordkeys.content_conflicts``); and nothing is dropped silently: ``records_in == kept + quarantined``.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,27 +98,6 @@ def _size_stats(size_counts: Mapping[str, int]) -> dict[str, Any]:
     if not sum(heights.values()):
         return {}
     return {"height": _stats(heights), "width": _stats(widths)}
-
-
-def content_conflicts(ids: list[str], labels: list[str], shas: list[str | None] | list[bytes | None]) -> dict[str, tuple[str, str]]:
-    """Duplicates and label conflicts among records with the same pixels (``sha256``, as hex or as the
-    digest; None: not an image).
-
-    The first record of a group with one label is kept and the others are ``duplicate``; every record
-    of a group seen under two labels is a ``label_conflict``.
-    """
-    by_content: dict[str, list[int]] = defaultdict(list)
-    for position, sha in enumerate(shas):
-        if sha is not None:
-            by_content[sha].append(position)
-    found: dict[str, tuple[str, str]] = {}
-    for positions in by_content.values():
-        if len({labels[p] for p in positions}) > 1:
-            others = ", ".join(f"{ids[p]}={labels[p]!r}" for p in positions)
-            found.update((ids[p], ("label_conflict", f"same image under different labels: {others}")) for p in positions)
-        else:
-            found.update((ids[p], ("duplicate", f"same image as {ids[positions[0]]}")) for p in positions[1:])
-    return found
 
 
 def data_fingerprint(digests: bytes | bytearray) -> str:

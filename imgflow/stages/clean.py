@@ -29,22 +29,23 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgflow import progress
-from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, content_conflicts, natural_key
+from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import SourceError
 from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
 from imgflow.parallel import cluster_pool, dask_address, ordered_map
+from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage, shared_scratch
 from imgflow.tables import open_parquet, read_scratch, write_scratch
@@ -55,38 +56,42 @@ _DECODED = pa.schema([("position", pa.int64()), ("pixels", pa.binary())])
 
 
 @dataclass
+class ChunkScan:
+    """What a worker found in one chunk, in table order: its records' ids, labels, headers ("HxW
+    MODE"; None: unreadable), the sha256 digests of the decoded pixels (32 bytes a record, zeros where
+    not decoded) and the quarantine reasons by offset in the chunk."""
+
+    ids: pa.Array
+    labels: list[str]
+    headers: list[str | None]
+    digests: np.ndarray  # (records, 32) uint8
+    decoded: np.ndarray  # bool: has a digest
+    reasons: dict[int, tuple[str, str]]
+
+
 class Scan:
-    """What the workers found, one entry per record in table order: compact keys only (about 170
-    bytes a record: the id, shared label and header strings, a 32-byte digest), whatever the size of
-    the images."""
+    """What the workers found, one entry per record in table order: compact keys only (``RecordKeys``
+    and a code for each record's header: about 50 bytes a record and its id's characters), whatever
+    the size of the images."""
 
-    ids: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    headers: list[str | None] = field(default_factory=list)  # "HxW MODE" from the header; None: unreadable
-    shas: list[bytes | None] = field(default_factory=list)  # sha256 digest of the decoded pixels, when decoded
-    reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (reason, detail)
+    def __init__(self) -> None:
+        self.keys = RecordKeys()
+        self.headers = Coded()
+        self.reasons: dict[int, tuple[str, str]] = {}  # position -> (reason, detail)
 
-    def add(self, record_id: str, label: str, header: str | None, sha: bytes | None = None,
-            reason: tuple[str, str] | None = None) -> None:
-        if reason is not None:
-            self.reasons[len(self.ids)] = reason
-        self.ids.append(record_id)
-        self.labels.append(label)
-        self.headers.append(header)
-        self.shas.append(sha)
+    def __len__(self) -> int:
+        return len(self.keys)
 
-    def extend(self, other: Scan) -> None:
-        start = len(self.ids)
-        self.reasons.update((start + position, reason) for position, reason in other.reasons.items())
-        self.ids += other.ids
-        # Labels and headers repeat: one string object for each distinct value.
-        self.labels += [sys.intern(label) for label in other.labels]
-        self.headers += [None if h is None else sys.intern(h) for h in other.headers]
-        self.shas += other.shas
+    def extend(self, found: ChunkScan) -> None:
+        start = len(self.keys)
+        self.reasons.update((start + offset, reason) for offset, reason in found.reasons.items())
+        self.keys.extend(found.ids, found.labels, found.digests, found.decoded)
+        self.headers.extend(found.headers)
 
-    def probes(self) -> list[Probe]:
-        """The distinct headers read (size and mode), one per record that had a readable one."""
-        return [_probe(h) for h in self.headers if h is not None]
+    def probes(self) -> dict[Probe, int]:
+        """The headers read (size and mode), with how many records had each, in order of first
+        appearance; records with an unreadable header are not counted."""
+        return {_probe(header): count for header, count in self.headers.counts().items()}
 
 
 def _header(found: Probe) -> str:
@@ -119,49 +124,56 @@ def scan_chunk(
     class_names: Sequence[str] | None,
     decoded_path: str | None,
     first_position: int,
-) -> Scan:
+) -> ChunkScan:
     """Probe every record of ``groups``; with a ``target`` shape also decode the usable ones, writing
     their pixels to ``decoded_path`` (position, pixels). Runs in a worker process."""
     table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"])
     allowed = set(class_names) if class_names is not None else None
-    scan = Scan()
+    labels = [label or "" for label in table.column("label").to_pylist()]
+    headers: list[str | None] = [None] * len(labels)
+    digests = np.zeros((len(labels), 32), np.uint8)
+    reasons: dict[int, tuple[str, str]] = {}
     positions: list[int] = []
     pixels: list[bytes] = []
-    ids, images, labels = (table.column(name).to_pylist() for name in ("id", "image", "label"))
-    for offset, (record_id, data, label) in enumerate(zip(ids, images, labels, strict=True)):
+    for offset, (data, label) in enumerate(zip(table.column("image").to_pylist(), labels, strict=True)):
         if not label:
-            scan.add(record_id, "", None, reason=_UNLABELED)
+            reasons[offset] = _UNLABELED
             continue
         try:
-            header = _header(probe(data))
+            headers[offset] = _header(probe(data))
         except BadImage as bad:
-            scan.add(record_id, label, None, reason=(bad.reason, bad.detail))
+            reasons[offset] = (bad.reason, bad.detail)
             continue
         if target is None:
-            scan.add(record_id, label, header)
             continue
         if allowed is not None and label not in allowed:
-            scan.add(record_id, label, header, reason=("unknown_label", f"label {label!r} is not one of the spec's class_names"))
+            reasons[offset] = ("unknown_label", f"label {label!r} is not one of the spec's class_names")
             continue
         try:
             decoded = decode(data, target[0], target[1]).tobytes()
         except BadImage as bad:
-            scan.add(record_id, label, header, reason=(bad.reason, bad.detail))
+            reasons[offset] = (bad.reason, bad.detail)
             continue
-        scan.add(record_id, label, header, sha=hashlib.sha256(decoded).digest())
+        digests[offset] = np.frombuffer(hashlib.sha256(decoded).digest(), np.uint8)
         positions.append(first_position + offset)
         pixels.append(decoded)
     if decoded_path is not None:
         write_scratch(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path)
-    return scan
+    decoded_mask = np.zeros(len(labels), np.bool_)
+    decoded_mask[np.asarray(positions, np.int64) - first_position] = True
+    return ChunkScan(table.column("id").combine_chunks(), labels, headers, digests, decoded_mask, reasons)
 
 
-def _target_shape(config: CleanConfig, probes: Sequence[Probe]) -> tuple[tuple[int, int], int]:
-    """The (height, width) and channels every image becomes: the spec's, else the probes' majority."""
+def _target_shape(config: CleanConfig, probes: Mapping[Probe, int]) -> tuple[tuple[int, int], int]:
+    """The (height, width) and channels every image becomes: the spec's, else the probes' majority
+    (``probes``: how many records had each header)."""
     if config.image_size is not None:
         size = (int(config.image_size[0]), int(config.image_size[1]))
     else:
-        size = Counter(p.size for p in probes).most_common(1)[0][0]
+        sizes: Counter[tuple[int, int]] = Counter()
+        for found, count in probes.items():
+            sizes[found.size] += count
+        size = sizes.most_common(1)[0][0]
     if config.channels is not None:
         if config.channels not in (1, 3):
             raise SourceError(f"channels must be 1 or 3, got {config.channels}")
@@ -204,9 +216,9 @@ class _Chunks:
         ]
         scan = Scan()
         for number, found in enumerate(ordered_map(scan_chunk, jobs, self.pool)):
-            start = len(scan.ids)
+            start = len(scan)
             scan.extend(found)
-            progress.report(len(scan.ids), sum(self.sizes), unit)
+            progress.report(len(scan), sum(self.sizes), unit)
             if then is not None:
                 then(number, scan, start)
         return scan
@@ -226,7 +238,7 @@ class _Assembly:
                  class_names: list[str] | None) -> None:
         self.out_dir, self.config, self.parts, self.raw = out_dir, config, parts, raw
         self.class_names = class_names
-        self.first_seen: dict[bytes, int] = {}  # content hash -> position of its first copy
+        self.first_copies: FirstCopies | None = None
         self.written = 0  # chunks written on the fly
         self.writer: CleanTableWriter | None = None
         if class_names is not None:
@@ -235,19 +247,22 @@ class _Assembly:
     def on_chunk(self, number: int, scan: Scan, start: int) -> None:
         if self.writer is None or self.written != number:
             return  # writing on the fly was given up: the end writes everything
+        keys = scan.keys
+        if self.first_copies is None:
+            self.first_copies = FirstCopies(keys)
+        positions = start + np.flatnonzero(keys.has_digest()[start:])
+        firsts = self.first_copies.add(positions)
+        labels = keys.labels.codes()
         duplicates = {}
-        for position in range(start, len(scan.ids)):
-            sha = scan.shas[position]
-            if sha is None:
-                continue
-            first = self.first_seen.setdefault(sha, position)
+        for position, first in zip(positions.tolist(), firsts.tolist(), strict=True):
             if first == position:
                 continue
-            if scan.labels[first] != scan.labels[position] or scan.ids[first] == scan.ids[position]:
+            first_id = keys.id(first)
+            if labels[first] != labels[position] or first_id == keys.id(position):
                 # A label conflict (earlier chunks may change), or a repeated id (conflicts are
                 # decided per id): write at the end, with the whole picture.
                 return
-            duplicates[position] = ("duplicate", f"same image as {scan.ids[first]}")
+            duplicates[position] = ("duplicate", f"same image as {first_id}")
         self._write(number, scan, {**scan.reasons, **duplicates})
         self.written += 1
 
@@ -258,13 +273,16 @@ class _Assembly:
                 self.writer.__exit__()
             self.class_names, self.writer = class_names, CleanTableWriter(self.out_dir, self.config, class_names)
             quarantine = dict(scan.reasons)
-            found = content_conflicts(scan.ids, scan.labels, scan.shas)
-            quarantine.update((p, found[record_id]) for p, record_id in enumerate(scan.ids) if record_id in found)
+            found = content_conflicts(scan.keys)
+            if found:
+                for number, start in enumerate(self.parts.starts):
+                    ids = scan.keys.ids_between(start, start + self.parts.sizes[number])
+                    quarantine.update((start + offset, found[i]) for offset, i in enumerate(ids) if i in found)
             for number in range(len(self.parts.groups)):
                 self._write(number, scan, quarantine)
         assert self.writer is not None
         with self.writer:
-            return self.writer.finish(records_in=len(scan.ids), image_shape=image_shape, **report)
+            return self.writer.finish(records_in=len(scan), image_shape=image_shape, **report)
 
     def _write(self, number: int, scan: Scan, quarantine: Mapping[int, tuple[str, str]]) -> None:
         """One chunk's kept records (decoded pixels from its scratch file) and quarantined ones
@@ -279,11 +297,14 @@ class _Assembly:
         pixels = decoded.column("pixels")
         if len(keep) < len(positions):
             pixels = pixels.take(pa.array(keep, pa.int64()))
-        shas = [scan.shas[p].hex() for p in kept]  # type: ignore[union-attr]  # decoded: it has one
+        keys = scan.keys
+        ids = keys.ids_between(start, start + size)
+        labels = [keys.labels.names[code] for code in keys.labels.codes()[start : start + size].tolist()]
+        shas = [digest.tobytes().hex() for digest in keys.digests()[kept]]
         self.writer.write_kept(pa.table({
-            "id": [scan.ids[p] for p in kept],
-            "label": [index[scan.labels[p]] for p in kept],
-            "label_name": [scan.labels[p] for p in kept],
+            "id": [ids[p - start] for p in kept],
+            "label": [index[labels[p - start]] for p in kept],
+            "label_name": [labels[p - start] for p in kept],
             "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
             "sha256": shas,
             "pixels": pixels,
@@ -292,8 +313,8 @@ class _Assembly:
         if bad:
             images = self.raw.read_row_groups(self.parts.groups[number], columns=["image"]).column("image")
             self.writer.write_quarantined(pa.table({
-                "id": [scan.ids[p] for p in bad],
-                "label_name": [scan.labels[p] for p in bad],
+                "id": [ids[p - start] for p in bad],
+                "label_name": [labels[p - start] for p in bad],
                 "reason": [quarantine[p][0] for p in bad],
                 "detail": [quarantine[p][1] for p in bad],
                 "image": images.take([p - start for p in bad]),  # the original bytes, kept for inspection
@@ -326,30 +347,30 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     """Scan (one pass or two), then assemble: see the module docstring."""
     total = raw.metadata.num_rows
     # With the shape fixed by the spec, one pass probes and decodes; else the probes decide it first.
-    target = _target_shape(config, []) if config.image_size is not None and config.channels is not None else None
+    target = _target_shape(config, {}) if config.image_size is not None and config.channels is not None else None
     class_names = list(config.class_names) if config.class_names else None
     assembly = _Assembly(out_dir, config, parts, raw, class_names) if target is not None else None
     scan = parts.scan(target, class_names, "images", assembly.on_chunk if assembly else None)
     probes = scan.probes()
     if not probes:
-        examples = "; ".join(f"{scan.ids[p]}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
+        examples = "; ".join(f"{scan.keys.id(p)}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
         raise SourceError(f"dataset source {source} has no decodable image among its {total} records, e.g. {examples}")
     if class_names is None:
-        class_names = sorted({label for label, h in zip(scan.labels, scan.headers, strict=True) if h is not None}, key=natural_key)
+        class_names = sorted(scan.keys.labels.counts(where=scan.headers.codes() >= 0), key=natural_key)
     if target is None:
         target = _target_shape(config, probes)
         assembly = _Assembly(out_dir, config, parts, raw, class_names)
+        del scan  # the first pass's keys: the second pass finds them again
         scan = parts.scan(target, class_names, "images decoded", assembly.on_chunk)
     assert assembly is not None
-    info = assembly.finish(
-        scan,
-        class_names,
-        image_shape=[target[0][0], target[0][1], target[1]],
-        source=source,
-        modes=Counter(p.mode for p in probes),
-        size_counts=Counter(f"{p.size[0]}x{p.size[1]}" for p in probes),
+    modes: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for found, count in probes.items():  # in order of first appearance, as record by record
+        modes[found.mode] += count
+        sizes[f"{found.size[0]}x{found.size[1]}"] += count
+    return assembly.finish(
+        scan, class_names, image_shape=[target[0][0], target[0][1], target[1]], source=source, modes=modes, size_counts=sizes
     )
-    return info
 
 
 CLEAN = Stage("clean", "4", _build)

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imgflow import progress
-from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, content_conflicts, natural_key
+from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, natural_key
 from imgflow.config import CleanConfig
 from imgflow.errors import ConfigError
 from imgflow.images import encode_png
+from imgflow.recordkeys import RecordKeys, content_conflicts
 from imgflow.results import CleanInfo, StageResult
 from imgflow.store import Stage
 from imgflow.tables import open_parquet
@@ -50,12 +50,12 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
     )
     index = {name: i for i, name in enumerate(class_names)}
     # Duplicates and conflicts across partitions, found on compact keys: ids, labels, content hashes.
-    keys = [pq.read_table(p.file("records.parquet"), columns=["id", "label_name", "sha256"]) for p in parts]
-    found = content_conflicts(
-        [i for k in keys for i in k.column("id").to_pylist()],
-        [n for k in keys for n in k.column("label_name").to_pylist()],
-        [h for k in keys for h in k.column("sha256").to_pylist()],
-    )
+    keys = RecordKeys()
+    for part in parts:
+        for batch in open_parquet(part.file("records.parquet")).iter_batches(batch_size=_BATCH, columns=["id", "label_name", "sha256"]):
+            digests = np.frombuffer(bytes.fromhex("".join(batch.column("sha256").to_pylist())), np.uint8).reshape(-1, 32)
+            keys.extend(batch.column("id"), batch.column("label_name").to_pylist(), digests, np.ones(batch.num_rows, np.bool_))
+    found = content_conflicts(keys)
     del keys
     modes: Counter[str] = Counter()
     sizes: Counter[str] = Counter()

@@ -13,7 +13,6 @@ from imgflow.cleantable import (
     QUARANTINE_SCHEMA,
     CleanTableWriter,
     assign_split,
-    content_conflicts,
     data_fingerprint,
     natural_key,
 )
@@ -32,15 +31,6 @@ def test_split_depends_on_the_content_and_the_salt_alone() -> None:
     assert 300 <= splits.count("test") <= 500 and 130 <= splits.count("val") <= 270
     assert splits != [assign_split(sha, 0.2, 0.1, salt="other") for sha in shas]
     assert {assign_split(sha, 0.0, 0.0) for sha in shas} == {"train"}
-
-
-def test_content_conflicts_keep_the_first_duplicate_and_drop_every_conflicting_copy() -> None:
-    ids = ["a", "b", "c", "d", "e", "f"]
-    labels = ["x", "x", "x", "y", "x", "x"]
-    shas = ["1", "1", "2", "2", None, "3"]
-    found = content_conflicts(ids, labels, shas)
-    assert {i: reason for i, (reason, _) in found.items()} == {"b": "duplicate", "c": "label_conflict", "d": "label_conflict"}
-    assert found["b"][1] == "same image as a" and "c='x'" in found["c"][1] and "d='y'" in found["d"][1]
 
 
 def _kept(names: list[str]) -> pa.Table:
