@@ -1,7 +1,7 @@
 """Scale: the pipeline's stages over growing datasets, with time per image and peak memory per stage.
 
     python benchmarks/scale.py [--sizes 25000,50000,100000,200000] [--image-size 64] [--train]
-                               [--speedup-at N] [--workdir DIR] [--keep]
+                               [--repeat 3] [--speedup-at N] [--workdir DIR] [--keep]
 
 For each size N it generates a Parquet table of N synthetic RGB images (``imgflow.testing.
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
@@ -14,7 +14,9 @@ N and time per image should stay flat: the last lines give the spread of each ac
 the same table with one worker process and with all of them (``IMGFLOW_WORKERS``), side by side: the
 speed-up of all cores over one. Before each measurement the page cache is flushed to disk (``sync``),
 so that what the previous step wrote is not written back during the next one's clock (on this VM
-that moved a stage's time per image by up to 50%).
+that moved a stage's time per image by up to 50%). Each measurement is the median of ``--repeat``
+runs (the stage rebuilt each time), time and peak RSS alike: one run of the same stage on the same
+data varied by up to 60% here, the disk's write-back being the noisiest part.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,18 +70,22 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(stage: str, dataset: str, artifacts: Path, force: bool = False, workers: int | None = None) -> dict:
-    """Run one stage in a fresh process, after flushing earlier writes to disk; its time and the
-    process's peak RSS."""
-    os.sync()
+def measure(stage: str, dataset: str, artifacts: Path, repeat: int = 1, workers: int | None = None) -> dict:
+    """Run one stage in a fresh process, after flushing earlier writes to disk, ``repeat`` times (the
+    first builds it, the others rebuild it): the median time and median peak RSS."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if workers is not None:
         env["IMGFLOW_WORKERS"] = str(workers)
     command = [sys.executable, __file__, "--run-stage", stage, "--dataset", dataset, "--artifacts", str(artifacts)]
-    result = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, env=env, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    runs = []
+    for attempt in range(repeat):
+        os.sync()
+        force = attempt > 0 or workers is not None
+        result = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, env=env, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return {key: statistics.median(run[key] for run in runs) for key in ("seconds", "peak_rss_mb")}
 
 
 def main() -> None:
@@ -86,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="25000,50000,100000,200000", help="dataset sizes, comma-separated")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train", action="store_true", help="also train (one epoch), validate and export")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is reported")
     parser.add_argument("--speedup-at", type=int, help="the size at which to compare 1 and all workers (default: the largest)")
     parser.add_argument("--workdir", type=Path, help="where tables and artifacts go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -122,14 +130,14 @@ def main() -> None:
             print(f"{size:>8}  {'(generate':<9} {time.perf_counter() - started:>8.1f})", flush=True)
             dataset, artifacts = f"parquet:{table}", work / f"n{size}" / "artifacts"
             for stage in stages:
-                result = measure(stage, dataset, artifacts)
+                result = measure(stage, dataset, artifacts, args.repeat)
                 rows[stage].append((size, result))
                 seconds = result["seconds"]
                 print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} "
                       f"{result['peak_rss_mb']:>12.0f}", flush=True)
             if size == speedup_at:
-                one = measure("clean", dataset, artifacts, force=True, workers=1)
-                every = measure("clean", dataset, artifacts, force=True, workers=worker_count())
+                one = measure("clean", dataset, artifacts, args.repeat, workers=1)
+                every = measure("clean", dataset, artifacts, args.repeat, workers=worker_count())
                 speedup = (size, one["seconds"], every["seconds"])
             if not args.keep:
                 shutil.rmtree(work / f"n{size}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -104,10 +105,11 @@ def ordered_map(
         for job in jobs:
             yield function(*job)
         return
-    futures = [pool.submit(function, *job) for job in jobs]
+    futures = deque(pool.submit(function, *job) for job in jobs)
     try:
-        for future in futures:
-            yield future.result()
+        while futures:
+            # Let go of each result once yielded: a future would keep it for the whole map.
+            yield futures.popleft().result()
     finally:
         for future in futures:
             future.cancel()
