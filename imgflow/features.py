@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 
 import google_crc32c
 
+from imgflow.tables import open_output
+
 # feature name -> its kind; the parser's tf.io spec and the writer's encoding both follow this.
 SPEC = {"id": "bytes", "image": "bytes", "label": "int64"}
 
@@ -64,7 +66,8 @@ class TFRecordWriter:
     """Writes TFRecord files without TensorFlow: ``tf.data.TFRecordDataset`` reads them."""
 
     def __init__(self, path: str) -> None:
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close() / the context manager
+        """``path``: a local path, or a URI that pyarrow's filesystems write (a cluster's shared store)."""
+        self._file: BinaryIO = open_output(path) if "://" in path else open(path, "wb")  # noqa: SIM115 - closed by close()
 
     def write(self, record: bytes) -> None:
         length = struct.pack("<Q", len(record))

@@ -28,14 +28,18 @@ def open_parquet(path: str | Path, filesystem: Any = None) -> pq.ParquetFile:
     return pq.ParquetFile(str(path), filesystem=filesystem, pre_buffer=False, buffer_size=_BUFFER)
 
 
-def write_scratch(table: pa.Table, where: str) -> None:
-    """``table`` as an uncompressed Arrow IPC file at ``where``: a local path or a URI."""
+def open_output(where: str) -> pa.NativeFile:
+    """A file to write at ``where``, a local path or a URI (on an object store the object appears
+    when the stream is closed)."""
     if "://" in where:
         filesystem, path = pafs.FileSystem.from_uri(where)
-        sink = filesystem.open_output_stream(path)
-    else:
-        sink = pa.OSFile(where, "wb")
-    with sink, pa.ipc.new_file(sink, table.schema) as writer:
+        return filesystem.open_output_stream(path)
+    return pa.OSFile(where, "wb")
+
+
+def write_scratch(table: pa.Table, where: str) -> None:
+    """``table`` as an uncompressed Arrow IPC file at ``where``: a local path or a URI."""
+    with open_output(where) as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 

@@ -10,7 +10,10 @@ Shard ``index`` of every split holds that split's records among the clean table'
 as fit in ``shard_bytes`` (about 100 MB: a train shard then holds about 70 MB). So a shard's content
 depends only on the data and the config, and the shards are written in parallel, one worker process
 per range of rows (``imgflow.parallel``), each reading only its rows: memory holds one range per
-worker, not the table. Writing needs no TensorFlow (``imgflow.features``).
+worker, not the table. Writing needs no TensorFlow (``imgflow.features``). With
+``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the ranges run on the Dask cluster: on an object-store root the
+workers read the clean table from the store and write their shards to the build's shared scratch
+there, and this process copies them into the output (which the store then publishes).
 
 The manifest's info names each split's files, record and per-class counts, the image shape and the
 class names: everything a reader needs without opening the shards.
@@ -23,14 +26,15 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import pyarrow.fs as pafs
 
 from imgflow import progress
 from imgflow.cleantable import SPLITS
 from imgflow.config import ShardConfig
 from imgflow.features import TFRecordWriter, encode_example, shard_name
-from imgflow.parallel import ordered_map
+from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
-from imgflow.store import Stage
+from imgflow.store import Stage, shared_scratch
 from imgflow.tables import open_parquet
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
@@ -45,9 +49,9 @@ def records_per_shard(config: ShardConfig, image_shape: list[int]) -> int:
 
 def write_shards(clean_path: str, start: int, end: int, index: int, count: int, out_dir: str) -> dict[str, Counter[int]]:
     """Rows ``[start, end)`` of the clean table as shard ``index`` of every split; the labels written
-    per split. Runs in a worker process."""
+    per split. Runs in a worker process; ``clean_path`` and ``out_dir`` are local paths or URIs."""
     table = open_parquet(clean_path)
-    writers = {split: TFRecordWriter(str(Path(out_dir) / shard_name(split, index, count))) for split in SPLITS}
+    writers = {split: TFRecordWriter(f"{out_dir}/{shard_name(split, index, count)}") for split in SPLITS}
     written: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
     try:
         first = 0
@@ -76,12 +80,21 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     total = open_parquet(path).metadata.num_rows
     size = records_per_shard(config, info.image_shape)
     count = max(1, math.ceil(total / size))
-    jobs = [(path, i * size, min(total, (i + 1) * size), i, count, str(out_dir)) for i in range(count)]
+    where = str(out_dir)
+    if dask_address() is not None and clean.uri is not None:
+        # Workers on other machines read the clean table from the store and write where all can reach.
+        path, where = f"{clean.uri}/records.parquet", shared_scratch(out_dir)
+    jobs = [(path, i * size, min(total, (i + 1) * size), i, count, where) for i in range(count)]
     labels: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
-    for done, written in enumerate(ordered_map(write_shards, jobs), start=1):
-        for split, counts in written.items():
-            labels[split].update(counts)
-        progress.report(min(total, done * size), total, "records")
+    with cluster_pool(len(jobs)) as pool:
+        for done, written in enumerate(ordered_map(write_shards, jobs, pool)):
+            for split, counts in written.items():
+                labels[split].update(counts)
+            if where != str(out_dir):
+                for split in SPLITS:
+                    name = shard_name(split, done, count)
+                    pafs.copy_files(f"{where}/{name}", str(out_dir / name), destination_filesystem=pafs.LocalFileSystem())
+            progress.report(min(total, (done + 1) * size), total, "records")
     return ShardInfo(
         image_shape=info.image_shape,
         class_names=info.class_names,

@@ -105,14 +105,16 @@ def test_one_core_and_several_write_the_same_bytes(tmp_path: Path, monkeypatch: 
 def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_root: str
 ) -> None:
-    """The chunks run on the Dask workers (separate processes), which read the raw table from the
-    s3:// root and write their decoded chunks there; the output is byte for byte a single process's."""
+    """Clean's chunks and shard's ranges run on the Dask workers (separate processes), which read
+    their input from the s3:// root and write their output there; the outputs are byte for byte a
+    single process's."""
     from distributed import Client, LocalCluster, get_task_stream
 
     local = _raw(tmp_path / "raw")
     monkeypatch.setattr(clean_module, "CHUNK_ROWS", 40)
     monkeypatch.setenv("IMGFLOW_WORKERS", "1")
     alone = CLEAN.run(ArtifactStore(tmp_path / "alone"), CleanConfig(), {"raw": local})
+    alone_shards = SHARD.run(ArtifactStore(tmp_path / "alone"), ShardConfig(records_per_shard=70), {"clean": alone})
 
     shared = ArtifactStore(s3_root, mirror=tmp_path / "mirror")
 
@@ -126,11 +128,16 @@ def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
           Client(cluster) as client):
         monkeypatch.setenv("IMGFLOW_TASK_RUNNER", f"dask:{cluster.scheduler_address}")
         with get_task_stream(client) as stream:
-            cleaned = shared.localize(CLEAN.run(shared, CleanConfig(), {"raw": raw}))
+            cleaned = CLEAN.run(shared, CleanConfig(), {"raw": raw})
+            shards = SHARD.run(shared, ShardConfig(records_per_shard=70), {"clean": cleaned})
     scans = [task for task in stream.data if task["key"].startswith("scan_chunk")]
     assert len(scans) == 2 * 8, "two passes (probe, then decode) over 8 chunks, all on the cluster"
     assert len({task["worker"] for task in scans}) == 2
-    files = sorted(p.name for p in Path(alone.path).iterdir() if p.name != "manifest.json")
-    assert files == sorted(p.name for p in Path(cleaned.path).iterdir() if p.name != "manifest.json")
-    assert {n: sha256_file(Path(alone.path) / n) for n in files} == {n: sha256_file(Path(cleaned.path) / n) for n in files}
-    assert not ObjectRoot(s3_root).files(f"clean/.work-{cleaned.key}"), "the shared scratch goes once the output is in"
+    ranges = [task for task in stream.data if task["key"].startswith("write_shards")]
+    assert len(ranges) == len(shards.info.splits["train"].files) > 1
+    for one, spread in ((alone, cleaned), (alone_shards, shards)):
+        spread = ArtifactStore(s3_root, mirror=tmp_path / "fresh-mirror").localize(spread)  # as published
+        files = sorted(p.name for p in Path(one.path).iterdir() if p.name != "manifest.json")
+        assert files == sorted(p.name for p in Path(spread.path).iterdir() if p.name != "manifest.json")
+        assert {n: sha256_file(Path(one.path) / n) for n in files} == {n: sha256_file(Path(spread.path) / n) for n in files}
+        assert not ObjectRoot(s3_root).files(f"{one.stage}/.work-{spread.key}"), "the shared scratch goes once the output is in"
