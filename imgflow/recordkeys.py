@@ -20,11 +20,12 @@ DIGEST = np.dtype("V32")  # a sha256 digest as one comparable, sortable numpy it
 
 
 class _Growing:
-    """A numpy array that grows by appending, doubling its capacity (views taken earlier stay valid:
-    they keep the old buffer)."""
+    """A numpy array that grows by appending: into the capacity given (the stages know how many
+    records are coming), doubling it when that is exceeded (views taken earlier stay valid: they keep
+    the old buffer)."""
 
-    def __init__(self, dtype: np.dtype | str) -> None:
-        self._data = np.empty(1024, dtype)
+    def __init__(self, dtype: np.dtype | str, capacity: int) -> None:
+        self._data = np.empty(max(capacity, 1024), dtype)
         self._size = 0
 
     def __len__(self) -> int:
@@ -47,10 +48,10 @@ class Coded:
     """A column of repeating strings (labels, image headers) as 32-bit codes into its distinct values,
     numbered in order of first appearance; None is -1."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self.names: list[str] = []
         self._codes: dict[str, int] = {}
-        self._column = _Growing(np.int32)
+        self._column = _Growing(np.int32, capacity)
 
     def __len__(self) -> int:
         return len(self._column)
@@ -82,14 +83,15 @@ class Coded:
 
 class RecordKeys:
     """Every record's id, label and content digest (sha256 of its pixels; only for records that have
-    pixels), in the order added; positions count from 0 across everything added."""
+    pixels), in the order added; positions count from 0 across everything added. ``capacity``: how
+    many records are expected (more may come, at the cost of a copy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self._ids: list[pa.Array] = []
         self._starts: list[int] = []
-        self.labels = Coded()
-        self._digests = _Growing(DIGEST)
-        self._has_digest = _Growing(np.bool_)
+        self.labels = Coded(capacity)
+        self._digests = _Growing(DIGEST, capacity)
+        self._has_digest = _Growing(np.bool_, capacity)
 
     def __len__(self) -> int:
         return len(self._has_digest)
@@ -135,30 +137,36 @@ class RecordKeys:
 
 
 class FirstCopies:
-    """Which record first had each content digest, found chunk by chunk as records arrive (40 bytes a
-    distinct image: its digest, sorted, and its position)."""
+    """Which record first had each content digest, found chunk by chunk as records arrive: 16 bytes a
+    distinct image (the first 8 bytes of its digest, sorted, and its position; a match on those is
+    confirmed on the whole digest)."""
 
     def __init__(self, keys: RecordKeys) -> None:
         self.keys = keys
-        self._digests = np.empty(0, DIGEST)
+        self._prefixes = np.empty(0, np.uint64)
         self._positions = np.empty(0, np.int64)
 
     def add(self, positions: np.ndarray) -> np.ndarray:
         """For each of ``positions`` (ascending, every one with a digest, after every position added
         before) the position of the first record with the same digest: itself for a new image."""
-        digests = self.keys.digests()[positions]
+        every = self.keys.digests()
+        digests = every[positions]
+        prefixes = np.ascontiguousarray(digests.view(np.uint8).reshape(-1, 32)[:, :8]).view(np.uint64).reshape(-1)
         firsts = np.asarray(positions, np.int64).copy()
-        if len(self._digests):
-            where = np.minimum(np.searchsorted(self._digests, digests), len(self._digests) - 1)
-            seen = self._digests[where] == digests
-            firsts[seen] = self._positions[where[seen]]
+        low = np.searchsorted(self._prefixes, prefixes, "left")
+        high = np.searchsorted(self._prefixes, prefixes, "right")
+        for i in np.flatnonzero(high > low):  # seen before, or (rarely) another image with the same prefix
+            for candidate in self._positions[low[i] : high[i]]:
+                if every[candidate] == digests[i]:
+                    firsts[i] = candidate
+                    break
         first_here: dict[bytes, int] = {}
         for i in np.flatnonzero(firsts == positions):
             firsts[i] = first_here.setdefault(digests[i].tobytes(), int(positions[i]))
         new = firsts == positions
-        order = np.argsort(digests[new], kind="stable")
-        where = np.searchsorted(self._digests, digests[new][order])
-        self._digests = np.insert(self._digests, where, digests[new][order])
+        order = np.argsort(prefixes[new], kind="stable")
+        where = np.searchsorted(self._prefixes, prefixes[new][order])
+        self._prefixes = np.insert(self._prefixes, where, prefixes[new][order])
         self._positions = np.insert(self._positions, where, firsts[new][order])
         return firsts
 

@@ -74,9 +74,9 @@ class Scan:
     and a code for each record's header: about 50 bytes a record and its id's characters), whatever
     the size of the images."""
 
-    def __init__(self) -> None:
-        self.keys = RecordKeys()
-        self.headers = Coded()
+    def __init__(self, records: int = 0) -> None:
+        self.keys = RecordKeys(records)
+        self.headers = Coded(records)
         self.reasons: dict[int, tuple[str, str]] = {}  # position -> (reason, detail)
 
     def __len__(self) -> int:
@@ -214,7 +214,7 @@ class _Chunks:
             (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
             for i, chunk in enumerate(self.groups)
         ]
-        scan = Scan()
+        scan = Scan(sum(self.sizes))
         for number, found in enumerate(ordered_map(scan_chunk, jobs, self.pool)):
             start = len(scan)
             scan.extend(found)

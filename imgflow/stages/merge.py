@@ -50,7 +50,7 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
     )
     index = {name: i for i, name in enumerate(class_names)}
     # Duplicates and conflicts across partitions, found on compact keys: ids, labels, content hashes.
-    keys = RecordKeys()
+    keys = RecordKeys(sum(info.kept for info in infos))
     for part in parts:
         for batch in open_parquet(part.file("records.parquet")).iter_batches(batch_size=_BATCH, columns=["id", "label_name", "sha256"]):
             digests = np.frombuffer(bytes.fromhex("".join(batch.column("sha256").to_pylist())), np.uint8).reshape(-1, 32)

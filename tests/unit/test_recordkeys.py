@@ -90,3 +90,16 @@ def test_conflicts_and_first_copies_match_the_plain_rules(found: list[tuple[str,
         positions = np.array([p for p in range(start, min(start + chunk, len(ids))) if contents[p] is not None], np.int64)
         firsts += copies.add(positions).tolist()
     assert firsts == [contents.index(c) for c in contents if c is not None]
+
+
+def test_first_copies_tell_apart_digests_that_share_their_first_bytes() -> None:
+    common = bytes(8)
+    digests = [common + bytes([1]) * 24, common + bytes([2]) * 24, common + bytes([1]) * 24, common + bytes([2]) * 24]
+    keys = RecordKeys()
+    copies = FirstCopies(keys)
+    firsts = []
+    for start in (0, 2):  # the second chunk meets both images again
+        keys.extend(pa.array(["a", "b"]), ["x", "x"], np.frombuffer(b"".join(digests[start : start + 2]), np.uint8).reshape(2, 32),
+                    np.ones(2, np.bool_))
+        firsts += copies.add(np.array([start, start + 1])).tolist()
+    assert firsts == [0, 1, 0, 1]
