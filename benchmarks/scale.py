@@ -41,7 +41,11 @@ MODEL_STAGES = ("train", "validate", "export")
 
 def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
     """In a child process: run the pipeline up to ``stage`` (the earlier stages are in the store, so
-    they are lookups) and print how long ``stage`` itself took."""
+    they are lookups) and print how long ``stage`` itself took. The worker processes' server starts
+    first, as ``imgflow run`` starts it, so that it imports while this process does."""
+    from imgflow.parallel import start_forkserver
+
+    start_forkserver()
     from imgflow.config import build_run_config
     from imgflow.pipeline import PIPELINE, SOURCE
     from imgflow.sources import source_fingerprint

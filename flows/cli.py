@@ -37,6 +37,7 @@ from rich.table import Table
 
 from imgflow.config import BACKENDS, RunConfig
 from imgflow.errors import ConfigError, UserError
+from imgflow.parallel import start_forkserver
 from imgflow.pipeline import ORDER
 
 
@@ -70,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
     cfg = _run_config(args)
+    start_forkserver()  # the data stages' worker processes get ready while the source is read
     fingerprint = None if _partitions(cfg) is not None else source_fingerprint(cfg.download.source, cfg.download.options)
     from flows.train import train
 
@@ -116,6 +118,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy)
     select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
+    start_forkserver()
     from flows.backfill import backfill
 
     return _run_flow(
