@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="25000,50000,100000,200000", help="dataset sizes, comma-separated")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train", action="store_true", help="also train (one epoch), validate and export")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement: the best time and the median peak RSS are reported")
     parser.add_argument("--speedup-at", type=int, help="the size at which to compare 1 and all workers (default: the largest)")
     parser.add_argument("--workdir", type=Path, help="where tables and artifacts go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")

@@ -41,8 +41,11 @@ class CleanConfig:
 class ShardConfig:
     # Shards hold consecutive records of the clean table, one file per split for each: about
     # shard_bytes of records (TensorFlow's guidance: on the order of 100 MB), or records_per_shard.
+    # Below min_shards shards of shard_bytes, as many as min_shards while each still holds 10 MB:
+    # readers and the parallel writers then have files to share (TensorFlow's guidance again).
     shard_bytes: int = 100 * 2**20
     records_per_shard: int | None = None
+    min_shards: int = 8
 
 
 @dataclass(frozen=True)

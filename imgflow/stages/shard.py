@@ -7,7 +7,10 @@ Output folder::
 
 Shard ``index`` of every split holds that split's records among the clean table's rows
 ``[index * R, (index + 1) * R)``, in table order, where R is ``records_per_shard`` or as many records
-as fit in ``shard_bytes`` (about 100 MB: a train shard then holds about 70 MB). So a shard's content
+as fit in ``shard_bytes`` (about 100 MB: a train shard then holds about 70 MB); a table of fewer than
+``min_shards`` such ranges is cut into ``min_shards`` (8) equal ones while each still holds 10 MB, so
+that the parallel writers, and later tf.data's parallel readers, have files to share (TensorFlow's
+rule of thumb: many more files than readers, each over 10 MB). So a shard's content
 depends only on the data and the config, and the shards are written in parallel, one worker process
 per range of rows (``imgflow.parallel``), each reading only its rows: memory holds one range per
 worker, not the table. Writing needs no TensorFlow (``imgflow.features``). With
@@ -38,13 +41,18 @@ from imgflow.store import Stage, shared_scratch
 from imgflow.tables import open_parquet
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
+_MIN_SHARD_BYTES = 10 * 2**20
 _BATCH = 1024
 
 
-def records_per_shard(config: ShardConfig, image_shape: list[int]) -> int:
+def records_per_shard(config: ShardConfig, image_shape: list[int], total: int) -> int:
+    """How many consecutive records of a ``total``-record clean table each shard holds."""
     if config.records_per_shard is not None:
         return max(1, config.records_per_shard)
-    return max(1, config.shard_bytes // (math.prod(image_shape) + _EXAMPLE_OVERHEAD))
+    record_bytes = math.prod(image_shape) + _EXAMPLE_OVERHEAD
+    size = max(1, config.shard_bytes // record_bytes)
+    count = min(config.min_shards, total * record_bytes // _MIN_SHARD_BYTES)
+    return min(size, math.ceil(total / count)) if count > 1 else size
 
 
 def write_shards(clean_path: str, start: int, end: int, index: int, count: int, out_dir: str) -> dict[str, Counter[int]]:
@@ -78,7 +86,7 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     assert isinstance(info, CleanInfo), clean.stage
     path = str(clean.file("records.parquet"))
     total = open_parquet(path).metadata.num_rows
-    size = records_per_shard(config, info.image_shape)
+    size = records_per_shard(config, info.image_shape, total)
     count = max(1, math.ceil(total / size))
     where = str(out_dir)
     if dask_address() is not None and clean.uri is not None:
@@ -110,4 +118,4 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     )
 
 
-SHARD = Stage("shard", "4", _build)
+SHARD = Stage("shard", "5", _build)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -35,7 +37,7 @@ def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult
         assert ids == [r["id"] for r in expected]
         assert labels.tolist() == [r["label"] for r in expected]
         assert all(
-            np.array_equal(image.ravel(), np.frombuffer(r["pixels"], np.uint8)) for image, r in zip(images, expected)
+            np.array_equal(image.ravel(), np.frombuffer(r["pixels"], np.uint8)) for image, r in zip(images, expected, strict=True)
         )
 
 
@@ -56,3 +58,20 @@ def test_sharding_is_byte_for_byte_reproducible(tmp_path, clean: StageResult) ->
     first = SHARD.run(ArtifactStore(tmp_path / "a"), ShardConfig(), {"clean": clean})
     second = SHARD.run(ArtifactStore(tmp_path / "b"), ShardConfig(), {"clean": clean})
     assert first.fingerprint == second.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("shape", "total", "shards", "records"),
+    [
+        ([28, 28, 1], 5_000, 1, 5_000),  # 4 MB: one shard
+        ([28, 28, 1], 70_000, 5, 14_000),  # 59 MB: five shards of about 12 MB, none under 10 MB
+        ([64, 64, 3], 25_000, 8, 3_125),  # 309 MB: min_shards (8) shards, not three and a sliver
+        ([64, 64, 3], 200_000, 24, 8_489),  # 2.5 GB: 100 MB shards
+    ],
+)
+def test_shards_are_100_mb_but_at_least_min_shards_of_10_mb(shape: list[int], total: int, shards: int, records: int) -> None:
+    from imgflow.stages.shard import records_per_shard
+
+    size = records_per_shard(ShardConfig(), shape, total)
+    assert (math.ceil(total / size), min(size, total)) == (shards, records)
+    assert records_per_shard(ShardConfig(records_per_shard=64), shape, total) == 64
