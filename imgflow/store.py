@@ -229,6 +229,7 @@ class ArtifactStore:
         tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         shared = _SHARED_SCRATCH.set(self.remote.url(f"{stage}/.work-{key}") if self.remote else None)
+        before = memory.resident()
         try:
             started = time.time()
             built = build(tmp)
@@ -255,7 +256,7 @@ class ArtifactStore:
             raise
         finally:
             _SHARED_SCRATCH.reset(shared)
-            memory.release()  # what the build freed, for the stages after it
+            memory.release(grown_since=before)  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         result = self._local(stage, key)
         assert result is not None
