@@ -12,6 +12,7 @@ from flows._pipeline import RunOptions, build_model, ingest_partitions, release,
 from flows.train import Accuracy, Dataset, Epochs
 from imgflow.config import build_run_config
 from imgflow.partitions import select
+from imgflow.lifetime import watch_descendants
 
 
 @flow(name="backfill", task_runner=task_runner())
@@ -27,6 +28,7 @@ def backfill(
     ``end`` (included), each cached on its own and run concurrently, then merge, shard their union,
     train, gate, export and promote. The summary's ``partitions`` says which partitions ran and which
     were cached."""
+    watch_descendants()
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy)
     run = RunOptions(str(cfg.artifacts))

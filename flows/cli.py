@@ -37,6 +37,7 @@ from rich.table import Table
 
 from imgflow.config import BACKENDS, RunConfig
 from imgflow.errors import ConfigError, UserError
+from imgflow.lifetime import watch_descendants
 from imgflow.parallel import start_forkserver
 from imgflow.pipeline import ORDER
 
@@ -140,6 +141,7 @@ def _run_flow(
     one JSON line, last."""
     from flows.server import temporary_api
 
+    watch_descendants()  # nothing this run starts outlives it, however it ends
     _quiet_user_errors()
     with temporary_api():
         summary = flow(**parameters)

@@ -13,6 +13,7 @@ from imgflow.config import BACKENDS
 from imgflow.errors import ConfigError
 from imgflow.predict import PredictConfig, input_options
 from imgflow.store import ArtifactStore
+from imgflow.lifetime import watch_descendants
 from tasks.predict import predict_images
 
 
@@ -34,6 +35,7 @@ def predict(
     one row per image to ``output``. A ``parquet:`` input is read with the ``[options]`` of
     ``dataset`` (a table laid out like the training data), overridden by ``image_column`` and
     ``id_column``. Returns the prediction summary."""
+    watch_descendants()
     options = input_options(dataset, image_column=image_column, id_column=id_column)
     artifacts = str(ArtifactStore(artifacts).pull_models(name))  # an object-store root's registry, pulled here
     name = registry.resolve_name(artifacts, name)

@@ -13,6 +13,7 @@ from flows._pipeline import RunOptions, build_model, ingest, ingest_partitions, 
 from imgflow.config import build_run_config
 from imgflow.partitions import date_partitions, select
 from imgflow.pipeline import ORDER, PIPELINE
+from imgflow.lifetime import watch_descendants
 
 # Flow parameters mirror the CLI's flags; Prefect validates them with pydantic before a run starts.
 Epochs = Annotated[int, Field(ge=1, description="training epochs (default: the dataset's, else 15)")]
@@ -43,6 +44,7 @@ def train(
     backfill would. ``source_fingerprint`` spares opening the source twice when the caller (the
     command line, which checks the source before starting Prefect) already fingerprinted it.
     """
+    watch_descendants()  # a deployment run's processes end with it too (the CLI starts this earlier)
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
     run = RunOptions(str(cfg.artifacts), PIPELINE.refreshed(refresh), until)

@@ -8,6 +8,11 @@ use, so a later ``imgflow run`` with the same settings finds training done (``ca
 workers write their identical copies to a temporary folder that is removed. Each worker prints one
 JSON line: its task index, the train key, the model fingerprint and the fingerprint of the trainable
 weights (equal on every worker: the training is synchronous).
+
+``--local-workers N`` is the launcher for one machine: it starts N such workers here, each with a
+``TF_CONFIG`` naming all N on free local ports, waits for them (one that fails stops the others, which
+would otherwise wait for it forever); each prints its line as it finishes. Its workers die with it,
+however it dies (``imgflow.lifetime``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ import json
 import os
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
 from imgflow.accel import plan
 from imgflow.config import TrainConfig, parse_section
 from imgflow.errors import ConfigError, UserError
+from imgflow.lifetime import follow_parent, start_child
 from imgflow.stages.train import TRAIN
 from imgflow.results import StageResult
 from imgflow.store import ArtifactStore
+from imgflow.testing import free_port
 
 
 def trainable_fingerprint(result: StageResult) -> str:
@@ -59,12 +67,46 @@ def run_worker(artifacts: Path, shards_key: str, config: TrainConfig) -> tuple[i
         return index, result, trainable_fingerprint(result)
 
 
+def launch(count: int, worker_args: list[str]) -> int:
+    """Run ``count`` workers of one cluster on this machine (see the module docstring); the exit
+    status of the first that fails, else 0."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(count)]}
+    processes = [
+        start_child(
+            [sys.executable, "-m", "imgflow.distributed", *worker_args],
+            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+        )
+        for index in range(count)
+    ]
+    try:
+        while (codes := [process.poll() for process in processes]) != [0] * count:
+            failed = next((index for index, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                print(f"imgflow: worker {failed} exited with status {codes[failed]}; stopping the others", file=sys.stderr)
+                return codes[failed]
+            time.sleep(0.5)
+        return 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+
+
 def main() -> int:
+    follow_parent()
     parser = argparse.ArgumentParser(prog="python -m imgflow.distributed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--shards", required=True, help="the key of a shard output under ARTIFACTS/shard/")
     parser.add_argument("--config", type=Path, help="a TOML file of [train] settings (default: the defaults)")
+    parser.add_argument("--local-workers", type=int, metavar="N",
+                        help="start N workers on this machine, one cluster on free local ports, and wait for them")
     args = parser.parse_args()
+    if args.local_workers is not None:
+        if args.local_workers < 1:
+            parser.error(f"--local-workers: expected 1 or more, got {args.local_workers}")
+        worker_args = ["--artifacts", str(args.artifacts), "--shards", args.shards]
+        return launch(args.local_workers, worker_args + (["--config", str(args.config)] if args.config else []))
     try:
         values = tomllib.loads(args.config.read_text()).get("train", {}) if args.config else {}
         config = parse_section(TrainConfig, values, str(args.config or "train config"))

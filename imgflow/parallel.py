@@ -11,7 +11,8 @@ never inherit the threads of the process that asked (Prefect's event loop, Arrow
 thread pools), which plain ``fork`` would copy in whatever state their locks were. The server imports
 the program's main module and the worker functions' libraries once (``PRELOAD``), so every pool's
 workers start ready instead of each importing them (about half a second); ``start_forkserver`` starts
-it early, while the program goes on with its own start.
+it early, while the program goes on with its own start. The workers end the moment the process that
+asked for them does, however it ends (``imgflow.lifetime.die_with``); the server, once they have.
 
 ``cluster_pool`` is the same for work that may leave the machine: with ``IMGFLOW_TASK_RUNNER=dask``
 (a local Dask cluster of processes) or ``dask:ADDRESS`` (an existing scheduler) it is a Dask executor,
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from imgflow.errors import ConfigError
+from imgflow.lifetime import die_with
 
 T = TypeVar("T")
 WORKERS = "IMGFLOW_WORKERS"
@@ -71,7 +73,7 @@ def worker_pool(jobs: int, workers: int | None = None) -> Iterator[ProcessPoolEx
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_forkserver()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_forkserver(), initializer=die_with, initargs=(os.getpid(),)) as pool:
         yield pool
 
 

@@ -10,7 +10,11 @@ mixed in. It returns what cleaning must find, so a test can check the accounting
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
+import subprocess
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgflow.lifetime import descendants, running
 from imgflow.sources import open_source, sample_records
 
 FORMATS = (("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"), ("WEBP", "webp"))
@@ -98,6 +103,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def survivors_of_kill(process: subprocess.Popen, within: float) -> dict[int, int]:
+    """SIGKILL ``process`` alone (not its group: what the out-of-memory killer does) and return those
+    of its descendants, noted just before, still running ``within`` seconds later (pid: start time)."""
+    below = descendants([process.pid])
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + within
+    while (left := running(below)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def synthetic_chunk(start: int, count: int, size: int, classes: int, seed: int) -> list[tuple[str, bytes, str]]:

@@ -1,36 +1,38 @@
-"""MultiWorkerMirroredStrategy across two local worker processes on CPU."""
+"""MultiWorkerMirroredStrategy across two local worker processes on CPU, started by the launcher."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from imgflow.lifetime import descendants
 from imgflow.store import ArtifactStore, StageResult
-from imgflow.testing import free_port
+from imgflow.testing import survivors_of_kill
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_workers_train_one_model_and_the_chief_stores_it(store: ArtifactStore, shards: StageResult, tmp_path: Path) -> None:
+def _launch(store: ArtifactStore, shards: StageResult, tmp_path: Path, epochs: int = 2) -> subprocess.Popen:
     config = tmp_path / "train.toml"
-    config.write_text("[train]\nmodel = 'cnn'\nwidth = 4\nepochs = 2\nbatch_size = 32\ntranslate = 0.0\nrotate = 0.0\nzoom = 0.0\n")
-    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    processes = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "imgflow.distributed", "--artifacts", str(store.root), "--shards", shards.key,
-             "--config", str(config)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    outputs = [process.communicate(timeout=600) for process in processes]
-    assert [p.returncode for p in processes] == [0, 0], "\n".join(err[-3000:] for _, err in outputs)
-    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    config.write_text(f"[train]\nmodel = 'cnn'\nwidth = 4\nepochs = {epochs}\nbatch_size = 32\ntranslate = 0.0\nrotate = 0.0\nzoom = 0.0\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgflow.distributed", "--local-workers", "2", "--artifacts", str(store.root),
+         "--shards", shards.key, "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_two_workers_train_one_model_and_the_chief_stores_it(store: ArtifactStore, shards: StageResult, tmp_path: Path) -> None:
+    launcher = _launch(store, shards, tmp_path)
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith('{"task_index"')]  # among training's progress
+    reports = sorted((json.loads(line) for line in lines), key=lambda report: report["task_index"])
     assert [r["task_index"] for r in reports] == [0, 1]
     assert {r["hardware"]["strategy"] for r in reports} == {"multi_worker"}
     assert {r["hardware"]["replicas"] for r in reports} == {2}
@@ -40,3 +42,13 @@ def test_two_workers_train_one_model_and_the_chief_stores_it(store: ArtifactStor
     stored = store.lookup("train", reports[0]["key"])
     assert stored is not None and stored.file("model.keras").is_file()
     assert stored.fingerprint == reports[0]["model_fingerprint"]
+
+
+def test_the_launcher_killed_alone_takes_its_workers_with_it(store: ArtifactStore, shards: StageResult, tmp_path: Path) -> None:
+    launcher = _launch(store, shards, tmp_path, epochs=1000)  # training that would outlast the test
+    deadline = time.monotonic() + 60
+    while len(descendants([launcher.pid])) < 2:
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]
+        time.sleep(0.05)
+    time.sleep(3)  # the workers are importing TensorFlow or forming the cluster
+    assert survivors_of_kill(launcher, within=10) == {}
