@@ -15,9 +15,12 @@ the same table with one worker process and with all of them (``IMGFLOW_WORKERS``
 speed-up of all cores over one. Before each measurement the page cache is flushed to disk (``sync``),
 so that what the previous step wrote is not written back during the next one's clock (on this VM
 that moved a stage's time per image by up to 50%). Each stage runs ``--repeat`` times (rebuilt each
-time): the table shows the best time (as ``timeit`` does: on this VM noise only adds, the same
-download of 25,000 images took 0.8 to 1.8 s, the disk's write-back being the noisiest part) and the
-median peak RSS; the spread across sizes is given for the best and for the median times.
+time), in rounds over every size and stage (and the one-worker clean), so that the machine's slow
+spells fall on all of them alike: the table shows the best time (as ``timeit`` does: on this VM noise
+only adds, the same download of 25,000 images took 0.8 to 1.8 s, the disk's write-back being the
+noisiest part) and the median peak RSS; the spread across sizes is given for the best and for the
+median times. All sizes' data stay on disk until the end: about 45 KB per image (table, raw, clean
+and shards; 17 GB for the default sizes).
 """
 
 from __future__ import annotations
@@ -75,24 +78,22 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(stage: str, dataset: str, artifacts: Path, repeat: int = 1, workers: int | None = None) -> dict:
-    """Run one stage in a fresh process, after flushing earlier writes to disk, ``repeat`` times (the
-    first builds it, the others rebuild it): the best and the median time, and the median peak RSS."""
+def measure(stage: str, dataset: str, artifacts: Path, force: bool, workers: int | None = None) -> dict:
+    """Run one stage in a fresh process, after flushing earlier writes to disk: its time and peak RSS.
+    ``force`` rebuilds it (it is in the store already)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if workers is not None:
         env["IMGFLOW_WORKERS"] = str(workers)
     command = [sys.executable, __file__, "--run-stage", stage, "--dataset", dataset, "--artifacts", str(artifacts)]
-    runs = []
-    for attempt in range(repeat):
-        os.sync()
-        force = attempt > 0 or workers is not None
-        result = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, env=env, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
-        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    times = [run["seconds"] for run in runs]
-    return {"seconds": min(times), "median_seconds": statistics.median(times),
-            "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in runs)}
+    os.sync()
+    result = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, env=env, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values)
 
 
 def main() -> None:
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement: the best time and the median peak RSS are reported")
     parser.add_argument("--speedup-at", type=int, help="the size at which to compare 1 and all workers (default: the largest)")
     parser.add_argument("--workdir", type=Path, help="where tables and artifacts go (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (by default removed at the end)")
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--artifacts", help=argparse.SUPPRESS)
@@ -120,48 +121,54 @@ def main() -> None:
     speedup_at = args.speedup_at or max(sizes)
     stages = DATA_STAGES + (MODEL_STAGES if args.train else ())
     work = args.workdir or Path(tempfile.mkdtemp(prefix="imgflow-scale-"))
-    rows: dict[str, list[tuple[int, dict]]] = {stage: [] for stage in stages}
-    speedup = None
     print(f"{args.image_size}x{args.image_size} RGB PNG images, {worker_count()} worker processes, work folder {work}")
-    print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'peak RSS MB':>12}")
     try:
         # A warm-up on 1,000 images, not reported: the first measured size would otherwise also pay for
         # a cold start (modules and shared libraries read from disk), which no later size pays.
         warm = synthetic_table(work / "warm-up" / "table.parquet", 1000, args.image_size)
         for stage in DATA_STAGES:
-            measure(stage, f"parquet:{warm}", work / "warm-up" / "artifacts")
+            measure(stage, f"parquet:{warm}", work / "warm-up" / "artifacts", force=False)
         shutil.rmtree(work / "warm-up")
+        datasets = {}
         for size in sizes:
             started = time.perf_counter()
             table = synthetic_table(work / f"n{size}" / "table.parquet", size, args.image_size)
+            datasets[size] = (f"parquet:{table}", work / f"n{size}" / "artifacts")
             print(f"{size:>8}  {'(generate':<9} {time.perf_counter() - started:>8.1f})", flush=True)
-            dataset, artifacts = f"parquet:{table}", work / f"n{size}" / "artifacts"
+        # Round after round over every size and stage, so that the machine's slow spells fall on all
+        # of them alike; at --speedup-at, clean on one worker as well, next to clean on all of them.
+        runs: dict[tuple[str, int], list[dict]] = {(stage, size): [] for stage in stages for size in sizes}
+        one_worker: list[float] = []
+        for attempt in range(args.repeat):
+            for size, (dataset, artifacts) in datasets.items():
+                for stage in stages:
+                    runs[stage, size].append(measure(stage, dataset, artifacts, force=attempt > 0))
+                if size == speedup_at:
+                    one_worker.append(measure("clean", dataset, artifacts, force=True, workers=1)["seconds"])
+            print(f"  (round {attempt + 1} of {args.repeat} done)", file=sys.stderr, flush=True)
+        print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'peak RSS MB':>12}")
+        for size in sizes:
             for stage in stages:
-                result = measure(stage, dataset, artifacts, args.repeat)
-                rows[stage].append((size, result))
-                seconds = result["seconds"]
-                print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} "
-                      f"{result['peak_rss_mb']:>12.0f}", flush=True)
-            if size == speedup_at:
-                one = measure("clean", dataset, artifacts, args.repeat, workers=1)
-                every = measure("clean", dataset, artifacts, args.repeat, workers=worker_count())
-                speedup = (size, one["seconds"], every["seconds"])
-            if not args.keep:
-                shutil.rmtree(work / f"n{size}")
+                seconds = min(run["seconds"] for run in runs[stage, size])
+                rss = statistics.median(run["peak_rss_mb"] for run in runs[stage, size])
+                print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} {rss:>12.0f}")
         print("\nacross sizes (largest / smallest):")
-        for stage, found in rows.items():
-            best = [r["seconds"] / n for n, r in found]
-            median = [r["median_seconds"] / n for n, r in found]
-            rss = [r["peak_rss_mb"] for _, r in found]
-            print(f"  {stage:<9} time per image {max(best) / min(best):.2f} (best), {max(median) / min(median):.2f} (median)"
-                  f"   peak RSS {max(rss) / min(rss):.2f}   (RSS {min(rss):.0f}-{max(rss):.0f} MB)")
-        if speedup:
-            size, one, every = speedup
-            print(f"\nclean of {size} images: 1 worker {one:.1f} s, {worker_count()} workers {every:.1f} s: "
-                  f"speed-up {one / every:.2f}x")
+        for stage in stages:
+            best = [min(run["seconds"] for run in runs[stage, n]) / n for n in sizes]
+            median = [statistics.median(run["seconds"] for run in runs[stage, n]) / n for n in sizes]
+            rss = [statistics.median(run["peak_rss_mb"] for run in runs[stage, n]) for n in sizes]
+            print(f"  {stage:<9} time per image {_spread(best):.2f} (best), {_spread(median):.2f} (median)"
+                  f"   peak RSS {_spread(rss):.2f}   (RSS {min(rss):.0f}-{max(rss):.0f} MB)")
+        if speedup_at in datasets:
+            one, every = min(one_worker), min(run["seconds"] for run in runs["clean", speedup_at])
+            print(f"\nclean of {speedup_at} images: 1 worker {one:.1f} s, {worker_count()} workers {every:.1f} s: "
+                  f"speed-up {one / every:.2f}x (best of {args.repeat} each, interleaved)")
     finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            for size in sizes:
+                shutil.rmtree(work / f"n{size}", ignore_errors=True)
+            if args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
