@@ -15,12 +15,13 @@ the same table with one worker process and with all of them (``IMGFLOW_WORKERS``
 speed-up of all cores over one. Before each measurement the page cache is flushed to disk (``sync``),
 so that what the previous step wrote is not written back during the next one's clock (on this VM
 that moved a stage's time per image by up to 50%). Each stage runs ``--repeat`` times (rebuilt each
-time), in rounds over every size and stage (and the one-worker clean), so that the machine's slow
-spells fall on all of them alike: the table shows the best time (as ``timeit`` does: on this VM noise
-only adds, the same download of 25,000 images took 0.8 to 1.8 s, the disk's write-back being the
-noisiest part) and the median peak RSS; the spread across sizes is given for the best and for the
-median times. All sizes' data stay on disk until the end: about 45 KB per image (table, raw, clean
-and shards; 17 GB for the default sizes).
+time), in rounds over the stages (and the one-worker clean), so that the machine's slow spells fall
+on all of them alike: the table shows the best time (as ``timeit`` does: on this VM noise only adds,
+the same download of 25,000 images took 0.8 to 1.8 s, the disk's write-back being the noisiest part)
+and the median peak RSS; the spread across sizes is given for the best and for the median times.
+A size's data (about 45 KB per image: table, raw, clean and shards) is removed before the next size,
+so each size runs with the page cache to itself (9 GB at 200,000 images); keeping every size's data
+(17 GB) would evict the largest size's from the cache and time the disk instead.
 """
 
 from __future__ import annotations
@@ -129,23 +130,22 @@ def main() -> None:
         for stage in DATA_STAGES:
             measure(stage, f"parquet:{warm}", work / "warm-up" / "artifacts", force=False)
         shutil.rmtree(work / "warm-up")
-        datasets = {}
+        runs: dict[tuple[str, int], list[dict]] = {(stage, size): [] for stage in stages for size in sizes}
+        one_worker: list[float] = []
         for size in sizes:
             started = time.perf_counter()
             table = synthetic_table(work / f"n{size}" / "table.parquet", size, args.image_size)
-            datasets[size] = (f"parquet:{table}", work / f"n{size}" / "artifacts")
-            print(f"{size:>8}  {'(generate':<9} {time.perf_counter() - started:>8.1f})", flush=True)
-        # Round after round over every size and stage, so that the machine's slow spells fall on all
-        # of them alike; at --speedup-at, clean on one worker as well, next to clean on all of them.
-        runs: dict[tuple[str, int], list[dict]] = {(stage, size): [] for stage in stages for size in sizes}
-        one_worker: list[float] = []
-        for attempt in range(args.repeat):
-            for size, (dataset, artifacts) in datasets.items():
+            print(f"{size:>8}  {'(generate':<9} {time.perf_counter() - started:>8.1f})", file=sys.stderr, flush=True)
+            dataset, artifacts = f"parquet:{table}", work / f"n{size}" / "artifacts"
+            # Rounds over the stages (and, at --speedup-at, clean on one worker next to clean on all),
+            # so that the machine's slow spells fall on all of them alike.
+            for attempt in range(args.repeat):
                 for stage in stages:
                     runs[stage, size].append(measure(stage, dataset, artifacts, force=attempt > 0))
                 if size == speedup_at:
                     one_worker.append(measure("clean", dataset, artifacts, force=True, workers=1)["seconds"])
-            print(f"  (round {attempt + 1} of {args.repeat} done)", file=sys.stderr, flush=True)
+            if not args.keep:  # the next size's data then has the page cache to itself, as this one had
+                shutil.rmtree(work / f"n{size}")
         print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'peak RSS MB':>12}")
         for size in sizes:
             for stage in stages:
@@ -159,16 +159,13 @@ def main() -> None:
             rss = [statistics.median(run["peak_rss_mb"] for run in runs[stage, n]) for n in sizes]
             print(f"  {stage:<9} time per image {_spread(best):.2f} (best), {_spread(median):.2f} (median)"
                   f"   peak RSS {_spread(rss):.2f}   (RSS {min(rss):.0f}-{max(rss):.0f} MB)")
-        if speedup_at in datasets:
+        if one_worker:
             one, every = min(one_worker), min(run["seconds"] for run in runs["clean", speedup_at])
             print(f"\nclean of {speedup_at} images: 1 worker {one:.1f} s, {worker_count()} workers {every:.1f} s: "
                   f"speed-up {one / every:.2f}x (best of {args.repeat} each, interleaved)")
     finally:
-        if not args.keep:
-            for size in sizes:
-                shutil.rmtree(work / f"n{size}", ignore_errors=True)
-            if args.workdir is None:
-                shutil.rmtree(work, ignore_errors=True)
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
