@@ -166,7 +166,7 @@ def fit_multi_worker(
                 per_example = per_example * tf.gather(weights, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         gradients = tape.gradient(loss, model.trainable_variables)
-        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss, _correct(labels, probabilities)
 
     def replica_eval(images: Any, labels: Any) -> tuple[Any, Any]:
