@@ -25,6 +25,16 @@ class DownloadConfig:
     source: str
     limit: int | None = None  # keep a fixed sample of this many records (see stages.download.sample)
     options: dict[str, Any] = field(default_factory=dict)
+    # Seconds a fetch may keep retrying failures that may pass (imgflow.network); it cannot change
+    # what is fetched, so it is no part of the cache key.
+    timeout: float = field(default=60.0, metadata={"key": False})
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """A spec's ``[download]`` section."""
+
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class ExportConfig:
 
 
 SECTIONS = {
+    "download": FetchConfig,
     "clean": CleanConfig,
     "shard": ShardConfig,
     "train": TrainConfig,
@@ -207,7 +218,9 @@ def build_run_config(
     if min_accuracy is not None:
         values["gate"]["min_accuracy"] = min_accuracy
     configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
-    train_cfg, gate = configs["train"], configs["gate"]
+    train_cfg, gate, fetch = configs["train"], configs["gate"], configs.pop("download")
+    if isinstance(fetch.timeout, bool) or not isinstance(fetch.timeout, (int, float)) or fetch.timeout <= 0:
+        raise ConfigError(f"dataset {spec.name} [download] timeout must be a number of seconds above 0, got {fetch.timeout!r}")
     if train_cfg.model not in MODEL_NAMES:
         raise ConfigError(f"unknown model {train_cfg.model!r}; known: {', '.join(MODEL_NAMES)}")
     if train_cfg.epochs < 1:
@@ -220,6 +233,6 @@ def build_run_config(
     return RunConfig(
         dataset=spec,
         artifacts=str(artifacts) if is_remote(artifacts) else str(Path(artifacts).resolve()),
-        download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options),
+        download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options, timeout=fetch.timeout),
         **configs,
     )

@@ -13,10 +13,6 @@ class SourceError(UserError):
     """A dataset source that does not exist, cannot be read, or holds no usable images."""
 
 
-class FetchError(SourceError):
-    """A remote source could not be reached: the one user error worth retrying."""
-
-
 class ConfigError(UserError):
     """A configuration value or dataset spec that is invalid."""
 

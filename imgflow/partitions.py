@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow.fs as pafs
 
 from imgflow.errors import ConfigError, SourceError
+from imgflow.network import first_contact
 
 _DATE_FOLDER = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
@@ -40,7 +42,10 @@ def _root(source: str) -> tuple[str, pafs.FileSystem, str]:
 def date_partitions(source: str) -> list[Partition]:
     """Every ``date=YYYY-MM-DD`` folder directly under the source's root, oldest first ([] if none)."""
     location, filesystem, path = _root(source)
-    info = filesystem.get_file_info(path)
+    if "://" in location:
+        info = first_contact(partial(filesystem.get_file_info, path), location=location, source=source)
+    else:
+        info = filesystem.get_file_info(path)
     if info.type != pafs.FileType.Directory:
         return []
     found = []

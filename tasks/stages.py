@@ -17,7 +17,7 @@ from prefect.context import TaskRunContext
 from prefect.states import State
 
 from imgflow.config import DownloadConfig
-from imgflow.errors import FetchError, UserError
+from imgflow.errors import UserError
 from imgflow.fingerprint import stable_hash
 from imgflow.pipeline import PIPELINE, Step
 from imgflow.promote import promote as promote_candidate
@@ -30,10 +30,11 @@ StageInputs = Mapping[str, "StageResult | str"]
 
 
 def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry failures that may pass (a network error, a bug hit by a flaky resource), never bad data:
-    a checksum or a missing column fails the same way every time."""
+    """Retry failures that may pass (a bug hit by a flaky resource), never a user error: bad data (a
+    checksum, a missing column) fails the same way every time, and a source that could not be reached
+    has had its retries, within its time budget, inside the fetch (``imgflow.network``)."""
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, UserError) or isinstance(error, FetchError)
+    return not isinstance(error, UserError)
 
 
 def stage_task(step: Step) -> Task:

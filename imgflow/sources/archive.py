@@ -4,7 +4,9 @@
 The sha256 is required: it is the source's fingerprint (so the archive is not fetched just to decide
 whether anything changed) and it is checked before a single entry is read. A local archive is checked
 when the source is opened; one behind a URL (``http://``, ``https://``, ``file://``) when the download
-stage fetches it. Members are read straight from the archive, never written to disk, and an archive
+stage fetches it (``imgflow.network``: a host that does not resolve or refuses fails at once, when
+the source is opened, before any run starts; a timeout or a 5xx is retried within ``[download]
+timeout``). Members are read straight from the archive, never written to disk, and an archive
 holding an absolute path, a ``..`` entry, or a link pointing outside its folder is refused as a whole:
 such an archive is broken or hostile, and nothing from it is used.
 """
@@ -15,7 +17,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,8 +25,9 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from imgflow.errors import FetchError, SourceError
+from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
+from imgflow.network import budget, check_reachable, fetch
 from imgflow.sources import RawRecord
 from imgflow.sources.folder import check_classes, class_label, hidden
 
@@ -138,6 +141,8 @@ class ArchiveSource:
         self.location = location
         self.sha256 = match.group(1).lower()
         self.remote = "://" in location
+        if location.startswith(("http://", "https://")):
+            check_reachable(location, source=self.spec, advice=self._advice())  # before any run starts
         if not self.remote:
             path = Path(location).expanduser()
             if not path.is_file():
@@ -148,6 +153,9 @@ class ArchiveSource:
 
     def fingerprint(self) -> str:
         return stable_hash([_FORMAT, self.sha256])
+
+    def _advice(self) -> str:
+        return f"Where there is no network, download it elsewhere and use the copy: archive:PATH#sha256={self.sha256}"
 
     def _verify(self, path: Path) -> None:
         actual = sha256_file(path)
@@ -162,15 +170,20 @@ class ArchiveSource:
         if not self.remote:
             yield Path(self.location).expanduser()
             return
+        host = urllib.parse.urlsplit(self.location).netloc or self.location
         with tempfile.TemporaryDirectory(prefix="imgflow-archive-") as folder:
             path = Path(folder) / "archive"
-            try:
-                with urllib.request.urlopen(self.location, timeout=60) as response, path.open("wb") as out:
-                    shutil.copyfileobj(response, out, 1 << 20)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise FetchError(f"cannot fetch archive {self.location}: {getattr(exc, 'reason', exc)}") from None
+            fetch(partial(self._fetch, path), source=self.spec, host=host, advice=self._advice())
             self._verify(path)
             yield path
+
+    def _fetch(self, path: Path) -> None:
+        try:
+            response = urllib.request.urlopen(self.location, timeout=min(60.0, budget()))
+        except ValueError as exc:  # not a URL urllib can open: retrying will not change it
+            raise SourceError(f"cannot fetch archive {self.location}: {exc}") from None
+        with response, path.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
 
     def records(self) -> Iterator[RawRecord]:
         with self._local_copy() as path, _listing(path, self.location) as files:

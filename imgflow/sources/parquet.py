@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
+from imgflow.network import first_contact
 from imgflow.sources import RawRecord
 from imgflow.tables import open_parquet
 
@@ -64,7 +66,10 @@ class ParquetSource:
         label_column = options.get("label_column", "label")  # None: unlabelled images (batch prediction)
         self.label_column = None if label_column is None else str(label_column)
         self.filesystem, path = _open_filesystem(location)
-        info = self.filesystem.get_file_info(path)
+        if "://" in location:
+            info = first_contact(partial(self.filesystem.get_file_info, path), location=location, source=self.spec)
+        else:
+            info = self.filesystem.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise SourceError(f"Parquet source {location} does not exist")
         if info.type == pafs.FileType.File:

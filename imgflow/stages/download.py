@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow import progress
+from imgflow import network, progress
 from imgflow.config import DownloadConfig
 from imgflow.errors import SourceError
 from imgflow.results import DownloadInfo, StageResult
@@ -30,6 +30,11 @@ _BATCH = 1024
 
 
 def _build(out_dir: Path, config: DownloadConfig, inputs: Mapping[str, StageResult]) -> DownloadInfo:
+    with network.time_budget(config.timeout):  # how long the source's fetches may retry
+        return _download(out_dir, config)
+
+
+def _download(out_dir: Path, config: DownloadConfig) -> DownloadInfo:
     source = open_source(config.source, config.options)
     records = source.records() if config.limit is None else sample_records(source.records(), config.limit)
     count = 0

@@ -77,3 +77,17 @@ def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path, text: str, mess
     with pytest.raises(ConfigError, match=message) as info:
         resolve_dataset(str(path))
     assert str(path) in str(info.value)
+
+
+def test_download_timeout_is_read_checked_and_keys_nothing(tmp_path: Path) -> None:
+    from imgflow.stages.download import DOWNLOAD
+
+    path = tmp_path / "net.toml"
+    path.write_text('source = "sample:digits"\n[download]\ntimeout = 5\n')
+    cfg = build_run_config(str(path), tmp_path)
+    assert cfg.download.timeout == 5
+    default = build_run_config("sample:digits", tmp_path).download
+    assert default.timeout == 60 and DOWNLOAD.key(cfg.download, {}) == DOWNLOAD.key(default, {})
+    path.write_text('source = "sample:digits"\n[download]\ntimeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"\[download\] timeout must be a number of seconds above 0, got 'soon'"):
+        build_run_config(str(path), tmp_path)
