@@ -397,6 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A batch job on a closed network: the Prefect server's telemetry heartbeat only fails (and logs a
     # traceback). Set PREFECT_SERVER_ANALYTICS_ENABLED=true to turn it back on.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The library's own log lines (a fetch's retries, one line each) go where Prefect's go.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "imgflow")
+    # A library that logs before Prefect is imported (TensorFlow Datasets, opening a tfds: source to
+    # check it) would otherwise get the root logger a formatted handler of logging's own, and Prefect
+    # leaves a root logger with such a handler alone: no console handler of Prefect's, so no filter on
+    # it either, and a user's error would print its traceback. An unformatted one Prefect replaces.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.StreamHandler())
     try:
         return args.handler(args)
     except UserError as exc:

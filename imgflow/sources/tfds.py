@@ -5,15 +5,26 @@ first ``ClassLabel``), so no per-dataset code is needed. Images are taken undeco
 TFDS stores them) and decoded by the clean stage like any other source. Options: ``data_dir`` (where
 TFDS keeps prepared data; TFDS's own default otherwise), ``image_feature`` and ``label_feature`` to pick
 features by name.
+
+A dataset already prepared in ``data_dir`` is read without any network access. One that is not is
+downloaded by TFDS, after a check that each of its download hosts (or the proxy in between) accepts
+a connection: a host that does not resolve or refuses fails in seconds with what to do (build it
+where there is network, point ``data_dir`` at a copy) instead of after minutes of TFDS's own retries.
+When output is not a terminal TFDS's progress bars and urllib3's retry warnings stay out of the log.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import urllib.parse
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
+from imgflow.network import check_reachable, fetch
 from imgflow.sources import RawRecord
 
 _FORMAT = "1"
@@ -31,6 +42,25 @@ def _pick(features: Mapping[str, Any], kind: type, wanted: str | None, what: str
         f"tfds:{name} is not an image-classification dataset: it has no {what} feature "
         f"(features: {', '.join(features)})"
     )
+
+
+@contextmanager
+def _quiet_unless_terminal() -> Iterator[None]:
+    """No progress bars, no urllib3 retry warnings, in a log that is not a terminal."""
+    if sys.stderr.isatty():
+        yield
+        return
+    import tensorflow_datasets as tfds
+
+    urllib3 = logging.getLogger("urllib3")
+    level = urllib3.level
+    urllib3.setLevel(logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        urllib3.setLevel(level)
+        tfds.enable_progress_bar()
 
 
 class TfdsSource:
@@ -63,10 +93,24 @@ class TfdsSource:
         checksums = sorted(info.checksum for info in (self.builder.url_infos or {}).values())
         return stable_hash([_FORMAT, self.builder.info.full_name, checksums, self.image_key, self.label_key])
 
+    def _prepare(self) -> None:
+        advice = (
+            f"Where there is network, build it with `tfds build {self.name} --data_dir DIR`, copy DIR to "
+            f"this machine and name it in the dataset spec: data_dir = \"DIR\" under [options]."
+        )
+        prepare = type(self.builder).download_and_prepare
+        if not prepare.__module__.startswith("tensorflow_datasets.testing"):  # mock_data fetches nothing
+            for url in sorted(self.builder.url_infos or {}):
+                check_reachable(url, source=self.spec, advice=advice)
+        hosts = ", ".join(sorted({urllib.parse.urlsplit(url).netloc for url in self.builder.url_infos or {}})) or "its hosts"
+        with _quiet_unless_terminal():
+            fetch(self.builder.download_and_prepare, source=self.spec, host=hosts, advice=advice)
+
     def records(self) -> Iterator[RawRecord]:
         import tensorflow_datasets as tfds
 
-        self.builder.download_and_prepare()
+        if not self.builder.is_prepared():
+            self._prepare()
         splits = sorted(self.builder.info.splits.keys()) or ["train", "test"]
         for split in splits:
             dataset = self.builder.as_dataset(
