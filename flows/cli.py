@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +40,12 @@ from imgflow.errors import ConfigError, UserError
 from imgflow.lifetime import watch_descendants
 from imgflow.parallel import start_forkserver
 from imgflow.pipeline import ORDER
+
+if TYPE_CHECKING:
+    from flows.server import TemporaryAPI
+
+# The stages that import TensorFlow: a run that will run one imports it while Prefect's server starts.
+_TENSORFLOW_STAGES = frozenset({"train", "validate", "export"})
 
 
 def _console() -> Console:
@@ -73,12 +79,20 @@ def _run(args: argparse.Namespace) -> int:
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
     cfg = _run_config(args)
     start_forkserver()  # the data stages' worker processes get ready while the source is read
-    fingerprint = None if _partitions(cfg) is not None else source_fingerprint(cfg.download.source, cfg.download.options)
+    partitions = _partitions(cfg)
+    fingerprint = None if partitions is not None else source_fingerprint(cfg.download.source, cfg.download.options)
+    from flows.server import TemporaryAPI
+
+    watch_descendants()  # before anything starts: nothing this run starts outlives it, however it ends
+    api = TemporaryAPI()  # Prefect's server starts while the flow and TensorFlow are imported
+    if _runs_tensorflow(cfg, args, partitions, fingerprint):
+        import tensorflow  # noqa: F401
     from flows.train import train
 
     return _run_flow(
         train,
         args.json,
+        api=api,
         dataset=args.dataset,
         artifacts=args.artifacts,
         epochs=args.epochs,
@@ -88,6 +102,14 @@ def _run(args: argparse.Namespace) -> int:
         until=args.until,
         source_fingerprint=fingerprint,
     )
+
+
+def _runs_tensorflow(cfg: RunConfig, args: argparse.Namespace, partitions: list[Any] | None, fingerprint: str | None) -> bool:
+    """Whether a run with these flags will run a stage that uses TensorFlow (a cached rerun does not)."""
+    from imgflow.pipeline import PIPELINE, plan
+
+    planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=partitions, fingerprint=fingerprint)
+    return any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -135,15 +157,21 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _run_flow(
-    flow: Any, as_json: bool, printer: Callable[[dict[str, Any]], None] | None = None, **parameters: Any
+    flow: Any,
+    as_json: bool,
+    printer: Callable[[dict[str, Any]], None] | None = None,
+    api: TemporaryAPI | None = None,
+    **parameters: Any,
 ) -> int:
-    """Run a flow that returns a summary; print it with ``printer`` (default: a run summary), or as
-    one JSON line, last."""
-    from flows.server import temporary_api
+    """Run a flow that returns a summary on ``api`` (default: one made now); print the summary with
+    ``printer`` (default: a run summary), or as one JSON line, last."""
+    from flows.server import TemporaryAPI
 
     watch_descendants()  # nothing this run starts outlives it, however it ends
+    if api is None:
+        api = TemporaryAPI()
     _quiet_user_errors()
-    with temporary_api():
+    with api.serving():
         summary = flow(**parameters)
     sys.stderr.flush()
     if as_json:

@@ -1,6 +1,6 @@
 """The Prefect server a run talks to: the configured one, or a temporary one for one command.
 
-``temporary_api()`` is what ``imgflow run`` (and every other command that runs a flow) stands in:
+``TemporaryAPI`` is what ``imgflow run`` (and every other command that runs a flow) stands in:
 with ``PREFECT_API_URL`` set it uses that server; without, it starts Prefect's temporary server
 (``SubprocessASGIServer``, the one Prefect itself would start on first use) on a free local port,
 points this process at it, and at the end sends the logs and events still queued before stopping it.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,32 +29,57 @@ from imgflow.store import file_lock
 from imgflow.testing import free_port
 
 
-@contextmanager
-def temporary_api() -> Iterator[str]:
-    """The API URL this process talks to for the duration of the block (see the module docstring)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+class TemporaryAPI:
+    """The API a command's flow run talks to (see the module docstring). Made as early as the command
+    knows it will run a flow: a temporary server then starts in a background thread (most of its ~6 s
+    is the server process importing Prefect's server and checking its database) while the command
+    goes on importing the flow and TensorFlow; ``serving()`` waits for it."""
 
-    configured = get_current_settings().api.url
-    if configured:
-        yield configured
-        return
-    server = SubprocessASGIServer(port=free_port())
-    home = Path(get_current_settings().home)
-    home.mkdir(parents=True, exist_ok=True)
-    with file_lock(home / ".imgflow-server-start.lock"):
-        server.start()  # its database is migrated when this returns
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            try:
-                yield server.api_url
-            finally:
-                APILogWorker.drain_all(timeout=30)
-                EventsWorker.drain_all(timeout=30)
-    finally:
-        server.stop()
+    def __init__(self) -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import get_current_settings
+
+        self.configured = get_current_settings().api.url
+        self._server = None if self.configured else SubprocessASGIServer(port=free_port())
+        self._failure: BaseException | None = None
+        self._starting = threading.Thread(target=self._start, name="prefect server start", daemon=True)
+        if self._server is not None:
+            self._starting.start()
+
+    def _start(self) -> None:
+        from prefect.settings import get_current_settings
+
+        home = Path(get_current_settings().home)
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(home / ".imgflow-server-start.lock"):
+                self._server.start()  # its database is migrated when this returns
+        except BaseException as failure:  # raised again by serving(), in the command's thread
+            self._failure = failure
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """The API URL, for the duration of the block; a temporary server is stopped after it, once
+        the logs and events still queued are sent."""
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        if self._server is None:
+            yield self.configured
+            return
+        try:
+            self._starting.join()
+            if self._failure is not None:
+                raise self._failure
+            with temporary_settings({PREFECT_API_URL: self._server.api_url}):
+                try:
+                    yield self._server.api_url
+                finally:
+                    APILogWorker.drain_all(timeout=30)
+                    EventsWorker.drain_all(timeout=30)
+        finally:
+            self._server.stop()
 
 
 @contextmanager

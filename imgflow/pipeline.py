@@ -184,11 +184,12 @@ def plan(
     forced: frozenset[str] = frozenset(),
     until: str | None = None,
     partitions: Sequence[Partition] | None = None,
+    fingerprint: str | None = None,
 ) -> list[PlannedStage]:
     """Every stage of a run and whether it would run or reuse a stored output, without running
     anything (nor importing TensorFlow): the keys are computed as the run would compute them, from
-    the source's fingerprint and each stored upstream output's. A stage whose input is not built yet
-    runs, and so does everything after it."""
+    the source's fingerprint (``fingerprint`` when the caller took it already) and each stored upstream
+    output's. A stage whose input is not built yet runs, and so does everything after it."""
     store = ArtifactStore(cfg.artifacts)
     store.pull_models(cfg.dataset.name)
     wanted = PIPELINE.until(until)
@@ -218,8 +219,10 @@ def plan(
         day = partition.date.isoformat() if partition is not None else None
         for step in per_partition:
             config = download if step.config == "download" else step.config_of(cfg)
-            fingerprint = source_fingerprint(download.source, download.options) if step.name == "download" else None
-            visit(step, config, PIPELINE.inputs(step, known, {SOURCE: fingerprint}), known, day)
+            if step.name == "download":
+                given = fingerprint if partition is None else None
+                source = given or source_fingerprint(download.source, download.options)
+            visit(step, config, PIPELINE.inputs(step, known, {SOURCE: source if step.name == "download" else None}), known, day)
         parts[day or ""] = known.get("clean")
 
     results: dict[str, Any] = {}
