@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
+# One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
+WORKERS ?= -n auto --dist worksteal
 
 .PHONY: install run test test-fast benchmark lock clean
 
@@ -22,10 +24,10 @@ run: $(STAMP)
 	$(BIN)/imgflow run --artifacts $(ARTIFACTS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/orchestration_overhead.py
