@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import os
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,17 +18,15 @@ from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from imgflow import registry
-from imgflow.cache import record_run
 from imgflow.config import RunConfig
 from imgflow.errors import ConfigError
-from imgflow.fingerprint import to_jsonable
 from imgflow.partitions import Partition
 from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
 from imgflow.promote import versus_champion
+from imgflow.release import conclude, localized
 from imgflow.results import StageResult, clean_table
 from imgflow.store import ArtifactStore
-from imgflow.summary import build_summary, summary_markdown
+from imgflow.summary import summary_markdown
 from tasks import stages
 
 
@@ -146,17 +143,9 @@ def release(
     """Promote what the gate passed and exported; publish the reports and an event; return the run
     summary."""
     name = cfg.dataset.name
-    store = ArtifactStore(run.root)
-    # What the registry and the reports read, in this machine's folder (built on another, it is fetched).
+    results = localized(run.root, results)
+    summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
     table = clean_table(results)
-    read = {"train", "validate", "export", table.stage if table is not None else ""}
-    results = {stage: store.localize(result) if stage in read else result for stage, result in results.items()}
-    table = clean_table(results)
-    if "export" in results:
-        stages.promote(run.root, name, to_jsonable(cfg), results)
-    root = store.pull_models(name)  # the local folder (a mirror of an object-store root)
-    summary = build_summary(name, root, results, registry.champion(root, name), time.time() - started, parts, run.until)
-    record_run(root, summary)
     publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
     if table is not None:
         publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")

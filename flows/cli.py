@@ -74,19 +74,28 @@ def _partitions(cfg: RunConfig) -> list[Any] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from imgflow.pipeline import PIPELINE, cached_run, plan
     from imgflow.sources import source_fingerprint
 
     # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
+    started = time.time()
     cfg = _run_config(args)
-    start_forkserver()  # the data stages' worker processes get ready while the source is read
     partitions = _partitions(cfg)
-    fingerprint = None if partitions is not None else source_fingerprint(cfg.download.source, cfg.download.options)
+    forced = PIPELINE.refreshed(args.refresh)
+    if partitions is None:
+        fingerprint = source_fingerprint(cfg.download.source, cfg.download.options)
+        planned, cached = cached_run(cfg, forced=forced, until=args.until, fingerprint=fingerprint)
+        if cached is not None:
+            return _conclude_cached(cfg, args, cached, started)
+    else:
+        fingerprint, planned = None, plan(cfg, forced=forced, until=args.until, partitions=partitions)
+    start_forkserver()  # the data stages' worker processes get ready while Prefect starts
     from flows.server import TemporaryAPI
 
     watch_descendants()  # before anything starts: nothing this run starts outlives it, however it ends
-    api = TemporaryAPI()  # Prefect's server starts while the flow and TensorFlow are imported
-    if _runs_tensorflow(cfg, args, partitions, fingerprint):
+    api = TemporaryAPI()  # Prefect's server starts while the flow (and TensorFlow, when a stage uses it) is imported
+    if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
         import tensorflow  # noqa: F401
     from flows.train import train
 
@@ -105,12 +114,17 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
-def _runs_tensorflow(cfg: RunConfig, args: argparse.Namespace, partitions: list[Any] | None, fingerprint: str | None) -> bool:
-    """Whether a run with these flags will run a stage that uses TensorFlow (a cached rerun does not)."""
-    from imgflow.pipeline import PIPELINE, plan
+def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str, Any], started: float) -> int:
+    """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
+    run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
+    is recorded; ``--refresh STAGE`` runs the flow again."""
+    from imgflow.release import conclude, localized
 
-    planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=partitions, fingerprint=fingerprint)
-    return any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned)
+    print(f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "
+          "no flow run started (--refresh STAGE runs one)", file=sys.stderr, flush=True)
+    summary = conclude(cfg, args.artifacts, localized(args.artifacts, cached), started, until=args.until)
+    _report(summary, args.json)
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -174,12 +188,17 @@ def _run_flow(
     _quiet_user_errors()
     with api.serving():
         summary = flow(**parameters)
+    _report(summary, as_json, printer)
+    return 0
+
+
+def _report(summary: dict[str, Any], as_json: bool, printer: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Print a run's summary with ``printer`` (default: a run summary), or as one JSON line, last."""
     sys.stderr.flush()
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
         (printer or _print_summary)(summary)
-    return 0
 
 
 def _date(text: str) -> dt.date:

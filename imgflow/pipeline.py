@@ -190,6 +190,28 @@ def plan(
     anything (nor importing TensorFlow): the keys are computed as the run would compute them, from
     the source's fingerprint (``fingerprint`` when the caller took it already) and each stored upstream
     output's. A stage whose input is not built yet runs, and so does everything after it."""
+    return _survey(cfg, forced, until, partitions, fingerprint)[0]
+
+
+def cached_run(
+    cfg: RunConfig, *, forced: frozenset[str] = frozenset(), until: str | None = None, fingerprint: str | None = None
+) -> tuple[list[PlannedStage], dict[str, StageResult] | None]:
+    """The plan of a whole-source run, and when it runs no stage, the stored output of every stage it
+    reuses (status ``cached``): all a run with nothing to run reports."""
+    planned, results = _survey(cfg, forced, until, None, fingerprint)
+    if any(p.action == "run" for p in planned):
+        return planned, None
+    return planned, {stage: result.with_status("cached") for stage, result in results.items()}
+
+
+def _survey(
+    cfg: RunConfig,
+    forced: frozenset[str],
+    until: str | None,
+    partitions: Sequence[Partition] | None,
+    fingerprint: str | None,
+) -> tuple[list[PlannedStage], dict[str, Any]]:
+    """``plan``, and the stored output of each step it reuses (None for one it runs)."""
     store = ArtifactStore(cfg.artifacts)
     store.pull_models(cfg.dataset.name)
     wanted = PIPELINE.until(until)
@@ -225,9 +247,7 @@ def plan(
             visit(step, config, PIPELINE.inputs(step, known, {SOURCE: source if step.name == "download" else None}), known, day)
         parts[day or ""] = known.get("clean")
 
-    results: dict[str, Any] = {}
-    if partitions is None:
-        results["clean"] = parts[""]
+    results: dict[str, Any] = dict(known) if partitions is None else {}
     for step in PIPELINE.run_steps(partitioned=partitions is not None):
         if step.per_partition:
             continue
@@ -251,4 +271,4 @@ def plan(
         visit(step, config, PIPELINE.inputs(step, results, external), results)
         if step.gated_by and gate is None and planned[-1].action == "run":
             planned[-1] = dataclasses.replace(planned[-1], note="if the gate promotes the candidate")
-    return planned
+    return planned, {stage: result for stage, result in results.items() if result is not None}

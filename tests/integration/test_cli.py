@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -69,15 +70,20 @@ def test_bad_data_found_inside_the_flow_exits_2_with_one_message_and_no_tracebac
     assert result.stderr.strip().splitlines()[-1].startswith("imgflow: error:")
 
 
-# ``imgflow plan`` in a fresh interpreter that must not have imported TensorFlow (nor started Prefect).
-PLAN = [sys.executable, "-c", "import sys\nfrom flows.cli import main\nrc = main(['plan', *sys.argv[1:]])\n"
-        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules\nsys.exit(rc)"]
+# imgflow in a fresh interpreter that must not import TensorFlow nor Prefect: ``plan``, and a ``run``
+# with every stage cached. Returns the last line of its output, parsed.
+UNORCHESTRATED = [sys.executable, "-c", "import sys\nfrom flows.cli import main\nrc = main(sys.argv[1:])\n"
+                  "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules\nsys.exit(rc)"]
+
+
+def _unorchestrated(*args: str, cwd: Path) -> Any:
+    result = subprocess.run([*UNORCHESTRATED, *args, "--json"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _plan(*args: str, cwd: Path) -> dict[str, str]:
-    result = subprocess.run([*PLAN, *args, "--json"], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {p["stage"]: p["action"] for p in json.loads(result.stdout.strip().splitlines()[-1])}
+    return {p["stage"]: p["action"] for p in _unorchestrated("plan", *args, cwd=cwd)}
 
 
 @pytest.mark.slow
@@ -109,18 +115,25 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 
     # What a rerun would do: reuse everything; with more epochs, train again and what follows it.
     assert _plan(*small, cwd=tmp_path) == dict.fromkeys(STAGES, "reuse")
+    # A rerun with nothing to run concludes as the flow would, without Prefect or TensorFlow.
+    again = _unorchestrated("run", *small, cwd=tmp_path)
+    assert {s: e["status"] for s, e in again["stages"].items()} == dict.fromkeys(STAGES, "cached")
+    assert (again["decision"], again["version"], again["metrics"]) == ("promoted", "v1", summary["metrics"])
+    assert again["artifacts"] == summary["artifacts"]
+    logged = [json.loads(line) for line in (artifacts / "runs.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and logged[0]["stages"] == logged[1]["stages"]
     more = [*small[:4], "--epochs", "3", *small[6:]]
     assert _plan(*more, cwd=tmp_path) == {"download": "reuse", "clean": "reuse", "shard": "reuse",
                                            "train": "run", "validate": "run", "export": "run"}
     assert _plan(*small, "--refresh", "shard", cwd=tmp_path) == {
         **dict.fromkeys(STAGES[:2], "reuse"), **dict.fromkeys(STAGES[2:], "run")}
     # --until stops there: the run trains nothing new, and says it stopped.
-    until = _imgflow("run", *more, "--until", "shard", "--json", cwd=tmp_path)
+    until = _imgflow("run", *more, "--refresh", "shard", "--until", "shard", "--json", cwd=tmp_path)
     assert until.returncode == 0, until.stderr[-3000:]
     stopped = json.loads(until.stdout.strip().splitlines()[-1])
     assert stopped["decision"] == "stopped" and stopped["version"] is None
     assert {s: e["status"] for s, e in stopped["stages"].items()} == {
-        **dict.fromkeys(STAGES[:3], "cached"), **dict.fromkeys(STAGES[3:], "skipped")}
+        **dict.fromkeys(STAGES[:2], "cached"), "shard": "ran", **dict.fromkeys(STAGES[3:], "skipped")}
 
 
 @pytest.mark.slow

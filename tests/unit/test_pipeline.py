@@ -9,7 +9,7 @@ import pytest
 from imgflow.config import build_run_config
 from imgflow.errors import ConfigError
 from imgflow.partitions import date_partitions
-from imgflow.pipeline import ORDER, PIPELINE, plan
+from imgflow.pipeline import ORDER, PIPELINE, cached_run, plan
 from imgflow.sources import source_fingerprint
 from imgflow.store import ArtifactStore
 from imgflow.testing import partitioned_parquet
@@ -78,6 +78,13 @@ def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -
         "download": "reuse", "clean": "run", "shard": "run", "train": "run", "validate": "run", "export": "run"}
     assert _actions(plan(cfg, until="clean")) == {
         "download": "reuse", "clean": "reuse", "shard": "skip", "train": "skip", "validate": "skip", "export": "skip"}
+
+    # A run that would run a stage has no cached conclusion; one stopped at shard has, every output stored.
+    assert cached_run(cfg)[1] is None
+    planned_until, cached = cached_run(cfg, until="shard")
+    assert _actions(planned_until)["train"] == "skip"
+    assert cached == {"download": raw.with_status("cached"), "clean": clean.with_status("cached"),
+                      "shard": shards.with_status("cached")}
 
 
 def test_plan_of_a_partitioned_source_has_each_partition_and_the_merge(tmp_path: Path) -> None:
