@@ -53,6 +53,11 @@ def main(epochs: int | None) -> None:
         .map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+    # As the pipeline's (imgflow.data.shard_dataset): no autotuner thread, whose timed sleep delays the
+    # end of fit by up to tens of seconds at random; this side would otherwise be the noisier one.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    data = data.with_options(options)
     steps = math.ceil(int(train.sum()) / t.batch_size)
     model = compile_for_training(build_model((28, 28, 1), 10, t), t.learning_rate, steps * t.epochs)
     model.fit(data, epochs=t.epochs, steps_per_epoch=steps, verbose=2)

@@ -8,6 +8,7 @@ in memory is parsed once and cached decoded, so every later epoch is as cheap as
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,8 +20,11 @@ from imgflow.features import parse_batch, parse_records
 # Training shards smaller than this in total are cached in memory, decoded, after the first pass: small
 # datasets then train at in-memory speed, and memory stays bounded whatever the dataset's size.
 CACHE_LIMIT_BYTES = 256 << 20
-# What tf.data's autotuning may hold in prefetch buffers (its default is half the machine's memory).
-AUTOTUNE_RAM_BYTES = 256 << 20
+
+
+def _parallel_calls() -> int:
+    """The parallelism of the pipelines' maps (tf.data's autotuning is off: see ``shard_dataset``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_augmenter(translate: float, rotate: float, zoom: float, seed: int) -> keras.Sequential | None:
@@ -50,7 +54,14 @@ def shard_dataset(
     Training pipelines shuffle files and records, read shards in parallel and repeat forever (pass
     ``steps_per_epoch`` to ``fit``); evaluation pipelines make one pass in the files' order, so
     predictions line up with the records.
+
+    tf.data's autotuning is off: destroying an autotuned iterator, as Keras does at the end of every
+    ``fit`` and ``evaluate``, waits for the autotuner's thread (``Model::OptimizeLoop``, gdb) to wake
+    from its timed sleep, whose period doubles up to 60 s: runs stalled 2.5-20 s with every core idle,
+    after training and after each validation pass. The maps run on every core instead, and prefetch
+    keeps its own buffer tuning (no autotuner thread).
     """
+    parallel = _parallel_calls()
     if cache is None:
         # Only training makes many passes; an evaluation pass over a cache would only add a copy.
         cache = training and sum(tf.io.gfile.stat(f).length for f in files) < CACHE_LIMIT_BYTES
@@ -70,26 +81,20 @@ def shard_dataset(
     if cache:
         # Parse once, a batch at a time, and cache the decoded records: later epochs cost what an
         # in-memory pipeline costs (a shuffle and a batch of ready tensors).
-        dataset = dataset.batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+        dataset = dataset.batch(1024).map(parse, num_parallel_calls=parallel).unbatch().cache()
     if training:
         # Repeat so an epoch is exactly ``steps_per_epoch`` batches and no epoch ends on a short read.
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(batch_size)
     if not cache:
-        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(parse, num_parallel_calls=parallel)
     dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
     if augmenter is not None:
         dataset = dataset.map(
-            lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=tf.data.AUTOTUNE
+            lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=parallel
         )
     options = tf.data.Options()
-    options.autotune.ram_budget = AUTOTUNE_RAM_BYTES
-    if not training:
-        # Keras drops the validation iterator after every evaluation. With autotuning on, destroying it
-        # inside a Prefect flow run sometimes waited ~2.5 s on one of tf.data's threads with every core
-        # idle (py-spy: ~IteratorResource -> ~LogicalThreadWrapper), doubling 2-3 epochs of each run;
-        # without it no epoch stalled. One pass in file order gains nothing from autotuning anyway.
-        options.autotune.enabled = False
+    options.autotune.enabled = False
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
