@@ -2,12 +2,13 @@
 
 ``TemporaryAPI`` is what ``imgflow run`` (and every other command that runs a flow) stands in:
 with ``PREFECT_API_URL`` set it uses that server; without, it starts Prefect's temporary server
-(``SubprocessASGIServer``, the one Prefect itself would start on first use) on a free local port,
-points this process at it, and at the end sends the logs and events still queued before stopping it.
+(the server process of ``SubprocessASGIServer``, which Prefect itself would start on first use) on a
+free local port, points this process at it, and at the end sends the logs and events still queued
+before stopping it.
 Runs started at once on one machine share ``PREFECT_HOME``'s database: their servers start one at a
 time, since two servers migrating a new database together collide ("duplicate column name").
 Doing that ourselves, rather than leaving the server to Prefect's exit hooks, keeps its farewell lines
-before our last line of output (``--json`` really ends with the JSON line) and uses only public API.
+before our last line of output (``--json`` really ends with the JSON line).
 
 ``prefect_server()`` starts a real ``prefect server start`` (with the UI, as a user would run it),
 for the deployment tests and benchmarks.
@@ -31,31 +32,55 @@ from imgflow.testing import free_port
 
 class TemporaryAPI:
     """The API a command's flow run talks to (see the module docstring). Made as early as the command
-    knows it will run a flow: a temporary server then starts in a background thread (most of its ~6 s
-    is the server process importing Prefect's server and checking its database) while the command
-    goes on importing the flow and TensorFlow; ``serving()`` waits for it."""
+    knows it will run a flow: a temporary server then starts in the background (most of its ~5 s is
+    the server process importing Prefect's server and checking its database) while the command goes
+    on importing the flow and TensorFlow; ``serving()`` waits for it.
+
+    The server process is the one Prefect's ``SubprocessASGIServer`` runs (uvicorn serving
+    ``prefect.server.api.server:create_app`` as an ephemeral server: no UI, no scheduling services),
+    started here without importing Prefect's server modules into this process: that import alone
+    takes ~3 s of the command's critical path, for one class."""
 
     def __init__(self) -> None:
-        from prefect.server.api.server import SubprocessASGIServer
         from prefect.settings import get_current_settings
 
-        self.configured = get_current_settings().api.url
-        self._server = None if self.configured else SubprocessASGIServer(port=free_port())
+        settings = get_current_settings()
+        self.configured = settings.api.url
+        self._home = Path(settings.home)
+        self._timeout = settings.server.ephemeral.startup_timeout_seconds
+        self._process: subprocess.Popen[bytes] | None = None
+        self.api_url = ""
         self._failure: BaseException | None = None
         self._starting = threading.Thread(target=self._start, name="prefect server start", daemon=True)
-        if self._server is not None:
+        if not self.configured:
             self._starting.start()
 
     def _start(self) -> None:
-        from prefect.settings import get_current_settings
-
-        home = Path(get_current_settings().home)
-        home.mkdir(parents=True, exist_ok=True)
+        self._home.mkdir(parents=True, exist_ok=True)
         try:
-            with file_lock(home / ".imgflow-server-start.lock"):
-                self._server.start()  # its database is migrated when this returns
+            with file_lock(self._home / ".imgflow-server-start.lock"):
+                self._serve()  # its database is migrated when this returns
         except BaseException as failure:  # raised again by serving(), in the command's thread
             self._failure = failure
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            port = free_port()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+            )
+            self.api_url = f"http://127.0.0.1:{port}/api"
+            if _healthy(self.api_url, self._process, deadline):
+                return
+            # 3: uvicorn could not bind the port (taken since free_port chose it): try another.
+            if self._process.returncode != 3 or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Prefect's temporary server did not start within {self._timeout:.0f} s "
+                    f"(exit status {self._process.returncode}; its errors are above)"
+                )
 
     @contextmanager
     def serving(self) -> Iterator[str]:
@@ -65,21 +90,49 @@ class TemporaryAPI:
         from prefect.logging.handlers import APILogWorker
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        if self._server is None:
+        if self.configured:
             yield self.configured
             return
         try:
             self._starting.join()
             if self._failure is not None:
                 raise self._failure
-            with temporary_settings({PREFECT_API_URL: self._server.api_url}):
+            with temporary_settings({PREFECT_API_URL: self.api_url}):
                 try:
-                    yield self._server.api_url
+                    yield self.api_url
                 finally:
                     APILogWorker.drain_all(timeout=30)
                     EventsWorker.drain_all(timeout=30)
         finally:
-            self._server.stop()
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _healthy(api_url: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait until the server at ``api_url`` answers its health check (True), its process exits or the
+    deadline passes (False)."""
+    while process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            process.wait()
+            return False
+        time.sleep(0.05)
+    return False
 
 
 @contextmanager
