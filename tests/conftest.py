@@ -73,6 +73,17 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on 127.0.0.1 for the whole session (one per pytest-xdist worker),
+    for tests that start many ``imgflow`` processes: each talks to it (``PREFECT_API_URL``) instead of
+    starting a temporary server of its own. Yields its API URL."""
+    from flows.server import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A real S3 server on 127.0.0.1 (moto's), with one bucket: yields ``s3://imgflow-test``. Its
     endpoint and test credentials are set in this process's environment, which the runs the tests

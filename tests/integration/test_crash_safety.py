@@ -2,7 +2,9 @@
 
 SIGKILL inside every stage (at its worst moment: files written, manifest not yet), a training killed
 mid-way that resumes, two runs of the same work at once, and a cached rerun that never imports
-TensorFlow. Each run is a separate `imgflow` process with Prefect's temporary server.
+TensorFlow. Each run is a separate `imgflow` process; they talk to one `prefect server start` per test
+process (``prefect_api``), as runs on a machine with a Prefect server do, instead of each starting
+Prefect's temporary server (what a kill does to that server is test_orphans.py's subject).
 """
 
 from __future__ import annotations
@@ -27,16 +29,25 @@ STAGES = ("download", "clean", "shard", "train", "validate", "export")
 SMALL = ["--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0"]
 
 
-def _start(artifacts: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(artifacts), "--json", *args]
-    return subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: the kill takes Prefect's server with it
-    )
+Start = Callable[..., subprocess.Popen]
+
+
+@pytest.fixture(scope="module")
+def start(prefect_api: str) -> Start:
+    """``start(artifacts, *args, env=None)``: an ``imgflow run --json`` process on ``prefect_api``."""
+
+    def run(artifacts: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(artifacts), "--json", *args]
+        return subprocess.Popen(
+            command,
+            env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: the kill takes its pools and watcher with it
+        )
+
+    return run
 
 
 def _finish(process: subprocess.Popen) -> dict:
@@ -73,56 +84,63 @@ def _fingerprints(summary: dict, root: str | None = None) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _finish(_start(tmp_path_factory.mktemp("uninterrupted") / "artifacts", *SMALL))
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, start: Start) -> dict:
+    return _finish(start(tmp_path_factory.mktemp("uninterrupted") / "artifacts", *SMALL))
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_sigkill_inside_a_stage_then_rerun_matches_an_uninterrupted_run(tmp_path: Path, stage: str, uninterrupted: dict) -> None:
+def _statuses(summary: dict) -> dict[str, str]:
+    return {s: summary["stages"][s]["status"] for s in STAGES}
+
+
+def test_sigkill_inside_each_stage_then_the_reruns_match_an_uninterrupted_run(tmp_path: Path, start: Start, uninterrupted: dict) -> None:
+    """One run killed in each stage in turn: the run killed in a stage rebuilt the stage killed in the
+    run before (cleaning up what it left) and reused everything before that; the last rerun completes
+    and every output matches an uninterrupted run's."""
     artifacts = tmp_path / "artifacts"
-    process = _start(artifacts, *SMALL, env={FAILPOINT: stage})
-    _kill_when(process, lambda: any((artifacts / stage).glob(".tmp-*/.failpoint")))
-    assert process.returncode == -signal.SIGKILL
-    # The killed stage's files are on disk, but nothing of it counts as complete.
-    assert any((artifacts / stage).glob(".tmp-*"))
-    assert not any((artifacts / stage).glob(f"*/{MANIFEST}"))
+    for position, stage in enumerate(STAGES):
+        process = start(artifacts, *SMALL, env={FAILPOINT: stage})
+        _kill_when(process, lambda: any((artifacts / stage).glob(".tmp-*/.failpoint")))
+        assert process.returncode == -signal.SIGKILL
+        # The killed stage's files are on disk, but nothing of it counts as complete.
+        assert any((artifacts / stage).glob(".tmp-*"))
+        assert not any((artifacts / stage).glob(f"*/{MANIFEST}")), stage
+        for earlier in STAGES[:position]:
+            assert len(list((artifacts / earlier).glob(f"*/{MANIFEST}"))) == 1, (stage, earlier)
+            assert not any((artifacts / earlier).glob(".tmp-*")), f"{earlier}: the rerun cleans up what the killed run left"
 
-    rerun = _finish(_start(artifacts, *SMALL))
-    position = STAGES.index(stage)
-    assert {s: rerun["stages"][s]["status"] for s in STAGES} == {
-        s: "cached" if i < position else "ran" for i, s in enumerate(STAGES)
-    }
+    rerun = _finish(start(artifacts, *SMALL))
+    assert _statuses(rerun) == {**dict.fromkeys(STAGES[:-1], "cached"), "export": "ran"}
     assert _fingerprints(rerun) == _fingerprints(uninterrupted)
     assert rerun["metrics"] == uninterrupted["metrics"] and rerun["decision"] == "promoted"
-    assert not any((artifacts / stage).glob(".tmp-*")), "the rerun cleans up what the killed run left"
+    assert not any(artifacts.glob("*/.tmp-*")), "the rerun cleans up what the killed run left"
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_sigkill_while_publishing_to_s3_then_another_machine_finishes(
-    tmp_path: Path, stage: str, uninterrupted: dict, s3_root: str
+def test_sigkill_while_publishing_each_stage_to_s3_then_another_machine_finishes(
+    tmp_path: Path, start: Start, uninterrupted: dict, s3_root: str
 ) -> None:
-    """The object-store root's worst moment: the stage's files uploaded, its manifest not. The run
-    dies holding the key's lease; a run on another machine (another mirror) takes the lease over
-    once it stops being renewed, rebuilds that stage and matches an uninterrupted run."""
-    mirror_a, mirror_b = tmp_path / "machine-a", tmp_path / "machine-b"
-    process = _start(s3_root, *SMALL, env={FAILPOINT: f"{stage}@publish", CACHE: str(mirror_a)})
-    _kill_when(process, lambda: any(mirror_a.glob(f"*/{stage}/.failpoint-*")))
-    key = next(mirror_a.glob(f"*/{stage}/.failpoint-*")).name.removeprefix(".failpoint-")
+    """The object-store root's worst moment, in each stage in turn: the stage's files uploaded, its
+    manifest not. Each run (a machine of its own: its own mirror) dies holding the key's lease; the
+    next takes the lease over once it stops being renewed, rebuilds that stage and is killed in the
+    next one. The last run finishes and matches an uninterrupted run."""
     remote = ObjectRoot(s3_root)
-    assert remote.files(f"{stage}/{key}") and MANIFEST not in remote.files(f"{stage}/{key}"), "files, no manifest"
+    keys = {}
+    for stage in STAGES:
+        mirror = tmp_path / f"machine-{stage}"
+        process = start(s3_root, *SMALL, env={FAILPOINT: f"{stage}@publish", CACHE: str(mirror)})
+        _kill_when(process, lambda: any(mirror.glob(f"*/{stage}/.failpoint-*")))
+        keys[stage] = next(mirror.glob(f"*/{stage}/.failpoint-*")).name.removeprefix(".failpoint-")
+        files = remote.files(f"{stage}/{keys[stage]}")
+        assert files and MANIFEST not in files, f"{stage}: files, no manifest"
 
-    rerun = _finish(_start(s3_root, *SMALL, env={CACHE: str(mirror_b)}))
-    position = STAGES.index(stage)
-    assert {s: rerun["stages"][s]["status"] for s in STAGES} == {
-        s: "cached" if i < position else "ran" for i, s in enumerate(STAGES)
-    }
-    assert rerun["stages"][stage]["key"] == key
+    rerun = _finish(start(s3_root, *SMALL, env={CACHE: str(tmp_path / "machine-last")}))
+    assert _statuses(rerun) == {**dict.fromkeys(STAGES[:-1], "cached"), "export": "ran"}
+    assert {stage: rerun["stages"][stage]["key"] for stage in STAGES} == keys
     assert _fingerprints(rerun, s3_root) == _fingerprints(uninterrupted)
     assert rerun["metrics"] == uninterrupted["metrics"] and rerun["decision"] == "promoted"
     assert not [f for f in remote.files("") if ".lease-" in f], "every lease is let go or taken over"
 
 
-def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
+def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path, start: Start) -> None:
     artifacts = tmp_path / "artifacts"
     args = ["--dataset", "mnist5k", "--limit", "1500", "--epochs", "8", "--min-accuracy", "0"]
 
@@ -130,9 +148,9 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
         progress = list((artifacts / "train").glob(".work-*/progress.json"))
         return bool(progress) and json.loads(progress[0].read_text())["epoch"] >= 3
 
-    process = _start(artifacts, *args)
+    process = start(artifacts, *args)
     _kill_when(process, in_epoch_4)
-    rerun = _finish(_start(artifacts, *args))
+    rerun = _finish(start(artifacts, *args))
     train = rerun["stages"]["train"]
     assert train["status"] == "ran" and train["resumed_from_epoch"] >= 3
     assert rerun["decision"] == "promoted"
@@ -141,10 +159,10 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
     assert not any((artifacts / "train").glob(".work-*")), "the checkpoints go once the model is complete"
 
 
-def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path) -> None:
+def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path, start: Start) -> None:
     artifacts = tmp_path / "artifacts"
     runs = [
-        _start(artifacts, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}")}) for i in range(2)
+        start(artifacts, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}")}) for i in range(2)
     ]
     first, second = (_finish(run) for run in runs)
     for stage in STAGES:
@@ -157,9 +175,9 @@ def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path) -> None:
     _cached_rerun_skips_tensorflow(str(artifacts))
 
 
-def test_two_machines_at_once_on_s3_compute_each_stage_once(tmp_path: Path, s3_root: str) -> None:
+def test_two_machines_at_once_on_s3_compute_each_stage_once(tmp_path: Path, start: Start, s3_root: str) -> None:
     runs = [
-        _start(s3_root, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}"), CACHE: str(tmp_path / f"machine-{i}")})
+        start(s3_root, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}"), CACHE: str(tmp_path / f"machine-{i}")})
         for i in range(2)
     ]
     first, second = (_finish(run) for run in runs)
