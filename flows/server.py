@@ -88,7 +88,7 @@ class TemporaryAPI:
         the logs and events still queued are sent."""
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         if self.configured:
             yield self.configured
@@ -97,7 +97,10 @@ class TemporaryAPI:
             self._starting.join()
             if self._failure is not None:
                 raise self._failure
-            with temporary_settings({PREFECT_API_URL: self.api_url}):
+            # No flow-run heartbeats: they let a lasting server notice a run that died, and this server
+            # dies with the run. Their thread sleeps in 1 s steps and is joined as the flow ends (up to
+            # 1 s of every run spent waiting for it).
+            with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 try:
                     yield self.api_url
                 finally:
