@@ -24,10 +24,12 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -94,10 +96,13 @@ def _run(args: argparse.Namespace) -> int:
     from flows.server import TemporaryAPI
 
     watch_descendants()  # before anything starts: nothing this run starts outlives it, however it ends
-    api = TemporaryAPI()  # Prefect's server starts while the flow (and TensorFlow, when a stage uses it) is imported
-    if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
-        import tensorflow  # noqa: F401
+    api = TemporaryAPI()  # Prefect's server starts while the flow and TensorFlow are imported
     from flows.train import train
+
+    if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
+        # TensorFlow (~3 s) imports in the background, while this thread waits for the server and the
+        # data stages run in worker processes; the first stage that uses it waits for the import to end.
+        threading.Thread(target=importlib.import_module, args=("tensorflow",), name="import tensorflow", daemon=True).start()
 
     return _run_flow(
         train,

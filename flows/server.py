@@ -42,18 +42,21 @@ class TemporaryAPI:
     takes ~3 s of the command's critical path, for one class."""
 
     def __init__(self) -> None:
-        from prefect.settings import get_current_settings
-
-        settings = get_current_settings()
-        self.configured = settings.api.url
-        self._home = Path(settings.home)
-        self._timeout = settings.server.ephemeral.startup_timeout_seconds
         self._process: subprocess.Popen[bytes] | None = None
         self.api_url = ""
         self._failure: BaseException | None = None
+        # Read from the environment, not Prefect's settings: importing those takes ~0.8 s, and the
+        # server starts before that unless the environment names a server already.
+        self._home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+        self._timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20"))
         self._starting = threading.Thread(target=self._start, name="prefect server start", daemon=True)
-        if not self.configured:
+        if not os.environ.get("PREFECT_API_URL"):
             self._starting.start()
+        from prefect.settings import get_current_settings
+
+        # A server named elsewhere (a profile, prefect.toml) is used instead; one started meanwhile is
+        # stopped after the run.
+        self.configured = get_current_settings().api.url
 
     def _start(self) -> None:
         self._home.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,12 @@ class TemporaryAPI:
         from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         if self.configured:
-            yield self.configured
+            try:
+                yield self.configured
+            finally:
+                if self._starting.ident is not None:  # started before the settings named a server
+                    self._starting.join()
+                    self._stop()
             return
         try:
             self._starting.join()
