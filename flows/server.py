@@ -32,7 +32,7 @@ from imgflow.testing import free_port
 
 class TemporaryAPI:
     """The API a command's flow run talks to (see the module docstring). Made as early as the command
-    knows it will run a flow: a temporary server then starts in the background (most of its ~5 s is
+    knows it will run a flow: a temporary server then starts in the background (most of its ~3.5 s is
     the server process importing Prefect's server and checking its database) while the command goes
     on importing the flow and TensorFlow; ``serving()`` waits for it.
 
