@@ -43,7 +43,7 @@ def measure(label: str, tmp: Path, epochs: int, env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10, help="the bundled sample's recipe (10): the gate promotes, so export runs too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgflow-warm-cold-") as tmp_name:
         tmp = Path(tmp_name)

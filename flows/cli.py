@@ -24,12 +24,10 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import importlib
 import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -100,9 +98,10 @@ def _run(args: argparse.Namespace) -> int:
     from flows.train import train
 
     if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
-        # TensorFlow (~3 s) imports in the background, while this thread waits for the server and the
-        # data stages run in worker processes; the first stage that uses it waits for the import to end.
-        threading.Thread(target=importlib.import_module, args=("tensorflow",), name="import tensorflow", daemon=True).start()
+        # Here, while the server starts, not in a background thread: a stage importing TensorFlow
+        # (or Keras) while another thread is importing it can be handed a half-initialised module
+        # (Python's answer to an import-lock cycle: seen as "dataset_ops has no attribute DatasetV2").
+        import tensorflow  # noqa: F401
 
     return _run_flow(
         train,
