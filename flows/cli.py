@@ -14,13 +14,16 @@
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
-with status 2, without a traceback; anything else is a bug and keeps its traceback. Everything that can
-be checked is checked before Prefect starts, so a typo costs nothing.
+with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its
+inputs, the error) and status 1, its traceback written to a log file under the artifact root
+(``<artifacts>/logs/``) rather than over the terminal. Everything that can be checked is checked before
+Prefect starts, so a typo costs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as dt
 import gc
@@ -37,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imgflow.config import BACKENDS, RunConfig
-from imgflow.errors import ConfigError, UserError
+from imgflow.errors import ConfigError, UserError, described_inputs
 from imgflow.lifetime import watch_descendants
 from imgflow.parallel import start_forkserver
 from imgflow.pipeline import ORDER
@@ -189,7 +192,7 @@ def _run_flow(
     watch_descendants()  # nothing this run starts outlives it, however it ends
     if api is None:
         api = TemporaryAPI()
-    _quiet_user_errors()
+    _quiet_tracebacks()
     with api.serving():
         summary = flow(**parameters)
     _report(summary, as_json, printer)
@@ -212,24 +215,30 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
-class _WithoutTraceback(logging.Filter):
-    """Prefect logs a failed task's or flow's exception with its traceback. For a ``UserError`` (the
-    user's data or settings, not our bug) the console keeps the message and drops the traceback; the
-    logs sent to the Prefect server keep it."""
+class _WithoutTraceback(logging.Formatter):
+    """Prefect logs a failed task's or flow's exception with its traceback. On the console this keeps
+    the message and drops the traceback: a ``UserError`` is the user's data or settings, not a bug, and
+    any other error's traceback goes to the log file ``_crashed`` names. It formats a copy of the
+    record, so the logs sent to the Prefect server keep the traceback."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], UserError):
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text:
+            record = copy.copy(record)
             record.exc_info, record.exc_text = None, None
-        return True
+        return self.inner.format(record)
 
 
-def _quiet_user_errors() -> None:
+def _quiet_tracebacks() -> None:
     """Put ``_WithoutTraceback`` on Prefect's console handlers (set up when Prefect is imported)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_WithoutTraceback())
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -462,6 +471,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the last line of defence: one paragraph, the traceback in a file
+        return _crashed(args, exc)
+
+
+def _crashed(args: argparse.Namespace, error: Exception) -> int:
+    """Report an exception imgflow did not expect: where it came from (the stage and its inputs, when a
+    stage raised it: ``imgflow.errors.note_stage``), what it says, and the log file holding its full
+    traceback. Stage outputs are moved into place only when complete, so none is half-written."""
+    log = _crash_log(getattr(args, "artifacts", None), error)
+    stage = getattr(error, "imgflow_stage", None)
+    where = f"in stage {stage} (inputs: {described_inputs(error.imgflow_inputs)})" if stage else f"in `imgflow {args.command}`"  # type: ignore[attr-defined]
+    dataset = getattr(args, "dataset", None) or getattr(args, "input", None)
+    message = (str(error).strip().splitlines() or [""])[0].rstrip(".") + "."
+    print(
+        f"imgflow: internal error {where}{f' for {dataset}' if dataset else ''}: {type(error).__name__}: {message} "
+        f"The full traceback is in {log}. No stage output is half-written (each is moved into place only when "
+        "complete): a rerun reuses the stages that finished. If the input is not at fault, this is a bug in "
+        "imgflow: please report it with that file.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _crash_log(artifacts: str | None, error: Exception) -> Path:
+    """Write ``error``'s traceback to ``<artifacts>/logs/error-<time>-<pid>.log`` (the local mirror of an
+    object-store root; the temporary folder when that cannot be written) and return the path."""
+    import tempfile
+    import traceback
+
+    from imgflow.objectstore import is_remote, mirror_dir
+
+    root = Path(artifacts or "artifacts")
+    if artifacts and is_remote(artifacts):
+        root = mirror_dir(artifacts)
+    name = f"error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    text = f"imgflow {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(error))
+    for folder in (root / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return (folder / name).resolve()
+        except OSError as problem:
+            text += f"\n(could not be written to {folder}: {problem})\n"
+    raise error  # neither place takes a file: the traceback goes to the terminal after all
 
 
 def entry() -> int:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgflow.config import CleanConfig
-from imgflow.errors import SourceError
+from imgflow.errors import ConfigError, SourceError
 from imgflow.fingerprint import sha256_bytes
 from imgflow.results import CleanInfo
 from imgflow.store import write_json_atomic
@@ -64,6 +64,28 @@ def assign_split(content_sha: str, test_fraction: float, val_fraction: float, sa
     if position < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def check_splits(info: CleanInfo, min_test_records: int) -> None:
+    """A ``ConfigError`` when a clean table's splits cannot train and judge a model: an empty train
+    split, or a test split under ``min_test_records`` (``[gate] min_test_records``). Checked right after
+    cleaning, before any training: the message names the split, the counts and the fractions to change."""
+    splits = {name: info.splits.get(name, 0) for name in SPLITS}
+    rule = info.split_rule
+    counts = f"{info.kept} records kept: train {splits['train']}, val {splits['val']}, test {splits['test']}"
+    fractions = f"[clean] test_fraction = {rule['test_fraction']}, val_fraction = {rule['val_fraction']}"
+    if splits["test"] < min_test_records:
+        raise ConfigError(
+            f"the test split of {info.source} would hold {splits['test']} record(s), fewer than the {min_test_records} "
+            f"a model is judged on ([gate] min_test_records) ({counts}; {fractions}). Each record's split comes from "
+            "a hash of its pixels, so a small table can miss a split: raise test_fraction, add records, or lower "
+            "min_test_records."
+        )
+    if splits["train"] == 0:
+        raise ConfigError(
+            f"the train split of {info.source} would be empty ({counts}; {fractions}): lower test_fraction or "
+            "val_fraction, or add records."
+        )
 
 
 def natural_key(label: str) -> tuple[int, int | str]:

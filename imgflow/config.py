@@ -7,17 +7,53 @@ the ones downstream of it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgflow.accel import PRECISIONS
 from imgflow.errors import ConfigError
+from imgflow.images import MAX_PIXELS
 from imgflow.objectstore import is_remote
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
-MODEL_NAMES = ("cnn", "resnet9", "transfer")  # what imgflow.models.build_model builds (checked without Keras)
+# What imgflow.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
+# them equal to the builders').
+MODEL_NAMES = ("cnn", "resnet9", "transfer")
+BACKBONE_NAMES = ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2")
+MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
+
+
+def _rule(test: Callable[[Any], bool], words: str, **metadata: Any) -> dict[str, Any]:
+    """A field's value rule, read by ``parse_section`` after the value's type is checked."""
+    return {**metadata, "rule": (test, words)}
+
+
+def _at_least(low: float, **metadata: Any) -> dict[str, Any]:
+    return _rule(lambda value: value >= low, f"at least {low}", **metadata)
+
+
+def _above(low: float) -> dict[str, Any]:
+    return _rule(lambda value: value > low, f"above {low}")
+
+
+def _fraction(upper_open: bool = False) -> dict[str, Any]:
+    if upper_open:
+        return _rule(lambda value: 0 <= value < 1, "at least 0 and below 1")
+    return _rule(lambda value: 0 <= value <= 1, "between 0 and 1")
+
+
+def _one_of(*choices: Any) -> dict[str, Any]:
+    words = ", ".join(str(choice).lower() if isinstance(choice, bool) else repr(choice) for choice in choices)
+    return _rule(lambda value: value in choices, f"one of {words}")
 
 
 @dataclass(frozen=True)
@@ -34,17 +70,25 @@ class DownloadConfig:
 class FetchConfig:
     """A spec's ``[download]`` section."""
 
-    timeout: float = 60.0
+    timeout: float = field(default=60.0, metadata=_above(0))
 
 
 @dataclass(frozen=True)
 class CleanConfig:
-    image_size: tuple[int, int] | None = None  # (height, width); None: the most common size
-    channels: int | None = None  # 1 or 3; None: 1 when every image is grayscale, else 3
-    class_names: tuple[str, ...] | None = None  # None: the sorted labels found
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    # (height, width); None: the most common size
+    image_size: tuple[int, int] | None = field(default=None, metadata=_rule(lambda v: min(v) >= 1, "two sizes of at least 1"))
+    # 1 or 3; None: 1 when every image is grayscale, else 3
+    channels: int | None = field(default=None, metadata=_one_of(1, 3))
+    # None: the sorted labels found
+    class_names: tuple[str, ...] | None = field(
+        default=None, metadata=_rule(lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(v), "two or more different, non-empty names")
+    )
+    test_fraction: float = field(default=0.2, metadata=_fraction(upper_open=True))
+    val_fraction: float = field(default=0.1, metadata=_fraction(upper_open=True))
     split_salt: str = ""
+    # The most pixels an image's header may declare; more is quarantined as ``too_large`` before any
+    # pixel is decoded (a few bytes of PNG can claim gigabytes). Pillow's default limit.
+    max_pixels: int = field(default=MAX_PIXELS, metadata=_at_least(1))
 
 
 @dataclass(frozen=True)
@@ -53,53 +97,58 @@ class ShardConfig:
     # shard_bytes of records (TensorFlow's guidance: on the order of 100 MB), or records_per_shard.
     # Below min_shards shards of shard_bytes, as many as min_shards while each still holds 10 MB:
     # readers and the parallel writers then have files to share (TensorFlow's guidance again).
-    shard_bytes: int = 100 * 2**20
-    records_per_shard: int | None = None
-    min_shards: int = 8
+    shard_bytes: int = field(default=100 * 2**20, metadata=_at_least(1))
+    records_per_shard: int | None = field(default=None, metadata=_at_least(1))
+    min_shards: int = field(default=8, metadata=_at_least(1))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "cnn"
-    width: int = 24
-    epochs: int = 15
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    dropout: float = 0.3
-    translate: float = 0.1
-    rotate: float = 0.05
-    zoom: float = 0.1
+    model: str = field(default="cnn", metadata=_one_of(*MODEL_NAMES))
+    width: int = field(default=24, metadata=_at_least(1))
+    epochs: int = field(default=15, metadata=_at_least(1))
+    batch_size: int = field(default=64, metadata=_at_least(1))
+    learning_rate: float = field(default=3e-3, metadata=_above(0))
+    dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
+    translate: float = field(default=0.1, metadata=_fraction())
+    rotate: float = field(default=0.05, metadata=_fraction())
+    zoom: float = field(default=0.1, metadata=_fraction(upper_open=True))
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
     # Transfer learning (model = "transfer"): a keras.applications backbone, its weights from a local
     # file (None: random; nothing is downloaded), trained frozen for freeze_epochs, then fine-tuned
     # at learning_rate * fine_tune_factor.
-    backbone: str = "MobileNetV2"
+    backbone: str = field(default="MobileNetV2", metadata=_one_of(*BACKBONE_NAMES))
     backbone_weights: str | None = None
-    backbone_size: int = 96
-    freeze_epochs: int = 0
-    fine_tune_factor: float = 0.1
+    backbone_size: int = field(default=96, metadata=_at_least(32))
+    freeze_epochs: int = field(default=0, metadata=_at_least(0))
+    fine_tune_factor: float = field(default=0.1, metadata=_above(0))
     # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, float32 without XLA on a CPU.
-    precision: str = "auto"
-    jit_compile: str | bool = "auto"
-    augment_on: str = "auto"  # "device": in the train step; "host": in tf.data; auto: device on a GPU
+    precision: str = field(default="auto", metadata=_one_of(*PRECISIONS))
+    jit_compile: str | bool = field(default="auto", metadata=_one_of("auto", True, False))
+    # "device": in the train step; "host": in tf.data; auto: device on a GPU
+    augment_on: str = field(default="auto", metadata=_one_of("auto", "host", "device"))
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_accuracy: float = 0.98
-    tolerance: float = 0.005  # how much worse than the champion a candidate may be
+    min_accuracy: float = field(default=0.98, metadata=_fraction())
+    tolerance: float = field(default=0.005, metadata=_fraction())  # how much worse than the champion a candidate may be
+    # The fewest test records a candidate is judged on: a run whose test split would hold fewer is
+    # refused right after cleaning (``imgflow.cleantable.check_splits``), before any training. It
+    # changes no output, so it is no part of the cache key.
+    min_test_records: int = field(default=MIN_TEST_RECORDS, metadata=_at_least(1, key=False))
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = 17
-    parity_tolerance: float = 1e-5
-    parity_batch: int = 256
+    opset: int = field(default=17, metadata=_rule(lambda v: 13 <= v <= 18, "an ONNX opset from 13 to 18"))
+    parity_tolerance: float = field(default=1e-5, metadata=_above(0))
+    parity_batch: int = field(default=256, metadata=_at_least(1))
     int8: bool = True  # also try an int8-quantized ONNX model
-    int8_max_drop: float = 0.005  # keep it only if it loses at most this much test accuracy
-    calibration_images: int = 256
+    int8_max_drop: float = field(default=0.005, metadata=_fraction())  # keep it only if it loses at most this much test accuracy
+    calibration_images: int = field(default=256, metadata=_at_least(1))
 
 
 SECTIONS = {
@@ -140,18 +189,87 @@ class RunConfig:
 
 
 def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    """``cls`` (a stage config) from a section's ``values``: every name known, every value of its
+    field's type and within its rule, else a ``ConfigError`` naming the setting and what it must be."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        check_value(f"{where} {name}", value, hints[name], fields[name].metadata.get("rule"))
     # TOML has arrays, the configs tuples: keep configs hashable and their JSON the same.
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    if isinstance(config, CleanConfig) and config.test_fraction + config.val_fraction >= 1:
+        raise ConfigError(
+            f"{where}: test_fraction + val_fraction must be below 1 (the rest is the train split), "
+            f"got {config.test_fraction} + {config.val_fraction}"
+        )
+    return config
+
+
+def check_value(setting: str, value: Any, hint: Any, rule: tuple[Callable[[Any], bool], str] | None = None) -> None:
+    """A ``ConfigError`` unless ``value`` is of the type ``hint`` (a config field's annotation) and,
+    when given, passes ``rule`` (test, words)."""
+    if not _matches(value, hint):
+        raise ConfigError(f"{setting} must be {_expected(hint)}, got {_described(value)}")
+    if rule is not None and value is not None and not rule[0](value):
+        raise ConfigError(f"{setting} must be {rule[1]}, got {_described(value)}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    raise TypeError(f"no check for a setting of type {hint}")  # a config field of a new kind: add it here
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_expected(arg) for arg in args if arg is not type(None))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a table"
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    return words[hint]
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    kinds = {str: "the string", int: "the integer", float: "the number", list: "the list", tuple: "the list", dict: "the table"}
+    text = repr(value if not isinstance(value, tuple) else list(value))
+    return f"{kinds.get(type(value), type(value).__name__)} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _spec_from_toml(path: Path) -> DatasetSpec:
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"dataset spec {path} is not valid TOML: {exc}") from None
     if "source" not in data:
         raise ConfigError(f"dataset spec {path} has no 'source' (e.g. source = \"sample:mnist5k\")")
@@ -162,16 +280,36 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
             f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; known: name, source, limit, options, "
             + ", ".join(f"[{section}]" for section in SECTIONS)
         )
+    for key, hint in (("name", str), ("source", str), ("limit", int), ("options", dict[str, Any])):
+        if key in data:
+            check_value(f"dataset spec {path}: {key}", data[key], hint, _TOP_RULES.get(key))
+    for section in SECTIONS:
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"dataset spec {path}: [{section}] must be a table of settings, got {_described(data[section])}")
     sections = {section: dict(data.get(section, {})) for section in SECTIONS}
     for section, values in sections.items():
         parse_section(SECTIONS[section], values, f"{path} [{section}]")
     return DatasetSpec(
-        name=data.get("name", path.stem),
+        name=data.get("name", _name_from(path.stem)),
         source=data["source"],
         limit=data.get("limit"),
         options=dict(data.get("options", {})),
         sections=sections,
     )
+
+
+# The value rules of a spec's top-level keys (test, words), as ``_rule`` gives its fields'.
+_TOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: NAME_PATTERN.fullmatch(v) is not None, "letters, digits, '.', '_' and '-' (it names the model's folder)"),
+    "source": (lambda v: ":" in v, 'a source spec "scheme:..." (e.g. "folder:/data/pets", "sample:mnist5k")'),
+    "limit": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def _name_from(text: str) -> str:
+    """A model name from a file's or a source's name: what ``NAME_PATTERN`` does not allow becomes '-'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip("._-")[:100]
+    return cleaned or "dataset"
 
 
 def resolve_dataset(spec: str, search: tuple[Path, ...] = ()) -> DatasetSpec:
@@ -189,7 +327,7 @@ def resolve_dataset(spec: str, search: tuple[Path, ...] = ()) -> DatasetSpec:
         scheme, _, rest = spec.partition(":")
         base = rest.split("#", 1)[0].rstrip("/").replace("\\", "/").split("/")[-1]
         name = base.split(":", 1)[0].split(".")[0] or scheme
-        return DatasetSpec(name=name, source=spec)
+        return DatasetSpec(name=_name_from(name), source=spec)
     for folder in (*search, Path.cwd() / "datasets", REPO_DATASETS):
         path = folder / f"{spec}.toml"
         if path.is_file():
@@ -218,18 +356,9 @@ def build_run_config(
     if min_accuracy is not None:
         values["gate"]["min_accuracy"] = min_accuracy
     configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
-    train_cfg, gate, fetch = configs["train"], configs["gate"], configs.pop("download")
-    if isinstance(fetch.timeout, bool) or not isinstance(fetch.timeout, (int, float)) or fetch.timeout <= 0:
-        raise ConfigError(f"dataset {spec.name} [download] timeout must be a number of seconds above 0, got {fetch.timeout!r}")
-    if train_cfg.model not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {train_cfg.model!r}; known: {', '.join(MODEL_NAMES)}")
-    if train_cfg.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {train_cfg.epochs}")
-    if not 0.0 <= gate.min_accuracy <= 1.0:
-        raise ConfigError(f"min-accuracy must be between 0 and 1, got {gate.min_accuracy}")
+    fetch = configs.pop("download")
     effective_limit = limit if limit is not None else spec.limit
-    if effective_limit is not None and effective_limit < 1:
-        raise ConfigError(f"limit must be positive, got {effective_limit}")
+    check_value(f"dataset {spec.name} limit", effective_limit, int | None, _TOP_RULES["limit"])
     return RunConfig(
         dataset=spec,
         artifacts=str(artifacts) if is_remote(artifacts) else str(Path(artifacts).resolve()),

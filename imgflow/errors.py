@@ -1,8 +1,14 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and where an unexpected one came from.
 
 A ``UserError`` means the input (a dataset, a flag, a file) is wrong, not that imgflow has a bug: the
-CLI prints its message as one paragraph and exits non-zero without a traceback.
+CLI prints its message as one paragraph and exits non-zero without a traceback. Any other exception
+out of a stage carries which stage and which inputs it was building from (``note_stage``), so the
+CLI's last line of defence can say so in one paragraph and keep the traceback in a log file.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class UserError(Exception):
@@ -19,3 +25,16 @@ class ConfigError(UserError):
 
 class ExportMismatchError(RuntimeError):
     """The SavedModel and ONNX exports disagree beyond tolerance: the model must not be promoted."""
+
+
+def note_stage(error: BaseException, stage: str, inputs: Mapping[str, str]) -> None:
+    """Record on ``error`` the stage it came out of and that stage's inputs (name -> path or
+    fingerprint); the innermost stage wins. The note also shows in the traceback."""
+    if getattr(error, "imgflow_stage", None) is None:
+        error.imgflow_stage = stage  # type: ignore[attr-defined]
+        error.imgflow_inputs = dict(inputs)  # type: ignore[attr-defined]
+        error.add_note(f"(raised in imgflow stage {stage}; inputs: {described_inputs(inputs)})")
+
+
+def described_inputs(inputs: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} = {value}" for name, value in inputs.items()) or "none"

@@ -7,6 +7,8 @@ prediction and the sources that hold arrays rather than files all read and write
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,44 +33,65 @@ class BadImage(Exception):
 
 
 GRAYSCALE_MODES = ("1", "L", "I", "I;16", "F")
+# The most pixels an image's header may declare (``[clean] max_pixels``): Pillow's own default
+# (about 9,459 x 9,459; 256 MiB of 24-bit pixels). A file claiming more is quarantined as
+# ``too_large`` from its header, before any pixel is decoded: a few bytes can claim gigabytes.
+MAX_PIXELS = 89_478_485
+# imgflow checks every header against its caller's limit itself (``_opened``), so Pillow's global
+# limit, which would refuse (or only warn about) a different number of pixels, is off.
+Image.MAX_IMAGE_PIXELS = None
 
 
-def probe(data: bytes) -> Probe:
-    """Size and mode from the header; ``BadImage`` for empty files and files that are not images."""
+@contextmanager
+def _opened(data: bytes, max_pixels: int, truncation: bool = False) -> Iterator[Image.Image]:
+    """The image in ``data``, its header checked against ``max_pixels``. Whatever the decoder raises
+    for these bytes, opening it or in the ``with`` block, becomes a ``BadImage``: one record's bytes
+    never stop a run (a decoder has many ways to fail on hostile input: ``OSError``, ``ValueError``,
+    ``struct.error``, ``IndexError``, ...). ``truncation``: name a failure that says so ``truncated``
+    (decoding all pixels finds that; a header read does not), else ``undecodable``."""
     if not data:
         raise BadImage("empty", "zero bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return Probe(size=(image.height, image.width), mode=image.mode)
+            height, width = image.height, image.width
+            if height < 1 or width < 1:
+                raise BadImage("undecodable", f"the header declares {width}x{height} pixels: no area")
+            if height * width > max_pixels:
+                raise BadImage(
+                    "too_large", f"the header declares {width}x{height} = {width * height:,} pixels, over max_pixels = {max_pixels:,}"
+                )
+            yield image
+    except BadImage:
+        raise
     except UnidentifiedImageError:
         raise BadImage("not_an_image", "not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadImage("undecodable", str(exc) or type(exc).__name__) from None
-
-
-def decode(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
-    """Fully decode an image to uint8 (height, width, channels); ``BadImage`` if any part is broken."""
-    if not data:
-        raise BadImage("empty", "zero bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("P", "PA", "LA", "RGBA") and channels == 3:
-                # Composite transparency onto white rather than letting RGB conversion make it black.
-                rgba = image.convert("RGBA")
-                converted = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                converted.alpha_composite(rgba)
-                image = converted
-            image = image.convert("L" if channels == 1 else "RGB")
-            if (image.height, image.width) != size:
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise BadImage("not_an_image", "not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # the decoder's failure on these bytes: a quarantine reason, with its words
         message = str(exc) or type(exc).__name__
-        reason = "truncated" if "truncated" in message.lower() else "undecodable"
-        raise BadImage(reason, message) from None
+        reason = "truncated" if truncation and "truncated" in message.lower() else "undecodable"
+        raise BadImage(reason, message if isinstance(exc, (OSError, ValueError, SyntaxError)) else f"{type(exc).__name__}: {message}") from None
+
+
+def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Probe:
+    """Size and mode from the header; ``BadImage`` for empty files, files that are not images and
+    headers declaring no area or over ``max_pixels`` pixels."""
+    with _opened(data, max_pixels) as image:
+        return Probe(size=(image.height, image.width), mode=image.mode)
+
+
+def decode(data: bytes, size: tuple[int, int], channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Fully decode an image to uint8 (height, width, channels); ``BadImage`` if any part is broken."""
+    with _opened(data, max_pixels, truncation=True) as image:
+        image.load()
+        if image.mode in ("P", "PA", "LA", "RGBA") and channels == 3:
+            # Composite transparency onto white rather than letting RGB conversion make it black.
+            rgba = image.convert("RGBA")
+            converted = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            converted.alpha_composite(rgba)
+            image = converted
+        image = image.convert("L" if channels == 1 else "RGB")
+        if (image.height, image.width) != size:
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
     return array.reshape(size[0], size[1], channels)
 
 

@@ -20,15 +20,16 @@ another model: ``imgflow.promote.versus_champion`` decides).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imgflow.cleantable import check_splits
 from imgflow.config import RunConfig
 from imgflow.errors import ConfigError
 from imgflow.partitions import Partition
 from imgflow.promote import versus_champion
-from imgflow.results import StageResult, ValidateInfo
+from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.sources import source_fingerprint
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
@@ -55,6 +56,8 @@ class Step:
     fan_in: bool = False  # reads its upstream's output of every partition, as inputs "part:<date>"
     gated_by: str | None = None  # runs only when this (validate) step's result promotes the candidate
     retries: int = 0  # only where the network is: anything else would fail the same way again
+    # A check of the run's settings against this step's inputs before it runs (``ConfigError`` to refuse).
+    before: Callable[[RunConfig, Mapping[str, StageResult]], None] | None = None
 
     @property
     def name(self) -> str:
@@ -148,12 +151,19 @@ class Pipeline:
         return inputs
 
 
+def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
+    """Before shard: the clean table's splits can train a model and judge it (``check_splits``)."""
+    info = inputs["clean"].info
+    assert isinstance(info, CleanInfo), inputs["clean"].stage
+    check_splits(info, cfg.gate.min_test_records)
+
+
 PIPELINE = Pipeline(
     [
         Step(DOWNLOAD, "download", {"source": (SOURCE,)}, per_partition=True, retries=2),
         Step(CLEAN, "clean", {"raw": ("download",)}, per_partition=True),
         Step(MERGE, "clean", {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
-        Step(SHARD, "shard", {"clean": ("merge", "clean")}),
+        Step(SHARD, "shard", {"clean": ("merge", "clean")}, before=evaluable_splits),
         Step(TRAIN, "train", {"shards": ("shard",)}),
         Step(VALIDATE, "gate", {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
         Step(EXPORT, "export", {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),

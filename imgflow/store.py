@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import __version__, memory
+from imgflow.errors import UserError, note_stage
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
 from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
@@ -338,9 +339,13 @@ def _failpoint(point: str, marker: Path) -> None:
 
     Points: ``<stage>`` (the stage wrote all its files, no manifest yet) and ``<stage>@publish`` (an
     object-store root holds its files, not yet its manifest). Touches ``marker`` and sleeps, so a
-    test can SIGKILL the run at the worst moment.
+    test can SIGKILL the run at the worst moment. ``raise:<point>`` raises there instead: a bug, for
+    the tests of what a run does with an error it did not expect.
     """
-    if os.environ.get(FAILPOINT) == point:
+    wanted = os.environ.get(FAILPOINT)
+    if wanted == f"raise:{point}":
+        raise RuntimeError(f"{FAILPOINT}={wanted}: a simulated bug")
+    if wanted == point:
         marker.touch()
         time.sleep(600)
 
@@ -400,11 +405,17 @@ class Stage:
         key = self.key(config, inputs)
         # Inputs built elsewhere are fetched into a local mirror only when this stage really runs.
         results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
-        return store.build(
-            self.name,
-            key,
-            lambda out_dir: self.build(out_dir, config, {n: store.localize(v) for n, v in results.items()}),
-            config=config,
-            inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
-            force=force,
-        )
+        try:
+            return store.build(
+                self.name,
+                key,
+                lambda out_dir: self.build(out_dir, config, {n: store.localize(v) for n, v in results.items()}),
+                config=config,
+                inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
+                force=force,
+            )
+        except Exception as error:
+            if not isinstance(error, UserError):
+                source = {"source": config.source} if hasattr(config, "source") else {}
+                note_stage(error, self.name, {**source, **{n: v.path for n, v in results.items()}})
+            raise

@@ -4,7 +4,8 @@ Output folder: the clean-table layout of ``imgflow.cleantable`` (records.parquet
 report.json, report.md).
 
 Quarantine reasons: ``unlabeled`` (no class), ``empty`` (zero bytes), ``not_an_image``, ``truncated``,
-``undecodable``, ``unknown_label`` (not in the spec's class_names), ``duplicate`` (same pixels as an
+``undecodable`` (any other decoder failure, or a header declaring no area), ``too_large`` (a header
+declaring more than ``[clean] max_pixels`` pixels), ``unknown_label`` (not in the spec's class_names), ``duplicate`` (same pixels as an
 earlier record with the same label), ``label_conflict`` (same pixels under different labels).
 
 Nothing is dropped silently: ``records_in == kept + quarantined``. Every image is decoded, converted to
@@ -124,6 +125,7 @@ def scan_chunk(
     class_names: Sequence[str] | None,
     decoded_path: str | None,
     first_position: int,
+    max_pixels: int,
 ) -> ChunkScan:
     """Probe every record of ``groups``; with a ``target`` shape also decode the usable ones, writing
     their pixels to ``decoded_path`` (position, pixels). Runs in a worker process."""
@@ -140,7 +142,7 @@ def scan_chunk(
             reasons[offset] = _UNLABELED
             continue
         try:
-            headers[offset] = _header(probe(data))
+            headers[offset] = _header(probe(data, max_pixels))
         except BadImage as bad:
             reasons[offset] = (bad.reason, bad.detail)
             continue
@@ -150,7 +152,7 @@ def scan_chunk(
             reasons[offset] = ("unknown_label", f"label {label!r} is not one of the spec's class_names")
             continue
         try:
-            decoded = decode(data, target[0], target[1]).tobytes()
+            decoded = decode(data, target[0], target[1], max_pixels).tobytes()
         except BadImage as bad:
             reasons[offset] = (bad.reason, bad.detail)
             continue
@@ -204,14 +206,14 @@ class _Chunks:
         return f"{self.scratch}/chunk-{index:05d}.arrow"
 
     def scan(
-        self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, unit: str,
+        self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, max_pixels: int, unit: str,
         then: Callable[[int, Scan, int], None] | None = None,
     ) -> Scan:
         """Scan every chunk (in parallel; decoding too when ``target`` is known): the records in order.
         ``then(number, scan, start)`` runs on each chunk as soon as it and every chunk before it are
         in, while the workers go on with the next ones."""
         jobs = [
-            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i])
+            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i], max_pixels)
             for i, chunk in enumerate(self.groups)
         ]
         scan = Scan(sum(self.sizes))
@@ -350,7 +352,7 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     target = _target_shape(config, {}) if config.image_size is not None and config.channels is not None else None
     class_names = list(config.class_names) if config.class_names else None
     assembly = _Assembly(out_dir, config, parts, raw, class_names) if target is not None else None
-    scan = parts.scan(target, class_names, "images", assembly.on_chunk if assembly else None)
+    scan = parts.scan(target, class_names, config.max_pixels, "images", assembly.on_chunk if assembly else None)
     probes = scan.probes()
     if not probes:
         examples = "; ".join(f"{scan.keys.id(p)}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
@@ -361,7 +363,7 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
         target = _target_shape(config, probes)
         assembly = _Assembly(out_dir, config, parts, raw, class_names)
         del scan  # the first pass's keys: the second pass finds them again
-        scan = parts.scan(target, class_names, "images decoded", assembly.on_chunk)
+        scan = parts.scan(target, class_names, config.max_pixels, "images decoded", assembly.on_chunk)
     assert assembly is not None
     modes: Counter[str] = Counter()
     sizes: Counter[str] = Counter()

@@ -70,6 +70,45 @@ def test_bad_data_found_inside_the_flow_exits_2_with_one_message_and_no_tracebac
     assert result.stderr.strip().splitlines()[-1].startswith("imgflow: error:")
 
 
+@pytest.mark.slow
+def test_a_test_split_too_small_is_refused_after_clean_before_any_training(tmp_path: Path) -> None:
+    # Three records, none of them in the test split: validate used to fail with a raw ValueError after
+    # training had run.
+    import pyarrow as pa
+
+    from imgflow.images import encode_png
+    from tests.conftest import digit_like
+
+    table = pa.table({"id": ["r0", "r1", "r2"], "image": [encode_png(digit_like(i)) for i in (0, 1, 3)], "label": ["a", "b", "a"]})
+    pq.write_table(table, tmp_path / "tiny.parquet")
+    artifacts = tmp_path / "artifacts"
+    result = _imgflow("run", "--artifacts", str(artifacts), "--dataset", "parquet:tiny.parquet", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("imgflow: error: the test split of parquet:tiny.parquet would hold 0 record(s)")
+    assert "train 3, val 0, test 0" in last and "test_fraction = 0.2" in last and "min_test_records" in last
+    assert (artifacts / "clean").is_dir() and not (artifacts / "shard").exists() and not (artifacts / "train").exists()
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_is_one_paragraph_with_its_traceback_in_a_log(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    args = ("run", "--artifacts", str(artifacts), "--dataset", "sample:digits", "--limit", "300", "--until", "clean")
+    env = {**os.environ, "IMGFLOW_FAILPOINT": "raise:clean"}  # a bug in clean, after it wrote its files
+    failed = subprocess.run([*IMGFLOW, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stdout + failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("imgflow: internal error in stage clean (inputs: raw = ")
+    assert "for sample:digits: RuntimeError: IMGFLOW_FAILPOINT=raise:clean: a simulated bug." in last
+    log = Path(last.split("The full traceback is in ")[1].split(". No stage output")[0])
+    assert log.parent == artifacts / "logs" and "Traceback" in log.read_text() and "_failpoint" in log.read_text()
+    assert not [p for p in (artifacts / "clean").iterdir() if p.is_dir()]  # nothing half-written kept
+    rerun = _imgflow(*args, "--json", cwd=tmp_path)
+    assert rerun.returncode == 0
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["stages"]["download"]["status"] == "cached"
+
+
 # imgflow in a fresh interpreter that must not import TensorFlow nor Prefect: ``plan``, and a ``run``
 # with every stage cached. Returns the last line of its output, parsed.
 UNORCHESTRATED = [sys.executable, "-c", "import sys\nfrom flows.cli import main\nrc = main(sys.argv[1:])\n"

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,9 @@ def test_cli_values_override_dataset_defaults(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"epochs": 0}, "epochs must be at least 1"),
-        ({"min_accuracy": 1.5}, "min-accuracy must be between 0 and 1"),
-        ({"limit": 0}, "limit must be positive"),
-        ({"overrides": {"train": {"model": "vit"}}}, "unknown model 'vit'"),
+        ({"min_accuracy": 1.5}, r"\[gate\] min_accuracy must be between 0 and 1, got the number 1.5"),
+        ({"limit": 0}, "limit must be at least 1, got the integer 0"),
+        ({"overrides": {"train": {"model": "vit"}}}, "model must be one of 'cnn', 'resnet9', 'transfer', got the string 'vit'"),
         ({"overrides": {"shard": {"size": 1}}}, r"\[shard\]: unknown setting.*size"),
     ],
 )
@@ -69,6 +70,20 @@ def test_unknown_dataset_names_the_known_ones() -> None:
         ("name = 'x'\n", "has no 'source'"),
         ("source = 'sample:digits'\ncolour = 1\n", "unknown key.*colour"),
         ("source = 'sample:digits'\n[clean]\nsize = 3\n", "unknown setting.*size"),
+        # A value of the wrong type showed a TypeError traceback; now the setting and its type are named.
+        ("source = 'sample:digits'\n[train]\nepochs = '5'\n", r"\[train\] epochs must be an integer, got the string '5'"),
+        ("source = 'sample:digits'\n[train]\nlearning_rate = nan\n", "learning_rate must be a finite number, got the number nan"),
+        ("source = 'sample:digits'\n[train]\nclass_weights = 1\n", "class_weights must be true or false, got the integer 1"),
+        ("source = 'sample:digits'\n[clean]\nimage_size = [28]\n", "image_size must be a list of 2 integers, got the list \\[28\\]"),
+        ("source = 'sample:digits'\n[clean]\nclass_names = ['a', 1]\n", "class_names must be a list of strings"),
+        ("source = 'sample:digits'\n[clean]\ntest_fraction = 0.5\nval_fraction = 0.5\n", "test_fraction \\+ val_fraction must be below 1"),
+        ("source = 'sample:digits'\n[train]\njit_compile = 'yes'\n", "jit_compile must be one of 'auto', true, false"),
+        ("source = 'sample:digits'\ntrain = 3\n", r"\[train\] must be a table of settings, got the integer 3"),
+        ("source = 5\n", "source must be a string, got the integer 5"),
+        ("source = 'mnist'\n", "source must be a source spec"),
+        ("source = 'sample:digits'\nname = '../models'\n", "name must be letters, digits"),
+        ("source = 'sample:digits'\nlimit = 2.5\n", "limit must be an integer, got the number 2.5"),
+        ("source = 'sample:digits'\noptions = 'x'\n", "options must be a table, got the string 'x'"),
     ],
 )
 def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:
@@ -77,6 +92,18 @@ def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path, text: str, mess
     with pytest.raises(ConfigError, match=message) as info:
         resolve_dataset(str(path))
     assert str(path) in str(info.value)
+
+
+def test_every_default_passes_its_own_rules() -> None:
+    from imgflow.config import SECTIONS, parse_section
+
+    for section, cls in SECTIONS.items():
+        defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+        assert parse_section(cls, defaults, section) == cls()
+
+
+def test_a_name_from_a_path_is_a_safe_folder_name() -> None:
+    assert resolve_dataset("parquet:/data/my photos (2024).parquet").name == "my-photos--2024-"
 
 
 def test_download_timeout_is_read_checked_and_keys_nothing(tmp_path: Path) -> None:
@@ -89,5 +116,5 @@ def test_download_timeout_is_read_checked_and_keys_nothing(tmp_path: Path) -> No
     default = build_run_config("sample:digits", tmp_path).download
     assert default.timeout == 60 and DOWNLOAD.key(cfg.download, {}) == DOWNLOAD.key(default, {})
     path.write_text('source = "sample:digits"\n[download]\ntimeout = "soon"\n')
-    with pytest.raises(ConfigError, match=r"\[download\] timeout must be a number of seconds above 0, got 'soon'"):
+    with pytest.raises(ConfigError, match=r"\[download\] timeout must be a finite number, got the string 'soon'"):
         build_run_config(str(path), tmp_path)

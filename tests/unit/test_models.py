@@ -19,7 +19,10 @@ def test_model_takes_raw_pixels_and_returns_probabilities(shape: tuple[int, int,
 
 
 def test_config_knows_every_model() -> None:
-    from imgflow.config import MODEL_NAMES
+    from imgflow.config import BACKBONE_NAMES, MODEL_NAMES
+    from imgflow.models import BACKBONES
+
+    assert set(BACKBONE_NAMES) == set(BACKBONES)
 
     for name in MODEL_NAMES:
         config = TrainConfig(model=name, width=4, backbone_size=32, backbone="MobileNetV3Small")

@@ -14,7 +14,7 @@ from imgflow.errors import SourceError
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import SCHEMA
 from imgflow.store import ArtifactStore, StageResult
-from tests.conftest import digit_like, encode
+from tests.conftest import claimed_png, digit_like, encode
 
 
 def _raw(store: ArtifactStore, rows: list[tuple[str, bytes, str]]) -> StageResult:
@@ -44,6 +44,7 @@ def _corpus() -> list[tuple[str, bytes, str]]:
         ("mode/rgba", encode(digit_like(3000), mode="RGBA"), "0"),
         ("mode/palette", encode(digit_like(3001), "GIF", mode="P"), "1"),
         ("size/big", encode(digit_like(3002, size=40)), "2"),
+        ("bad/bomb", claimed_png(100_000, 100_000), "0"),  # stopped whole runs with DecompressionBombError
     ]
     return rows
 
@@ -63,11 +64,12 @@ def test_clean_accounts_for_every_record(store: ArtifactStore) -> None:
         "dup/bmp": "duplicate",
         "conflict/a": "label_conflict",
         "conflict/b": "label_conflict",
+        "bad/bomb": "too_large",
     }
     assert all(row["detail"] for row in quarantine)
     truncated = next(r for r in quarantine if r["id"] == "bad/truncated")["image"]
     assert truncated == rows[61][1] and len(truncated) < len(encode(digit_like(1000)))  # the original, cut bytes
-    assert info.quarantine_reasons == {"duplicate": 2, "label_conflict": 2, "empty": 1, "truncated": 1, "not_an_image": 1}
+    assert info.quarantine_reasons == {"duplicate": 2, "label_conflict": 2, "empty": 1, "truncated": 1, "not_an_image": 1, "too_large": 1}
 
     kept = pq.read_table(result.file("records.parquet")).to_pylist()
     assert {r["id"] for r in kept} >= {"mode/rgba", "mode/palette", "size/big", "good/005", "good/007"}
