@@ -283,6 +283,8 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
     for key, hint in (("name", str), ("source", str), ("limit", int), ("options", dict[str, Any])):
         if key in data:
             check_value(f"dataset spec {path}: {key}", data[key], hint, _TOP_RULES.get(key))
+    for key, value in data.get("options", {}).items():
+        _check_plain(f"dataset spec {path}: options.{key}", value)
     for section in SECTIONS:
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"dataset spec {path}: [{section}] must be a table of settings, got {_described(data[section])}")
@@ -304,6 +306,18 @@ _TOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "source": (lambda v: ":" in v, 'a source spec "scheme:..." (e.g. "folder:/data/pets", "sample:mnist5k")'),
     "limit": (lambda v: v >= 1, "at least 1"),
 }
+
+
+def _check_plain(setting: str, value: Any) -> None:
+    """Source options are keyed like settings (JSON): a TOML date or time is refused by name."""
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(setting, item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(f"{setting}.{key}", item)
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{setting} must be a string, a number, true or false, or a list or table of them, got {_described(value)}")
 
 
 def _name_from(text: str) -> str:

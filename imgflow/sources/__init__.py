@@ -29,6 +29,12 @@ class RawRecord:
     label: str
 
 
+def text_name(name: str) -> str:
+    """A file or entry name as text that any writer takes: a name whose bytes are not UTF-8 (Python
+    keeps those as lone surrogates, which Parquet and JSON refuse) shows them as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Source(Protocol):
     spec: str
 

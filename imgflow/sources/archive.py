@@ -13,6 +13,7 @@ such an archive is broken or hostile, and nothing from it is used.
 
 from __future__ import annotations
 
+import lzma
 import re
 import shutil
 import tarfile
@@ -20,6 +21,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -28,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
 from imgflow.network import budget, check_reachable, fetch
-from imgflow.sources import RawRecord
+from imgflow.sources import RawRecord, text_name
 from imgflow.sources.folder import check_classes, class_label, hidden
 
 _FORMAT = "1"
@@ -75,7 +77,7 @@ def _zip_listing(path: Path, where: str) -> Iterator[Listing]:
                 if _escapes(parts[:-1], target):
                     raise _refuse_link(where, info.filename, target)
                 continue  # an in-archive link: its target is read as itself
-            if not info.is_dir() and parts:
+            if parts and not info.filename.endswith("/"):  # an empty name has no parts (is_dir() fails on it)
                 files[parts] = partial(archive.read, info)
         yield files
 
@@ -101,19 +103,27 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return handle.read() if handle is not None else b""
 
 
+# What reading a damaged (cut, corrupted) or unsupported archive raises, by the layer that notices:
+# zip and tar structure, the gzip/bz2/xz streams (``OSError`` includes ``gzip.BadGzipFile``), a zip
+# entry flagged UTF-8 whose name is not, zip's unsupported compression methods
+# (``NotImplementedError``) and encrypted members (``RuntimeError``).
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError,
+            NotImplementedError, RuntimeError)
+
+
 @contextmanager
 def _listing(path: Path, where: str) -> Iterator[Listing]:
-    if zipfile.is_zipfile(path):
-        opener = _zip_listing
-    elif tarfile.is_tarfile(path):
-        opener = _tar_listing
-    else:
-        raise SourceError(f"archive {where} is neither a zip nor a tar archive")
     try:
+        if zipfile.is_zipfile(path):
+            opener = _zip_listing
+        elif tarfile.is_tarfile(path):
+            opener = _tar_listing
+        else:
+            raise SourceError(f"archive {where} is neither a zip nor a tar archive")
         with opener(path, where) as files:
             yield files
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise SourceError(f"archive {where} is damaged: {exc}") from None
+    except _DAMAGED as exc:
+        raise SourceError(f"archive {where} is damaged or unsupported: {type(exc).__name__}: {exc}") from None
 
 
 def _class_files(files: Listing, where: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -188,4 +198,5 @@ class ArchiveSource:
     def records(self) -> Iterator[RawRecord]:
         with self._local_copy() as path, _listing(path, self.location) as files:
             for parts, inner in _class_files(files, self.location):
-                yield RawRecord(id="/".join(inner), image=files[parts](), label=class_label(inner))
+                names = [text_name(part) for part in inner]
+                yield RawRecord(id="/".join(names), image=files[parts](), label=class_label(names))

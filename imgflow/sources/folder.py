@@ -7,7 +7,8 @@ not records. A file lying directly in the root has no class: it becomes a record
 which cleaning quarantines as ``unlabeled`` rather than dropping it unseen.
 
 Record ids are the files' paths relative to the root, so the same tree gives the same ids wherever it
-lies; the fingerprint hashes those paths and the files' bytes.
+lies (bytes of a name that are not UTF-8 show as ``\\xNN``); the fingerprint hashes those paths and
+the files' bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
-from imgflow.sources import RawRecord
+from imgflow.sources import RawRecord, text_name
 
 _FORMAT = "1"
 
@@ -69,4 +70,5 @@ class FolderSource:
                 data = (self.root / relative).read_bytes()
             except OSError as exc:
                 raise SourceError(f"cannot read {self.root / relative}: {exc.strerror or exc}") from None
-            yield RawRecord(id=relative.as_posix(), image=data, label=class_label(relative.parts))
+            parts = [text_name(part) for part in relative.parts]
+            yield RawRecord(id="/".join(parts), image=data, label=class_label(parts))

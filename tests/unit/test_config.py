@@ -84,6 +84,8 @@ def test_unknown_dataset_names_the_known_ones() -> None:
         ("source = 'sample:digits'\nname = '../models'\n", "name must be letters, digits"),
         ("source = 'sample:digits'\nlimit = 2.5\n", "limit must be an integer, got the number 2.5"),
         ("source = 'sample:digits'\noptions = 'x'\n", "options must be a table, got the string 'x'"),
+        # Found by tests/fuzz: a TOML date in [options] broke the spec's JSON key with a TypeError.
+        ("source = 'sample:digits'\n[options]\nwhen = 2024-05-01\n", "options.when must be a string, a number, true or false"),
     ],
 )
 def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:

@@ -224,3 +224,36 @@ def test_zip_symlink_escaping_is_refused(tmp_path: Path) -> None:
         archive.writestr(link, "../../../etc/passwd")
     with pytest.raises(SourceError, match="a link escaping its folder, 'a/evil.png'"):
         open_source(f"archive:{path}#sha256={_sha(path)}")
+
+
+# Found by tests/fuzz: each was a traceback before.
+
+
+def test_folder_name_that_is_not_utf8_becomes_an_id_that_shows_its_bytes(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", _images())
+    (root / "a").joinpath(b"caf\xe9.png".decode("utf-8", "surrogateescape")).write_bytes(encode(digit_like(7)))
+    records = {r.id: r for r in open_source(f"folder:{root}").records()}
+    assert records["a/caf\\xe9.png"].label == "a"
+    assert all(r.id.encode("utf-8") for r in records.values())
+
+
+def test_a_cut_gzip_tar_is_a_damaged_archive(tmp_path: Path) -> None:
+    whole = _tar(tmp_path / "whole.tgz", _images(8))
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(SourceError, match=rf"archive {cut} is damaged or unsupported: EOFError"):
+        list(open_source(f"archive:{cut}#sha256={_sha(cut)}").records())
+
+
+def test_a_zip_entry_with_an_empty_name_is_skipped(tmp_path: Path) -> None:
+    path = _zip(tmp_path / "d.zip", _images())
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(zipfile.ZipInfo(""), b"nameless")
+    assert len(list(open_source(f"archive:{path}#sha256={_sha(path)}").records())) == 4
+
+
+def test_a_zip_name_flagged_utf8_that_is_not_is_a_damaged_archive(tmp_path: Path) -> None:
+    path = _zip(tmp_path / "d.zip", {**_images(), "a/\u00e9.png": b"x"})  # a non-ASCII name sets zip's UTF-8 flag
+    path.write_bytes(path.read_bytes().replace("\u00e9".encode(), b"\xe9\x82"))
+    with pytest.raises(SourceError, match="is damaged or unsupported: UnicodeDecodeError"):
+        open_source(f"archive:{path}#sha256={_sha(path)}")
