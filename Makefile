@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
 WORKERS ?= -n auto --dist worksteal
 
-.PHONY: install run test test-fast benchmark lock clean
+.PHONY: install run test test-fast fuzz benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,22 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+# Longer fuzzing than make test's fixed inputs (about 12 minutes on 2 cores): each Hypothesis target in
+# tests/fuzz draws fresh random inputs for FUZZ_SECONDS, then each atheris (libFuzzer) target runs for
+# ATHERIS_SECONDS. Each says how many inputs it tried; a crash stops with its input (atheris's under
+# .fuzz/) to turn into a regular test.
+FUZZ_SECONDS ?= 60
+ATHERIS_SECONDS ?= 90
+fuzz: $(STAMP)
+	IMGFLOW_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest $(WORKERS) tests/fuzz
+	mkdir -p .fuzz
+	for target in image spec archive; do \
+	  $(BIN)/python -m tests.fuzz.atheris_targets $$target -max_total_time=$(ATHERIS_SECONDS) -timeout=30 \
+	    -rss_limit_mb=4096 -artifact_prefix=.fuzz/ > .fuzz/atheris-$$target.log 2>&1 \
+	    || { grep -v '^#' .fuzz/atheris-$$target.log | tail -40; exit 1; }; \
+	  echo "atheris $$target: $$(grep '^Done' .fuzz/atheris-$$target.log)"; \
+	done
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/orchestration_overhead.py
