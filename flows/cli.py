@@ -12,6 +12,8 @@
                    [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
+    imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
+    imgflow server stop|status [--home DIR]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
 with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its
@@ -367,6 +369,28 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    from flows.server import server_state, start_server, stop_server
+
+    home = Path(args.home).resolve()
+    if args.server_command == "start":
+        server = start_server(home, host=args.host, port=args.port, database=args.database, auth=not args.no_auth)
+        print(f"Prefect server on {server.database} serving {server.api_url.removesuffix('/api')} (UI and API), "
+              f"{'basic auth on' if server.auth else 'no auth'}; its log: {home / 'server.log'}")
+        print(f"Point a client or worker at it:  source {home / 'client.env'}")
+        print(f"Stop it:  imgflow server stop --home {args.home}")
+        return 0
+    if args.server_command == "stop":
+        print("stopped" if stop_server(home) else f"no server started from {home} was running")
+        return 0
+    server = server_state(home)
+    if server is None:
+        print(f"no server started from {home} is running")
+        return 3
+    print(f"running (pid {server.pid}) on {server.database}: {server.api_url}, {'basic auth on' if server.auth else 'no auth'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgflow", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -450,6 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
     pruning.add_argument("--keep-runs", type=int, default=5, help="keep what the last N runs used (default 5)")
     pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cache.set_defaults(handler=_cache)
+
+    server = commands.add_parser("server", help="a lasting Prefect server (UI and API) for workers and deployments")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    placed = argparse.ArgumentParser(add_help=False)
+    placed.add_argument("--home", default=".server", help="the server's folder: database, log, credentials (default: ./.server)")
+    starting = server_commands.add_parser(
+        "start", parents=[placed], help="start it in the background (PostgreSQL by default, basic auth, 127.0.0.1)"
+    )
+    starting.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                          help="postgres: a PostgreSQL cluster of its own in HOME/postgres (default); sqlite: Prefect's default")
+    starting.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
+    starting.add_argument("--port", type=int, default=4200)
+    starting.add_argument("--no-auth", action="store_true", help="no basic auth (refused unless serving on 127.0.0.1)")
+    server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
+    server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
+    server.set_defaults(handler=_server)
     return parser
 
 

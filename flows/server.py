@@ -10,13 +10,17 @@ time, since two servers migrating a new database together collide ("duplicate co
 Doing that ourselves, rather than leaving the server to Prefect's exit hooks, keeps its farewell lines
 before our last line of output (``--json`` really ends with the JSON line).
 
-``prefect_server()`` starts a real ``prefect server start`` (with the UI, as a user would run it),
-for the deployment tests and benchmarks.
+``start_server`` / ``stop_server`` run a lasting ``prefect server start`` (with the UI) for workers
+and deployments (``imgflow server start``): on SQLite or on a PostgreSQL cluster of its own, with
+basic auth, on 127.0.0.1 unless told otherwise. ``prefect_server()`` is one for the duration of a
+block, for the deployment tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -24,10 +28,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from flows.postgres import PostgresCluster, new_password
+from imgflow.errors import UserError
+from imgflow.lifetime import descendants, running, start_time, stop
 from imgflow.store import file_lock
 from imgflow.testing import free_port
+
+DATABASES = ("sqlite", "postgres")
 
 
 class TemporaryAPI:
@@ -146,32 +157,141 @@ def _healthy(api_url: str, process: subprocess.Popen[bytes], deadline: float) ->
     return False
 
 
-@contextmanager
-def prefect_server(home: Path, timeout: float = 120) -> Iterator[str]:
-    """A real ``prefect server start`` on 127.0.0.1 and a free port, with its own ``PREFECT_HOME``
-    (database included); yields its API URL. Its log is ``home/server.log``."""
+@dataclass(frozen=True)
+class RunningServer:
+    """A lasting Prefect server: its API URL and the credentials a client sends (None: no auth)."""
+
+    api_url: str
+    auth: str | None
+    database: str
+    pid: int
+
+    def client_env(self) -> dict[str, str]:
+        """What a client or worker needs in its environment to use this server."""
+        return {"PREFECT_API_URL": self.api_url, **({"PREFECT_API_AUTH_STRING": self.auth} if self.auth else {})}
+
+
+def start_server(
+    home: Path, *, host: str = "127.0.0.1", port: int = 0, database: str = "sqlite", auth: bool = True, timeout: float = 120
+) -> RunningServer:
+    """Start ``prefect server start`` (with its UI) in the background and return once it answers.
+
+    ``home`` is the server's own folder: its ``PREFECT_HOME`` (the SQLite database, with ``database=
+    "sqlite"``), the PostgreSQL cluster in ``home/postgres`` (``database="postgres"``), the log
+    ``home/server.log``, its secrets (``server-secrets.json``, only its owner reads it: the API's basic
+    auth string and the database role's password, made once) and ``server.json`` (what ``stop_server``
+    stops). ``port=0`` takes a free one. With ``auth`` the API answers only clients sending
+    ``PREFECT_API_AUTH_STRING`` (its health check excepted); ``client.env`` holds the lines a client
+    sources. Serving beyond 127.0.0.1 without auth is refused: anyone reaching the API can run code
+    on the workers."""
+    if database not in DATABASES:
+        raise UserError(f"--database must be one of {', '.join(DATABASES)}, not {database!r}")
+    if not auth and host not in ("127.0.0.1", "localhost", "::1"):
+        raise UserError(f"a server on {host} without auth would let anyone who reaches it run code on your workers: keep auth on")
+    home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    already = server_state(home)
+    if already is not None:
+        raise UserError(f"a Prefect server started from {home} is already running ({already.api_url}, pid {already.pid}): "
+                        f"imgflow server stop --home {home} first")
+    secrets = _secrets(home)
+    port = port or free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    state: dict[str, Any] = {"database": database, "auth": auth}
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = secrets["auth"]
+    if database == "postgres":
+        cluster = PostgresCluster(home / "postgres", free_port())
+        state["postgres_port"] = cluster.port
+        _write_private(home / "server.json", json.dumps(state, indent=1))  # stop_server stops what started
+        try:
+            cluster.start(secrets["postgres"])
+        except BaseException:
+            stop_server(home)
+            raise
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.url(secrets["postgres"])
     log_path = home / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
         )
-        url = f"http://127.0.0.1:{port}/api"
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    api_url = f"http://{connect}:{port}/api"
+    state.update(pid=server.pid, started=start_time(server.pid), api_url=api_url)
+    _write_private(home / "server.json", json.dumps(state, indent=1))
+    started = RunningServer(api_url, secrets["auth"] if auth else None, database, server.pid)
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
-                    time.sleep(0.5)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+            urllib.request.urlopen(f"{api_url}/health", timeout=2).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_server(home)
+                raise UserError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+    _write_private(home / "client.env", "".join(f"export {key}={shlex.quote(value)}\n" for key, value in started.client_env().items()))
+    return started
+
+
+def server_state(home: Path) -> RunningServer | None:
+    """The server started from ``home`` if it is still running, else None."""
+    try:
+        state = json.loads((home / "server.json").read_text())
+    except FileNotFoundError:
+        return None
+    if not _processes(state):
+        return None
+    auth = _secrets(home)["auth"] if state["auth"] else None
+    return RunningServer(state["api_url"], auth, state["database"], state["pid"])
+
+
+def stop_server(home: Path, timeout: float = 30) -> bool:
+    """Stop the server started from ``home`` (and its PostgreSQL cluster); False when none was running."""
+    home = home.resolve()
+    try:
+        state = json.loads((home / "server.json").read_text())
+    except FileNotFoundError:
+        return False
+    processes = _processes(state)
+    stop({**processes, **descendants(processes)}, grace=timeout)
+    if "postgres_port" in state:
+        PostgresCluster(home / "postgres", state["postgres_port"]).stop()
+    (home / "server.json").unlink()
+    return bool(processes)
+
+
+def _processes(state: dict[str, Any]) -> dict[int, int]:
+    """The server's process, if it still runs (pid and start time: not a later process given its pid)."""
+    return running({state["pid"]: state["started"]}) if state.get("started") is not None else {}
+
+
+@contextmanager
+def prefect_server(home: Path, *, database: str = "sqlite", auth: bool = False, timeout: float = 120) -> Iterator[RunningServer]:
+    """A real ``prefect server start`` on 127.0.0.1 and a free port for the block (``start_server``),
+    for the deployment tests and benchmarks."""
+    server = start_server(home, database=database, auth=auth, timeout=timeout)
+    try:
+        yield server
+    finally:
+        stop_server(home)
+
+
+def _secrets(home: Path) -> dict[str, str]:
+    """The server's secrets, made on first use and kept (a client's ``client.env`` stays valid)."""
+    path = home / "server-secrets.json"
+    if not path.exists():
+        _write_private(path, json.dumps({"auth": f"imgflow:{new_password()}", "postgres": new_password()}))
+    return json.loads(path.read_text())
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, whole or not at all."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)

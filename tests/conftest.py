@@ -81,8 +81,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     starting a temporary server of its own. Yields its API URL."""
     from flows.server import prefect_server
 
-    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
-        yield url
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server.api_url
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The deployment path as a user types it, against a real `prefect server start` on 127.0.0.1."""
+"""The deployment path as a user types it, against a real `prefect server start` on 127.0.0.1 with
+basic auth on, on SQLite and on PostgreSQL (``imgflow server start``'s default)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,59 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from flows.server import prefect_server
+from flows.postgres import server_programs
+from flows.server import prefect_server, server_state
+from imgflow.errors import UserError
 from imgflow.testing import partitioned_parquet
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
-    home = tmp_path / "prefect"
-    with prefect_server(home) as url:
-        env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home), "IMGFLOW_REPO": str(REPO)}
+def _postgres_missing() -> str:
+    try:
+        server_programs()
+    except UserError as missing:
+        return str(missing)
+    return ""
 
-        def prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-            result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, text=True,
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(bool(_postgres_missing()), reason=_postgres_missing()))])
+def database(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def server_home() -> Iterator[Path]:
+    """The server's folder, outside pytest's own (which only its owner may enter: PostgreSQL, run as
+    `postgres` under root, could not reach a cluster there)."""
+    with tempfile.TemporaryDirectory(prefix="imgflow-server-") as name:
+        os.chmod(name, 0o711)
+        yield Path(name)
+
+
+def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path, server_home: Path, database: str) -> None:
+    with prefect_server(server_home, database=database, auth=True) as server:
+        # No IMGFLOW_REPO or any other hint of the repository: deploy records the folder it runs in.
+        base = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "IMGFLOW_REPO")}
+        env = {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()}
+
+        def prefect(*args: str, timeout: float = 120, check: bool = True, environ: dict[str, str] = env) -> subprocess.CompletedProcess:
+            result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=environ, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-            assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout[-4000:]}"
+            assert result.returncode == 0 or not check, f"prefect {' '.join(args)}:\n{result.stdout[-4000:]}"
             return result
+
+        # A client without the credentials is turned away.
+        intruder = {key: value for key, value in env.items() if key != "PREFECT_API_AUTH_STRING"}
+        refused = prefect("work-pool", "ls", check=False, environ=intruder)
+        assert refused.returncode != 0 and "401" in refused.stdout, refused.stdout[-2000:]
 
         prefect("work-pool", "create", "imgflow", "--type", "process")
         deployed = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
@@ -61,3 +94,5 @@ def test_deploy_start_a_worker_and_run_retrain(tmp_path: Path) -> None:
 
         inspected = prefect("deployment", "inspect", "train/retrain")
         assert "0 3 * * *" in inspected.stdout and "UTC" in inspected.stdout
+        assert f"'directory': '{REPO}'" in inspected.stdout  # where the worker ran the flows from
+    assert server_state(server_home) is None
