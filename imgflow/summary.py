@@ -147,7 +147,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "",
         "| stage | status | key |",
         "|---|---|---|",
-        *[f"| {stage} | {entry['status']} | `{entry.get('key', '')}` |" for stage, entry in summary["stages"].items()],
+        *[f"| {stage} | {_status(entry)} | `{entry.get('key', '')}` |" for stage, entry in summary["stages"].items()],
         "",
         *(
             ["| partition | status |", "|---|---|", *[f"| {day} | {status} |" for day, status in summary["partitions"].items()], ""]
@@ -164,3 +164,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _status(entry: Mapping[str, Any]) -> str:
+    """A stage's status, saying when training went on from a killed run's checkpoint."""
+    resumed = entry.get("resumed_from_epoch")
+    return f"{entry['status']} (resumed from epoch {resumed})" if resumed else entry["status"]
