@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.states import State
@@ -50,11 +51,13 @@ def task_runner() -> TaskRunner:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    """How one run walks the pipeline: what to force, where to stop."""
+    """How one run walks the pipeline: what to force, where to stop, and the flow run's title (what
+    ran, for the UI's list of runs; ``release`` adds the outcome)."""
 
     root: str
     forced: frozenset[str] = frozenset()
     until: str | None = None
+    title: str = ""
 
     @property
     def wanted(self) -> frozenset[str]:
@@ -65,6 +68,16 @@ def _result(state: State) -> StageResult:
     """The StageResult a task state holds; a Prefect cache hit counts as ``cached``."""
     result: StageResult = state.result()
     return result.with_status("cached") if state.name == "Cached" else result
+
+
+def title_run(title: str) -> str:
+    """Name the current flow run ``title`` (the UI lists runs by name; Prefect's are random words)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id is not None:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_name(flow_run.id, title)
+    return title
 
 
 def _settled(future: PrefectFuture) -> StageResult:
@@ -147,6 +160,9 @@ def release(
     name = cfg.dataset.name
     results = localized(run.root, results)
     summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
+    if run.title:
+        outcome = f"{summary['version']} {summary['decision']}" if summary["version"] else summary["decision"]
+        title_run(f"{run.title}: {outcome}")
     table = clean_table(results)
     publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
     if table is not None:

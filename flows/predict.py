@@ -17,7 +17,7 @@ from imgflow.lifetime import watch_descendants
 from tasks.predict import predict_images
 
 
-@flow(name="predict")
+@flow(name="predict", flow_run_name="predict {input}")
 def predict(
     input: Annotated[str, Field(min_length=1, description="PATH, folder:PATH or parquet:PATH_OR_URI")],  # noqa: A002
     output: Annotated[str, Field(pattern=r"\.parquet$", description="the predictions file, FILE.parquet")],

@@ -212,14 +212,17 @@ def start_server(
             stop_server(home)
             raise
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.url(secrets["postgres"])
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    api_url = f"http://{connect}:{port}/api"
+    # Where the UI's pages send their API calls: this server (Prefect's default assumes port 4200).
+    # Served to other machines, set PREFECT_UI_API_URL to the address their browsers use.
+    env.setdefault("PREFECT_UI_API_URL", api_url)
     log_path = home / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
         )
-    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    api_url = f"http://{connect}:{port}/api"
     state.update(pid=server.pid, started=start_time(server.pid), api_url=api_url)
     _write_private(home / "server.json", json.dumps(state, indent=1))
     started = RunningServer(api_url, secrets["auth"] if auth else None, database, server.pid)

@@ -243,9 +243,11 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
         "",
         "## Quarantine reasons",
         "",
-        "| reason | records |",
-        "|---|---|",
-        *[f"| {reason} | {count} |" for reason, count in report["quarantine_reasons"].items()],
+        *(
+            ["| reason | records |", "|---|---|", *[f"| {reason} | {count} |" for reason, count in report["quarantine_reasons"].items()]]
+            if report["quarantine_reasons"]
+            else ["None: every record was kept."]
+        ),
         "",
         "## Classes",
         "",

@@ -12,7 +12,7 @@ from imgflow.predict import PredictConfig, predict
 from tasks.progress import task_progress
 
 
-@task(name="predict")
+@task(name="predict", task_run_name="predict")
 def predict_images(
     input_spec: str, version_dir: str, output: str, config: PredictConfig, options: Mapping[str, Any]
 ) -> dict[str, Any]:

@@ -41,14 +41,22 @@ def stage_task(step: Step) -> Task:
     """A Prefect task running ``step``'s stage against the artifact store at ``root``."""
     stage = step.stage
 
-    def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    def stored(parameters: dict[str, Any]) -> str | None:
+        """The output's key when it is complete in the store and not forced (it will be reused), else None."""
         if parameters.get("force"):
             return None
-        store = ArtifactStore(parameters["root"])
         key = stage.key(parameters["config"], parameters["inputs"])
-        if store.lookup(stage.name, key, fetch=False) is None:
+        return key if ArtifactStore(parameters["root"]).lookup(stage.name, key, fetch=False) is not None else None
+
+    def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+        key = stored(parameters)
+        if key is None:
             return None  # not in the store (never built, or pruned): run, whatever Prefect remembers
-        return f"imgflow-{stage.name}-{key}-{stable_hash(store.uri)[:12]}"
+        return f"imgflow-{stage.name}-{key}-{stable_hash(ArtifactStore(parameters['root']).uri)[:12]}"
+
+    def run_name(parameters: dict[str, Any]) -> str:
+        """What the UI lists the task run as: the stage, and whether its output is reused."""
+        return f"{stage.name} (reused)" if stored(parameters) else stage.name
 
     def run_stage(config: Any, inputs: StageInputs, root: str, force: bool = False) -> StageResult:
         with task_progress(stage.name):
@@ -60,6 +68,7 @@ def stage_task(step: Step) -> Task:
     return task(
         run_stage,
         name=stage.name,
+        task_run_name=run_name,
         cache_key_fn=cache_key,
         persist_result=True,
         result_serializer="json",
@@ -69,7 +78,7 @@ def stage_task(step: Step) -> Task:
     )
 
 
-@task(name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying)
+@task(name="fingerprint-source", task_run_name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying)
 def fingerprint_source(config: DownloadConfig) -> str:
     """The source's content fingerprint (may read a remote catalog: retried)."""
     return source_fingerprint(config.source, config.options)
@@ -78,7 +87,7 @@ def fingerprint_source(config: DownloadConfig) -> str:
 STAGE_TASKS: dict[str, Task] = {step.name: stage_task(step) for step in PIPELINE.steps}
 
 
-@task(name="promote")
+@task(name="promote", task_run_name="promote")
 def promote(root: str, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
     """Register the exported candidate and move the champion pointer to it."""
     pointer = promote_candidate(root, name, config, results)

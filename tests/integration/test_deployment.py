@@ -1,8 +1,13 @@
 """The deployment path as a user types it, against a real `prefect server start` on 127.0.0.1 with
-basic auth on: on SQLite (a run, a past-dated run, the automation, the schedule) and on PostgreSQL
-(``imgflow server start``'s default: a worker killed in the middle of training, a new worker, a rerun
-that resumes). Each starts its server, turns away a client without the credentials and deploys
-without any hint of where the repository is (deploy records the folder it runs in)."""
+basic auth on: on SQLite (a run, what the UI shows of it in a real browser, a past-dated run, the
+automation, the schedule) and on PostgreSQL (``imgflow server start``'s default: a worker killed in
+the middle of training, a new worker, a rerun that resumes). Each starts its server, turns away a
+client without the credentials and deploys without any hint of where the repository is (deploy
+records the folder it runs in).
+
+The browser check drives Debian's Chromium (``apt-get install chromium``; skipped without it) with
+Playwright and saves its screenshots in ``IMGFLOW_SCREENSHOTS`` (default: the test's temporary folder).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +35,8 @@ from imgflow.testing import partitioned_parquet
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+STAGES = ("download", "clean", "shard", "train", "validate", "export")
 
 
 @dataclass
@@ -96,13 +104,13 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
 
 
 @pytest.mark.parametrize("deployed", ["sqlite"], indirect=True)
-def test_on_sqlite_a_deployment_run_a_past_dated_run_the_automation_and_the_schedule(deployed: Deployed) -> None:
+def test_on_sqlite_a_deployment_run_what_the_ui_shows_a_past_dated_run_and_the_schedule(deployed: Deployed) -> None:
     tmp = deployed.tmp
     worker = deployed.worker("worker")
     try:
         artifacts = tmp / "artifacts"
-        run = deployed.prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k",
-                               "--param", "epochs=1", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
+        run = deployed.prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k", "--param", "epochs=1",
+                               "--param", "min_accuracy=0.5", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
         # A retrain scheduled in the past reads a partitioned source up to its own date: a backfill.
         lake = partitioned_parquet(tmp / "lake", ["2024-05-01", "2024-05-02", "2024-05-03"], per_day=150)
         past = deployed.prefect("deployment", "run", "train/retrain", "--param", f"dataset=parquet:{lake}",
@@ -122,6 +130,65 @@ def test_on_sqlite_a_deployment_run_a_past_dated_run_the_automation_and_the_sche
     assert "Created automation 'imgflow model rejected'" in created.stdout
     inspected = deployed.prefect("deployment", "inspect", "train/retrain")
     assert "0 3 * * *" in inspected.stdout and "UTC" in inspected.stdout
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("the UI check needs Chromium: apt-get install chromium")
+    _check_the_ui(deployed, Path(os.environ.get("IMGFLOW_SCREENSHOTS", tmp / "screenshots")))
+
+
+def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
+    """Log in to the Prefect UI as a user would and check the first run: its name says what ran and
+    what came of it, it is Completed with one task run per stage, and the run-summary, data-quality
+    and validation artifacts and the promotion event show their numbers."""
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots.mkdir(parents=True, exist_ok=True)
+    ui = deployed.server.api_url.removesuffix("/api")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs")
+        page.wait_for_url("**/login**")  # auth is on: the UI asks for the credentials first
+        page.fill("input[type=password]", deployed.server.auth or "")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/runs**")
+        page.goto(f"{ui}/runs")  # afresh: without the refusals' notices from before the login
+        run_link = page.locator("a[href*='/runs/flow-run/']", has_text=re.compile(r"^mnist5k \d{4}-\d\d-\d\d: v1 promoted$"))
+        expect(run_link).to_have_count(1)
+        page.screenshot(path=screenshots / "runs.png")
+
+        run_link.click()
+        page.wait_for_url("**/runs/flow-run/**")
+        expect(page.get_by_text("Completed").first).to_be_visible()
+        page.screenshot(path=screenshots / "flow-run.png", full_page=True)
+        page.get_by_text("Task Runs", exact=True).click()
+        for stage in STAGES:  # one task run per stage, named after it (a reused one says so)
+            expect(page.locator("a[href*='/runs/task-run/']", has_text=re.compile(rf"^{stage}$"))).to_have_count(1)
+        page.screenshot(path=screenshots / "flow-run-tasks.png", full_page=True)
+        page.get_by_text("Artifacts", exact=True).click()
+        for key in ("imgflow-run-mnist5k", "imgflow-data-quality-mnist5k", "imgflow-validation-mnist5k"):
+            expect(page.get_by_text(key).first).to_be_visible()
+        page.screenshot(path=screenshots / "flow-run-artifacts.png", full_page=True)
+
+        summary = deployed.summary("mnist5k")
+        accuracy = re.search(r"test accuracy: \*\*([0-9.]+)\*\*", summary).group(1)  # type: ignore[union-attr]
+        shown = {
+            "imgflow-run-mnist5k": ["imgflow run: mnist5k PROMOTED as v1", f"test accuracy: {accuracy}"],
+            "imgflow-data-quality-mnist5k": ["Data quality: sample:mnist5k", "records in: 5000"],
+            "imgflow-validation-mnist5k": ["Validation: PROMOTE", f"test accuracy: {accuracy}", "precision"],
+        }
+        for key, texts in shown.items():
+            page.goto(f"{ui}/artifacts/key/{key}")
+            page.locator("a[href*='/artifacts/artifact/']").first.click()
+            for text in texts:
+                expect(page.get_by_text(text).first).to_be_visible()
+            expect(page.locator("table").first).to_be_visible()  # tables, not a wall of text
+            page.screenshot(path=screenshots / f"{key}.png", full_page=True)
+
+        page.goto(f"{ui}/events")
+        expect(page.get_by_text("imgflow.model.promoted").first).to_be_visible()
+        page.screenshot(path=screenshots / "events.png", full_page=True)
+        browser.close()
 
 
 @pytest.mark.parametrize("deployed", ["postgres"], indirect=True)
