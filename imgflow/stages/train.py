@@ -82,7 +82,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
         shard_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
-        augmenter=None if on_device else augmenter,
+        augmenter=None if on_device else augmenter, deterministic=config.deterministic,
     )
     val_data, val_steps = None, None
     n_val = shard_info.splits["val"].records

@@ -75,3 +75,18 @@ def test_shards_are_100_mb_but_at_least_min_shards_of_10_mb(shape: list[int], to
     size = records_per_shard(ShardConfig(), shape, total)
     assert (math.ceil(total / size), min(size, total)) == (shards, records)
     assert records_per_shard(ShardConfig(records_per_shard=64), shape, total) == 64
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_training_reads_shards_in_a_fixed_order_unless_told_not_to(store: ArtifactStore, clean: StageResult, deterministic: bool) -> None:
+    """The record shuffle starts from the interleave's order: an interleave free to emit whichever
+    shard's records are ready first gave a busy machine a different model from the same inputs."""
+    import tensorflow as tf
+
+    from imgflow.data import shard_dataset
+
+    shards = SHARD.run(store, ShardConfig(records_per_shard=64), {"clean": clean})
+    dataset = shard_dataset(shard_files(shards, "train"), (8, 8, 1), 32, training=True, deterministic=deterministic)
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    interleaves = [node for node in graph.node if node.op.startswith("ParallelInterleaveDataset")]
+    assert [node.attr["deterministic"].s for node in interleaves] == [b"true" if deterministic else b"false"]
