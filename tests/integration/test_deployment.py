@@ -1,8 +1,8 @@
 """The deployment path as a user types it, against a real `prefect server start` on 127.0.0.1 with
 basic auth on: on SQLite (a run, what the UI shows of it in a real browser, a past-dated run, the
-automation, the schedule) and on PostgreSQL (``imgflow server start``'s default: a worker killed in
-the middle of training, a new worker, a rerun that resumes). Each starts its server, turns away a
-client without the credentials and deploys without any hint of where the repository is (deploy
+automation, the schedule) and on PostgreSQL (``imgflow server start``'s default: a client without
+the credentials turned away, a worker killed in the middle of training, a new worker, a rerun that
+resumes). Each starts its server and deploys without any hint of where the repository is (deploy
 records the folder it runs in).
 
 The browser check drives Debian's Chromium (``apt-get install chromium``; skipped without it) with
@@ -55,8 +55,10 @@ class Deployed:
 
     def worker(self, name: str) -> subprocess.Popen:
         with (self.tmp / f"{name}.log").open("w") as log:
+            # It asks for scheduled runs every second, not every 10 s: each run would wait for that.
             return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "imgflow", "--name", name],
-                                    cwd=self.tmp, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    cwd=self.tmp, env={**self.env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, worker: subprocess.Popen) -> None:
         worker.terminate()
@@ -89,16 +91,9 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
         with prefect_server(home, database=database, auth=True) as server:
             base = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "IMGFLOW_REPO")}
             deployed = Deployed(server, tmp_path, {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()})
-            # A client without the credentials is turned away.
-            intruder = {key: value for key, value in deployed.env.items() if key != "PREFECT_API_AUTH_STRING"}
-            refused = deployed.prefect("work-pool", "ls", check=False, env=intruder)
-            assert refused.returncode != 0 and "401" in refused.stdout, refused.stdout[-2000:]
-
             deployed.prefect("work-pool", "create", "imgflow", "--type", "process")
             listed = deployed.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml").stdout
             assert all(name in listed for name in ("train/retrain", "backfill/backfill", "predict/predict"))
-            inspected = deployed.prefect("deployment", "inspect", "train/retrain").stdout
-            assert f"'directory': '{REPO}'" in inspected  # where workers run the flows from
             yield deployed
         assert server_state(home) is None
 
@@ -109,13 +104,13 @@ def test_on_sqlite_a_deployment_run_what_the_ui_shows_a_past_dated_run_and_the_s
     worker = deployed.worker("worker")
     try:
         artifacts = tmp / "artifacts"
-        run = deployed.prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k", "--param", "epochs=1",
-                               "--param", "min_accuracy=0.5", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
-        # A retrain scheduled in the past reads a partitioned source up to its own date: a backfill.
+        run = deployed.prefect("deployment", "run", "train/retrain", "--param", "dataset=sample:mnist5k", "--param", "limit=2000",
+                               "--param", "epochs=3", "--param", "min_accuracy=0.5", "--param", f"artifacts={artifacts}", "--watch", timeout=600)
+        # A retrain scheduled in the past reads a partitioned source up to its own date: a backfill
+        # (ingesting is what the date decides: it stops after clean).
         lake = partitioned_parquet(tmp / "lake", ["2024-05-01", "2024-05-02", "2024-05-03"], per_day=150)
-        past = deployed.prefect("deployment", "run", "train/retrain", "--param", f"dataset=parquet:{lake}",
-                                "--param", "epochs=1", "--param", "min_accuracy=0", "--param", f"artifacts={tmp / 'past'}",
-                                "--start-at", "2024-05-02 03:00", "--watch", timeout=600)
+        past = deployed.prefect("deployment", "run", "train/retrain", "--param", f"dataset=parquet:{lake}", "--param", "until=clean",
+                                "--param", f"artifacts={tmp / 'past'}", "--start-at", "2024-05-02 03:00", "--watch", timeout=600)
     finally:
         deployed.stop(worker)
     assert "Completed" in run.stdout, run.stdout[-3000:] + (tmp / "worker.log").read_text()[-3000:]
@@ -130,6 +125,7 @@ def test_on_sqlite_a_deployment_run_what_the_ui_shows_a_past_dated_run_and_the_s
     assert "Created automation 'imgflow model rejected'" in created.stdout
     inspected = deployed.prefect("deployment", "inspect", "train/retrain")
     assert "0 3 * * *" in inspected.stdout and "UTC" in inspected.stdout
+    assert f"'directory': '{REPO}'" in inspected.stdout  # where workers run the flows from: the folder deploy ran in
 
     if not Path(CHROMIUM).is_file():
         pytest.skip("the UI check needs Chromium: apt-get install chromium")
@@ -174,7 +170,7 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
         accuracy = re.search(r"test accuracy: \*\*([0-9.]+)\*\*", summary).group(1)  # type: ignore[union-attr]
         shown = {
             "imgflow-run-mnist5k": ["imgflow run: mnist5k PROMOTED as v1", f"test accuracy: {accuracy}"],
-            "imgflow-data-quality-mnist5k": ["Data quality: sample:mnist5k", "records in: 5000"],
+            "imgflow-data-quality-mnist5k": ["Data quality: sample:mnist5k", "records in: 2000"],
             "imgflow-validation-mnist5k": ["Validation: PROMOTE", f"test accuracy: {accuracy}", "precision"],
         }
         for key, texts in shown.items():
@@ -194,7 +190,13 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
 @pytest.mark.parametrize("deployed", ["postgres"], indirect=True)
 def test_on_postgres_a_worker_killed_in_training_then_a_new_worker_resumes_and_promotes(deployed: Deployed) -> None:
     tmp, artifacts = deployed.tmp, deployed.tmp / "artifacts"
-    params = ["--param", "dataset=sample:mnist5k", "--param", "epochs=3", "--param", "min_accuracy=0.9", "--param", f"artifacts={artifacts}"]
+    # A client without the credentials is turned away.
+    intruder = {key: value for key, value in deployed.env.items() if key != "PREFECT_API_AUTH_STRING"}
+    refused = deployed.prefect("work-pool", "ls", check=False, env=intruder)
+    assert refused.returncode != 0 and "401" in refused.stdout, refused.stdout[-2000:]
+
+    params = ["--param", "dataset=sample:mnist5k", "--param", "limit=2000", "--param", "epochs=3", "--param", "min_accuracy=0.5",
+              "--param", f"artifacts={artifacts}"]
 
     def in_training() -> bool:
         progress = list((artifacts / "train").glob(".work-*/progress.json"))
