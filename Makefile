@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
 WORKERS ?= -n auto --dist worksteal
 
-.PHONY: install run test test-fast fuzz benchmark lock clean
+.PHONY: install run test test-fast fuzz server server-stop benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ fuzz: $(STAMP)
 	    || { grep -v '^#' .fuzz/atheris-$$target.log | tail -40; exit 1; }; \
 	  echo "atheris $$target: $$(grep '^Done' .fuzz/atheris-$$target.log)"; \
 	done
+
+# A lasting Prefect server for deployments: PostgreSQL, basic auth, 127.0.0.1:4200 (README: "Run it as a service").
+server: $(STAMP)
+	$(BIN)/imgflow server start
+
+server-stop: $(STAMP)
+	$(BIN)/imgflow server stop
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/orchestration_overhead.py
