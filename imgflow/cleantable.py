@@ -3,14 +3,16 @@
 Folder layout::
 
     records.parquet      kept records: id, label (int index into class_names), label_name,
-                         split ("train" | "val" | "test"), sha256 (of the pixels), pixels (binary:
-                         uint8, height x width x channels, row-major)
+                         split ("train" | "val" | "test"), sha256 (of the content: the pixels, and the
+                         text when there is text), pixels (binary: uint8, height x width x channels,
+                         row-major), and, when the source carries text, text (string, normalized;
+                         "" for none)
     quarantine.parquet   id, label_name, reason, detail, image (the original bytes, kept for inspection)
     report.json          counts per reason, per class and split, image sizes and modes (``CleanInfo``)
     report.md            the same for a person
 
 The rules: a record's split comes from a hash of its pixels alone (``assign_split``), so adding data
-never moves an old record and an image never sits in two splits; records with the same pixels are
+(or changing a caption) never moves an old record and an image never sits in two splits; records with the same content are
 ``duplicate`` (one label: the first is kept) or ``label_conflict`` (several labels: every copy goes,
 ``imgflow.recordkeys.content_conflicts``); and nothing is dropped silently: ``records_in == kept + quarantined``.
 """
@@ -33,6 +35,7 @@ from imgflow.errors import ConfigError, SourceError
 from imgflow.fingerprint import sha256_bytes
 from imgflow.results import CleanInfo
 from imgflow.store import write_json_atomic
+from imgflow.text import tokens
 
 SPLITS = ("train", "val", "test")
 KEPT_SCHEMA = pa.schema(
@@ -45,6 +48,8 @@ KEPT_SCHEMA = pa.schema(
         ("pixels", pa.binary()),
     ]
 )
+TEXT_KEPT_SCHEMA = KEPT_SCHEMA.append(pa.field("text", pa.string()))
+TOP_TOKENS = 10  # per class, in the report
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -145,8 +150,10 @@ class CleanTableWriter:
     stage writes into a temporary folder, so a failed build leaves nothing behind).
     """
 
-    def __init__(self, out_dir: Path, config: CleanConfig, class_names: list[str]) -> None:
+    def __init__(self, out_dir: Path, config: CleanConfig, class_names: list[str], with_text: bool = False) -> None:
         self.out_dir = out_dir
+        self.schema = TEXT_KEPT_SCHEMA if with_text else KEPT_SCHEMA
+        self.text = _TextCounts(class_names) if with_text else None
         self.config = config
         self.class_names = class_names
         self.per_class = {name: dict.fromkeys(SPLITS, 0) for name in class_names}
@@ -160,8 +167,8 @@ class CleanTableWriter:
         # (two thirds of the writing time, and no reader filters on pixels); unique columns get no
         # dictionary.
         self._kept = pq.ParquetWriter(
-            out_dir / "records.parquet", KEPT_SCHEMA, compression={name: "none" if name == "pixels" else "snappy" for name in KEPT_SCHEMA.names},
-            use_dictionary=["label", "label_name", "split"], write_statistics=[name for name in KEPT_SCHEMA.names if name != "pixels"],
+            out_dir / "records.parquet", self.schema, compression={name: "none" if name == "pixels" else "snappy" for name in self.schema.names},
+            use_dictionary=["label", "label_name", "split"], write_statistics=[name for name in self.schema.names if name not in ("pixels", "text")],
         )
         self._quarantine = pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA)
 
@@ -175,10 +182,13 @@ class CleanTableWriter:
     def write_kept(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        self._kept.write_table(table.cast(KEPT_SCHEMA))
-        for name, split in zip(table.column("label_name").to_pylist(), table.column("split").to_pylist(), strict=True):
+        self._kept.write_table(table.select(self.schema.names).cast(self.schema))
+        names = table.column("label_name").to_pylist()
+        for name, split in zip(names, table.column("split").to_pylist(), strict=True):
             self.per_class[name][split] += 1
             self.splits[split] += 1
+        if self.text is not None:
+            self.text.add(names, table.column("text").to_pylist())
         self.digests += bytes.fromhex("".join(table.column("sha256").to_pylist()))
         self.kept += table.num_rows
 
@@ -224,10 +234,40 @@ class CleanTableWriter:
                 "hash": "sha256 of the pixels",
             },
             "data_fingerprint": data_fingerprint(self.digests),
+            "text": self.text.report() if self.text is not None else None,
         }
         write_json_atomic(self.out_dir / "report.json", report)
         (self.out_dir / "report.md").write_text(report_markdown(report, self.sample))
         return CleanInfo.model_validate(report)
+
+
+class _TextCounts:
+    """What the report says of the text, counted as records are written: per-length counts (compact:
+    one entry per distinct length) and each class's token counts (bounded by the vocabulary)."""
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.empty = 0
+        self.characters: Counter[int] = Counter()
+        self.token_counts: Counter[int] = Counter()
+        self.per_class: dict[str, Counter[str]] = {name: Counter() for name in class_names}
+
+    def add(self, labels: list[str], texts: list[str]) -> None:
+        for label, text in zip(labels, texts, strict=True):
+            if not text:
+                self.empty += 1
+                continue
+            found = tokens(text)
+            self.characters[len(text)] += 1
+            self.token_counts[len(found)] += 1
+            self.per_class[label].update(found)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "empty": self.empty,
+            "characters": _stats(self.characters) if self.characters else None,
+            "tokens": _stats(self.token_counts) if self.token_counts else None,
+            "top_tokens": {name: counts.most_common(TOP_TOKENS) for name, counts in self.per_class.items()},
+        }
 
 
 def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]) -> str:
@@ -264,9 +304,21 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
         "- height min/median/max: {min}/{median}/{max}".format(**report["source_images"]["height"]),
         "- width min/median/max: {min}/{median}/{max}".format(**report["source_images"]["width"]),
     ]
+    if report.get("text") is not None:
+        lines += _text_markdown(report["text"], report["kept"])
     if quarantined:
         lines += ["", f"## Quarantined records (first {len(quarantined)})", "", "| id | label | reason | detail |", "|---|---|---|---|"]
         lines += [f"| {r['id']} | {r['label_name']} | {r['reason']} | {r['detail'][:120]} |" for r in quarantined]
     return "\n".join(lines) + "\n"
+
+
+def _text_markdown(text: Mapping[str, Any], kept: int) -> list[str]:
+    lines = ["", "## Text", "", f"- records without text: {text['empty']} of {kept}"]
+    for what in ("characters", "tokens"):
+        if text[what] is not None:
+            lines.append(f"- {what} per text, min/median/max: {text[what]['min']}/{text[what]['median']}/{text[what]['max']}")
+    lines += ["", "| class | most frequent tokens |", "|---|---|"]
+    lines += [f"| {name} | {', '.join(f'{token} ({count})' for token, count in top)} |" for name, top in text["top_tokens"].items()]
+    return lines
 
 

@@ -1,7 +1,7 @@
 """The one TFRecord feature spec, shared by the shard writer and the training parser.
 
 A record holds the cleaned pixels as raw uint8 bytes (height x width x channels, row-major), the class
-index and the record id. Raw bytes rather than PNG let the reader parse and decode a whole batch with
+index and the record id, and, when the data carries text, the cleaned text (UTF-8; empty for none). Raw bytes rather than PNG let the reader parse and decode a whole batch with
 two vectorised ops instead of one image decode per record.
 
 Writing needs no TensorFlow: ``encode_example`` builds the ``tf.train.Example`` bytes for this fixed
@@ -22,6 +22,7 @@ from imgflow.tables import open_output
 
 # feature name -> its kind; the parser's tf.io spec and the writer's encoding both follow this.
 SPEC = {"id": "bytes", "image": "bytes", "label": "int64"}
+TEXT_SPEC = {**SPEC, "text": "bytes"}
 
 
 def _varint(value: int) -> bytes:
@@ -41,15 +42,18 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def encode_example(record_id: str, pixels: bytes, label: int) -> bytes:
+def encode_example(record_id: str, pixels: bytes, label: int, text: str | None = None) -> bytes:
     """The serialized ``tf.train.Example`` of one record (map entries in key order, as deterministic
-    serialization writes them)."""
+    serialization writes them); ``text`` None: the data carries no text (no ``text`` feature)."""
     if label < 0:
         raise ValueError(f"label must be a class index, got {label}")
     values: dict[str, Any] = {"id": record_id.encode(), "image": pixels, "label": label}
+    spec = SPEC
+    if text is not None:
+        values["text"], spec = text.encode(), TEXT_SPEC
     entries = b""
-    for name in sorted(SPEC):
-        if SPEC[name] == "bytes":
+    for name in sorted(spec):
+        if spec[name] == "bytes":
             feature = _field(1, _field(1, values[name]))  # Feature.bytes_list = BytesList(value=[...])
         else:
             feature = _field(3, _field(1, _varint(values[name])))  # Feature.int64_list, packed
@@ -87,23 +91,34 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def _tf_spec() -> dict[str, Any]:
+def _tf_spec(text: bool) -> dict[str, Any]:
     import tensorflow as tf
 
     kinds = {"bytes": tf.string, "int64": tf.int64}
-    return {name: tf.io.FixedLenFeature([], kinds[kind]) for name, kind in SPEC.items()}
+    return {name: tf.io.FixedLenFeature([], kinds[kind]) for name, kind in (TEXT_SPEC if text else SPEC).items()}
 
 
-def parse_records(serialized: Any, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """A batch of serialized examples -> {"image": uint8 [N, H, W, C], "label": int64 [N], "id": [N]}."""
+def parse_records(serialized: Any, shape: tuple[int, int, int], text: bool = False) -> dict[str, Any]:
+    """A batch of serialized examples -> {"image": uint8 [N, H, W, C], "label": int64 [N], "id": [N]},
+    and "text" [N] (strings) with ``text``."""
     import tensorflow as tf
 
-    parsed = tf.io.parse_example(serialized, _tf_spec())
+    parsed = tf.io.parse_example(serialized, _tf_spec(text))
     images = tf.io.decode_raw(parsed["image"], tf.uint8)
-    return {"image": tf.reshape(images, [-1, *shape]), "label": parsed["label"], "id": parsed["id"]}
+    return {"image": tf.reshape(images, [-1, *shape]), **{name: parsed[name] for name in ("label", "id", "text") if name in parsed}}
 
 
-def parse_batch(serialized: Any, shape: tuple[int, int, int]) -> tuple[Any, Any]:
-    """A batch of serialized examples -> (uint8 images [N, H, W, C], int64 labels [N])."""
-    parsed = parse_records(serialized, shape)
+def parse_texts(serialized: Any) -> Any:
+    """A batch of serialized examples with text -> their texts (strings [N]), nothing else decoded."""
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
+
+
+def parse_batch(serialized: Any, shape: tuple[int, int, int], text: bool = False) -> tuple[Any, Any]:
+    """A batch of serialized examples -> (uint8 images [N, H, W, C], int64 labels [N]); with ``text``,
+    ({"pixels": images, "text": strings [N]}, labels)."""
+    parsed = parse_records(serialized, shape, text)
+    if text:
+        return {"pixels": parsed["image"], "text": parsed["text"]}, parsed["label"]
     return parsed["image"], parsed["label"]

@@ -51,6 +51,16 @@ class SourceImages(_Strict):
     width: SizeStats | None = None
 
 
+class TextStats(_Strict):
+    """The kept records' text, when the source carries text: how many have none, how long it is (in
+    characters and in tokens, ``imgflow.text.tokens``) and each class's most frequent tokens."""
+
+    empty: int  # kept records without text (allowed: the model answers from the image)
+    characters: SizeStats | None  # of the non-empty texts
+    tokens: SizeStats | None
+    top_tokens: dict[str, list[tuple[str, int]]]  # class -> [(token, records' occurrences)], most frequent first
+
+
 class CleanInfo(_Strict):
     """A clean table's report (``report.json``); the merge stage's output has the same shape."""
 
@@ -66,6 +76,7 @@ class CleanInfo(_Strict):
     source_images: SourceImages
     split_rule: dict[str, Any]
     data_fingerprint: str
+    text: TextStats | None = None  # None: the records carry no text
 
 
 class SplitShards(_Strict):
@@ -79,6 +90,7 @@ class ShardInfo(_Strict):
     class_names: list[str]
     data_fingerprint: str
     splits: dict[str, SplitShards]
+    text: bool = False  # examples carry a "text" feature
 
 
 class Hardware(_Strict):
@@ -97,6 +109,7 @@ class TrainInfo(_Strict):
     parameters: int
     final: dict[str, float]
     hardware: Hardware
+    vocabulary: int | None = None  # with text: tokens in the vocabulary learned from the train split
 
 
 class ValidateInfo(_Strict):
@@ -106,6 +119,8 @@ class ValidateInfo(_Strict):
     champion: str  # what the champion was: "none", or which version was evaluated and how
     promote: bool
     reasons: list[str]
+    # A model with text: test accuracy with "both" modalities, "image_only" (text blanked), "text_only"
+    modalities: dict[str, float] | None = None
 
 
 class Parity(_Strict):

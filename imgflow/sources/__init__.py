@@ -2,8 +2,11 @@
 
 A source turns a spec such as ``folder:data/pets``, ``parquet:s3://lake/pets``, ``archive:URL#sha256=HEX``,
 ``sample:mnist5k`` or ``tfds:mnist:3.0.1`` into a stream of raw records:
-an id that is stable across runs, the encoded image file bytes exactly as the source holds them, and
-a label name. Decoding and checking happen later, in the clean stage, so one broken image never stops
+an id that is stable across runs, the encoded image file bytes exactly as the source holds them, a
+label name and, from a source configured to carry text (``has_text``), the record's text as raw bytes
+(None: this record has none). The options naming the text: ``text_column`` (Parquet), ``text_sidecar``
+(folder and archive: ``".txt"`` reads ``cat_01.txt`` as the text of ``cat_01.jpg``), ``text_feature``
+(TFDS). Decoding and checking happen later, in the clean stage, so one broken image never stops
 a download. ``fingerprint()`` describes the content (a file hash, or a catalog name + version +
 checksums), never when it was fetched.
 
@@ -27,6 +30,7 @@ class RawRecord:
     id: str
     image: bytes
     label: str
+    text: bytes | None = None  # as the source holds it: cleaning checks it is UTF-8
 
 
 def text_name(name: str) -> str:
@@ -37,6 +41,7 @@ def text_name(name: str) -> str:
 
 class Source(Protocol):
     spec: str
+    has_text: bool  # whether records carry text (a text option is set)
 
     def fingerprint(self) -> str:
         """A hash of the source's content, so a changed source means a new download key."""
@@ -56,7 +61,7 @@ def _sample(rest: str, options: Mapping[str, Any]) -> Source:
 def _folder(rest: str, options: Mapping[str, Any]) -> Source:
     from imgflow.sources.folder import FolderSource
 
-    return FolderSource(rest)
+    return FolderSource(rest, options)
 
 
 def _parquet(rest: str, options: Mapping[str, Any]) -> Source:
@@ -68,7 +73,7 @@ def _parquet(rest: str, options: Mapping[str, Any]) -> Source:
 def _archive(rest: str, options: Mapping[str, Any]) -> Source:
     from imgflow.sources.archive import ArchiveSource
 
-    return ArchiveSource(rest)
+    return ArchiveSource(rest, options)
 
 
 def _tfds(rest: str, options: Mapping[str, Any]) -> Source:
@@ -100,6 +105,16 @@ def open_source(spec: str, options: Mapping[str, Any] | None = None) -> Source:
 def source_fingerprint(spec: str, options: Mapping[str, Any] | None = None) -> str:
     """The content fingerprint of a source: the download stage's only input."""
     return open_source(spec, options).fingerprint()
+
+
+def text_option(options: Mapping[str, Any], name: str) -> str | None:
+    """A text option's value (None: unset), checked to be a non-empty string."""
+    value = options.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SourceError(f"[options] {name} must be a non-empty string, got {value!r}")
+    return value
 
 
 def sample_records(records: Iterable[RawRecord], limit: int) -> list[RawRecord]:

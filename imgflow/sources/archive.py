@@ -8,7 +8,8 @@ stage fetches it (``imgflow.network``: a host that does not resolve or refuses f
 the source is opened, before any run starts; a timeout or a 5xx is retried within ``[download]
 timeout``). Members are read straight from the archive, never written to disk, and an archive
 holding an absolute path, a ``..`` entry, or a link pointing outside its folder is refused as a whole:
-such an archive is broken or hostile, and nothing from it is used.
+such an archive is broken or hostile, and nothing from it is used. ``[options] text_sidecar`` reads
+text files beside the images as a ``folder:`` source does.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
 from imgflow.network import budget, check_reachable, fetch
-from imgflow.sources import RawRecord, text_name
-from imgflow.sources.folder import check_classes, class_label, hidden
+from imgflow.sources import RawRecord, text_name, text_option
+from imgflow.sources.folder import check_classes, class_label, hidden, sidecars
 
 _FORMAT = "1"
 _CHECKSUM = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
@@ -126,20 +128,23 @@ def _listing(path: Path, where: str) -> Iterator[Listing]:
         raise SourceError(f"archive {where} is damaged or unsupported: {type(exc).__name__}: {exc}") from None
 
 
-def _class_files(files: Listing, where: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """(archive parts, parts below the dataset root) of each data file, sorted; checks the classes.
+def _class_files(
+    files: Listing, where: str, text_sidecar: str | None
+) -> tuple[list[tuple[tuple[str, ...], tuple[str, ...]]], dict[tuple[str, ...], tuple[str, ...]]]:
+    """(archive parts, parts below the dataset root) of each record file, sorted, and the text file of
+    each that has one (``sidecars``); checks the classes.
 
     Archives are often one folder holding the class folders: when every file sits at least two folders
     deep under one common top folder, that folder is the root.
     """
-    names = sorted(parts for parts in files if not hidden(parts))
+    names, text_of = sidecars(sorted(parts for parts in files if not hidden(parts)), text_sidecar)
     strip = 1 if names and len({p[0] for p in names}) == 1 and all(len(p) >= 3 for p in names) else 0
     check_classes(f"archive {where}", [class_label(parts[strip:]) for parts in names])
-    return [(parts, parts[strip:]) for parts in names]
+    return [(parts, parts[strip:]) for parts in names], text_of
 
 
 class ArchiveSource:
-    def __init__(self, rest: str) -> None:
+    def __init__(self, rest: str, options: Mapping[str, Any] | None = None) -> None:
         location, _, fragment = rest.partition("#")
         match = _CHECKSUM.match(fragment)
         if not location or not match:
@@ -151,6 +156,8 @@ class ArchiveSource:
         self.location = location
         self.sha256 = match.group(1).lower()
         self.remote = "://" in location
+        self.text_sidecar = text_option(options or {}, "text_sidecar")
+        self.has_text = self.text_sidecar is not None
         if location.startswith(("http://", "https://")):
             check_reachable(location, source=self.spec, advice=self._advice())  # before any run starts
         if not self.remote:
@@ -159,10 +166,10 @@ class ArchiveSource:
                 raise SourceError(f"archive {path} does not exist" if not path.exists() else f"archive {path} is not a file")
             self._verify(path)
             with _listing(path, location) as files:
-                _class_files(files, location)  # refuse a hostile or class-less archive before any run starts
+                _class_files(files, location, self.text_sidecar)  # refuse a hostile or class-less archive before any run starts
 
     def fingerprint(self) -> str:
-        return stable_hash([_FORMAT, self.sha256])
+        return stable_hash([_FORMAT, self.sha256] + ([self.text_sidecar] if self.has_text else []))
 
     def _advice(self) -> str:
         return f"Where there is no network, download it elsewhere and use the copy: archive:PATH#sha256={self.sha256}"
@@ -197,6 +204,9 @@ class ArchiveSource:
 
     def records(self) -> Iterator[RawRecord]:
         with self._local_copy() as path, _listing(path, self.location) as files:
-            for parts, inner in _class_files(files, self.location):
+            found, text_of = _class_files(files, self.location, self.text_sidecar)
+            for parts, inner in found:
                 names = [text_name(part) for part in inner]
-                yield RawRecord(id="/".join(names), image=files[parts](), label=class_label(names))
+                sidecar = text_of.get(parts)
+                text = files[sidecar]() if sidecar is not None else None
+                yield RawRecord(id="/".join(names), image=files[parts](), label=class_label(names), text=text)

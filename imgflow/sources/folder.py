@@ -9,16 +9,21 @@ which cleaning quarantines as ``unlabeled`` rather than dropping it unseen.
 Record ids are the files' paths relative to the root, so the same tree gives the same ids wherever it
 lies (bytes of a name that are not UTF-8 show as ``\\xNN``); the fingerprint hashes those paths and
 the files' bytes.
+
+Text: with ``[options] text_sidecar = ".txt"``, a file ``cat_01.txt`` beside ``cat_01.jpg`` is that
+image's text, not a record (``sidecars``); an image without one has no text, and a ``.txt`` file
+with no image of its name stays a record (which cleaning quarantines as ``not_an_image``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
-from imgflow.sources import RawRecord, text_name
+from imgflow.sources import RawRecord, text_name, text_option
 
 _FORMAT = "1"
 
@@ -30,6 +35,24 @@ def class_label(parts: Sequence[str]) -> str:
 
 def hidden(parts: Sequence[str]) -> bool:
     return any(part.startswith(".") for part in parts)
+
+
+def sidecars(files: Sequence[tuple[str, ...]], suffix: str | None) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], tuple[str, ...]]]:
+    """(the record files, {record file: its text file}) of a file tree given as path parts: a file
+    named like another one but ending in ``suffix`` is that file's text. No ``suffix``: every file
+    is a record."""
+    if suffix is None:
+        return list(files), {}
+    present = set(files)
+    text_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for parts in files:
+        if parts[-1].endswith(suffix):
+            continue
+        sidecar = (*parts[:-1], PurePosixPath(parts[-1]).stem + suffix)
+        if sidecar in present:
+            text_of[parts] = sidecar
+    claimed = set(text_of.values())
+    return [parts for parts in files if parts not in claimed], text_of
 
 
 def check_classes(where: str, labels: Sequence[str]) -> None:
@@ -45,7 +68,7 @@ def check_classes(where: str, labels: Sequence[str]) -> None:
 
 
 class FolderSource:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, options: Mapping[str, Any] | None = None) -> None:
         if not path:
             raise SourceError("a folder source needs a path: folder:PATH, e.g. folder:data/pets")
         self.spec = f"folder:{path}"
@@ -54,21 +77,30 @@ class FolderSource:
             raise SourceError(f"dataset folder {self.root} does not exist")
         if not self.root.is_dir():
             raise SourceError(f"dataset folder {self.root} is not a folder (folder: wants one sub-folder per class)")
-        self.files = sorted(
-            relative
+        self.text_sidecar = text_option(options or {}, "text_sidecar")
+        self.has_text = self.text_sidecar is not None
+        every = sorted(
+            relative.parts
             for relative in (p.relative_to(self.root) for p in self.root.rglob("*"))
             if not hidden(relative.parts) and (self.root / relative).is_file()
         )
-        check_classes(f"folder {self.root}", [class_label(f.parts) for f in self.files])
+        self.files, self.text_of = sidecars(every, self.text_sidecar)
+        self._every = every
+        check_classes(f"folder {self.root}", [class_label(f) for f in self.files])
 
     def fingerprint(self) -> str:
-        return stable_hash([_FORMAT, [(f.as_posix(), sha256_file(self.root / f)) for f in self.files]])
+        listing = [("/".join(f), sha256_file(self.root.joinpath(*f))) for f in self._every]
+        return stable_hash([_FORMAT, listing] + ([self.text_sidecar] if self.has_text else []))
+
+    def _read(self, parts: tuple[str, ...]) -> bytes:
+        try:
+            return self.root.joinpath(*parts).read_bytes()
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.root.joinpath(*parts)}: {exc.strerror or exc}") from None
 
     def records(self) -> Iterator[RawRecord]:
         for relative in self.files:
-            try:
-                data = (self.root / relative).read_bytes()
-            except OSError as exc:
-                raise SourceError(f"cannot read {self.root / relative}: {exc.strerror or exc}") from None
-            parts = [text_name(part) for part in relative.parts]
-            yield RawRecord(id="/".join(parts), image=data, label=class_label(parts))
+            parts = [text_name(part) for part in relative]
+            sidecar = self.text_of.get(relative)
+            text = self._read(sidecar) if sidecar is not None else None
+            yield RawRecord(id="/".join(parts), image=self._read(relative), label=class_label(parts), text=text)

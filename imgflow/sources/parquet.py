@@ -2,7 +2,8 @@
 
 Options (a dataset spec's ``[options]``): ``image_column`` (default ``image``; binary, or a struct with a
 ``bytes`` field as Hugging Face datasets write it), ``label_column`` (default ``label``; strings or
-integers; None for unlabelled images), ``id_column`` (default ``id`` when the table has one). Without an id column a record's id is
+integers; None for unlabelled images), ``id_column`` (default ``id`` when the table has one), ``text_column``
+(a string or binary column of text per image: captions, titles; unset: no text). Without an id column a record's id is
 its file's path and row number.
 
 A folder is read recursively with Hive partitions (``date=2024-05-01/part-0.parquet``); files whose name
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
 from imgflow.network import first_contact
-from imgflow.sources import RawRecord
+from imgflow.sources import RawRecord, text_option
 from imgflow.tables import open_parquet
 
 _FORMAT = "1"
@@ -65,6 +66,8 @@ class ParquetSource:
         self.image_column = str(options.get("image_column", "image"))
         label_column = options.get("label_column", "label")  # None: unlabelled images (batch prediction)
         self.label_column = None if label_column is None else str(label_column)
+        self.text_column = text_option(options, "text_column")
+        self.has_text = self.text_column is not None
         self.filesystem, path = _open_filesystem(location)
         if "://" in location:
             info = first_contact(partial(self.filesystem.get_file_info, path), location=location, source=self.spec)
@@ -100,12 +103,16 @@ class ParquetSource:
             except (pa.ArrowInvalid, OSError) as exc:
                 raise SourceError(f"{path} in Parquet source {self.spec} is not a readable Parquet file: {exc}") from None
             names = set(schema.names) | set(partition_values(relative))
-            for role, column in (("image", self.image_column), ("label", self.label_column)):
+            for role, column in (("image", self.image_column), ("label", self.label_column), ("text", self.text_column)):
                 if column is not None and column not in names:
                     raise SourceError(
                         f"{path} has no {role} column {column!r} (columns: {', '.join(schema.names)}); "
                         f"set {role}_column in the dataset spec's [options]"
                     )
+            if self.text_column in schema.names and not _is_text_type(schema.field(self.text_column).type):
+                raise SourceError(
+                    f"{path}: the text column {self.text_column!r} holds {schema.field(self.text_column).type}, not text (string or binary)"
+                )
             image_type = schema.field(self.image_column).type if self.image_column in schema.names else None
             if image_type is None or not _is_image_type(image_type):
                 raise SourceError(
@@ -127,24 +134,28 @@ class ParquetSource:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
             digests.append((relative, digest.hexdigest()))
-        return stable_hash([_FORMAT, self.image_column, self.label_column, self.id_column, digests])
+        text = [self.text_column] if self.has_text else []
+        return stable_hash([_FORMAT, self.image_column, self.label_column, self.id_column, digests, *text])
 
     def records(self) -> Iterator[RawRecord]:
         for relative, path in self.files.items():
             partitions = partition_values(relative)
-            columns = [c for c in (self.image_column, self.label_column, self.id_column) if c and c not in partitions]
+            wanted = (self.image_column, self.label_column, self.id_column, self.text_column)
+            columns = list(dict.fromkeys(c for c in wanted if c and c not in partitions))
             parquet = open_parquet(path, self.filesystem)
             row = 0
             for batch in parquet.iter_batches(batch_size=_BATCH, columns=columns):
                 images = _image_bytes(batch.column(self.image_column))
                 labels = _column(batch, self.label_column, partitions) if self.label_column else [None] * batch.num_rows
                 ids = _column(batch, self.id_column, partitions) if self.id_column else None
+                texts = _text(batch, self.text_column, partitions) if self.text_column else [None] * batch.num_rows
                 for offset in range(batch.num_rows):
                     label = labels[offset]
                     yield RawRecord(
                         id=str(ids[offset]) if ids else f"{relative}#{row + offset}",
                         image=images[offset],
                         label="" if label is None else str(label),
+                        text=texts[offset],
                     )
                 row += batch.num_rows
 
@@ -153,6 +164,17 @@ def _column(batch: pa.RecordBatch, name: str, partitions: Mapping[str, str]) -> 
     if name in partitions:
         return [partitions[name]] * batch.num_rows
     return batch.column(name).to_pylist()
+
+
+def _text(batch: pa.RecordBatch, name: str, partitions: Mapping[str, str]) -> list[bytes | None]:
+    """Each row's text as bytes (None: null), unchecked: cleaning decides whether it is UTF-8."""
+    if name in partitions:
+        return [partitions[name].encode()] * batch.num_rows
+    return batch.column(name).cast(pa.large_binary()).to_pylist()
+
+
+def _is_text_type(kind: pa.DataType) -> bool:
+    return any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary))
 
 
 def _is_image_type(kind: pa.DataType) -> bool:

@@ -42,6 +42,7 @@ class SampleSource:
         if name not in _SAMPLES:
             raise SourceError(f"unknown sample {name!r}: the bundled samples are {', '.join(sorted(_SAMPLES))}")
         self.spec = f"sample:{name}"
+        self.has_text = False
         self.name = name
         package, relative, self.side = _SAMPLES[name]
         self.path = _package_file(package, relative)

@@ -4,7 +4,7 @@ The image and label features are read from the builder's info (the first ``Image
 first ``ClassLabel``), so no per-dataset code is needed. Images are taken undecoded (PNG/JPEG bytes as
 TFDS stores them) and decoded by the clean stage like any other source. Options: ``data_dir`` (where
 TFDS keeps prepared data; TFDS's own default otherwise), ``image_feature`` and ``label_feature`` to pick
-features by name.
+features by name, ``text_feature`` to read a ``Text`` feature (a caption, a title) as each record's text.
 
 A dataset already prepared in ``data_dir`` is read without any network access. One that is not is
 downloaded by TFDS, after a check that each of its download hosts (or the proxy in between) accepts
@@ -25,7 +25,7 @@ from typing import Any
 from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
 from imgflow.network import check_reachable, fetch
-from imgflow.sources import RawRecord
+from imgflow.sources import RawRecord, text_option
 
 _FORMAT = "1"
 
@@ -81,6 +81,9 @@ class TfdsSource:
         self.image_key = _pick(features, tfds.features.Image, options.get("image_feature"), "image", name)
         self.label_key = _pick(features, tfds.features.ClassLabel, options.get("label_feature"), "class label", name)
         self.label_names = list(features[self.label_key].names)
+        wanted_text = text_option(options, "text_feature")
+        self.text_key = _pick(features, tfds.features.Text, wanted_text, "text", name) if wanted_text else None
+        self.has_text = self.text_key is not None
 
     @classmethod
     def from_spec(cls, rest: str, options: Mapping[str, Any]) -> TfdsSource:
@@ -91,7 +94,8 @@ class TfdsSource:
 
     def fingerprint(self) -> str:
         checksums = sorted(info.checksum for info in (self.builder.url_infos or {}).values())
-        return stable_hash([_FORMAT, self.builder.info.full_name, checksums, self.image_key, self.label_key])
+        text = [self.text_key] if self.has_text else []
+        return stable_hash([_FORMAT, self.builder.info.full_name, checksums, self.image_key, self.label_key, *text])
 
     def _prepare(self) -> None:
         advice = (
@@ -121,4 +125,5 @@ class TfdsSource:
                     id=f"{self.name}/{split}/{index:07d}",
                     image=bytes(example[self.image_key]),
                     label=self.label_names[int(example[self.label_key])],
+                    text=bytes(example[self.text_key]) if self.text_key else None,
                 )

@@ -5,8 +5,15 @@ report.json, report.md).
 
 Quarantine reasons: ``unlabeled`` (no class), ``empty`` (zero bytes), ``not_an_image``, ``truncated``,
 ``undecodable`` (any other decoder failure, or a header declaring no area), ``too_large`` (a header
-declaring more than ``[clean] max_pixels`` pixels), ``unknown_label`` (not in the spec's class_names), ``duplicate`` (same pixels as an
-earlier record with the same label), ``label_conflict`` (same pixels under different labels).
+declaring more than ``[clean] max_pixels`` pixels), ``unknown_label`` (not in the spec's class_names), ``bad_text`` (the record's
+text is not UTF-8), ``duplicate`` (same content as an earlier record with the same label), ``label_conflict`` (same
+content under different labels).
+
+Text (when the raw table has a ``text`` column: the source was configured to read it) is normalized
+(``imgflow.text.normalize``: NFC, single spaces); an empty or missing text is kept, and counted. A
+record's content is its pixels and its text: a changed caption is a changed record (its ``sha256``),
+and duplicates are the same pixels with the same text. Its split still comes from the pixels alone, so
+a new caption never moves an image between splits.
 
 Nothing is dropped silently: ``records_in == kept + quarantined``. Every image is decoded, converted to
 the spec's channels and resized to its size. Exact duplicates (same pixels after that) keep their first
@@ -50,10 +57,13 @@ from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage, shared_scratch
 from imgflow.tables import open_parquet, read_scratch, write_scratch
+from imgflow.text import BadText, normalize
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
 _UNLABELED = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
 _DECODED = pa.schema([("position", pa.int64()), ("pixels", pa.binary())])
+# With text: the cleaned text, and the pixels' own hash (the split's; the record's sha256 covers the text too).
+_DECODED_TEXT = _DECODED.append(pa.field("text", pa.string())).append(pa.field("pixels_sha256", pa.binary(32)))
 
 
 @dataclass
@@ -126,10 +136,12 @@ def scan_chunk(
     decoded_path: str | None,
     first_position: int,
     max_pixels: int,
+    with_text: bool = False,
 ) -> ChunkScan:
     """Probe every record of ``groups``; with a ``target`` shape also decode the usable ones, writing
-    their pixels to ``decoded_path`` (position, pixels). Runs in a worker process."""
-    table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"])
+    their pixels (and cleaned text) to ``decoded_path`` (``_DECODED``). Runs in a worker process."""
+    table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"] + (["text"] if with_text else []))
+    raw_texts = table.column("text").to_pylist() if with_text else None
     allowed = set(class_names) if class_names is not None else None
     labels = [label or "" for label in table.column("label").to_pylist()]
     headers: list[str | None] = [None] * len(labels)
@@ -137,6 +149,8 @@ def scan_chunk(
     reasons: dict[int, tuple[str, str]] = {}
     positions: list[int] = []
     pixels: list[bytes] = []
+    texts: list[str] = []
+    pixel_digests: list[bytes] = []
     for offset, (data, label) in enumerate(zip(table.column("image").to_pylist(), labels, strict=True)):
         if not label:
             reasons[offset] = _UNLABELED
@@ -153,14 +167,21 @@ def scan_chunk(
             continue
         try:
             decoded = decode(data, target[0], target[1], max_pixels).tobytes()
-        except BadImage as bad:
+            text = normalize(raw_texts[offset]) if raw_texts is not None else None
+        except (BadImage, BadText) as bad:
             reasons[offset] = (bad.reason, bad.detail)
             continue
-        digests[offset] = np.frombuffer(hashlib.sha256(decoded).digest(), np.uint8)
+        content = hashlib.sha256(decoded)
+        if text is not None:
+            pixel_digests.append(content.digest())
+            texts.append(text)
+            content.update(b"\0" + text.encode())
+        digests[offset] = np.frombuffer(content.digest(), np.uint8)
         positions.append(first_position + offset)
         pixels.append(decoded)
     if decoded_path is not None:
-        write_scratch(pa.table({"position": positions, "pixels": pixels}, schema=_DECODED), decoded_path)
+        columns = {"position": positions, "pixels": pixels} | ({"text": texts, "pixels_sha256": pixel_digests} if with_text else {})
+        write_scratch(pa.table(columns, schema=_DECODED_TEXT if with_text else _DECODED), decoded_path)
     decoded_mask = np.zeros(len(labels), np.bool_)
     decoded_mask[np.asarray(positions, np.int64) - first_position] = True
     return ChunkScan(table.column("id").combine_chunks(), labels, headers, digests, decoded_mask, reasons)
@@ -193,6 +214,7 @@ class _Chunks:
     sizes: list[int]
     scratch: str  # a local folder or a URI
     pool: Any = None  # the worker pool both passes share (None: this process)
+    with_text: bool = False  # the raw table has a text column
 
     @classmethod
     def of(cls, raw_path: str, scratch: str, pool: Any) -> _Chunks:
@@ -200,7 +222,7 @@ class _Chunks:
         metadata, groups = raw.metadata, chunks(raw, CHUNK_ROWS)
         sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return cls(raw_path, groups, starts, sizes, scratch, pool)
+        return cls(raw_path, groups, starts, sizes, scratch, pool, "text" in raw.schema_arrow.names)
 
     def decoded(self, index: int) -> str:
         return f"{self.scratch}/chunk-{index:05d}.arrow"
@@ -213,7 +235,7 @@ class _Chunks:
         ``then(number, scan, start)`` runs on each chunk as soon as it and every chunk before it are
         in, while the workers go on with the next ones."""
         jobs = [
-            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i], max_pixels)
+            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i], max_pixels, self.with_text)
             for i, chunk in enumerate(self.groups)
         ]
         scan = Scan(sum(self.sizes))
@@ -244,7 +266,7 @@ class _Assembly:
         self.written = 0  # chunks written on the fly
         self.writer: CleanTableWriter | None = None
         if class_names is not None:
-            self.writer = CleanTableWriter(out_dir, config, class_names)
+            self.writer = CleanTableWriter(out_dir, config, class_names, parts.with_text)
 
     def on_chunk(self, number: int, scan: Scan, start: int) -> None:
         if self.writer is None or self.written != number:
@@ -273,7 +295,7 @@ class _Assembly:
             # Start over from the scratch chunks with the whole picture.
             if self.writer is not None:
                 self.writer.__exit__()
-            self.class_names, self.writer = class_names, CleanTableWriter(self.out_dir, self.config, class_names)
+            self.class_names, self.writer = class_names, CleanTableWriter(self.out_dir, self.config, class_names, self.parts.with_text)
             quarantine = dict(scan.reasons)
             found = content_conflicts(scan.keys)
             if found:
@@ -303,13 +325,21 @@ class _Assembly:
         ids = keys.ids_between(start, start + size)
         labels = [keys.labels.names[code] for code in keys.labels.codes()[start : start + size].tolist()]
         shas = [digest.tobytes().hex() for digest in keys.digests()[kept]]
+        # The split hashes the pixels alone: with text, their own hash (the record's covers the text).
+        pixel_shas = shas
+        text = {}
+        if self.parts.with_text:
+            chosen = pa.array(keep, pa.int64())
+            pixel_shas = [digest.hex() for digest in decoded.column("pixels_sha256").take(chosen).to_pylist()]
+            text = {"text": decoded.column("text").take(chosen)}
         self.writer.write_kept(pa.table({
             "id": [ids[p - start] for p in kept],
             "label": [index[labels[p - start]] for p in kept],
             "label_name": [labels[p - start] for p in kept],
-            "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in shas],
+            "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in pixel_shas],
             "sha256": shas,
             "pixels": pixels,
+            **text,
         }))
         bad = [p for p in range(start, start + size) if p in quarantine]
         if bad:

@@ -3,7 +3,8 @@
 Output folder::
 
     records.parquet   id (string), image (binary: the encoded file bytes as the source holds them),
-                      label (string: the class name)
+                      label (string: the class name), and, from a source that carries text,
+                      text (binary: as the source holds it, null for a record without)
 
 Nothing is decoded or judged here: that is the clean stage's job, so a broken image is quarantined
 with a reason instead of stopping the download.
@@ -26,6 +27,7 @@ from imgflow.sources import open_source, sample_records
 from imgflow.store import Stage
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.string())])
+TEXT_SCHEMA = SCHEMA.append(pa.field("text", pa.binary()))
 _BATCH = 1024
 
 
@@ -38,19 +40,19 @@ def _download(out_dir: Path, config: DownloadConfig) -> DownloadInfo:
     source = open_source(config.source, config.options)
     records = source.records() if config.limit is None else sample_records(source.records(), config.limit)
     count = 0
-    batch: dict[str, list[Any]] = {"id": [], "image": [], "label": []}
-    with pq.ParquetWriter(out_dir / "records.parquet", SCHEMA) as writer:
+    schema = TEXT_SCHEMA if source.has_text else SCHEMA
+    batch: dict[str, list[Any]] = {name: [] for name in schema.names}
+    with pq.ParquetWriter(out_dir / "records.parquet", schema) as writer:
         for record in records:
-            batch["id"].append(record.id)
-            batch["image"].append(record.image)
-            batch["label"].append(record.label)
+            for name in schema.names:
+                batch[name].append(getattr(record, name))
             count += 1
             if len(batch["id"]) >= _BATCH:
-                writer.write_table(pa.table(batch, schema=SCHEMA))
+                writer.write_table(pa.table(batch, schema=schema))
                 batch = {name: [] for name in batch}
                 progress.report(count, config.limit, "records")
         if batch["id"]:
-            writer.write_table(pa.table(batch, schema=SCHEMA))
+            writer.write_table(pa.table(batch, schema=schema))
     if count == 0:
         raise SourceError(f"dataset source {config.source} holds no records")
     progress.report(count, count, "records")

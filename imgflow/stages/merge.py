@@ -45,6 +45,12 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
             "set [clean] image_size and channels in the dataset spec so they agree"
         )
     shape = next(iter(shapes))
+    with_text = {info.text is not None for info in infos}
+    if len(with_text) > 1:
+        raise ConfigError(
+            "some partitions carry text and some do not: read every partition with the same text option "
+            "(text_column, text_sidecar or text_feature under [options])"
+        )
     class_names = list(config.class_names) if config.class_names else sorted(
         {name for info in infos for name in info.class_names}, key=natural_key
     )
@@ -63,7 +69,7 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         modes.update(info.source_images.modes)
         sizes.update(info.source_images.size_counts)
     total = sum(info.records_in for info in infos)
-    with CleanTableWriter(out_dir, config, class_names) as writer:
+    with CleanTableWriter(out_dir, config, class_names, with_text=with_text.pop()) as writer:
         # The partitions' own quarantines first, then the kept records (in partition order), moving
         # the ones seen in another partition to the quarantine as they come.
         for part in parts:

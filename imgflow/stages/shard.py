@@ -59,6 +59,7 @@ def write_shards(clean_path: str, start: int, end: int, index: int, count: int, 
     """Rows ``[start, end)`` of the clean table as shard ``index`` of every split; the labels written
     per split. Runs in a worker process; ``clean_path`` and ``out_dir`` are local paths or URIs."""
     table = open_parquet(clean_path)
+    names = ["id", "label", "split", "pixels"] + (["text"] if "text" in table.schema_arrow.names else [])
     writers = {split: TFRecordWriter(f"{out_dir}/{shard_name(split, index, count)}") for split in SPLITS}
     written: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
     try:
@@ -66,12 +67,13 @@ def write_shards(clean_path: str, start: int, end: int, index: int, count: int, 
         for group in range(table.metadata.num_row_groups):
             rows = table.metadata.row_group(group).num_rows
             if first < end and first + rows > start:
-                part = table.read_row_group(group, columns=["id", "label", "split", "pixels"])
+                part = table.read_row_group(group, columns=names)
                 part = part.slice(max(0, start - first), min(end, first + rows) - max(start, first))
                 for batch in part.to_batches(max_chunksize=_BATCH):  # Python objects for a batch at a time
-                    columns = (batch.column(name).to_pylist() for name in ("id", "label", "split", "pixels"))
-                    for record_id, label, split, pixels in zip(*columns, strict=True):
-                        writers[split].write(encode_example(record_id, pixels, label))
+                    columns = [batch.column(name).to_pylist() for name in names]
+                    texts = columns[4] if len(columns) > 4 else [None] * batch.num_rows
+                    for record_id, label, split, pixels, text in zip(*columns[:4], texts, strict=True):
+                        writers[split].write(encode_example(record_id, pixels, label, text))
                         written[split][label] += 1
             first += rows
     finally:
@@ -107,6 +109,7 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
         image_shape=info.image_shape,
         class_names=info.class_names,
         data_fingerprint=info.data_fingerprint,
+        text=info.text is not None,
         splits={
             split: SplitShards(
                 files=[shard_name(split, i, count) for i in range(count)],

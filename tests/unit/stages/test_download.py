@@ -17,6 +17,7 @@ class ListSource:
 
     def __init__(self, records: list[RawRecord]) -> None:
         self.spec = "list:test"
+        self.has_text = False
         self._records = records
 
     def fingerprint(self) -> str:
