@@ -58,7 +58,7 @@ def input_pipeline(root: Path, batch: int, batches: int) -> None:
     cfg, shards = _shards(root)
     shape = tuple(shards.info.image_shape)
     files = shard_files(shards, "train")
-    images, labels, _ = load_arrays(files, shape)
+    images, labels, _, _ = load_arrays(files, shape)
     print(f"\n(1) input pipeline, {len(images)} train images {shape}, batch {batch}, {batches} batches")
     for label, augmenter in (("with augmentation", make_augmenter(cfg.train.translate, cfg.train.rotate, cfg.train.zoom, 0)),
                              ("without augmentation", None)):
@@ -112,7 +112,7 @@ def mnist(root: Path) -> None:
     keras.utils.set_random_seed(t.seed)
     train = shard_dataset(shard_files(shards, "train"), shape, t.batch_size, training=True, seed=t.seed,
                           augmenter=make_augmenter(t.translate, t.rotate, t.zoom, t.seed))
-    test_images, test_labels, _ = load_arrays(shard_files(shards, "test"), shape)
+    test_images, test_labels, _, _ = load_arrays(shard_files(shards, "test"), shape)
     steps = math.ceil(shards.info.splits["train"].records / t.batch_size)
     model = compile_for_training(build_model(shape, 10, t), t.learning_rate, steps * t.epochs)
     print(f"\n(3) time to 0.98 test accuracy on sample:mnist5k ({len(test_labels)} test images), default config")

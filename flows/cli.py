@@ -7,7 +7,8 @@
                      [--min-accuracy F] [--json]
     imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
                     [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K]
-                    [--dataset SPEC] [--image-column COL] [--id-column COL] [--json]
+                    [--dataset SPEC] [--image-column COL] [--id-column COL] [--text-column COL]
+                    [--text-sidecar SUFFIX] [--json]
     imgflow models [ls | show VERSION | promote VERSION --reason R | rollback --reason R]
                    [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
@@ -248,6 +249,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['model']}: {summary['decision']}" + (f" as {summary['version']}" if summary["version"] else ""))
     if summary["metrics"]["accuracy"] is not None:
         print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
+    if "modalities" in summary["metrics"]:
+        from imgflow.summary import modalities_line
+
+        print(f"  {modalities_line(summary['metrics']['modalities'])}")
     for reason in summary["reasons"]:
         print(f"  {reason}")
     print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
@@ -316,7 +321,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
     registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
-    columns = {"image_column": args.image_column, "id_column": args.id_column}
+    columns = {"image_column": args.image_column, "id_column": args.id_column, "text_column": args.text_column, "text_sidecar": args.text_sidecar}
     input_images(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
     from flows.predict import predict
 
@@ -438,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--dataset", help="a dataset spec whose [options] say how to read a parquet: input (its columns)")
     pred.add_argument("--image-column", help="a parquet: input's image column (default: image, or the spec's)")
     pred.add_argument("--id-column", help="a parquet: input's id column (default: id when present, or the spec's)")
+    pred.add_argument("--text-column", help="a parquet: input's text column, for a model trained with text (or the spec's)")
+    pred.add_argument("--text-sidecar", help='a folder input\'s text files beside the images, e.g. ".txt" (or the spec\'s)')
     pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
     pred.set_defaults(handler=_predict)
 

@@ -30,13 +30,15 @@ def predict(
     dataset: Annotated[str | None, Field(description="a dataset spec whose [options] say how to read a parquet: input")] = None,
     image_column: Annotated[str | None, Field(description="a parquet: input's image column (default: image)")] = None,
     id_column: Annotated[str | None, Field(description="a parquet: input's id column (default: id, if present)")] = None,
+    text_column: Annotated[str | None, Field(description="a parquet: input's text column, for a model with text")] = None,
+    text_sidecar: Annotated[str | None, Field(description='a folder input\'s text files beside the images, e.g. ".txt"')] = None,
 ) -> dict[str, Any]:
     """Label every image of ``input`` with model ``name``'s champion, or its version ``model``; write
     one row per image to ``output``. A ``parquet:`` input is read with the ``[options]`` of
-    ``dataset`` (a table laid out like the training data), overridden by ``image_column`` and
-    ``id_column``. Returns the prediction summary."""
+    ``dataset`` (a table laid out like the training data), overridden by ``image_column``,
+    ``id_column``, ``text_column`` and ``text_sidecar``. Returns the prediction summary."""
     watch_descendants()
-    options = input_options(dataset, image_column=image_column, id_column=id_column)
+    options = input_options(dataset, image_column=image_column, id_column=id_column, text_column=text_column, text_sidecar=text_sidecar)
     artifacts = str(ArtifactStore(artifacts).pull_models(name))  # an object-store root's registry, pulled here
     name = registry.resolve_name(artifacts, name)
     version = model or (registry.champion(artifacts, name) or {}).get("version")

@@ -81,6 +81,9 @@ def with_augmentation(model: Any, augmenter: Any) -> Any:
     gets saved and exported."""
     import keras
 
+    if isinstance(model.input, dict):  # image + text: augment the pixels only
+        inputs = {name: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=name) for name, tensor in model.input.items()}
+        return keras.Model(inputs, model({**inputs, "pixels": augmenter(inputs["pixels"])}), name=f"train_{model.name}")
     inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
     return keras.Model(inputs, model(augmenter(inputs)), name=f"train_{model.name}")
 

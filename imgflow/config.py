@@ -129,6 +129,15 @@ class TrainConfig:
     # "device": in the train step; "host": in tf.data; auto: device on a GPU
     augment_on: str = field(default="auto", metadata=_one_of("auto", "host", "device"))
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
+    # Image + text (data whose source reads text): a text tower (a vocabulary of the train split's
+    # text_vocabulary most frequent tokens, an embedding of text_dim, mean pooling over the first
+    # text_length tokens) fused with the image model; modality_dropout of the training records lose
+    # their text or their image, so the model answers from either alone.
+    text: bool = False
+    text_length: int = field(default=32, metadata=_at_least(1))
+    text_vocabulary: int = field(default=20_000, metadata=_at_least(1))
+    text_dim: int = field(default=64, metadata=_at_least(1))
+    modality_dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
 
 
 @dataclass(frozen=True)

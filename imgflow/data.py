@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import keras
 import tensorflow as tf
 
-from imgflow.features import parse_batch, parse_records
+from imgflow.features import parse_batch, parse_records, parse_texts
 
 # Training shards smaller than this in total are cached in memory, decoded, after the first pass: small
 # datasets then train at in-memory speed, and memory stays bounded whatever the dataset's size.
@@ -49,8 +50,10 @@ def shard_dataset(
     augmenter: keras.Sequential | None = None,
     cache: bool | None = None,
     deterministic: bool = True,
+    text: bool = False,
 ) -> tf.data.Dataset:
-    """(float32 images 0..255 [N,H,W,C], int64 labels) batches read from ``files``.
+    """(float32 images 0..255 [N,H,W,C], int64 labels) batches read from ``files``; with ``text`` (shards
+    of data that carries text), ({"pixels": images, "text": strings [N]}, labels) batches.
 
     Training pipelines shuffle files and records, read shards in parallel and repeat forever (pass
     ``steps_per_epoch`` to ``fit``); evaluation pipelines make one pass in the files' order, so
@@ -79,8 +82,14 @@ def shard_dataset(
         deterministic=deterministic,
     )
 
-    def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return parse_batch(serialized, shape)
+    def parse(serialized: tf.Tensor) -> tuple[Any, tf.Tensor]:
+        return parse_batch(serialized, shape, text)
+
+    def pixels(function: Any) -> Any:
+        """``function`` applied to the images of a batch, whatever else the batch holds."""
+        if text:
+            return lambda features, labels: ({**features, "pixels": function(features["pixels"])}, labels)
+        return lambda images, labels: (function(images), labels)
 
     if cache:
         # Parse once, a batch at a time, and cache the decoded records: later epochs cost what an
@@ -92,11 +101,9 @@ def shard_dataset(
     dataset = dataset.batch(batch_size)
     if not cache:
         dataset = dataset.map(parse, num_parallel_calls=parallel)
-    dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+    dataset = dataset.map(pixels(lambda images: tf.cast(images, tf.float32)))
     if augmenter is not None:
-        dataset = dataset.map(
-            lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=parallel
-        )
+        dataset = dataset.map(pixels(lambda images: augmenter(images, training=True)), num_parallel_calls=parallel)
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
@@ -108,31 +115,68 @@ def eval_batch(shape: Sequence[int], largest: int = 512) -> int:
     return max(16, min(largest, 2**19 // (shape[0] * shape[1])))
 
 
+class Records(NamedTuple):
+    """Records read back from shards: uint8 images [N, H, W, C], int64 labels [N], ids, and the texts
+    (None: the data carries no text)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    texts: list[str] | None = None
+
+
 def iter_batches(
-    files: Sequence[str], shape: tuple[int, int, int], batch_size: int = 512
-) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """The records of ``files`` in order, a batch at a time: uint8 images, int64 labels and ids. Memory
+    files: Sequence[str], shape: tuple[int, int, int], batch_size: int = 512, text: bool = False
+) -> Iterator[Records]:
+    """The records of ``files`` in order, a batch at a time (with their texts when ``text``). Memory
     holds one batch, so evaluation streams over a split of any size."""
     for serialized in tf.data.TFRecordDataset(list(files)).batch(batch_size).prefetch(2):
-        parsed = parse_records(serialized, shape)
-        yield parsed["image"].numpy(), parsed["label"].numpy(), [i.decode() for i in parsed["id"].numpy()]
+        parsed = parse_records(serialized, shape, text)
+        yield Records(
+            parsed["image"].numpy(), parsed["label"].numpy(), [i.decode() for i in parsed["id"].numpy()],
+            [t.decode() for t in parsed["text"].numpy()] if text else None,
+        )
 
 
-def load_arrays(
-    files: Sequence[str], shape: tuple[int, int, int], limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_arrays(files: Sequence[str], shape: tuple[int, int, int], limit: int | None = None, text: bool = False) -> Records:
     """The first ``limit`` records of ``files`` (all of them without one) as arrays: for a calibration
     or parity batch, and for tests of small shards; anything the size of a split streams instead."""
-    images, labels, ids = [], [], []
+    batches: list[Records] = []
     seen = 0
-    for batch_images, batch_labels, batch_ids in iter_batches(files, shape, 4096 if limit is None else min(4096, limit)):
-        take = len(batch_labels) if limit is None else min(len(batch_labels), limit - seen)
-        images.append(batch_images[:take])
-        labels.append(batch_labels[:take])
-        ids.extend(batch_ids[:take])
+    for batch in iter_batches(files, shape, 4096 if limit is None else min(4096, limit), text):
+        take = len(batch.labels) if limit is None else min(len(batch.labels), limit - seen)
+        batches.append(Records(batch.images[:take], batch.labels[:take], batch.ids[:take], batch.texts[:take] if text else None))
         seen += take
         if limit is not None and seen >= limit:
             break
-    if not images:
-        return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int64), []
-    return np.concatenate(images), np.concatenate(labels), ids
+    if not batches:
+        return Records(np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int64), [], [] if text else None)
+    return Records(
+        np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
+        [i for b in batches for i in b.ids], [t for b in batches for t in b.texts] if text else None,  # type: ignore[union-attr]
+    )
+
+
+def iter_texts(files: Sequence[str], batch_size: int = 4096) -> Iterator[tf.Tensor]:
+    """The texts of ``files``' records, a batch (string tensor) at a time: for learning a vocabulary."""
+    for serialized in tf.data.TFRecordDataset(list(files)).batch(batch_size).prefetch(2):
+        yield parse_texts(serialized)
+
+
+def with_tokens(dataset: tf.data.Dataset, encoder: Any, modality_dropout: float = 0.0, seed: int = 0) -> tf.data.Dataset:
+    """({"pixels", "text"}, labels) batches -> ({"pixels", "tokens"}, labels): the text through the
+    model's encoder (``imgflow.text.TextEncoder``). With ``modality_dropout`` (training), that share of
+    the records loses one modality, half of them the text (no tokens), half the image (black pixels),
+    so the model learns to answer from either alone, as validation's single-modality accuracies ask."""
+
+    def encode(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        pixels, tokens = features["pixels"], encoder(features["text"])
+        if modality_dropout > 0:
+            draw = tf.random.uniform(tf.shape(labels), seed=seed)
+            no_text = draw < modality_dropout / 2
+            no_image = (draw >= modality_dropout / 2) & (draw < modality_dropout)
+            tokens = tf.where(no_text[:, None], tf.zeros_like(tokens), tokens)
+            pixels = tf.where(no_image[:, None, None, None], tf.zeros_like(pixels), pixels)
+        return {"pixels": pixels, "tokens": tokens}, labels
+
+    return dataset.map(encode).prefetch(2)

@@ -44,7 +44,9 @@ def trainable_fingerprint(result: StageResult) -> str:
     import keras
     import numpy as np
 
-    model = keras.models.load_model(result.file("model.keras"))
+    from imgflow.models import load_model
+
+    model = load_model(result.file("model.keras"))
     digest = hashlib.sha256()
     for weight in model.trainable_weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())

@@ -1,12 +1,15 @@
 """Models are functions: ``make_model(input_shape, num_classes)`` returns a compiled-ready keras.Model.
 
 Preprocessing (scaling raw 0..255 pixels) lives inside the model, so every export takes raw pixels.
+A model with text (``add_text``) takes {"pixels", "tokens"}: token ids from ``imgflow.text.TextEncoder``,
+which the SavedModel export puts in front of it so that it takes raw strings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -110,14 +113,44 @@ def make_transfer(
     return keras.Model(inputs, outputs, name=f"transfer_{config.backbone.lower()}")
 
 
-def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig) -> keras.Model:
+@keras.saving.register_keras_serializable(package="imgflow")
+class MaskedMean(keras.layers.Layer):
+    """The mean of token embeddings [N, L, D] over the tokens that are not padding (id 0); zeros for a
+    text with no tokens, which is what a record without text looks like to the fusion layers."""
+
+    def call(self, embeddings: keras.KerasTensor, tokens: keras.KerasTensor) -> keras.KerasTensor:
+        ops = keras.ops
+        present = ops.cast(ops.not_equal(tokens, 0), embeddings.dtype)[:, :, None]
+        count = ops.maximum(ops.sum(present, axis=1), 1.0)
+        return ops.sum(embeddings * present, axis=1) / count
+
+
+def add_text(image_model: keras.Model, vocabulary_size: int, config: TrainConfig) -> keras.Model:
+    """``image_model`` with a text tower: token ids (``text_length`` of them, 0 = padding) through an
+    embedding and a masked mean, concatenated with the image model's features (the input of its
+    classifier), then one hidden layer and a new classifier."""
+    features = image_model.get_layer("probabilities").input
+    tokens = keras.Input(shape=(config.text_length,), dtype="int32", name="tokens")
+    embedded = keras.layers.Embedding(vocabulary_size, config.text_dim, name="text_embedding")(tokens)
+    text = MaskedMean(name="text_features")(embedded, tokens)
+    x = keras.layers.Concatenate(name="fusion")([features, text])
+    x = keras.layers.Dense(128, activation="relu", name="fused")(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    outputs = keras.layers.Dense(image_model.output_shape[-1], activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model({"pixels": image_model.inputs[0], "tokens": tokens}, outputs, name=f"{image_model.name}_text")
+
+
+def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig, vocabulary_size: int = 0) -> keras.Model:
+    """The model ``config`` names; with ``config.text``, with a text tower over ``vocabulary_size`` ids."""
     if config.model == "cnn":
-        return make_model(input_shape, num_classes, width=config.width, dropout=config.dropout)
-    if config.model == "resnet9":
-        return make_resnet9(input_shape, num_classes, width=config.width, dropout=config.dropout)
-    if config.model == "transfer":
-        return make_transfer(input_shape, num_classes, config)
-    raise ValueError(f"unknown model {config.model!r}; known: cnn, resnet9, transfer")
+        model = make_model(input_shape, num_classes, width=config.width, dropout=config.dropout)
+    elif config.model == "resnet9":
+        model = make_resnet9(input_shape, num_classes, width=config.width, dropout=config.dropout)
+    elif config.model == "transfer":
+        model = make_transfer(input_shape, num_classes, config)
+    else:
+        raise ValueError(f"unknown model {config.model!r}; known: cnn, resnet9, transfer")
+    return add_text(model, vocabulary_size, config) if config.text else model
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
@@ -145,6 +178,11 @@ def compile_for_training(
         jit_compile=jit_compile,
     )
     return model
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """A saved model (``model.keras`` or a checkpoint); this module defines the custom layers it may hold."""
+    return keras.models.load_model(path)
 
 
 def model_fingerprint(model: keras.Model) -> str:

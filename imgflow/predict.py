@@ -7,6 +7,11 @@ come from a dataset spec's ``[options]`` and flags: ``input_options``. Images ar
 does for training, then run in batches through ONNX Runtime (the default), its int8 variant, or the
 TensorFlow SavedModel.
 
+A model trained with text reads each record's text too: a Parquet input's ``text_column``, or a folder's
+sidecar files (``text_sidecar = ".txt"``: ``cat_01.txt`` beside ``cat_01.jpg``), cleaned as the clean
+stage cleans it. A record without text is predicted from its image alone; text that is not UTF-8 is
+an error row, as an undecodable image is. A model without text ignores any text.
+
 The output is one Parquet row per input image, in input order: ``id`` (the path relative to the
 folder, or the table's id), ``label``, ``probability``, ``top_k`` (list of {label, probability}),
 ``model``, ``version``, ``backend`` and ``error``. An image that cannot be decoded gets a row with the
@@ -32,8 +37,9 @@ from imgflow import progress
 from imgflow.config import BACKENDS, resolve_dataset
 from imgflow.errors import ConfigError, SourceError
 from imgflow.images import BadImage, decode
-from imgflow.inference import onnx_session
-from imgflow.sources.folder import hidden
+from imgflow.inference import OnnxModel
+from imgflow.sources.folder import hidden, sidecars
+from imgflow.text import BadText, normalize
 
 SCHEMA = pa.schema(
     [
@@ -56,43 +62,55 @@ class PredictConfig:
     batch_size: int = 256
 
 
-def _folder_images(root: Path) -> tuple[int, Iterator[tuple[str, bytes]]]:
+Input = tuple[str, bytes, bytes | None]  # id, encoded image, text as the input holds it (None: none)
+
+
+def _folder_images(root: Path, text_sidecar: str | None) -> tuple[int, Iterator[Input]]:
     if root.is_file():
-        return 1, iter([(root.name, root.read_bytes())])
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden(p.relative_to(root).parts))
+        return 1, iter([(root.name, root.read_bytes(), None)])
+    every = sorted(p.relative_to(root).parts for p in root.rglob("*") if p.is_file() and not hidden(p.relative_to(root).parts))
+    files, text_of = sidecars(every, text_sidecar)
     if not files:
         raise SourceError(f"prediction input {root} holds no files")
-    return len(files), ((p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
+
+    def text(parts: tuple[str, ...]) -> bytes | None:
+        return root.joinpath(*text_of[parts]).read_bytes() if parts in text_of else None
+
+    return len(files), (("/".join(parts), root.joinpath(*parts).read_bytes(), text(parts)) for parts in files)
 
 
 def input_options(dataset: str | None = None, **columns: str | None) -> dict[str, Any]:
     """How to read a prediction input: a dataset spec's ``[options]`` (a table laid out like the
-    training data), then the columns given by name (``image_column``, ``id_column``; None: unset)."""
+    training data), then the columns given by name (``image_column``, ``id_column``, ``text_column``,
+    ``text_sidecar``; None: unset)."""
     options = dict(resolve_dataset(dataset).options) if dataset else {}
-    unknown = set(columns) - {"image_column", "id_column"}
+    unknown = set(columns) - {"image_column", "id_column", "text_column", "text_sidecar"}
     if unknown:
         raise ConfigError(f"unknown prediction input option(s) {', '.join(sorted(unknown))}")
     return {**options, **{name: value for name, value in columns.items() if value is not None}}
 
 
-def input_images(spec: str, options: Mapping[str, Any] | None = None) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
-    """(how many, when known; an iterator of (id, encoded image bytes)) for a prediction input."""
+def input_images(spec: str, options: Mapping[str, Any] | None = None) -> tuple[int | None, Iterator[Input]]:
+    """(how many, when known; an iterator of (id, encoded image bytes, text bytes or None)) for a
+    prediction input."""
+    options = options or {}
     scheme, sep, rest = spec.partition(":")
     if sep and scheme == "parquet":
         from imgflow.sources.parquet import ParquetSource
 
-        source = ParquetSource(rest, {**(options or {}), "label_column": None})
-        return None, ((record.id, record.image) for record in source.records())
+        source = ParquetSource(rest, {**options, "label_column": None})
+        return None, ((record.id, record.image, record.text) for record in source.records())
     path = Path(rest if sep and scheme == "folder" else spec).expanduser()
     if sep and scheme not in ("folder", "parquet") and not path.exists():
         raise SourceError(f"prediction input {spec!r}: expected PATH, folder:PATH or parquet:PATH_OR_URI")
     if not path.exists():
         raise SourceError(f"prediction input {path} does not exist")
-    return _folder_images(path)
+    return _folder_images(path, options.get("text_sidecar"))
 
 
 class Predictor:
-    """Class probabilities for uint8 pixels (N, H, W, C) from a registered version's export."""
+    """Class probabilities for uint8 pixels (N, H, W, C), and texts for a model with text, from a
+    registered version's export."""
 
     def __init__(self, version_dir: Path, backend: str) -> None:
         if backend not in BACKENDS:
@@ -103,17 +121,21 @@ class Predictor:
 
             self._tf = tf
             self._signature = tf.saved_model.load(str(version_dir / "savedmodel")).signatures["serving_default"]
+            self.takes_text = "text" in self._signature.structured_input_signature[1]
             return
         path = version_dir / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
         if not path.is_file():
             raise ConfigError(f"{version_dir} has no {path.name}" + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else ""))
-        self._session = onnx_session(path)
+        self._onnx = OnnxModel(path)
+        self.takes_text = self._onnx.takes_text
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """``texts``: one per image ("" for none); ignored by a model without text."""
         batch = pixels.astype(np.float32)
         if self.backend == "tensorflow":
-            return self._signature(pixels=self._tf.constant(batch))["probabilities"].numpy()
-        return self._session.run(None, {"pixels": batch})[0]
+            text = {"text": self._tf.constant(texts if texts is not None else [""] * len(batch))} if self.takes_text else {}
+            return self._signature(pixels=self._tf.constant(batch), **text)["probabilities"].numpy()
+        return self._onnx(batch, texts, batch_size=len(batch) or 1)
 
 
 def predict(
@@ -136,12 +158,14 @@ def predict(
     counts = {"rows": 0, "errors": 0}
     started = time.perf_counter()
 
-    def flush(writer: pq.ParquetWriter, batch: list[tuple[str, np.ndarray | None, str | None]]) -> None:
-        good = [i for i, (_, pixels, _) in enumerate(batch) if pixels is not None]
-        probabilities = predictor(np.stack([batch[i][1] for i in good])) if good else np.zeros((0, len(classes)))
+    def flush(writer: pq.ParquetWriter, batch: list[tuple[str, np.ndarray | None, str, str | None]]) -> None:
+        good = [i for i, (_, pixels, _, _) in enumerate(batch) if pixels is not None]
+        probabilities = (
+            predictor(np.stack([batch[i][1] for i in good]), [batch[i][2] for i in good]) if good else np.zeros((0, len(classes)))
+        )
         by_row = dict(zip(good, probabilities, strict=True))
         rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-        for i, (record_id, _, error) in enumerate(batch):
+        for i, (record_id, _, _, error) in enumerate(batch):
             p = by_row.get(i)
             top = np.argsort(-p, kind="stable")[:k] if p is not None else []
             rows["id"].append(record_id)
@@ -158,12 +182,13 @@ def predict(
 
     try:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
-            batch: list[tuple[str, np.ndarray | None, str | None]] = []
-            for record_id, data in images:
+            batch: list[tuple[str, np.ndarray | None, str, str | None]] = []
+            for record_id, data, raw_text in images:
                 try:
-                    batch.append((record_id, decode(data, shape[:2], shape[2]), None))
-                except BadImage as bad:
-                    batch.append((record_id, None, f"{bad.reason}: {bad.detail}"))
+                    text = normalize(raw_text) if predictor.takes_text else ""
+                    batch.append((record_id, decode(data, shape[:2], shape[2]), text, None))
+                except (BadImage, BadText) as bad:
+                    batch.append((record_id, None, "", f"{bad.reason}: {bad.detail}"))
                 if len(batch) >= config.batch_size:
                     flush(writer, batch)
                     batch = []

@@ -39,6 +39,7 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
             "accuracy": validation.accuracy,
             "test_records": validation.test_records,
             "champion_accuracy": validation.champion_accuracy,
+            "modalities": validation.modalities,
         },
         "decision": {"promote": validation.promote, "reasons": validation.reasons},
         "training": results["train"].info.model_dump(mode="json"),
@@ -54,8 +55,17 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         f"- source: `{data['source']}`",
         f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255: SavedModel "
         "`serving_default` (float32) or `serving_uint8` (uint8); ONNX input `pixels` (float32)",
+        *(
+            ["- and text: SavedModel input `text` (raw strings); ONNX input `tokens` (int32 ids of vocabulary.txt)"]
+            if validation.modalities else []
+        ),
         f"- classes: {', '.join(data['class_names'])}",
         f"- test accuracy: **{validation.accuracy:.4f}** on {validation.test_records} held-out records",
+        *(
+            [f"- test accuracy with the image only: {validation.modalities['image_only']:.4f}; with the text only: "
+             f"{validation.modalities['text_only']:.4f}"]
+            if validation.modalities else []
+        ),
         f"- gate: {'; '.join(validation.reasons)}",
         f"- SavedModel vs ONNX max abs difference: {data['parity']['max_abs_diff']:.2e}",
         f"- model fingerprint: `{data['model_fingerprint']}`",
@@ -125,8 +135,9 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "data_quality.md": table.file("report.md"),
         "misclassified.parquet": results["validate"].file("misclassified.parquet"),
     }
-    if results["export"].file("model.int8.onnx").is_file():
-        files["model.int8.onnx"] = results["export"].file("model.int8.onnx")
+    for optional in ("model.int8.onnx", "vocabulary.txt"):  # the int8 variant when it kept the accuracy; a text model's vocabulary
+        if results["export"].file(optional).is_file():
+            files[optional] = results["export"].file(optional)
     documents = {
         "model_card.md": card_md,
         "report.html": report_html({**card, "name": name}, Path(results["validate"].path), Path(results["train"].path)),

@@ -111,6 +111,7 @@ def build_summary(
             "accuracy": validation.accuracy if validation else None,
             "test_records": validation.test_records if validation else None,
             "champion_accuracy": validation.champion_accuracy if validation else None,
+            **({"modalities": validation.modalities} if validation and validation.modalities else {}),
         },
         "stages": stages,
         "artifacts": artifacts,
@@ -122,6 +123,14 @@ def build_summary(
 def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> dict[str, str]:
     """Each date: ``ran`` when any of its stages ran in this run, else ``cached``."""
     return {day: "ran" if any(r.status == "ran" for r in stages.values()) else "cached" for day, stages in partitions.items()}
+
+
+def modalities_line(modalities: Mapping[str, float]) -> str:
+    """A model with text's three test accuracies, side by side."""
+    return (
+        f"image + text {modalities['both']:.4f}, image only {modalities['image_only']:.4f}, "
+        f"text only {modalities['text_only']:.4f}"
+    )
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
@@ -137,6 +146,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             if metrics["accuracy"] is not None
             else []
         ),
+        *([f"- {modalities_line(metrics['modalities'])}"] if "modalities" in metrics else []),
         *[f"- {reason}" for reason in summary["reasons"]],
         *(
             [f"- records: {clean['records_in']} in, {clean['kept']} kept, {clean['quarantined']} quarantined"]

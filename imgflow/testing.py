@@ -152,3 +152,32 @@ def synthetic_table(path: Path, count: int, size: int = 64, classes: int = 10, s
         for records in ordered_map(synthetic_chunk, jobs):
             writer.write_table(pa.table(list(zip(*records, strict=True)), schema=schema))
     return path
+
+
+# Words for ``captioned_folder``: each class's caption names one of two themes, in several words each,
+# among filler that every class shares.
+_THEMES = (("sun", "beach", "summer", "sand", "warm"), ("snow", "winter", "frost", "ice", "cold"))
+_FILLER = ("a", "photo", "of", "the", "picture", "nice", "old", "new", "my", "with", "view", "day")
+
+
+def captioned_folder(root: Path, per_class: int = 150, side: int = 16, seed: int = 0) -> Path:
+    """A ``folder:`` dataset of images with ``.txt`` captions (``text_sidecar = ".txt"``) whose four
+    classes need both: the image says one bit (horizontal or vertical stripes, under noise), the
+    caption the other (a summer or a winter word among filler words). Either alone tells at best two
+    classes apart: about 50% accuracy; both together, all four."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(side)[:, None] % 4 < 2
+    stripes = (np.broadcast_to(rows, (side, side)), np.broadcast_to(rows.T, (side, side)))
+    for label in range(4):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        orientation, theme = divmod(label, 2)
+        for index in range(per_class):
+            shift = rng.integers(0, 4)
+            pattern = np.roll(stripes[orientation], shift, axis=orientation ^ 1)
+            pixels = np.clip(pattern * 160.0 + 40 + rng.normal(0, 30, (side, side)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index:04d}.png")
+            words = list(rng.choice(_FILLER, size=rng.integers(3, 7))) + [str(rng.choice(_THEMES[theme]))]
+            rng.shuffle(words)
+            (folder / f"{index:04d}.txt").write_text(" ".join(words).capitalize() + ".\n")
+    return root

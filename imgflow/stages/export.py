@@ -14,73 +14,100 @@ Output folder::
                       the float model's; the info says both accuracies either way
     parity.json       the largest absolute difference between SavedModel and ONNX on a batch of test
                       images
+    vocabulary.txt    a model with text: its vocabulary (``imgflow.text``), which the ONNX model's
+                      token ids index
 
-Both exports run on the same test batch; a difference above the tolerance fails the stage, so a model
-whose exports disagree is never promoted.
+A model with text takes text too: every SavedModel signature has a second input, ``text`` (a batch of
+raw strings, tokenized inside the graph by the training encoder: ``serving_default(pixels, text)``,
+``serving_bytes(images, text)``), and the ONNX model a second input ``tokens`` (int32 (N, length)
+token ids: ONNX Runtime gets them from ``imgflow.inference.OnnxModel``, which runs that same encoder on
+the vocabulary file, so training and prediction share one tokenizer).
+
+Both exports run on the same test batch (with its texts); a difference above the tolerance fails the
+stage, so a model whose exports disagree is never promoted.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from imgflow.config import ExportConfig
 from imgflow.errors import ExportMismatchError
-from imgflow.inference import onnx_predict, onnx_session
+from imgflow.inference import OnnxModel
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
 from imgflow.store import Stage, write_json_atomic
+from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
 
 def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult]) -> ExportInfo:
     import keras
     import tensorflow as tf
-    import tf2onnx
 
     from imgflow.data import load_arrays
+    from imgflow.models import load_model
 
     shards = inputs["shards"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     shape = tuple(shards.info.image_shape)
-    model = keras.models.load_model(inputs["model"].file("model.keras"))
+    model = load_model(inputs["model"].file("model.keras"))
+    encoder = None
+    if isinstance(model.input, dict):
+        shutil.copy2(inputs["model"].file(VOCABULARY_FILE), out_dir / VOCABULARY_FILE)
+        encoder = TextEncoder(read_vocabulary(out_dir / VOCABULARY_FILE), int(model.input["tokens"].shape[1]))
 
     float_spec = tf.TensorSpec([None, *shape], tf.float32, name="pixels")
+    text_spec = [tf.TensorSpec([None], tf.string, name="text")] if encoder is not None else []
 
-    @tf.function(input_signature=[float_spec])
-    def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probabilities": model(pixels, training=False)}
+    def probabilities(pixels: tf.Tensor, *text: tf.Tensor) -> dict[str, tf.Tensor]:
+        if encoder is None:
+            return {"probabilities": model(pixels, training=False)}
+        return {"probabilities": model({"pixels": pixels, "tokens": encoder(text[0])}, training=False)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="pixels")])
-    def serve_uint8(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return serve(tf.cast(pixels, tf.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def decode_all(images: tf.Tensor) -> tf.Tensor:
         def decode(data: tf.Tensor) -> tf.Tensor:
             image = tf.io.decode_image(data, channels=shape[2], expand_animations=False)
             return tf.image.resize(image, shape[:2])
 
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(shape, tf.float32))
-        return serve(pixels)
+        return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
+    serve = tf.function(probabilities, input_signature=[float_spec, *text_spec])
+    serve_uint8 = tf.function(
+        lambda pixels, *text: probabilities(tf.cast(pixels, tf.float32), *text),
+        input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="pixels"), *text_spec],
+    )
+    serve_bytes = tf.function(
+        lambda images, *text: probabilities(decode_all(images), *text),
+        input_signature=[tf.TensorSpec([None], tf.string, name="images"), *text_spec],
+    )
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if encoder is not None:
+        encoder([""])  # builds the lookup layer, which an export takes only built
+        archive.track(encoder.lookup)  # the vocabulary travels inside the SavedModel
     archive.add_endpoint("serving_default", serve)
     archive.add_endpoint("serving_uint8", serve_uint8)
     archive.add_endpoint("serving_bytes", serve_bytes)
     archive.write_out(str(out_dir / "savedmodel"), verbose=False)
 
     onnx_path = out_dir / "model.onnx"
-    tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=config.opset, output_path=str(onnx_path))
+    _to_onnx(model, float_spec, onnx_path, config.opset)
 
-    batch = load_arrays(shard_files(shards, "test"), shape, limit=config.parity_batch)[0].astype(np.float32)
+    parity_records = load_arrays(shard_files(shards, "test"), shape, limit=config.parity_batch, text=encoder is not None)
+    batch, texts = parity_records.images.astype(np.float32), parity_records.texts
     loaded = tf.saved_model.load(str(out_dir / "savedmodel")).signatures["serving_default"]
     step = _check_batch(shape)
-    from_savedmodel = np.concatenate(
-        [loaded(pixels=tf.constant(batch[i : i + step]))["probabilities"].numpy() for i in range(0, len(batch), step)]
-    )
-    from_onnx = onnx_predict(onnx_path, batch, batch_size=step)
+    from_savedmodel = np.concatenate([
+        loaded(pixels=tf.constant(batch[i : i + step]), **({"text": tf.constant(texts[i : i + step])} if texts is not None else {}))[
+            "probabilities"
+        ].numpy()
+        for i in range(0, len(batch), step)
+    ])
+    from_onnx = OnnxModel(onnx_path, keep_memory=False)(batch, texts, batch_size=step)
     max_diff = float(np.abs(from_savedmodel - from_onnx).max())
     parity = Parity(
         max_abs_diff=max_diff,
@@ -96,6 +123,25 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
         )
     int8 = _quantize(onnx_path, out_dir / "model.int8.onnx", shards, config) if config.int8 else None
     return ExportInfo(opset=config.opset, parity=parity, int8=int8)
+
+
+def _to_onnx(model: Any, float_spec: Any, path: Path, opset: int) -> None:
+    """The Keras model as ONNX: input "pixels" and, for a model with text, "tokens" (int32 token ids:
+    the string ops of tokenization stay out of the ONNX graph)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    if not isinstance(model.input, dict):
+        serve = tf.function(lambda pixels: {"probabilities": model(pixels, training=False)}, input_signature=[float_spec])
+        tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=opset, output_path=str(path))
+        return
+    tokens_spec = tf.TensorSpec([None, int(model.input["tokens"].shape[1])], tf.int32, name="tokens")
+
+    @tf.function(input_signature=[float_spec, tokens_spec])
+    def serve_tokens(pixels: tf.Tensor, tokens: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": model({"pixels": pixels, "tokens": tokens}, training=False)}
+
+    tf2onnx.convert.from_function(serve_tokens, input_signature=[float_spec, tokens_spec], opset=opset, output_path=str(path))
 
 
 def _check_batch(shape: tuple[int, ...]) -> int:
@@ -118,32 +164,37 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
 
     assert isinstance(shards.info, ShardInfo), shards.stage
     shape = tuple(shards.info.image_shape)
-    calibration = load_arrays(shard_files(shards, "val"), shape, limit=config.calibration_images)[0]
-    if len(calibration) == 0:
-        calibration = load_arrays(shard_files(shards, "train"), shape, limit=config.calibration_images)[0]
-    calibration = calibration.astype(np.float32)
+    float_model = OnnxModel(float_path, keep_memory=False)
+    text = float_model.takes_text
+    calibration = load_arrays(shard_files(shards, "val"), shape, limit=config.calibration_images, text=text)
+    if len(calibration.labels) == 0:
+        calibration = load_arrays(shard_files(shards, "train"), shape, limit=config.calibration_images, text=text)
+    count = len(calibration.labels)
 
     class Batches(CalibrationDataReader):
         # Min-max calibration keeps the smallest and largest value of every tensor over all batches, so
         # the batch size changes nothing in the model (checked: identical bytes with 8 and 32) but the
         # memory the calibration session takes: 8 images cost 40 MB where 32 cost 170 MB.
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
+            self.batches = iter(np.array_split(np.arange(count), max(1, count // 8)))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"pixels": batch}
+            rows = next(self.batches, None)
+            if rows is None:
+                return None
+            texts = [calibration.texts[i] for i in rows] if calibration.texts is not None else None
+            return float_model.feeds(calibration.images[rows], texts)
 
     scratch = int8_path.with_name("model.pre-quant.onnx")
     quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
     quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
     scratch.unlink()
     # Both models over the test split, a batch at a time.
-    sessions = [onnx_session(float_path, keep_memory=False), onnx_session(int8_path, keep_memory=False)]
+    models = [float_model, OnnxModel(int8_path, keep_memory=False)]
     correct, seen = [0, 0], 0
-    for images, labels, _ in iter_batches(shard_files(shards, "test"), shape, _check_batch(shape)):
-        for which, session in enumerate(sessions):
-            correct[which] += int((onnx_predict(session, images).argmax(1) == labels).sum())
+    for images, labels, _, texts in iter_batches(shard_files(shards, "test"), shape, _check_batch(shape), text):
+        for which, model in enumerate(models):
+            correct[which] += int((model(images, texts).argmax(1) == labels).sum())
         seen += len(labels)
     float_accuracy, int8_accuracy = (c / seen for c in correct)
     kept = float_accuracy - int8_accuracy <= config.int8_max_drop
@@ -154,7 +205,7 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
         accuracy=int8_accuracy,
         float_accuracy=float_accuracy,
         max_drop=config.int8_max_drop,
-        calibration_images=int(len(calibration)),
+        calibration_images=int(count),
         bytes=int8_path.stat().st_size if kept else None,
         float_bytes=float_path.stat().st_size,
     )

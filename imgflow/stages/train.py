@@ -3,6 +3,8 @@
 Output folder::
 
     model.keras           the trained model; takes raw pixels (N, H, W, C) in 0..255, returns probabilities
+                          (with ``[train] text``: {"pixels", "tokens"}, the tokens from vocabulary.txt)
+    vocabulary.txt        with text: the train split's most frequent tokens, one a line (``imgflow.text``)
     history.json          per-epoch loss, accuracy, val_loss and val_accuracy
     training_curves.png   the same as plots
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.config import TrainConfig
+from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
 from imgflow.store import Stage, scratch_dir
 
@@ -63,8 +66,8 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
     from imgflow.checkpoints import EpochCheckpoint, EpochProgress, load_progress
-    from imgflow.data import eval_batch, make_augmenter, shard_dataset
-    from imgflow.models import build_model, compile_for_training, set_backbone_trainable
+    from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
+    from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.reports import plot_training_curves
 
     shard_info = shards.info
@@ -78,17 +81,22 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
+    encoder = _text_encoder(config, shards, out_dir) if config.text else None
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
     on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
         shard_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
-        augmenter=None if on_device else augmenter, deterministic=config.deterministic,
+        augmenter=None if on_device else augmenter, deterministic=config.deterministic, text=config.text,
     )
+    if encoder is not None:
+        train_data = with_tokens(train_data, encoder, config.modality_dropout, config.seed)
     val_data, val_steps = None, None
     n_val = shard_info.splits["val"].records
     if n_val:
         batch = eval_batch(shape, largest=256)
-        val_data = shard_dataset(shard_files(shards, "val"), shape, batch, training=False)
+        val_data = shard_dataset(shard_files(shards, "val"), shape, batch, training=False, text=config.text)
+        if encoder is not None:
+            val_data = with_tokens(val_data, encoder)
         # Known step counts: a dataset of unknown length makes Keras warn that input "ran out".
         val_steps = math.ceil(n_val / batch)
     if chosen.workers > 1:
@@ -106,7 +114,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     frozen = min(config.freeze_epochs, config.epochs) if config.model == "transfer" else 0
     with strategy.scope():
         if progress is None:
-            model = build_model(shape, num_classes, config)
+            model = build_model(shape, num_classes, config, encoder.size if encoder is not None else 0)
             if on_device:
                 model = with_augmentation(model, augmenter)
             set_backbone_trainable(unwrap(model), frozen == 0)
@@ -115,7 +123,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         else:
             # A killed run of this same key left a checkpoint: the model and optimizer state at the end
             # of its last completed epoch, and the history up to it.
-            model = keras.models.load_model(checkpoints / progress["checkpoint"])
+            model = load_model(checkpoints / progress["checkpoint"])
             resumed_from, history = progress["epoch"], progress["history"]
             print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
     class_weight = balanced_class_weights(shard_info.splits["train"].class_counts) if config.class_weights else None
@@ -165,8 +173,31 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             strategy=chosen.strategy, precision=chosen.precision, jit_compile=chosen.jit_compile,
             replicas=int(strategy.num_replicas_in_sync), workers=chosen.workers, augment_on_device=on_device,
         ),
+        vocabulary=len(encoder.words) if encoder is not None else None,
     )
     return unwrap(model), info
+
+
+def _text_encoder(config: TrainConfig, shards: StageResult, out_dir: Path) -> Any:
+    """The text encoder of a text model: a vocabulary learned from the train split's text alone
+    (written to vocabulary.txt), so validation and test text never shape the model."""
+    from imgflow.data import iter_texts
+    from imgflow.text import VOCABULARY_FILE, TextEncoder, count_tokens, vocabulary, write_vocabulary
+
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    if not shards.info.text:
+        raise ConfigError(
+            "[train] text = true, but the data carries no text: name it in the dataset spec's [options] "
+            "(text_column for Parquet, text_sidecar for folders and archives, text_feature for TFDS)"
+        )
+    words = vocabulary(count_tokens(iter_texts(shard_files(shards, "train"))), config.text_vocabulary)
+    if not words:
+        raise ConfigError(
+            f"the train split's text in {shards.path} has no token seen twice: there is no vocabulary to learn "
+            "(is the text empty, or unique to every record?); set [train] text = false"
+        )
+    write_vocabulary(words, out_dir / VOCABULARY_FILE)
+    return TextEncoder(words, config.text_length)
 
 
 

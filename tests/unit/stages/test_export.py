@@ -20,7 +20,7 @@ def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards:
 
     result = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": untrained_model(store, shards, 0)})
     assert result.info.parity.max_abs_diff <= 1e-5 and result.info.parity.same_top1
-    images, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
+    images, _, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
 
     loaded = tf.saved_model.load(str(result.file("savedmodel")))
     as_float = loaded.signatures["serving_default"](pixels=tf.constant(images, tf.float32))["probabilities"].numpy()
@@ -45,7 +45,7 @@ def test_savedmodel_takes_encoded_image_bytes_for_tf_serving(store: ArtifactStor
 
     result = EXPORT.run(store, ExportConfig(int8=False), {"shards": shards, "model": untrained_model(store, shards, 0)})
     assert result.info.int8 is None and not result.file("model.int8.onnx").exists()
-    images, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
+    images, _, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
     signatures = tf.saved_model.load(str(result.file("savedmodel"))).signatures
     expected = signatures["serving_default"](pixels=tf.constant(images[:5], tf.float32))["probabilities"].numpy()
     png = [encode(image[..., 0]) for image in images[:5]]

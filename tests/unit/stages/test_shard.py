@@ -33,7 +33,7 @@ def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult
         assert [f.rsplit("/", 1)[1] for f in files] == [
             f"{split}-{i:05d}-of-{len(files):05d}.tfrecord" for i in range(len(files))
         ]
-        images, labels, ids = load_arrays(files, (8, 8, 1))
+        images, labels, ids, _ = load_arrays(files, (8, 8, 1))
         assert ids == [r["id"] for r in expected]
         assert labels.tolist() == [r["label"] for r in expected]
         assert all(

@@ -35,7 +35,7 @@ def test_validate_compares_with_the_champion_on_the_same_test_split(store: Artif
     info = result.info
     assert info.champion == "champion v1 evaluated on the same test split"
     # Both accuracies are what the two models score on the test records, computed here independently.
-    images, labels, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
+    images, labels, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
     assert info.champion_accuracy == float((onnx_predict(exported.file("model.onnx"), images).argmax(1) == labels).mean())
     candidate_model = keras.models.load_model(candidate.file("model.keras"))
     assert info.accuracy == float((candidate_model.predict(images.astype("float32"), verbose=0).argmax(1) == labels).mean())
