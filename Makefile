@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
 WORKERS ?= -n auto --dist worksteal
 
-.PHONY: install run test test-fast fuzz server server-stop benchmark lock clean
+.PHONY: install run test test-fast fuzz server server-stop clipart benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ server: $(STAMP)
 
 server-stop: $(STAMP)
 	$(BIN)/imgflow server stop
+
+# The image + text dataset (datasets/clipart.toml): Debian's openclipart-svg drawings rendered to PNG with
+# their titles, in data/clipart.parquet. Installs openclipart-svg and librsvg2-bin when missing (as root).
+clipart: $(STAMP)
+	$(BIN)/imgflow datasets clipart
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/orchestration_overhead.py

@@ -15,6 +15,7 @@
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
     imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
     imgflow server stop|status [--home DIR]
+    imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
 with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its
@@ -374,6 +375,27 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    from imgflow import progress
+    from imgflow.recipes import clipart
+
+    clipart.ensure_installed(install=not args.no_install)
+    shown = {"step": -1}
+
+    def show(done: int, total: int | None, unit: str) -> None:
+        step = 10 * done // (total or done or 1)
+        if step != shown["step"]:
+            shown["step"] = step
+            print(f"clipart: {done}/{total} {unit}", flush=True)
+
+    with progress.listening(show):
+        summary = clipart.build(Path(args.output), size=args.size, limit=args.limit)
+    print(f"{summary['drawings']} drawings in {len(summary['classes'])} classes -> {summary['output']} "
+          f"({summary['with_text']} with a title or description, {summary['render_failed']} failed to render)")
+    print("train on it: imgflow run --dataset clipart")
+    return 0
+
+
 def _server(args: argparse.Namespace) -> int:
     from flows.server import server_state, start_server, stop_server
 
@@ -497,6 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
     server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
     server.set_defaults(handler=_server)
+
+    datasets = commands.add_parser("datasets", help="build a real dataset from packages on this machine")
+    recipes = datasets.add_subparsers(dest="recipe", required=True)
+    clip = recipes.add_parser(
+        "clipart", help="Debian's openclipart-svg drawings (installed when missing) as PNG + title text: datasets/clipart.toml"
+    )
+    clip.add_argument("--output", default="data/clipart.parquet", help="the table to write (default: data/clipart.parquet)")
+    clip.add_argument("--size", type=int, default=64, help="pixels per side of the rendered drawings (default 64)")
+    clip.add_argument("--limit", type=int, help="only the first N drawings (a quick look)")
+    clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
+    datasets.set_defaults(handler=_datasets)
     return parser
 
 

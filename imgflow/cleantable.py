@@ -266,7 +266,10 @@ class _TextCounts:
             "empty": self.empty,
             "characters": _stats(self.characters) if self.characters else None,
             "tokens": _stats(self.token_counts) if self.token_counts else None,
-            "top_tokens": {name: counts.most_common(TOP_TOKENS) for name, counts in self.per_class.items()},
+            # Ties in alphabetical order: the same data gives the same report in any record order.
+            "top_tokens": {
+                name: sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_TOKENS] for name, counts in self.per_class.items()
+            },
         }
 
 

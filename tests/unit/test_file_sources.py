@@ -257,3 +257,47 @@ def test_a_zip_name_flagged_utf8_that_is_not_is_a_damaged_archive(tmp_path: Path
     path.write_bytes(path.read_bytes().replace("\u00e9".encode(), b"\xe9\x82"))
     with pytest.raises(SourceError, match="is damaged or unsupported: UnicodeDecodeError"):
         open_source(f"archive:{path}#sha256={_sha(path)}")
+
+
+# text
+
+
+def test_folder_sidecar_text_belongs_to_its_image_and_a_lone_text_file_stays_a_record(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", {**_images(), "a/0.txt": b"a cat", "b/1.txt": b"caf\xe9", "b/notes.txt": b"no image"})
+    plain = open_source(f"folder:{root}")
+    assert not plain.has_text and "a/0.txt" in [r.id for r in plain.records()]  # without the option: a record
+    source = open_source(f"folder:{root}", {"text_sidecar": ".txt"})
+    records = {r.id: r for r in source.records()}
+    assert source.has_text and sorted(records) == ["a/0.png", "a/2.png", "b/1.png", "b/3.png", "b/notes.txt"]
+    assert records["a/0.png"].text == b"a cat" and records["b/1.png"].text == b"caf\xe9"  # raw: cleaning checks it
+    assert records["a/2.png"].text is None
+    before = source.fingerprint()
+    assert before != plain.fingerprint()
+    (root / "a/0.txt").write_bytes(b"a dog")  # a changed caption is changed content
+    assert open_source(f"folder:{root}", {"text_sidecar": ".txt"}).fingerprint() != before
+    with pytest.raises(SourceError, match="text_sidecar must be a non-empty string"):
+        open_source(f"folder:{root}", {"text_sidecar": ""})
+
+
+def test_parquet_text_column_of_strings_or_bytes_and_a_wrong_one_named(tmp_path: Path) -> None:
+    images = [encode(digit_like(i)) for i in range(3)]
+    pq.write_table(pa.table({"image": images, "label": ["a", "b", "a"], "caption": ["x y", None, "z"]}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"image": images, "label": ["a", "b", "a"], "caption": [b"x", b"\xff", b""]}), tmp_path / "b.parquet")
+    assert [r.text for r in open_source(f"parquet:{tmp_path / 's.parquet'}", {"text_column": "caption"}).records()] == [b"x y", None, b"z"]
+    assert [r.text for r in open_source(f"parquet:{tmp_path / 'b.parquet'}", {"text_column": "caption"}).records()] == [b"x", b"\xff", b""]
+    assert all(r.text is None for r in open_source(f"parquet:{tmp_path / 's.parquet'}").records())
+    with pytest.raises(SourceError, match="no text column 'title'"):
+        open_source(f"parquet:{tmp_path / 's.parquet'}", {"text_column": "title"})
+    with pytest.raises(SourceError, match="the text column 'label'"):
+        pq.write_table(pa.table({"image": images, "label": [1, 2, 3]}), tmp_path / "n.parquet")
+        open_source(f"parquet:{tmp_path / 'n.parquet'}", {"text_column": "label"})
+
+
+def test_archive_sidecar_text(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in {**_images(), "a/0.txt": b"first caption"}.items():
+            archive.writestr(f"top/{name}", data)
+    records = list(open_source(f"archive:{path}#sha256={_sha(path)}", {"text_sidecar": ".txt"}).records())
+    assert [(r.id, r.text) for r in records][:2] == [("a/0.png", b"first caption"), ("a/2.png", None)]
+    assert len(records) == 4

@@ -81,3 +81,16 @@ def test_sample_is_spread_fixed_and_in_source_order() -> None:
     assert [r.id for r in chosen] == sorted(r.id for r in chosen)
     assert 30 <= sum(r.label == "0" for r in chosen) <= 70  # both halves represented
     assert sample_records(records, 5000) == records
+
+
+def test_tfds_text_feature_offline_with_mock_data() -> None:
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4, data_dir=tempfile.mkdtemp()):
+        plain = open_source("tfds:cats_vs_dogs")
+        source = open_source("tfds:cats_vs_dogs", {"text_feature": "image/filename"})
+        assert not plain.has_text and source.has_text and source.fingerprint() != plain.fingerprint()
+        records = list(source.records())
+    assert records and all(isinstance(r.text, bytes) and r.text.strip() for r in records)
+    with pytest.raises(SourceError, match="has no text feature named 'caption'"):
+        open_source("tfds:cats_vs_dogs", {"text_feature": "caption"})

@@ -159,3 +159,58 @@ def test_unlabeled_records_are_quarantined(store: ArtifactStore) -> None:
     rows = [(f"r{i}", encode(digit_like(i)), "ab"[i % 2]) for i in range(6)] + [("stray.png", encode(digit_like(99)), "")]
     result = CLEAN.run(store, CleanConfig(), {"raw": _raw(store, rows)})
     assert result.info.quarantine_reasons == {"unlabeled": 1} and result.info.class_names == ["a", "b"]
+
+
+def _raw_with_text(store: ArtifactStore, rows: list[tuple[str, bytes, str, bytes | None]], name: str = "raw") -> StageResult:
+    from imgflow.stages.download import TEXT_SCHEMA
+
+    folder = store.root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = dict(zip(TEXT_SCHEMA.names, map(list, zip(*rows, strict=True)), strict=True))
+    pq.write_table(pa.table(columns, schema=TEXT_SCHEMA), folder / "records.parquet")
+    return StageResult(
+        stage="download", key=name, path=str(folder), fingerprint=str(hash(tuple(rows))), status="ran",
+        info={"records": len(rows), "source": "test:captions"},
+    )
+
+
+def test_text_is_normalized_bad_text_quarantined_and_missing_text_counted(store: ArtifactStore) -> None:
+    rows = [(f"r{i:02d}", encode(digit_like(i)), "ab"[i % 2], f"  Photo   of a {'cat' if i % 2 else 'dog'} {i} ".encode()) for i in range(30)]
+    rows += [
+        ("no-text", encode(digit_like(100)), "a", None),
+        ("empty-text", encode(digit_like(101)), "b", b"   "),
+        ("latin1", encode(digit_like(102)), "a", "caf\u00e9".encode("latin-1")),
+        ("nfd", encode(digit_like(103)), "b", "e\u0301te\u0301".encode()),
+        ("same-image-other-caption", encode(digit_like(3)), "b", b"another caption"),  # r03's pixels, new text
+        ("same-image-same-caption", encode(digit_like(4)), "a", b"Photo of a dog 4"),  # r04 again, once normalized
+    ]
+    result = CLEAN.run(store, CleanConfig(image_size=(16, 16), channels=1), {"raw": _raw_with_text(store, rows)})
+    info = result.info
+    assert info.records_in == len(rows) == info.kept + info.quarantined
+    quarantine = {row["id"]: (row["reason"], row["detail"]) for row in pq.read_table(result.file("quarantine.parquet")).to_pylist()}
+    assert quarantine["latin1"] == ("bad_text", "text is not valid UTF-8: byte 0xe9 at offset 3 (unexpected end of data)")
+    assert quarantine["same-image-same-caption"][0] == "duplicate"
+    assert set(quarantine) == {"latin1", "same-image-same-caption"}
+    kept = {r["id"]: r for r in pq.read_table(result.file("records.parquet")).to_pylist()}
+    assert kept["r01"]["text"] == "Photo of a cat 1" and kept["nfd"]["text"] == "\u00e9t\u00e9"
+    assert kept["no-text"]["text"] == kept["empty-text"]["text"] == ""
+    # A record's content covers its caption, its split only its pixels: a new caption moves nothing.
+    same, other = kept["r03"], kept["same-image-other-caption"]
+    assert same["sha256"] != other["sha256"] and same["split"] == other["split"]
+    assert info.text is not None and info.text.empty == 2
+    assert info.text.tokens is not None and info.text.tokens.max == 5
+    assert info.text.top_tokens["a"][:3] == [("a", 15), ("dog", 15), ("of", 15)]
+    report = Path(result.path, "report.md").read_text()
+    assert "## Text" in report and "records without text: 2 of" in report and "| b | a (" in report
+
+
+def test_a_caption_change_changes_the_data_fingerprint_but_no_split(tmp_path_factory: pytest.TempPathFactory) -> None:
+    rows = [(f"r{i:02d}", encode(digit_like(i)), "ab"[i % 2], f"caption {i}".encode()) for i in range(40)]
+    changed = [*rows[:-1], (rows[-1][0], rows[-1][1], rows[-1][2], b"a new caption")]
+    results = []
+    for name, table in (("before", rows), ("after", changed)):
+        store = ArtifactStore(tmp_path_factory.mktemp(name))
+        results.append(CLEAN.run(store, CleanConfig(image_size=(16, 16), channels=1), {"raw": _raw_with_text(store, table)}))
+    before, after = (pq.read_table(r.file("records.parquet")).to_pylist() for r in results)
+    assert results[0].info.data_fingerprint != results[1].info.data_fingerprint
+    assert [r["split"] for r in before] == [r["split"] for r in after]

@@ -90,3 +90,46 @@ def test_training_reads_shards_in_a_fixed_order_unless_told_not_to(store: Artifa
     graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
     interleaves = [node for node in graph.node if node.op.startswith("ParallelInterleaveDataset")]
     assert [node.attr["deterministic"].s for node in interleaves] == [b"true" if deterministic else b"false"]
+
+
+def test_an_example_with_text_is_what_tensorflow_serializes() -> None:
+    import tensorflow as tf
+
+    from imgflow.features import encode_example
+
+    def feature(value: bytes | int) -> tf.train.Feature:
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    for text in ("a caption, caf\u00e9", ""):
+        values = {"id": b"r1", "image": bytes(range(16)), "label": 3, "text": text.encode()}
+        expected = tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in values.items()}))
+        assert encode_example("r1", bytes(range(16)), 3, text) == expected.SerializeToString(deterministic=True)
+
+
+def test_text_travels_from_the_clean_table_into_the_training_input(tmp_path, store: ArtifactStore) -> None:
+    from imgflow.data import load_arrays, shard_dataset, with_tokens
+    from imgflow.text import TextEncoder
+    from imgflow.testing import captioned_folder
+
+    captioned_folder(tmp_path / "data", per_class=20, side=8)
+    config = DownloadConfig(source=f"folder:{tmp_path / 'data'}", options={"text_sidecar": ".txt"})
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source, config.options)})
+    clean = CLEAN.run(store, CleanConfig(), {"raw": raw})
+    shards = SHARD.run(store, ShardConfig(), {"clean": clean})
+    assert shards.info.text and clean.info.text is not None and clean.info.text.empty == 0
+    records = load_arrays(shard_files(shards, "train"), (8, 8, 1), text=True)
+    table = {r["id"]: r["text"] for r in pq.read_table(clean.file("records.parquet")).to_pylist()}
+    assert records.texts == [table[i] for i in records.ids] and all(records.texts)
+
+    dataset = shard_dataset(shard_files(shards, "train"), (8, 8, 1), 16, training=True, text=True)
+    features, labels = next(iter(dataset))
+    assert set(features) == {"pixels", "text"} and features["text"].dtype.name == "string"
+    encoder = TextEncoder(["sun", "snow", "beach"], 6)
+    # Modality dropout blanks one modality of about that share of the records, never both.
+    features, labels = next(iter(with_tokens(dataset.unbatch().batch(2000).take(1), encoder, modality_dropout=0.5, seed=1)))
+    no_text = ~features["tokens"].numpy().any(axis=1)
+    no_image = ~features["pixels"].numpy().reshape(len(labels), -1).any(axis=1)
+    assert features["tokens"].shape[1] == 6 and not (no_text & no_image).any()
+    assert 0.3 < (no_text | no_image).mean() < 0.7 and no_text.any() and no_image.any()

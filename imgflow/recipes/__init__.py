@@ -1,0 +1,1 @@
+"""Recipes that build real datasets from packages on this machine (``imgflow datasets ...``)."""
