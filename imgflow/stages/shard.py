@@ -18,8 +18,9 @@ worker, not the table. Writing needs no TensorFlow (``imgflow.features``). With
 workers read the clean table from the store and write their shards to the build's shared scratch
 there, and this process copies them into the output (which the store then publishes).
 
-The manifest's info names each split's files, record and per-class counts, the image shape and the
-class names: everything a reader needs without opening the shards.
+The manifest's info names each split's files, record and per-class counts, the image shape, the
+class names and whether the examples carry text (a clean table with a ``text`` column): everything a
+reader needs without opening the shards.
 """
 
 from __future__ import annotations
