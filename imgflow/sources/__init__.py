@@ -1,7 +1,7 @@
 """Dataset sources behind one interface.
 
 A source turns a spec such as ``folder:data/pets``, ``parquet:s3://lake/pets``, ``archive:URL#sha256=HEX``,
-``sample:mnist5k`` or ``tfds:mnist:3.0.1`` into a stream of raw records:
+``sample:mnist5k``, ``idx:/usr/share/datasets/fashion-mnist`` or ``tfds:mnist:3.0.1`` into a stream of raw records:
 an id that is stable across runs, the encoded image file bytes exactly as the source holds them, a
 label name and, from a source configured to carry text (``has_text``), the record's text as raw bytes
 (None: this record has none). The options naming the text: ``text_column`` (Parquet), ``text_sidecar``
@@ -76,6 +76,12 @@ def _archive(rest: str, options: Mapping[str, Any]) -> Source:
     return ArchiveSource(rest, options)
 
 
+def _idx(rest: str, options: Mapping[str, Any]) -> Source:
+    from imgflow.sources.idx import IdxSource
+
+    return IdxSource(rest, options)
+
+
 def _tfds(rest: str, options: Mapping[str, Any]) -> Source:
     from imgflow.sources.tfds import TfdsSource
 
@@ -87,6 +93,7 @@ SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Source]] = {
     "folder": _folder,
     "parquet": _parquet,
     "archive": _archive,
+    "idx": _idx,
     "tfds": _tfds,
 }
 

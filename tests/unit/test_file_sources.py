@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -301,3 +302,66 @@ def test_archive_sidecar_text(tmp_path: Path) -> None:
     records = list(open_source(f"archive:{path}#sha256={_sha(path)}", {"text_sidecar": ".txt"}).records())
     assert [(r.id, r.text) for r in records][:2] == [("a/0.png", b"first caption"), ("a/2.png", None)]
     assert len(records) == 4
+
+
+# idx:
+
+
+def _idx(path: Path, array: np.ndarray, magic: bytes | None = None) -> Path:
+    import gzip
+    import struct
+
+    header = (magic or bytes([0, 0, 8, array.ndim])) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def _idx_pair(root: Path, part: str, count: int, gz: str = ".gz") -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    _idx(root / f"{part}-images-idx3-ubyte{gz}", np.stack([digit_like(i, 6) for i in range(count)]))
+    _idx(root / f"{part}-labels-idx1-ubyte{gz}", np.arange(count) % 3)
+
+
+def test_idx_reads_every_pair_gzip_or_not_with_label_names(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _idx_pair(tmp_path / "d", "train", 5)
+    _idx_pair(tmp_path / "d", "t10k", 2, gz="")
+    records = list(open_source(f"idx:{tmp_path / 'd'}").records())
+    assert [r.id for r in records] == ["t10k/00000", "t10k/00001", *[f"train/{i:05d}" for i in range(5)]]
+    assert [r.label for r in records] == ["0", "1", "0", "1", "2", "0", "1"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(records[3].image))), digit_like(1, 6))
+    named = open_source(f"idx:{tmp_path / 'd' / 'train-images-idx3-ubyte.gz'}", {"label_names": ["zero", "one", "two"]})
+    assert [r.label for r in named.records()] == ["zero", "one", "two", "zero", "one"]
+    assert named.fingerprint() != open_source(f"idx:{tmp_path / 'd'}").fingerprint()
+    with pytest.raises(SourceError, match="record 2 has label 2, but \\[options\\] label_names names only 2"):
+        list(open_source(f"idx:{tmp_path / 'd'}", {"label_names": ["zero", "one"]}).records())
+
+
+def test_idx_clear_failures(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _idx_pair(root, "train", 4)
+    (root / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(SourceError, match="has no labels file beside it: expected train-labels-idx1-ubyte.gz"):
+        open_source(f"idx:{root}")
+    _idx(root / "train-labels-idx1-ubyte.gz", np.arange(3))
+    with pytest.raises(SourceError, match="holds 4 images but .* 3 labels"):
+        open_source(f"idx:{root}")
+    _idx(root / "train-labels-idx1-ubyte.gz", np.zeros((4, 2)))
+    with pytest.raises(SourceError, match="holds 2-dimensional data of type 0x08; expected 1-dimensional unsigned bytes"):
+        open_source(f"idx:{root}")
+    (root / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(SourceError, match="cannot read IDX file .*train-labels-idx1-ubyte.gz"):
+        open_source(f"idx:{root}")
+    _idx(root / "train-labels-idx1-ubyte.gz", np.arange(4))
+    images = root / "train-images-idx3-ubyte.gz"
+    import gzip
+
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-10]))  # the last image cut short
+    with pytest.raises(SourceError, match="is cut short: record 3 of 4 lacks 10 byte"):
+        list(open_source(f"idx:{root}").records())
+    with pytest.raises(SourceError, match="holds no images file"):
+        open_source(f"idx:{tmp_path}")
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source(f"idx:{tmp_path / 'nope'}")
