@@ -28,6 +28,7 @@ BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a reg
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")
 BACKBONE_NAMES = ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2")
+SCHEDULE_NAMES = ("cosine", "exponential", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
@@ -129,6 +130,19 @@ class TrainConfig:
     # "device": in the train step; "host": in tf.data; auto: device on a GPU
     augment_on: str = field(default="auto", metadata=_one_of("auto", "host", "device"))
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
+    # The toolbox (imgflow.optim): the learning-rate schedule (cosine, exponential: times decay_rate
+    # each epoch, one_cycle, plateau: times plateau_factor after plateau_patience epochs without a
+    # better validation loss), AdamW's decoupled weight decay, an L2 penalty on every kernel, label
+    # smoothing, and early stopping after early_stopping epochs without a better validation loss (0:
+    # off), keeping the best epoch's weights.
+    schedule: str = field(default="cosine", metadata=_one_of(*SCHEDULE_NAMES))
+    decay_rate: float = field(default=0.9, metadata=_rule(lambda v: 0 < v <= 1, "above 0 and at most 1"))
+    plateau_factor: float = field(default=0.5, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
+    plateau_patience: int = field(default=2, metadata=_at_least(1))
+    weight_decay: float = field(default=0.0, metadata=_at_least(0))
+    l2: float = field(default=0.0, metadata=_at_least(0))
+    label_smoothing: float = field(default=0.0, metadata=_fraction(upper_open=True))
+    early_stopping: int = field(default=0, metadata=_at_least(0))
     # Image + text (data whose source reads text): a text tower (a vocabulary of the train split's
     # text_vocabulary most frequent tokens, an embedding of text_dim, mean pooling over the first
     # text_length tokens) fused with the image model; modality_dropout of the training records lose

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from imgflow.config import TrainConfig
+from imgflow.optim import Recipe, loss, optimizer
 
 
 def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
@@ -161,19 +162,15 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 
 
 def compile_for_training(
-    model: keras.Model, learning_rate: float, total_steps: int, jit_compile: bool = False
+    model: keras.Model, learning_rate: float, total_steps: int, jit_compile: bool = False, recipe: Recipe | None = None
 ) -> keras.Model:
-    """Adam with a learning rate that warms up over the first tenth of the steps, then decays (cosine)."""
-    total_steps = max(1, total_steps)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate / 10,
-        decay_steps=max(1, total_steps - total_steps // 10),
-        warmup_target=learning_rate,
-        warmup_steps=total_steps // 10,
-    )
+    """Adam (AdamW with weight decay) at ``learning_rate`` under the recipe's schedule over
+    ``total_steps`` (by default: a warm-up over the first tenth of the steps, then cosine decay), and the
+    recipe's loss (cross-entropy, smoothed with label smoothing): see ``imgflow.optim``."""
+    recipe = recipe or Recipe()
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
+        optimizer=optimizer(learning_rate, total_steps, recipe),
+        loss=loss(recipe),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )

@@ -110,6 +110,7 @@ class TrainInfo(_Strict):
     final: dict[str, float]
     hardware: Hardware
     vocabulary: int | None = None  # with text: tokens in the vocabulary learned from the train split
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
 
 class ValidateInfo(_Strict):

@@ -20,7 +20,11 @@ everything at ``learning_rate * fine_tune_factor``. The hardware plan (``imgflow
 distribution strategy, precision and XLA; ``model.keras`` is always float32, and the info records the
 plan under ``hardware``.
 
-The optimizer and its learning-rate schedule come from ``imgflow.models.compile_for_training``. Seeds
+The optimizer, its learning-rate schedule, weight decay, L2 and label smoothing come from
+``imgflow.optim`` (``[train] schedule`` and the fields after it); every epoch's learning rate is in the
+history. With ``early_stopping = N`` training ends once N epochs in a row brought no better validation
+loss, and the model keeps the best epoch's weights (``best_epoch`` in the info; ``epochs`` is how many
+ran). Both that and the ``plateau`` schedule are replayed from the checkpointed history on a resume. Seeds
 are fixed and, with ``deterministic`` (the default), TensorFlow's op determinism is on, so the same
 inputs train the same model, bit for bit.
 """
@@ -68,6 +72,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     from imgflow.checkpoints import EpochCheckpoint, EpochProgress, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
+    from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
     from imgflow.reports import plot_training_curves
 
     shard_info = shards.info
@@ -107,6 +112,15 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         val_data = val_data.with_options(options) if val_data is not None else None
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
+    recipe = Recipe.of(config, steps_per_epoch)
+    by_validation = config.early_stopping > 0 or config.schedule == "plateau"
+    if by_validation and not n_val:
+        raise ConfigError(
+            f"[train] early_stopping and schedule = \"plateau\" follow the validation loss, but the validation split in "
+            f"{shards.path} is empty: raise [clean] val_fraction"
+        )
+    if by_validation and chosen.workers > 1:
+        raise ConfigError("[train] early_stopping and schedule = \"plateau\" are not supported across several workers yet")
     checkpoints = scratch_dir(out_dir)
     progress = load_progress(checkpoints)
     # Transfer learning trains in two phases: the head on a frozen backbone, then everything at a lower
@@ -118,16 +132,27 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             if on_device:
                 model = with_augmentation(model, augmenter)
             set_backbone_trainable(unwrap(model), frozen == 0)
-            compile_for_training(model, config.learning_rate, steps_per_epoch * (frozen or config.epochs), chosen.jit_compile)
+            add_l2(unwrap(model), config.l2)
+            compile_for_training(model, config.learning_rate, steps_per_epoch * (frozen or config.epochs), chosen.jit_compile, recipe)
             resumed_from, history = 0, {}
         else:
             # A killed run of this same key left a checkpoint: the model and optimizer state at the end
             # of its last completed epoch, and the history up to it.
             model = load_model(checkpoints / progress["checkpoint"])
             resumed_from, history = progress["epoch"], progress["history"]
+            if config.schedule == "plateau":  # the rate the plateau rule had reached, replayed from the history
+                model.optimizer.learning_rate = plateau_rates(
+                    history["val_loss"], config.learning_rate, config.plateau_factor, config.plateau_patience
+                )[-1]
             print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
     class_weight = balanced_class_weights(shard_info.splits["train"].class_counts) if config.class_weights else None
-    callbacks = [EpochCheckpoint(checkpoints, history), EpochProgress(config.epochs)]
+    rules = ValidationRules(checkpoints, history, config.learning_rate, config)
+    # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
+    # then the epoch is committed.
+    callbacks = [RateLog(), *([rules] if by_validation else []), EpochCheckpoint(checkpoints, history), EpochProgress(config.epochs)]
+
+    def done() -> bool:
+        return stops_early(history.get("val_loss", []), config.early_stopping)
 
     def fit(epochs: int, initial_epoch: int) -> None:
         if chosen.workers > 1:
@@ -150,21 +175,24 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             class_weight=class_weight,
         )
 
-    if resumed_from < frozen:
+    if resumed_from < frozen and not done():
         fit(frozen, resumed_from)
     # Fine-tuning starts after the frozen phase, and after a resume from its last checkpoint (a resume
     # from a later epoch restores the fine-tuning state itself).
-    if frozen and resumed_from <= frozen < config.epochs:
+    if frozen and resumed_from <= frozen < config.epochs and not done():
         with strategy.scope():
             set_backbone_trainable(unwrap(model), True)
             compile_for_training(
-                model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile
+                model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile,
+                recipe,
             )
-    fit(config.epochs, max(resumed_from, frozen))
+    if not done():
+        fit(config.epochs, len(history.get("loss", [])))  # from the last epoch done: a resume, or the frozen phase
+    best = rules.restore(unwrap(model))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_training_curves(history, out_dir / "training_curves.png")
     info = TrainInfo(
-        epochs=config.epochs,
+        epochs=len(history.get("loss", [])),
         resumed_from_epoch=resumed_from,
         train_records=n_train,
         parameters=int(model.count_params()),
@@ -174,6 +202,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             replicas=int(strategy.num_replicas_in_sync), workers=chosen.workers, augment_on_device=on_device,
         ),
         vocabulary=len(encoder.words) if encoder is not None else None,
+        best_epoch=best,
     )
     return unwrap(model), info
 

@@ -24,9 +24,9 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
 
     phases = []
 
-    def spy(model, learning_rate, total_steps, jit_compile=False):
+    def spy(model, learning_rate, total_steps, jit_compile=False, recipe=None):
         phases.append((learning_rate, total_steps, model.get_layer("backbone").trainable))
-        return compile_for_training(model, learning_rate, total_steps, jit_compile)
+        return compile_for_training(model, learning_rate, total_steps, jit_compile, recipe)
 
     compile_for_training = models.compile_for_training
     monkeypatch.setattr(models, "compile_for_training", spy)
@@ -67,3 +67,70 @@ def test_augmentation_in_the_train_step_trains_the_model_and_saves_it_without_au
     model = keras.models.load_model(trained.file("model.keras"))
     assert model.name == "cnn" and not any("random" in layer.name for layer in model.layers)
     assert model.input_shape == (None, 8, 8, 1)
+
+
+STILL = {"translate": 0.0, "rotate": 0.0, "zoom": 0.0, "width": 4, "batch_size": 64}
+
+
+def _history(trained: StageResult) -> dict[str, list[float]]:
+    return json.loads(trained.file("history.json").read_text())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential", "one_cycle"])
+def test_each_schedule_sets_every_epochs_learning_rate(store: ArtifactStore, shards: StageResult, schedule: str) -> None:
+    import math
+
+    from imgflow.optim import Recipe, learning_rate
+
+    config = TrainConfig(epochs=3, learning_rate=0.01, schedule=schedule, decay_rate=0.5, **STILL)
+    trained = TRAIN.run(store, config, {"shards": shards})
+    steps = math.ceil(trained.info.train_records / 64)
+    rate = learning_rate(0.01, 3 * steps, Recipe.of(config, steps))
+    assert _history(trained)["learning_rate"] == pytest.approx([float(rate(steps * epoch)) for epoch in (1, 2, 3)])
+    if schedule == "exponential":
+        assert _history(trained)["learning_rate"] == pytest.approx([0.005, 0.0025, 0.00125])
+
+
+def test_plateau_lowers_the_rate_when_the_validation_loss_stalls(store: ArtifactStore, shards: StageResult) -> None:
+    from imgflow.optim import plateau_rates
+
+    config = TrainConfig(epochs=8, learning_rate=0.05, schedule="plateau", plateau_patience=1, plateau_factor=0.5, **STILL)
+    history = _history(TRAIN.run(store, config, {"shards": shards}))
+    # The rate of each epoch is the one the rule had reached after the epoch before.
+    assert history["learning_rate"] == pytest.approx([0.05, *plateau_rates(history["val_loss"], 0.05, 0.5, 1)[:-1]])
+    assert min(history["learning_rate"]) < 0.05  # it did stall, and the rate went down
+
+
+def test_early_stopping_ends_training_and_keeps_the_best_epochs_weights(store: ArtifactStore, shards: StageResult) -> None:
+    from imgflow.data import shard_dataset
+    from imgflow.models import load_model
+    from imgflow.results import shard_files
+
+    config = TrainConfig(epochs=60, learning_rate=0.02, schedule="plateau", plateau_patience=10, early_stopping=2, **STILL)
+    trained = TRAIN.run(store, config, {"shards": shards})
+    history = _history(trained)
+    ran, best = trained.info.epochs, trained.info.best_epoch
+    assert ran < 60 and len(history["val_loss"]) == ran and best == ran - 2
+    assert history["val_loss"][best - 1] == min(history["val_loss"])
+    model = load_model(trained.file("model.keras"))
+    loss = model.evaluate(shard_dataset(shard_files(shards, "val"), (8, 8, 1), 256, training=False), verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(history["val_loss"][best - 1], rel=1e-4)
+
+
+def test_weight_decay_l2_and_label_smoothing_change_the_model(store: ArtifactStore, shards: StageResult) -> None:
+    from imgflow.models import load_model
+
+    def kernel_norm(trained: StageResult) -> float:
+        model = load_model(trained.file("model.keras"))
+        return float(sum(np.square(w.numpy()).sum() for w in model.weights if "kernel" in w.path))
+
+    base = TRAIN.run(store, TrainConfig(epochs=2, **STILL), {"shards": shards})
+    decayed = TRAIN.run(store, TrainConfig(epochs=2, weight_decay=2.0, **STILL), {"shards": shards})
+    penalized = TRAIN.run(store, TrainConfig(epochs=2, l2=0.05, **STILL), {"shards": shards})
+    smoothed = TRAIN.run(store, TrainConfig(epochs=2, label_smoothing=0.2, **STILL), {"shards": shards})
+    assert kernel_norm(decayed) < 0.97 * kernel_norm(base) and kernel_norm(penalized) < 0.97 * kernel_norm(base)
+    assert type(load_model(decayed.file("model.keras")).optimizer).__name__ == "AdamW"
+    config = load_model(penalized.file("model.keras")).get_layer("probabilities").get_config()
+    assert config["kernel_regularizer"]["config"]["l2"] == pytest.approx(0.05)
+    assert load_model(smoothed.file("model.keras")).loss.smoothing == 0.2
+    assert _history(smoothed)["loss"] != _history(base)["loss"]
