@@ -5,6 +5,8 @@
     imgflow plan [same flags as run]
     imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--epochs N]
                      [--min-accuracy F] [--json]
+    imgflow tune [--dataset SPEC] [--trials N] [--space FILE] [--parallel N] [--seed S] [--artifacts DIR]
+                 [--epochs N] [--min-accuracy F] [--limit N] [--json]
     imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
                     [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K]
                     [--dataset SPEC] [--image-column COL] [--id-column COL] [--text-column COL]
@@ -333,6 +335,31 @@ def _predict(args: argparse.Namespace) -> int:
     )
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from imgflow.sources import source_fingerprint
+
+    from imgflow.tune import resolve_space
+
+    cfg = _run_config(args)
+    resolve_space(cfg.dataset, args.space)  # a bad space costs nothing
+    source_fingerprint(cfg.download.source, cfg.download.options)  # nor a missing source
+    import tensorflow  # noqa: F401 - imported here, not by a task's thread (see _run)
+
+    from flows.tune import tune
+
+    return _run_flow(
+        tune, args.json, printer=_print_tuning, dataset=args.dataset, trials=args.trials, space=args.space,
+        artifacts=args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit,
+        parallel=args.parallel, seed=args.seed,
+    )
+
+
+def _print_tuning(summary: dict[str, Any]) -> None:
+    print(Path(summary["tune"]["report"]).read_text())
+    print(f"plot: {summary['tune']['plot']}")
+    _print_summary(summary)
+
+
 def _print_predictions(summary: dict[str, Any]) -> None:
     print(f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
           f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}")
@@ -422,17 +449,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgflow", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    # run and plan take the same flags: plan says what run would do.
-    run_flags = argparse.ArgumentParser(add_help=False)
-    run_flags.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
-    run_flags.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
-    run_flags.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
-    run_flags.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
-    run_flags.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    # run and plan take the same flags (plan says what run would do); tune most of them.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
+    shared.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    shared.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    shared.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    shared.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    shared.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    run_flags = argparse.ArgumentParser(add_help=False, parents=[shared])
     run_flags.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})")
     run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
-    run_flags.add_argument("--json", action="store_true", help="end the output with one JSON line")
 
+    tuning = commands.add_parser(
+        "tune", parents=[shared], help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best"
+    )
+    tuning.add_argument("--trials", type=int, default=8, help="trials in all, earlier runs' of the same search included (default 8)")
+    tuning.add_argument("--space", help="a TOML file of the search space (default: the dataset spec's [search])")
+    tuning.add_argument("--parallel", type=int, default=1, help="trials at once (default 1; more with IMGFLOW_TASK_RUNNER=dask)")
+    tuning.add_argument("--seed", type=int, default=0, help="the sampler's seed (part of the study's name)")
+    tuning.set_defaults(handler=_tune)
     run = commands.add_parser("run", parents=[run_flags], help="run the train flow: download, clean, shard, train, validate, export")
     run.set_defaults(handler=_run)
     planning = commands.add_parser(

@@ -49,7 +49,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Reports each finished epoch to ``imgflow.progress`` (a progress bar, a Prefect artifact)."""
+    """Reports each finished epoch to ``imgflow.progress`` (a progress bar, a Prefect artifact, and
+    the epoch's metrics to an epoch listener). It runs after the checkpoint: a listener that stops the
+    training stops it after a committed epoch."""
 
     def __init__(self, epochs: int) -> None:
         super().__init__()
@@ -57,3 +59,4 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         progress.report(epoch + 1, self.epochs, "epochs")
+        progress.epoch_done(epoch + 1, {name: float(value) for name, value in (logs or {}).items()})

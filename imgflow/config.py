@@ -189,7 +189,8 @@ class DatasetSpec:
     """Where a dataset comes from and how to read it; ``name`` also names the model in the registry.
 
     ``sections`` holds per-stage settings from the spec file (``[clean]``, ``[train]``, ...), layered
-    under the command line's.
+    under the command line's; ``search`` its ``[search]`` table, the space ``imgflow tune`` searches
+    (``imgflow.tune.parse_space`` checks it).
     """
 
     name: str
@@ -197,6 +198,7 @@ class DatasetSpec:
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -296,14 +298,14 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
         raise ConfigError(f"dataset spec {path} is not valid TOML: {exc}") from None
     if "source" not in data:
         raise ConfigError(f"dataset spec {path} has no 'source' (e.g. source = \"sample:mnist5k\")")
-    known = {"name", "source", "limit", "options", *SECTIONS}
+    known = {"name", "source", "limit", "options", "search", *SECTIONS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
             f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; known: name, source, limit, options, "
-            + ", ".join(f"[{section}]" for section in SECTIONS)
+            + ", ".join(f"[{section}]" for section in SECTIONS) + ", [search]"
         )
-    for key, hint in (("name", str), ("source", str), ("limit", int), ("options", dict[str, Any])):
+    for key, hint in (("name", str), ("source", str), ("limit", int), ("options", dict[str, Any]), ("search", dict[str, Any])):
         if key in data:
             check_value(f"dataset spec {path}: {key}", data[key], hint, _TOP_RULES.get(key))
     for key, value in data.get("options", {}).items():
@@ -320,6 +322,7 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
         limit=data.get("limit"),
         options=dict(data.get("options", {})),
         sections=sections,
+        search=dict(data.get("search", {})),
     )
 
 

@@ -26,10 +26,14 @@ def data_uri(data: bytes, kind: str = "image/png") -> str:
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
 
-def render(card: Mapping[str, Any], metrics: Mapping[str, Any], images: Mapping[str, bytes], mistakes: Sequence[Mapping[str, Any]]) -> str:
+def render(
+    card: Mapping[str, Any], metrics: Mapping[str, Any], images: Mapping[str, bytes], mistakes: Sequence[Mapping[str, Any]],
+    exemplars: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """The report's HTML. ``images``: PNG bytes of ``confusion_matrix`` and ``training_curves``;
-    ``mistakes``: rows of misclassified.parquet (id, label, predicted, confidence, image). The
-    ``{version}`` placeholder is left for the registry to fill in."""
+    ``mistakes`` and ``exemplars``: rows of misclassified.parquet and exemplars.parquet (id, label,
+    predicted, confidence, image, heatmap: the Grad-CAM overlay or None). The ``{version}``
+    placeholder is left for the registry to fill in."""
     export = card.get("export", {})
     return _TEMPLATES.get_template("report.html.j2").render(
         card=card,
@@ -38,8 +42,14 @@ def render(card: Mapping[str, Any], metrics: Mapping[str, Any], images: Mapping[
         int8=export.get("int8") or {},
         promoted=card["decision"]["promote"],
         plots={name: data_uri(images[name]) for name in ("confusion_matrix", "training_curves") if name in images},
-        mistakes=[{**row, "uri": data_uri(row["image"])} for row in mistakes],
+        mistakes=[_thumbnails(row) for row in mistakes],
+        exemplars=[_thumbnails(row) for row in exemplars],
     )
+
+
+def _thumbnails(row: Mapping[str, Any]) -> dict[str, Any]:
+    heatmap = row.get("heatmap")
+    return {**row, "uri": data_uri(row["image"]), "heatmap_uri": data_uri(heatmap) if heatmap else None}
 
 
 def report_html(card: Mapping[str, Any], validate_dir: Path, train_dir: Path) -> str:
@@ -53,4 +63,5 @@ def report_html(card: Mapping[str, Any], validate_dir: Path, train_dir: Path) ->
         "training_curves": (train_dir / "training_curves.png").read_bytes(),
     }
     mistakes = pq.read_table(validate_dir / "misclassified.parquet").to_pylist()
-    return render(card, metrics, images, mistakes)
+    exemplars = pq.read_table(validate_dir / "exemplars.parquet").to_pylist() if (validate_dir / "exemplars.parquet").is_file() else []
+    return render(card, metrics, images, mistakes, exemplars)

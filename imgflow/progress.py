@@ -36,3 +36,27 @@ def listening(listener: Listener) -> Iterator[None]:
         yield
     finally:
         _listener.reset(token)
+
+
+# (epoch, that epoch's metrics: loss, accuracy, val_loss, val_accuracy, learning_rate) -> None
+EpochListener = Callable[[int, dict[str, float]], None]
+
+_epochs: ContextVar[EpochListener | None] = ContextVar("imgflow_epochs", default=None)
+
+
+def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
+    """Training finished ``epoch`` (1-based) with ``metrics``: for a listener that judges a run while it
+    trains (the tuner's pruner). An exception the listener raises ends the training."""
+    listener = _epochs.get()
+    if listener is not None:
+        listener(epoch, metrics)
+
+
+@contextmanager
+def watching_epochs(listener: EpochListener) -> Iterator[None]:
+    """Send ``epoch_done`` calls made inside this block (in this context) to ``listener``."""
+    token = _epochs.set(listener)
+    try:
+        yield
+    finally:
+        _epochs.reset(token)

@@ -134,6 +134,7 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "history.json": results["train"].file("history.json"),
         "data_quality.md": table.file("report.md"),
         "misclassified.parquet": results["validate"].file("misclassified.parquet"),
+        "exemplars.parquet": results["validate"].file("exemplars.parquet"),
     }
     for optional in ("model.int8.onnx", "vocabulary.txt"):  # the int8 variant when it kept the accuracy; a text model's vocabulary
         if results["export"].file(optional).is_file():

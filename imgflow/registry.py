@@ -13,6 +13,7 @@ Layout under ``<artifacts>/models/<name>/``::
         report.html      the model report: one self-contained page (imgflow.model_report)
         model.int8.onnx  the int8-quantized ONNX model, when it kept the accuracy
         vocabulary.txt   a model with text: the vocabulary its ONNX models' token ids index
+        exemplars.parquet  the surest right test answers per class, with Grad-CAM heatmaps
         ...              the run's plots, metrics and hardest mistakes
 
 A version folder is assembled in a temporary folder and renamed into place complete; a model already

@@ -9,7 +9,10 @@ Output folder::
     decision.json          promote (true/false), the reasons, and the numbers compared
     confusion_matrix.png   the candidate's confusion matrix on the test split
     misclassified.parquet  the hardest mistakes (most confident wrong answers, at most 24): id, label,
-                           predicted, confidence, image (PNG), for the model report
+                           predicted, confidence, image (PNG), heatmap (PNG: the image under the
+                           Grad-CAM heatmap of the predicted class, ``imgflow.explain``; null for a
+                           model without a top-level convolution), for the model report
+    exemplars.parquet      the same for the most confident right answers, two per class
     report.md              the above for a person
 
 The champion is evaluated through its ONNX export, so any past model that takes the same input shape
@@ -23,6 +26,7 @@ import dataclasses
 import heapq
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,38 +42,78 @@ from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
 
 
-class Hardest:
-    """The ``limit`` most confident wrong predictions seen so far, kept in a bounded heap: memory holds
-    ``limit`` images whatever the size of the test split."""
+@dataclasses.dataclass(order=True)
+class Kept:
+    """A test record kept for the report: ordered by confidence, then earlier first."""
 
-    def __init__(self, limit: int = 24) -> None:
-        self.limit = limit
-        self.heap: list[tuple[float, int, str, int, int, bytes]] = []  # confidence, -order, id, label, predicted, PNG
+    confidence: float
+    order: int  # minus the record's position: among equal confidences the earlier record ranks higher
+    id: str = dataclasses.field(compare=False)
+    label: int = dataclasses.field(compare=False)
+    predicted: int = dataclasses.field(compare=False)
+    pixels: np.ndarray = dataclasses.field(compare=False, repr=False)
+    text: str | None = dataclasses.field(compare=False, default=None)
+
+
+class Ranked:
+    """The ``limit`` highest-ranked records offered so far, in a bounded heap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.heap = limit, []
+
+    def offer(self, item: Kept) -> None:
+        if len(self.heap) < self.limit:
+            heapq.heappush(self.heap, item)
+        elif item > self.heap[0]:
+            heapq.heapreplace(self.heap, item)
+
+    def best_first(self) -> list[Kept]:
+        return sorted(self.heap, reverse=True)
+
+
+class Hardest:
+    """The ``limit`` most confident wrong predictions seen so far, and the ``per_class`` most confident
+    right ones of each class: bounded heaps, so memory holds a few dozen images whatever the size of
+    the test split."""
+
+    def __init__(self, limit: int = 24, per_class: int = 2) -> None:
+        self.wrong = Ranked(limit)
+        self.per_class = per_class
+        self.right: dict[int, Ranked] = {}
         self.seen = 0
 
-    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str]) -> None:
+    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str], texts: list[str] | None = None) -> None:
         predictions, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
-        for i in np.flatnonzero(predictions != labels):
-            # Among equal confidences the earlier record stays, as a stable sort would keep it.
-            item = (float(confidence[i]), -(self.seen + int(i)))
-            if len(self.heap) < self.limit or item > self.heap[0][:2]:
-                entry = (*item, ids[i], int(labels[i]), int(predictions[i]), encode_png(images[i]))
-                (heapq.heappush if len(self.heap) < self.limit else heapq.heapreplace)(self.heap, entry)
+        for i in range(len(labels)):
+            kept = Kept(float(confidence[i]), -(self.seen + i), ids[i], int(labels[i]), int(predictions[i]), images[i],
+                        texts[i] if texts is not None else None)
+            if predictions[i] != labels[i]:
+                self.wrong.offer(kept)
+            else:
+                self.right.setdefault(int(labels[i]), Ranked(self.per_class)).offer(kept)
         self.seen += len(labels)
 
-    def write(self, path: Path, class_names: list[str]) -> None:
-        """misclassified.parquet, hardest first."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def write(self, folder: Path, class_names: list[str], heatmaps: Any | None) -> None:
+        """misclassified.parquet (hardest first) and exemplars.parquet (by class), with Grad-CAM
+        overlays when ``heatmaps`` (``imgflow.explain.explain`` bound to the model) is given."""
+        right = [item for label in sorted(self.right) for item in self.right[label].best_first()]
+        for name, items in (("misclassified.parquet", self.wrong.best_first()), ("exemplars.parquet", right)):
+            _write_kept(folder / name, items, class_names, heatmaps)
 
-        rows = sorted(self.heap, reverse=True)
-        pq.write_table(pa.table({
-            "id": [r[2] for r in rows],
-            "label": [class_names[r[3]] for r in rows],
-            "predicted": [class_names[r[4]] for r in rows],
-            "confidence": pa.array([r[0] for r in rows], pa.float64()),
-            "image": pa.array([r[5] for r in rows], pa.binary()),
-        }), path)
+
+def _write_kept(path: Path, items: list[Kept], class_names: list[str], heatmaps: Any | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    overlays = heatmaps(items) if heatmaps is not None and items else [None] * len(items)
+    pq.write_table(pa.table({
+        "id": [r.id for r in items],
+        "label": [class_names[r.label] for r in items],
+        "predicted": [class_names[r.predicted] for r in items],
+        "confidence": pa.array([r.confidence for r in items], pa.float64()),
+        "image": pa.array([encode_png(r.pixels) for r in items], pa.binary()),
+        "heatmap": pa.array(overlays, pa.binary()),
+    }), path)
 
 
 def _champion_model(champion: StageResult | None, shape: tuple[int, ...], has_text: bool) -> tuple[OnnxModel | None, str]:
@@ -97,6 +141,24 @@ class _Candidate:
         if isinstance(self.model.input, dict):
             length = int(self.model.input["tokens"].shape[1])
             self.encoder = TextEncoder(read_vocabulary(model_dir / VOCABULARY_FILE), length)
+
+    def heatmaps(self) -> Any | None:
+        """A function from kept records to Grad-CAM overlays of their predicted class (None when the
+        model has no top-level convolution to explain: ``imgflow.explain``)."""
+        from imgflow.explain import explain, explainer
+
+        cam = explainer(self.model)
+        if cam is None:
+            return None
+
+        def overlays(items: list[Kept]) -> list[bytes]:
+            images = np.stack([item.pixels for item in items])
+            inputs: Any = images.astype(np.float32)
+            if self.encoder is not None:
+                inputs = {"pixels": inputs, "tokens": self.encoder.ids([item.text or "" for item in items])}
+            return explain(cam, inputs, images, np.array([item.predicted for item in items]))
+
+        return overlays
 
     def __call__(self, images: np.ndarray, texts: list[str] | None) -> dict[str, np.ndarray]:
         pixels = images.astype(np.float32)
@@ -135,7 +197,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         labels_seen.append(labels)
         for name, probabilities in outputs.items():
             predicted.setdefault(name, []).append(probabilities.argmax(axis=1))
-        hardest.add(images, labels, outputs["both"], ids)
+        hardest.add(images, labels, outputs["both"], ids, texts)
         if champion is not None:
             champion_predicted.append(champion(images, texts).argmax(axis=1))
         progress.report(hardest.seen, total, "test images")
@@ -159,7 +221,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         "modalities": modalities,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
-    hardest.write(out_dir / "misclassified.parquet", class_names)
+    hardest.write(out_dir, class_names, candidate.heatmaps())
     write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
     plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
     verdict = "PROMOTE" if decision.promote else "REJECT"
@@ -195,4 +257,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     )
 
 
-VALIDATE = Stage("validate", "3", _build)
+VALIDATE = Stage("validate", "4", _build)

@@ -93,7 +93,7 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
             deployed = Deployed(server, tmp_path, {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()})
             deployed.prefect("work-pool", "create", "imgflow", "--type", "process")
             listed = deployed.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml").stdout
-            assert all(name in listed for name in ("train/retrain", "backfill/backfill", "predict/predict"))
+            assert all(name in listed for name in ("train/retrain", "backfill/backfill", "predict/predict", "tune/tune"))
             yield deployed
         assert server_state(home) is None
 

@@ -45,15 +45,20 @@ def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp
     assert "Image and text" in report and f"{image_only:.4f}" in report and f"{text_only:.4f}" in report
 
     # Batch prediction reads the captions beside the images; without them it answers from the image.
-    def accuracy(*flags: str) -> float:
-        out = tmp_path / "predictions.parquet"
-        _imgflow("predict", "--input", "data", "--output", str(out), "--artifacts", str(artifacts), *flags, cwd=tmp_path)
-        rows = pq.read_table(out).to_pylist()
+    out = tmp_path / "predictions.parquet"
+    _imgflow("predict", "--input", "data", "--output", str(out), "--artifacts", str(artifacts), "--text-sidecar", ".txt", cwd=tmp_path)
+
+    def accuracy(path: Path) -> float:
+        rows = pq.read_table(path).to_pylist()
         assert all(row["error"] is None for row in rows) and len(rows) == 600
         return float(np.mean([row["id"].split("/")[0] == row["label"] for row in rows]))
 
-    with_text = accuracy("--text-sidecar", ".txt")
-    assert with_text >= 0.85 and abs(with_text - accuracy("--text-sidecar", ".txt", "--backend", "tensorflow")) <= 1 / 600
+    from imgflow.predict import PredictConfig, predict
+
+    with_text = accuracy(out)
+    predict(str(tmp_path / "data"), version, tmp_path / "tf.parquet", PredictConfig(backend="tensorflow"), {"text_sidecar": ".txt"})
+    assert with_text >= 0.85 and abs(with_text - accuracy(tmp_path / "tf.parquet")) <= 1 / 600
     for txt in (tmp_path / "data").rglob("*.txt"):
         txt.unlink()
-    assert accuracy() < 0.7  # the same images without their captions
+    predict(str(tmp_path / "data"), version, tmp_path / "no-text.parquet")
+    assert accuracy(tmp_path / "no-text.parquet") < 0.7  # the same images without their captions

@@ -1,0 +1,79 @@
+"""The ``tune`` flow: search ``[train]`` settings on the validation split, then train, gate, export and
+promote the best configuration like any run (``imgflow.tune`` has the rules)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import flow
+from pydantic import Field
+
+from flows._pipeline import RunOptions, build_model, ingest, publish, release, task_runner, title_run
+from flows.train import Accuracy, Dataset, Epochs, Limit
+from imgflow.config import build_run_config
+from imgflow.lifetime import watch_descendants
+from imgflow.objectstore import is_remote, mirror_dir
+from imgflow.tune import (
+    finished, open_study, plot_trials, prepare, report_markdown, resolve_space, study_dir, study_name, trial_config, trials_table,
+)
+from tasks.tune import tune_trial
+
+
+@flow(name="tune", task_runner=task_runner())
+def tune(
+    dataset: Dataset = "mnist5k",
+    trials: Annotated[int, Field(ge=1, description="trials in all (completed or pruned), this run's and earlier ones'")] = 8,
+    space: Annotated[str | None, Field(description="a TOML file of the search space (default: the spec's [search])")] = None,
+    artifacts: str = "artifacts",
+    epochs: Epochs | None = None,
+    min_accuracy: Accuracy | None = None,
+    limit: Limit | None = None,
+    parallel: Annotated[int, Field(ge=1, description="trials at once: keep 1 with threads, up to the workers with Dask")] = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Search the spec's ``[search]`` space (or ``space``) for ``trials`` trials, each the train stage
+    scored on the validation split; then the best trial's configuration goes through validate, the
+    gate, export and promotion on the test split. Returns the run summary with a ``tune`` entry."""
+    watch_descendants()
+    started = time.time()
+    cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
+    searched = resolve_space(cfg.dataset, space)
+    run = RunOptions(str(cfg.artifacts), until="shard", title=title_run(f"tune {cfg.dataset.name}"))
+    results = build_model(cfg, run, ingest(cfg, run), None)
+    shards = results["shard"]
+    name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
+    folder = study_dir(mirror_dir(run.root) if is_remote(run.root) else Path(run.root), name)
+    study = open_study(folder, name, seed)
+    prepare(study, searched, cfg.train)
+    while len(finished(study)) < trials:
+        asked = [study.ask() for _ in range(min(parallel, trials - len(finished(study))))]
+        futures = [
+            tune_trial.submit(
+                str(folder), name, seed, trial._trial_id, trial.number,  # noqa: SLF001 - the id reopens the trial in the task
+                {param.name: param.suggest(trial) for param in searched}, cfg.train, shards, run.root,
+            )
+            for trial in asked
+        ]
+        for trial, future in zip(asked, futures, strict=True):
+            outcome = future.result()
+            if outcome["state"] == "pruned":
+                import optuna
+
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, outcome["value"])
+    rows = trials_table(study, searched)
+    best = next(row for row in rows if row["number"] == study.best_trial.number)
+    report = report_markdown(name, rows, searched, best)
+    (folder / "trials.md").write_text(report)
+    plot_trials(rows, searched, folder / "trials.png")
+    publish(f"imgflow-tune-{cfg.dataset.name}", report + f"\nPlot: `{folder / 'trials.png'}`\n", "tuning: every trial, the best one")
+    # The best configuration through the whole pipeline: its training is the trial's (cached).
+    best_cfg = dataclasses.replace(cfg, train=trial_config(cfg.train, study.best_trial.params))
+    final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
+    summary = release(best_cfg, final, build_model(best_cfg, final, dict(results), None), started)
+    return {**summary, "tune": {"study": name, "folder": str(folder), "trials": rows, "best": best,
+                                "report": str(folder / "trials.md"), "plot": str(folder / "trials.png")}}
