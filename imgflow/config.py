@@ -27,7 +27,7 @@ BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a reg
 # What imgflow.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")
-BACKBONE_NAMES = ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2")
+BACKBONE_NAMES = ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2", "VGG16")
 SCHEDULE_NAMES = ("cosine", "exponential", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name

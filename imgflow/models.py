@@ -77,8 +77,26 @@ BACKBONES = {
     "MobileNetV3Small": (1.0, 0.0),  # includes its preprocessing
     "EfficientNetB0": (1.0, 0.0),  # includes its preprocessing
     "ResNet50V2": (1 / 127.5, -1.0),
+    "VGG16": (1.0, 0.0),  # Caffe's preprocessing instead: CaffeStyle
 }
 BACKBONE = "backbone"  # the backbone's layer name in a transfer model
+
+
+@keras.saving.register_keras_serializable(package="imgflow")
+class CaffeStyle(keras.layers.Layer):
+    """RGB 0..255 to what VGG16's ImageNet weights were trained on (Caffe): BGR, the ImageNet mean
+    subtracted (``keras.applications.vgg16.preprocess_input``, as a layer that saves and exports)."""
+
+    def call(self, images: keras.KerasTensor) -> keras.KerasTensor:
+        bgr = keras.ops.flip(images, axis=-1)
+        return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=bgr.dtype)
+
+
+def backbone_network(name: str, size: int) -> keras.Model:
+    """A ``keras.applications`` backbone without its top, average pooled, random weights, named ``backbone``."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", name=BACKBONE)
 
 
 def make_transfer(
@@ -91,8 +109,6 @@ def make_transfer(
     backbone without its top) or are random (``None``; nothing is downloaded). The backbone is called
     in inference mode, so its batch-norm statistics stay put while it is fine-tuned.
     """
-    if config.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {config.backbone!r}; known: {', '.join(BACKBONES)}")
     size = config.backbone_size
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = inputs
@@ -100,12 +116,12 @@ def make_transfer(
         x = keras.layers.Resizing(size, size)(x)
     if input_shape[2] == 1:
         x = keras.layers.Concatenate()([x, x, x])
+    backbone = backbone_network(config.backbone, size)
     scale, offset = BACKBONES[config.backbone]
-    if (scale, offset) != (1.0, 0.0):
+    if config.backbone == "VGG16":
+        x = CaffeStyle(name="caffe_style")(x)
+    elif (scale, offset) != (1.0, 0.0):
         x = keras.layers.Rescaling(scale, offset)(x)
-    backbone = getattr(keras.applications, config.backbone)(
-        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", name=BACKBONE
-    )
     if config.backbone_weights:
         backbone.load_weights(config.backbone_weights)
     x = backbone(x, training=False)

@@ -126,8 +126,11 @@ def study_dir(root: Path, name: str) -> Path:
     return root / "tune" / name
 
 
-def open_study(folder: Path, name: str, seed: int) -> Any:
-    """The study in ``folder`` (created on first use): TPE sampler, median pruner, journal storage."""
+def open_study(folder: Path, name: str, seed: int, epochs: int = 2) -> Any:
+    """The study in ``folder`` (created on first use): TPE sampler, journal storage, and a median pruner
+    that judges a trial only in the second half of its ``epochs``, after three trials have finished
+    (the first epochs' validation accuracy says little: batch-norm statistics and warm-up are still
+    settling, and an early pruner stopped every trial after its first epoch)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -138,7 +141,7 @@ def open_study(folder: Path, name: str, seed: int) -> Any:
     return optuna.create_study(
         study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 2)),
     )
 
 
@@ -179,6 +182,14 @@ def score(result: StageResult) -> float:
     return float(history["val_accuracy"][(info.best_epoch or len(history["val_accuracy"])) - 1])
 
 
+def report_history(trial: Any, result: StageResult) -> None:
+    """Give the trial the per-epoch validation accuracy of a training it did not watch (reused from the
+    store), so the pruner compares later trials with its whole curve."""
+    history = json.loads(Path(result.path, "history.json").read_text())
+    for epoch, value in enumerate(history.get("val_accuracy", []), 1):
+        trial.report(value, epoch)
+
+
 class Pruned(Exception):
     """The pruner stopped this trial (raised from the epoch listener; the training ends)."""
 
@@ -203,7 +214,7 @@ def trials_table(study: Any, space: Sequence[Param]) -> list[dict[str, Any]]:
         {
             "number": t.number,
             "state": t.state.name.lower(),
-            "val_accuracy": t.value,
+            "val_accuracy": t.value if t.state.name == "COMPLETE" else None,
             "epochs": len(t.intermediate_values),
             **{p.name: t.params.get(p.name) for p in space},
         }

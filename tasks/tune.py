@@ -15,7 +15,7 @@ from imgflow.config import TrainConfig
 from imgflow.results import StageResult
 from imgflow.stages.train import TRAIN
 from imgflow.store import ArtifactStore
-from imgflow.tune import Pruned, open_study, pruning_listener, score, trial_config
+from imgflow.tune import Pruned, open_study, pruning_listener, report_history, score, trial_config
 from tasks.progress import task_progress
 
 
@@ -29,7 +29,7 @@ def tune_trial(
     another process)."""
     import optuna
 
-    trial = optuna.trial.Trial(open_study(Path(study_folder), study, seed), trial_id)
+    trial = optuna.trial.Trial(open_study(Path(study_folder), study, seed, base.epochs), trial_id)
     logger = get_run_logger()
     try:
         with task_progress("train"), progress.watching_epochs(pruning_listener(trial)):
@@ -37,6 +37,8 @@ def tune_trial(
     except Pruned as why:
         logger.info("%s", why)
         return {"state": "pruned", "detail": str(why)}
+    if result.status == "cached":
+        report_history(trial, result)
     value = score(result)
     logger.info("trial %d: validation accuracy %.4f (train %s %s)", number, value, result.status, result.key)
     return {"state": "complete", "value": value, "train": result.key, "status": result.status}
