@@ -3,16 +3,19 @@ touches ~/.prefect."""
 
 from __future__ import annotations
 
+import fcntl
 import faulthandler
 import io
+import json
 import os
 import struct
 import sys
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="imgflow-test-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
@@ -29,6 +32,22 @@ from imgflow.store import ArtifactStore, Stage  # noqa: E402
 
 # How long the session may take, after its last test ran, to tear its servers down and exit.
 _EXIT_GRACE_SECONDS = 180
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """A folder that every pytest-xdist worker of this session shares, built by whichever asks first
+    (the others wait on a file lock) with ``build(folder)``, and the JSON value it returned. For an
+    expensive module fixture whose tests only read it: with ``--dist worksteal`` its tests land on
+    every worker, and each would otherwise build its own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+    return folder, json.loads(done.read_text())
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -22,6 +22,7 @@ import pytest
 
 from imgflow.objectstore import CACHE, ObjectRoot
 from imgflow.store import FAILPOINT, MANIFEST
+from tests.conftest import built_once
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,8 @@ def _fingerprints(summary: dict, root: str | None = None) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, start: Start) -> dict:
-    return _finish(start(tmp_path_factory.mktemp("uninterrupted") / "artifacts", *SMALL))
+    """The run the killed ones must match, built once for every test worker (``built_once``)."""
+    return built_once(tmp_path_factory, "crash-uninterrupted", lambda folder: _finish(start(folder / "artifacts", *SMALL)))[1]
 
 
 def _statuses(summary: dict) -> dict[str, str]:

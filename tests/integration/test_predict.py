@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.conftest import built_once
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
 
@@ -22,10 +24,14 @@ IMGFLOW = [sys.executable, "-m", "flows.cli"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The full mnist5k sample, trained briefly and promoted as v1; with 1,000 of its held-out test
-    digits written as PNG files under held/<label>/, plus two files that are not images."""
+    digits written as PNG files under held/<label>/, plus two files that are not images. Built once
+    for every test worker (``built_once``): the tests only read it, and write under their own tmp_path."""
+    return built_once(tmp_path_factory, "predict-trained", _train_and_hold_out)
+
+
+def _train_and_hold_out(tmp: Path) -> dict:
     from flows.train import train
 
-    tmp = tmp_path_factory.mktemp("predict")
     summary = train(dataset="mnist5k", artifacts=str(tmp / "artifacts"), epochs=4, min_accuracy=0.5)
     assert summary["decision"] == "promoted"
     clean = pq.read_table(Path(summary["stages"]["clean"]["path"]) / "records.parquet").to_pylist()
@@ -38,14 +44,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         Image.fromarray(pixels).save(folder / f"{record['id'].replace('/', '_')}.png")
     (tmp / "held" / "3" / "broken.png").write_bytes((tmp / "held" / "3").iterdir().__next__().read_bytes()[:60])
     (tmp / "held" / "notes.txt").write_text("not an image")
-    return tmp, summary
+    return summary
 
 
-def test_predicting_held_out_digits_matches_folder_names_and_an_independent_onnx_run(trained) -> None:
+def test_predicting_held_out_digits_matches_folder_names_and_an_independent_onnx_run(trained, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     tmp, summary = trained
-    output = tmp / "predictions.parquet"
+    output = tmp_path / "predictions.parquet"
     result = subprocess.run(
         [*IMGFLOW, "predict", "--input", f"folder:{tmp / 'held'}", "--artifacts", str(tmp / "artifacts"),
          "--output", str(output), "--json"],

@@ -18,7 +18,7 @@ limit = 600
 image_size = [8, 8]
 channels = 1
 [train]
-epochs = 8
+epochs = 6
 learning_rate = 0.01
 translate = 0.0
 rotate = 0.0
@@ -52,7 +52,7 @@ def test_tune_resumes_after_a_kill_keeping_finished_trials_and_promotes_through_
 
     # Killed once a trial beyond trial 0 has trained (trial 0 is the default configuration: its training
     # is the default run's, reused).
-    killed = subprocess.Popen([*IMGFLOW, "tune", *common, "--trials", "5"], cwd=tmp_path, stdout=subprocess.PIPE,
+    killed = subprocess.Popen([*IMGFLOW, "tune", *common, "--trials", "4"], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 600
     while len(list(artifacts.glob("train/*/manifest.json"))) < 2:
@@ -63,9 +63,9 @@ def test_tune_resumes_after_a_kill_keeping_finished_trials_and_promotes_through_
     killed.wait(timeout=60)
     trained_before = {p: p.stat().st_mtime_ns for p in artifacts.glob("train/*/manifest.json")}
 
-    summary = _imgflow("tune", *common, "--trials", "5", cwd=tmp_path)
+    summary = _imgflow("tune", *common, "--trials", "4", cwd=tmp_path)
     trials = summary["tune"]["trials"]
-    assert sum(t["state"] in ("complete", "pruned") for t in trials) == 5
+    assert sum(t["state"] in ("complete", "pruned") for t in trials) == 4
     assert trials[0]["state"] == "complete" and trials[0]["width"] == 8 and trials[0]["learning_rate"] == pytest.approx(0.01)
     # Nothing trained before the kill was trained again: same outputs, untouched.
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in trained_before.items())
