@@ -17,7 +17,7 @@ from imgflow.config import build_run_config
 from imgflow.lifetime import watch_descendants
 from imgflow.objectstore import is_remote, mirror_dir
 from imgflow.tune import (
-    finished, open_study, plot_trials, prepare, report_markdown, resolve_space, study_dir, study_name, trial_config, trials_table,
+    choose, finished, open_study, plot_trials, prepare, report_markdown, resolve_space, study_dir, study_name, trial_config, trials_table,
 )
 from tasks.tune import tune_trial
 
@@ -35,7 +35,8 @@ def tune(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Search the spec's ``[search]`` space (or ``space``) for ``trials`` trials, each the train stage
-    scored on the validation split; then the best trial's configuration goes through validate, the
+    scored on the validation split; then the released configuration (``imgflow.tune.choose``: the best
+    trial's, or the spec's own when no trial beats it by more than the noise) goes through validate, the
     gate, export and promotion on the test split. Returns the run summary with a ``tune`` entry."""
     watch_descendants()
     started = time.time()
@@ -66,14 +67,15 @@ def tune(
             else:
                 study.tell(trial, outcome["value"])
     rows = trials_table(study, searched)
-    best = next(row for row in rows if row["number"] == study.best_trial.number)
-    report = report_markdown(name, rows, searched, best)
+    best, released, why = choose(rows, searched, cfg.train, shards.info.splits["val"].records)
+    report = report_markdown(name, rows, searched, best, (released, why))
     (folder / "trials.md").write_text(report)
     plot_trials(rows, searched, folder / "trials.png")
-    publish(f"imgflow-tune-{cfg.dataset.name}", report + f"\nPlot: `{folder / 'trials.png'}`\n", "tuning: every trial, the best one")
-    # The best configuration through the whole pipeline: its training is the trial's (cached).
-    best_cfg = dataclasses.replace(cfg, train=trial_config(cfg.train, study.best_trial.params))
+    publish(f"imgflow-tune-{cfg.dataset.name}", report + f"\nPlot: `{folder / 'trials.png'}`\n", "tuning: every trial, the best one and the one released")
+    # The released configuration through the whole pipeline: its training is the trial's (cached).
+    chosen = dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
     final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
-    summary = release(best_cfg, final, build_model(best_cfg, final, dict(results), None), started)
+    summary = release(chosen, final, build_model(chosen, final, dict(results), None), started)
     return {**summary, "tune": {"study": name, "folder": str(folder), "trials": rows, "best": best,
+                                "released": {"trial": released["number"], "why": why},
                                 "report": str(folder / "trials.md"), "plot": str(folder / "trials.png")}}

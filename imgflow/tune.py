@@ -16,7 +16,10 @@ on, the space and the seed. So a rerun of the same search (after a kill, or with
 the same study: finished trials stay finished, and a trial that was running when its process died is
 asked again with the same parameters, which is the same train key, so its training resumes from its
 last checkpoint. Trial 0 is the spec's own configuration: the search can only come out at least as
-good on the validation split as the default.
+good on the validation split as the default. And ``choose`` keeps the spec's configuration unless a
+trial beats it by more than the validation split can tell apart (one standard error): on a few hundred
+validation images a gain of one image is luck as often as skill, and a tuner that trades a known
+configuration for luck releases a worse model about half the time.
 
 A trial is the train stage with the trial's fields over the spec's, scored on the validation split
 (its last epoch's ``val_accuracy``, the best epoch's with early stopping); the pruner sees every
@@ -222,13 +225,48 @@ def trials_table(study: Any, space: Sequence[Param]) -> list[dict[str, Any]]:
     ]
 
 
-def report_markdown(name: str, rows: Sequence[Mapping[str, Any]], space: Sequence[Param], best: Mapping[str, Any] | None) -> str:
+def choose(rows: Sequence[Mapping[str, Any]], space: Sequence[Param], base: TrainConfig, val_records: int) -> tuple[Mapping[str, Any], Mapping[str, Any], str]:
+    """``(best, released, why)``: the best complete trial, the trial whose configuration is released, and
+    why that one. The best trial is released only when it beats the spec's own configuration (the first
+    complete trial with the base's values) by more than one standard error of an accuracy on
+    ``val_records`` images, sqrt(p(1-p)/n), at least one image's worth; otherwise the spec's configuration
+    is (see the module's docstring). Rows are ``trials_table``'s."""
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    if not done:
+        raise ConfigError("no trial completed: every trial was pruned or failed, so there is no configuration to release")
+    best = max(done, key=lambda r: r["val_accuracy"])  # ties: the earliest
+    own = next((r for r in done if all(_same(r[p.name], getattr(base, p.name)) for p in space)), None)
+    if own is None:
+        return best, best, "the best validation accuracy (the spec's own configuration did not complete)"
+    if own is best:
+        return best, best, "the best validation accuracy, and it is the spec's own configuration"
+    p = own["val_accuracy"]
+    error = math.sqrt(max(p * (1 - p), 1 / val_records) / val_records)
+    gain = best["val_accuracy"] - p
+    margin = f"{gain:+.4f} over the spec's configuration (trial {own['number']}, {p:.4f}); one standard error on {val_records} validation images is {error:.4f}"
+    if gain > error:
+        return best, best, f"the best validation accuracy, {margin}"
+    return best, own, f"the spec's own configuration: the best trial's gain is within the noise ({margin})"
+
+
+def _same(value: Any, base: Any) -> bool:
+    if isinstance(value, float) or isinstance(base, float):
+        return math.isclose(value, base, rel_tol=1e-9)
+    return value == base
+
+
+def report_markdown(
+    name: str, rows: Sequence[Mapping[str, Any]], space: Sequence[Param], best: Mapping[str, Any] | None,
+    released: tuple[Mapping[str, Any], str] | None = None,
+) -> str:
     names = [p.name for p in space]
     lines = [f"# Tuning: {name}", "", f"- trials: {len(rows)} ({sum(r['state'] == 'complete' for r in rows)} complete, "
              f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {sum(r['state'] == 'fail' for r in rows)} failed or interrupted)"]
     if best is not None:
         lines.append(f"- best: trial {best['number']}, validation accuracy {best['val_accuracy']:.4f}, "
                      + ", ".join(f"{n} = {best[n]}" for n in names))
+    if released is not None:
+        lines.append(f"- released: trial {released[0]['number']}, {released[1]}")
     lines += ["", "| trial | state | val accuracy | epochs | " + " | ".join(names) + " |", "|---" * (4 + len(names)) + "|"]
     for row in rows:
         value = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "-"
