@@ -104,6 +104,16 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.api_url
 
 
+@pytest.fixture
+def session_server(prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``imgflow`` processes a test starts (they inherit this environment) talk to the session's
+    server instead of each starting Prefect's temporary server, 3-4 s of a core apiece: for the tests
+    of something else. tests/integration/test_cli.py's end-to-end run and test_orphans.py keep the
+    temporary server, since that is what they test."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    return prefect_api
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A real S3 server on 127.0.0.1 (moto's), with one bucket: yields ``s3://imgflow-test``. Its

@@ -1,5 +1,5 @@
-"""The imgflow command as a user runs it: a real process, Prefect's temporary server included (the
-checks made before Prefect starts run in-process: they are fast)."""
+"""The imgflow command as a user runs it: a real process; the end-to-end run on Prefect's temporary
+server, as on a laptop, the others on the session's server (``session_server``)."""
 
 import json
 import os
@@ -60,6 +60,7 @@ def test_bad_input_is_refused_before_prefect_starts(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")  # not a test of the temporary server
 def test_bad_data_found_inside_the_flow_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
     # Found only once the flow runs: the clean stage decodes every file.
     _bad_inputs(tmp_path)
@@ -71,6 +72,7 @@ def test_bad_data_found_inside_the_flow_exits_2_with_one_message_and_no_tracebac
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")  # not a test of the temporary server
 def test_a_test_split_too_small_is_refused_after_clean_before_any_training(tmp_path: Path) -> None:
     # Three records, none of them in the test split: validate used to fail with a raw ValueError after
     # training had run.
@@ -91,6 +93,7 @@ def test_a_test_split_too_small_is_refused_after_clean_before_any_training(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")  # not a test of the temporary server
 def test_an_unexpected_error_is_one_paragraph_with_its_traceback_in_a_log(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     args = ("run", "--artifacts", str(artifacts), "--dataset", "sample:digits", "--limit", "300", "--until", "clean")
@@ -176,6 +179,7 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")  # not a test of the temporary server
 def test_dirty_folder_runs_end_to_end_and_accounts_for_every_file(tmp_path: Path) -> None:
     """Real digits in five formats and four modes, at three sizes, with broken files, a duplicate and a
     label conflict mixed in: every bad file is quarantined with its reason and a model is promoted."""

@@ -23,6 +23,7 @@ def _imgflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")
 def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp_path: Path) -> None:
     captioned_folder(tmp_path / "data", per_class=150)
     (tmp_path / "captioned.toml").write_text(

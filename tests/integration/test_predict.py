@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import built_once
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "session_server")]
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
 
 
@@ -55,7 +55,7 @@ def test_predicting_held_out_digits_matches_folder_names_and_an_independent_onnx
     result = subprocess.run(
         [*IMGFLOW, "predict", "--input", f"folder:{tmp / 'held'}", "--artifacts", str(tmp / "artifacts"),
          "--output", str(output), "--json"],
-        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+        capture_output=True, text=True, timeout=600, env=os.environ,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -167,7 +167,7 @@ def test_parquet_input_with_its_own_column_names_from_a_flag_or_a_dataset_spec(t
     # The command line, with the columns from a dataset spec's [options] (as the training table had them).
     spec = tmp_path / "renamed.toml"
     spec.write_text('source = "parquet:elsewhere"\n[options]\nimage_column = "picture"\nid_column = "name"\n')
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = os.environ
     command = [*IMGFLOW, "predict", "--input", f"parquet:{tmp_path / 'renamed.parquet'}", "--artifacts", artifacts]
     result = subprocess.run([*command, "--dataset", str(spec), "--output", str(tmp_path / "cli.parquet"), "--json"],
                             capture_output=True, text=True, timeout=600, env=env)

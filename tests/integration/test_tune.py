@@ -43,6 +43,7 @@ def _imgflow(*args: str, cwd: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("session_server")
 def test_tune_resumes_after_a_kill_keeping_finished_trials_and_promotes_through_the_gate(tmp_path: Path) -> None:
     (tmp_path / "digits-small.toml").write_text(SPEC)
     artifacts = tmp_path / "artifacts"
