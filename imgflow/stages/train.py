@@ -26,15 +26,17 @@ history. With ``early_stopping = N`` training ends once N epochs in a row brough
 loss, and the model keeps the best epoch's weights (``best_epoch`` in the info; ``epochs`` is how many
 ran). Both that and the ``plateau`` schedule are replayed from the checkpointed history on a resume. Seeds
 are fixed and, with ``deterministic`` (the default), TensorFlow's op determinism is on, so the same
-inputs train the same model, bit for bit.
+inputs train the same model, bit for bit, whatever else the process is doing (``_private_keras_seeds``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,8 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     strategy = make_strategy(chosen)
     keras.mixed_precision.set_global_policy(chosen.precision)
     try:
-        model, info = _train(out_dir, config, inputs["shards"], chosen, strategy)
+        with _private_keras_seeds(config.seed):
+            model, info = _train(out_dir, config, inputs["shards"], chosen, strategy)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     from imgflow.models import model_fingerprint
@@ -62,6 +65,27 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     model = float32_copy(model) if chosen.precision != "float32" else model
     model.save(out_dir / "model.keras")
     return info.model_copy(update={"content_fingerprint": model_fingerprint(model)})
+
+
+@contextmanager
+def _private_keras_seeds(seed: int) -> Iterator[None]:
+    """Keras draws the seed of every unseeded initializer and random layer from Python's global
+    ``random`` (``keras.src.random.seed_generator.make_default_seed``), which other threads draw from
+    too: Prefect's events client pings its websocket with ``random.getrandbits`` from its event-loop
+    thread, and a ping between ``keras.utils.set_random_seed`` and the model's construction gave the
+    same inputs a different model (a flaky crash-safety test, found by logging every non-main thread's
+    draw). Within this block Keras draws from a ``random.Random(seed)`` of its own."""
+    from keras.src.random import seed_generator
+
+    if not callable(getattr(getattr(seed_generator, "python_random", None), "randint", None)):
+        raise RuntimeError(f"this Keras ({seed_generator.__file__}) no longer draws default seeds from python_random: "
+                           "imgflow's training would not be reproducible; update _private_keras_seeds")
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any, strategy: Any) -> tuple[Any, TrainInfo]:

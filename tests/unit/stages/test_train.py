@@ -136,3 +136,34 @@ def test_weight_decay_l2_and_label_smoothing_change_the_model(store: ArtifactSto
     assert config["kernel_regularizer"]["config"]["l2"] == pytest.approx(0.05)
     assert load_model(smoothed.file("model.keras")).loss.smoothing == 0.2
     assert _history(smoothed)["loss"] != _history(base)["loss"]
+
+
+def test_the_same_inputs_train_the_same_model_while_another_thread_draws_from_pythons_random(
+    store: ArtifactStore, shards: StageResult, tmp_path
+) -> None:
+    """Keras seeds its unseeded layers from Python's global ``random``; Prefect's events client draws
+    from it on its own thread (a websocket ping). A thread drawing all along must not change the model."""
+    import random
+    import threading
+
+    config = TrainConfig(width=4, epochs=1, translate=0, rotate=0, zoom=0, dropout=0.3)
+    alone = TRAIN.run(store, config, {"shards": shards})
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.wait(0.0005):  # a draw every half millisecond: model building takes thousands of them
+            random.getrandbits(32)
+
+    drawing = threading.Thread(target=draw, daemon=True)
+    drawing.start()
+    try:
+        again = TRAIN.run(ArtifactStore(tmp_path / "other"), config, {"shards": shards})
+    finally:
+        stop.set()
+        drawing.join()
+    # The weights, bit for bit (the fingerprint also hashes the layers' names, which Keras numbers per
+    # process: conv2d, then conv2d_5 for the same layer of a second model).
+    import keras
+
+    first, second = (keras.models.load_model(result.file("model.keras")) for result in (alone, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights(), strict=True))
