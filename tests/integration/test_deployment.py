@@ -39,6 +39,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STAGES = ("download", "clean", "shard", "train", "validate", "export")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Deployed:
     """A server with imgflow's deployments on it, and the commands a user would type against it."""
@@ -56,9 +60,12 @@ class Deployed:
     def worker(self, name: str) -> subprocess.Popen:
         with (self.tmp / f"{name}.log").open("w") as log:
             # It asks for scheduled runs every second, not every 10 s: each run would wait for that.
+            # With SIGINT's default action: a process started while SIGINT is ignored inherits that (the
+            # pytest worker can be left so by an earlier in-process test), and `prefect worker start`
+            # stops on a SIGTERM by sending itself SIGINT, which it would then never see.
             return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "imgflow", "--name", name],
                                     cwd=self.tmp, env={**self.env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_sigint)
 
     def stop(self, worker: subprocess.Popen) -> None:
         worker.terminate()
