@@ -49,8 +49,9 @@ class TemporaryAPI:
 
     The server process is the one Prefect's ``SubprocessASGIServer`` runs (uvicorn serving
     ``prefect.server.api.server:create_app`` as an ephemeral server: no UI, no scheduling services),
-    started here without importing Prefect's server modules into this process: that import alone
-    takes ~3 s of the command's critical path, for one class."""
+    through ``flows.ephemeral_server`` (its imports without full garbage collections), started here
+    without importing Prefect's server modules into this process: that import alone takes ~3 s of the
+    command's critical path, for one class."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,7 +83,7 @@ class TemporaryAPI:
         while True:
             port = free_port()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                [sys.executable, "-m", "flows.ephemeral_server", "--factory", "prefect.server.api.server:create_app",
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
             )

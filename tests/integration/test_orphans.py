@@ -56,7 +56,7 @@ def test_a_run_killed_alone_takes_its_server_and_pools_with_it_and_the_rerun_reu
     run = _run(artifacts)
     _wait_for(run, lambda: any((artifacts / "shard").glob(f"*/{MANIFEST}")), "a finished shard stage")
     commands = _commands(run.pid)
-    assert any("uvicorn" in command for command in commands), commands  # Prefect's temporary server
+    assert any("flows.ephemeral_server" in command for command in commands), commands  # Prefect's temporary server
     assert any("imgflow.lifetime" in command for command in commands), commands  # the watcher
     assert survivors_of_kill(run, within=15) == {}
 
