@@ -32,6 +32,7 @@ from flows.server import RunningServer, prefect_server, server_state
 from imgflow.errors import UserError
 from imgflow.lifetime import descendants, running
 from imgflow.testing import partitioned_parquet
+from tests.conftest import seed_prefect_home
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +96,8 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
     with tempfile.TemporaryDirectory(prefix="imgflow-server-") as name:
         os.chmod(name, 0o711)
         home = Path(name) / "server"
+        if database == "sqlite":
+            seed_prefect_home(request.getfixturevalue("prefect_database"), home)
         with prefect_server(home, database=database, auth=True) as server:
             base = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "IMGFLOW_REPO")}
             deployed = Deployed(server, tmp_path, {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()})
