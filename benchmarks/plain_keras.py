@@ -1,6 +1,6 @@
 """The baseline for the orchestration-overhead benchmark: a plain Keras script, no pipeline.
 
-It trains the same model (``imgflow.models``) with the same optimizer, augmentation, batch size and
+It trains the same model (``imgflow.models``) in the same precision with the same optimizer, augmentation, batch size and
 epochs on the same records as ``imgflow run`` would (the mnist5k sample, split by the same content
 hash), but straight from in-memory arrays with ``from_tensor_slices``: no Prefect, no Parquet, no
 TFRecords, no export. Prints one JSON line: seconds (after imports) and test accuracy.
@@ -26,6 +26,7 @@ def main(epochs: int | None) -> None:
     import keras
     import tensorflow as tf
 
+    from imgflow.accel import current_plan
     from imgflow.data import make_augmenter
     from imgflow.models import build_model, compile_for_training
 
@@ -41,6 +42,8 @@ def main(epochs: int | None) -> None:
     train, test = splits == "train", splits == "test"
 
     t = cfg.train
+    # The precision the pipeline's plan picks on this machine (bfloat16 on a CPU with AMX tiles).
+    keras.mixed_precision.set_global_policy(current_plan(t.precision, t.jit_compile, t.augment_on).precision)
     keras.utils.set_random_seed(t.seed)
     if t.deterministic:  # as the pipeline does, so both sides do the same work
         tf.config.experimental.enable_op_determinism()

@@ -3,8 +3,11 @@ is visible (GPUs, ``TF_CONFIG``) and the train config, as plain functions that t
 
 - Strategy: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster with more than one
   worker, ``MirroredStrategy`` when one process sees several GPUs, else TensorFlow's default.
-- Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32) and
-  ``float32`` on a CPU, where bf16 kernels are slower.
+- Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32), and on
+  a CPU with AMX bf16 tiles (``amx_bf16``: Intel Sapphire Rapids and later), where oneDNN's bf16
+  kernels trained resnet9 1.82x and the default CNN 1.2x faster than float32 (2026-12-03,
+  benchmarks/RESULTS.md) at the same accuracy; ``float32`` on other CPUs, AVX512-BF16 alone included
+  (AMD EPYC: 1.00x on 2026-11-22, so not worth bf16's coarser numbers).
 - XLA: ``auto`` compiles the train step (``jit_compile``) on a GPU only.
 - Augmentation: ``auto`` applies it per batch inside the train step on a GPU (``with_augmentation``), so
   it runs on the device next to the model, and in the tf.data pipeline on a CPU, where it overlaps with
@@ -20,6 +23,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imgflow.errors import ConfigError
@@ -43,9 +47,15 @@ class Plan:
 
 
 def plan(
-    precision: str, jit_compile: str | bool, gpus: Sequence[str], tf_config: str | None, augment_on: str = "auto"
+    precision: str,
+    jit_compile: str | bool,
+    gpus: Sequence[str],
+    tf_config: str | None,
+    augment_on: str = "auto",
+    cpu: frozenset[str] = frozenset(),
 ) -> Plan:
-    """The training plan for ``gpus`` (visible GPU names) and a ``TF_CONFIG`` value (or None)."""
+    """The training plan for ``gpus`` (visible GPU names), a ``TF_CONFIG`` value (or None) and the
+    CPU's feature flags (``cpu_flags``)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if augment_on not in ("auto", "host", "device"):
@@ -60,7 +70,8 @@ def plan(
     else:
         strategy = "default"
     on_gpu = bool(gpus)
-    resolved = ("mixed_bfloat16" if on_gpu else "float32") if precision == "auto" else precision
+    fast_bf16 = on_gpu or "amx_bf16" in cpu
+    resolved = ("mixed_bfloat16" if fast_bf16 else "float32") if precision == "auto" else precision
     jit = on_gpu if jit_compile == "auto" else bool(jit_compile)
     index = int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0
     on_device = augment_on == "device" or (augment_on == "auto" and on_gpu)
@@ -72,7 +83,19 @@ def current_plan(precision: str, jit_compile: str | bool, augment_on: str = "aut
     import tensorflow as tf
 
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return plan(precision, jit_compile, gpus, os.environ.get("TF_CONFIG"), augment_on)
+    return plan(precision, jit_compile, gpus, os.environ.get("TF_CONFIG"), augment_on, cpu_flags())
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """This machine's CPU feature flags (``avx512_bf16``, ``amx_bf16``, ...) from Linux's ``cpuinfo``;
+    none where it has no such file."""
+    if not cpuinfo.is_file():
+        return frozenset()
+    for line in cpuinfo.read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 def with_augmentation(model: Any, augmenter: Any) -> Any:
@@ -109,7 +132,9 @@ def make_strategy(chosen: Plan) -> Any:
 
 
 def float32_copy(model: Any) -> Any:
-    """The same model with float32 layers and the same weights (a no-op copy for a float32 model)."""
+    """The same model with float32 layers and the same weights, compiled as ``model`` is (its loss,
+    metrics and optimizer settings, without the optimizer's state), so it evaluates as a float32
+    model trained in float32 would."""
     config = model.get_config()
 
     def to_float32(node: Any) -> Any:
@@ -121,6 +146,8 @@ def float32_copy(model: Any) -> Any:
 
     copy = model.__class__.from_config(to_float32(config))
     copy.set_weights(model.get_weights())
+    if model.compiled:
+        copy.compile_from_config(model.get_compile_config())
     return copy
 
 

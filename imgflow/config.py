@@ -124,7 +124,8 @@ class TrainConfig:
     backbone_size: int = field(default=96, metadata=_at_least(32))
     freeze_epochs: int = field(default=0, metadata=_at_least(0))
     fine_tune_factor: float = field(default=0.1, metadata=_above(0))
-    # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, float32 without XLA on a CPU.
+    # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, no XLA on a CPU, and float32
+    # there unless it has AMX bf16 tiles.
     precision: str = field(default="auto", metadata=_one_of(*PRECISIONS))
     jit_compile: str | bool = field(default="auto", metadata=_one_of("auto", True, False))
     # "device": in the train step; "host": in tf.data; auto: device on a GPU

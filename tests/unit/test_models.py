@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from imgflow.accel import float32_copy, plan
+from imgflow.accel import cpu_flags, float32_copy, plan
 from imgflow.config import TrainConfig
 from imgflow.errors import ConfigError
-from imgflow.models import build_model, make_model, make_resnet9, make_transfer, set_backbone_trainable
+from imgflow.models import build_model, compile_for_training, make_model, make_resnet9, make_transfer, set_backbone_trainable
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
@@ -73,6 +73,18 @@ def test_hardware_plan(gpus, tf_config, precision, jit, expected) -> None:
     assert chosen.chief == (tf_config is None or json.loads(tf_config)["task"]["index"] == 0)
 
 
+def test_auto_precision_on_a_cpu_is_bfloat16_only_with_amx_tiles(tmp_path) -> None:
+    sapphire_rapids = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+    assert plan("auto", "auto", [], None, cpu=sapphire_rapids).precision == "mixed_bfloat16"
+    assert plan("auto", "auto", [], None, cpu=frozenset({"avx512f", "avx512_bf16"})).precision == "float32"  # AMD Zen 4
+    assert plan("float32", "auto", [], None, cpu=sapphire_rapids).precision == "float32"  # as told
+    assert not plan("auto", "auto", [], None, cpu=sapphire_rapids).jit_compile
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512_bf16 amx_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx512_bf16", "amx_bf16"}
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
 def test_augmentation_moves_to_the_device_only_with_a_gpu_unless_told() -> None:
     assert plan("auto", "auto", ["/gpu:0"], None).augment_on_device
     assert not plan("auto", "auto", [], None).augment_on_device
@@ -92,7 +104,7 @@ def test_a_bfloat16_model_exports_as_float32_with_the_same_weights() -> None:
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        mixed = make_model((8, 8, 1), 3, width=4)
+        mixed = compile_for_training(make_model((8, 8, 1), 3, width=4), 1e-3, 10)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert mixed.layers[2].compute_dtype == "bfloat16"
@@ -101,6 +113,9 @@ def test_a_bfloat16_model_exports_as_float32_with_the_same_weights() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), copy.get_weights(), strict=True))
     pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.float32)
     assert np.abs(mixed.predict(pixels, verbose=0) - copy.predict(pixels, verbose=0)).max() < 0.02
+    # Compiled as the trained model was, so the saved model evaluates as a float32-trained one does.
+    assert copy.get_compile_config() == mixed.get_compile_config()
+    assert np.isfinite(copy.evaluate(pixels, np.array([0, 1, 2, 0]), verbose=0, return_dict=True)["loss"])
 
 
 def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:
