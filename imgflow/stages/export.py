@@ -76,17 +76,18 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
 
         return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
+    # The other signatures call ``serve``: the model is traced once, not once per signature.
     serve = tf.function(probabilities, input_signature=[float_spec, *text_spec])
     serve_uint8 = tf.function(
-        lambda pixels, *text: probabilities(tf.cast(pixels, tf.float32), *text),
+        lambda pixels, *text: serve(tf.cast(pixels, tf.float32), *text),
         input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="pixels"), *text_spec],
     )
     serve_bytes = tf.function(
-        lambda images, *text: probabilities(decode_all(images), *text),
+        lambda images, *text: serve(decode_all(images), *text),
         input_signature=[tf.TensorSpec([None], tf.string, name="images"), *text_spec],
     )
     onnx_path = out_dir / "model.onnx"
-    _to_onnx(model, float_spec, onnx_path, config.opset)
+    _to_onnx(model, serve, float_spec, onnx_path, config.opset)
     parity_records = load_arrays(shard_files(shards, "test"), shape, limit=config.parity_batch, text=encoder is not None)
     batch, texts = parity_records.images.astype(np.float32), parity_records.texts
     step = _check_batch(shape)
@@ -134,14 +135,14 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     return ExportInfo(opset=config.opset, parity=parity, int8=int8)
 
 
-def _to_onnx(model: Any, float_spec: Any, path: Path, opset: int) -> None:
+def _to_onnx(model: Any, serve: Any, float_spec: Any, path: Path, opset: int) -> None:
     """The Keras model as ONNX: input "pixels" and, for a model with text, "tokens" (int32 token ids:
-    the string ops of tokenization stay out of the ONNX graph)."""
+    the string ops of tokenization stay out of the ONNX graph). An image model's graph is the
+    SavedModel's ``serve`` (traced once for both)."""
     import tensorflow as tf
     import tf2onnx
 
     if not isinstance(model.input, dict):
-        serve = tf.function(lambda pixels: {"probabilities": model(pixels, training=False)}, input_signature=[float_spec])
         tf2onnx.convert.from_function(serve, input_signature=[float_spec], opset=opset, output_path=str(path))
         return
     tokens_spec = tf.TensorSpec([None, int(model.input["tokens"].shape[1])], tf.int32, name="tokens")
