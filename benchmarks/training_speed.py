@@ -102,6 +102,7 @@ def resnet9(batch: int, steps: int, width: int) -> None:
 def mnist(root: Path) -> None:
     import keras
 
+    from imgflow.accel import current_plan
     from imgflow.data import load_arrays, make_augmenter, shard_dataset
     from imgflow.models import build_model, compile_for_training
     from imgflow.results import shard_files
@@ -109,13 +110,16 @@ def mnist(root: Path) -> None:
     cfg, shards = _shards(root)
     t = cfg.train
     shape = tuple(shards.info.image_shape)
+    # In the precision the pipeline's plan picks here (bfloat16 on a CPU with AMX tiles), as it trains.
+    keras.mixed_precision.set_global_policy(current_plan(t.precision, t.jit_compile, t.augment_on).precision)
     keras.utils.set_random_seed(t.seed)
     train = shard_dataset(shard_files(shards, "train"), shape, t.batch_size, training=True, seed=t.seed,
                           augmenter=make_augmenter(t.translate, t.rotate, t.zoom, t.seed))
     test_images, test_labels, _, _ = load_arrays(shard_files(shards, "test"), shape)
     steps = math.ceil(shards.info.splits["train"].records / t.batch_size)
     model = compile_for_training(build_model(shape, 10, t), t.learning_rate, steps * t.epochs)
-    print(f"\n(3) time to 0.98 test accuracy on sample:mnist5k ({len(test_labels)} test images), default config")
+    print(f"\n(3) time to 0.98 test accuracy on sample:mnist5k ({len(test_labels)} test images), default config, "
+          f"{keras.mixed_precision.global_policy().name}")
     training = 0.0
     for epoch in range(t.epochs):
         started = time.perf_counter()
