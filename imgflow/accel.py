@@ -5,7 +5,7 @@ is visible (GPUs, ``TF_CONFIG``) and the train config, as plain functions that t
   worker, ``MirroredStrategy`` when one process sees several GPUs, else TensorFlow's default.
 - Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32), and on
   a CPU with AMX bf16 tiles (``amx_bf16``: Intel Sapphire Rapids and later), where oneDNN's bf16
-  kernels trained resnet9 1.82x and the default CNN 1.2x faster than float32 (2026-12-03,
+  kernels trained resnet9 1.26-1.82x and the default CNN 1.2x faster than float32 (2026-12-03,
   benchmarks/RESULTS.md) at the same accuracy; ``float32`` on other CPUs, AVX512-BF16 alone included
   (AMD EPYC: 1.00x on 2026-11-22, so not worth bf16's coarser numbers).
 - XLA: ``auto`` compiles the train step (``jit_compile``) on a GPU only.
