@@ -55,7 +55,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     shards = inputs["shards"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     shape = tuple(shards.info.image_shape)
-    model = load_model(inputs["model"].file("model.keras"))
+    model = load_model(inputs["model"].file("model.keras"), compile=False)
     encoder = None
     if isinstance(model.input, dict):
         shutil.copy2(inputs["model"].file(VOCABULARY_FILE), out_dir / VOCABULARY_FILE)

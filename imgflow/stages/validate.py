@@ -136,7 +136,7 @@ class _Candidate:
     def __init__(self, model_dir: Path) -> None:
         from imgflow.models import load_model
 
-        self.model = load_model(model_dir / "model.keras")
+        self.model = load_model(model_dir / "model.keras", compile=False)
         self.encoder = None
         if isinstance(self.model.input, dict):
             length = int(self.model.input["tokens"].shape[1])
