@@ -9,13 +9,19 @@ each the median of --repeat runs over the same images:
 - end to end: ``imgflow.predict.predict`` over the test images written as PNG files (decode, batch,
   run, write the Parquet output), as `imgflow predict` does.
 
+Then all cores against one, side by side: ``predict`` (ONNX) over a Parquet table of --table-images
+PNG images (the test images again and again), its pieces on one worker process (``IMGFLOW_WORKERS=1``,
+one ONNX Runtime session using every core) and on all of them (a session per process).
+
     python benchmarks/predict_throughput.py [--artifacts DIR] [--name mnist5k] [--repeat 5] [--train]
+                                            [--table-images 40000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,12 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgflow import registry
 from imgflow.config import BACKENDS
-from imgflow.predict import PredictConfig, Predictor, predict
 from imgflow.images import encode_png
+from imgflow.parallel import worker_count
+from imgflow.predict import PredictConfig, Predictor, predict
 
 
 def _held_out(version_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -58,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train", action="store_true", help="train the default model under --artifacts first")
+    parser.add_argument("--table-images", type=int, default=40000, help="images in the table of the all-cores comparison (0: skip it)")
     args = parser.parse_args()
     if args.train:
         subprocess.run([sys.executable, "-m", "flows.cli", "run", "--artifacts", args.artifacts], check=True)
@@ -99,6 +108,29 @@ def main() -> None:
               f"{accuracy['onnx-int8'] - accuracy['onnx']:+.4f}")
     else:
         print("no int8 variant: it lost more accuracy than allowed and was not exported")
+    if args.table_images:
+        _all_cores(version_dir, pixels, args.table_images, args.batch_size, args.repeat)
+
+
+def _all_cores(version_dir: Path, pixels: np.ndarray, count: int, batch_size: int, repeat: int) -> None:
+    workers = worker_count()
+    with tempfile.TemporaryDirectory(prefix="imgflow-predict-bench-") as tmp:
+        encoded = [encode_png(image) for image in pixels]
+        table = Path(tmp) / "batch.parquet"
+        images = [encoded[i % len(encoded)] for i in range(count)]
+        pq.write_table(pa.table({"id": [f"image-{i}" for i in range(count)], "image": images}), table, row_group_size=1024)
+        del images
+        rates, outputs = {}, {}
+        config = PredictConfig(batch_size=batch_size)
+        for processes in (1, workers):
+            os.environ["IMGFLOW_WORKERS"] = str(processes)
+            output = Path(tmp) / f"out-{processes}.parquet"
+            rates[processes] = count / _median_seconds(lambda output=output: predict(f"parquet:{table}", version_dir, output, config), repeat)
+            outputs[processes] = output.read_bytes()
+        os.environ.pop("IMGFLOW_WORKERS")
+    print(f"\n{count} images in a Parquet table, ONNX end to end: {rates[1]:.0f} images/s on 1 worker process, "
+          f"{rates[workers]:.0f} on {workers}: **{rates[workers] / rates[1]:.2f}x**; outputs "
+          f"{'byte-identical' if outputs[1] == outputs[workers] else 'DIFFERENT'}")
 
 
 if __name__ == "__main__":

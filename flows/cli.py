@@ -322,14 +322,14 @@ def _models(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from imgflow import registry
-    from imgflow.predict import input_images, input_options
+    from imgflow.predict import input_options, input_pieces
     from imgflow.store import ArtifactStore
 
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
     registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
     columns = {"image_column": args.image_column, "id_column": args.id_column, "text_column": args.text_column, "text_sidecar": args.text_sidecar}
-    input_images(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
+    input_pieces(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
     from flows.predict import predict
 
     return _run_flow(

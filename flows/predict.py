@@ -39,7 +39,9 @@ def predict(
     ``id_column``, ``text_column`` and ``text_sidecar``. Returns the prediction summary."""
     watch_descendants()
     options = input_options(dataset, image_column=image_column, id_column=id_column, text_column=text_column, text_sidecar=text_sidecar)
-    artifacts = str(ArtifactStore(artifacts).pull_models(name))  # an object-store root's registry, pulled here
+    store = ArtifactStore(artifacts)
+    remote = store.uri if store.remote is not None else None  # where workers on other machines find the model
+    artifacts = str(store.pull_models(name))  # an object-store root's registry, pulled here
     name = registry.resolve_name(artifacts, name)
     version = model or (registry.champion(artifacts, name) or {}).get("version")
     if version is None:
@@ -47,7 +49,7 @@ def predict(
     version_dir = registry.model_dir(artifacts, name) / version
     if not (version_dir / "card.json").is_file():
         raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(registry.versions(artifacts, name)) or 'none'}")
-    summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size), options)
+    summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size), options, remote)
     publish(
         f"imgflow-predict-{name}",
         f"# Predictions: {summary['model']} {summary['version']} ({summary['backend']})\n\n"

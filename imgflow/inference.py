@@ -17,17 +17,21 @@ import numpy as np
 from imgflow.errors import ConfigError
 
 
-def onnx_session(model_path: str | Path, keep_memory: bool = True):  # noqa: ANN201 - onnxruntime.InferenceSession
+def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int | None = None):  # noqa: ANN201 - onnxruntime.InferenceSession
     """An ONNX Runtime session on the CPU (the exports are checked there; a GPU is for training).
 
     ``keep_memory=False`` turns off ONNX Runtime's memory arena, which otherwise keeps the largest
     batch's buffers for the session's life: for the one-off evaluations inside a pipeline run, where
     each session would hold hundreds of MB of large images' activations. Batch prediction keeps it.
+    ``threads``: the session's threads for one operator (default: one per core), fewer when several
+    processes share the cores.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = keep_memory
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -35,9 +39,9 @@ class OnnxModel:
     """An exported model (``model.onnx`` or its int8 variant) ready to predict from pixels and, when it
     takes text, texts."""
 
-    def __init__(self, path: str | Path, keep_memory: bool = True) -> None:
+    def __init__(self, path: str | Path, keep_memory: bool = True, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.session = onnx_session(self.path, keep_memory)
+        self.session = onnx_session(self.path, keep_memory, threads)
         inputs = {spec.name: spec for spec in self.session.get_inputs()}
         self.image_shape = list(inputs["pixels"].shape[1:])
         self.encoder = None

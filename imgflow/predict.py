@@ -17,10 +17,21 @@ folder, or the table's id), ``label``, ``probability``, ``top_k`` (list of {labe
 ``model``, ``version``, ``backend`` and ``error``. An image that cannot be decoded gets a row with the
 reason in ``error`` and null predictions: never a silent drop, never a failed batch. The file is
 written next to its destination and renamed into place when complete.
+
+The input is cut into pieces of about ``CHUNK_IMAGES`` images (slices of a folder's sorted files; runs
+of a table's row groups, a row group never split) that worker processes predict on their own
+(``imgflow.parallel``: one ONNX Runtime session per process, its threads a share of the cores), or the
+Dask workers with ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` (one thread each). Each piece comes back as
+its rows, written in input order, so the output does not depend on how many workers ran: byte for
+byte a single process's. Memory holds a batch of pixels per worker and a piece's rows, whatever the
+input's size. A Dask worker must reach the input (a ``parquet:s3://...`` table, or a folder on a
+disk it shares) and the model: on an object-store artifact root it pulls the version it needs into
+its own mirror.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -38,7 +49,9 @@ from imgflow.config import BACKENDS, resolve_dataset
 from imgflow.errors import ConfigError, SourceError
 from imgflow.images import BadImage, decode
 from imgflow.inference import OnnxModel
+from imgflow.parallel import cluster_pool, dask_address, ordered_map, worker_count
 from imgflow.sources.folder import hidden, sidecars
+from imgflow.sources.parquet import ParquetPiece, ParquetSource
 from imgflow.text import BadText, normalize
 
 SCHEMA = pa.schema(
@@ -61,22 +74,16 @@ class PredictConfig:
     top_k: int = 3
     batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+
 
 Input = tuple[str, bytes, bytes | None]  # id, encoded image, text as the input holds it (None: none)
-
-
-def _folder_images(root: Path, text_sidecar: str | None) -> tuple[int, Iterator[Input]]:
-    if root.is_file():
-        return 1, iter([(root.name, root.read_bytes(), None)])
-    every = sorted(p.relative_to(root).parts for p in root.rglob("*") if p.is_file() and not hidden(p.relative_to(root).parts))
-    files, text_of = sidecars(every, text_sidecar)
-    if not files:
-        raise SourceError(f"prediction input {root} holds no files")
-
-    def text(parts: tuple[str, ...]) -> bytes | None:
-        return root.joinpath(*text_of[parts]).read_bytes() if parts in text_of else None
-
-    return len(files), (("/".join(parts), root.joinpath(*parts).read_bytes(), text(parts)) for parts in files)
 
 
 def input_options(dataset: str | None = None, **columns: str | None) -> dict[str, Any]:
@@ -90,31 +97,66 @@ def input_options(dataset: str | None = None, **columns: str | None) -> dict[str
     return {**options, **{name: value for name, value in columns.items() if value is not None}}
 
 
-def input_images(spec: str, options: Mapping[str, Any] | None = None) -> tuple[int | None, Iterator[Input]]:
-    """(how many, when known; an iterator of (id, encoded image bytes, text bytes or None)) for a
-    prediction input."""
+CHUNK_IMAGES = 4096  # images a worker predicts at once: a folder's files, or about that many of a table's rows
+
+
+@dataclass(frozen=True)
+class FolderPiece:
+    """A slice of a folder input's sorted files (path parts under ``root``), each with its text file's
+    parts (None: no text)."""
+
+    root: str
+    files: tuple[tuple[str, ...], ...]
+    texts: tuple[tuple[str, ...] | None, ...]
+
+    def inputs(self) -> Iterator[Input]:
+        root = Path(self.root)
+        for parts, text in zip(self.files, self.texts, strict=True):
+            yield "/".join(parts), root.joinpath(*parts).read_bytes(), root.joinpath(*text).read_bytes() if text else None
+
+
+Piece = FolderPiece | ParquetPiece
+
+
+def piece_inputs(piece: Piece) -> Iterator[Input]:
+    """The (id, encoded image bytes, text bytes or None) of every image of a piece, in order."""
+    if isinstance(piece, FolderPiece):
+        return piece.inputs()
+    return ((record.id, record.image, record.text) for record in piece.records())
+
+
+def input_pieces(spec: str, options: Mapping[str, Any] | None = None, size: int | None = None) -> tuple[int, list[Piece]]:
+    """(how many images, the input in pieces of about ``size`` (default ``CHUNK_IMAGES``) images, in
+    input order) for a prediction input read with ``options`` (see ``input_options``). Lists the
+    folder or reads the table's footers: a missing input, file or column fails here, before any work."""
     options = options or {}
+    size = size or CHUNK_IMAGES
     scheme, sep, rest = spec.partition(":")
     if sep and scheme == "parquet":
-        from imgflow.sources.parquet import ParquetSource
-
-        source = ParquetSource(rest, {**options, "label_column": None})
-        return None, ((record.id, record.image, record.text) for record in source.records())
+        pieces = ParquetSource(rest, {**options, "label_column": None}).pieces(size)
+        return sum(piece.rows or 0 for piece in pieces), list(pieces)
     path = Path(rest if sep and scheme == "folder" else spec).expanduser()
     if sep and scheme not in ("folder", "parquet") and not path.exists():
         raise SourceError(f"prediction input {spec!r}: expected PATH, folder:PATH or parquet:PATH_OR_URI")
     if not path.exists():
         raise SourceError(f"prediction input {path} does not exist")
-    return _folder_images(path, options.get("text_sidecar"))
+    if path.is_file():
+        return 1, [FolderPiece(str(path.parent), ((path.name,),), (None,))]
+    every = sorted(p.relative_to(path).parts for p in path.rglob("*") if p.is_file() and not hidden(p.relative_to(path).parts))
+    files, text_of = sidecars(every, options.get("text_sidecar"))
+    if not files:
+        raise SourceError(f"prediction input {path} holds no files")
+    slices = [files[start : start + size] for start in range(0, len(files), size)]
+    return len(files), [FolderPiece(str(path), tuple(part), tuple(text_of.get(f) for f in part)) for part in slices]
 
 
 class Predictor:
     """Class probabilities for uint8 pixels (N, H, W, C), and texts for a model with text, from a
     registered version's export."""
 
-    def __init__(self, version_dir: Path, backend: str) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    def __init__(self, version_dir: Path, backend: str, threads: int | None = None) -> None:
+        """``threads``: ONNX Runtime's threads per operator (default: one per core)."""
+        check_backend(backend)
         self.backend = backend
         if backend == "tensorflow":
             import tensorflow as tf
@@ -126,7 +168,7 @@ class Predictor:
         path = version_dir / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
         if not path.is_file():
             raise ConfigError(f"{version_dir} has no {path.name}" + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else ""))
-        self._onnx = OnnxModel(path)
+        self._onnx = OnnxModel(path, threads=threads)
         self.takes_text = self._onnx.takes_text
 
     def __call__(self, pixels: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
@@ -138,33 +180,46 @@ class Predictor:
         return self._onnx(batch, texts, batch_size=len(batch) or 1)
 
 
-def predict(
-    spec: str,
-    version_dir: Path,
-    output: Path,
-    config: PredictConfig = PredictConfig(),
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Label every image of ``spec`` (read with ``options``: see ``input_options``) with the model in
-    ``version_dir``; write ``output``; return a summary. Reports progress in images."""
-    card = json.loads((version_dir / "card.json").read_text())
-    shape = tuple(card["image_shape"])
-    classes = np.array(card["class_names"], dtype=object)
-    total, images = input_images(spec, options)
-    predictor = Predictor(version_dir, config.backend)
-    k = min(config.top_k, len(classes))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    counts = {"rows": 0, "errors": 0}
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class _Plan:
+    """What every piece's worker needs to predict it: picklable, for worker processes and Dask."""
 
-    def flush(writer: pq.ParquetWriter, batch: list[tuple[str, np.ndarray | None, str, str | None]]) -> None:
+    version_dir: str  # the version's folder on the machine that planned
+    root: str | None  # the object-store artifact root it came from: another machine pulls it from there
+    name: str
+    version: str
+    backend: str
+    threads: int | None
+    image_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    top_k: int
+    batch_size: int
+
+    def folder(self) -> Path:
+        if self.root is None:
+            return Path(self.version_dir)
+        from imgflow.store import ArtifactStore
+
+        return ArtifactStore(self.root).pull_version(self.name, self.version)
+
+
+@functools.lru_cache(maxsize=1)
+def _predictor(plan: _Plan) -> Predictor:
+    """The process's model, loaded once for all the pieces it predicts (a worker keeps it)."""
+    return Predictor(plan.folder(), plan.backend, plan.threads)
+
+
+def predict_piece(piece: Piece, plan: _Plan) -> pa.Table:
+    """The output rows of one piece of the input, in its order. Runs in a worker process."""
+    predictor = _predictor(plan)
+    classes = np.array(plan.classes, dtype=object)
+    k = min(plan.top_k, len(classes))
+    rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+
+    def flush(batch: list[tuple[str, np.ndarray | None, str, str | None]]) -> None:
         good = [i for i, (_, pixels, _, _) in enumerate(batch) if pixels is not None]
-        probabilities = (
-            predictor(np.stack([batch[i][1] for i in good]), [batch[i][2] for i in good]) if good else np.zeros((0, len(classes)))
-        )
+        probabilities = predictor(np.stack([batch[i][1] for i in good]), [batch[i][2] for i in good]) if good else []
         by_row = dict(zip(good, probabilities, strict=True))
-        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
         for i, (record_id, _, _, error) in enumerate(batch):
             p = by_row.get(i)
             top = np.argsort(-p, kind="stable")[:k] if p is not None else []
@@ -173,30 +228,66 @@ def predict(
             rows["probability"].append(float(p[top[0]]) if p is not None else None)
             rows["top_k"].append([{"label": classes[j], "probability": float(p[j])} for j in top] if p is not None else None)
             rows["error"].append(error)
-        n = len(batch)
-        rows.update(model=[card["name"]] * n, version=[card["version"]] * n, backend=[config.backend] * n)
-        writer.write_table(pa.table(rows, schema=SCHEMA))
-        counts["rows"] += n
-        counts["errors"] += n - len(good)
-        progress.report(counts["rows"], total, "images")
 
+    batch: list[tuple[str, np.ndarray | None, str, str | None]] = []
+    for record_id, data, raw_text in piece_inputs(piece):
+        try:
+            text = normalize(raw_text) if predictor.takes_text else ""
+            batch.append((record_id, decode(data, plan.image_shape[:2], plan.image_shape[2]), text, None))
+        except (BadImage, BadText) as bad:
+            batch.append((record_id, None, "", f"{bad.reason}: {bad.detail}"))
+        if len(batch) >= plan.batch_size:
+            flush(batch)
+            batch = []
+    flush(batch)
+    n = len(rows["id"])
+    rows.update(model=[plan.name] * n, version=[plan.version] * n, backend=[plan.backend] * n)
+    return pa.table(rows, schema=SCHEMA)
+
+
+def _session_threads(pool: object, pieces: int) -> int | None:
+    """ONNX Runtime's threads in each worker: all cores in this process alone; a share of them in each
+    of a process pool's workers; one per Dask worker (run them with ``--nthreads 1``, one per core)."""
+    if pool is None:
+        return None
+    if dask_address() is not None:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // min(worker_count(), pieces))
+
+
+def predict(
+    spec: str,
+    version_dir: Path,
+    output: Path,
+    config: PredictConfig = PredictConfig(),
+    options: Mapping[str, Any] | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Label every image of ``spec`` (read with ``options``: see ``input_options``) with the model in
+    ``version_dir``; write ``output``; return a summary. ``root``: the object-store artifact root the
+    version was pulled from, where workers on other machines find it. Reports progress in images."""
+    card = json.loads((version_dir / "card.json").read_text())
+    total, pieces = input_pieces(spec, options)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    counts = {"rows": 0, "errors": 0}
+    started = time.perf_counter()
     try:
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
-            batch: list[tuple[str, np.ndarray | None, str, str | None]] = []
-            for record_id, data, raw_text in images:
-                try:
-                    text = normalize(raw_text) if predictor.takes_text else ""
-                    batch.append((record_id, decode(data, shape[:2], shape[2]), text, None))
-                except (BadImage, BadText) as bad:
-                    batch.append((record_id, None, "", f"{bad.reason}: {bad.detail}"))
-                if len(batch) >= config.batch_size:
-                    flush(writer, batch)
-                    batch = []
-            if batch or counts["rows"] == 0:
-                flush(writer, batch)
+        with cluster_pool(len(pieces)) as pool, pq.ParquetWriter(tmp, SCHEMA) as writer:
+            plan = _Plan(
+                str(version_dir), root, card["name"], card["version"], config.backend, _session_threads(pool, len(pieces)),
+                tuple(card["image_shape"]), tuple(card["class_names"]), config.top_k, config.batch_size,
+            )
+            jobs = [(piece, plan) for piece in pieces]
+            for table in ordered_map(predict_piece, jobs, pool):
+                writer.write_table(table)
+                counts["rows"] += table.num_rows
+                counts["errors"] += table.num_rows - table.column("error").null_count
+                progress.report(counts["rows"], total, "images")
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
+        _predictor.cache_clear()  # the model, loaded here when no worker process ran the pieces
     seconds = time.perf_counter() - started
     return {
         "output": str(output),

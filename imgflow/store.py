@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import __version__, memory
-from imgflow.errors import UserError, note_stage
+from imgflow.errors import ConfigError, UserError, note_stage
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
 from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
@@ -282,17 +282,36 @@ class ArtifactStore:
         folder.mkdir(parents=True, exist_ok=True)
         versions = {f.split("/", 1)[0] for f in found if f.endswith("/card.json") and f.count("/") == 1}
         for version in sorted(versions - {p.name for p in folder.iterdir() if p.is_dir()}):
-            tmp = folder / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
-            try:
-                self.remote.download(f"{prefix}/{version}", [f.split("/", 1)[1] for f in found if f.startswith(f"{version}/")], tmp)
-                with contextlib.suppress(OSError):  # another process here pulled it first
-                    os.rename(tmp, folder / version)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            self._fetch_version(name, version, [f.split("/", 1)[1] for f in found if f.startswith(f"{version}/")])
         for pointer in ("history.jsonl", "champion.json"):
             data = self.remote.read_bytes(f"{prefix}/{pointer}")
             if data is not None:
                 write_bytes_atomic(folder / pointer, data)
+
+    def pull_version(self, name: str, version: str) -> Path:
+        """The local folder of model ``name``'s ``version``, fetched from an object-store root if this
+        machine has none yet (a registered version never changes), alone: what a worker of a batch
+        prediction needs, not the whole registry."""
+        folder = self.root / "models" / name / version
+        if self.remote is not None and not folder.is_dir():
+            names = self.remote.files(f"models/{name}/{version}")
+            if "card.json" not in names:  # pushed last: without it the version is not registered (yet)
+                raise ConfigError(f"{self.remote.url(f'models/{name}/{version}')} is not a registered model version")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            self._fetch_version(name, version, names)
+        return folder
+
+    def _fetch_version(self, name: str, version: str, names: list[str]) -> None:
+        """Download a version's files into a temporary folder, renamed into place once complete."""
+        assert self.remote is not None
+        folder = self.root / "models" / name
+        tmp = folder / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.remote.download(f"models/{name}/{version}", names, tmp)
+            with contextlib.suppress(OSError):  # another process here pulled it first
+                os.rename(tmp, folder / version)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @contextlib.contextmanager
     def models(self, name: str) -> Iterator[Path]:

@@ -28,6 +28,20 @@ def open_parquet(path: str | Path, filesystem: Any = None) -> pq.ParquetFile:
     return pq.ParquetFile(str(path), filesystem=filesystem, pre_buffer=False, buffer_size=_BUFFER)
 
 
+def row_group_chunks(metadata: pq.FileMetaData, rows: int) -> list[list[int]]:
+    """A Parquet file's row groups as runs of consecutive groups of about ``rows`` records each: the
+    units of work a pool's processes read on their own (a group larger than ``rows`` is a run alone)."""
+    found: list[list[int]] = []
+    size = 0
+    for index in range(metadata.num_row_groups):
+        if not found or size >= rows:
+            found.append([])
+            size = 0
+        found[-1].append(index)
+        size += metadata.row_group(index).num_rows
+    return found
+
+
 def open_output(where: str) -> pa.NativeFile:
     """A file to write at ``where``, a local path or a URI (on an object store the object appears
     when the stream is closed)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
@@ -32,7 +33,7 @@ from imgflow.errors import SourceError
 from imgflow.fingerprint import stable_hash
 from imgflow.network import first_contact
 from imgflow.sources import RawRecord, text_option
-from imgflow.tables import open_parquet
+from imgflow.tables import open_parquet, row_group_chunks
 
 _FORMAT = "1"
 _BATCH = 512
@@ -137,27 +138,64 @@ class ParquetSource:
         text = [self.text_column] if self.has_text else []
         return stable_hash([_FORMAT, self.image_column, self.label_column, self.id_column, digests, *text])
 
-    def records(self) -> Iterator[RawRecord]:
+    def pieces(self, rows: int | None = None) -> list[ParquetPiece]:
+        """The source as pieces in record order: a piece per file (``rows`` None), or runs of a file's
+        consecutive row groups of about ``rows`` records each (reads every footer), which worker
+        processes, or Dask workers that reach the same filesystem, read on their own."""
+        columns = (self.image_column, self.label_column, self.id_column, self.text_column)
+        if rows is None:
+            return [ParquetPiece(self.filesystem, relative, path, None, 0, None, *columns) for relative, path in self.files.items()]
+        found = []
         for relative, path in self.files.items():
-            partitions = partition_values(relative)
-            wanted = (self.image_column, self.label_column, self.id_column, self.text_column)
-            columns = list(dict.fromkeys(c for c in wanted if c and c not in partitions))
-            parquet = open_parquet(path, self.filesystem)
-            row = 0
-            for batch in parquet.iter_batches(batch_size=_BATCH, columns=columns):
-                images = _image_bytes(batch.column(self.image_column))
-                labels = _column(batch, self.label_column, partitions) if self.label_column else [None] * batch.num_rows
-                ids = _column(batch, self.id_column, partitions) if self.id_column else None
-                texts = _text(batch, self.text_column, partitions) if self.text_column else [None] * batch.num_rows
-                for offset in range(batch.num_rows):
-                    label = labels[offset]
-                    yield RawRecord(
-                        id=str(ids[offset]) if ids else f"{relative}#{row + offset}",
-                        image=images[offset],
-                        label="" if label is None else str(label),
-                        text=texts[offset],
-                    )
-                row += batch.num_rows
+            metadata = open_parquet(path, self.filesystem).metadata
+            first = 0
+            for groups in row_group_chunks(metadata, rows):
+                count = sum(metadata.row_group(g).num_rows for g in groups)
+                found.append(ParquetPiece(self.filesystem, relative, path, tuple(groups), first, count, *columns))
+                first += count
+        return found
+
+    def records(self) -> Iterator[RawRecord]:
+        for piece in self.pieces():
+            yield from piece.records()
+
+
+@dataclass(frozen=True)
+class ParquetPiece:
+    """Row groups of one file of a Parquet source (all of them: ``groups`` None), with the columns to
+    read: picklable, so a worker process reads its piece itself."""
+
+    filesystem: pafs.FileSystem
+    relative: str  # the file's path from the dataset's root: ids and partition values come from it
+    path: str
+    groups: tuple[int, ...] | None
+    first_row: int  # the row number, in the file, of the piece's first record
+    rows: int | None  # how many records it holds (None: not read yet)
+    image_column: str
+    label_column: str | None
+    id_column: str | None
+    text_column: str | None
+
+    def records(self) -> Iterator[RawRecord]:
+        partitions = partition_values(self.relative)
+        wanted = (self.image_column, self.label_column, self.id_column, self.text_column)
+        columns = list(dict.fromkeys(c for c in wanted if c and c not in partitions))
+        parquet = open_parquet(self.path, self.filesystem)
+        row = self.first_row
+        for batch in parquet.iter_batches(batch_size=_BATCH, columns=columns, row_groups=self.groups):
+            images = _image_bytes(batch.column(self.image_column))
+            labels = _column(batch, self.label_column, partitions) if self.label_column else [None] * batch.num_rows
+            ids = _column(batch, self.id_column, partitions) if self.id_column else None
+            texts = _text(batch, self.text_column, partitions) if self.text_column else [None] * batch.num_rows
+            for offset in range(batch.num_rows):
+                label = labels[offset]
+                yield RawRecord(
+                    id=str(ids[offset]) if ids else f"{self.relative}#{row + offset}",
+                    image=images[offset],
+                    label="" if label is None else str(label),
+                    text=texts[offset],
+                )
+            row += batch.num_rows
 
 
 def _column(batch: pa.RecordBatch, name: str, partitions: Mapping[str, str]) -> list[Any]:

@@ -56,7 +56,7 @@ from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.store import Stage, shared_scratch
-from imgflow.tables import open_parquet, read_scratch, write_scratch
+from imgflow.tables import open_parquet, read_scratch, row_group_chunks, write_scratch
 from imgflow.text import BadText, normalize
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
@@ -113,19 +113,6 @@ def _probe(header: str) -> Probe:
     size, mode = header.split(" ", 1)
     height, width = size.split("x")
     return Probe((int(height), int(width)), mode)
-
-
-def chunks(raw: pq.ParquetFile, rows: int = CHUNK_ROWS) -> list[list[int]]:
-    """Consecutive row groups of about ``rows`` records each."""
-    found: list[list[int]] = []
-    size = 0
-    for index in range(raw.metadata.num_row_groups):
-        if not found or size >= rows:
-            found.append([])
-            size = 0
-        found[-1].append(index)
-        size += raw.metadata.row_group(index).num_rows
-    return found
 
 
 def scan_chunk(
@@ -219,7 +206,8 @@ class _Chunks:
     @classmethod
     def of(cls, raw_path: str, scratch: str, pool: Any) -> _Chunks:
         raw = open_parquet(raw_path)
-        metadata, groups = raw.metadata, chunks(raw, CHUNK_ROWS)
+        metadata = raw.metadata
+        groups = row_group_chunks(metadata, CHUNK_ROWS)
         sizes = [sum(metadata.row_group(g).num_rows for g in chunk) for chunk in groups]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         return cls(raw_path, groups, starts, sizes, scratch, pool, "text" in raw.schema_arrow.names)
@@ -368,7 +356,7 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         scratch = str(out_dir / ".chunks")
         Path(scratch).mkdir()
     # Decoded pixels, chunk by chunk: removed before the output is complete (by the store, remotely).
-    with cluster_pool(len(chunks(raw, CHUNK_ROWS))) as pool:
+    with cluster_pool(len(row_group_chunks(raw.metadata, CHUNK_ROWS))) as pool:
         info = _clean(out_dir, config, _Chunks.of(raw_path, scratch, pool), raw, source)
     if "://" not in scratch:
         shutil.rmtree(scratch)
