@@ -4,6 +4,12 @@ A checkpoint folder holds ``epoch-NNNN.keras`` (the whole model, optimizer state
 learning-rate schedule continues where it stopped) and ``progress.json``, the commit point: it names
 the last completed epoch, its checkpoint file and the history so far, and is replaced atomically. A
 kill at any moment leaves the previous record or the new one, each pointing at a complete file.
+
+On an object-store artifact root the folder is also kept in the build's shared scratch there
+(``<root>/train/.work-<key>/``, ``CheckpointMirror``): every epoch's new files are uploaded, then
+``progress.json``, so the copy in the bucket is always a committed epoch. A machine that takes the
+build over from a dead one (its lease expired) brings that copy in first and resumes from it, as the
+same machine would from its own folder. The store removes both once the model is published.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Any
 import keras
 
 from imgflow import progress
-from imgflow.store import write_json_atomic
+from imgflow.objectstore import ObjectRoot
+from imgflow.store import write_bytes_atomic, write_json_atomic
 
 PROGRESS = "progress.json"
 
@@ -29,13 +36,51 @@ def load_progress(folder: Path) -> dict[str, Any] | None:
     return progress if (folder / progress["checkpoint"]).is_file() else None
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save the model to a new file, then swap ``progress.json`` in."""
+class CheckpointMirror:
+    """The checkpoint folder's copy at ``uri`` (an object-store folder): ``pull`` brings it into a
+    local folder that has no progress of its own, ``push`` sends what changed, ``progress.json`` last."""
 
-    def __init__(self, folder: Path, history: dict[str, list[float]]) -> None:
+    def __init__(self, uri: str) -> None:
+        parent, _, self.name = uri.rstrip("/").rpartition("/")
+        self.remote = ObjectRoot(parent)
+        self.sent: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) of what the store holds
+
+    def pull(self, folder: Path) -> None:
+        if (folder / PROGRESS).is_file():
+            return
+        names = self.remote.files(self.name)
+        data = self.remote.read_bytes(f"{self.name}/{PROGRESS}") if PROGRESS in names else None
+        if data is None:
+            return
+        files = [n for n in names if n != PROGRESS and "/" not in n]
+        self.remote.download(self.name, files, folder)
+        write_bytes_atomic(folder / PROGRESS, data)  # last: the commit point here too
+        self.sent = {n: _stamp(folder / n) for n in [*files, PROGRESS]}
+
+    def push(self, folder: Path) -> None:
+        present = {p.name: _stamp(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        changed = [n for n, stamp in sorted(present.items()) if n != PROGRESS and self.sent.get(n) != stamp]
+        self.remote.upload(folder, changed, self.name)
+        self.remote.upload(folder, [PROGRESS], self.name)
+        for gone in set(self.sent) - set(present):
+            self.remote.delete(f"{self.name}/{gone}")
+        self.sent = present
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_size, found.st_mtime_ns
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: save the model to a new file, then swap ``progress.json`` in (and send both
+    to the ``mirror``, when there is one)."""
+
+    def __init__(self, folder: Path, history: dict[str, list[float]], mirror: CheckpointMirror | None = None) -> None:
         super().__init__()
         self.folder = folder
         self.history = history
+        self.mirror = mirror
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         for name, value in (logs or {}).items():
@@ -46,6 +91,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.folder.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink()
+        if self.mirror is not None:
+            self.mirror.push(self.folder)
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -24,6 +24,7 @@ roots; another scheme works for a single writer and refuses to take a lease, say
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -86,7 +87,20 @@ class ObjectRoot:
         return f"{self.uri}/{relative}"
 
     def read_bytes(self, relative: str) -> bytes | None:
-        """The object's bytes, or None when there is no such object."""
+        """The object's bytes, or None when there is no such object. On ``s3://`` one GET, so the
+        bytes are one version of an object another machine may be replacing: pyarrow asks for the
+        size first, then reads that many bytes, which tears such a read (measured against moto:
+        an old size with new bytes). Other schemes have a single writer (see ``Lease``)."""
+        if self.uri.startswith("s3://"):
+            from botocore.exceptions import ClientError
+
+            bucket, _, key = self.path(relative).partition("/")
+            try:
+                return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
         try:
             with self.fs.open_input_stream(self.path(relative)) as stream:
                 return stream.read()
@@ -151,6 +165,15 @@ class ObjectRoot:
             lease.release()
 
 
+@functools.cache
+def s3_client() -> Any:  # noqa: ANN401 - a boto3 S3 client
+    """This process's boto3 S3 client (thread-safe), for what pyarrow's filesystems cannot do:
+    conditional writes and single-request reads. Endpoint and credentials from the ``AWS_*`` variables."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
 def lease_seconds() -> float:
     value = os.environ.get(LEASE_SECONDS, "30")
     try:
@@ -171,10 +194,8 @@ class Lease:
                 f"artifact root {root.uri}: two runs can share only a local or an s3:// root "
                 "(its lock is an S3 conditional write); run one writer at a time on this one"
             )
-        import boto3  # only s3:// roots need it
-
         bucket, _, prefix = root.uri[len("s3://"):].partition("/")
-        self.client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+        self.client = s3_client()
         self.bucket, self.key = bucket, f"{prefix}/{relative}".lstrip("/")
         self.seconds = lease_seconds()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -384,12 +384,18 @@ def scratch_dir(out_dir: Path) -> Path:
 _SHARED_SCRATCH: contextvars.ContextVar[str | None] = contextvars.ContextVar("shared_scratch", default=None)
 
 
+def remote_scratch() -> str | None:
+    """The URI of the running build's ``<stage>/.work-<key>/`` on an object-store root (removed once
+    its output is published); None on a local root."""
+    return _SHARED_SCRATCH.get()
+
+
 def shared_scratch(out_dir: Path) -> str:
     """Scratch for the build writing into ``out_dir`` that every worker of a cluster can reach: on an
     object-store root the URI of ``<stage>/.work-<key>/`` there (removed once the output is
     published), else ``<out_dir>/.shared`` (a local root reaches only the workers that share its
     disk). Pyarrow reads and writes either."""
-    remote = _SHARED_SCRATCH.get()
+    remote = remote_scratch()
     if remote is not None:
         return remote
     folder = out_dir / ".shared"

@@ -9,8 +9,9 @@ Output folder::
     training_curves.png   the same as plots
 
 Training checkpoints every epoch into the store's scratch folder for this key (see
-``imgflow.checkpoints``): a run killed mid-training resumes from its last completed epoch when the same
-key runs again, and ``resumed_from_epoch`` in the info says from which (0: from scratch).
+``imgflow.checkpoints``; on an object-store root, into the bucket too): a run killed mid-training
+resumes from its last completed epoch when the same key runs again, on this machine or another, and
+``resumed_from_epoch`` in the info says from which (0: from scratch).
 
 With ``class_weights`` on, each class's examples are weighed by the inverse of its share of the train
 split (see ``balanced_class_weights``), for imbalanced data.
@@ -43,7 +44,7 @@ from typing import Any
 from imgflow.config import TrainConfig
 from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
-from imgflow.store import Stage, scratch_dir
+from imgflow.store import Stage, remote_scratch, scratch_dir
 
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
@@ -93,7 +94,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import tensorflow as tf
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import EpochCheckpoint, EpochProgress, load_progress
+    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochProgress, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
@@ -146,6 +147,9 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     if by_validation and chosen.workers > 1:
         raise ConfigError("[train] early_stopping and schedule = \"plateau\" are not supported across several workers yet")
     checkpoints = scratch_dir(out_dir)
+    mirror = CheckpointMirror(uri) if (uri := remote_scratch()) else None  # an object-store root's copy
+    if mirror is not None:
+        mirror.pull(checkpoints)  # a build taken over from another machine resumes from its checkpoints
     progress = load_progress(checkpoints)
     # Transfer learning trains in two phases: the head on a frozen backbone, then everything at a lower
     # learning rate. Other models have one phase.
@@ -173,7 +177,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     rules = ValidationRules(checkpoints, history, config.learning_rate, config)
     # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
     # then the epoch is committed.
-    callbacks = [RateLog(), *([rules] if by_validation else []), EpochCheckpoint(checkpoints, history), EpochProgress(config.epochs)]
+    callbacks = [RateLog(), *([rules] if by_validation else []), EpochCheckpoint(checkpoints, history, mirror), EpochProgress(config.epochs)]
 
     def done() -> bool:
         return stops_early(history.get("val_loss", []), config.early_stopping)

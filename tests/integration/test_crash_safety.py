@@ -148,23 +148,37 @@ def test_sigkill_while_publishing_a_stage_to_s3_then_another_machine_finishes(
     assert not [f for f in remote.files("") if ".lease-" in f], "every lease is let go or taken over"
 
 
-def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path, start: Start) -> None:
-    artifacts = tmp_path / "artifacts"
+@pytest.mark.parametrize("root", ["local", "s3"])
+def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path, start: Start, root: str, request: pytest.FixtureRequest) -> None:
+    """On a local root the rerun resumes from the checkpoints in the root's scratch folder; on an s3://
+    root the rerun is another machine (its own mirror), which takes the dead run's lease over and
+    resumes from the checkpoints it left in the bucket."""
     args = ["--dataset", "mnist5k", "--limit", "1500", "--epochs", "8", "--min-accuracy", "0"]
+    if root == "local":
+        artifacts: Path | str = tmp_path / "artifacts"
+        machines: list[dict[str, str]] = [{}, {}]
 
-    def in_epoch_4() -> bool:
-        progress = list((artifacts / "train").glob(".work-*/progress.json"))
-        return bool(progress) and json.loads(progress[0].read_text())["epoch"] >= 3
+        def epoch_committed() -> int:
+            progress = list((tmp_path / "artifacts" / "train").glob(".work-*/progress.json"))
+            return json.loads(progress[0].read_text())["epoch"] if progress else 0
+    else:
+        artifacts = request.getfixturevalue("s3_root")
+        remote = ObjectRoot(artifacts)
+        machines = [{CACHE: str(tmp_path / "machine-1")}, {CACHE: str(tmp_path / "machine-2")}]
 
-    process = start(artifacts, *args)
-    _kill_when(process, in_epoch_4)
-    rerun = _finish(start(artifacts, *args))
+        def epoch_committed() -> int:
+            progress = [f for f in remote.files("train") if f.startswith(".work-") and f.endswith("/progress.json")]
+            return json.loads(remote.read_bytes(f"train/{progress[0]}"))["epoch"] if progress else 0
+
+    process = start(artifacts, *args, env=machines[0])
+    _kill_when(process, lambda: epoch_committed() >= 3)
+    rerun = _finish(start(artifacts, *args, env=machines[1]))
     train = rerun["stages"]["train"]
     assert train["status"] == "ran" and train["resumed_from_epoch"] >= 3
     assert rerun["decision"] == "promoted"
     history = json.loads((Path(train["path"]) / "history.json").read_text())
     assert len(history["loss"]) == 8, "the curves cover every epoch, before and after the kill"
-    assert not any((artifacts / "train").glob(".work-*")), "the checkpoints go once the model is complete"
+    assert not epoch_committed() and not any(Path(train["path"]).parent.glob(".work-*")), "the checkpoints go once the model is complete"
 
 
 def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path, start: Start) -> None:

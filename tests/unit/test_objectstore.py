@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from imgflow import registry
+from imgflow.errors import ConfigError
 from imgflow.objectstore import LeaseLost, ObjectRoot
 from imgflow.store import MANIFEST, ArtifactStore, Stage
 
@@ -192,3 +193,74 @@ def test_a_holder_whose_renewals_keep_failing_gives_the_lease_up(s3_root: str, m
         lease.check()  # one failed renewal: still within the period, still ours
         time.sleep(2.5)
         lease.check()
+
+
+def test_a_worker_pulls_one_version_not_the_registry(s3_root: str, tmp_path: Path) -> None:
+    here, worker = _machines(s3_root, tmp_path)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes")
+    with here.models("digits") as root:
+        for fingerprint in ("a", "b"):
+            registry.register(root, "digits", {"model.onnx": model}, {"model_fingerprint": fingerprint, "metrics": {}}, {})
+    folder = worker.pull_version("digits", "v2")
+    assert (folder / "model.onnx").read_bytes() == b"onnx bytes" and json.loads((folder / "card.json").read_text())["version"] == "v2"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["v2"], "v1 is not fetched, nor the champion pointer"
+    assert worker.pull_version("digits", "v2") == folder  # there already: nothing fetched
+    with pytest.raises(ConfigError, match="not a registered model version"):
+        worker.pull_version("digits", "v3")
+
+
+def test_training_checkpoints_reach_another_machine_through_the_root(s3_root: str, tmp_path: Path) -> None:
+    """What a dying machine committed last is what the next one resumes from: the new files, then
+    progress.json; files the folder dropped are dropped in the store too."""
+    from imgflow.checkpoints import PROGRESS, CheckpointMirror, load_progress
+
+    uri = ObjectRoot(s3_root).url("train/.work-k1")
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+    mirror = CheckpointMirror(uri)
+    for epoch in (1, 2):
+        for old in first.glob("epoch-*"):
+            old.unlink()
+        (first / f"epoch-{epoch:04d}.keras").write_bytes(os.urandom(100))
+        (first / "best.weights.h5").write_bytes(f"best of {epoch}".encode())
+        (first / PROGRESS).write_text(json.dumps({"epoch": epoch, "checkpoint": f"epoch-{epoch:04d}.keras", "history": {}}))
+        mirror.push(first)
+    assert ObjectRoot(s3_root).files("train/.work-k1") == ["best.weights.h5", "epoch-0002.keras", PROGRESS]
+
+    CheckpointMirror(uri).pull(second)
+    assert load_progress(second)["epoch"] == 2
+    assert {p.name: p.read_bytes() for p in second.iterdir()} == {p.name: p.read_bytes() for p in first.iterdir()}
+    (third / PROGRESS).write_text(json.dumps({"epoch": 5, "checkpoint": "mine.keras", "history": {}}))
+    CheckpointMirror(uri).pull(third)
+    assert [p.name for p in third.iterdir()] == [PROGRESS], "a machine's own checkpoints win"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    CheckpointMirror(ObjectRoot(s3_root).url("train/.work-none")).pull(empty)
+    assert not any(empty.iterdir()) and load_progress(empty) is None, "nothing in the store: training starts afresh"
+
+
+def test_an_object_read_while_another_machine_replaces_it_is_one_whole_version(s3_root: str) -> None:
+    """pyarrow reads an object's size, then that many bytes: against an object being replaced, that
+    gave an old size with new bytes (a truncated champion pointer, a torn checkpoint record)."""
+    root = ObjectRoot(s3_root)
+    versions = [b"a" * 300, b"b" * 320, b"c" * 280]
+    root.write_bytes("pointer.json", versions[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            root.write_bytes("pointer.json", versions[turn % 3])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        torn = [data[:10] for data in (root.read_bytes("pointer.json") for _ in range(300)) if data not in versions]
+    finally:
+        stop.set()
+        writer.join()
+    assert not torn
+    assert root.read_bytes("nothing-here") is None
