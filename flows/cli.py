@@ -380,8 +380,8 @@ def _cache(args: argparse.Namespace) -> int:
     from imgflow import cache
     from imgflow.store import ArtifactStore
 
-    # An object-store root is listed and pruned in its local mirror (what this machine holds).
-    root = ArtifactStore(args.artifacts).root
+    # An object-store root is listed and pruned in the bucket (the mirror's copies of what goes, too).
+    root = args.artifacts
     if args.cache_command == "ls":
         found = cache.entries(root)
         table = _table("stage", "key", "size", "age", "used by")
@@ -396,7 +396,7 @@ def _cache(args: argparse.Namespace) -> int:
             )
         console = _console()
         console.print(table)
-        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {root}")
+        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {ArtifactStore(root).uri}")
         return 0
     removed = cache.prune(root, keep_runs=args.keep_runs, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -4,6 +4,12 @@ Every run appends one line to ``<artifacts>/runs.jsonl`` (when, the decision, ea
 every registered model version records its lineage in its card. An output is *needed* when a
 registered version's lineage names it (the champion's included) or one of the most recent runs used
 it; ``prune`` removes everything else, and the leftovers of killed runs.
+
+On an object-store root (``s3://bucket/prefix``) the bucket is listed and pruned, not this machine's
+mirror: each run is also logged there as one object (``runs/<when>-<id>.json``, so runs on several
+machines never rewrite one file), the models' lineage is read from their cards in the bucket, a key
+whose lease object is there is being built and left alone, and an output is removed manifest first,
+so that no run takes what is left of it for complete. The mirror's copy of a removed output goes too.
 """
 
 from __future__ import annotations
@@ -12,24 +18,27 @@ import fcntl
 import json
 import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgflow import registry
 from imgflow.pipeline import PIPELINE
-from imgflow.store import MANIFEST
+from imgflow.store import MANIFEST, ArtifactStore
 
 RUNS = "runs.jsonl"
+REMOTE_RUNS = "runs"  # an object-store root's run log: one object per run
 
 
 @dataclass
 class Entry:
     stage: str
     key: str
-    path: Path
+    path: Path | str  # a local folder, or the output's URI on an object-store root
     bytes: int
     created: float
     complete: bool
@@ -38,7 +47,8 @@ class Entry:
 
 
 def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
-    """Append a finished run to the run log (one JSON line, so concurrent runs cannot interleave)."""
+    """Append a finished run to the run log (one JSON line, so concurrent runs cannot interleave); on
+    an object-store root, to the mirror's and, as an object of its own, to the bucket's."""
     line = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": summary["model"],
@@ -52,12 +62,21 @@ def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
         },
         **({"partitions": summary["partitions"]} if "partitions" in summary else {}),
     }
-    with open(Path(root) / RUNS, "a") as log:
-        log.write(json.dumps(line, sort_keys=True) + "\n")
+    store = ArtifactStore(root)
+    text = json.dumps(line, sort_keys=True)
+    with open(store.root / RUNS, "a") as log:
+        log.write(text + "\n")
+    if store.remote is not None:
+        store.remote.write_bytes(f"{REMOTE_RUNS}/{line['at']}-{uuid.uuid4().hex[:8]}.json", text.encode())
 
 
-def _runs(root: Path) -> list[dict[str, Any]]:
-    path = root / RUNS
+def _runs(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every logged run, oldest first."""
+    if store.remote is not None:
+        names = [f"{REMOTE_RUNS}/{name}" for name in store.remote.files(REMOTE_RUNS) if name.endswith(".json")]
+        with ThreadPoolExecutor(8) as pool:
+            return [json.loads(data) for data in pool.map(store.remote.read_bytes, names) if data is not None]
+    path = store.root / RUNS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -74,24 +93,39 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _model_users(root: Path) -> dict[tuple[str, str], list[str]]:
+def _cards(store: ArtifactStore) -> list[tuple[str, str, dict[str, Any]]]:
+    """(model, version, card) of every registered version: read in the bucket on an object-store root
+    (its cards alone, not the models)."""
+    if store.remote is None:
+        root = store.root
+        names = sorted(p.name for p in (root / "models").glob("*"))
+        return [(name, version, registry.card(root, name, version)) for name in names for version in registry.versions(root, name)]
+    cards = [f for f in store.remote.files("models") if f.count("/") == 2 and f.endswith("/card.json")]
+    with ThreadPoolExecutor(8) as pool:
+        data = list(pool.map(lambda f: store.remote.read_bytes(f"models/{f}"), cards))
+    return [(*f.split("/")[:2], json.loads(card)) for f, card in zip(cards, data, strict=True) if card is not None]
+
+
+def _model_users(store: ArtifactStore) -> dict[tuple[str, str], list[str]]:
     users: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for folder in sorted((root / "models").glob("*")):
-        for version in registry.versions(root, folder.name):
-            lineage = registry.card(root, folder.name, version).get("lineage", {})
-            for stage, item in lineage.items():
-                users[(stage, item["key"])].append(f"{folder.name}/{version}")
+    for name, version, card in _cards(store):
+        for stage, item in card.get("lineage", {}).items():
+            users[(stage, item["key"])].append(f"{name}/{version}")
     return users
 
 
 def entries(root: str | Path) -> list[Entry]:
-    """Every stage output under ``root``, complete or left by a killed run, with who uses it."""
-    root = Path(root)
-    models = _model_users(root)
+    """Every stage output under ``root`` (in the bucket, for an object-store root), complete or left
+    by a killed run, with who uses it."""
+    store = ArtifactStore(root)
+    models = _model_users(store)
     runs: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for run in _runs(root):
+    for run in _runs(store):
         for used in _used(run):
             runs[used].append(run["at"])
+    if store.remote is not None:
+        return _remote_entries(store, runs, models)
+    root = store.root
     found = []
     for stage in PIPELINE.names:
         for path in sorted((root / stage).glob("*")) if (root / stage).is_dir() else []:
@@ -114,9 +148,40 @@ def entries(root: str | Path) -> list[Entry]:
     return found
 
 
-def _in_use(stage_dir: Path, key: str) -> bool:
-    """Whether a live build holds this key's lock right now."""
-    lock = stage_dir / f".lock-{key}"
+def _remote_entries(
+    store: ArtifactStore, runs: Mapping[tuple[str, str], list[str]], models: Mapping[tuple[str, str], list[str]]
+) -> list[Entry]:
+    assert store.remote is not None
+    found = []
+    for stage in PIPELINE.names:
+        outputs: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
+        for name, size, modified in store.remote.listing(stage):
+            key, sep, rest = name.partition("/")
+            if sep:  # top-level objects are leases
+                outputs[key].append((rest, size, modified))
+        for key, files in sorted(outputs.items()):
+            names = {name: modified for name, _, modified in files}
+            found.append(
+                Entry(
+                    stage=stage,
+                    key=key,
+                    path=store.remote.url(f"{stage}/{key}"),
+                    bytes=sum(size for _, size, _ in files),
+                    created=names.get(MANIFEST, max(names.values())),
+                    complete=MANIFEST in names,
+                    runs=runs.get((stage, key), []),
+                    models=models.get((stage, key), []),
+                )
+            )
+    return found
+
+
+def _in_use(store: ArtifactStore, stage: str, key: str) -> bool:
+    """Whether a live build holds this key's lock right now (on an object-store root: whether its
+    lease object is there, a dead holder's included until a run takes it over)."""
+    if store.remote is not None:
+        return store.remote.read_bytes(f"{stage}/.lease-{key}") is not None
+    lock = store.root / stage / f".lock-{key}"
     if not lock.exists():
         return False
     with open(lock, "a") as handle:
@@ -144,16 +209,24 @@ def prune(root: str | Path, keep_runs: int = 5, dry_run: bool = False) -> list[E
     build holds the lock of is touched. Lock files stay: removing one under a waiting run would let
     two runs build the same key.
     """
-    root = Path(root)
-    recent = _runs(root)[-keep_runs:] if keep_runs > 0 else []
+    store = ArtifactStore(root)
+    recent = _runs(store)[-keep_runs:] if keep_runs > 0 else []
     needed = {used for run in recent for used in _used(run)}
     removed = []
     for entry in entries(root):
         if entry.models or (entry.stage, _key_of(entry)) in needed:
             continue
-        if _in_use(root / entry.stage, _key_of(entry)):
+        if _in_use(store, entry.stage, _key_of(entry)):
             continue
         removed.append(entry)
         if not dry_run:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            _remove(store, entry)
     return removed
+
+
+def _remove(store: ArtifactStore, entry: Entry) -> None:
+    if store.remote is not None:
+        folder = f"{entry.stage}/{entry.key}"
+        for name in sorted(store.remote.files(folder), key=lambda name: name != MANIFEST):  # manifest first: incomplete at once
+            store.remote.delete(f"{folder}/{name}")
+    shutil.rmtree(store.root / entry.stage / entry.key, ignore_errors=True)

@@ -118,10 +118,17 @@ class ObjectRoot:
 
     def files(self, relative: str) -> list[str]:
         """Every object under the folder ``relative``, as paths relative to it (sorted)."""
+        return [name for name, _, _ in self.listing(relative)]
+
+    def listing(self, relative: str) -> list[tuple[str, int, float]]:
+        """(path relative to the folder ``relative``, bytes, modified: seconds since the epoch) of every
+        object under it, sorted by path."""
         prefix = self.path(relative)
         selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
         return sorted(
-            info.path[len(prefix) + 1:] for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File
+            (info.path[len(prefix) + 1:], info.size, info.mtime.timestamp() if info.mtime else 0.0)
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
         )
 
     def download(self, relative: str, names: Mapping[str, Mapping[str, Any]] | list[str], into: Path) -> None:

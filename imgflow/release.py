@@ -46,5 +46,5 @@ def conclude(
         promoter(root, name, to_jsonable(cfg), results)
     local = ArtifactStore(root).pull_models(name)  # the local folder (a mirror of an object-store root)
     summary = build_summary(name, local, results, registry.champion(local, name), time.time() - started, parts, until)
-    record_run(local, summary)
+    record_run(root, summary)
     return summary

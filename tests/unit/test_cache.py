@@ -82,3 +82,38 @@ def test_a_partitioned_run_keeps_every_partitions_outputs(store: ArtifactStore) 
     cache.record_run(store.root, summary)
     assert cache.prune(store.root, keep_runs=1) == []
     assert [e.key for e in cache.prune(store.root, keep_runs=0)] == sorted(days)
+
+
+def test_on_an_s3_root_the_bucket_is_listed_and_pruned(s3_root: str, tmp_path: Path) -> None:
+    """Outputs built on any machine, runs logged by any machine and models registered in the bucket
+    decide, not this machine's mirror; a key whose lease object is there is left alone; a pruned
+    output loses its manifest first and is gone from the mirror too."""
+    from imgflow.objectstore import ObjectRoot
+
+    here, there = ArtifactStore(s3_root), ArtifactStore(s3_root, mirror=tmp_path / "another-machine")
+    lineage = _output(there, "shard", "champion")
+    recent = _output(there, "shard", "recent")
+    unused = _output(here, "download", "unused")
+    leased = _output(there, "download", "leased")
+    remote = ObjectRoot(s3_root)
+    remote.write_bytes(f"download/.lease-{leased}", b"{}")  # a build of that key is going on
+    remote.write_bytes("train/.work-cafe/epoch-0001.keras", b"checkpoint")  # a killed training's
+    onnx = tmp_path / "model.onnx"
+    onnx.write_text("onnx")
+    with there.models("m") as root:
+        registry.register(root, "m", {"model.onnx": onnx}, {"model_fingerprint": "f", "metrics": {}, "lineage": {"shard": {"key": lineage}}}, {})
+    summary = {"model": "m", "decision": "promoted", "version": None, "stages": {"shard": {"key": recent}}}
+    cache.record_run(s3_root, summary)  # logged from this machine
+    assert remote.files("runs")[0].endswith(".json")
+
+    listed = {(e.stage, e.key): e for e in cache.entries(s3_root)}
+    assert set(listed) == {("shard", lineage), ("shard", recent), ("download", unused), ("download", leased), ("train", ".work-cafe")}
+    assert listed[("shard", lineage)].models == ["m/v1"] and len(listed[("shard", recent)].runs) == 1
+    assert str(listed[("shard", recent)].path).startswith("s3://") and listed[("shard", recent)].bytes >= 1000
+    assert not listed[("train", ".work-cafe")].complete
+
+    removed = cache.prune(s3_root, keep_runs=1)
+    assert {(e.stage, e.key) for e in removed} == {("download", unused), ("train", ".work-cafe")}
+    assert not remote.files(f"download/{unused}") and not (here.root / "download" / unused).exists()
+    assert not remote.files("train/.work-cafe")
+    assert there.lookup("shard", lineage) and there.lookup("shard", recent) and there.lookup("download", leased)
