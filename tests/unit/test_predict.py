@@ -124,18 +124,20 @@ def test_a_pool_of_workers_writes_what_one_process_writes(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_dask_cluster_predicts_from_an_s3_root_what_one_process_predicts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_root: str
 ) -> None:
-    """With ``IMGFLOW_TASK_RUNNER=dask:ADDRESS`` the pieces of a table on the bucket run on the Dask
-    workers (separate processes), which pull the model version from the bucket into their own
-    mirror, as a worker on another machine would; the output is byte for byte one process's."""
+    """With ``IMGFLOW_TASK_RUNNER=dask:ADDRESS`` the ``predict`` flow's pieces of a table on the bucket
+    run on the Dask workers (separate processes), which pull the model version from the bucket into
+    their own mirror, as a worker on another machine would; the output is byte for byte one process's."""
     import shutil
 
     import pyarrow.fs as pafs
     from distributed import Client, LocalCluster, get_task_stream
 
     import imgflow.predict as predict_module
+    from flows.predict import predict as predict_flow
     from imgflow.predict import PredictConfig, predict
     from imgflow.store import ArtifactStore
 
@@ -157,7 +159,7 @@ def test_a_dask_cluster_predicts_from_an_s3_root_what_one_process_predicts(
                        env={"IMGFLOW_CACHE": str(worker_mirror)}) as cluster, Client(cluster) as client):
         monkeypatch.setenv("IMGFLOW_TASK_RUNNER", f"dask:{cluster.scheduler_address}")
         with get_task_stream(client) as stream:
-            spread = predict(spec, version, tmp_path / "spread.parquet", PredictConfig(batch_size=5), root=s3_root)
+            spread = predict_flow(input=spec, output=str(tmp_path / "spread.parquet"), artifacts=s3_root, name="tiny", model="v1", batch_size=5)
     pieces = [task for task in stream.data if task["key"].startswith("predict_piece")]
     assert len(pieces) == 5 and len({task["worker"] for task in pieces}) == 2, "five pieces (16 rows: two row groups each), both workers"
     assert (spread["rows"], spread["errors"]) == (alone["rows"], alone["errors"]) == (70, 1)
