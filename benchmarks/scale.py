@@ -1,7 +1,7 @@
 """Scale: the pipeline's stages over growing datasets, with time per image and peak memory per stage.
 
     python benchmarks/scale.py [--sizes 25000,50000,100000,200000] [--image-size 64] [--train]
-                               [--repeat 3] [--speedup-at N] [--workdir DIR] [--keep]
+                               [--repeat 3] [--min-seconds 20] [--speedup-at N] [--workdir DIR] [--keep]
 
 For each size N it generates a Parquet table of N synthetic RGB images (``imgflow.testing.
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
@@ -16,9 +16,12 @@ speed-up of all cores over one. Before each measurement the page cache is flushe
 so that what the previous step wrote is not written back during the next one's clock (on this VM
 that moved a stage's time per image by up to 50%). Each stage runs ``--repeat`` times (rebuilt each
 time), in rounds over the stages (and the one-worker clean), so that the machine's slow spells fall
-on all of them alike: the table shows the best time (as ``timeit`` does: on this VM noise only adds,
-the same download of 25,000 images took 0.8 to 1.8 s, the disk's write-back being the noisiest part)
-and the median peak RSS; the spread across sizes is given for the best and for the median times.
+on all of them alike: the table shows the best and the median time, the number of runs, and the
+median peak RSS; the spread across sizes is given for the best and for the median times. A stage
+whose runs at a size add up to less than ``--min-seconds`` runs again until they do (at most 12
+runs), as ``timeit`` measures a short statement more often: the same download of 25,000 images took
+36 to 71 us per image over eight runs on this VM (median 49), while eight runs at 200,000 images
+stayed within 46-55, so three runs left the smallest sizes' figures, best or median, to chance.
 A size's data (about 45 KB per image: table, raw, clean and shards) is removed before the next size,
 so each size runs with the page cache to itself (9 GB at 200,000 images); keeping every size's data
 (17 GB) would evict the largest size's from the cache and time the disk instead.
@@ -93,6 +96,13 @@ def measure(stage: str, dataset: str, artifacts: Path, force: bool, workers: int
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+_MAX_RUNS = 12
+
+
+def _wants_more(done: list[dict], min_seconds: float) -> bool:
+    return len(done) < _MAX_RUNS and sum(run["seconds"] for run in done) < min_seconds
+
+
 def _spread(values: list[float]) -> float:
     return max(values) / min(values)
 
@@ -103,6 +113,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train", action="store_true", help="also train (one epoch), validate and export")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement: the best time and the median peak RSS are reported")
+    parser.add_argument("--min-seconds", type=float, default=20.0,
+                        help=f"more runs of a stage whose runs add up to less than this at a size (at most {_MAX_RUNS})")
     parser.add_argument("--speedup-at", type=int, help="the size at which to compare 1 and all workers (default: the largest)")
     parser.add_argument("--workdir", type=Path, help="where tables and artifacts go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (by default removed at the end)")
@@ -144,14 +156,21 @@ def main() -> None:
                     runs[stage, size].append(measure(stage, dataset, artifacts, force=attempt > 0))
                 if size == speedup_at:
                     one_worker.append(measure("clean", dataset, artifacts, force=True, workers=1)["seconds"])
+            # Then more rounds of the stages whose runs are short, until each has --min-seconds in all:
+            # a one-second run is at the mercy of one slow (or fast) second of the VM.
+            while short := [stage for stage in stages if _wants_more(runs[stage, size], args.min_seconds)]:
+                for stage in short:
+                    runs[stage, size].append(measure(stage, dataset, artifacts, force=True))
             if not args.keep:  # the next size's data then has the page cache to itself, as this one had
                 shutil.rmtree(work / f"n{size}")
-        print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'peak RSS MB':>12}")
+        print(f"{'images':>8}  {'stage':<9} {'seconds':>8} {'images/s':>9} {'us/image':>9} {'median':>7} {'runs':>5} {'peak RSS MB':>12}")
         for size in sizes:
             for stage in stages:
-                seconds = min(run["seconds"] for run in runs[stage, size])
+                times = [run["seconds"] for run in runs[stage, size]]
+                seconds = min(times)
                 rss = statistics.median(run["peak_rss_mb"] for run in runs[stage, size])
-                print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} {rss:>12.0f}")
+                print(f"{size:>8}  {stage:<9} {seconds:>8.2f} {size / seconds:>9.0f} {1e6 * seconds / size:>9.1f} "
+                      f"{1e6 * statistics.median(times) / size:>7.1f} {len(times):>5} {rss:>12.0f}")
         print("\nacross sizes (largest / smallest):")
         for stage in stages:
             best = [min(run["seconds"] for run in runs[stage, n]) / n for n in sizes]
