@@ -21,6 +21,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from imgflow.config import RunConfig
 from imgflow.errors import ConfigError
+from imgflow.parallel import worker_count
 from imgflow.partitions import Partition
 from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
 from imgflow.promote import versus_champion
@@ -45,7 +46,7 @@ def task_runner() -> TaskRunner:
 
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+        return DaskTaskRunner(cluster_kwargs={"n_workers": worker_count(), "threads_per_worker": 1, "processes": True})
     raise ConfigError(f"IMGFLOW_TASK_RUNNER={spec!r}: expected threads[:N], dask or dask:ADDRESS")
 
 

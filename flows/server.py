@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from flows.postgres import PostgresCluster, new_password
-from imgflow.errors import UserError
+from imgflow.errors import ConfigError, MachineError, UserError
 from imgflow.lifetime import descendants, running, start_time, stop
 from imgflow.store import file_lock
 from imgflow.testing import free_port
 
 DATABASES = ("sqlite", "postgres")
+TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_CEILING = 180.0  # seconds; see startup_timeout
+NOTICE_AFTER = 5.0  # seconds of waiting for the temporary server before the command says so
 
 
 class TemporaryAPI:
@@ -60,7 +63,8 @@ class TemporaryAPI:
         # Read from the environment, not Prefect's settings: importing those takes ~0.8 s, and the
         # server starts before that unless the environment names a server already.
         self._home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-        self._timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20"))
+        self._timeout = startup_timeout()
+        self._began = time.monotonic()
         self._starting = threading.Thread(target=self._start, name="prefect server start", daemon=True)
         if not os.environ.get("PREFECT_API_URL"):
             self._starting.start()
@@ -79,7 +83,7 @@ class TemporaryAPI:
             self._failure = failure
 
     def _serve(self) -> None:
-        deadline = time.monotonic() + self._timeout
+        deadline = self._began + self._timeout
         while True:
             port = free_port()
             self._process = subprocess.Popen(
@@ -92,10 +96,7 @@ class TemporaryAPI:
                 return
             # 3: uvicorn could not bind the port (taken since free_port chose it): try another.
             if self._process.returncode != 3 or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Prefect's temporary server did not start within {self._timeout:.0f} s "
-                    f"(exit status {self._process.returncode}; its errors are above)"
-                )
+                raise MachineError(_did_not_start(self._timeout, self._process.returncode, self._home))
 
     @contextmanager
     def serving(self) -> Iterator[str]:
@@ -114,7 +115,13 @@ class TemporaryAPI:
                     self._stop()
             return
         try:
-            self._starting.join()
+            self._starting.join(timeout=max(0.0, self._began + NOTICE_AFTER - time.monotonic()))
+            if self._starting.is_alive():
+                print(
+                    f"imgflow: starting Prefect's local server (its first start creates its database in {self._home}); "
+                    f"waiting up to {self._timeout:.0f} s", file=sys.stderr, flush=True,
+                )
+                self._starting.join()
             if self._failure is not None:
                 raise self._failure
             # No flow-run heartbeats: they let a lasting server notice a run that died, and this server
@@ -138,6 +145,36 @@ class TemporaryAPI:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+
+def startup_timeout() -> float:
+    """How long a command waits for Prefect's temporary server: Prefect's own setting when the
+    environment sets it, else ``STARTUP_CEILING``. Prefect's default of 20 s assumes a fast machine: a
+    first start under a CPU quota (creating and migrating its SQLite database) can take a minute or
+    more. The wait ends as soon as the server answers, or its process exits."""
+    value = os.environ.get(TIMEOUT_SETTING)
+    if value is None:
+        return STARTUP_CEILING
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{TIMEOUT_SETTING}={value!r}: expected a number of seconds above 0")
+    return seconds
+
+
+def _did_not_start(timeout: float, status: int | None, home: Path) -> str:
+    """The one paragraph a command ends with when the temporary server never answered."""
+    what = ("its process was still starting" if status in (None, -15)
+            else f"its process exited with status {status}; its errors are above")
+    return (
+        f"Prefect's temporary server did not answer within {timeout:.0f} s ({what}). The machine may be too "
+        f"slow or too CPU-limited to start it in time (its first start creates its database in {home}), or "
+        f"something there stops it. Either wait longer: {TIMEOUT_SETTING}={max(600, int(timeout * 3))} "
+        "imgflow ...; or run against a lasting server: `imgflow server start`, then set PREFECT_API_URL to the "
+        "URL it prints."
+    )
 
 
 def _healthy(api_url: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
@@ -175,7 +212,8 @@ class RunningServer:
 
 
 def start_server(
-    home: Path, *, host: str = "127.0.0.1", port: int = 0, database: str = "sqlite", auth: bool = True, timeout: float = 120
+    home: Path, *, host: str = "127.0.0.1", port: int = 0, database: str = "sqlite", auth: bool = True,
+    timeout: float | None = None,
 ) -> RunningServer:
     """Start ``prefect server start`` (with its UI) in the background and return once it answers.
 
@@ -229,13 +267,21 @@ def start_server(
     state.update(pid=server.pid, started=start_time(server.pid), api_url=api_url)
     _write_private(home / "server.json", json.dumps(state, indent=1))
     started = RunningServer(api_url, secrets["auth"] if auth else None, database, server.pid)
+    timeout = startup_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         try:
             urllib.request.urlopen(f"{api_url}/health", timeout=2).read()
             break
         except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
+            if server.poll() is None and time.monotonic() > deadline:
+                stop_server(home)
+                raise MachineError(
+                    f"prefect server did not answer within {timeout:.0f} s: the machine may be too slow or too "
+                    f"CPU-limited to start it in time; set {TIMEOUT_SETTING} to wait longer. Its log ({log_path}) "
+                    f"ends: {log_path.read_text()[-1500:]}"
+                ) from None
+            if server.poll() is not None:
                 stop_server(home)
                 raise UserError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
             time.sleep(0.5)
@@ -276,7 +322,7 @@ def _processes(state: dict[str, Any]) -> dict[int, int]:
 
 
 @contextmanager
-def prefect_server(home: Path, *, database: str = "sqlite", auth: bool = False, timeout: float = 120) -> Iterator[RunningServer]:
+def prefect_server(home: Path, *, database: str = "sqlite", auth: bool = False, timeout: float | None = None) -> Iterator[RunningServer]:
     """A real ``prefect server start`` on 127.0.0.1 and a free port for the block (``start_server``),
     for the deployment tests and benchmarks."""
     server = start_server(home, database=database, auth=auth, timeout=timeout)

@@ -4,10 +4,10 @@ is visible (GPUs, ``TF_CONFIG``) and the train config, as plain functions that t
 - Strategy: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster with more than one
   worker, ``MirroredStrategy`` when one process sees several GPUs, else TensorFlow's default.
 - Precision: ``auto`` means ``mixed_bfloat16`` on a GPU (compute in bf16, variables in float32), and on
-  a CPU with AMX bf16 tiles (``amx_bf16``: Intel Sapphire Rapids and later), where oneDNN's bf16
-  kernels trained resnet9 1.26-1.82x and the default CNN 1.2x faster than float32 (2026-12-03,
-  benchmarks/RESULTS.md) at the same accuracy; ``float32`` on other CPUs, AVX512-BF16 alone included
-  (AMD EPYC: 1.00x on 2026-11-22, so not worth bf16's coarser numbers).
+  a CPU whose oneDNN kernels run bf16 on AMX tiles (``bf16_kernels``: Intel Sapphire Rapids and later,
+  oneDNN on and not limited below AMX), where they train faster than float32 at the same accuracy
+  (benchmarks/RESULTS.md); ``float32`` on other CPUs, AVX512-BF16 alone included (no faster there, so
+  not worth bf16's coarser numbers).
 - XLA: ``auto`` compiles the train step (``jit_compile``) on a GPU only.
 - Augmentation: ``auto`` applies it per batch inside the train step on a GPU (``with_augmentation``), so
   it runs on the device next to the model, and in the tf.data pipeline on a CPU, where it overlaps with
@@ -53,9 +53,10 @@ def plan(
     tf_config: str | None,
     augment_on: str = "auto",
     cpu: frozenset[str] = frozenset(),
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The training plan for ``gpus`` (visible GPU names), a ``TF_CONFIG`` value (or None) and the
-    CPU's feature flags (``cpu_flags``)."""
+    """The training plan for ``gpus`` (visible GPU names), a ``TF_CONFIG`` value (or None), the CPU's
+    feature flags (``cpu_flags``) and the environment that steers oneDNN (``bf16_kernels``)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if augment_on not in ("auto", "host", "device"):
@@ -70,12 +71,24 @@ def plan(
     else:
         strategy = "default"
     on_gpu = bool(gpus)
-    fast_bf16 = on_gpu or "amx_bf16" in cpu
+    fast_bf16 = on_gpu or bf16_kernels(cpu, os.environ if environ is None else environ)
     resolved = ("mixed_bfloat16" if fast_bf16 else "float32") if precision == "auto" else precision
     jit = on_gpu if jit_compile == "auto" else bool(jit_compile)
     index = int(task.get("index", 0)) if task.get("type", "worker") == "worker" else 0
     on_device = augment_on == "device" or (augment_on == "auto" and on_gpu)
     return Plan(strategy, resolved, jit, max(1, workers), index, on_device)
+
+
+def bf16_kernels(cpu: frozenset[str], environ: Mapping[str, str]) -> bool:
+    """Whether TensorFlow's oneDNN kernels will run bfloat16 on AMX tiles here: the CPU has them, oneDNN
+    is on (``TF_ENABLE_ONEDNN_OPTS`` not 0) and not limited to an instruction set below AMX
+    (``ONEDNN_MAX_CPU_ISA``, such as AVX2). Without them bfloat16 is emulated, and slower than float32."""
+    if "amx_bf16" not in cpu:
+        return False
+    if environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    isa = environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
+    return isa in ("ALL", "DEFAULT", "") or "AMX" in isa
 
 
 def current_plan(precision: str, jit_compile: str | bool, augment_on: str = "auto") -> Plan:

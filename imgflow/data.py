@@ -8,7 +8,6 @@ in memory is parsed once and cached decoded, so every later epoch is as cheap as
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -16,6 +15,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from imgflow import cpus
 from imgflow.features import parse_batch, parse_records, parse_texts
 
 # Training shards smaller than this in total are cached in memory, decoded, after the first pass: small
@@ -24,8 +24,9 @@ CACHE_LIMIT_BYTES = 256 << 20
 
 
 def _parallel_calls() -> int:
-    """The parallelism of the pipelines' maps (tf.data's autotuning is off: see ``shard_dataset``)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The parallelism of the pipelines' maps (tf.data's autotuning is off: see ``shard_dataset``): the
+    CPU time the process has (``imgflow.cpus``), not the cores it sees."""
+    return cpus.threads()
 
 
 def make_augmenter(translate: float, rotate: float, zoom: float, seed: int) -> keras.Sequential | None:

@@ -23,6 +23,12 @@ class ConfigError(UserError):
     """A configuration value or dataset spec that is invalid."""
 
 
+class MachineError(UserError):
+    """The machine or its environment is at fault, not the input and not imgflow: a server that a slow
+    or CPU-limited machine could not start in time, a full disk, a read-only folder. The message says
+    what happened and what to do."""
+
+
 class ExportMismatchError(RuntimeError):
     """The SavedModel and ONNX exports disagree beyond tolerance: the model must not be promoted."""
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from imgflow import cpus
 from imgflow.errors import ConfigError
 
 
@@ -23,15 +24,14 @@ def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int 
     ``keep_memory=False`` turns off ONNX Runtime's memory arena, which otherwise keeps the largest
     batch's buffers for the session's life: for the one-off evaluations inside a pipeline run, where
     each session would hold hundreds of MB of large images' activations. Batch prediction keeps it.
-    ``threads``: the session's threads for one operator (default: one per core), fewer when several
-    processes share the cores.
+    ``threads``: the session's threads for one operator (default: the CPU time the process has,
+    ``imgflow.cpus``), fewer when several processes share it.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = keep_memory
-    if threads is not None:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or cpus.threads()
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -3,7 +3,8 @@
 Decoding images is CPU work that Python's threads cannot share, so the stages hand chunks of records
 (row groups of a Parquet table, named by path and index: never the data) to a process pool and
 assemble the results in chunk order, which makes a parallel run's output byte-identical to a serial
-one's. ``IMGFLOW_WORKERS`` sets the number of processes (default: the CPUs this process may use);
+one's. ``IMGFLOW_WORKERS`` sets the number of processes (default: the CPU time this process has,
+``imgflow.cpus``: under a quota of 0.4 CPU, one);
 with 1, or a single chunk, everything runs in this process.
 
 The pool's processes come from a ``forkserver``: a clean interpreter that forks the workers, so they
@@ -31,6 +32,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from imgflow import cpus
 from imgflow.errors import ConfigError
 from imgflow.lifetime import die_with
 
@@ -56,10 +58,10 @@ def start_forkserver() -> None:
 
 
 def worker_count() -> int:
-    """How many processes the data stages may use: ``IMGFLOW_WORKERS``, else every CPU we may run on."""
+    """How many processes the data stages may use: ``IMGFLOW_WORKERS``, else the CPU budget's threads."""
     value = os.environ.get(WORKERS)
     if value is None:
-        return len(os.sched_getaffinity(0))
+        return cpus.threads()
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"{WORKERS}={value!r}: expected a whole number of processes, 1 or more")
     return int(value)

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow import progress
+from imgflow import cpus, progress
 from imgflow.config import BACKENDS, resolve_dataset
 from imgflow.errors import ConfigError, SourceError
 from imgflow.images import BadImage, decode
@@ -252,7 +252,7 @@ def _session_threads(pool: object, pieces: int) -> int | None:
         return None
     if dask_address() is not None:
         return 1
-    return max(1, len(os.sched_getaffinity(0)) // min(worker_count(), pieces))
+    return max(1, cpus.threads() // min(worker_count(), pieces))
 
 
 def predict(

@@ -100,6 +100,10 @@ class Hardware(_Strict):
     replicas: int
     workers: int
     augment_on_device: bool
+    # The CPU time the process had (imgflow.cpus: cores, under a quota a fraction) and the threads its
+    # pools got; None in outputs made before they were recorded.
+    cpus: float | None = None
+    cpu_threads: int | None = None
 
 
 class TrainInfo(_Strict):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgflow import cpus
 from imgflow.pipeline import PIPELINE
 from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 
@@ -116,6 +117,7 @@ def build_summary(
         "stages": stages,
         "artifacts": artifacts,
         "seconds": round(seconds, 2),
+        "cpus": cpus.budget().as_dict(),
         **({"partitions": _partition_statuses(partitions)} if partitions is not None else {}),
     }
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from imgflow import progress
+from imgflow import cpus, progress
 from imgflow.errors import SourceError
 
 SVG_ROOT = Path("/usr/share/openclipart/svg")
@@ -112,7 +112,7 @@ def build(output: Path, svg_root: Path = SVG_ROOT, size: int = 64, workers: int 
         return {"id": relative.as_posix(), "image": render(svg, size), "text": metadata_text(svg), "label": relative.parts[0]}
 
     try:
-        with pq.ParquetWriter(tmp, SCHEMA) as writer, ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer, ThreadPoolExecutor(workers or cpus.threads()) as pool:
             batch: list[dict[str, Any]] = []
             for done, found in enumerate(pool.map(row, files), 1):  # in file order
                 batch.append(found)

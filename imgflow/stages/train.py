@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from imgflow import cpus
 from imgflow.config import TrainConfig
 from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
@@ -146,6 +147,13 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         )
     if by_validation and chosen.workers > 1:
         raise ConfigError("[train] early_stopping and schedule = \"plateau\" are not supported across several workers yet")
+    cpu = cpus.budget()
+    print(
+        f"training plan: {chosen.precision}, {chosen.strategy} strategy{', XLA' if chosen.jit_compile else ''}, "
+        f"{cpu.threads} CPU thread{'s' * (cpu.threads > 1)} ({cpu.source}), {steps_per_epoch} steps of "
+        f"{config.batch_size} an epoch",
+        flush=True,
+    )
     checkpoints = scratch_dir(out_dir)
     mirror = CheckpointMirror(uri) if (uri := remote_scratch()) else None  # an object-store root's copy
     if mirror is not None:
@@ -228,6 +236,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         hardware=Hardware(
             strategy=chosen.strategy, precision=chosen.precision, jit_compile=chosen.jit_compile,
             replicas=int(strategy.num_replicas_in_sync), workers=chosen.workers, augment_on_device=on_device,
+            cpus=round(cpu.cores, 3), cpu_threads=cpu.threads,
         ),
         vocabulary=len(encoder.words) if encoder is not None else None,
         best_epoch=best,

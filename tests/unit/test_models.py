@@ -75,14 +75,30 @@ def test_hardware_plan(gpus, tf_config, precision, jit, expected) -> None:
 
 def test_auto_precision_on_a_cpu_is_bfloat16_only_with_amx_tiles(tmp_path) -> None:
     sapphire_rapids = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
-    assert plan("auto", "auto", [], None, cpu=sapphire_rapids).precision == "mixed_bfloat16"
-    assert plan("auto", "auto", [], None, cpu=frozenset({"avx512f", "avx512_bf16"})).precision == "float32"  # AMD Zen 4
+    assert plan("auto", "auto", [], None, cpu=sapphire_rapids, environ={}).precision == "mixed_bfloat16"
+    assert plan("auto", "auto", [], None, cpu=frozenset({"avx512f", "avx512_bf16"}), environ={}).precision == "float32"  # AMD Zen 4
     assert plan("float32", "auto", [], None, cpu=sapphire_rapids).precision == "float32"  # as told
     assert not plan("auto", "auto", [], None, cpu=sapphire_rapids).jit_compile
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512_bf16 amx_bf16\n\nprocessor\t: 1\n")
     assert cpu_flags(cpuinfo) == {"fpu", "avx512_bf16", "amx_bf16"}
     assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("environ", "precision"),
+    [
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),  # oneDNN limited below AMX: bf16 would be emulated
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, "float32"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "mixed_bfloat16"),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "mixed_bfloat16"),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "float32"),  # oneDNN off, as TensorFlow has it on most AMD parts
+        ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "mixed_bfloat16"),
+    ],
+)
+def test_auto_precision_is_float32_where_onednn_cannot_use_the_amx_tiles(environ, precision) -> None:
+    sapphire_rapids = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+    assert plan("auto", "auto", [], None, cpu=sapphire_rapids, environ=environ).precision == precision
 
 
 def test_augmentation_moves_to_the_device_only_with_a_gpu_unless_told() -> None:

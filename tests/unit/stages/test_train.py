@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from imgflow.accel import cpu_flags
+from imgflow import cpus
+from imgflow.accel import bf16_kernels, cpu_flags
 from imgflow.config import ExportConfig, TrainConfig
 from imgflow.stages.export import EXPORT
 from imgflow.stages.train import TRAIN
@@ -54,9 +56,11 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
 
 def test_resnet9_trains_and_the_plan_is_recorded(store: ArtifactStore, shards: StageResult) -> None:
     trained = TRAIN.run(store, TrainConfig(model="resnet9", width=8, epochs=1, translate=0, rotate=0, zoom=0), {"shards": shards})
-    precision = "mixed_bfloat16" if "amx_bf16" in cpu_flags() else "float32"  # this machine's CPU decides
+    precision = "mixed_bfloat16" if bf16_kernels(cpu_flags(), os.environ) else "float32"  # this machine's CPU decides
+    cpu = cpus.budget()
     assert trained.info.hardware.model_dump() == {"strategy": "default", "precision": precision, "jit_compile": False,
-                                        "replicas": 1, "workers": 1, "augment_on_device": False}
+                                        "replicas": 1, "workers": 1, "augment_on_device": False,
+                                        "cpus": round(cpu.cores, 3), "cpu_threads": cpu.threads}
     assert np.isfinite(trained.info.final["loss"])
 
 
