@@ -106,7 +106,7 @@ class ShardConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = field(default="cnn", metadata=_one_of(*MODEL_NAMES))
-    width: int = field(default=24, metadata=_at_least(1))
+    width: int = field(default=16, metadata=_at_least(1))
     epochs: int = field(default=15, metadata=_at_least(1))
     batch_size: int = field(default=64, metadata=_at_least(1))
     learning_rate: float = field(default=3e-3, metadata=_above(0))
