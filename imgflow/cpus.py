@@ -22,6 +22,7 @@ from pathlib import Path
 from imgflow.errors import ConfigError
 
 OVERRIDE = "IMGFLOW_CPUS"
+SIZED = "IMGFLOW_SIZED_THREADS"  # the variables limit_threads set itself (a user's own are left alone)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,14 @@ def tensorflow_environment(threads_: int | None = None) -> dict[str, str]:
 def limit_threads(environ: MutableMapping[str, str] | None = None) -> None:
     """Size TensorFlow's thread pools to the budget, for this process and those it starts, unless the
     environment already sizes them (a value the user set wins). Call it before TensorFlow is imported:
-    its pools are made once, with the process's first TensorFlow operation."""
+    its pools are made once, with the process's first TensorFlow operation.
+
+    The names it sets are listed in ``SIZED``, so that a process started from this one (which inherits
+    them) sizes them again from its own budget: it may run inside another quota."""
     environ = os.environ if environ is None else environ
+    ours = set(filter(None, environ.get(SIZED, "").split(",")))
     for name, value in tensorflow_environment().items():
-        environ.setdefault(name, value)
+        if name not in environ or name in ours:
+            environ[name] = value
+            ours.add(name)
+    environ[SIZED] = ",".join(sorted(ours))

@@ -1,5 +1,6 @@
 """Helpers for tests and benchmarks: realistic, dirty image corpora built from the bundled MNIST
-digits, a date-partitioned Parquet table, and a free local port. (A real Prefect server for tests is
+digits, a date-partitioned Parquet table, a free local port, and a CPU quota like a container's
+(``cpu_quota``). (A real Prefect server for tests is
 ``flows.server.prefect_server``: the library never starts Prefect.)
 
 ``dirty_folder`` writes a ``folder:`` dataset the way users' folders look: real digits saved as PNG,
@@ -9,6 +10,7 @@ mixed in. It returns what cleaning must find, so a test can check the accounting
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -16,6 +18,8 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,3 +185,50 @@ def captioned_folder(root: Path, per_class: int = 150, side: int = 16, seed: int
             rng.shuffle(words)
             (folder / f"{index:04d}.txt").write_text(" ".join(words).capitalize() + ".\n")
     return root
+
+
+class QuotaUnavailable(RuntimeError):
+    """No CPU-quota control group can be made here (not root, no cgroup filesystem, read-only)."""
+
+
+@contextmanager
+def cpu_quota(cores: float) -> Iterator[Callable[[], None]]:
+    """A fresh cgroup whose processes share ``cores`` of CPU time (a CFS quota per 100 ms), the way a
+    container with a CPU limit runs: its processes still see every core. Yields the ``preexec_fn``
+    that moves a starting ``subprocess`` into it; the group is removed once its processes are gone.
+    Raises ``QuotaUnavailable`` with the reason where no group can be made."""
+    period = 100_000
+    quota = max(1000, int(cores * period))
+    name = f"imgflow-quota-{os.getpid()}-{time.monotonic_ns()}"
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    try:
+        if v2.is_file():
+            control = Path("/sys/fs/cgroup/cgroup.subtree_control")
+            if "cpu" not in control.read_text().split():
+                control.write_text("+cpu")
+            folder = Path("/sys/fs/cgroup") / name
+            folder.mkdir()
+            (folder / "cpu.max").write_text(f"{quota} {period}")
+            procs = folder / "cgroup.procs"
+        elif Path("/sys/fs/cgroup/cpu").is_dir():
+            folder = Path("/sys/fs/cgroup/cpu") / name
+            folder.mkdir()
+            (folder / "cpu.cfs_period_us").write_text(str(period))
+            (folder / "cpu.cfs_quota_us").write_text(str(quota))
+            procs = folder / "tasks"
+        else:
+            raise QuotaUnavailable("no cgroup CPU controller is mounted under /sys/fs/cgroup")
+    except OSError as error:
+        raise QuotaUnavailable(f"cannot make a CPU-quota cgroup under /sys/fs/cgroup: {error}") from None
+
+    def enter() -> None:
+        procs.write_text(str(os.getpid()))
+
+    try:
+        yield enter
+    finally:
+        deadline = time.monotonic() + 10
+        while procs.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -99,7 +99,12 @@ def test_the_pools_follow_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_count() == 1 and _parallel_calls() == 1
     environ: dict[str, str] = {"TF_NUM_INTEROP_THREADS": "4"}
     cpus.limit_threads(environ)
-    assert environ == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "4", "OMP_NUM_THREADS": "1"}  # a set value wins
+    assert {name: environ[name] for name in cpus.tensorflow_environment()} == {
+        "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "4", "OMP_NUM_THREADS": "1"}  # a user's value wins
+    # A child process inherits the parent's sizing, and sizes what the parent set again from its own budget.
+    monkeypatch.setenv("IMGFLOW_CPUS", "3")
+    cpus.limit_threads(environ)
+    assert (environ["TF_NUM_INTRAOP_THREADS"], environ["TF_NUM_INTEROP_THREADS"]) == ("3", "4")
 
 
 def test_this_process_budget_is_within_what_it_sees() -> None:
