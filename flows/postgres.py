@@ -84,7 +84,8 @@ class PostgresCluster:
                 shutil.rmtree(self.data)
             self._initdb(password, owner)
         self._pg_ctl(
-            "start", "--wait", "--timeout=60", f"--log={self.log}",
+            # A slow or CPU-limited machine's first start (crash recovery, a cold disk) can take minutes.
+            "start", "--wait", "--timeout=180", f"--log={self.log}",
             "-o", f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
         )
         self._create_database(password)
@@ -95,7 +96,7 @@ class PostgresCluster:
     def stop(self) -> None:
         """Stop the cluster (fast shutdown: open connections are closed, nothing is lost)."""
         if self.running():
-            self._pg_ctl("stop", "--wait", "--timeout=60", "--mode=fast")
+            self._pg_ctl("stop", "--wait", "--timeout=180", "--mode=fast")
 
     def _initdb(self, password: str, owner: pwd.struct_passwd | None) -> None:
         # The password goes through a file only the cluster's owner reads, removed right after.

@@ -155,13 +155,9 @@ def startup_timeout() -> float:
     value = os.environ.get(TIMEOUT_SETTING)
     if value is None:
         return STARTUP_CEILING
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise ConfigError(f"{TIMEOUT_SETTING}={value!r}: expected a number of seconds above 0")
-    return seconds
+    if not value.strip().isdigit() or int(value) < 1:  # Prefect's own settings take whole seconds
+        raise ConfigError(f"{TIMEOUT_SETTING}={value!r}: expected a whole number of seconds, 1 or more")
+    return float(value)
 
 
 def _did_not_start(timeout: float, status: int | None, home: Path) -> str:

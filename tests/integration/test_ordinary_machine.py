@@ -15,9 +15,8 @@ import pytest
 
 from imgflow.testing import QuotaUnavailable, cpu_quota
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_the_first_run_under_a_cpu_quota_with_a_new_prefect_home_passes(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "TF_NUM_", "IMGFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "new-prefect-home"), PYTHONUNBUFFERED="1")
@@ -35,3 +34,28 @@ def test_the_first_run_under_a_cpu_quota_with_a_new_prefect_home_passes(tmp_path
     assert "quota 0.4" in summary["cpus"]["source"]
     assert "1 CPU thread (cgroup CPU quota 0.4" in done.stdout + done.stderr  # the training plan said so
     assert "bug in imgflow" not in done.stderr
+
+
+def test_a_server_that_never_answers_in_time_is_the_machines_fault_and_says_what_to_do(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--artifacts", str(tmp_path / "artifacts")],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("imgflow: error: Prefect's temporary server did not answer within 1 s"), last
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600" in last and "imgflow server start" in last
+    assert "bug in imgflow" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_servers_wait_is_prefects_setting_or_a_generous_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.server import STARTUP_CEILING, startup_timeout
+    from imgflow.errors import ConfigError
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert startup_timeout() == STARTUP_CEILING >= 120
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    assert startup_timeout() == 45
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="expected a whole number of seconds, 1 or more"):
+        startup_timeout()
