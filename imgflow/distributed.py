@@ -28,6 +28,7 @@ from pathlib import Path
 
 from imgflow.accel import plan
 from imgflow.config import TrainConfig, parse_section
+from imgflow.cpus import OVERRIDE, budget, limit_threads
 from imgflow.errors import ConfigError, UserError
 from imgflow.lifetime import follow_parent, start_child
 from imgflow.stages.train import TRAIN
@@ -73,10 +74,12 @@ def launch(count: int, worker_args: list[str]) -> int:
     """Run ``count`` workers of one cluster on this machine (see the module docstring); the exit
     status of the first that fails, else 0."""
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(count)]}
+    share = f"{budget().cores / count:.3f}"  # the workers share this machine's CPU time, pools and all
     processes = [
         start_child(
             [sys.executable, "-m", "imgflow.distributed", *worker_args],
-            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+            env={**os.environ, OVERRIDE: share,
+                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
         )
         for index in range(count)
     ]
@@ -97,6 +100,7 @@ def launch(count: int, worker_args: list[str]) -> int:
 
 def main() -> int:
     follow_parent()
+    limit_threads()  # before the train stage imports TensorFlow
     parser = argparse.ArgumentParser(prog="python -m imgflow.distributed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--shards", required=True, help="the key of a shard output under ARTIFACTS/shard/")

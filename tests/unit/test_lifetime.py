@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,34 +28,46 @@ def _parent(script: str, ready: int) -> subprocess.Popen:
     return parent
 
 
-def test_a_child_that_follows_its_parent_dies_with_it() -> None:
+def _wait_for(*files: Path) -> None:
+    """Until every one of ``files`` exists: the processes that make them are ready, however slow the
+    machine (a fixed sleep raced them on a CPU-limited one)."""
+    deadline = time.monotonic() + 120
+    while not all(file.exists() for file in files):
+        assert time.monotonic() < deadline, f"not ready: {[str(file) for file in files if not file.exists()]}"
+        time.sleep(0.05)
+
+
+def test_a_child_that_follows_its_parent_dies_with_it(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
     parent = _parent(
-        """
+        f"""
         import sys, time
         from imgflow.lifetime import start_child
-        code = "from imgflow.lifetime import follow_parent; follow_parent(); import time; time.sleep(120)"
+        code = "from imgflow.lifetime import follow_parent; follow_parent(); open({str(ready)!r}, 'w').close(); import time; time.sleep(120)"
         start_child([sys.executable, "-c", code])
         time.sleep(120)
         """,
         ready=1,
     )
-    time.sleep(1)  # the child has asked for the signal by now (and if not, it exits on finding no parent)
+    _wait_for(ready)  # the child has asked for the signal
     assert survivors_of_kill(parent, within=5) == {}
 
 
-def test_the_data_stages_pool_workers_die_with_the_process_that_asked_for_them() -> None:
-    # Below the parent: the resource tracker, the forkserver and two workers busy with a long job.
+def test_the_data_stages_pool_workers_die_with_the_process_that_asked_for_them(tmp_path: Path) -> None:
+    # Below the parent: the resource tracker, the forkserver and two workers busy with a long job, each
+    # started (so its initializer has run) once it has made its file.
+    files = [tmp_path / f"job-{index}" for index in range(2)]
     parent = _parent(
-        """
+        f"""
         import time
         from imgflow.parallel import worker_pool
         with worker_pool(2, 2) as pool:
-            jobs = [pool.submit(time.sleep, 120) for _ in range(2)]
+            jobs = [pool.submit(exec, f"open({{name!r}}, 'w').close(); import time; time.sleep(120)") for name in {[str(f) for f in files]!r}]
             time.sleep(120)
         """,
         ready=4,
     )
-    time.sleep(1)  # the workers have run their initializer
+    _wait_for(*files)
     assert survivors_of_kill(parent, within=5) == {}
 
 
@@ -71,7 +84,7 @@ def test_the_watcher_stops_what_a_library_started_and_what_that_started() -> Non
         """,
         ready=3,
     )
-    time.sleep(0.5)  # the watcher has seen them
+    time.sleep(2)  # the watcher (polling every 0.2 s) has seen them, even on a slow machine
     assert survivors_of_kill(parent, within=10) == {}
 
 
