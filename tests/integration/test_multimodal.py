@@ -27,7 +27,7 @@ def _imgflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp_path: Path) -> None:
     captioned_folder(tmp_path / "data", per_class=150)
     (tmp_path / "captioned.toml").write_text(
-        'source = "folder:data"\n\n[options]\ntext_sidecar = ".txt"\n\n[train]\ntext = true\nepochs = 10\n\n[gate]\nmin_accuracy = 0.85\n'
+        'source = "folder:data"\n\n[options]\ntext_sidecar = ".txt"\n\n[train]\ntext = true\nepochs = 15\n\n[gate]\nmin_accuracy = 0.85\n'
     )
     artifacts = tmp_path / "artifacts"
     run = _imgflow("run", "--dataset", "captioned.toml", "--artifacts", str(artifacts), "--json", cwd=tmp_path)

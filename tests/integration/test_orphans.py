@@ -68,7 +68,9 @@ def test_a_run_killed_alone_takes_its_server_and_pools_with_it_and_the_rerun_reu
 
 
 def test_a_run_on_a_local_dask_cluster_killed_alone_takes_the_cluster_with_it(tmp_path: Path) -> None:
-    # 5,000 records: clean's two chunks go to a local Dask cluster of two worker processes.
-    run = _run(tmp_path / "artifacts", "--dataset", "sample:mnist5k", "--epochs", "1", IMGFLOW_TASK_RUNNER="dask")
+    # 5,000 records: clean's two chunks go to a local Dask cluster of two worker processes (two even
+    # where the run has the CPU time of one: the cluster is sized from it otherwise).
+    run = _run(tmp_path / "artifacts", "--dataset", "sample:mnist5k", "--epochs", "1", IMGFLOW_TASK_RUNNER="dask",
+               IMGFLOW_WORKERS="2")
     _wait_for(run, lambda: sum("spawn_main" in command for command in _commands(run.pid)) >= 2, "Dask workers")
     assert survivors_of_kill(run, within=15) == {}
