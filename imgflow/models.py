@@ -37,8 +37,7 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
 
     Channels ``width``, 2x and 4x (multiples of 8 at the default 16: what CPU and GPU kernels tile
     best). With batch norm it works at any input size from 8x8 up; at 28x28 and width 16 it costs 3.7M
-    multiplies an image (a third of the earlier two-convs-per-stage design) for the same accuracy on
-    the sample (benchmarks/RESULTS.md).
+    multiplies an image (benchmarks/RESULTS.md compares it with a two-convs-per-stage design).
     """
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
