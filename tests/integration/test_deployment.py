@@ -52,7 +52,7 @@ class Deployed:
     tmp: Path
     env: dict[str, str]
 
-    def prefect(self, *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def prefect(self, *args: str, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env or self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         assert result.returncode == 0 or not check, f"prefect {' '.join(args)}:\n{result.stdout[-4000:]}"
