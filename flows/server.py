@@ -270,16 +270,16 @@ def start_server(
             urllib.request.urlopen(f"{api_url}/health", timeout=2).read()
             break
         except OSError:
-            if server.poll() is None and time.monotonic() > deadline:
+            if server.poll() is not None:
+                stop_server(home)
+                raise UserError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
+            if time.monotonic() > deadline:
                 stop_server(home)
                 raise MachineError(
                     f"prefect server did not answer within {timeout:.0f} s: the machine may be too slow or too "
                     f"CPU-limited to start it in time; set {TIMEOUT_SETTING} to wait longer. Its log ({log_path}) "
                     f"ends: {log_path.read_text()[-1500:]}"
                 ) from None
-            if server.poll() is not None:
-                stop_server(home)
-                raise UserError(f"prefect server did not start: {log_path.read_text()[-3000:]}") from None
             time.sleep(0.5)
     _write_private(home / "client.env", "".join(f"export {key}={shlex.quote(value)}\n" for key, value in started.client_env().items()))
     return started

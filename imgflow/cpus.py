@@ -95,8 +95,9 @@ def cgroup_quota(proc: Path = Path("/proc/self"), root: Path = Path("/")) -> flo
 
 def _cpu_folders(groups: list[str], mounts: list[str], root: Path) -> Iterator[tuple[Path, Path, int]]:
     """Each mounted cgroup folder that holds this process's CPU controller (v1 ``cpu``, or v2): the
-    mount point, the process's folder below it, and the hierarchy's version. A container sees its own group as the mount's root, so the path in
-    ``/proc/self/cgroup`` is taken relative to the mount's root (``mountinfo``'s fourth field)."""
+    mount point, the process's folder below it, and the hierarchy's version. A container sees its own
+    group as the mount's root, so the path in ``/proc/self/cgroup`` is taken relative to the mount's
+    root (``mountinfo``'s fourth field)."""
     paths: dict[str, str] = {}  # controller ("" for v2) -> the process's path in that hierarchy
     for line in groups:
         parts = line.split(":", 2)
