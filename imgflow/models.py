@@ -16,6 +16,7 @@ import numpy as np
 
 from imgflow.config import TrainConfig
 from imgflow.optim import Recipe, loss, optimizer
+from imgflow.weights import resolve as resolve_weights
 
 
 def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
@@ -79,9 +80,10 @@ def make_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: int
     return keras.Model(inputs, outputs, name="resnet9")
 
 
-# keras.applications backbones offered for transfer learning, with how each wants its pixels scaled
-# (0..255 in: scale, offset) when its own preprocessing is not built in.
+# Backbones offered for transfer learning (keras.applications', and imgflow.efficientnet's Lite0), with
+# how each wants its pixels scaled (0..255 in: scale, offset) when its own preprocessing is not built in.
 BACKBONES = {
+    "EfficientNetLite0": (1.0, 0.0),  # includes its preprocessing; ImageNet weights offline (imgflow.weights)
     "MobileNetV2": (1 / 127.5, -1.0),
     "MobileNetV3Small": (1.0, 0.0),  # includes its preprocessing
     "EfficientNetB0": (1.0, 0.0),  # includes its preprocessing
@@ -102,20 +104,25 @@ class CaffeStyle(keras.layers.Layer):
 
 
 def backbone_network(name: str, size: int) -> keras.Model:
-    """A ``keras.applications`` backbone without its top, average pooled, random weights, named ``backbone``."""
+    """A backbone without its top, average pooled, random weights, named ``backbone``."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    if name == "EfficientNetLite0":
+        from imgflow.efficientnet import efficientnet_lite0
+
+        return efficientnet_lite0((size, size, 3), include_top=False, name=BACKBONE)
     return getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", name=BACKBONE)
 
 
 def make_transfer(
     input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig
 ) -> keras.Model:
-    """A ``keras.applications`` backbone (no top, average pooled) under a new softmax head.
+    """A backbone (``BACKBONES``; no top, average pooled) under a new softmax head.
 
     Inputs are resized to ``backbone_size`` and grayscale is repeated to RGB inside the model, so it
-    still takes raw pixels. Weights come from ``backbone_weights`` (a local ``.weights.h5`` file of the
-    backbone without its top) or are random (``None``; nothing is downloaded). The backbone is called
+    still takes raw pixels. Weights come from ``backbone_weights``: a local ``.weights.h5`` file of the
+    backbone, ``"imagenet"`` for the ImageNet weights imported offline (``imgflow.weights``), or
+    ``None`` for random ones; nothing is downloaded. The backbone is called
     in inference mode, so its batch-norm statistics stay put while it is fine-tuned.
     """
     size = config.backbone_size
@@ -131,8 +138,9 @@ def make_transfer(
         x = CaffeStyle(name="caffe_style")(x)
     elif (scale, offset) != (1.0, 0.0):
         x = keras.layers.Rescaling(scale, offset)(x)
-    if config.backbone_weights:
-        backbone.load_weights(config.backbone_weights)
+    weights = resolve_weights(config.backbone, config.backbone_weights)
+    if weights is not None:
+        backbone.load_weights(weights)
     x = backbone(x, training=False)
     x = keras.layers.Dropout(config.dropout)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)

@@ -411,18 +411,24 @@ class Stage:
     (counts, metrics: ``imgflow.results``) that lands in the manifest and the run summary. Long builds
     report progress with ``imgflow.progress.report``. Bump ``version`` whenever a change to the stage's
     code changes its output: it is part of the key.
+
+    ``identity(config)``, when given, is what the key holds of the config: the config with any field that
+    names something outside it (a weights file) replaced by that thing's content hash, so the key
+    follows content, never a path.
     """
 
     name: str
     version: str
     build: Callable[[Path, Any, Mapping[str, StageResult]], Built]
+    identity: Callable[[Any], Any] | None = None
 
     def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
         fingerprints = {
             name: value.fingerprint if isinstance(value, StageResult) else value
             for name, value in inputs.items()
         }
-        return stable_hash([self.name, self.version, config, fingerprints])[:KEY_LENGTH]
+        held = self.identity(config) if self.identity is not None else config
+        return stable_hash([self.name, self.version, held, fingerprints])[:KEY_LENGTH]
 
     def run(
         self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False

@@ -32,6 +32,7 @@ inputs train the same model, bit for bit, whatever else the process is doing (``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -274,4 +275,13 @@ def balanced_class_weights(counts: list[int]) -> dict[int, float]:
     return {index: total / (len(present) * count) for index, count in present.items()}
 
 
-TRAIN = Stage("train", "4", _build)
+def _identity(config: TrainConfig) -> TrainConfig:
+    """The key holds the backbone weights' content (``weights_identity``), not their path."""
+    if config.model != "transfer" or config.backbone_weights is None:
+        return config
+    from imgflow.weights import weights_identity
+
+    return dataclasses.replace(config, backbone_weights=weights_identity(config.backbone, config.backbone_weights))
+
+
+TRAIN = Stage("train", "4", _build, identity=_identity)
