@@ -73,20 +73,24 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save the model to a new file, then swap ``progress.json`` in (and send both
-    to the ``mirror``, when there is one)."""
+    """After every epoch: save the model (``whole``, when the model being fit is only its head) to a
+    new file, then swap ``progress.json`` in (and send both to the ``mirror``, when there is one)."""
 
     def __init__(self, folder: Path, history: dict[str, list[float]], mirror: CheckpointMirror | None = None) -> None:
         super().__init__()
         self.folder = folder
         self.history = history
         self.mirror = mirror
+        self.whole: keras.Model | None = None  # what to save when the model being fit is a part of it
+
+    def saved(self) -> keras.Model:
+        return self.whole if self.whole is not None else self.model
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
         name = f"epoch-{epoch + 1:04d}.keras"
-        self.model.save(self.folder / name)
+        self.saved().save(self.folder / name)
         write_json_atomic(self.folder / PROGRESS, {"epoch": epoch + 1, "checkpoint": name, "history": self.history})
         for old in self.folder.glob("epoch-*.keras"):
             if old.name != name:

@@ -142,7 +142,7 @@ def make_transfer(
     if weights is not None:
         backbone.load_weights(weights)
     x = backbone(x, training=False)
-    x = keras.layers.Dropout(config.dropout)(x)
+    x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"transfer_{config.backbone.lower()}")
 

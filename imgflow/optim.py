@@ -173,6 +173,7 @@ class ValidationRules(keras.callbacks.Callback):
     def __init__(self, folder: Path, history: dict[str, list[float]], rate: float, config: Any) -> None:
         super().__init__()
         self.folder, self.history, self.rate, self.config = folder, history, rate, config
+        self.whole: keras.Model | None = None  # whose weights to keep when the model being fit is its head
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         losses = [*self.history.get("val_loss", []), float((logs or {})["val_loss"])]
@@ -182,7 +183,7 @@ class ValidationRules(keras.callbacks.Callback):
         if self.config.early_stopping:
             if best_epoch(losses) == len(losses):
                 tmp = self.folder / f".{BEST_WEIGHTS}"
-                self.model.save_weights(tmp)
+                (self.whole if self.whole is not None else self.model).save_weights(tmp)
                 tmp.replace(self.folder / BEST_WEIGHTS)
             if stops_early(losses, self.config.early_stopping):
                 self.model.stop_training = True

@@ -184,27 +184,30 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             print(f"resuming training from the checkpoint of epoch {resumed_from} in {checkpoints}", flush=True)
     class_weight = balanced_class_weights(shard_info.splits["train"].class_counts) if config.class_weights else None
     rules = ValidationRules(checkpoints, history, config.learning_rate, config)
+    committer = EpochCheckpoint(checkpoints, history, mirror)
     # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
     # then the epoch is committed.
-    callbacks = [RateLog(), *([rules] if by_validation else []), EpochCheckpoint(checkpoints, history, mirror), EpochProgress(config.epochs)]
+    callbacks = [RateLog(), *([rules] if by_validation else []), committer, EpochProgress(config.epochs)]
 
     def done() -> bool:
         return stops_early(history.get("val_loss", []), config.early_stopping)
 
-    def fit(epochs: int, initial_epoch: int) -> None:
+    def fit(epochs: int, initial_epoch: int, net: Any = None, data: Any = None, validation: Any = None) -> None:
+        # the model and its data, or (the frozen phase on features) the head and its features
+        net, data, validation = (model, train_data, val_data) if net is None else (net, data, validation)
         if chosen.workers > 1:
             fit_multi_worker(
-                model, strategy, train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                global_batch=config.batch_size, validation_data=val_data, validation_steps=val_steps,
+                net, strategy, data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                global_batch=config.batch_size, validation_data=validation, validation_steps=val_steps,
                 callbacks=callbacks, class_weight=class_weight,
             )
             return
-        model.fit(
-            train_data,
+        net.fit(
+            data,
             epochs=epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
-            validation_data=val_data,
+            validation_data=validation,
             validation_steps=val_steps,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=1 if sys.stdout.isatty() else 2,
@@ -212,7 +215,13 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             class_weight=class_weight,
         )
 
-    if resumed_from < frozen and not done():
+    # A frozen backbone computes the same features every epoch: computed once instead (imgflow.frozen),
+    # where nothing else rides on the model (one worker, augmentation in tf.data, no text tower).
+    on_features = frozen > 0 and chosen.workers == 1 and not on_device and not config.text
+    if resumed_from < frozen and not done() and on_features:
+        _fit_head(fit, unwrap(model), shards, shape, config, chosen, recipe, steps_per_epoch, checkpoints, resumed_from, frozen,
+                  [committer, rules])
+    elif resumed_from < frozen and not done():
         fit(frozen, resumed_from)
     # Fine-tuning starts after the frozen phase, and after a resume from its last checkpoint (a resume
     # from a later epoch restores the fine-tuning state itself).
@@ -243,6 +252,48 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         best_epoch=best,
     )
     return unwrap(model), info
+
+
+def _fit_head(
+    fit: Any, model: Any, shards: StageResult, shape: tuple[int, ...], config: TrainConfig, chosen: Any, recipe: Any,
+    steps_per_epoch: int, checkpoints: Path, resumed_from: int, frozen: int, savers: list[Any],
+) -> None:
+    """The frozen epochs on the backbone's features: computed once over the train and validation
+    splits (``imgflow.frozen.cache_dir``: any train build of these shards with this backbone reuses
+    them), then the head fitted on them; ``savers`` (the
+    checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
+    from imgflow import frozen as features
+    from imgflow.data import eval_batch, shard_dataset
+    from imgflow.models import compile_for_training
+
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    network = features.extractor(model)
+    folder = features.cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
+    found = {}
+    for split in ("train", "val"):
+        records = shards.info.splits[split].records
+        cached = features.Features.at(folder / split)
+        if records and cached.holds(records):
+            print(f"reusing the frozen backbone's features of the {records} {split} records from {folder}", flush=True)
+        elif records:
+            print(f"computing the frozen backbone's features of the {records} {split} records once, into {folder}", flush=True)
+            batches = shard_dataset(shard_files(shards, split), shape, eval_batch(shape, largest=128), training=False)
+            features.extract(network, batches, records, folder / split)
+        found[split] = cached if records else None
+    head = features.head_of(model)
+    compile_for_training(head, config.learning_rate, steps_per_epoch * frozen, chosen.jit_compile, recipe)
+    for saver in savers:
+        saver.whole = model
+    try:
+        # the batch of the image pipeline's validation, whose step count fit is given
+        validation = features.dataset(found["val"], eval_batch(shape, largest=256), training=False) if found["val"] else None
+        fit(frozen, resumed_from, head, features.dataset(found["train"], config.batch_size, training=True, seed=config.seed), validation)
+        # The whole model's optimizer gets its variables, as if it had trained: a checkpoint or model saved
+        # now loads without Keras skipping an optimizer state it finds missing.
+        model.optimizer.build(model.trainable_variables)
+    finally:
+        for saver in savers:
+            saver.whole = None
 
 
 def _text_encoder(config: TrainConfig, shards: StageResult, out_dir: Path) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow  # trains (tiny) models: `make test-fast` trains n
 
 
 def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float32(
-    store: ArtifactStore, shards: StageResult, monkeypatch: pytest.MonkeyPatch
+    store: ArtifactStore, shards: StageResult, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import keras
 
@@ -28,7 +29,8 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
     phases = []
 
     def spy(model, learning_rate, total_steps, jit_compile=False, recipe=None):
-        phases.append((learning_rate, total_steps, model.get_layer("backbone").trainable))
+        layers = {layer.name for layer in model.layers}
+        phases.append((model.name, learning_rate, total_steps, model.get_layer("backbone").trainable if "backbone" in layers else None))
         return compile_for_training(model, learning_rate, total_steps, jit_compile, recipe)
 
     compile_for_training = models.compile_for_training
@@ -44,8 +46,12 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
     assert trained.info.hardware.precision == "mixed_bfloat16" and trained.info.hardware.strategy == "default"
     history = json.loads(trained.file("history.json").read_text())
     assert len(history["loss"]) == 2
-    # Epoch 1 trained the head on a frozen backbone at the full rate, epoch 2 everything at a tenth.
-    assert phases == [(3e-3, 4, False), (pytest.approx(3e-4), 4, True)]
+    # Epoch 1 trained the head, on the frozen backbone's features computed once, at the full rate;
+    # epoch 2 everything, on images, at a tenth.
+    assert phases == [
+        ("transfer_vgg16", 3e-3, 4, False), ("head", 3e-3, 4, None), ("transfer_vgg16", pytest.approx(3e-4), 4, True)
+    ]
+    assert "computing the frozen backbone's features of the" in capsys.readouterr().out
     model = keras.models.load_model(trained.file("model.keras"))
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
     assert model.get_layer("backbone").trainable
@@ -174,3 +180,33 @@ def test_the_same_inputs_train_the_same_model_while_another_thread_draws_from_py
 
     first, second = (keras.models.load_model(result.file("model.keras")) for result in (alone, again))
     assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights(), strict=True))
+
+
+def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and_backbone(
+    store: ArtifactStore, shards: StageResult, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    """EfficientNet-Lite0 with its ImageNet weights, frozen throughout: its features are computed once
+    and reused by a build with other training settings (a tuning trial), and the saved model, run on
+    images, gives what the head learned on features."""
+    import keras
+
+    from imgflow.data import shard_dataset
+    from imgflow.results import shard_files
+
+    monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
+    config = TrainConfig(
+        model="transfer", backbone="EfficientNetLite0", backbone_weights="imagenet", backbone_size=32, freeze_epochs=2, epochs=2,
+        precision="float32", **{name: value for name, value in STILL.items() if name != "width"},
+    )
+    first = TRAIN.run(store, config, {"shards": shards})
+    assert "computing the frozen backbone's features of the" in capsys.readouterr().out
+    second = TRAIN.run(store, dataclasses.replace(config, learning_rate=1e-3), {"shards": shards})
+    out = capsys.readouterr().out
+    assert "reusing the frozen backbone's features" in out and "computing" not in out
+    assert len(_history(first)["loss"]) == 2 and _history(first)["loss"] != _history(second)["loss"]
+
+    model = keras.models.load_model(first.file("model.keras"))
+    assert not model.get_layer("backbone").trainable
+    val = shard_dataset(shard_files(shards, "val"), (8, 8, 1), 256, training=False)
+    loss = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(_history(first)["val_loss"][-1], rel=1e-3)

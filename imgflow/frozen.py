@@ -1,0 +1,117 @@
+"""A transfer model's frozen phase on features computed once.
+
+While the backbone is frozen, it computes the same features for an image every epoch; on a CPU that
+forward pass is nearly all of the phase's time (EfficientNet-Lite0's depthwise convolutions are slow in
+TensorFlow's CPU kernels). So the train stage runs the backbone once over the train and validation
+splits (unaugmented), writes the features to disk in batches (``extract``: memory does not grow with the
+number of records) where every train build of the same root finds them (``cache_dir``: tuning trials
+and budget probes that share the backbone reuse them), and trains the head (``head_of``: the model's own dropout and classifier layers,
+so the weights it learns are the model's) on them for the frozen epochs. Fine-tuning then runs on
+images as before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+HEAD_DROPOUT = "head_dropout"  # the transfer model's dropout before its classifier
+CLASSIFIER = "probabilities"
+
+
+class Features(NamedTuple):
+    """Features on disk: ``<stem>.features.npy`` [N, D] float32 and ``<stem>.labels.npy`` [N] int64."""
+
+    features: Path
+    labels: Path
+
+    @classmethod
+    def at(cls, stem: Path) -> Features:
+        return cls(stem.with_name(stem.name + ".features.npy"), stem.with_name(stem.name + ".labels.npy"))
+
+    def holds(self, records: int) -> bool:
+        """Whether both files are there, for ``records`` records (a completed ``extract``)."""
+        return self.features.is_file() and self.labels.is_file() and np.load(self.labels, mmap_mode="r").shape[0] == records
+
+
+def cache_dir(train_root: Path, shards_fingerprint: str, config: Any, shape: tuple[int, ...], precision: str) -> Path:
+    """Where the features of these shards through this backbone live: ``<train stage>/.features/<key>``,
+    keyed by what decides them (the shards' content, the backbone, its input size, its weights'
+    content, the precision), never by the rest of the training config."""
+    from imgflow.fingerprint import stable_hash
+    from imgflow.weights import weights_identity
+
+    key = stable_hash([
+        shards_fingerprint, config.backbone, config.backbone_size, weights_identity(config.backbone, config.backbone_weights),
+        list(shape), precision,
+    ])[:16]
+    folder = train_root / ".features" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def extractor(model: keras.Model) -> keras.Model:
+    """The transfer ``model`` up to its features: resizing, colour, the backbone and its pooling."""
+    return keras.Model(model.inputs, model.get_layer(HEAD_DROPOUT).input, name="features")
+
+
+def head_of(model: keras.Model) -> keras.Model:
+    """A model over features that shares the transfer ``model``'s dropout and classifier layers."""
+    features = keras.Input(shape=model.get_layer(HEAD_DROPOUT).input.shape[1:], name="features")
+    outputs = model.get_layer(CLASSIFIER)(model.get_layer(HEAD_DROPOUT)(features))
+    return keras.Model(features, outputs, name="head")
+
+
+def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: Path) -> Features:
+    """Run ``network`` over ``batches`` ((images, labels), one pass, ``records`` in all) and write what
+    it computes to ``stem``'s two files, batch by batch. Written under temporary names and renamed at
+    the end: a killed run leaves no half file that a resume would trust."""
+    width = int(network.output.shape[-1])
+    found = Features.at(stem)
+    partial = [path.with_name(f".partial-{os.getpid()}-{path.name}") for path in found]
+    features = np.lib.format.open_memmap(partial[0], mode="w+", dtype=np.float32, shape=(records, width))
+    labels = np.lib.format.open_memmap(partial[1], mode="w+", dtype=np.int64, shape=(records,))
+    done = 0
+    for images, batch_labels in batches:
+        count = int(batch_labels.shape[0])
+        features[done:done + count] = np.asarray(network(images, training=False), dtype=np.float32)
+        labels[done:done + count] = batch_labels.numpy()
+        done += count
+    if done != records:
+        raise ValueError(f"the shards held {done} records where their manifest counts {records}")
+    features.flush()
+    labels.flush()
+    del features, labels
+    for source, target in zip(partial, found, strict=True):
+        source.replace(target)
+    return found
+
+
+def dataset(found: Features, batch_size: int, *, training: bool, seed: int = 0) -> tf.data.Dataset:
+    """(features, labels) batches read from ``found``'s files as they are needed; training shuffles
+    (by index: the features stay on disk) and repeats."""
+    features = np.load(found.features, mmap_mode="r")
+    labels = np.load(found.labels, mmap_mode="r")
+    count, width = features.shape
+
+    def take(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ordered = np.sort(indices)  # a memory map reads sequential rows fastest
+        return np.asarray(features[ordered]), np.asarray(labels[ordered])
+
+    batches = tf.data.Dataset.range(count)
+    if training:
+        batches = batches.shuffle(count, seed=seed, reshuffle_each_iteration=True).repeat()
+    batches = batches.batch(batch_size)
+
+    def load(indices: Any) -> tuple[Any, Any]:
+        x, y = tf.numpy_function(take, [indices], [tf.float32, tf.int64], stateful=False)
+        x.set_shape((None, width))
+        y.set_shape((None,))
+        return x, y
+
+    return batches.map(load).prefetch(2)
