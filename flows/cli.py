@@ -39,7 +39,9 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from imgflow import memory
+from imgflow import memory, stopping
 from imgflow.config import BACKBONE_NAMES, BACKENDS, RunConfig
 from imgflow.errors import ConfigError, UserError, described_inputs
 from imgflow.lifetime import watch_descendants
@@ -632,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The commands that run a flow import TensorFlow, Keras and Prefect first: with the collector
     # paused until the flow starts (imgflow.memory: 1-2 s of every run's wall otherwise).
     settling = memory.settling() if args.handler in (_run, _backfill, _predict, _tune) else contextlib.nullcontext()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_stop_signal)
     try:
         with settling:
             return args.handler(args)
@@ -639,7 +643,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the last line of defence: one paragraph, the traceback in a file
+        if stopping.requested() is not None:  # whatever a stop broke on its way out
+            return _stopped()
         return _crashed(args, exc)
+    except BaseException:  # KeyboardInterrupt from _on_stop_signal, Prefect's TerminationSignal
+        if stopping.requested() is None:
+            raise
+        return _stopped()
+
+
+STOP_GRACE = 3.0  # seconds a stopped command waits for its worker threads to end before it exits
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """SIGINT or SIGTERM, to this process alone or to its whole process group (a terminal's Ctrl-C,
+    ``timeout``, a supervisor): a normal stop. The work in progress is asked to stop
+    (``imgflow.stopping``: training ends within a batch, its committed epochs kept) and the main thread
+    unwinds, so Prefect records the flow run as Crashed while its server (in a session of its own,
+    which group signals do not reach) still answers. A second signal ends the process at once."""
+    if not stopping.request(signum):
+        os._exit(128 + signum)
+    print(f"\nimgflow: {signal.Signals(signum).name}: stopping (send it again to stop at once)", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
+
+
+def _stopped() -> int:
+    """The line a stopped command ends with, and its status: 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
+    signum = stopping.requested()
+    assert signum is not None
+    print(f"imgflow: interrupted by {signal.Signals(signum).name}; {stopping.resume_hint()}", file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def _crashed(args: argparse.Namespace, error: Exception) -> int:
@@ -692,6 +725,15 @@ def entry() -> int:
     code = main()
     sys.stdout.flush()
     gc.freeze()
+    if stopping.requested() is not None:
+        # Worker threads end within a step of the stop; whatever does not by then (a thread blocked in
+        # a read) is not waited for: every output is published whole or not at all.
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

@@ -90,6 +90,9 @@ class TemporaryAPI:
                 [sys.executable, "-m", "flows.ephemeral_server", "--factory", "prefect.server.api.server:create_app",
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+                # In a session of its own: a Ctrl-C or `timeout` signals the command's whole process group, and
+                # the run must still record its final state here as it stops (it stops this server itself).
+                start_new_session=True,
             )
             self.api_url = f"http://127.0.0.1:{port}/api"
             if _healthy(self.api_url, self._process, deadline):

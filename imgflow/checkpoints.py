@@ -20,7 +20,7 @@ from typing import Any
 
 import keras
 
-from imgflow import progress
+from imgflow import progress, stopping
 from imgflow.objectstore import ObjectRoot
 from imgflow.store import write_bytes_atomic, write_json_atomic
 
@@ -97,6 +97,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 old.unlink()
         if self.mirror is not None:
             self.mirror.push(self.folder)
+        stopping.epoch_committed(epoch + 1)
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Ends training within one batch (training or validation) of a requested stop (``imgflow.stopping``:
+    Ctrl-C, SIGTERM), raising ``Stopped``; the epochs already committed stay for the rerun."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        stopping.check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        stopping.check()
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgflow import stopping
+
 HEAD_DROPOUT = "head_dropout"  # the transfer model's dropout before its classifier
 CLASSIFIER = "probabilities"
 
@@ -78,6 +80,7 @@ def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: 
     labels = np.lib.format.open_memmap(partial[1], mode="w+", dtype=np.int64, shape=(records,))
     done = 0
     for images, batch_labels in batches:
+        stopping.check()
         count = int(batch_labels.shape[0])
         features[done:done + count] = np.asarray(network(images, training=False), dtype=np.float32)
         labels[done:done + count] = batch_labels.numpy()

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from imgflow import stopping
+
 # (done, total when known, unit) -> None
 Listener = Callable[[int, "int | None", str], None]
 
@@ -22,7 +24,9 @@ _listener: ContextVar[Listener | None] = ContextVar("imgflow_progress", default=
 
 
 def report(done: int, total: int | None, unit: str = "records") -> None:
-    """``done`` of ``total`` units (None: unknown) of the current work are finished."""
+    """``done`` of ``total`` units (None: unknown) of the current work are finished. Work that reports
+    progress also ends here, with ``imgflow.stopping.Stopped``, once a stop is requested."""
+    stopping.check()
     listener = _listener.get()
     if listener is not None:
         listener(done, total, unit)

@@ -96,7 +96,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import tensorflow as tf
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochProgress, load_progress
+    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochProgress, StopOnRequest, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
@@ -187,7 +187,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     committer = EpochCheckpoint(checkpoints, history, mirror)
     # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
     # then the epoch is committed.
-    callbacks = [RateLog(), *([rules] if by_validation else []), committer, EpochProgress(config.epochs)]
+    callbacks = [RateLog(), *([rules] if by_validation else []), committer, EpochProgress(config.epochs), StopOnRequest()]
 
     def done() -> bool:
         return stops_early(history.get("val_loss", []), config.early_stopping)
