@@ -91,6 +91,24 @@ def bf16_kernels(cpu: frozenset[str], environ: Mapping[str, str]) -> bool:
     return isa in ("ALL", "DEFAULT", "") or "AMX" in isa
 
 
+def gpus_without_tensorflow(environ: Mapping[str, str] | None = None, driver: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
+    """The GPUs TensorFlow would see, told without importing it: NVIDIA's driver's list, narrowed by
+    ``CUDA_VISIBLE_DEVICES``. For keys, which ``imgflow plan`` computes without TensorFlow."""
+    environ = os.environ if environ is None else environ
+    found = sorted(path.name for path in driver.iterdir()) if driver.is_dir() else []
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = [part.strip() for part in visible.split(",") if part.strip() and not part.strip().startswith("-")]
+        found = found[: len(wanted)]
+    return [f"/physical_device:GPU:{index}" for index in range(len(found))]
+
+
+def key_plan(precision: str, jit_compile: str | bool, augment_on: str = "auto") -> Plan:
+    """The plan this machine would train with, resolved without TensorFlow: what a train key holds, so
+    that a bfloat16 model is never reused as the float32 one another machine would train."""
+    return plan(precision, jit_compile, gpus_without_tensorflow(), os.environ.get("TF_CONFIG"), augment_on, cpu_flags())
+
+
 def current_plan(precision: str, jit_compile: str | bool, augment_on: str = "auto") -> Plan:
     """The plan for this process: its visible GPUs and its ``TF_CONFIG``."""
     import tensorflow as tf

@@ -51,10 +51,14 @@ from imgflow.store import Stage, remote_scratch, scratch_dir
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
 
-    from imgflow.accel import current_plan, float32_copy, make_strategy
+    from imgflow.accel import current_plan, float32_copy, key_plan, make_strategy
 
     # The strategy first: a multi-worker one must exist before any other TensorFlow op runs.
     chosen = current_plan(config.precision, config.jit_compile, config.augment_on)
+    keyed = key_plan(config.precision, config.jit_compile, config.augment_on)
+    if (keyed.precision, keyed.jit_compile, keyed.augment_on_device) != (chosen.precision, chosen.jit_compile, chosen.augment_on_device):
+        print(f"note: TensorFlow sees other hardware than the key assumed ({chosen.precision} against {keyed.precision}): "
+              "set [train] precision and jit_compile explicitly for exact reuse across machines", flush=True)
     strategy = make_strategy(chosen)
     keras.mixed_precision.set_global_policy(chosen.precision)
     try:
@@ -326,13 +330,21 @@ def balanced_class_weights(counts: list[int]) -> dict[int, float]:
     return {index: total / (len(present) * count) for index, count in present.items()}
 
 
-def _identity(config: TrainConfig) -> TrainConfig:
-    """The key holds the backbone weights' content (``weights_identity``), not their path."""
-    if config.model != "transfer" or config.backbone_weights is None:
-        return config
-    from imgflow.weights import weights_identity
+def _identity(config: TrainConfig) -> dict[str, Any]:
+    """What the key holds: the config with what it leaves to the machine resolved (``"auto"``
+    precision, XLA and augmentation placement, as ``imgflow.accel.key_plan`` resolves them here,
+    and whether a GPU trains), and the backbone weights' content (``weights_identity``), not their path."""
+    from imgflow.accel import gpus_without_tensorflow, key_plan
 
-    return dataclasses.replace(config, backbone_weights=weights_identity(config.backbone, config.backbone_weights))
+    chosen = key_plan(config.precision, config.jit_compile, config.augment_on)
+    resolved = dataclasses.replace(
+        config, precision=chosen.precision, jit_compile=chosen.jit_compile, augment_on="device" if chosen.augment_on_device else "host"
+    )
+    if config.model == "transfer" and config.backbone_weights is not None:
+        from imgflow.weights import weights_identity
+
+        resolved = dataclasses.replace(resolved, backbone_weights=weights_identity(config.backbone, config.backbone_weights))
+    return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
 TRAIN = Stage("train", "4", _build, identity=_identity)

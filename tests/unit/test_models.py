@@ -140,3 +140,36 @@ def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:
     weights = balanced_class_weights([30, 10, 0, 20])
     assert weights == {0: 60 / 90, 1: 60 / 30, 3: 60 / 60}
     assert {i: weights[i] * n for i, n in ((0, 30), (1, 10), (3, 20))} == {0: 20.0, 1: 20.0, 3: 20.0}
+
+
+def test_the_train_key_holds_the_precision_auto_resolves_to_not_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bfloat16 model (an AMX machine's "auto") is never reused as the float32 model another machine
+    of the same root would train for the same spec; an explicit setting keys the same as its "auto"."""
+    from imgflow import accel
+    from imgflow.stages.train import TRAIN
+
+    def key(config: TrainConfig) -> str:
+        return TRAIN.key(config, {"shards": "fingerprint"})
+
+    monkeypatch.setattr(accel, "gpus_without_tensorflow", lambda environ=None: [])
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    on_amx = key(TrainConfig())
+    assert on_amx == key(TrainConfig(precision="mixed_bfloat16", jit_compile=False, augment_on="host"))
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset())
+    assert key(TrainConfig()) != on_amx
+    assert key(TrainConfig()) == key(TrainConfig(precision="float32"))
+
+
+def test_gpus_are_counted_without_tensorflow_as_cuda_visible_devices_narrows_them(tmp_path) -> None:
+    from imgflow.accel import gpus_without_tensorflow
+
+    driver = tmp_path / "gpus"
+    for bus in ("0000:17:00.0", "0000:65:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert len(gpus_without_tensorflow({}, driver)) == 2
+    assert len(gpus_without_tensorflow({"CUDA_VISIBLE_DEVICES": "1"}, driver)) == 1
+    assert gpus_without_tensorflow({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
+    assert gpus_without_tensorflow({"CUDA_VISIBLE_DEVICES": "-1"}, driver) == []
+    assert gpus_without_tensorflow({}, tmp_path / "no-driver") == []
