@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import registry
+from imgflow.integrity import CORRUPT
 from imgflow.pipeline import PIPELINE
 from imgflow.store import MANIFEST, ArtifactStore
 
@@ -129,7 +130,7 @@ def entries(root: str | Path) -> list[Entry]:
     found = []
     for stage in PIPELINE.names:
         for path in sorted((root / stage).glob("*")) if (root / stage).is_dir() else []:
-            if not path.is_dir():
+            if not path.is_dir() or path.name == CORRUPT:  # damaged outputs set aside stay for a person to look at
                 continue
             complete = (path / MANIFEST).is_file()
             key = path.name

@@ -175,6 +175,7 @@ class StageResult(BaseModel):
     status: str  # "ran" or "cached"
     info: SerializeAsAny[Info] = Field(default_factory=Info)
     uri: str | None = None  # the output on an object-store root (``path`` is its local mirror)
+    repaired: str | None = None  # a damaged output of this key was found, moved aside and rebuilt: what was wrong
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,11 +36,14 @@ from typing import Any
 from imgflow import __version__, memory
 from imgflow.errors import ConfigError, UserError, note_stage
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
+from imgflow.integrity import damage, quarantine, record_verified
 from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 20
+# (stage, key) -> what was wrong with its output, moved aside since: the rebuild reports it as repaired
+REPAIRED: dict[tuple[str, str], str] = {}
 # What a build returns: its stage's info model (a plain mapping for ad-hoc stages, e.g. in tests).
 Built = Info | Mapping[str, Any]
 
@@ -100,10 +104,26 @@ class ArtifactStore:
         return self.root / stage / key
 
     def _local(self, stage: str, key: str) -> StageResult | None:
-        manifest_path = self.stage_dir(stage, key) / MANIFEST
+        """The complete, undamaged local output of ``key``; a damaged one (``imgflow.integrity``: an
+        unreadable manifest, a file missing, resized or rehashed) is moved aside and reads as not built."""
+        folder = self.stage_dir(stage, key)
+        manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
             return None
-        return self._result(stage, key, manifest_path.read_bytes())
+        manifest_bytes = manifest_path.read_bytes()
+        try:
+            files = json.loads(manifest_bytes)["files"]
+            problems = damage(folder, files)
+        except (ValueError, KeyError, TypeError) as error:
+            problems = [f"{MANIFEST}: unreadable ({type(error).__name__}: {error})"]
+        if problems:
+            where = quarantine(folder, problems)
+            REPAIRED[(stage, key)] = f"{'; '.join(problems)} (moved to {where})"
+            logging.getLogger("imgflow").warning(
+                "%s output %s is damaged: %s; moved to %s, and it is built again", stage, key, "; ".join(problems), where
+            )
+            return None
+        return self._result(stage, key, manifest_bytes)
 
     def _result(self, stage: str, key: str, manifest_bytes: bytes) -> StageResult:
         manifest = json.loads(manifest_bytes)
@@ -129,8 +149,12 @@ class ArtifactStore:
         if remote is None:
             return None
         local = self.stage_dir(stage, key) / MANIFEST
-        if not fetch or (local.is_file() and local.read_bytes() == remote):
+        if not fetch:
             return self._result(stage, key, remote)
+        if local.is_file() and local.read_bytes() == remote:
+            if not damage(local.parent, json.loads(remote)["files"]):
+                return self._result(stage, key, remote)
+            local.unlink()  # a damaged mirror copy: fetched again from the root, which is the truth
         parent = self.root / stage
         parent.mkdir(parents=True, exist_ok=True)
         with file_lock(parent / f".fetch-{key}"):
@@ -259,9 +283,10 @@ class ArtifactStore:
             _SHARED_SCRATCH.reset(shared)
             memory.release(grown_since=before)  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
+        record_verified(self.stage_dir(stage, key), list(files))  # hashed as they were written: no re-hash on reuse
         result = self._local(stage, key)
         assert result is not None
-        return result.with_status("ran")
+        return result.model_copy(update={"status": "ran", "repaired": REPAIRED.pop((stage, key), None)})
 
     def pull_models(self, name: str | None = None) -> Path:
         """Bring the registry of model ``name`` (every model when None) into the local folder: the

@@ -18,7 +18,8 @@ from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, cle
 def _stage_entry(result: StageResult | None) -> dict[str, Any]:
     if result is None:
         return {"status": "skipped"}
-    return {"status": result.status, "key": result.key, "path": result.path}
+    entry = {"status": result.status, "key": result.key, "path": result.path}
+    return {**entry, "repaired": result.repaired} if result.repaired else entry
 
 
 def _partitioned_entry(results: list[StageResult]) -> dict[str, Any]:
