@@ -15,6 +15,7 @@
                    [--artifacts DIR] [--name NAME]
     imgflow cache ls [--artifacts DIR]
     imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
+    imgflow verify [--artifacts DIR] [--repair] [--json]
     imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
     imgflow server stop|status [--home DIR]
     imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
@@ -430,6 +431,29 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Re-hash the whole store and registry against their manifests and cards: 0 when all is whole, 1
+    when anything is damaged (listed, and with --repair set aside so the next run rebuilds it)."""
+    from imgflow.cache import verify
+
+    started = time.perf_counter()
+    checked, damaged = verify(args.artifacts, repair=args.repair)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"checked": checked, "seconds": round(seconds, 3), "damaged": [
+            {"what": d.what, "path": str(d.path), "problems": d.problems, "moved_to": str(d.moved_to) if d.moved_to else None}
+            for d in damaged
+        ]}))
+    else:
+        for item in damaged:
+            print(f"DAMAGED {item.what} ({item.path}): {'; '.join(item.problems)}"
+                  + (f"; moved to {item.moved_to}: the next run rebuilds it" if item.moved_to else ""))
+        print(f"{checked} outputs and model versions checked in {seconds:.1f} s: "
+              + (f"{len(damaged)} damaged" + ("" if args.repair else " (imgflow verify --repair sets damaged stage outputs aside)")
+                 if damaged else "all match their recorded hashes"))
+    return 1 if damaged else 0
+
+
 def _weights(args: argparse.Namespace) -> int:
     from imgflow.weights import LITE0, import_backbone, import_efficientnet_lite0
 
@@ -599,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--limit", type=int, help="only the first N drawings (a quick look)")
     clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
     datasets.set_defaults(handler=_datasets)
+
+    checking = commands.add_parser("verify", help="re-hash every stored output and model version against its manifest or card")
+    checking.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    checking.add_argument("--repair", action="store_true", help="set damaged stage outputs aside, so the next run rebuilds them")
+    checking.add_argument("--json", action="store_true", help="print one JSON object")
+    checking.set_defaults(handler=_verify)
 
     weights = commands.add_parser("weights", help="backbone weights for transfer learning, offline")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True)

@@ -46,9 +46,7 @@ def predict(
     version = model or (registry.champion(artifacts, name) or {}).get("version")
     if version is None:
         raise ConfigError(f"model {name} has no champion yet: name a version with --model")
-    version_dir = registry.model_dir(artifacts, name) / version
-    if not (version_dir / "card.json").is_file():
-        raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(registry.versions(artifacts, name)) or 'none'}")
+    version_dir = registry.verified(artifacts, name, version)
     summary = predict_images(input, str(version_dir.resolve()), output, PredictConfig(backend, top_k, batch_size), options, remote)
     publish(
         f"imgflow-predict-{name}",

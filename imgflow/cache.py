@@ -231,3 +231,48 @@ def _remove(store: ArtifactStore, entry: Entry) -> None:
         for name in sorted(store.remote.files(folder), key=lambda name: name != MANIFEST):  # manifest first: incomplete at once
             store.remote.delete(f"{folder}/{name}")
     shutil.rmtree(store.root / entry.stage / entry.key, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stored output or model version whose content no longer matches its recorded hashes."""
+
+    what: str  # "<stage> <key>" or "model <name> <version>"
+    path: Path
+    problems: list[str]
+    moved_to: Path | None = None  # where ``--repair`` set it aside
+
+
+def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
+    """Re-hash every complete stage output and every registered model version under ``root`` (its local
+    mirror, for an object-store root: the root itself is checked on every fetch) against its manifest or
+    card, like ``restic check``; return how many were checked and the damaged ones. With ``repair``,
+    damaged stage outputs are set aside (``imgflow.integrity.quarantine``) so the next run rebuilds
+    them; a damaged model version is only reported (it cannot be rebuilt: promote another)."""
+    from imgflow.integrity import damage, quarantine
+
+    store = ArtifactStore(root)
+    checked, found = 0, []
+    for entry in entries(store.root):  # the local folder, or an object-store root's mirror
+        if not entry.complete:
+            continue
+        checked += 1
+        try:
+            problems = damage(entry.path, json.loads((entry.path / MANIFEST).read_bytes())["files"], rehash=True)
+        except (ValueError, KeyError, TypeError) as error:
+            problems = [f"{MANIFEST}: unreadable ({type(error).__name__}: {error})"]
+        if problems:
+            moved = quarantine(entry.path, problems) if repair else None
+            found.append(Damage(f"{entry.stage} {entry.key}", entry.path, problems, moved))
+    models = store.pull_models()
+    for name in sorted(p.name for p in (models / "models").glob("*") if p.is_dir()):
+        for version in registry.versions(models, name):
+            folder = registry.model_dir(models, name) / version
+            files = registry.card(models, name, version).get("files")
+            if files is None:
+                continue
+            checked += 1
+            problems = damage(folder, files, rehash=True)
+            if problems:
+                found.append(Damage(f"model {name} {version}", folder, problems))
+    return checked, found

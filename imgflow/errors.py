@@ -23,6 +23,10 @@ class ConfigError(UserError):
     """A configuration value or dataset spec that is invalid."""
 
 
+class DamagedError(UserError):
+    """Stored content that no longer matches the hashes recorded when it was made: refused, never used."""
+
+
 class MachineError(UserError):
     """The machine or its environment is at fault, not the input and not imgflow: a server that a slow
     or CPU-limited machine could not start in time, a full disk, a read-only folder. The message says

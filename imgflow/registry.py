@@ -33,10 +33,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgflow.errors import ConfigError
+from imgflow.errors import ConfigError, DamagedError
+from imgflow.integrity import damage, record_verified
 from imgflow.results import StageResult
-from imgflow.store import write_json_atomic
+from imgflow.store import file_table, write_json_atomic
 
+CARD = "card.json"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -96,6 +98,7 @@ def champion_result(root: str | Path, name: str) -> StageResult | None:
     pointer = champion(root, name)
     if pointer is None:
         return None
+    verified(root, name, pointer["version"])
     return StageResult(
         stage="champion",
         key=pointer["version"],
@@ -138,11 +141,14 @@ def register(
         while True:
             taken = versions(root, name)
             version = f"v{int(taken[-1][1:]) + 1 if taken else 1}"
-            write_json_atomic(tmp / "card.json", {**card_data, "name": name, "version": version})
             for document, text in documents.items():
                 (tmp / document).write_text(text.replace("{version}", version))
+            # Every file's hash, in the card: what predict, promote, rollback and the gate check before loading.
+            table = file_table(tmp, skip=CARD)
+            write_json_atomic(tmp / CARD, {**card_data, "name": name, "version": version, "files": table})
             try:
                 os.rename(tmp, folder / version)
+                record_verified(folder / version, list(table))  # hashed as they were copied in
                 return version
             except OSError:
                 if not (folder / version).exists():
@@ -153,11 +159,31 @@ def register(
         raise
 
 
-def set_champion(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
-    """Point the champion at ``version`` (atomically) and record the move in history.jsonl."""
-    folder = model_dir(root, name)
-    if not (folder / version / "card.json").is_file():
+def verified(root: str | Path, name: str, version: str, *, rehash: bool = False) -> Path:
+    """The folder of model ``name``'s ``version``, once every file in it matches the hash its card
+    recorded at registration (``imgflow.integrity``; unchanged files verified before are not hashed
+    again unless ``rehash``). A file that differs is refused with ``DamagedError``, naming it and the
+    version: a model that is not the one registered is never loaded."""
+    folder = model_dir(root, name) / version
+    if not (folder / CARD).is_file():
         raise ConfigError(f"model {name} has no version {version!r}; versions: {', '.join(versions(root, name)) or 'none'}")
+    files = card(root, name, version).get("files")
+    if files is None:
+        return folder  # registered before cards held hashes: nothing to check against
+    problems = damage(folder, files, rehash=rehash)
+    if problems:
+        raise DamagedError(
+            f"model {name} {version} in {folder} is not the model that was registered: {'; '.join(problems)}. It is refused; "
+            f"restore the folder from a backup, or promote another version (imgflow models promote VERSION --reason ...)"
+        )
+    return folder
+
+
+def set_champion(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
+    """Point the champion at ``version`` (atomically, once its files are verified) and record the move
+    in history.jsonl."""
+    folder = model_dir(root, name)
+    verified(root, name, version)
     data = card(root, name, version)
     previous = champion(root, name)
     pointer = {

@@ -74,11 +74,14 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
+def file_table(folder: Path, skip: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every file under ``folder`` (but ``skip``) by relative path: its sha256 and size, as manifests and
+    model cards record them."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if rel != skip:
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
 
 
@@ -260,7 +263,7 @@ class ArtifactStore:
             built = build(tmp)
             info = built if isinstance(built, Info) else Info(**built)
             _failpoint(stage, tmp / ".failpoint")
-            files = _file_table(tmp)
+            files = file_table(tmp)
             if not files:
                 raise RuntimeError(f"stage {stage!r} produced no output in {tmp}")
             manifest = {

@@ -281,7 +281,9 @@ def _fit_head(
             print(f"reusing the frozen backbone's features of the {records} {split} records from {folder}", flush=True)
         elif records:
             print(f"computing the frozen backbone's features of the {records} {split} records once, into {folder}", flush=True)
-            batches = shard_dataset(shard_files(shards, split), shape, eval_batch(shape, largest=128), training=False)
+            # Batches sized by what the backbone sees (its input size), not the stored images' size.
+            size = (config.backbone_size, config.backbone_size)
+            batches = shard_dataset(shard_files(shards, split), shape, eval_batch(size, largest=128), training=False)
             features.extract(network, batches, records, folder / split)
         found[split] = cached if records else None
     head = features.head_of(model)

@@ -179,3 +179,42 @@ def test_parquet_input_with_its_own_column_names_from_a_flag_or_a_dataset_spec(t
                              timeout=300, env=env)
     assert refused.returncode == 2 and "image" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "no.parquet").exists()
+
+
+def test_verify_finds_damage_anywhere_and_a_swapped_model_is_refused_never_served(trained, tmp_path: Path) -> None:
+    tmp, _ = trained
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tmp / "artifacts", artifacts)
+
+    def imgflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*IMGFLOW, *args], capture_output=True, text=True, timeout=600, env=os.environ)
+
+    clean = imgflow("verify", "--artifacts", str(artifacts), "--json")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert json.loads(clean.stdout)["damaged"] == [] and json.loads(clean.stdout)["checked"] >= 7
+
+    shard = next((artifacts / "shard").glob("*/train-*.tfrecord"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    version = artifacts / "models" / "mnist5k" / "v1"
+    shutil.copy(version / "model.onnx", tmp_path / "original.onnx")
+    (version / "model.onnx").write_bytes((version / "model.int8.onnx").read_bytes() if (version / "model.int8.onnx").is_file()
+                                        else (version / "model.onnx").read_bytes() + b"\0")  # another model in its place
+
+    found = imgflow("verify", "--artifacts", str(artifacts), "--json")
+    assert found.returncode == 1
+    damaged = {item["what"].split()[0] + ":" + item["problems"][0].split(":")[0] for item in json.loads(found.stdout)["damaged"]}
+    assert damaged == {f"shard:{shard.name}", "model:model.onnx"}, found.stdout
+
+    served = imgflow("predict", "--input", f"folder:{tmp / 'held'}", "--artifacts", str(artifacts), "--output", str(tmp_path / "p.parquet"))
+    assert served.returncode == 2 and not (tmp_path / "p.parquet").exists()
+    assert "model mnist5k v1" in served.stderr and "model.onnx: " in served.stderr and "Traceback" not in served.stderr
+    promoted = imgflow("models", "promote", "v1", "--reason", "test", "--artifacts", str(artifacts))
+    assert promoted.returncode == 2 and "is not the model that was registered" in promoted.stderr
+
+    repaired = imgflow("verify", "--artifacts", str(artifacts), "--repair")
+    assert repaired.returncode == 1 and "the next run rebuilds it" in repaired.stdout
+    assert not shard.exists() and list((artifacts / "shard" / ".corrupt").glob(f"{shard.parent.name}-*/{shard.name}"))
+    shutil.copy(tmp_path / "original.onnx", version / "model.onnx")  # restored from a backup: served again
+    assert imgflow("verify", "--artifacts", str(artifacts)).returncode == 0
