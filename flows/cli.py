@@ -53,7 +53,7 @@ from rich.table import Table
 
 from imgflow import memory, stopping
 from imgflow.config import BACKBONE_NAMES, BACKENDS, RunConfig
-from imgflow.errors import ConfigError, UserError, described_inputs
+from imgflow.errors import ConfigError, UserError, described_inputs, machine_fault
 from imgflow.lifetime import watch_descendants
 from imgflow.parallel import start_forkserver
 from imgflow.pipeline import ORDER
@@ -675,6 +675,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one paragraph, the traceback in a file
         if stopping.requested() is not None:  # whatever a stop broke on its way out
             return _stopped()
+        fault = machine_fault(exc, getattr(args, "artifacts", None))
+        if fault is not None:
+            try:
+                details = f"details: {_crash_log(getattr(args, 'artifacts', None), exc)}"
+            except Exception:  # noqa: BLE001 - neither the root nor the temporary folder takes a file
+                details = "no folder here could take its details"
+            print(f"imgflow: error: {fault} ({details})", file=sys.stderr)
+            return 2
         return _crashed(args, exc)
     except BaseException:  # KeyboardInterrupt from _on_stop_signal, Prefect's TerminationSignal
         if stopping.requested() is None:

@@ -8,6 +8,7 @@ CLI's last line of defence can say so in one paragraph and keep the traceback in
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 
 
@@ -31,6 +32,50 @@ class MachineError(UserError):
     """The machine or its environment is at fault, not the input and not imgflow: a server that a slow
     or CPU-limited machine could not start in time, a full disk, a read-only folder. The message says
     what happened and what to do."""
+
+
+# errno -> (what happened, what to do), for the faults of a machine rather than of imgflow or its input
+_FAULTS = {
+    errno.ENOSPC: ("the disk is full", "free space there (imgflow cache prune removes what no run or model uses) or point --artifacts at a bigger disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there, raise the quota, or point --artifacts elsewhere"),
+    errno.EROFS: ("the file system is read-only", "remount it read-write or point --artifacts at a writable folder"),
+    errno.EACCES: ("permission was denied", "give this user write access there or point --artifacts elsewhere"),
+    errno.EPERM: ("the operation was not permitted", "give this user write access there or point --artifacts elsewhere"),
+    errno.EIO: ("the device reported an I/O error", "check the disk (dmesg), then rerun"),
+    errno.ENODEV: ("the device is gone", "remount it, then rerun"),
+    errno.ESTALE: ("the network mount went away", "remount it, then rerun"),
+    errno.ENOTCONN: ("the mount is no longer connected", "remount it, then rerun"),
+}
+# The same faults as messages, for libraries (pyarrow, HDF5, TensorFlow) that raise them without an errno.
+_FAULT_WORDS = {
+    "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES, "Stale file handle": errno.ESTALE, "Transport endpoint is not connected": errno.ENOTCONN,
+}
+
+
+def machine_fault(error: BaseException, root: str | None = None) -> str | None:
+    """The one paragraph for an error (or one it was raised from) that is the machine's fault, a full
+    disk or a read-only folder, naming the path (the error's, else the artifact ``root``); None for
+    anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "errno", None) if isinstance(current, OSError) else None
+        text = str(current)
+        if code not in _FAULTS:
+            code = next((value for words, value in _FAULT_WORDS.items() if words in text), None)
+        if code is not None:
+            happened, remedy = _FAULTS[code]
+            path = getattr(current, "filename", None) if isinstance(current, OSError) else None
+            where = f" at {path}" if path else f" under {root}" if root else ""
+            return (
+                f"the machine stopped the run{where}: {happened} ({errno.errorcode[code]}: {text.strip().splitlines()[0]}). "
+                f"This is not a fault of the data or of imgflow: {remedy}, then rerun; outputs are moved into place only "
+                "when complete, so nothing was half-written and the stages that finished are reused."
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class ExportMismatchError(RuntimeError):
