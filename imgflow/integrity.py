@@ -2,7 +2,7 @@
 
 Every manifest lists each file's sha256 and size (``imgflow.store``). ``damage`` compares a folder with
 its list: a missing file, another size, another hash. Re-hashing a large table on every lookup would
-cost a warm rerun its speed, so a file verified once is recorded by inode, size and modification time
+cost a warm rerun its speed, so a file verified once is recorded by inode, size, modification and change time
 (``<stage>/.verified-<key>.json``) and only re-hashed when one of those changes; ``imgflow verify``
 re-hashes everything regardless. A damaged output is moved aside (``<stage>/.corrupt/<key>-<time>/``
 with ``DAMAGE.txt`` saying what was wrong), never deleted, so its key reads as "not built" and is rebuilt.
@@ -25,8 +25,10 @@ DAMAGE_NOTE = "DAMAGE.txt"
 
 
 def _stamp(path: Path) -> list[int]:
+    """What changes when a file is written, replaced or touched: its inode, size, modification time and
+    change time (which no tool can set back, unlike the modification time)."""
     found = path.stat()
-    return [found.st_ino, found.st_size, found.st_mtime_ns]
+    return [found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns]
 
 
 def verified_record(folder: Path) -> Path:
