@@ -8,10 +8,11 @@ import sys
 import time
 
 
-def timed_json(command: list[str], env: dict[str, str]) -> tuple[float, dict]:
-    """Wall seconds of ``command`` and the JSON object on the last line of its stdout; exit on failure."""
+def timed_json(command: list[str], env: dict[str, str], cwd: str | None = None) -> tuple[float, dict]:
+    """Wall seconds of ``command`` (run in ``cwd``) and the JSON object on the last line of its stdout;
+    exit on failure."""
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, cwd=cwd)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")

@@ -78,3 +78,21 @@ def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
         _run(tmp_path, refresh="evaluate")
     with pytest.raises(ConfigError, match="cannot refresh unknown stage 'evaluate'"):
         PIPELINE.refreshed("evaluate")
+
+
+def test_a_damaged_upstream_output_is_rebuilt_on_reuse_and_the_summary_says_repaired(tmp_path: Path) -> None:
+    """Bit rot in the clean table, then a rerun that reads it (``--refresh shard``): the clean stage is
+    built again from its download, reported as repaired with the file named, and the damaged table is
+    kept aside for a person to look at."""
+    from flows.train import train
+
+    assert _run(tmp_path) == _expect(STAGES)
+    table = next((tmp_path / "artifacts" / "clean").glob("*/records.parquet"))
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    table.write_bytes(bytes(data))
+    summary = train(dataset=str(tmp_path / "digits_small.toml"), artifacts=str(tmp_path / "artifacts"), refresh="shard")
+    clean = summary["stages"]["clean"]
+    assert clean["status"] == "ran" and "records.parquet: sha256" in clean["repaired"], clean
+    assert summary["stages"]["download"]["status"] == "cached" and summary["decision"] == "promoted"
+    assert list((tmp_path / "artifacts" / "clean" / ".corrupt").glob(f"{table.parent.name}-*/records.parquet"))
