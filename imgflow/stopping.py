@@ -51,6 +51,12 @@ def epoch_committed(epoch: int) -> None:
     _last_epoch = epoch
 
 
+def training_finished() -> None:
+    """The model is complete: a rerun has no training to resume."""
+    global _last_epoch
+    _last_epoch = 0
+
+
 def resume_hint() -> str:
     """What a rerun picks up, for the line a stopped command ends with."""
     if _last_epoch:

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imgflow import cpus
+from imgflow import cpus, stopping
 from imgflow.config import TrainConfig
 from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
@@ -71,6 +71,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     # Saved in float32 whatever the training precision: validation and export need no special case.
     model = float32_copy(model) if chosen.precision != "float32" else model
     model.save(out_dir / "model.keras")
+    stopping.training_finished()
     return info.model_copy(update={"content_fingerprint": model_fingerprint(model)})
 
 
