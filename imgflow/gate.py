@@ -1,10 +1,64 @@
-"""The promotion gate: a small pure decision with its thresholds as parameters."""
+"""The promotion gate: a small pure decision with its thresholds as parameters.
+
+Beside the floor and the tolerance on overall accuracy, a candidate is compared with the champion on
+the same test records (``paired``): McNemar's exact test on the records where exactly one of them is
+right says whether a difference is more than noise, overall and for each class's recall. A candidate
+that is significantly worse overall, or on one class by more than ``max_class_drop``, is refused, with
+the class named; a regression hidden in one class no longer hides behind the overall number.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from imgflow.config import GateConfig
+
+
+def _worse(wins: int, losses: int) -> float:
+    """One-sided exact McNemar p-value that the candidate is worse: P(at least ``losses`` of the
+    ``wins + losses`` disagreements go the champion's way, were each a fair coin)."""
+    from scipy.stats import binom
+
+    total = wins + losses
+    return 1.0 if total == 0 else float(binom.sf(losses - 1, total, 0.5))
+
+
+@dataclass(frozen=True)
+class ClassComparison:
+    name: str
+    records: int
+    candidate_recall: float
+    champion_recall: float
+    p_worse: float  # the candidate's recall is lower than the champion's, beyond noise
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Candidate and champion on the same test records."""
+
+    records: int
+    candidate_only: int  # records only the candidate gets right
+    champion_only: int  # records only the champion gets right
+    p_worse: float  # one-sided: the candidate is worse
+    p_better: float  # one-sided: the candidate is better
+    classes: tuple[ClassComparison, ...] = field(default=())
+
+
+def paired(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray, class_names: Sequence[str]) -> Paired:
+    """Compare the two models' predictions of the same ``labels``, overall and per class."""
+    right, rival = candidate == labels, champion == labels
+    wins, losses = int((right & ~rival).sum()), int((~right & rival).sum())
+    classes = []
+    for index, name in enumerate(class_names):
+        mine = labels == index
+        if not mine.any():
+            continue
+        won, lost = int((right & ~rival & mine).sum()), int((~right & rival & mine).sum())
+        classes.append(ClassComparison(name, int(mine.sum()), float(right[mine].mean()), float(rival[mine].mean()), _worse(won, lost)))
+    return Paired(int(len(labels)), wins, losses, _worse(wins, losses), _worse(losses, wins), tuple(classes))
 
 
 @dataclass(frozen=True)
@@ -17,8 +71,13 @@ class Decision:
     tolerance: float
 
 
-def decide(candidate_accuracy: float, champion_accuracy: float | None, config: GateConfig) -> Decision:
-    """Promote when the candidate clears the floor and is not worse than the champion beyond tolerance.
+def decide(
+    candidate_accuracy: float, champion_accuracy: float | None, config: GateConfig, comparison: Paired | None = None
+) -> Decision:
+    """Promote when the candidate clears the floor and is not worse than the champion beyond tolerance;
+    with the paired ``comparison`` (the champion's predictions of the same records), also not
+    significantly worse overall (McNemar, ``alpha``) nor on any class by more than ``max_class_drop``
+    (``alpha`` over the number of classes: Bonferroni, so 22 classes do not make 22 chances of a false alarm).
 
     Both accuracies must come from the same test split; ``champion_accuracy`` is None when there is
     no champion yet.
@@ -41,6 +100,8 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, config: G
         reasons.append(
             f"accuracy {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}"
         )
+    if comparison is not None:
+        promote = _judge_paired(comparison, config, reasons) and promote
     return Decision(
         promote=promote,
         reasons=tuple(reasons),
@@ -49,3 +110,27 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, config: G
         min_accuracy=config.min_accuracy,
         tolerance=config.tolerance,
     )
+
+
+def _judge_paired(comparison: Paired, config: GateConfig, reasons: list[str]) -> bool:
+    """Add the paired test's reasons; False when it refuses the candidate."""
+    fine = True
+    counts = (f"of {comparison.records} test records, {comparison.candidate_only} only the candidate gets right and "
+              f"{comparison.champion_only} only the champion")
+    if comparison.p_worse < config.alpha:
+        fine = False
+        reasons.append(f"significantly worse than the champion: {counts} (McNemar p = {comparison.p_worse:.3g} < {config.alpha})")
+    elif comparison.p_better < config.alpha:
+        reasons.append(f"better than the champion by more than noise: {counts} (McNemar p = {comparison.p_better:.3g})")
+    else:
+        reasons.append(f"no significant difference from the champion: {counts} (McNemar p = {min(comparison.p_worse, comparison.p_better):.3g})")
+    level = config.alpha / max(1, len(comparison.classes))
+    for item in comparison.classes:
+        drop = item.champion_recall - item.candidate_recall
+        if drop > config.max_class_drop and item.p_worse < level:
+            fine = False
+            reasons.append(
+                f"class {item.name!r} recall fell from {item.champion_recall:.4f} to {item.candidate_recall:.4f} on {item.records} "
+                f"records (drop {drop:.4f} > max_class_drop {config.max_class_drop}, McNemar p = {item.p_worse:.3g} < {level:.3g})"
+            )
+    return fine

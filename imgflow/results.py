@@ -117,6 +117,15 @@ class TrainInfo(_Strict):
     best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
 
+class PairedCounts(_Strict):
+    """The candidate against the champion on the same test records (``imgflow.gate.paired``)."""
+
+    p_worse: float  # McNemar's one-sided p-value that the candidate is worse
+    p_better: float
+    candidate_only: int  # records only the candidate gets right
+    champion_only: int
+
+
 class ValidateInfo(_Strict):
     accuracy: float
     test_records: int
@@ -126,6 +135,7 @@ class ValidateInfo(_Strict):
     reasons: list[str]
     # A model with text: test accuracy with "both" modalities, "image_only" (text blanked), "text_only"
     modalities: dict[str, float] | None = None
+    paired: PairedCounts | None = None  # with a comparable champion
 
 
 class Parity(_Strict):

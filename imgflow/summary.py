@@ -114,6 +114,8 @@ def build_summary(
             "test_records": validation.test_records if validation else None,
             "champion_accuracy": validation.champion_accuracy if validation else None,
             **({"modalities": validation.modalities} if validation and validation.modalities else {}),
+            # candidate against champion on the same records: McNemar's p-values and the disagreements
+            **({"paired": validation.paired.model_dump()} if validation and validation.paired else {}),
         },
         "stages": stages,
         "artifacts": artifacts,

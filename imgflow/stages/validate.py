@@ -32,11 +32,11 @@ import numpy as np
 
 from imgflow import progress
 from imgflow.config import GateConfig
-from imgflow.gate import decide
+from imgflow.gate import decide, paired
 from imgflow.images import encode_png
 from imgflow.inference import OnnxModel
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
-from imgflow.results import ShardInfo, StageResult, ValidateInfo, shard_files
+from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
 from imgflow.store import Stage, write_json_atomic
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
@@ -209,7 +209,8 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     matrix = confusion_matrix(labels, predictions, len(class_names))
     per_class = per_class_metrics(labels, predictions, class_names)
     champion_accuracy = float((np.concatenate(champion_predicted) == labels).mean()) if champion is not None else None
-    decision = decide(accuracy, champion_accuracy, config)
+    comparison = paired(labels, predictions, np.concatenate(champion_predicted), class_names) if champion is not None else None
+    decision = decide(accuracy, champion_accuracy, config, comparison)
     metrics = {
         "accuracy": accuracy,
         "test_records": int(len(labels)),
@@ -219,6 +220,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         "champion_accuracy": champion_accuracy,
         "champion": champion_note,
         "modalities": modalities,
+        "paired": dataclasses.asdict(comparison) if comparison is not None else None,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     hardest.write(out_dir, class_names, candidate.heatmaps())
@@ -254,7 +256,11 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         promote=decision.promote,
         reasons=list(decision.reasons),
         modalities=modalities,
+        paired=PairedCounts(
+            p_worse=comparison.p_worse, p_better=comparison.p_better, candidate_only=comparison.candidate_only,
+            champion_only=comparison.champion_only,
+        ) if comparison is not None else None,
     )
 
 
-VALIDATE = Stage("validate", "4", _build)
+VALIDATE = Stage("validate", "5", _build)

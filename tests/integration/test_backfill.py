@@ -63,7 +63,10 @@ def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) ->
     assert more["stages"]["train"]["status"] == "ran"
     accuracy, champion = more["metrics"]["accuracy"], more["metrics"]["champion_accuracy"]
     assert champion is not None and more["metrics"]["test_records"] > first["metrics"]["test_records"]
-    assert more["decision"] == ("promoted" if accuracy >= champion - 0.005 else "rejected"), more["reasons"]
+    paired = more["metrics"]["paired"]  # the same test records, both models: McNemar's p-values and the disagreements
+    assert set(paired) == {"p_worse", "p_better", "candidate_only", "champion_only"} and 0 <= paired["p_worse"] <= 1
+    refused = any(reason.startswith(("significantly worse", "class ")) for reason in more["reasons"])
+    assert more["decision"] == ("promoted" if accuracy >= champion - 0.005 and not refused else "rejected"), more["reasons"]
 
     again = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
     assert set(again["partitions"].values()) == {"cached"}

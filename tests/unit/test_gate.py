@@ -27,3 +27,43 @@ def test_gate(candidate: float, champion: float | None, promote: bool) -> None:
 def test_reasons_say_why() -> None:
     decision = decide(0.95, 0.97, GATE)
     assert "< champion 0.9700 - tolerance 0.0100" in decision.reasons[1]
+
+
+def _predictions(labels, wrong_candidate, wrong_champion):
+    import numpy as np
+
+    labels = np.asarray(labels)
+    candidate, champion = labels.copy(), labels.copy()
+    candidate[wrong_candidate] = (labels[wrong_candidate] + 1) % 3
+    champion[wrong_champion] = (labels[wrong_champion] + 1) % 3
+    return labels, candidate, champion
+
+
+def test_the_paired_test_tells_noise_from_a_real_difference() -> None:
+    from imgflow.gate import paired
+
+    labels = [0, 1, 2] * 400
+    # 3 disagreements against 1: noise (p about 0.31); 40 against 5: not noise.
+    noise = paired(*_predictions(labels, [0, 1, 2], [3]), ["a", "b", "c"])
+    assert (noise.candidate_only, noise.champion_only) == (1, 3) and noise.p_worse == pytest.approx(0.3125)
+    worse = paired(*_predictions(labels, list(range(40)), list(range(100, 105))), ["a", "b", "c"])
+    assert worse.p_worse < 1e-6 and worse.p_better > 0.99
+    gate = GateConfig(min_accuracy=0.5, tolerance=1.0)  # the tolerance alone would promote both
+    assert decide(0.99, 0.99, gate, noise).promote
+    decision = decide(0.97, 0.99, gate, worse)
+    assert not decision.promote
+    assert any(reason.startswith("significantly worse than the champion: of 1200 test records, 5 only the candidate") for reason in decision.reasons)
+
+
+def test_a_regression_in_one_class_is_refused_and_named_though_overall_accuracy_is_within_tolerance() -> None:
+    from imgflow.gate import paired
+
+    labels = [0, 1, 2] * 400  # 400 of each class
+    lost = [index for index in range(0, 1200, 3)][:60]  # 60 of class "cat" (index 0) now wrong: recall 1.0 -> 0.85
+    gained = [index for index in range(1, 1200, 3)][:40]  # the champion got 40 "dog" wrong that the candidate gets right
+    comparison = paired(*_predictions(labels, lost, gained), ["cat", "dog", "bird"])
+    decision = decide(0.95, 0.9667, GateConfig(min_accuracy=0.5, tolerance=0.02, max_class_drop=0.05), comparison)
+    assert not decision.promote
+    named = [reason for reason in decision.reasons if reason.startswith("class 'cat' recall fell from 1.0000 to 0.8500")]
+    assert named and "max_class_drop 0.05" in named[0]
+    assert not any("'dog'" in reason or "'bird'" in reason for reason in decision.reasons)
