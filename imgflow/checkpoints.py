@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -123,3 +124,31 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         progress.report(epoch + 1, self.epochs, "epochs")
         progress.epoch_done(epoch + 1, {name: float(value) for name, value in (logs or {}).items()})
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Each epoch's logs as TensorBoard scalars (step = the epoch, 1-based), flushed before the epoch is
+    committed; the hyperparameters once, at the first epoch of a training that did not resume."""
+
+    def __init__(self, folder: Path, hyperparameters: Mapping[str, Any] | None) -> None:
+        super().__init__()
+        import tensorflow as tf
+
+        self.writer = tf.summary.create_file_writer(str(folder))
+        self.hyperparameters = hyperparameters
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        import tensorflow as tf
+
+        with self.writer.as_default():
+            if self.hyperparameters is not None:
+                from tensorboard.plugins.hparams import api as hparams
+
+                hparams.hparams({name: value for name, value in self.hyperparameters.items() if isinstance(value, (bool, int, float, str))})
+                self.hyperparameters = None
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(name if name.startswith("val_") or name == "learning_rate" else f"train_{name}", float(value), step=epoch + 1)
+        self.writer.flush()
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        self.writer.flush()

@@ -7,6 +7,7 @@ Output folder::
     vocabulary.txt        with text: the train split's most frequent tokens, one a line (``imgflow.text``)
     history.json          per-epoch loss, accuracy, val_loss and val_accuracy
     training_curves.png   the same as plots
+    tensorboard/          the same as TensorBoard scalars, and the config as its hyperparameters
 
 Training checkpoints every epoch into the store's scratch folder for this key (see
 ``imgflow.checkpoints``; on an object-store root, into the bucket too): a run killed mid-training
@@ -101,11 +102,12 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import tensorflow as tf
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochProgress, StopOnRequest, load_progress
+    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StopOnRequest, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
     from imgflow.reports import plot_training_curves
+    from imgflow.tensorboard_logs import publish as publish_events
 
     shard_info = shards.info
     assert isinstance(shard_info, ShardInfo), shards.stage
@@ -192,7 +194,9 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     committer = EpochCheckpoint(checkpoints, history, mirror)
     # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
     # then the epoch is committed.
-    callbacks = [RateLog(), *([rules] if by_validation else []), committer, EpochProgress(config.epochs), StopOnRequest()]
+    # TensorBoard's events go beside the checkpoints (kept through a resume), into the output at the end.
+    board = EpochLog(checkpoints, dataclasses.asdict(config) if progress is None else None)
+    callbacks = [RateLog(), *([rules] if by_validation else []), board, committer, EpochProgress(config.epochs), StopOnRequest()]
 
     def done() -> bool:
         return stops_early(history.get("val_loss", []), config.early_stopping)
@@ -240,6 +244,8 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     if not done():
         fit(config.epochs, len(history.get("loss", [])))  # from the last epoch done: a resume, or the frozen phase
     best = rules.restore(unwrap(model))
+    board.writer.close()
+    publish_events(checkpoints, out_dir)
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_training_curves(history, out_dir / "training_curves.png")
     info = TrainInfo(
@@ -350,4 +356,4 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
-TRAIN = Stage("train", "4", _build, identity=_identity)
+TRAIN = Stage("train", "5", _build, identity=_identity)

@@ -8,6 +8,7 @@ Output folder::
                            with the text only (image blanked), on the same test records
     decision.json          promote (true/false), the reasons, and the numbers compared
     confusion_matrix.png   the candidate's confusion matrix on the test split
+    tensorboard/           it and the most confident mistakes as TensorBoard images
     misclassified.parquet  the hardest mistakes (most confident wrong answers, at most 24): id, label,
                            predicted, confidence, image (PNG), heatmap (PNG: the image under the
                            Grad-CAM heatmap of the predicted class, ``imgflow.explain``; null for a
@@ -38,6 +39,7 @@ from imgflow.inference import OnnxModel
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
 from imgflow.store import Stage, write_json_atomic
+from imgflow.tensorboard_logs import write_images
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
 
@@ -226,6 +228,10 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     hardest.write(out_dir, class_names, candidate.heatmaps())
     write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
     plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
+    write_images(out_dir, {
+        "confusion_matrix": [(out_dir / "confusion_matrix.png").read_bytes()],
+        "most_confident_mistakes": np.stack([item.pixels for item in hardest.wrong.best_first()[:8]]) if hardest.wrong.heap else [],
+    })
     verdict = "PROMOTE" if decision.promote else "REJECT"
     (out_dir / "report.md").write_text(
         "\n".join(

@@ -210,3 +210,18 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     val = shard_dataset(shard_files(shards, "val"), (8, 8, 1), 256, training=False)
     loss = model.evaluate(val, verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(_history(first)["val_loss"][-1], rel=1e-3)
+
+
+def test_tensorboard_holds_every_epochs_scalars_and_the_config(store: ArtifactStore, shards: StageResult) -> None:
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    trained = TRAIN.run(store, TrainConfig(epochs=3, **STILL), {"shards": shards})
+    board = event_accumulator.EventAccumulator(str(trained.file("tensorboard")), size_guidance={"tensors": 0})
+    board.Reload()
+    history = _history(trained)
+    for tag, key in (("val_loss", "val_loss"), ("train_accuracy", "accuracy"), ("learning_rate", "learning_rate")):
+        events = board.Tensors(tag)
+        assert [event.step for event in events] == [1, 2, 3], tag
+        assert [float(tf.make_ndarray(event.tensor_proto)) for event in events] == pytest.approx(history[key], rel=1e-5), tag
+    assert "_hparams_/session_start_info" in board.Tags()["tensors"]  # the config, for TensorBoard's hparams view

@@ -39,6 +39,13 @@ def test_validate_compares_with_the_champion_on_the_same_test_split(store: Artif
     assert info.champion_accuracy == float((onnx_predict(exported.file("model.onnx"), images).argmax(1) == labels).mean())
     candidate_model = keras.models.load_model(candidate.file("model.keras"))
     assert info.accuracy == float((candidate_model.predict(images.astype("float32"), verbose=0).argmax(1) == labels).mean())
-    assert info.promote == (info.accuracy >= info.champion_accuracy)
+    refused = any(reason.startswith(("significantly worse", "class ")) for reason in info.reasons)  # the paired test
+    assert info.promote == (info.accuracy >= info.champion_accuracy and not refused)
+    assert info.paired is not None and info.paired.candidate_only + info.paired.champion_only <= info.test_records
     assert info.test_records == shards.info.splits["test"].records == len(labels)
     assert result.file("confusion_matrix.png").is_file() and "Per class" in result.file("report.md").read_text()
+    from tensorboard.backend.event_processing import event_accumulator
+
+    board = event_accumulator.EventAccumulator(str(result.file("tensorboard")), size_guidance={"tensors": 0})
+    board.Reload()
+    assert {"confusion_matrix", "most_confident_mistakes"} <= set(board.Tags()["tensors"])
