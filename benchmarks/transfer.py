@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=8, help="epochs of the head on the frozen features")
     parser.add_argument("--fine-tune-epochs", type=int, default=2, help="epochs of fine-tuning every layer, after the head")
     parser.add_argument("--limit", type=int, help="a fixed sample of N records")
+    parser.add_argument("--arms", help="only these, by the start of their names (e.g. random): the others are not run")
     parser.add_argument("--sizes", help="instead: Lite0 frozen + head only, at each of these backbone sizes (e.g. 128,160,224)")
     parser.add_argument("--artifacts", help="artifact root (default: a temporary folder)")
     args = parser.parse_args()
@@ -74,6 +75,8 @@ def main() -> None:
         ),
         "from scratch (spec recipe)": cfg.train,
     }
+    if args.arms:
+        configs = {name: config for name, config in configs.items() if name.lower().startswith(tuple(args.arms.lower().split(",")))}
     results = {}
     for name, config in configs.items():
         print(f"--- {name}", flush=True)
@@ -91,6 +94,8 @@ def main() -> None:
     print(f"\n{'model':<30} {'parameters':>11} {'precision':>15} {'test accuracy':>14} {'train time':>11}")
     for name, (accuracy, seconds, parameters, precision) in results.items():
         print(f"{name:<30} {parameters:>11,} {precision:>15} {accuracy:>14.4f} {seconds:>10.0f}s")
+    if "from scratch (spec recipe)" not in results:
+        return
     base_accuracy, base_seconds, *_ = results["from scratch (spec recipe)"]
     for name, (accuracy, seconds, *_) in results.items():
         if name != "from scratch (spec recipe)":

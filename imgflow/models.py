@@ -123,7 +123,8 @@ def make_transfer(
     still takes raw pixels. Weights come from ``backbone_weights``: a local ``.weights.h5`` file of the
     backbone, ``"imagenet"`` for the ImageNet weights imported offline (``imgflow.weights``), or
     ``None`` for random ones; nothing is downloaded. The backbone is called
-    in inference mode, so its batch-norm statistics stay put while it is fine-tuned.
+    in inference mode when its weights are pretrained, so its batch-norm statistics stay put while it is
+    fine-tuned; from random weights it trains like any network.
     """
     size = config.backbone_size
     inputs = keras.Input(shape=input_shape, name="pixels")
@@ -141,7 +142,9 @@ def make_transfer(
     weights = resolve_weights(config.backbone, config.backbone_weights)
     if weights is not None:
         backbone.load_weights(weights)
-    x = backbone(x, training=False)
+    # Pretrained: inference mode, so fine-tuning keeps the batch-norm statistics the weights were trained
+    # with. Random: its batch norm learns its statistics, as any network trained from scratch must.
+    x = backbone(x, training=False) if weights is not None else backbone(x)
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"transfer_{config.backbone.lower()}")
