@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=8, help="epochs of the head on the frozen features")
     parser.add_argument("--fine-tune-epochs", type=int, default=2, help="epochs of fine-tuning every layer, after the head")
     parser.add_argument("--limit", type=int, help="a fixed sample of N records")
-    parser.add_argument("--arms", help="only these, by the start of their names (e.g. random): the others are not run")
+    parser.add_argument("--arms", help="only the arms whose names contain these words (e.g. random,scratch)")
     parser.add_argument("--sizes", help="instead: Lite0 frozen + head only, at each of these backbone sizes (e.g. 128,160,224)")
     parser.add_argument("--artifacts", help="artifact root (default: a temporary folder)")
     args = parser.parse_args()
@@ -75,8 +75,12 @@ def main() -> None:
         ),
         "from scratch (spec recipe)": cfg.train,
     }
+    configs_all = list(configs)
     if args.arms:
-        configs = {name: config for name, config in configs.items() if name.lower().startswith(tuple(args.arms.lower().split(",")))}
+        wanted = args.arms.lower().split(",")
+        configs = {name: config for name, config in configs.items() if any(word in name.lower() for word in wanted)}
+        if not configs:
+            raise SystemExit(f"--arms {args.arms} names none of: {', '.join(configs_all)}")
     results = {}
     for name, config in configs.items():
         print(f"--- {name}", flush=True)
