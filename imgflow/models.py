@@ -122,9 +122,8 @@ def make_transfer(
     Inputs are resized to ``backbone_size`` and grayscale is repeated to RGB inside the model, so it
     still takes raw pixels. Weights come from ``backbone_weights``: a local ``.weights.h5`` file of the
     backbone, ``"imagenet"`` for the ImageNet weights imported offline (``imgflow.weights``), or
-    ``None`` for random ones; nothing is downloaded. The backbone is called
-    in inference mode when its weights are pretrained, so its batch-norm statistics stay put while it is
-    fine-tuned; from random weights it trains like any network.
+    ``None`` for random ones; nothing is downloaded. A pretrained backbone's batch-norm layers stay
+    frozen while it is fine-tuned (``set_backbone_trainable``); from random weights it trains like any network.
     """
     size = config.backbone_size
     inputs = keras.Input(shape=input_shape, name="pixels")
@@ -142,9 +141,7 @@ def make_transfer(
     weights = resolve_weights(config.backbone, config.backbone_weights)
     if weights is not None:
         backbone.load_weights(weights)
-    # Pretrained: inference mode, so fine-tuning keeps the batch-norm statistics the weights were trained
-    # with. Random: its batch norm learns its statistics, as any network trained from scratch must.
-    x = backbone(x, training=False) if weights is not None else backbone(x)
+    x = backbone(x)  # its batch norm: see set_backbone_trainable
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"transfer_{config.backbone.lower()}")
@@ -190,11 +187,21 @@ def build_model(input_shape: tuple[int, int, int], num_classes: int, config: Tra
     return add_text(model, vocabulary_size, config) if config.text else model
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-    """Freeze or unfreeze a transfer model's backbone (no-op for models without one)."""
+def set_backbone_trainable(model: keras.Model, trainable: bool, pretrained: bool = True) -> None:
+    """Freeze or unfreeze a transfer model's backbone (no-op for models without one). Unfrozen, a
+    ``pretrained`` backbone keeps its batch-norm layers frozen: a frozen batch-norm layer runs in
+    inference mode, with the statistics the weights were trained with, which small fine-tuning batches of
+    another domain would otherwise overwrite. (Calling the backbone with ``training=False`` does not do
+    this in Keras 3.15: its statistics moved anyway, measured.) A random backbone trains them all."""
     names = {layer.name for layer in model.layers}
-    if BACKBONE in names:
-        model.get_layer(BACKBONE).trainable = trainable
+    if BACKBONE not in names:
+        return
+    backbone = model.get_layer(BACKBONE)
+    backbone.trainable = trainable
+    if trainable and pretrained:
+        for layer in backbone._flatten_layers(include_self=False):  # noqa: SLF001 - Keras' own walk over nested layers
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def compile_for_training(

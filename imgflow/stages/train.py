@@ -175,7 +175,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             model = build_model(shape, num_classes, config, encoder.size if encoder is not None else 0)
             if on_device:
                 model = with_augmentation(model, augmenter)
-            set_backbone_trainable(unwrap(model), frozen == 0)
+            set_backbone_trainable(unwrap(model), frozen == 0, pretrained=config.backbone_weights is not None)
             add_l2(unwrap(model), config.l2)
             compile_for_training(model, config.learning_rate, steps_per_epoch * (frozen or config.epochs), chosen.jit_compile, recipe)
             resumed_from, history = 0, {}
@@ -236,7 +236,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # from a later epoch restores the fine-tuning state itself).
     if frozen and resumed_from <= frozen < config.epochs and not done():
         with strategy.scope():
-            set_backbone_trainable(unwrap(model), True)
+            set_backbone_trainable(unwrap(model), True, pretrained=config.backbone_weights is not None)
             compile_for_training(
                 model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile,
                 recipe,
@@ -356,4 +356,4 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
-TRAIN = Stage("train", "5", _build, identity=_identity)
+TRAIN = Stage("train", "6", _build, identity=_identity)

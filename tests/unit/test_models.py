@@ -173,3 +173,22 @@ def test_gpus_are_counted_without_tensorflow_as_cuda_visible_devices_narrows_the
     assert gpus_without_tensorflow({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
     assert gpus_without_tensorflow({"CUDA_VISIBLE_DEVICES": "-1"}, driver) == []
     assert gpus_without_tensorflow({}, tmp_path / "no-driver") == []
+
+
+@pytest.mark.parametrize("weights", ["imagenet", None], ids=["pretrained", "random"])
+def test_fine_tuning_keeps_a_pretrained_backbones_batch_norm_statistics_and_a_random_one_learns_its_own(
+    weights: str | None, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgflow.models import compile_for_training, make_transfer, set_backbone_trainable
+
+    monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
+    config = TrainConfig(model="transfer", backbone="EfficientNetLite0", backbone_weights=weights, backbone_size=32)
+    model = make_transfer((32, 32, 3), 3, config)
+    set_backbone_trainable(model, True, pretrained=weights is not None)
+    compile_for_training(model, 1e-3, 10)
+    norm = model.get_layer("backbone").get_layer("stem_bn")
+    before = norm.moving_mean.numpy().copy()
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    model.train_on_batch(images, np.arange(16) % 3)
+    assert np.allclose(before, norm.moving_mean.numpy()) == (weights is not None)
+    assert model.get_layer("backbone").get_layer("stem_conv").trainable  # the convolutions fine-tune either way
