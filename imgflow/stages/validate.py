@@ -38,7 +38,9 @@ from imgflow.images import encode_png
 from imgflow.inference import OnnxModel
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
-from imgflow.store import Stage, write_json_atomic
+from imgflow.fingerprint import stable_hash
+from imgflow.store import Stage, file_table, write_json_atomic
+from imgflow.tensorboard_logs import FOLDER as TENSORBOARD
 from imgflow.tensorboard_logs import write_images
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
@@ -254,7 +256,11 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
             ]
         )
     )
+    # Its content, without TensorBoard's event files (which hold wall times and the host's name): the
+    # same inputs give the same fingerprint, as for every other stage.
+    decided = {name: meta for name, meta in file_table(out_dir).items() if not name.startswith(f"{TENSORBOARD}/")}
     return ValidateInfo(
+        content_fingerprint=stable_hash(decided),
         accuracy=accuracy,
         test_records=int(len(labels)),
         champion_accuracy=champion_accuracy,
