@@ -39,6 +39,7 @@ import numpy as np
 
 from imgflow.errors import ConfigError, MachineError
 from imgflow.fingerprint import sha256_file
+from imgflow.store import write_json_atomic
 
 
 def _natural(path: str) -> list[Any]:
@@ -179,7 +180,7 @@ def import_efficientnet_lite0(source: Path | None = None, directory: Path | None
             "counters_skipped": counters,
         }
         tmp.replace(output)
-        _write_atomic(_record_path(output), json.dumps(record, indent=2) + "\n")
+        write_json_atomic(_record_path(output), record)
     except OSError as error:
         raise MachineError(
             f"cannot write the imported weights into {directory}: {error.strerror or error}. Free space there, or point "
@@ -224,12 +225,6 @@ def lite0_network(state: dict[str, np.ndarray], source: str) -> Any:
 
 def _record_path(weights: Path) -> Path:
     return weights.with_name(weights.name.removesuffix(".weights.h5") + ".json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _record(weights: Path) -> dict[str, Any] | None:
