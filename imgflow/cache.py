@@ -249,7 +249,7 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
     card, like ``restic check``; return how many were checked and the damaged ones. With ``repair``,
     damaged stage outputs are set aside (``imgflow.integrity.quarantine``) so the next run rebuilds
     them; a damaged model version is only reported (it cannot be rebuilt: promote another)."""
-    from imgflow.integrity import damage, quarantine
+    from imgflow.integrity import damage, manifest_damage, quarantine
 
     store = ArtifactStore(root)
     checked, found = 0, []
@@ -257,10 +257,7 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
         if not entry.complete:
             continue
         checked += 1
-        try:
-            problems = damage(entry.path, json.loads((entry.path / MANIFEST).read_bytes())["files"], rehash=True)
-        except (ValueError, KeyError, TypeError) as error:
-            problems = [f"{MANIFEST}: unreadable ({type(error).__name__}: {error})"]
+        problems = manifest_damage(entry.path, (entry.path / MANIFEST).read_bytes(), rehash=True)
         if problems:
             moved = quarantine(entry.path, problems) if repair else None
             found.append(Damage(f"{entry.stage} {entry.key}", entry.path, problems, moved))

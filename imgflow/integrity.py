@@ -88,6 +88,16 @@ def damage(folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool
     return problems
 
 
+def manifest_damage(folder: Path, manifest: bytes, *, rehash: bool = False) -> list[str]:
+    """``damage`` of the output in ``folder`` against its manifest's bytes, an unreadable manifest
+    included (a lost last write, a bad copy: the output reads as not built)."""
+    try:
+        files = json.loads(manifest)["files"]
+        return damage(folder, files, rehash=rehash)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"manifest.json: unreadable ({type(error).__name__}: {error})"]
+
+
 def quarantine(folder: Path, problems: list[str]) -> Path:
     """Move the damaged output in ``folder`` to ``<stage>/.corrupt/<key>-<UTC time>/`` with a note of
     what was wrong; return where it went."""

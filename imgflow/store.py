@@ -36,7 +36,7 @@ from typing import Any
 from imgflow import __version__, memory
 from imgflow.errors import ConfigError, UserError, note_stage
 from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
-from imgflow.integrity import damage, quarantine, record_verified
+from imgflow.integrity import damage, manifest_damage, quarantine, record_verified
 from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
 
@@ -114,11 +114,7 @@ class ArtifactStore:
         if not manifest_path.is_file():
             return None
         manifest_bytes = manifest_path.read_bytes()
-        try:
-            files = json.loads(manifest_bytes)["files"]
-            problems = damage(folder, files)
-        except (ValueError, KeyError, TypeError) as error:
-            problems = [f"{MANIFEST}: unreadable ({type(error).__name__}: {error})"]
+        problems = manifest_damage(folder, manifest_bytes)
         if problems:
             where = quarantine(folder, problems)
             REPAIRED[(stage, key)] = f"{'; '.join(problems)} (moved to {where})"
