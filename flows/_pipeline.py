@@ -144,7 +144,8 @@ def build_model(
             inputs = PIPELINE.inputs(step, results, external)
         if step.before is not None and inputs is not None:
             step.before(cfg, inputs)
-        state = stages.STAGE_TASKS[step.name](step.config_of(cfg), inputs, run.root, force=step.name in run.forced, return_state=True)
+        config = step.config_of(cfg, results)
+        state = stages.STAGE_TASKS[step.name](config, inputs, run.root, force=step.name in run.forced, return_state=True)
         results[step.name] = _result(state)
     return results
 

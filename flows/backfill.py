@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from flows._pipeline import RunOptions, build_model, ingest_partitions, release, task_runner, title_run
-from flows.train import Accuracy, Dataset, Epochs
+from flows.train import Accuracy, Budget, Dataset, Epochs
 from imgflow.config import build_run_config
 from imgflow.partitions import select
 from imgflow.lifetime import watch_descendants
@@ -23,14 +23,15 @@ def backfill(
     artifacts: str = "artifacts",
     epochs: Epochs | None = None,
     min_accuracy: Accuracy | None = None,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
     """Download and clean every ``date=YYYY-MM-DD`` partition of a ``parquet:`` dataset from ``start`` to
     ``end`` (included), each cached on its own and run concurrently, then merge, shard their union,
     train, gate, export and promote. The summary's ``partitions`` says which partitions ran and which
-    were cached."""
+    were cached. ``budget`` bounds the whole run's wall time, as the train flow's does."""
     watch_descendants()
     started = time.time()
-    cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy)
+    cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, budget=budget)
     run = RunOptions(str(cfg.artifacts), title=title_run(f"backfill {cfg.dataset.name} {start}..{end}"))
     parts = ingest_partitions(cfg, run, select(cfg.download.source, start, end))
     return release(cfg, run, build_model(cfg, run, {}, parts), started, parts)

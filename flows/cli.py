@@ -1,10 +1,10 @@
 """The ``imgflow`` command line: the flows, the plan, the registry and the cache, for a person.
 
-    imgflow run [--dataset SPEC] [--artifacts DIR] [--epochs N] [--min-accuracy F] [--limit N]
-                [--refresh STAGE] [--until STAGE] [--json]
+    imgflow run [--dataset SPEC] [--artifacts DIR] [--budget TIME] [--epochs N] [--min-accuracy F]
+                [--limit N] [--refresh STAGE] [--until STAGE] [--json]
     imgflow plan [same flags as run]
-    imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--epochs N]
-                     [--min-accuracy F] [--json]
+    imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--budget TIME]
+                     [--epochs N] [--min-accuracy F] [--json]
     imgflow tune [--dataset SPEC] [--trials N] [--space FILE] [--parallel N] [--seed S] [--artifacts DIR]
                  [--epochs N] [--min-accuracy F] [--limit N] [--json]
     imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
@@ -77,7 +77,10 @@ def _table(*columns: str, title: str | None = None) -> Table:
 def _run_config(args: argparse.Namespace) -> RunConfig:
     from imgflow.config import build_run_config
 
-    return build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit)
+    return build_run_config(
+        args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit,
+        budget=getattr(args, "budget", None),
+    )
 
 
 def _partitions(cfg: RunConfig) -> list[Any] | None:
@@ -128,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         min_accuracy=args.min_accuracy,
         limit=args.limit,
+        budget=args.budget,
         refresh=args.refresh,
         until=args.until,
         source_fingerprint=fingerprint,
@@ -174,7 +178,7 @@ def _backfill(args: argparse.Namespace) -> int:
     from imgflow.config import build_run_config
     from imgflow.partitions import select
 
-    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy)
+    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, budget=args.budget)
     select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
     start_forkserver()
     from flows.backfill import backfill
@@ -188,6 +192,7 @@ def _backfill(args: argparse.Namespace) -> int:
         artifacts=args.artifacts,
         epochs=args.epochs,
         min_accuracy=args.min_accuracy,
+        budget=args.budget,
     )
 
 
@@ -269,6 +274,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
     if "partitions" in summary:
         print("  partitions: " + ", ".join(f"{day} {status}" for day, status in summary["partitions"].items()))
+    if "budget" in summary:
+        budget = summary["budget"]
+        print(f"  budget {budget['budget']}: the run took {budget['seconds']:.0f} s of {budget['budget_seconds']:.0f}"
+              + (", training ran out of its time" if budget["out_of_time"] else ""))
     for name, path in summary["artifacts"].items():
         if path:
             print(f"  {name}: {path}")
@@ -515,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
     shared.add_argument("--json", action="store_true", help="end the output with one JSON line")
     run_flags = argparse.ArgumentParser(add_help=False, parents=[shared])
+    run_flags.add_argument("--budget", metavar="TIME", help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it")
     run_flags.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})")
     run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
 
@@ -541,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--start", type=_date, required=True, help="first partition date, YYYY-MM-DD (included)")
     back.add_argument("--end", type=_date, required=True, help="last partition date, YYYY-MM-DD (included)")
     back.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    back.add_argument("--budget", metavar="TIME", help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it")
     back.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
     back.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
     back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")

@@ -15,6 +15,7 @@ same machine would from its own folder. The store removes both once the model is
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -124,6 +125,36 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         progress.report(epoch + 1, self.epochs, "epochs")
         progress.epoch_done(epoch + 1, {name: float(value) for name, value in (logs or {}).items()})
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Inside long epochs, every ``every`` seconds: the step, images a second, and with a ``deadline``
+    (the seconds training was given) the time left; once past the deadline it stops training at the
+    end of the step, so a plan that misjudged this machine's speed still keeps the run's budget."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, batch: int, deadline: float | None, every: float = 30.0) -> None:
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.batch, self.deadline, self.every = epochs, steps_per_epoch, batch, deadline, every
+        self.started = time.monotonic()  # the first fit's start: a frozen phase and fine-tuning share one clock
+        self.shown, self.steps, self.epoch, self.out_of_time = self.started, 0, 0, False
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch, self.since, self.epoch_steps = epoch, time.monotonic(), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        now = time.monotonic()
+        self.steps += 1
+        self.epoch_steps = batch + 1
+        if self.deadline is not None and now - self.started > self.deadline and not self.out_of_time:
+            self.out_of_time = True
+            self.model.stop_training = True
+            print(f"out of time: training was given {self.deadline:.0f} s of the budget; it stops at step {batch + 1} of epoch "
+                  f"{self.epoch + 1} and keeps what it learned (the plan misjudged this machine's speed)", flush=True)
+        if now - self.shown >= self.every:
+            self.shown = now
+            rate = self.epoch_steps * self.batch / max(now - self.since, 1e-9)
+            left = f", {self.deadline - (now - self.started):.0f} s of training time left" if self.deadline is not None else ""
+            print(f"epoch {self.epoch + 1}/{self.epochs}: step {batch + 1}/{self.steps_per_epoch}, {rate:.0f} images/s{left}", flush=True)
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -21,6 +21,7 @@ from imgflow.accel import PRECISIONS
 from imgflow.errors import ConfigError
 from imgflow.images import MAX_PIXELS
 from imgflow.objectstore import is_remote
+from imgflow.recipe import is_duration
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
@@ -28,7 +29,8 @@ BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a reg
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")
 BACKBONE_NAMES = ("EfficientNetLite0", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2", "VGG16")
-SCHEDULE_NAMES = ("cosine", "exponential", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
+SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
+FLIPS = ("none", "horizontal", "both")  # imgflow.data.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
@@ -114,6 +116,11 @@ class TrainConfig:
     translate: float = field(default=0.1, metadata=_fraction())
     rotate: float = field(default=0.05, metadata=_fraction())
     zoom: float = field(default=0.1, metadata=_fraction(upper_open=True))
+    flip: str = field(default="none", metadata=_one_of(*FLIPS))  # random flips: none, left-right, or on both axes
+    # The CNN's input side: images are resized to input_size x input_size inside the model (None: as stored).
+    input_size: int | None = field(default=None, metadata=_at_least(8))
+    # Steps a (Keras) epoch, the unit of checkpoints and validation (None: one pass over the train split).
+    steps_per_epoch: int | None = field(default=None, metadata=_at_least(1))
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
     # Transfer learning (model = "transfer"): a backbone, its weights from a local file, "imagenet"
@@ -153,6 +160,13 @@ class TrainConfig:
     text_vocabulary: int = field(default=20_000, metadata=_at_least(1))
     text_dim: int = field(default=64, metadata=_at_least(1))
     modality_dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
+    # The run's time budget ("15m", "90s", "1h30m"): every field above that the spec and the command line
+    # leave open is chosen by the recipe (imgflow.recipe) to fill it.
+    budget: str | None = field(default=None, metadata=_rule(is_duration, 'a duration such as "15m", "90s" or "1h30m"'))
+    # What the recipe chose and why (imgflow.recipe.Plan.reasons), and the seconds it gave training: a
+    # record of the plan, set by the recipe, never by a spec. The settings it chose key the output.
+    plan: tuple[str, ...] = field(default=(), metadata={"key": False, "internal": True})
+    deadline: float | None = field(default=None, metadata={"key": False, "internal": True})
 
 
 @dataclass(frozen=True)
@@ -216,12 +230,14 @@ class RunConfig:
     train: TrainConfig
     gate: GateConfig
     export: ExportConfig
+    # The [train] settings the spec and the command line set: with a budget, the recipe chooses the rest.
+    fixed: tuple[str, ...] = ()
 
 
 def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:
     """``cls`` (a stage config) from a section's ``values``: every name known, every value of its
     field's type and within its rule, else a ``ConfigError`` naming the setting and what it must be."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
@@ -391,6 +407,7 @@ def build_run_config(
     epochs: int | None = None,
     min_accuracy: float | None = None,
     limit: int | None = None,
+    budget: str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
     """Resolve a dataset and layer overrides (``{"train": {"width": 32}}``, then the flags) on its spec."""
@@ -400,6 +417,8 @@ def build_run_config(
         values["train"]["epochs"] = epochs
     if min_accuracy is not None:
         values["gate"]["min_accuracy"] = min_accuracy
+    if budget is not None:
+        values["train"]["budget"] = budget
     configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
     fetch = configs.pop("download")
     effective_limit = limit if limit is not None else spec.limit
@@ -409,4 +428,5 @@ def build_run_config(
         artifacts=str(artifacts) if is_remote(artifacts) else str(Path(artifacts).resolve()),
         download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options, timeout=fetch.timeout),
         **configs,
+        fixed=tuple(sorted(set(values["train"]) - {"budget"})),
     )

@@ -29,9 +29,12 @@ def _parallel_calls() -> int:
     return cpus.threads()
 
 
-def make_augmenter(translate: float, rotate: float, zoom: float, seed: int) -> keras.Sequential | None:
-    """Random geometric augmentation applied to whole batches; None when every strength is zero."""
+def make_augmenter(translate: float, rotate: float, zoom: float, seed: int, flip: str = "none") -> keras.Sequential | None:
+    """Random geometric augmentation applied to whole batches; None when every strength is zero and
+    ``flip`` is ``"none"`` (``"horizontal"``: left-right mirrors; ``"both"``: on both axes)."""
     layers = []
+    if flip != "none":
+        layers.append(keras.layers.RandomFlip("horizontal" if flip == "horizontal" else "horizontal_and_vertical", seed=seed + 3))
     if translate > 0:
         layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode="constant", seed=seed))
     if rotate > 0:

@@ -29,7 +29,20 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
 GRID = 3  # the classifier sees the last feature map pooled to at most GRID x GRID cells
 
 
-def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int = 16, dropout: float = 0.3) -> keras.Model:
+def _pixels(input_shape: tuple[int, int, int], input_size: int | None) -> tuple[keras.KerasTensor, keras.KerasTensor, tuple[int, int, int]]:
+    """The model's raw-pixel input, its pixels scaled to 0..1 (and resized to ``input_size`` a side,
+    bilinear, when given: antialiasing would need an op ONNX export lacks), and the shape the network sees."""
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = inputs
+    if input_size is not None and tuple(input_shape[:2]) != (input_size, input_size):
+        x = keras.layers.Resizing(input_size, input_size, name="input_size")(x)
+        input_shape = (input_size, input_size, input_shape[2])
+    return inputs, keras.layers.Rescaling(1.0 / 255.0)(x), input_shape
+
+
+def make_model(
+    input_shape: tuple[int, int, int], num_classes: int, width: int = 16, dropout: float = 0.3, input_size: int | None = None
+) -> keras.Model:
     """A small VGG-style CNN that is cheap on an ordinary CPU: one conv at full resolution, then
     pooling at once (most of a plain CNN's multiplies are spent at full resolution), a conv pair at
     half resolution, pooling, one wider conv, and a classifier over a coarse grid of the last feature
@@ -38,10 +51,10 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, width: int =
 
     Channels ``width``, 2x and 4x (multiples of 8 at the default 16: what CPU and GPU kernels tile
     best). With batch norm it works at any input size from 8x8 up; at 28x28 and width 16 it costs 3.7M
-    multiplies an image (benchmarks/RESULTS.md compares it with a two-convs-per-stage design).
+    multiplies an image (``imgflow.recipe.cnn_macs`` counts them; benchmarks/RESULTS.md compares it
+    with a two-convs-per-stage design). ``input_size`` resizes the images inside the model first.
     """
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    inputs, x, input_shape = _pixels(input_shape, input_size)
     x = _conv_bn_relu(x, width)
     if min(input_shape[:2]) >= 8:
         x = keras.layers.MaxPooling2D()(x)
@@ -62,12 +75,13 @@ def _residual(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
     return keras.layers.Add()([x, _conv_bn_relu(_conv_bn_relu(x, filters), filters)])
 
 
-def make_resnet9(input_shape: tuple[int, int, int], num_classes: int, width: int = 64, dropout: float = 0.0) -> keras.Model:
+def make_resnet9(
+    input_shape: tuple[int, int, int], num_classes: int, width: int = 64, dropout: float = 0.0, input_size: int | None = None
+) -> keras.Model:
     """A residual CNN in the spirit of ResNet-9 (the fast CIFAR-10 trainers): a prep conv, then three
     stages of conv + pool with a residual block after the first and the last, global max pooling and a
     linear classifier. ``width`` 64 gives the classic 64-128-256-512 channels (6.5M parameters)."""
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    inputs, x, input_shape = _pixels(input_shape, input_size)
     x = _conv_bn_relu(x, width)
     x = keras.layers.MaxPooling2D()(_conv_bn_relu(x, 2 * width))
     x = _residual(x, 2 * width)
@@ -177,9 +191,9 @@ def add_text(image_model: keras.Model, vocabulary_size: int, config: TrainConfig
 def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig, vocabulary_size: int = 0) -> keras.Model:
     """The model ``config`` names; with ``config.text``, with a text tower over ``vocabulary_size`` ids."""
     if config.model == "cnn":
-        model = make_model(input_shape, num_classes, width=config.width, dropout=config.dropout)
+        model = make_model(input_shape, num_classes, width=config.width, dropout=config.dropout, input_size=config.input_size)
     elif config.model == "resnet9":
-        model = make_resnet9(input_shape, num_classes, width=config.width, dropout=config.dropout)
+        model = make_resnet9(input_shape, num_classes, width=config.width, dropout=config.dropout, input_size=config.input_size)
     elif config.model == "transfer":
         model = make_transfer(input_shape, num_classes, config)
     else:

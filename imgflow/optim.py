@@ -7,6 +7,8 @@ replayed from the epoch history that the checkpoint keeps, rather than held in a
 
 - ``cosine`` (default): a linear warm-up over the first tenth of the steps, then cosine decay.
 - ``exponential``: the rate times ``decay_rate`` after every epoch.
+- ``linear``: a linear warm-up over the first 5% of the steps, then a straight line down to zero at the
+  last step: what a time budget trains with (``imgflow.recipe``).
 - ``one_cycle``: up from a 25th of the rate to the rate over the first 30% of the steps, then cosine
   down to a 10,000th of it (Smith's one-cycle policy).
 - ``plateau``: a constant rate, times ``plateau_factor`` whenever the validation loss has not improved
@@ -25,7 +27,7 @@ from typing import Any
 
 import keras
 
-SCHEDULES = ("cosine", "exponential", "one_cycle", "plateau")
+SCHEDULES = ("cosine", "exponential", "linear", "one_cycle", "plateau")
 BEST_WEIGHTS = "best.weights.h5"
 
 
@@ -66,6 +68,26 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return {"max_rate": self.max_rate, "total_steps": self.total_steps, "warmup": self.warmup}
 
 
+@keras.saving.register_keras_serializable(package="imgflow")
+class LinearToZero(keras.optimizers.schedules.LearningRateSchedule):
+    """Up from a tenth of ``rate`` over the first ``warmup`` of ``total_steps``, then down in a straight
+    line to zero at the last step (Li et al. 2020, "Budgeted Training")."""
+
+    def __init__(self, rate: float, total_steps: int, warmup: float = 0.05) -> None:
+        self.rate, self.total_steps, self.warmup = rate, total_steps, warmup
+
+    def __call__(self, step: Any) -> Any:
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        rise = max(1.0, self.warmup * self.total_steps)
+        up = self.rate * (0.1 + 0.9 * step / rise)
+        down = self.rate * ops.maximum(0.0, (self.total_steps - step) / max(1.0, self.total_steps - rise))
+        return ops.where(step < rise, up, ops.minimum(self.rate, down))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"rate": self.rate, "total_steps": self.total_steps, "warmup": self.warmup}
+
+
 def learning_rate(rate: float, total_steps: int, recipe: Recipe) -> Any:
     """The optimizer's learning rate: a schedule over the steps, or a constant (``plateau``)."""
     total_steps = max(1, total_steps)
@@ -76,6 +98,8 @@ def learning_rate(rate: float, total_steps: int, recipe: Recipe) -> Any:
         )
     if recipe.schedule == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(rate, max(1, recipe.steps_per_epoch), recipe.decay_rate, staircase=True)
+    if recipe.schedule == "linear":
+        return LinearToZero(rate, total_steps)
     if recipe.schedule == "one_cycle":
         return OneCycle(rate, total_steps)
     if recipe.schedule == "plateau":

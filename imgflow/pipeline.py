@@ -58,6 +58,9 @@ class Step:
     retries: int = 0  # only where the network is: anything else would fail the same way again
     # A check of the run's settings against this step's inputs before it runs (``ConfigError`` to refuse).
     before: Callable[[RunConfig, Mapping[str, StageResult]], None] | None = None
+    # The step's config from the run's settings and the results so far (``measure``: it may measure
+    # this machine; else None when it would need to), instead of the RunConfig field as it is.
+    configure: Callable[[RunConfig, Mapping[str, StageResult], bool], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -68,7 +71,10 @@ class Step:
         found = {name for names in self.inputs.values() for name in names if name not in (SOURCE, CHAMPION)}
         return found | ({self.gated_by} if self.gated_by else set())
 
-    def config_of(self, cfg: RunConfig) -> Any:
+    def config_of(self, cfg: RunConfig, results: Mapping[str, StageResult] | None = None, measure: bool = True) -> Any:
+        """The step's config: the RunConfig field, or what ``configure`` makes of it and ``results``."""
+        if self.configure is not None and results is not None:
+            return self.configure(cfg, results, measure)
         return getattr(cfg, self.config)
 
     @property
@@ -151,6 +157,13 @@ class Pipeline:
         return inputs
 
 
+def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
+    """The train config under a time budget: the recipe's plan (``imgflow.probe.budgeted``)."""
+    from imgflow.probe import budgeted
+
+    return budgeted(cfg.train, cfg.fixed, results, run=measure)
+
+
 def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
     """Before shard: the clean table's splits can train a model and judge it (``check_splits``)."""
     info = inputs["clean"].info
@@ -164,7 +177,7 @@ PIPELINE = Pipeline(
         Step(CLEAN, "clean", {"raw": ("download",)}, per_partition=True),
         Step(MERGE, "clean", {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
         Step(SHARD, "shard", {"clean": ("merge", "clean")}, before=evaluable_splits),
-        Step(TRAIN, "train", {"shards": ("shard",)}),
+        Step(TRAIN, "train", {"shards": ("shard",)}, configure=budgeted_training),
         Step(VALIDATE, "gate", {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
         Step(EXPORT, "export", {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
     ]
@@ -278,7 +291,14 @@ def _survey(
         if gate is not None and step.name in wanted and not promoted(gate):
             planned.append(PlannedStage(step.name, "skip", None, "the gate rejects the candidate"))
             continue
-        visit(step, config, PIPELINE.inputs(step, results, external), results)
+        inputs = PIPELINE.inputs(step, results, external)
+        if step.configure is not None and inputs is not None and step.name in wanted:
+            config = step.config_of(cfg, results, measure=False)
+            if config is None:
+                results[step.name] = None
+                planned.append(PlannedStage(step.name, "run", None, "the recipe plans it once the run has measured this machine"))
+                continue
+        visit(step, config, inputs, results)
         if step.gated_by and gate is None and planned[-1].action == "run":
             planned[-1] = dataclasses.replace(planned[-1], note="if the gate promotes the candidate")
     return planned, {stage: result for stage, result in results.items() if result is not None}

@@ -45,6 +45,6 @@ def conclude(
     if "export" in results:
         promoter(root, name, to_jsonable(cfg), results)
     local = ArtifactStore(root).pull_models(name)  # the local folder (a mirror of an object-store root)
-    summary = build_summary(name, local, results, registry.champion(local, name), time.time() - started, parts, until)
+    summary = build_summary(name, local, results, registry.champion(local, name), time.time() - started, parts, until, cfg.train.budget)
     record_run(root, summary)
     return summary

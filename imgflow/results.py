@@ -115,6 +115,12 @@ class TrainInfo(_Strict):
     hardware: Hardware
     vocabulary: int | None = None  # with text: tokens in the vocabulary learned from the train split
     best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+    # With a time budget: the recipe's plan (what it chose, a line of why each), the seconds training was
+    # given, and whether it ran out of them (stopped at ``steps`` of the planned steps).
+    plan: list[str] | None = None
+    deadline: float | None = None
+    out_of_time: bool = False
+    steps: int | None = None
 
 
 class PairedCounts(_Strict):

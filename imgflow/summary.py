@@ -38,6 +38,7 @@ def build_summary(
     seconds: float,
     partitions: Mapping[str, Mapping[str, StageResult]] | None = None,
     until: str | None = None,
+    budget: str | None = None,
 ) -> dict[str, Any]:
     """``results`` has every stage that ran or was reused (export is absent when the gate rejected;
     everything after ``until`` when the run stopped there).
@@ -45,7 +46,8 @@ def build_summary(
     A partitioned run downloads and cleans each date partition (``partitions``: date -> stage ->
     result) and merges them: ``stages.clean`` then reports the merged table's accounting, and the
     summary's ``partitions`` says which partitions were downloaded or cleaned in this run (``ran``)
-    and which were reused (``cached``).
+    and which were reused (``cached``). With a time ``budget``, ``budget`` says what it was, the
+    seconds the run took, and the recipe's plan.
     """
     steps = PIPELINE.run_steps(partitioned=partitions is not None)
     stages = {step.name: _stage_entry(results.get(step.name)) for step in steps}
@@ -122,6 +124,25 @@ def build_summary(
         "seconds": round(seconds, 2),
         "cpus": cpus.budget().as_dict(),
         **({"partitions": _partition_statuses(partitions)} if partitions is not None else {}),
+        **({"budget": _budget_entry(budget, seconds, results.get("train"))} if budget is not None else {}),
+    }
+
+
+def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> dict[str, Any]:
+    """The budget, the run's seconds against it, and the plan training followed (when it trained)."""
+    from imgflow.recipe import parse_duration
+
+    limit = parse_duration(budget)
+    info = train.info if train is not None else None
+    assert info is None or isinstance(info, TrainInfo)
+    return {
+        "budget": budget,
+        "budget_seconds": limit,
+        "seconds": round(seconds, 2),
+        "within": seconds <= limit,
+        "training_seconds": info.deadline if info else None,
+        "out_of_time": info.out_of_time if info else None,
+        "plan": info.plan if info else None,
     }
 
 
@@ -158,7 +179,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             if "records_in" in clean
             else []
         ),
-        f"- wall time: {summary['seconds']} s",
+        f"- wall time: {summary['seconds']} s"
+        + (f" of a {summary['budget']['budget']} budget" if summary.get("budget") else ""),
         "",
         "| stage | status | key |",
         "|---|---|---|",
@@ -167,6 +189,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         *(
             ["| partition | status |", "|---|---|", *[f"| {day} | {status} |" for day, status in summary["partitions"].items()], ""]
             if "partitions" in summary
+            else []
+        ),
+        *(
+            ["## The recipe's plan", "", *[f"- {line}" for line in summary["budget"]["plan"]], ""]
+            if (summary.get("budget") or {}).get("plan")
             else []
         ),
         "| artifact | path |",

@@ -102,7 +102,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import tensorflow as tf
 
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StopOnRequest, load_progress
+    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StepProgress, StopOnRequest, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
@@ -121,7 +121,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         tf.config.experimental.enable_op_determinism()
 
     encoder = _text_encoder(config, shards, out_dir) if config.text else None
-    augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed)
+    augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed, config.flip)
     on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
         shard_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
@@ -145,8 +145,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         train_data = train_data.with_options(options)
         val_data = val_data.with_options(options) if val_data is not None else None
 
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
     recipe = Recipe.of(config, steps_per_epoch)
+    for line in config.plan:  # a budgeted run's plan, in the log before training starts
+        print(line, flush=True)
     by_validation = config.early_stopping > 0 or config.schedule == "plateau"
     if by_validation and not n_val:
         raise ConfigError(
@@ -196,10 +198,11 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # then the epoch is committed.
     # TensorBoard's events go beside the checkpoints (kept through a resume), into the output at the end.
     board = EpochLog(checkpoints, dataclasses.asdict(config) if progress is None else None)
-    callbacks = [RateLog(), *([rules] if by_validation else []), board, committer, EpochProgress(config.epochs), StopOnRequest()]
+    steps = StepProgress(config.epochs, steps_per_epoch, config.batch_size, config.deadline)
+    callbacks = [RateLog(), steps, *([rules] if by_validation else []), board, committer, EpochProgress(config.epochs), StopOnRequest()]
 
     def done() -> bool:
-        return stops_early(history.get("val_loss", []), config.early_stopping)
+        return steps.out_of_time or stops_early(history.get("val_loss", []), config.early_stopping)
 
     def fit(epochs: int, initial_epoch: int, net: Any = None, data: Any = None, validation: Any = None) -> None:
         # the model and its data, or (the frozen phase on features) the head and its features
@@ -261,6 +264,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         ),
         vocabulary=len(encoder.words) if encoder is not None else None,
         best_epoch=best,
+        plan=list(config.plan) or None,
+        deadline=config.deadline,
+        out_of_time=steps.out_of_time,
+        steps=steps.steps if config.deadline is not None else None,
     )
     return unwrap(model), info
 
@@ -356,4 +363,4 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
-TRAIN = Stage("train", "6", _build, identity=_identity)
+TRAIN = Stage("train", "7", _build, identity=_identity)

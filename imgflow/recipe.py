@@ -1,0 +1,323 @@
+"""The recipe: what a run with a time budget trains, chosen from the data, the time and this machine.
+
+``choose`` is a pure function of three things:
+
+- the train data's statistics (``DataStats``): image size and channels, records per class, and how
+  the class-mean images behave under a mirror and a quarter turn (``imgflow.probe.image_stats``);
+- the seconds training may take (``training_seconds``: the budget, less the data stages' recorded
+  time and a reserve for validate and export);
+- this machine's speed (``Speeds``): seconds per training image of the small CNN as a line in its
+  multiplies (two models measured, ``imgflow.probe.measure``), and seconds per image of
+  EfficientNet-Lite0's frozen features at each input size.
+
+It returns a ``Plan``: the ``[train]`` settings it chose, each with a line saying why, and the seconds
+it expects them to take. Settings the spec or the command line fixed are never changed; the recipe
+plans around them. The choices:
+
+- **model**: ImageNet features (a frozen EfficientNet-Lite0 under a new head, features computed once)
+  for photographs and drawings (colour, or at least 64 pixels a side) when their cost fits in
+  ``FEATURE_SHARE`` of the training time; otherwise the small CNN (``imgflow.models.make_model``).
+- **CNN size**: the input size (large images shrink to 128, 96 or 64 inside the model) and the width
+  (multiples of 8, 16 to 64) of the most multiplies that still affords ``minimum_epochs`` passes over
+  the data: small data needs more passes than large.
+- **steps**: as many as fill the time, at most ``MAX_EPOCH_FACTOR`` times the minimum, with a
+  learning rate that decays linearly to zero at the last step (Li et al. 2020, "Budgeted Training":
+  linear decay to zero is robust whatever the budget).
+- **augmentation**: horizontal flips when the class means are mirror-symmetric (natural images,
+  clothes), flips on both axes when they are symmetric under a quarter turn too (inspection-like
+  images), small shifts, turns and zooms otherwise (glyphs, digits: a mirrored 3 is no 3).
+- **imbalance**: class weights when the largest class holds over ``IMBALANCE`` times the smallest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WIDTHS = (16, 24, 32, 48, 64)  # the CNN's base channels: multiples of 8, what CPU and GPU kernels tile best
+SHRUNK_SIZES = (128, 96, 64)  # what a large image may shrink to inside the CNN
+FEATURE_SIZES = (224, 192, 160, 128)  # Lite0's input sizes, 224 first: what its ImageNet weights were trained at
+FEATURE_SHARE = 0.6  # the most of the training time Lite0's features may take
+MIN_FEATURE_SIDE = 64  # a grayscale image smaller than this is a glyph, not a photograph
+BATCH = 128
+CNN_GRID = 3  # imgflow.models.GRID: the CNN's classifier sees a 3x3 grid of its last feature map
+IMBALANCE = 3.0
+SYMMETRIC = 0.9  # class means this correlated with their mirror (or turn) image are symmetric
+MAX_EPOCH_FACTOR = 3  # spend no more than this many times the minimum passes, even with time left
+SAFETY = 0.9  # plan for this share of the time: the probe's estimate is not exact
+HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
+MAX_CHUNKS = 20  # at most this many Keras epochs (each validates and checkpoints): small data gets longer ones
+EPOCH_SECONDS = 1.0  # what each Keras epoch's validation setup and checkpoint cost besides its images
+RESERVE_SECONDS = 30.0  # validate and export: this, plus RESERVE_SHARE of the budget
+RESERVE_SHARE = 0.1
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"15m"``, ``"90s"``, ``"1h30m"`` or ``"600"`` (seconds); a
+    ``ValueError`` for anything else."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    else:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None or not any(match.groups()):
+            raise ValueError(f"{text!r} is not a duration such as \"15m\", \"90s\" or \"1h30m\"")
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is no time at all: a budget must be above 0")
+    return seconds
+
+
+def is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
+def reserve_seconds(budget: float) -> float:
+    """What validate and export are left of ``budget``."""
+    return RESERVE_SECONDS + RESERVE_SHARE * budget
+
+
+def training_seconds(budget: float, spent: float) -> float:
+    """The seconds training may take: ``budget`` less the data stages' ``spent`` and the reserve."""
+    return max(0.0, budget - spent - reserve_seconds(budget))
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the recipe knows of the data: the stored image shape, the train split's records per class,
+    the other splits' sizes, and the class-mean images' symmetry (``mirror``: their mean correlation
+    with their left-right mirror image; ``turn``: with their quarter turn, 0 for non-square images)."""
+
+    height: int
+    width: int
+    channels: int
+    class_counts: tuple[int, ...]
+    val_records: int
+    test_records: int
+    text: bool = False
+    mirror: float = 0.0
+    turn: float = 0.0
+
+    @property
+    def train_records(self) -> int:
+        return sum(self.class_counts)
+
+    @property
+    def imbalance(self) -> float:
+        present = [count for count in self.class_counts if count]
+        return max(present) / min(present) if present else 1.0
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """This machine's speed (``imgflow.probe``): a CNN training image costs ``overhead + per_mac *
+    multiplies`` seconds at batch ``batch``; ``features`` maps a Lite0 input size to its seconds per
+    image (empty when not measured: no Lite0 on this data, or its weights are missing)."""
+
+    overhead: float
+    per_mac: float
+    batch: int = BATCH
+    features: Mapping[int, float] = field(default_factory=dict)
+    seconds: float = 0.0  # what measuring took (a budget pays it, cached or not, so its plan stays the same)
+
+    def cnn_image(self, macs: float) -> float:
+        return self.overhead + self.per_mac * macs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen ``[train]`` settings, why each was chosen, and the training seconds they should take."""
+
+    settings: dict[str, Any]
+    reasons: tuple[str, ...]
+    seconds: float
+    available: float
+
+    def describe(self) -> list[str]:
+        return [f"recipe: {line}" for line in self.reasons]
+
+
+def cnn_macs(size: tuple[int, int], channels: int, width: int, classes: int) -> int:
+    """Multiplies of one image through ``imgflow.models.make_model`` (convolutions and the classifier;
+    batch norm and pooling are the per-image overhead the probe measures)."""
+    height, wide = size
+    total = height * wide * 9 * channels * width
+    if min(size) >= 8:
+        height, wide = height // 2, wide // 2
+    total += height * wide * 9 * (width * 2 * width + 2 * width * 2 * width)
+    if min(size) >= 16:
+        height, wide = height // 2, wide // 2
+    total += height * wide * 9 * 2 * width * 4 * width
+    return total + CNN_GRID * CNN_GRID * 4 * width * classes
+
+
+def minimum_epochs(records: int) -> int:
+    """The fewest passes over ``records`` training images worth planning for: about 15 for 60,000 and
+    more for less data (a small dataset's model needs more passes to see as many images)."""
+    return max(12, min(40, round(15 * (60_000 / max(records, 1)) ** 0.35)))
+
+
+def _feature_records(stats: DataStats) -> int:
+    """Images Lite0 runs over in a run: train and validation once (features cached), test twice
+    (validate, the champion's check), and export's parity and int8 calibration batches."""
+    return stats.train_records + stats.val_records + 2 * stats.test_records + 512
+
+
+def choose(stats: DataStats, seconds: float, speeds: Speeds, fixed: Mapping[str, Any]) -> Plan:
+    """The settings to train ``stats``'s data in ``seconds`` on a machine of ``speeds``; ``fixed`` holds
+    the ``[train]`` settings the spec or the command line set, which win."""
+    usable = seconds * SAFETY
+    reasons: list[str] = [f"{seconds:.0f} s to train in; planning for {usable:.0f} s of them"]
+    settings: dict[str, Any] = {}
+    features = _features_plan(stats, usable, speeds, fixed, reasons)
+    if features is not None:
+        settings.update(features)
+        expected = _feature_records(stats) * speeds.features[settings["backbone_size"]]
+    else:
+        expected = _cnn_plan(stats, usable, speeds, fixed, settings, reasons)
+    _augmentation(stats, settings, fixed, reasons, frozen=features is not None)
+    if "class_weights" not in fixed:
+        settings["class_weights"] = stats.imbalance > IMBALANCE
+        reasons.append(
+            f"class_weights = {str(settings['class_weights']).lower()}: the largest class holds {stats.imbalance:.1f}x the smallest"
+            + (f" (over {IMBALANCE:g}x)" if settings["class_weights"] else "")
+        )
+    settings = {name: value for name, value in settings.items() if name not in fixed}
+    return Plan(settings, tuple(reasons), round(expected, 1), round(seconds, 1))
+
+
+def _features_plan(
+    stats: DataStats, usable: float, speeds: Speeds, fixed: Mapping[str, Any], reasons: list[str]
+) -> dict[str, Any] | None:
+    """Lite0's frozen ImageNet features under a new head, at the largest input size whose features fit
+    in ``FEATURE_SHARE`` of the time; None when the CNN is the better buy (or the spec fixed another model)."""
+    if fixed.get("model", "transfer") != "transfer" or fixed.get("backbone", "EfficientNetLite0") != "EfficientNetLite0":
+        return None
+    if stats.channels == 1 and min(stats.height, stats.width) < MIN_FEATURE_SIDE:
+        reasons.append(f"model = \"cnn\": small grayscale images ({stats.height}x{stats.width}) are glyphs, not photographs: ImageNet features do not fit them")
+        return None
+    if fixed.get("text"):
+        reasons.append("model = \"cnn\": with text, a frozen backbone would run every epoch (cached features carry no text yet)")
+        return None
+    if not speeds.features:
+        reasons.append("model = \"cnn\": EfficientNet-Lite0's ImageNet weights are not imported here (imgflow weights import efficientnet-lite0)")
+        return None
+    images = _feature_records(stats)
+    sizes = [fixed["backbone_size"]] if "backbone_size" in fixed else [s for s in FEATURE_SIZES if s in speeds.features]
+    for size in sizes:
+        cost = images * speeds.features[size]
+        if cost <= FEATURE_SHARE * usable:
+            reasons.append(
+                f"model = \"transfer\" (EfficientNet-Lite0, ImageNet weights, frozen): its features of {images} images at "
+                f"{size}x{size} take about {cost:.0f} s, within {FEATURE_SHARE:.0%} of the time; ImageNet features beat "
+                "a network trained from scratch on a few thousand photographs or drawings"
+            )
+            epochs = fixed.get("epochs", HEAD_EPOCHS)
+            reasons.append(f"epochs = {epochs}, all frozen: the head trains on cached features in seconds an epoch; "
+                           "fine-tuning would run the whole backbone every step")
+            return {
+                "model": "transfer", "backbone": "EfficientNetLite0", "backbone_weights": "imagenet", "backbone_size": size,
+                "epochs": epochs, "freeze_epochs": epochs, "dropout": 0.2, "learning_rate": 3e-3, "schedule": "linear",
+                "batch_size": BATCH,
+            }
+    smallest = sizes[-1]
+    reasons.append(
+        f"model = \"cnn\": EfficientNet-Lite0's features of {images} images would take about "
+        f"{images * speeds.features[smallest]:.0f} s even at {smallest}x{smallest}, over {FEATURE_SHARE:.0%} of the time"
+    )
+    return None
+
+
+def _cnn_plan(
+    stats: DataStats, usable: float, speeds: Speeds, fixed: Mapping[str, Any], settings: dict[str, Any], reasons: list[str]
+) -> float:
+    """The small CNN's input size, width, batch and steps (into ``settings``); returns its expected seconds."""
+    records = stats.train_records
+    batch = fixed.get("batch_size", BATCH)
+    side = min(stats.height, stats.width)
+    if "input_size" in fixed:
+        sizes: list[int | None] = [fixed["input_size"]]
+    elif side > SHRUNK_SIZES[0]:
+        sizes = list(SHRUNK_SIZES)  # training from scratch on the full size of large images costs more than it adds
+    else:
+        sizes = [None]
+    widths = [fixed["width"]] if "width" in fixed else list(WIDTHS)
+    need = minimum_epochs(records)
+    # Validation runs every epoch: about a third of a training image's cost per validation image.
+    per_epoch_extra = stats.val_records / 3
+
+    def epoch_seconds(size: int | None, width: int) -> float:
+        shape = (size, size) if size else (stats.height, stats.width)
+        image = speeds.cnn_image(cnn_macs(shape, stats.channels, width, len(stats.class_counts)))
+        return (records + per_epoch_extra) * image
+
+    candidates = [(size, width) for size in sizes for width in widths]
+    cost = {c: epoch_seconds(*c) for c in candidates}
+    macs = {c: cnn_macs((c[0], c[0]) if c[0] else (stats.height, stats.width), stats.channels, c[1], len(stats.class_counts)) for c in candidates}
+    affordable = [c for c in candidates if cost[c] * (fixed.get("epochs") or need) <= usable]
+    if affordable:
+        size, width = max(affordable, key=lambda c: (macs[c], c[1]))
+        why = f"the most multiplies ({macs[(size, width)] / 1e6:.1f}M an image) that still affords {fixed.get('epochs') or need} epochs"
+    else:
+        size, width = min(candidates, key=lambda c: cost[c])
+        why = f"the cheapest candidate: even it affords fewer than {fixed.get('epochs') or need} epochs in the time"
+    settings["model"] = "cnn"
+    if size:
+        settings["input_size"] = size
+        reasons.append(f"input_size = {size}: {stats.height}x{stats.width} images shrink inside the model to what the time allows")
+    settings["width"] = width
+    reasons.append(f"width = {width} ({width}-{2 * width}-{4 * width} channels): {why} ({cost[(size, width)]:.0f} s an epoch here)")
+    steps_per_epoch = math.ceil(records / batch)
+    if "epochs" in fixed:
+        epochs = fixed["epochs"]
+        reasons.append(f"epochs = {epochs}: fixed by the spec")
+    else:
+        passes = usable / (cost[(size, width)] + EPOCH_SECONDS)
+        epochs = max(1, min(int(passes), MAX_EPOCH_FACTOR * need))
+        reasons.append(
+            f"{epochs} passes over the data: {passes:.1f} fit in the time"
+            + (f" (capped at {MAX_EPOCH_FACTOR}x the {need} a dataset of {records} images needs)" if int(passes) > MAX_EPOCH_FACTOR * need else "")
+        )
+        if epochs > MAX_CHUNKS and "steps_per_epoch" not in fixed:
+            # Fewer, longer Keras epochs: each one validates and checkpoints, which costs time on small data.
+            total = epochs * steps_per_epoch
+            epochs, steps_per_epoch = MAX_CHUNKS, math.ceil(total / MAX_CHUNKS)
+            settings["steps_per_epoch"] = steps_per_epoch
+            reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {total // MAX_CHUNKS} steps, not every pass")
+        else:
+            reasons.append(f"epochs = {epochs}")
+    settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=0.3)
+    rate = fixed.get("learning_rate", settings["learning_rate"])
+    reasons.append(f"schedule = \"linear\": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps")
+    return epochs * steps_per_epoch * batch / records * cost[(size, width)] + epochs * EPOCH_SECONDS
+
+
+def _augmentation(stats: DataStats, settings: dict[str, Any], fixed: Mapping[str, Any], reasons: list[str], frozen: bool) -> None:
+    """Augmentation that keeps the labels of this data (none on cached features: they are computed once)."""
+    if frozen:
+        settings.update(flip="none", translate=0.0, rotate=0.0, zoom=0.0)
+        reasons.append("no augmentation: the frozen backbone's features are computed once, unaugmented")
+        return
+    if stats.mirror >= SYMMETRIC and stats.turn >= SYMMETRIC:
+        settings.update(flip="both", translate=0.05, rotate=0.0, zoom=0.05)
+        reasons.append(f"flip = \"both\": the class means look the same mirrored ({stats.mirror:.2f}) and turned ({stats.turn:.2f}), "
+                       "as in inspection images; small shifts and zooms")
+    elif stats.mirror >= SYMMETRIC:
+        settings.update(flip="horizontal", translate=0.08, rotate=0.0, zoom=0.05)
+        reasons.append(f"flip = \"horizontal\": the class means look the same mirrored ({stats.mirror:.2f}), as natural images do; "
+                       "small shifts and zooms")
+    else:
+        settings.update(flip="none", translate=0.1, rotate=0.05, zoom=0.1)
+        reasons.append(f"flip = \"none\": the class means change when mirrored ({stats.mirror:.2f}), as glyphs and digits do; "
+                       "small shifts, turns and zooms only")

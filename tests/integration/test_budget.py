@@ -1,0 +1,57 @@
+"""A run with a time budget, on a slice of the real MNIST sample: the recipe plans training from the
+data and a real speed probe, the run keeps its budget, a spec's own settings win, and a rerun reuses
+the model the plan trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+BUDGET = 90  # seconds
+
+
+def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.train import train
+    from imgflow.config import build_run_config
+    from imgflow.pipeline import plan
+
+    monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path / "cache"))  # a machine that has never been probed
+    spec = tmp_path / "digits.toml"
+    spec.write_text(
+        'source = "sample:mnist5k"\nlimit = 1500\n\n[clean]\nimage_size = [28, 28]\nchannels = 1\n'
+        "test_fraction = 0.2\nval_fraction = 0.06\n\n[train]\nwidth = 16\n\n[gate]\nmin_accuracy = 0.0\n"
+    )
+    artifacts = tmp_path / "artifacts"
+    cfg = build_run_config(str(spec), artifacts, budget=f"{BUDGET}s")
+    train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s", until="shard")
+    before = {p.stage: p for p in plan(cfg)}
+    assert before["train"].key is None and "recipe" in before["train"].note  # the data is built, this machine not measured
+
+    first = train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s")
+    budget = first["budget"]
+    assert budget["budget_seconds"] == BUDGET
+    assert first["seconds"] <= 1.1 * BUDGET, first["seconds"]  # kept within 10%
+    assert budget["within"] == (first["seconds"] <= BUDGET)
+    assert any(line.startswith("width = 16") for line in budget["plan"])  # the spec's width wins
+    assert any(line.startswith("schedule = \"linear\"") for line in budget["plan"])
+    train_dir = Path(first["stages"]["train"]["path"])
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    chosen = manifest["config"]
+    assert chosen["width"] == 16 and chosen["schedule"] == "linear" and chosen["flip"] == "none"  # digits: no mirrors
+    assert manifest["info"]["plan"] == budget["plan"]
+    assert manifest["info"]["deadline"] == budget["training_seconds"] > 0
+    if first["decision"] == "promoted":
+        card = json.loads((Path(first["artifacts"]["registry"]) / "card.json").read_text())
+        assert card["training"]["plan"] == budget["plan"]  # the model card records the plan
+
+    # The probe and the data's statistics are cached: planning now knows the train key, and a rerun
+    # reuses every stage, training included.
+    after = {p.stage: p for p in plan(cfg)}
+    assert after["train"].action == "reuse" and after["train"].key == first["stages"]["train"]["key"]
+    second = train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s")
+    assert second["stages"]["train"]["status"] == "cached"
+    assert second["stages"]["train"]["key"] == first["stages"]["train"]["key"]

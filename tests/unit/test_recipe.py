@@ -1,0 +1,140 @@
+"""The recipe's choices (``imgflow.recipe.choose``) for given data statistics and probe speeds."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import pytest
+
+from imgflow.config import TrainConfig, build_run_config
+from imgflow.errors import ConfigError
+from imgflow.models import make_model
+from imgflow.recipe import (
+    DataStats, Speeds, choose, cnn_macs, minimum_epochs, parse_duration, reserve_seconds, training_seconds,
+)
+
+# A fast 2-core machine and a CPU-limited one, as the probe would measure them (seconds per training
+# image: a fixed part and a part per multiply).
+FAST = Speeds(overhead=2e-5, per_mac=2.3e-11)
+SLOW = Speeds(overhead=1e-4, per_mac=1.2e-10)
+FASHION = DataStats(28, 28, 1, (5600,) * 10, 3500, 10500, mirror=0.97, turn=0.4)
+DIGITS = DataStats(28, 28, 1, (380,) * 10, 300, 1050, mirror=0.6, turn=0.3)
+PHOTOS = DataStats(300, 300, 1, (1200, 900, 700, 100), 150, 450, mirror=0.95, turn=0.93)
+WITH_FEATURES = Speeds(overhead=2e-5, per_mac=2.3e-11, features={224: 0.033, 192: 0.025, 160: 0.018, 128: 0.012})
+
+
+def test_durations_parse_and_bad_ones_are_refused() -> None:
+    assert parse_duration("15m") == 900
+    assert parse_duration("90s") == 90
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("600") == 600
+    assert parse_duration("2.5m") == 150
+    for bad in ("", "15 minutes", "m", "0s", "-5m", "5ms"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_a_bad_budget_in_a_spec_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"budget must be a duration such as \"15m\""):
+        build_run_config("mnist5k", budget="fifteen minutes")
+    cfg = build_run_config("mnist5k", budget="15m")
+    assert cfg.train.budget == "15m"
+    assert "budget" not in cfg.fixed and {"epochs", "batch_size", "learning_rate"} <= set(cfg.fixed)
+
+
+def test_the_recipes_record_cannot_be_set_by_a_spec() -> None:
+    with pytest.raises(ConfigError, match="unknown setting"):
+        build_run_config("mnist5k", overrides={"train": {"plan": ["mine"]}})
+
+
+def test_training_gets_the_budget_less_the_data_stages_and_the_reserve() -> None:
+    assert training_seconds(900, 60) == pytest.approx(900 - 60 - reserve_seconds(900))
+    assert training_seconds(60, 100) == 0.0
+
+
+def test_multiplies_are_counted_as_keras_builds_the_cnn() -> None:
+    for shape, width in (((28, 28, 1), 16), ((64, 64, 3), 32), ((96, 96, 1), 24)):
+        model = make_model(shape, 10, width=width)
+        counted = 0
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                height, wide = layer.output.shape[1:3]
+                counted += height * wide * layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2] * layer.kernel.shape[3]
+            elif isinstance(layer, keras.layers.Dense):
+                counted += layer.kernel.shape[0] * layer.kernel.shape[1]
+        assert cnn_macs(shape[:2], shape[2], width, 10) == counted
+
+
+def test_small_data_is_planned_more_passes_than_large() -> None:
+    assert minimum_epochs(60_000) == 15
+    assert minimum_epochs(4_000) > minimum_epochs(60_000)
+    assert minimum_epochs(100) == 40
+
+
+def test_a_fast_machine_buys_a_wider_cnn_than_a_slow_one() -> None:
+    fast = choose(FASHION, 700, FAST, {})
+    slow = choose(FASHION, 700, SLOW, {})
+    assert fast.settings["model"] == slow.settings["model"] == "cnn"
+    assert fast.settings["width"] > slow.settings["width"]
+    for plan in (fast, slow):
+        assert plan.settings["width"] % 8 == 0
+        assert plan.settings["schedule"] == "linear"
+        assert plan.seconds <= 700  # the plan fits the time it was given
+    assert fast.seconds > 0.6 * 700  # and fills it
+
+
+def test_the_time_is_filled_but_not_past_a_few_times_what_the_data_needs() -> None:
+    plan = choose(DIGITS, 3600, FAST, {})
+    need = minimum_epochs(DIGITS.train_records)
+    assert plan.settings["width"] == 64  # the widest: the data is small
+    passes = plan.settings["epochs"] * plan.settings["steps_per_epoch"] / math.ceil(DIGITS.train_records / 128)
+    assert passes == pytest.approx(3 * need, rel=0.02)
+    assert any("capped" in line for line in plan.reasons)
+    assert plan.settings["epochs"] == 20  # in 20 longer epochs: a validation and a checkpoint each
+
+
+def test_augmentation_follows_the_datas_symmetry() -> None:
+    assert choose(FASHION, 700, FAST, {}).settings["flip"] == "horizontal"
+    digits = choose(DIGITS, 700, FAST, {})
+    assert digits.settings["flip"] == "none" and digits.settings["translate"] > 0
+    assert choose(PHOTOS, 700, FAST, {"model": "cnn"}).settings["flip"] == "both"
+
+
+def test_imbalanced_classes_are_weighted() -> None:
+    assert choose(PHOTOS, 700, FAST, {"model": "cnn"}).settings["class_weights"] is True
+    assert choose(FASHION, 700, FAST, {}).settings["class_weights"] is False
+
+
+def test_large_images_shrink_inside_the_cnn() -> None:
+    plan = choose(PHOTOS, 700, FAST, {"model": "cnn"})
+    assert plan.settings["input_size"] in (64, 96, 128)
+
+
+def test_photographs_get_imagenet_features_when_they_fit_the_time() -> None:
+    plan = choose(PHOTOS, 700, WITH_FEATURES, {})
+    assert plan.settings["model"] == "transfer" and plan.settings["backbone_weights"] == "imagenet"
+    assert plan.settings["backbone_size"] == 224
+    assert plan.settings["freeze_epochs"] == plan.settings["epochs"]
+    assert plan.settings["translate"] == 0.0  # features are computed once: augmentation would be wasted
+    # Less time: a smaller input; much less: the CNN.
+    assert choose(PHOTOS, 200, WITH_FEATURES, {}).settings["backbone_size"] < 224
+    assert choose(PHOTOS, 40, WITH_FEATURES, {}).settings["model"] == "cnn"
+    # Glyphs never get them; nor does a machine without the weights.
+    assert choose(FASHION, 700, WITH_FEATURES, {}).settings["model"] == "cnn"
+    assert choose(PHOTOS, 700, FAST, {}).settings["model"] == "cnn"
+
+
+def test_fields_the_spec_sets_win_and_the_plan_works_around_them() -> None:
+    fixed = {"width": 24, "epochs": 5, "flip": "none", "batch_size": 64}
+    plan = choose(FASHION, 700, FAST, fixed)
+    assert not set(fixed) & set(plan.settings)  # none of them is chosen again
+    assert any("epochs = 5: fixed" in line for line in plan.reasons)
+    assert "width = 24" in " ".join(plan.reasons)
+    assert plan.settings["learning_rate"] > 0
+
+
+def test_every_setting_the_recipe_chooses_is_a_train_setting() -> None:
+    fields = set(TrainConfig.__dataclass_fields__)
+    for stats, speeds in ((FASHION, FAST), (PHOTOS, WITH_FEATURES), (PHOTOS, SLOW)):
+        assert set(choose(stats, 700, speeds, {}).settings) <= fields
