@@ -5,8 +5,8 @@ results, ``data_stats`` and ``measure``.
 
 - ``measure``: the speed probe. It trains the small CNN for a few steps on random pixels of the data's
   shape at the smallest and the largest size the recipe could choose (a line in multiplies through the
-  two), and, for photographs and drawings, times EfficientNet-Lite0's forward pass at two input sizes
-  (a line in pixels). A few seconds on a fast machine, once: the result is cached per machine (CPU
+  two), the residual network once where the data is large enough for it (its fixed part), and, for
+  photographs and drawings, times EfficientNet-Lite0's forward pass at two input sizes (a line in pixels). A few seconds on a fast machine, once: the result is cached per machine (CPU
   model, CPU quota, GPUs, precision, TensorFlow's oneDNN settings) under ``<cache>/probe/``, so the
   same data on the same machine plans the same steps, and a rerun reuses the trained model.
 - ``data_stats``: the train split's statistics: the shard stage's counts, and the class-mean images'
@@ -30,8 +30,8 @@ from imgflow import cpus
 from imgflow.fingerprint import stable_hash
 from imgflow.config import TrainConfig
 from imgflow.recipe import (
-    BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, SHRUNK_SIZES, WIDTHS, DataStats, Speeds, choose, cnn_macs, parse_duration,
-    reserve_seconds, training_seconds,
+    BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, WIDTHS, DataStats, Speeds, choose,
+    cnn_macs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
 )
 from imgflow.results import ShardInfo, StageResult, shard_files
 from imgflow.store import MANIFEST, write_json_atomic
@@ -91,11 +91,13 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     """This machine's ``Speeds`` for data of ``stats``'s shape: from the cache, else measured now
     (``run``), else None (planning without running anything)."""
     what = {"shape": [stats.height, stats.width, stats.channels], "classes": len(stats.class_counts), "batch": BATCH,
-            "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available()}
+            "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
+            "resnet9": stats.train_records >= RESNET_RECORDS}
     path = cache_dir() / f"{stable_hash([machine(), what])[:16]}.json"
     if path.is_file():
         found = json.loads(path.read_text())
-        return Speeds(found["overhead"], found["per_mac"], found["batch"], {int(k): v for k, v in found["features"].items()}, found["seconds"])
+        return Speeds(found["overhead"], found["per_mac"], found["batch"], {int(k): v for k, v in found["features"].items()},
+                      found["seconds"], found["resnet_overhead"])
     if not run:
         return None
     print(f"speed probe: timing training steps on this machine (once; cached in {path.parent})", flush=True)
@@ -104,16 +106,21 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     sizes = _extremes(stats.height, stats.width)
     for size, width in ((sizes[0], WIDTHS[0]), (sizes[-1], WIDTHS[-1])):
         shape = (size, size) if size else (stats.height, stats.width)
-        seconds = _cnn_step(stats, size, width) / BATCH
+        seconds = _step(stats, "cnn", size, width) / BATCH
         points.append((cnn_macs(shape, stats.channels, width, len(stats.class_counts)), seconds))
     (small, fast), (large, slow) = points
     per_mac = max(0.0, (slow - fast) / (large - small)) if large > small else 0.0
     overhead = max(1e-7, fast - per_mac * small)
+    resnet = None
+    if what["resnet9"]:  # its fixed part; its multiplies cost what the CNN's do
+        shape = (sizes[0], sizes[0]) if sizes[0] else (stats.height, stats.width)
+        macs = resnet9_macs(shape, stats.channels, RESNET_WIDTHS[0], len(stats.class_counts))
+        resnet = max(1e-7, _step(stats, "resnet9", sizes[0], RESNET_WIDTHS[0]) / BATCH - per_mac * macs)
     features = _feature_speeds() if what["features"] else {}
-    speeds = Speeds(overhead, per_mac, BATCH, features, round(time.time() - started, 1))
+    speeds = Speeds(overhead, per_mac, BATCH, features, round(time.time() - started, 1), resnet)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"overhead": overhead, "per_mac": per_mac, "batch": BATCH, "features": features,
-                             "machine": machine(), "measured": what, "seconds": speeds.seconds})
+                             "resnet_overhead": resnet, "machine": machine(), "measured": what, "seconds": speeds.seconds})
     lines = [f"{1 / fast:.0f} images/s at {small / 1e6:.1f}M multiplies", f"{1 / slow:.0f} at {large / 1e6:.1f}M"]
     lines += [f"Lite0 features {1 / s:.0f} images/s at {size}" for size, s in sorted(features.items(), reverse=True)[:1]]
     print(f"speed probe: {'; '.join(lines)} ({time.time() - started:.0f} s)", flush=True)
@@ -126,21 +133,22 @@ def _lite0_available() -> bool:
     return (weights_dir() / LITE0_FILE).is_file() or installed_lite0() is not None
 
 
-def _cnn_step(stats: DataStats, size: int | None, width: int) -> float:
-    """Seconds per training step of the CNN at batch ``BATCH``, as training runs it (precision, XLA,
-    augmentation in tf.data), on random pixels."""
+def _step(stats: DataStats, family: str, size: int | None, width: int) -> float:
+    """Seconds per training step of a ``family`` network at batch ``BATCH``, as training runs it
+    (precision, XLA, augmentation in tf.data), on random pixels."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     from imgflow.accel import current_plan
     from imgflow.data import make_augmenter
-    from imgflow.models import compile_for_training, make_model
+    from imgflow.models import compile_for_training, make_model, make_resnet9
 
     chosen = current_plan("auto", "auto")
     keras.mixed_precision.set_global_policy(chosen.precision)
     try:
-        model = make_model((stats.height, stats.width, stats.channels), len(stats.class_counts), width=width, input_size=size)
+        build = make_model if family == "cnn" else make_resnet9
+        model = build((stats.height, stats.width, stats.channels), len(stats.class_counts), width=width, input_size=size)
         compile_for_training(model, 1e-3, 100, chosen.jit_compile)
         augment = make_augmenter(0.1, 0.0, 0.1, 0)
         pixels = np.random.default_rng(0).integers(0, 256, (BATCH, stats.height, stats.width, stats.channels)).astype("float32")

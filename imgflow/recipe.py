@@ -17,9 +17,10 @@ plans around them. The choices:
 - **model**: ImageNet features (a frozen EfficientNet-Lite0 under a new head, features computed once)
   for photographs and drawings (colour, or at least 64 pixels a side) when their cost fits in
   ``FEATURE_SHARE`` of the training time; otherwise the small CNN (``imgflow.models.make_model``).
-- **CNN size**: the input size (large images shrink to 128, 96 or 64 inside the model) and the width
-  (multiples of 8, 16 to 64) of the most multiplies that still affords ``minimum_epochs`` passes over
-  the data: small data needs more passes than large.
+- **network size**: the residual network (``resnet9``) when there are ``RESNET_RECORDS`` training
+  images or more and it affords the passes below, else the small CNN; the input size (large images
+  shrink to 128, 96 or 64 inside the model) and the width (multiples of 8) of the most multiplies that
+  still affords ``minimum_epochs`` passes over the data: small data needs more passes than large.
 - **steps**: as many as fill the time, at most ``MAX_EPOCH_FACTOR`` times the minimum, with a
   learning rate that decays linearly to zero at the last step (Li et al. 2020, "Budgeted Training":
   linear decay to zero is robust whatever the budget).
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WIDTHS = (16, 24, 32, 48, 64)  # the CNN's base channels: multiples of 8, what CPU and GPU kernels tile best
+RESNET_WIDTHS = (16, 24, 32)  # resnet9's (x8 at its last stage)
+RESNET_RECORDS = 20_000  # the fewest training images the residual network is offered for
 SHRUNK_SIZES = (128, 96, 64)  # what a large image may shrink to inside the CNN
 FEATURE_SIZES = (224, 192, 160, 128)  # Lite0's input sizes, 224 first: what its ImageNet weights were trained at
 FEATURE_SHARE = 0.6  # the most of the training time Lite0's features may take
@@ -130,9 +133,13 @@ class Speeds:
     batch: int = BATCH
     features: Mapping[int, float] = field(default_factory=dict)
     seconds: float = 0.0  # what measuring took (a budget pays it, cached or not, so its plan stays the same)
+    resnet_overhead: float | None = None  # resnet9's fixed part (its per-multiply part is the CNN's); None: not measured
 
-    def cnn_image(self, macs: float) -> float:
-        return self.overhead + self.per_mac * macs
+    def image(self, family: str, macs: float) -> float:
+        """Seconds per training image of a ``family`` network of ``macs`` multiplies."""
+        overhead = self.overhead if family == "cnn" else self.resnet_overhead
+        assert overhead is not None, family
+        return overhead + self.per_mac * macs
 
 
 @dataclass(frozen=True)
@@ -162,10 +169,24 @@ def cnn_macs(size: tuple[int, int], channels: int, width: int, classes: int) -> 
     return total + CNN_GRID * CNN_GRID * 4 * width * classes
 
 
+def resnet9_macs(size: tuple[int, int], channels: int, width: int, classes: int) -> int:
+    """Multiplies of one image through ``imgflow.models.make_resnet9``."""
+    height, wide = size
+    total = height * wide * 9 * (channels * width + width * 2 * width)
+    height, wide = height // 2, wide // 2
+    total += height * wide * 9 * (2 * (2 * width) ** 2 + 2 * width * 4 * width)
+    height, wide = height // 2, wide // 2
+    total += height * wide * 9 * 4 * width * 8 * width
+    if min(size) >= 8:
+        height, wide = height // 2, wide // 2
+    total += height * wide * 9 * 2 * (8 * width) ** 2
+    return total + 8 * width * classes
+
+
 def minimum_epochs(records: int) -> int:
-    """The fewest passes over ``records`` training images worth planning for: about 15 for 60,000 and
+    """The fewest passes over ``records`` training images worth planning for: about 12 for 60,000 and
     more for less data (a small dataset's model needs more passes to see as many images)."""
-    return max(12, min(40, round(15 * (60_000 / max(records, 1)) ** 0.35)))
+    return max(10, min(40, round(12 * (60_000 / max(records, 1)) ** 0.35)))
 
 
 def _feature_records(stats: DataStats) -> int:
@@ -242,7 +263,8 @@ def _features_plan(
 def _cnn_plan(
     stats: DataStats, usable: float, speeds: Speeds, fixed: Mapping[str, Any], settings: dict[str, Any], reasons: list[str]
 ) -> float:
-    """The small CNN's input size, width, batch and steps (into ``settings``); returns its expected seconds."""
+    """A network trained from scratch: its family, input size, width, batch and steps (into
+    ``settings``); returns its expected seconds."""
     records = stats.train_records
     batch = fixed.get("batch_size", BATCH)
     side = min(stats.height, stats.width)
@@ -252,38 +274,48 @@ def _cnn_plan(
         sizes = list(SHRUNK_SIZES)  # training from scratch on the full size of large images costs more than it adds
     else:
         sizes = [None]
-    widths = [fixed["width"]] if "width" in fixed else list(WIDTHS)
-    need = minimum_epochs(records)
-    # Validation runs every epoch: about a third of a training image's cost per validation image.
-    per_epoch_extra = stats.val_records / 3
+    families = [fixed["model"]] if fixed.get("model") in ("cnn", "resnet9") else ["cnn", *(["resnet9"] if _deep_enough(stats, speeds) else [])]
+    need = fixed.get("epochs") or minimum_epochs(records)
+    per_epoch_extra = stats.val_records / 3  # validation every epoch: about a third of a training image's cost each
+    classes = len(stats.class_counts)
 
-    def epoch_seconds(size: int | None, width: int) -> float:
-        shape = (size, size) if size else (stats.height, stats.width)
-        image = speeds.cnn_image(cnn_macs(shape, stats.channels, width, len(stats.class_counts)))
-        return (records + per_epoch_extra) * image
+    def shape(size: int | None) -> tuple[int, int]:
+        return (size, size) if size else (stats.height, stats.width)
 
-    candidates = [(size, width) for size in sizes for width in widths]
-    cost = {c: epoch_seconds(*c) for c in candidates}
-    macs = {c: cnn_macs((c[0], c[0]) if c[0] else (stats.height, stats.width), stats.channels, c[1], len(stats.class_counts)) for c in candidates}
-    affordable = [c for c in candidates if cost[c] * (fixed.get("epochs") or need) <= usable]
+    candidates = [
+        (family, size, width)
+        for family in families
+        for size in sizes
+        for width in ([fixed["width"]] if "width" in fixed else (WIDTHS if family == "cnn" else RESNET_WIDTHS))
+    ]
+    macs = {c: (cnn_macs if c[0] == "cnn" else resnet9_macs)(shape(c[1]), stats.channels, c[2], classes) for c in candidates}
+    cost = {c: (records + per_epoch_extra) * speeds.image(c[0], macs[c]) for c in candidates}
+    affordable = [c for c in candidates if cost[c] * need <= usable]
     if affordable:
-        size, width = max(affordable, key=lambda c: (macs[c], c[1]))
-        why = f"the most multiplies ({macs[(size, width)] / 1e6:.1f}M an image) that still affords {fixed.get('epochs') or need} epochs"
+        # The deeper family first when it is affordable at all: at the same multiplies it learns more.
+        family, size, width = max(affordable, key=lambda c: (c[0] == "resnet9", macs[c], c[2]))
+        why = f"the most multiplies ({macs[(family, size, width)] / 1e6:.1f}M an image) that still affords {need} epochs"
     else:
-        size, width = min(candidates, key=lambda c: cost[c])
-        why = f"the cheapest candidate: even it affords fewer than {fixed.get('epochs') or need} epochs in the time"
-    settings["model"] = "cnn"
+        family, size, width = min(candidates, key=lambda c: cost[c])
+        why = f"the cheapest candidate: even it affords fewer than {need} epochs in the time"
+    chosen = (family, size, width)
+    settings["model"] = family
+    if family == "resnet9":
+        reasons.append(f"model = \"resnet9\": {records} training images are enough for a residual network's depth, and it fits the time")
+    elif "resnet9" in families:
+        reasons.append("model = \"cnn\": the residual network does not fit the time")
     if size:
         settings["input_size"] = size
         reasons.append(f"input_size = {size}: {stats.height}x{stats.width} images shrink inside the model to what the time allows")
     settings["width"] = width
-    reasons.append(f"width = {width} ({width}-{2 * width}-{4 * width} channels): {why} ({cost[(size, width)]:.0f} s an epoch here)")
+    channels = f"{width}-{2 * width}-{4 * width}" if family == "cnn" else f"{width}-{2 * width}-{4 * width}-{8 * width}"
+    reasons.append(f"width = {width} ({channels} channels): {why} ({cost[chosen]:.0f} s an epoch here)")
     steps_per_epoch = math.ceil(records / batch)
     if "epochs" in fixed:
         epochs = fixed["epochs"]
         reasons.append(f"epochs = {epochs}: fixed by the spec")
     else:
-        passes = usable / (cost[(size, width)] + EPOCH_SECONDS)
+        passes = usable / (cost[chosen] + EPOCH_SECONDS)
         epochs = max(1, min(int(passes), MAX_EPOCH_FACTOR * need))
         reasons.append(
             f"{epochs} passes over the data: {passes:.1f} fit in the time"
@@ -297,10 +329,15 @@ def _cnn_plan(
             reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {total // MAX_CHUNKS} steps, not every pass")
         else:
             reasons.append(f"epochs = {epochs}")
-    settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=0.3)
+    settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=0.3 if family == "cnn" else 0.1)
     rate = fixed.get("learning_rate", settings["learning_rate"])
     reasons.append(f"schedule = \"linear\": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps")
-    return epochs * steps_per_epoch * batch / records * cost[(size, width)] + epochs * EPOCH_SECONDS
+    return epochs * steps_per_epoch * batch / records * cost[chosen] + epochs * EPOCH_SECONDS
+
+
+def _deep_enough(stats: DataStats, speeds: Speeds) -> bool:
+    """Whether the residual network is a candidate: enough data for its depth, and measured here."""
+    return stats.train_records >= RESNET_RECORDS and speeds.resnet_overhead is not None
 
 
 def _augmentation(stats: DataStats, settings: dict[str, Any], fixed: Mapping[str, Any], reasons: list[str], frozen: bool) -> None:

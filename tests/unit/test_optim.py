@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from imgflow.optim import OneCycle, Recipe, SmoothedCrossentropy, best_epoch, learning_rate, plateau_rates, stops_early
+from imgflow.optim import LinearToZero, OneCycle, Recipe, SmoothedCrossentropy, best_epoch, learning_rate, plateau_rates, stops_early
 
 
 def _rates(schedule, steps) -> list[float]:
@@ -31,7 +31,15 @@ def test_cosine_warms_up_then_decays_and_plateau_is_a_constant() -> None:
     assert warm == pytest.approx(0.01) and top == pytest.approx(0.1) and last < 1e-6
     assert learning_rate(0.1, 100, Recipe("plateau")) == 0.1
     with pytest.raises(ValueError, match="unknown schedule"):
-        learning_rate(0.1, 100, Recipe("linear"))
+        learning_rate(0.1, 100, Recipe("triangle"))
+
+
+def test_linear_warms_up_then_decays_to_zero_at_the_last_step() -> None:
+    schedule = learning_rate(0.1, 200, Recipe("linear"))
+    first, top, middle, last = _rates(schedule, [0, 10, 105, 200])
+    assert first == pytest.approx(0.01) and top == pytest.approx(0.1)
+    assert middle == pytest.approx(0.05, rel=1e-3) and last == 0.0
+    assert LinearToZero.from_config(schedule.get_config()).get_config() == schedule.get_config()
 
 
 def test_the_plateau_rule_replayed_from_validation_losses() -> None:

@@ -11,7 +11,7 @@ from imgflow.config import TrainConfig, build_run_config
 from imgflow.errors import ConfigError
 from imgflow.models import make_model
 from imgflow.recipe import (
-    DataStats, Speeds, choose, cnn_macs, minimum_epochs, parse_duration, reserve_seconds, training_seconds,
+    DataStats, Speeds, choose, cnn_macs, minimum_epochs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
 )
 
 # A fast 2-core machine and a CPU-limited one, as the probe would measure them (seconds per training
@@ -53,21 +53,26 @@ def test_training_gets_the_budget_less_the_data_stages_and_the_reserve() -> None
     assert training_seconds(60, 100) == 0.0
 
 
+def _keras_macs(model: keras.Model) -> int:
+    """Multiplies of one image through ``model``'s convolutions and dense layers, from Keras' own shapes."""
+    counted = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            height, wide = layer.output.shape[1:3]
+            kh, kw, cin, cout = layer.kernel.shape
+            counted += height * wide * kh * kw * cin * cout
+        elif isinstance(layer, keras.layers.Dense):
+            counted += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return counted
+
+
 def test_multiplies_are_counted_as_keras_builds_the_cnn() -> None:
     for shape, width in (((28, 28, 1), 16), ((64, 64, 3), 32), ((96, 96, 1), 24)):
-        model = make_model(shape, 10, width=width)
-        counted = 0
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.Conv2D):
-                height, wide = layer.output.shape[1:3]
-                counted += height * wide * layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2] * layer.kernel.shape[3]
-            elif isinstance(layer, keras.layers.Dense):
-                counted += layer.kernel.shape[0] * layer.kernel.shape[1]
-        assert cnn_macs(shape[:2], shape[2], width, 10) == counted
+        assert cnn_macs(shape[:2], shape[2], width, 10) == _keras_macs(make_model(shape, 10, width=width))
 
 
 def test_small_data_is_planned_more_passes_than_large() -> None:
-    assert minimum_epochs(60_000) == 15
+    assert minimum_epochs(60_000) == 12
     assert minimum_epochs(4_000) > minimum_epochs(60_000)
     assert minimum_epochs(100) == 40
 
@@ -138,3 +143,20 @@ def test_every_setting_the_recipe_chooses_is_a_train_setting() -> None:
     fields = set(TrainConfig.__dataclass_fields__)
     for stats, speeds in ((FASHION, FAST), (PHOTOS, WITH_FEATURES), (PHOTOS, SLOW)):
         assert set(choose(stats, 700, speeds, {}).settings) <= fields
+
+
+def test_the_residual_network_is_chosen_for_large_data_when_it_fits() -> None:
+    deep = Speeds(overhead=2e-5, per_mac=2.3e-11, resnet_overhead=5e-5)
+    assert choose(FASHION, 700, deep, {}).settings["model"] == "resnet9"
+    assert choose(DIGITS, 700, deep, {}).settings["model"] == "cnn"  # too little data for its depth
+    slow = Speeds(overhead=1e-4, per_mac=1.2e-10, resnet_overhead=3e-4)
+    assert choose(FASHION, 700, slow, {}).settings["model"] == "cnn"  # too slow a machine for it
+    assert choose(FASHION, 700, deep, {"model": "cnn"}).settings.get("model") is None  # fixed: not chosen again
+
+
+def test_multiplies_are_counted_as_keras_builds_the_residual_network() -> None:
+    from imgflow.models import make_resnet9
+
+    for shape, width in (((28, 28, 1), 16), ((64, 64, 3), 24)):
+        model = make_resnet9(shape, 10, width=width)
+        assert resnet9_macs(shape[:2], shape[2], width, 10) == _keras_macs(model)
