@@ -278,6 +278,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         budget = summary["budget"]
         print(f"  budget {budget['budget']}: the run took {budget['seconds']:.0f} s of {budget['budget_seconds']:.0f}"
               + (", training ran out of its time" if budget["out_of_time"] else ""))
+        if budget.get("fit"):
+            print(f"  {budget['fit']['verdict']} (train {budget['fit']['train_accuracy']}, validation {budget['fit']['val_accuracy']})")
     for name, path in summary["artifacts"].items():
         if path:
             print(f"  {name}: {path}")

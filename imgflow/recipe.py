@@ -24,9 +24,10 @@ plans around them. The choices:
 - **steps**: as many as fill the time, at most ``MAX_EPOCH_FACTOR`` times the minimum, with a
   learning rate that decays linearly to zero at the last step (Li et al. 2020, "Budgeted Training":
   linear decay to zero is robust whatever the budget).
-- **augmentation**: horizontal flips when the class means are mirror-symmetric (natural images,
-  clothes), flips on both axes when they are symmetric under a quarter turn too (inspection-like
-  images), small shifts, turns and zooms otherwise (glyphs, digits: a mirrored 3 is no 3).
+- **augmentation**: horizontal flips when the class means are mirror-symmetric (natural images),
+  flips on both axes when they are symmetric under a quarter turn too (inspection-like images), small
+  shifts, turns and zooms otherwise (glyphs, digits: a mirrored 3 is no 3); lighter when the time buys
+  fewer than ``LIGHT_PASSES`` passes over the data.
 - **imbalance**: class weights when the largest class holds over ``IMBALANCE`` times the smallest.
 """
 
@@ -49,6 +50,7 @@ BATCH = 128
 CNN_GRID = 3  # imgflow.models.GRID: the CNN's classifier sees a 3x3 grid of its last feature map
 IMBALANCE = 3.0
 SYMMETRIC = 0.9  # class means this correlated with their mirror (or turn) image are symmetric
+LIGHT_PASSES = 20  # fewer passes than this over the data get lighter augmentation
 MAX_EPOCH_FACTOR = 3  # spend no more than this many times the minimum passes, even with time left
 SAFETY = 0.9  # plan for this share of the time: the probe's estimate is not exact
 HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
@@ -226,13 +228,13 @@ def _features_plan(
     if fixed.get("model", "transfer") != "transfer" or fixed.get("backbone", "EfficientNetLite0") != "EfficientNetLite0":
         return None
     if stats.channels == 1 and min(stats.height, stats.width) < MIN_FEATURE_SIDE:
-        reasons.append(f"model = \"cnn\": small grayscale images ({stats.height}x{stats.width}) are glyphs, not photographs: ImageNet features do not fit them")
+        reasons.append(f"no ImageNet features: small grayscale images ({stats.height}x{stats.width}) are glyphs, not photographs")
         return None
     if fixed.get("text"):
-        reasons.append("model = \"cnn\": with text, a frozen backbone would run every epoch (cached features carry no text yet)")
+        reasons.append("no ImageNet features: with text, a frozen backbone would run every epoch (cached features carry no text yet)")
         return None
     if not speeds.features:
-        reasons.append("model = \"cnn\": EfficientNet-Lite0's ImageNet weights are not imported here (imgflow weights import efficientnet-lite0)")
+        reasons.append("no ImageNet features: EfficientNet-Lite0's ImageNet weights are not installed here (imgflow weights import efficientnet-lite0)")
         return None
     images = _feature_records(stats)
     sizes = [fixed["backbone_size"]] if "backbone_size" in fixed else [s for s in FEATURE_SIZES if s in speeds.features]
@@ -254,7 +256,7 @@ def _features_plan(
             }
     smallest = sizes[-1]
     reasons.append(
-        f"model = \"cnn\": EfficientNet-Lite0's features of {images} images would take about "
+        f"no ImageNet features: EfficientNet-Lite0's features of {images} images would take about "
         f"{images * speeds.features[smallest]:.0f} s even at {smallest}x{smallest}, over {FEATURE_SHARE:.0%} of the time"
     )
     return None
@@ -304,6 +306,8 @@ def _cnn_plan(
         reasons.append(f"model = \"resnet9\": {records} training images are enough for a residual network's depth, and it fits the time")
     elif "resnet9" in families:
         reasons.append("model = \"cnn\": the residual network does not fit the time")
+    elif "model" not in fixed:
+        reasons.append(f"model = \"cnn\": the small CNN (the residual network is offered from {RESNET_RECORDS} training images)")
     if size:
         settings["input_size"] = size
         reasons.append(f"input_size = {size}: {stats.height}x{stats.width} images shrink inside the model to what the time allows")
@@ -346,15 +350,23 @@ def _augmentation(stats: DataStats, settings: dict[str, Any], fixed: Mapping[str
         settings.update(flip="none", translate=0.0, rotate=0.0, zoom=0.0)
         reasons.append("no augmentation: the frozen backbone's features are computed once, unaugmented")
         return
+    batch = settings.get("batch_size", fixed.get("batch_size", BATCH))
+    steps = settings.get("steps_per_epoch") or math.ceil(stats.train_records / batch)
+    passes = settings.get("epochs", fixed.get("epochs", 1)) * steps * batch / max(stats.train_records, 1)
+    # Augmentation regularizes; a model that sees each image only a few times is far from memorizing
+    # them and learns faster from the images as they are.
+    light = passes < LIGHT_PASSES
+    strength = "light shifts and zooms" if light else "small shifts and zooms"
+    shift, zoom = (0.05, 0.05) if light else (0.08, 0.08)
+    why = f" ({strength}: {passes:.0f} passes over the data)"
     if stats.mirror >= SYMMETRIC and stats.turn >= SYMMETRIC:
-        settings.update(flip="both", translate=0.05, rotate=0.0, zoom=0.05)
+        settings.update(flip="both", translate=shift, rotate=0.0, zoom=zoom)
         reasons.append(f"flip = \"both\": the class means look the same mirrored ({stats.mirror:.2f}) and turned ({stats.turn:.2f}), "
-                       "as in inspection images; small shifts and zooms")
+                       f"as in inspection images{why}")
     elif stats.mirror >= SYMMETRIC:
-        settings.update(flip="horizontal", translate=0.08, rotate=0.0, zoom=0.05)
-        reasons.append(f"flip = \"horizontal\": the class means look the same mirrored ({stats.mirror:.2f}), as natural images do; "
-                       "small shifts and zooms")
+        settings.update(flip="horizontal", translate=shift, rotate=0.0, zoom=zoom)
+        reasons.append(f"flip = \"horizontal\": the class means look the same mirrored ({stats.mirror:.2f}), as natural images do{why}")
     else:
-        settings.update(flip="none", translate=0.1, rotate=0.05, zoom=0.1)
+        settings.update(flip="none", translate=0.05 if light else 0.1, rotate=0.0 if light else 0.05, zoom=0.05 if light else 0.1)
         reasons.append(f"flip = \"none\": the class means change when mirrored ({stats.mirror:.2f}), as glyphs and digits do; "
-                       "small shifts, turns and zooms only")
+                       f"{'light shifts and zooms' if light else 'small shifts, turns and zooms'} only ({passes:.0f} passes over the data)")

@@ -143,7 +143,24 @@ def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> dic
         "training_seconds": info.deadline if info else None,
         "out_of_time": info.out_of_time if info else None,
         "plan": info.plan if info else None,
+        "fit": fit(info.final) if info else None,
     }
+
+
+def fit(final: Mapping[str, float]) -> dict[str, Any] | None:
+    """Train against validation accuracy at the last epoch, and what the gap says. Train accuracy is
+    measured on augmented images with dropout on, so it reads a little low: a model whose train accuracy
+    is not above its validation accuracy has capacity or time left to use."""
+    if "accuracy" not in final or "val_accuracy" not in final:
+        return None
+    train, val = final["accuracy"], final["val_accuracy"]
+    if train - val > 0.05:
+        verdict = "overfits: train accuracy is well above validation; more data or augmentation would help more than time"
+    elif train <= val:
+        verdict = "underfits: train accuracy is no higher than validation; a larger model or more time would help"
+    else:
+        verdict = "fits: train accuracy is a little above validation"
+    return {"train_accuracy": round(train, 4), "val_accuracy": round(val, 4), "verdict": verdict}
 
 
 def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> dict[str, str]:
@@ -192,7 +209,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             else []
         ),
         *(
-            ["## The recipe's plan", "", *[f"- {line}" for line in summary["budget"]["plan"]], ""]
+            ["## The recipe's plan", "", *[f"- {line}" for line in summary["budget"]["plan"]],
+             *([f"- after training: {summary['budget']['fit']['verdict']} (train {summary['budget']['fit']['train_accuracy']}, "
+                f"validation {summary['budget']['fit']['val_accuracy']})"] if summary["budget"].get("fit") else []), ""]
             if (summary.get("budget") or {}).get("plan")
             else []
         ),

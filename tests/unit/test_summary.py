@@ -79,3 +79,12 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
     assert summary["stages"]["clean"]["status"] == "ran" and summary["stages"]["clean"]["records_in"] == 10
     assert summary["stages"]["merge"]["key"] == "merge-key"
     assert summary["artifacts"]["data_quality_report"] == "/a/merge/report.md"
+
+
+def test_train_against_validation_accuracy_says_whether_the_model_underfits() -> None:
+    from imgflow.summary import fit
+
+    assert fit({"accuracy": 0.90, "val_accuracy": 0.91})["verdict"].startswith("underfits")
+    assert fit({"accuracy": 0.99, "val_accuracy": 0.90})["verdict"].startswith("overfits")
+    assert fit({"accuracy": 0.95, "val_accuracy": 0.94})["verdict"].startswith("fits")
+    assert fit({"loss": 0.1}) is None
