@@ -30,7 +30,7 @@ from imgflow import cpus
 from imgflow.fingerprint import stable_hash
 from imgflow.config import TrainConfig
 from imgflow.recipe import (
-    BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, WIDTHS, DataStats, Speeds, choose,
+    BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, SYMMETRIC, WIDTHS, DataStats, Speeds, choose,
     cnn_macs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
 )
 from imgflow.results import ShardInfo, StageResult, shard_files
@@ -196,7 +196,7 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
     info = shards.info
     assert isinstance(info, ShardInfo), shards.stage
     height, width, channels = info.image_shape
-    path = cache_dir() / f"stats-{shards.fingerprint[:24]}.json"
+    path = cache_dir() / f"stats-v2-{shards.fingerprint[:24]}.json"
     if path.is_file():
         symmetry = json.loads(path.read_text())
     elif run:
@@ -212,8 +212,9 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
 
 
 def _symmetry(files: list[str], shape: tuple[int, int, int], classes: int) -> dict[str, float]:
-    """How alike each class's mean image is to its mirror image and its quarter turn (Pearson
-    correlation over pixels), averaged over the classes seen in the first ``STATS_RECORDS`` records."""
+    """The share of classes whose mean image looks the same mirrored (``mirror``) and turned a quarter
+    (``turn``): a Pearson correlation over pixels of at least ``SYMMETRIC``, over the classes seen in
+    the first ``STATS_RECORDS`` records."""
     import numpy as np
 
     from imgflow.data import shard_dataset
@@ -234,8 +235,8 @@ def _symmetry(files: list[str], shape: tuple[int, int, int], classes: int) -> di
         scale = float(np.sqrt((a * a).sum() * (b * b).sum()))
         return float((a * b).sum() / scale) if scale else 1.0
 
-    mirror = float(np.mean([alike(m, m[:, ::-1]) for m in means])) if means else 0.0
-    turn = float(np.mean([alike(m, np.rot90(m)) for m in means])) if means and shape[0] == shape[1] else 0.0
+    mirror = float(np.mean([alike(m, m[:, ::-1]) >= SYMMETRIC for m in means])) if means else 0.0
+    turn = float(np.mean([alike(m, np.rot90(m)) >= SYMMETRIC for m in means])) if means and shape[0] == shape[1] else 0.0
     return {"mirror": round(mirror, 4), "turn": round(turn, 4), "records": seen}
 
 
@@ -255,10 +256,11 @@ def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, 
     if stats is None or speeds is None:
         return None
     data = sum(_build_seconds(result) for name, result in results.items() if name != "train")
-    seconds = training_seconds(budget, data + speeds.seconds)
+    cores = cpus.budget().cores
+    seconds = training_seconds(budget, data + speeds.seconds, cores)
     plan = choose(stats, seconds, speeds, {name: getattr(config, name) for name in fixed})
     head = (f"budget {config.budget} ({budget:.0f} s): the data stages took {data:.0f} s and the speed probe "
-            f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget):.0f} s: training gets "
+            f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget, cores):.0f} s: training gets "
             f"{seconds:.0f} s and should take {plan.seconds:.0f} s")
     return dataclasses.replace(config, **plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1))
 

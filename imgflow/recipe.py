@@ -49,15 +49,16 @@ MIN_FEATURE_SIDE = 64  # a grayscale image smaller than this is a glyph, not a p
 BATCH = 128
 CNN_GRID = 3  # imgflow.models.GRID: the CNN's classifier sees a 3x3 grid of its last feature map
 IMBALANCE = 3.0
-SYMMETRIC = 0.9  # class means this correlated with their mirror (or turn) image are symmetric
+SYMMETRIC = 0.9  # a class mean this correlated with its mirror (or turned) image looks the same mirrored
+SYMMETRIC_SHARE = 0.5  # flips when at least this share of the classes look the same flipped
 LIGHT_PASSES = 20  # fewer passes than this over the data get lighter augmentation
 MAX_EPOCH_FACTOR = 3  # spend no more than this many times the minimum passes, even with time left
-SAFETY = 0.9  # plan for this share of the time: the probe's estimate is not exact
+SAFETY = 0.95  # plan for this share of the time: the probe's estimate is not exact
 HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
 MAX_CHUNKS = 20  # at most this many Keras epochs (each validates and checkpoints): small data gets longer ones
 EPOCH_SECONDS = 1.0  # what each Keras epoch's validation setup and checkpoint cost besides its images
-RESERVE_SECONDS = 30.0  # validate and export: this, plus RESERVE_SHARE of the budget
-RESERVE_SHARE = 0.1
+RESERVE_CPU_SECONDS = 40.0  # validate and export: this much CPU time (on the run's cores), plus RESERVE_SHARE of the budget
+RESERVE_SHARE = 0.03
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
@@ -88,21 +89,24 @@ def is_duration(text: str) -> bool:
     return True
 
 
-def reserve_seconds(budget: float) -> float:
-    """What validate and export are left of ``budget``."""
-    return RESERVE_SECONDS + RESERVE_SHARE * budget
+def reserve_seconds(budget: float, cores: float) -> float:
+    """What validate and export are left of ``budget`` on ``cores`` CPU cores (or their quota): their
+    work (loading, converting to ONNX, checking parity, quantizing) is CPU time, so a CPU-limited
+    machine needs longer for it."""
+    return RESERVE_CPU_SECONDS / max(min(cores, 2.0), 0.1) + RESERVE_SHARE * budget
 
 
-def training_seconds(budget: float, spent: float) -> float:
+def training_seconds(budget: float, spent: float, cores: float) -> float:
     """The seconds training may take: ``budget`` less the data stages' ``spent`` and the reserve."""
-    return max(0.0, budget - spent - reserve_seconds(budget))
+    return max(0.0, budget - spent - reserve_seconds(budget, cores))
 
 
 @dataclass(frozen=True)
 class DataStats:
     """What the recipe knows of the data: the stored image shape, the train split's records per class,
-    the other splits' sizes, and the class-mean images' symmetry (``mirror``: their mean correlation
-    with their left-right mirror image; ``turn``: with their quarter turn, 0 for non-square images)."""
+    the other splits' sizes, and the class-mean images' symmetry (``mirror``: the share of classes whose
+    mean image correlates with its left-right mirror image at ``SYMMETRIC`` or more; ``turn``: with its
+    quarter turn, 0 for non-square images)."""
 
     height: int
     width: int
@@ -359,14 +363,14 @@ def _augmentation(stats: DataStats, settings: dict[str, Any], fixed: Mapping[str
     strength = "light shifts and zooms" if light else "small shifts and zooms"
     shift, zoom = (0.05, 0.05) if light else (0.08, 0.08)
     why = f" ({strength}: {passes:.0f} passes over the data)"
-    if stats.mirror >= SYMMETRIC and stats.turn >= SYMMETRIC:
+    if stats.mirror >= SYMMETRIC_SHARE and stats.turn >= SYMMETRIC_SHARE:
         settings.update(flip="both", translate=shift, rotate=0.0, zoom=zoom)
-        reasons.append(f"flip = \"both\": the class means look the same mirrored ({stats.mirror:.2f}) and turned ({stats.turn:.2f}), "
+        reasons.append(f"flip = \"both\": {stats.mirror:.0%} of the class means look the same mirrored and {stats.turn:.0%} turned, "
                        f"as in inspection images{why}")
-    elif stats.mirror >= SYMMETRIC:
+    elif stats.mirror >= SYMMETRIC_SHARE:
         settings.update(flip="horizontal", translate=shift, rotate=0.0, zoom=zoom)
-        reasons.append(f"flip = \"horizontal\": the class means look the same mirrored ({stats.mirror:.2f}), as natural images do{why}")
+        reasons.append(f"flip = \"horizontal\": {stats.mirror:.0%} of the class means look the same mirrored, as natural images do{why}")
     else:
         settings.update(flip="none", translate=0.05 if light else 0.1, rotate=0.0 if light else 0.05, zoom=0.05 if light else 0.1)
-        reasons.append(f"flip = \"none\": the class means change when mirrored ({stats.mirror:.2f}), as glyphs and digits do; "
+        reasons.append(f"flip = \"none\": only {stats.mirror:.0%} of the class means look the same mirrored, as with glyphs and digits; "
                        f"{'light shifts and zooms' if light else 'small shifts, turns and zooms'} only ({passes:.0f} passes over the data)")
