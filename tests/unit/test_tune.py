@@ -26,7 +26,7 @@ def test_a_space_of_ranges_and_choices_follows_the_fields_types() -> None:
     [
         ({}, "the search space is empty"),
         ({"learnig_rate": [0.1]}, "learnig_rate: not a \\[train\\] field"),
-        ({"schedule": ["cosine", "linear"]}, "schedule must be one of"),
+        ({"schedule": ["cosine", "triangle"]}, "schedule must be one of"),
         ({"width": {"low": 0, "high": 8}}, "width.low must be at least 1"),
         ({"dropout": {"low": 0.5, "high": 0.1}}, "low must be below high"),
         ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "learning_rate.low must be above 0"),
