@@ -57,7 +57,7 @@ SAFETY = 0.95  # plan for this share of the time: the probe's estimate is not ex
 HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
 MAX_CHUNKS = 20  # at most this many Keras epochs (each validates and checkpoints): small data gets longer ones
 EPOCH_SECONDS = 1.0  # what each Keras epoch's validation setup and checkpoint cost besides its images
-RESERVE_CPU_SECONDS = 40.0  # validate and export: this much CPU time (on the run's cores), plus RESERVE_SHARE of the budget
+RESERVE_CPU_SECONDS = 16.0  # validate and export: this much CPU time (on the run's cores), plus RESERVE_SHARE of the budget
 RESERVE_SHARE = 0.03
 
 
@@ -324,17 +324,20 @@ def _cnn_plan(
         reasons.append(f"epochs = {epochs}: fixed by the spec")
     else:
         passes = usable / (cost[chosen] + EPOCH_SECONDS)
-        epochs = max(1, min(int(passes), MAX_EPOCH_FACTOR * need))
+        capped = passes > MAX_EPOCH_FACTOR * need
+        passes = max(1.0, min(passes, MAX_EPOCH_FACTOR * need))
         reasons.append(
-            f"{epochs} passes over the data: {passes:.1f} fit in the time"
-            + (f" (capped at {MAX_EPOCH_FACTOR}x the {need} a dataset of {records} images needs)" if int(passes) > MAX_EPOCH_FACTOR * need else "")
+            f"{passes:.1f} passes over the data fill the time"
+            + (f" (capped at {MAX_EPOCH_FACTOR}x the {need} a dataset of {records} images needs)" if capped else "")
         )
-        if epochs > MAX_CHUNKS and "steps_per_epoch" not in fixed:
-            # Fewer, longer Keras epochs: each one validates and checkpoints, which costs time on small data.
-            total = epochs * steps_per_epoch
-            epochs, steps_per_epoch = MAX_CHUNKS, math.ceil(total / MAX_CHUNKS)
+        # The steps of every pass that fits, and of the part of a pass that fits too, in at most
+        # MAX_CHUNKS Keras epochs (each validates and checkpoints, which costs time on small data).
+        total = max(1, int(passes * steps_per_epoch))
+        epochs = max(1, min(MAX_CHUNKS, int(passes)))
+        if "steps_per_epoch" not in fixed and total != epochs * steps_per_epoch:
+            steps_per_epoch = math.ceil(total / epochs)
             settings["steps_per_epoch"] = steps_per_epoch
-            reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {total // MAX_CHUNKS} steps, not every pass")
+            reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {steps_per_epoch} steps")
         else:
             reasons.append(f"epochs = {epochs}")
     settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=0.3 if family == "cnn" else 0.1)

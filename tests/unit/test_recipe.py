@@ -54,7 +54,7 @@ def test_training_gets_the_budget_less_the_data_stages_and_the_reserve() -> None
     assert training_seconds(900, 60, 2.0) == pytest.approx(900 - 60 - reserve_seconds(900, 2.0))
     assert training_seconds(60, 100, 2.0) == 0.0
     # A CPU quota keeps more for validate and export: their work is CPU time.
-    assert reserve_seconds(900, 0.4) > 2 * reserve_seconds(900, 2.0)
+    assert reserve_seconds(900, 0.4) > 1.5 * reserve_seconds(900, 2.0)
 
 
 def _keras_macs(model: keras.Model) -> int:
