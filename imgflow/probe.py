@@ -94,8 +94,8 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
             "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
             "resnet9": stats.train_records >= RESNET_RECORDS}
     path = cache_dir() / f"{stable_hash([machine(), what])[:16]}.json"
-    if path.is_file():
-        found = json.loads(path.read_text())
+    found = _cached(path)
+    if found is not None:
         return Speeds(found["overhead"], found["per_mac"], found["batch"], {int(k): v for k, v in found["features"].items()},
                       found["seconds"], found["resnet_overhead"])
     if not run:
@@ -125,6 +125,20 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     lines += [f"Lite0 features {1 / s:.0f} images/s at {size}" for size, s in sorted(features.items(), reverse=True)[:1]]
     print(f"speed probe: {'; '.join(lines)} ({time.time() - started:.0f} s)", flush=True)
     return speeds
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    """A cached measurement, or None when there is none or it cannot be read (then it is measured again)."""
+    try:
+        found = json.loads(path.read_text())
+        for name in ("overhead", "per_mac", "batch", "features", "seconds", "resnet_overhead"):
+            found[name]  # noqa: B018 - every field the plan reads, present
+        return found
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"speed probe: the cached measurement {path} cannot be read ({error}); measuring again", flush=True)
+        return None
 
 
 def _lite0_available() -> bool:
@@ -197,18 +211,29 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
     assert isinstance(info, ShardInfo), shards.stage
     height, width, channels = info.image_shape
     path = cache_dir() / f"stats-v2-{shards.fingerprint[:24]}.json"
-    if path.is_file():
-        symmetry = json.loads(path.read_text())
-    elif run:
+    symmetry = _cached_stats(path)
+    if symmetry is None:
+        if not run:
+            return None
         symmetry = _symmetry(shard_files(shards, "train"), tuple(info.image_shape), len(info.class_names))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, symmetry)
-    else:
-        return None
     return DataStats(
         height, width, channels, tuple(info.splits["train"].class_counts), info.splits["val"].records,
         info.splits["test"].records, bool(info.text), symmetry["mirror"], symmetry["turn"],
     )
+
+
+def _cached_stats(path: Path) -> dict[str, float] | None:
+    """Cached symmetry scores, or None when there are none or they cannot be read (then computed again)."""
+    try:
+        found = json.loads(path.read_text())
+        return {"mirror": float(found["mirror"]), "turn": float(found["turn"])}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"recipe: the cached data statistics {path} cannot be read ({error}); computing them again", flush=True)
+        return None
 
 
 def _symmetry(files: list[str], shape: tuple[int, int, int], classes: int) -> dict[str, float]:

@@ -164,3 +164,18 @@ def test_multiplies_are_counted_as_keras_builds_the_residual_network() -> None:
     for shape, width in (((28, 28, 1), 16), ((64, 64, 3), 24)):
         model = make_resnet9(shape, 10, width=width)
         assert resnet9_macs(shape[:2], shape[2], width, 10) == _keras_macs(model)
+
+
+def test_an_unreadable_probe_cache_is_measured_again_not_trusted(tmp_path, monkeypatch, capsys) -> None:
+    from imgflow import probe
+
+    monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path))
+    stats = DataStats(8, 8, 1, (40, 40), 10, 10)
+    first = probe.measure(stats)
+    assert first is not None and first.overhead > 0 and first.per_mac >= 0
+    assert probe.measure(stats, run=False) == first  # cached: planning needs no measurement
+    (cached,) = (tmp_path / "probe").glob("*.json")
+    cached.write_text('{"overhead": ')  # a truncated file
+    assert probe.measure(stats, run=False) is None
+    assert "cannot be read" in capsys.readouterr().out
+    assert probe.measure(stats) is not None
