@@ -52,6 +52,7 @@ IMBALANCE = 3.0
 SYMMETRIC = 0.9  # a class mean this correlated with its mirror (or turned) image looks the same mirrored
 SYMMETRIC_SHARE = 0.5  # flips when at least this share of the classes look the same flipped
 LIGHT_PASSES = 20  # fewer passes than this over the data get lighter augmentation
+SHORT_SHARE = 2 / 3  # when no network affords the passes the data needs, the widest that affords this share of them
 MAX_EPOCH_FACTOR = 3  # spend no more than this many times the minimum passes, even with time left
 SAFETY = 0.95  # plan for this share of the time: the probe's estimate is not exact
 HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
@@ -301,9 +302,16 @@ def _cnn_plan(
         # The deeper family first when it is affordable at all: at the same multiplies it learns more.
         family, size, width = max(affordable, key=lambda c: (c[0] == "resnet9", macs[c], c[2]))
         why = f"the most multiplies ({macs[(family, size, width)] / 1e6:.1f}M an image) that still affords {need} epochs"
+    elif fewer := [c for c in candidates if cost[c] * round(need * SHORT_SHARE) <= usable]:
+        # Nothing affords the passes the data needs: a wider network learns more from fewer passes than
+        # the narrowest from more, which plateaus with train and validation accuracy alike (capacity,
+        # not passes, is short: benchmarks/RESULTS.md, "A time budget").
+        family, size, width = max(fewer, key=lambda c: (macs[c], c[2]))
+        why = (f"the most multiplies ({macs[(family, size, width)] / 1e6:.1f}M an image) that affords "
+               f"{round(need * SHORT_SHARE)} passes: nothing affords {need} here")
     else:
         family, size, width = min(candidates, key=lambda c: cost[c])
-        why = f"the cheapest candidate: even it affords fewer than {need} epochs in the time"
+        why = f"the cheapest candidate: even it affords fewer than {round(need * SHORT_SHARE)} epochs in the time"
     chosen = (family, size, width)
     settings["model"] = family
     if family == "resnet9":
@@ -340,7 +348,10 @@ def _cnn_plan(
             reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {steps_per_epoch} steps")
         else:
             reasons.append(f"epochs = {epochs}")
-    settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=0.3 if family == "cnn" else 0.1)
+    # Dropout regularizes; with few passes the model is far from memorizing and needs all it has.
+    passes_planned = epochs * steps_per_epoch * batch / records
+    dropout = 0.1 if family == "resnet9" or passes_planned < LIGHT_PASSES else 0.3
+    settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=dropout)
     rate = fixed.get("learning_rate", settings["learning_rate"])
     reasons.append(f"schedule = \"linear\": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps")
     return epochs * steps_per_epoch * batch / records * cost[chosen] + epochs * EPOCH_SECONDS

@@ -150,14 +150,14 @@ def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> dic
 def fit(final: Mapping[str, float]) -> dict[str, Any] | None:
     """Train against validation accuracy at the last epoch, and what the gap says. Train accuracy is
     measured on augmented images with dropout on, so it reads a little low: a model whose train accuracy
-    is not above its validation accuracy has capacity or time left to use."""
+    is hardly above its validation accuracy has capacity or time left to use."""
     if "accuracy" not in final or "val_accuracy" not in final:
         return None
     train, val = final["accuracy"], final["val_accuracy"]
     if train - val > 0.05:
         verdict = "overfits: train accuracy is well above validation; more data or augmentation would help more than time"
-    elif train <= val:
-        verdict = "underfits: train accuracy is no higher than validation; a larger model or more time would help"
+    elif train - val < 0.01:
+        verdict = "underfits: train accuracy is hardly above validation; a larger model or more time would help"
     else:
         verdict = "fits: train accuracy is a little above validation"
     return {"train_accuracy": round(train, 4), "val_accuracy": round(val, 4), "verdict": verdict}
