@@ -37,8 +37,9 @@ from imgflow.results import ShardInfo, StageResult, shard_files
 from imgflow.store import MANIFEST, write_json_atomic
 
 STATS_RECORDS = 4096  # train records whose class means give the symmetry scores
-WARM_STEPS = 3  # steps before timing: the first ones trace and compile
-TIMED_STEPS = 6
+WARM_STEPS = 2  # steps before timing: the first traces and compiles
+TIMED_STEPS = 6  # for the cheapest model; the others get LARGE_TIMED_STEPS: their steps are long enough to time
+LARGE_TIMED_STEPS = 3
 
 
 def cache_dir() -> Path:
@@ -104,9 +105,9 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     started = time.time()
     points = []
     sizes = _extremes(stats.height, stats.width)
-    for size, width in ((sizes[0], WIDTHS[0]), (sizes[-1], WIDTHS[-1])):
+    for size, width, timed in ((sizes[0], WIDTHS[0], TIMED_STEPS), (sizes[-1], WIDTHS[-1], LARGE_TIMED_STEPS)):
         shape = (size, size) if size else (stats.height, stats.width)
-        seconds = _step(stats, "cnn", size, width) / BATCH
+        seconds = _step(stats, "cnn", size, width, timed) / BATCH
         points.append((cnn_macs(shape, stats.channels, width, len(stats.class_counts)), seconds))
     (small, fast), (large, slow) = points
     per_mac = max(0.0, (slow - fast) / (large - small)) if large > small else 0.0
@@ -115,7 +116,7 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     if what["resnet9"]:  # its fixed part; its multiplies cost what the CNN's do
         shape = (sizes[0], sizes[0]) if sizes[0] else (stats.height, stats.width)
         macs = resnet9_macs(shape, stats.channels, RESNET_WIDTHS[0], len(stats.class_counts))
-        resnet = max(1e-7, _step(stats, "resnet9", sizes[0], RESNET_WIDTHS[0]) / BATCH - per_mac * macs)
+        resnet = max(1e-7, _step(stats, "resnet9", sizes[0], RESNET_WIDTHS[0], LARGE_TIMED_STEPS) / BATCH - per_mac * macs)
     features = _feature_speeds() if what["features"] else {}
     speeds = Speeds(overhead, per_mac, BATCH, features, round(time.time() - started, 1), resnet)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,9 +148,9 @@ def _lite0_available() -> bool:
     return (weights_dir() / LITE0_FILE).is_file() or installed_lite0() is not None
 
 
-def _step(stats: DataStats, family: str, size: int | None, width: int) -> float:
+def _step(stats: DataStats, family: str, size: int | None, width: int, timed: int) -> float:
     """Seconds per training step of a ``family`` network at batch ``BATCH``, as training runs it
-    (precision, XLA, augmentation in tf.data), on random pixels."""
+    (precision, XLA, augmentation in tf.data), on random pixels: the mean of ``timed`` steps."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -170,9 +171,9 @@ def _step(stats: DataStats, family: str, size: int | None, width: int) -> float:
         data = tf.data.Dataset.from_tensors((pixels, labels)).repeat().map(lambda x, y: (augment(x, training=True), y))
         ends: list[float] = []
         timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
-        model.fit(data, epochs=1, steps_per_epoch=WARM_STEPS + TIMED_STEPS, verbose=0, callbacks=[timer])
-        timed = ends[WARM_STEPS - 1:]  # from the end of the last warm-up step
-        return (timed[-1] - timed[0]) / (len(timed) - 1)
+        model.fit(data, epochs=1, steps_per_epoch=WARM_STEPS + timed, verbose=0, callbacks=[timer])
+        clock = ends[WARM_STEPS - 1:]  # from the end of the last warm-up step
+        return (clock[-1] - clock[0]) / (len(clock) - 1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -195,8 +196,8 @@ def _feature_speeds() -> dict[int, float]:
             batch = np.zeros((32, size, size, 3), "float32")
             network.predict(batch, verbose=0)
             started = time.perf_counter()
-            network.predict(np.concatenate([batch, batch]), verbose=0)
-            measured[size] = (time.perf_counter() - started) / 64
+            network.predict(batch, verbose=0)
+            measured[size] = (time.perf_counter() - started) / len(batch)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     (big, slow), (small, fast) = measured.items()
