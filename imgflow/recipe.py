@@ -42,6 +42,7 @@ from typing import Any
 WIDTHS = (16, 24, 32, 48, 64)  # the CNN's base channels: multiples of 8, what CPU and GPU kernels tile best
 RESNET_WIDTHS = (16, 24, 32)  # resnet9's (x8 at its last stage)
 RESNET_RECORDS = 20_000  # the fewest training images the residual network is offered for
+WIDE_RECORDS = 6_000  # training images per 32 channels of width offered (width 64 from 12,000 images)
 SHRUNK_SIZES = (128, 96, 64)  # what a large image may shrink to inside the CNN
 FEATURE_SIZES = (224, 192, 160, 128)  # Lite0's input sizes, 224 first: what its ImageNet weights were trained at
 FEATURE_SHARE = 0.6  # the most of the training time Lite0's features may take
@@ -293,7 +294,7 @@ def _cnn_plan(
         (family, size, width)
         for family in families
         for size in sizes
-        for width in ([fixed["width"]] if "width" in fixed else (WIDTHS if family == "cnn" else RESNET_WIDTHS))
+        for width in ([fixed["width"]] if "width" in fixed else _widths(family, records))
     ]
     macs = {c: (cnn_macs if c[0] == "cnn" else resnet9_macs)(shape(c[1]), stats.channels, c[2], classes) for c in candidates}
     cost = {c: (records + per_epoch_extra) * speeds.image(c[0], macs[c]) for c in candidates}
@@ -355,6 +356,14 @@ def _cnn_plan(
     rate = fixed.get("learning_rate", settings["learning_rate"])
     reasons.append(f"schedule = \"linear\": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps")
     return epochs * steps_per_epoch * batch / records * cost[chosen] + epochs * EPOCH_SECONDS
+
+
+def _widths(family: str, records: int) -> tuple[int, ...]:
+    """The widths offered: a network trained from scratch on few images gains nothing from more
+    channels than ``records / WIDE_RECORDS`` buys, whatever the time (only overfitting, and unstable
+    early epochs)."""
+    offered = WIDTHS if family == "cnn" else RESNET_WIDTHS
+    return tuple(width for width in offered if width <= max(offered[0], 32 * records // WIDE_RECORDS)) or offered[:1]
 
 
 def _deep_enough(stats: DataStats, speeds: Speeds) -> bool:

@@ -96,7 +96,7 @@ def test_a_fast_machine_buys_a_wider_cnn_than_a_slow_one() -> None:
 def test_the_time_is_filled_but_not_past_a_few_times_what_the_data_needs() -> None:
     plan = choose(DIGITS, 3600, FAST, {})
     need = minimum_epochs(DIGITS.train_records)
-    assert plan.settings["width"] == 64  # the widest: the data is small
+    assert plan.settings["width"] == 16  # the widest few images deserve: 3,800 of them, 6,000 per 32 channels
     passes = plan.settings["epochs"] * plan.settings["steps_per_epoch"] / math.ceil(DIGITS.train_records / 128)
     assert passes == pytest.approx(3 * need, rel=0.02)
     assert any("capped" in line for line in plan.reasons)
@@ -179,3 +179,10 @@ def test_an_unreadable_probe_cache_is_measured_again_not_trusted(tmp_path, monke
     assert probe.measure(stats, run=False) is None
     assert "cannot be read" in capsys.readouterr().out
     assert probe.measure(stats) is not None
+
+
+def test_few_images_get_no_wide_network_however_long_the_budget() -> None:
+    small = DataStats(64, 64, 3, (500,) * 10, 500, 1000)
+    assert choose(small, 3600, FAST, {"model": "cnn"}).settings["width"] <= 16
+    medium = DataStats(64, 64, 3, (900,) * 10, 500, 1000)
+    assert choose(medium, 3600, FAST, {"model": "cnn"}).settings["width"] == 48
