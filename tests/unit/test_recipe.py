@@ -182,7 +182,7 @@ def test_an_unreadable_probe_cache_is_measured_again_not_trusted(tmp_path, monke
 
 
 def test_few_images_get_no_wide_network_however_long_the_budget() -> None:
-    small = DataStats(64, 64, 3, (500,) * 10, 500, 1000)
+    small = DataStats(64, 64, 3, (300,) * 10, 500, 1000)
     assert choose(small, 3600, FAST, {"model": "cnn"}).settings["width"] <= 16
     medium = DataStats(64, 64, 3, (900,) * 10, 500, 1000)
     assert choose(medium, 3600, FAST, {"model": "cnn"}).settings["width"] == 48
