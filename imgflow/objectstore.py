@@ -55,10 +55,15 @@ def is_remote(root: str | Path) -> bool:
     return found is not None and found.group(1) != "file"
 
 
+def cache_root() -> Path:
+    """This machine's cache folder: ``IMGFLOW_CACHE``, default ``~/.cache/imgflow`` (mirrors of object-store
+    roots, imported weights, the speed probe's measurements)."""
+    return Path(os.environ.get(CACHE) or Path.home() / ".cache" / "imgflow").expanduser()
+
+
 def mirror_dir(uri: str) -> Path:
-    """The local folder that mirrors the root ``uri``: under ``IMGFLOW_CACHE`` (default
-    ``~/.cache/imgflow``), one sub-folder per root."""
-    base = Path(os.environ.get(CACHE) or Path.home() / ".cache" / "imgflow").expanduser()
+    """The local folder that mirrors the root ``uri``: under ``cache_root()``, one sub-folder per root."""
+    base = cache_root()
     tail = re.sub(r"[^A-Za-z0-9._-]+", "-", uri.split("://", 1)[1]).strip("-")[-40:]
     return (base / f"{tail}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}").resolve()
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from imgflow import cpus
 from imgflow.fingerprint import stable_hash
+from imgflow.objectstore import cache_root
 from imgflow.config import TrainConfig
 from imgflow.recipe import (
     BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, SYMMETRIC, WIDTHS, DataStats, Speeds, choose,
@@ -43,7 +44,7 @@ LARGE_TIMED_STEPS = 3
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("IMGFLOW_CACHE") or Path.home() / ".cache" / "imgflow").expanduser() / "probe"
+    return cache_root() / "probe"
 
 
 def machine() -> dict[str, Any]:
@@ -94,8 +95,9 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     what = {"shape": [stats.height, stats.width, stats.channels], "classes": len(stats.class_counts), "batch": BATCH,
             "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
             "resnet9": stats.train_records >= RESNET_RECORDS}
-    path = cache_dir() / f"{stable_hash([machine(), what])[:16]}.json"
-    found = _cached(path)
+    here = machine()
+    path = cache_dir() / f"{stable_hash([here, what])[:16]}.json"
+    found = _cached(path, ("overhead", "per_mac", "batch", "features", "seconds", "resnet_overhead"), "speed probe: the cached measurement")
     if found is not None:
         return Speeds(found["overhead"], found["per_mac"], found["batch"], {int(k): v for k, v in found["features"].items()},
                       found["seconds"], found["resnet_overhead"])
@@ -121,24 +123,25 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     speeds = Speeds(overhead, per_mac, BATCH, features, round(time.time() - started, 1), resnet)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"overhead": overhead, "per_mac": per_mac, "batch": BATCH, "features": features,
-                             "resnet_overhead": resnet, "machine": machine(), "measured": what, "seconds": speeds.seconds})
+                             "resnet_overhead": resnet, "machine": here, "measured": what, "seconds": speeds.seconds})
     lines = [f"{1 / fast:.0f} images/s at {small / 1e6:.1f}M multiplies", f"{1 / slow:.0f} at {large / 1e6:.1f}M"]
     lines += [f"Lite0 features {1 / s:.0f} images/s at {size}" for size, s in sorted(features.items(), reverse=True)[:1]]
     print(f"speed probe: {'; '.join(lines)} ({time.time() - started:.0f} s)", flush=True)
     return speeds
 
 
-def _cached(path: Path) -> dict[str, Any] | None:
-    """A cached measurement, or None when there is none or it cannot be read (then it is measured again)."""
+def _cached(path: Path, fields: tuple[str, ...], what: str) -> dict[str, Any] | None:
+    """A cached JSON record holding ``fields``, or None when there is none or it cannot be read (then
+    it is measured again, and ``what`` is named in the line that says so)."""
     try:
         found = json.loads(path.read_text())
-        for name in ("overhead", "per_mac", "batch", "features", "seconds", "resnet_overhead"):
-            found[name]  # noqa: B018 - every field the plan reads, present
+        for name in fields:
+            found[name]  # noqa: B018 - every field the caller reads, present
         return found
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"speed probe: the cached measurement {path} cannot be read ({error}); measuring again", flush=True)
+        print(f"{what} {path} cannot be read ({error}); measuring again", flush=True)
         return None
 
 
@@ -212,7 +215,7 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
     assert isinstance(info, ShardInfo), shards.stage
     height, width, channels = info.image_shape
     path = cache_dir() / f"stats-v2-{shards.fingerprint[:24]}.json"
-    symmetry = _cached_stats(path)
+    symmetry = _cached(path, ("mirror", "turn"), "recipe: the cached data statistics")
     if symmetry is None:
         if not run:
             return None
@@ -223,18 +226,6 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
         height, width, channels, tuple(info.splits["train"].class_counts), info.splits["val"].records,
         info.splits["test"].records, bool(info.text), symmetry["mirror"], symmetry["turn"],
     )
-
-
-def _cached_stats(path: Path) -> dict[str, float] | None:
-    """Cached symmetry scores, or None when there are none or they cannot be read (then computed again)."""
-    try:
-        found = json.loads(path.read_text())
-        return {"mirror": float(found["mirror"]), "turn": float(found["turn"])}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"recipe: the cached data statistics {path} cannot be read ({error}); computing them again", flush=True)
-        return None
 
 
 def _symmetry(files: list[str], shape: tuple[int, int, int], classes: int) -> dict[str, float]:

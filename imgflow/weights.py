@@ -39,6 +39,7 @@ import numpy as np
 
 from imgflow.errors import ConfigError, MachineError
 from imgflow.fingerprint import sha256_file
+from imgflow.objectstore import cache_root
 from imgflow.store import write_json_atomic
 
 
@@ -113,7 +114,7 @@ def weights_dir() -> Path:
     explicit = os.environ.get("IMGFLOW_WEIGHTS")
     if explicit:
         return Path(explicit).expanduser()
-    return Path(os.environ.get("IMGFLOW_CACHE") or Path.home() / ".cache" / "imgflow").expanduser() / "weights"
+    return cache_root() / "weights"
 
 
 def installed_lite0() -> Path | None:
