@@ -174,13 +174,22 @@ def with_tokens(dataset: tf.data.Dataset, encoder: Any, modality_dropout: float 
     so the model learns to answer from either alone, as validation's single-modality accuracies ask."""
 
     def encode(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        pixels, tokens = features["pixels"], encoder(features["text"])
-        if modality_dropout > 0:
-            draw = tf.random.uniform(tf.shape(labels), seed=seed)
-            no_text = draw < modality_dropout / 2
-            no_image = (draw >= modality_dropout / 2) & (draw < modality_dropout)
-            tokens = tf.where(no_text[:, None], tf.zeros_like(tokens), tokens)
-            pixels = tf.where(no_image[:, None, None, None], tf.zeros_like(pixels), pixels)
+        pixels, tokens = drop_modalities(features["pixels"], encoder(features["text"]), modality_dropout, seed, blank=0.0)
         return {"pixels": pixels, "tokens": tokens}, labels
 
     return dataset.map(encode).prefetch(2)
+
+
+def drop_modalities(images: tf.Tensor, tokens: tf.Tensor, rate: float, seed: int, blank: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch's images [N, ...] and token ids [N, L] with ``rate`` of the records losing one modality:
+    half of them their text (no tokens), half their image (``blank``: black pixels, or a frozen
+    backbone's features of a black image), never both. ``rate`` 0 changes nothing."""
+    if rate <= 0:
+        return images, tokens
+    draw = tf.random.uniform(tf.shape(tokens)[:1], seed=seed)
+    no_text = draw < rate / 2
+    no_image = (draw >= rate / 2) & (draw < rate)
+    tokens = tf.where(no_text[:, None], tf.zeros_like(tokens), tokens)
+    per_record = tf.reshape(no_image, tf.concat([tf.shape(no_image), tf.ones([tf.rank(images) - 1], tf.int32)], 0))
+    images = tf.where(per_record, tf.cast(blank, images.dtype), images)
+    return images, tokens

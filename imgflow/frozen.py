@@ -5,9 +5,10 @@ forward pass is nearly all of the phase's time (EfficientNet-Lite0's depthwise c
 TensorFlow's CPU kernels). So the train stage runs the backbone once over the train and validation
 splits (unaugmented), writes the features to disk in batches (``extract``: memory does not grow with the
 number of records) where every train build of the same root finds them (``cache_dir``: tuning trials
-and budget probes that share the backbone reuse them), and trains the head (``head_of``: the model's own dropout and classifier layers,
-so the weights it learns are the model's) on them for the frozen epochs. Fine-tuning then runs on
-images as before.
+and budget probes that share the backbone reuse them), and trains the head (``head_of``: the model's own
+layers after the backbone, a text model's text tower and fusion included, so the weights it learns are
+the model's) on them for the frozen epochs, with the records' token ids beside the features for a text
+model (``encode_texts``). Fine-tuning then runs on images as before.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tensorflow as tf
 from imgflow import stopping
 
 HEAD_DROPOUT = "head_dropout"  # the transfer model's dropout before its classifier
-CLASSIFIER = "probabilities"
+PIXELS, TOKENS = "pixels", "tokens"  # the model's image input, and a text model's token input
 
 
 class Features(NamedTuple):
@@ -59,14 +60,22 @@ def cache_dir(train_root: Path, shards_fingerprint: str, config: Any, shape: tup
 
 def extractor(model: keras.Model) -> keras.Model:
     """The transfer ``model`` up to its features: resizing, colour, the backbone and its pooling."""
-    return keras.Model(model.inputs, model.get_layer(HEAD_DROPOUT).input, name="features")
+    return keras.Model(model.get_layer(PIXELS).output, model.get_layer(HEAD_DROPOUT).input, name="features")
 
 
 def head_of(model: keras.Model) -> keras.Model:
-    """A model over features that shares the transfer ``model``'s dropout and classifier layers."""
+    """A model over features that shares every layer of the transfer ``model`` after its backbone: the
+    dropout and classifier, and with a text tower (``imgflow.models.add_text``) the tower and fusion
+    too, taking [features, token ids]. (Fresh inputs, the layers called again: a model cut out of the
+    whole one at its tensors made the whole one unsavable, in Keras 3.15, once it had a text input.)"""
+    from imgflow.models import text_tail
+
     features = keras.Input(shape=model.get_layer(HEAD_DROPOUT).input.shape[1:], name="features")
-    outputs = model.get_layer(CLASSIFIER)(model.get_layer(HEAD_DROPOUT)(features))
-    return keras.Model(features, outputs, name="head")
+    image_features = model.get_layer(HEAD_DROPOUT)(features)
+    if TOKENS not in {layer.name for layer in model.layers}:
+        return keras.Model(features, model.get_layer("probabilities")(image_features), name="head")
+    tokens, outputs = text_tail(model, image_features)
+    return keras.Model([features, tokens], outputs, name="head")
 
 
 def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: Path) -> Features:
@@ -95,16 +104,53 @@ def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: 
     return found
 
 
-def dataset(found: Features, batch_size: int, *, training: bool, seed: int = 0) -> tf.data.Dataset:
+class Text(NamedTuple):
+    """The text side of a head with a text tower: the records' token ids on disk ([N, L] int32, in the
+    features' order), the features of a black image (what modality dropout puts in place of an image),
+    and the modality dropout rate (training only)."""
+
+    tokens: Path
+    blank: np.ndarray
+    modality_dropout: float = 0.0
+
+
+def encode_texts(batches: tf.data.Dataset, encoder: Any, found: Features, target: Path) -> Path:
+    """The token ids (``encoder``: ``imgflow.text.TextEncoder``) of every record's text in ``batches``
+    (({"pixels", "text"}, labels), the order ``extract`` saw) written to ``target`` batch by batch;
+    their labels must match ``found``'s, record for record, or the two files would not line up."""
+    labels = np.load(found.labels, mmap_mode="r")
+    partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    tokens = np.lib.format.open_memmap(partial, mode="w+", dtype=np.int32, shape=(labels.shape[0], encoder.length))
+    done = 0
+    for inputs, batch_labels in batches:
+        stopping.check()
+        count = int(batch_labels.shape[0])
+        if done + count > labels.shape[0] or not np.array_equal(labels[done:done + count], batch_labels.numpy()):
+            raise ValueError(f"the shards' records are not in the order of the features in {found.labels}: delete that folder")
+        tokens[done:done + count] = np.asarray(encoder(inputs["text"]), dtype=np.int32)
+        done += count
+    if done != labels.shape[0]:
+        raise ValueError(f"the shards held {done} records where the features in {found.labels} hold {labels.shape[0]}")
+    tokens.flush()
+    del tokens
+    partial.replace(target)
+    return target
+
+
+def dataset(found: Features, batch_size: int, *, training: bool, seed: int = 0, text: Text | None = None) -> tf.data.Dataset:
     """(features, labels) batches read from ``found``'s files as they are needed; training shuffles
-    (by index: the features stay on disk) and repeats."""
+    (by index: the features stay on disk) and repeats. With ``text``, ([features, token ids], labels),
+    training with its modality dropout."""
+    from imgflow.data import drop_modalities
+
     features = np.load(found.features, mmap_mode="r")
     labels = np.load(found.labels, mmap_mode="r")
+    tokens = np.load(text.tokens, mmap_mode="r") if text is not None else np.zeros((len(labels), 0), np.int32)
     count, width = features.shape
 
-    def take(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def take(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ordered = np.sort(indices)  # a memory map reads sequential rows fastest
-        return np.asarray(features[ordered]), np.asarray(labels[ordered])
+        return np.asarray(features[ordered]), np.asarray(tokens[ordered]), np.asarray(labels[ordered])
 
     batches = tf.data.Dataset.range(count)
     if training:
@@ -112,9 +158,14 @@ def dataset(found: Features, batch_size: int, *, training: bool, seed: int = 0) 
     batches = batches.batch(batch_size)
 
     def load(indices: Any) -> tuple[Any, Any]:
-        x, y = tf.numpy_function(take, [indices], [tf.float32, tf.int64], stateful=False)
+        x, t, y = tf.numpy_function(take, [indices], [tf.float32, tf.int32, tf.int64], stateful=False)
         x.set_shape((None, width))
+        t.set_shape((None, tokens.shape[1]))
         y.set_shape((None,))
-        return x, y
+        if text is None:
+            return x, y
+        if training:
+            x, t = drop_modalities(x, t, text.modality_dropout, seed, blank=text.blank)
+        return (x, t), y
 
     return batches.map(load).prefetch(2)

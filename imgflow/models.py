@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -177,15 +178,32 @@ def add_text(image_model: keras.Model, vocabulary_size: int, config: TrainConfig
     """``image_model`` with a text tower: token ids (``text_length`` of them, 0 = padding) through an
     embedding and a masked mean, concatenated with the image model's features (the input of its
     classifier), then one hidden layer and a new classifier."""
-    features = image_model.get_layer("probabilities").input
+    layers = {
+        "text_embedding": keras.layers.Embedding(vocabulary_size, config.text_dim, name="text_embedding"),
+        "text_features": MaskedMean(name="text_features"),
+        "fusion": keras.layers.Concatenate(name="fusion"),
+        "fused": keras.layers.Dense(128, activation="relu", name="fused"),
+        "fused_dropout": keras.layers.Dropout(config.dropout, name="fused_dropout"),
+        "probabilities": keras.layers.Dense(image_model.output_shape[-1], activation="softmax", dtype="float32", name="probabilities"),
+    }
     tokens = keras.Input(shape=(config.text_length,), dtype="int32", name="tokens")
-    embedded = keras.layers.Embedding(vocabulary_size, config.text_dim, name="text_embedding")(tokens)
-    text = MaskedMean(name="text_features")(embedded, tokens)
-    x = keras.layers.Concatenate(name="fusion")([features, text])
-    x = keras.layers.Dense(128, activation="relu", name="fused")(x)
-    x = keras.layers.Dropout(config.dropout)(x)
-    outputs = keras.layers.Dense(image_model.output_shape[-1], activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = _fuse(layers.__getitem__, image_model.get_layer("probabilities").input, tokens)
     return keras.Model({"pixels": image_model.inputs[0], "tokens": tokens}, outputs, name=f"{image_model.name}_text")
+
+
+def text_tail(model: keras.Model, image_features: keras.KerasTensor) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """A new token input and the probabilities of a text ``model``'s own fusion layers (shared, not
+    copied) over it and ``image_features``: the part of the model after its image features, for a head
+    trained on a frozen backbone's cached features (``imgflow.frozen.head_of``)."""
+    tokens = keras.Input(shape=model.get_layer("tokens").output.shape[1:], dtype="int32", name="tokens")
+    return tokens, _fuse(model.get_layer, image_features, tokens)
+
+
+def _fuse(layer: Any, image_features: keras.KerasTensor, tokens: keras.KerasTensor) -> keras.KerasTensor:
+    """The text tower and fusion, with the layers ``layer(name)`` gives: the one wiring of ``add_text``."""
+    text = layer("text_features")(layer("text_embedding")(tokens), tokens)
+    fused = layer("fused")(layer("fusion")([image_features, text]))
+    return layer("probabilities")(layer("fused_dropout")(fused))
 
 
 def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig, vocabulary_size: int = 0) -> keras.Model:

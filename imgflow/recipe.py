@@ -236,9 +236,6 @@ def _features_plan(
     if stats.channels == 1 and min(stats.height, stats.width) < MIN_FEATURE_SIDE:
         reasons.append(f"no ImageNet features: small grayscale images ({stats.height}x{stats.width}) are glyphs, not photographs")
         return None
-    if fixed.get("text"):
-        reasons.append("no ImageNet features: with text, a frozen backbone would run every epoch (cached features carry no text yet)")
-        return None
     if not speeds.features:
         reasons.append("no ImageNet features: EfficientNet-Lite0's ImageNet weights are not installed here (imgflow weights import efficientnet-lite0)")
         return None

@@ -228,11 +228,11 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         )
 
     # A frozen backbone computes the same features every epoch: computed once instead (imgflow.frozen),
-    # where nothing else rides on the model (one worker, augmentation in tf.data, no text tower).
-    on_features = frozen > 0 and chosen.workers == 1 and not on_device and not config.text
+    # where nothing else rides on the model (one worker, augmentation in tf.data).
+    on_features = frozen > 0 and chosen.workers == 1 and not on_device
     if resumed_from < frozen and not done() and on_features:
         _fit_head(fit, unwrap(model), shards, shape, config, chosen, recipe, steps_per_epoch, checkpoints, resumed_from, frozen,
-                  [committer, rules])
+                  [committer, rules], encoder)
     elif resumed_from < frozen and not done():
         fit(frozen, resumed_from)
     # Fine-tuning starts after the frozen phase, and after a resume from its last checkpoint (a resume
@@ -274,12 +274,15 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
 
 def _fit_head(
     fit: Any, model: Any, shards: StageResult, shape: tuple[int, ...], config: TrainConfig, chosen: Any, recipe: Any,
-    steps_per_epoch: int, checkpoints: Path, resumed_from: int, frozen: int, savers: list[Any],
+    steps_per_epoch: int, checkpoints: Path, resumed_from: int, frozen: int, savers: list[Any], encoder: Any,
 ) -> None:
     """The frozen epochs on the backbone's features: computed once over the train and validation
     splits (``imgflow.frozen.cache_dir``: any train build of these shards with this backbone reuses
-    them), then the head fitted on them; ``savers`` (the
-    checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
+    them), then the head fitted on them, with the records' token ids beside them for a text model
+    (``encoder``; written once into this build's ``checkpoints``: they depend on its vocabulary);
+    ``savers`` (the checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
+    import numpy as np
+
     from imgflow import frozen as features
     from imgflow.data import eval_batch, shard_dataset
     from imgflow.models import compile_for_training
@@ -287,7 +290,10 @@ def _fit_head(
     assert isinstance(shards.info, ShardInfo), shards.stage
     network = features.extractor(model)
     folder = features.cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
-    found = {}
+    # Batches sized by what the backbone sees (its input size), not the stored images' size.
+    batch = eval_batch((config.backbone_size, config.backbone_size), largest=128)
+    found: dict[str, features.Features | None] = {}
+    texts: dict[str, features.Text | None] = {"train": None, "val": None}
     for split in ("train", "val"):
         records = shards.info.splits[split].records
         cached = features.Features.at(folder / split)
@@ -295,19 +301,27 @@ def _fit_head(
             print(f"reusing the frozen backbone's features of the {records} {split} records from {folder}", flush=True)
         elif records:
             print(f"computing the frozen backbone's features of the {records} {split} records once, into {folder}", flush=True)
-            # Batches sized by what the backbone sees (its input size), not the stored images' size.
-            size = (config.backbone_size, config.backbone_size)
-            batches = shard_dataset(shard_files(shards, split), shape, eval_batch(size, largest=128), training=False)
-            features.extract(network, batches, records, folder / split)
+            features.extract(network, shard_dataset(shard_files(shards, split), shape, batch, training=False), records, folder / split)
         found[split] = cached if records else None
+        if records and encoder is not None:
+            tokens = checkpoints / f".{split}.tokens.npy"  # not mirrored: cheap to recompute
+            if not tokens.is_file():
+                text_batches = shard_dataset(shard_files(shards, split), shape, batch, training=False, text=True)
+                features.encode_texts(text_batches, encoder, cached, tokens)
+            # what modality dropout puts in place of an image: the features of a black one
+            blank = np.asarray(network(np.zeros((1, *shape), np.float32), training=False), dtype=np.float32)[0]
+            texts[split] = features.Text(tokens, blank, config.modality_dropout if split == "train" else 0.0)
     head = features.head_of(model)
     compile_for_training(head, config.learning_rate, steps_per_epoch * frozen, chosen.jit_compile, recipe)
     for saver in savers:
         saver.whole = model
     try:
+        train = features.dataset(found["train"], config.batch_size, training=True, seed=config.seed, text=texts["train"])
         # the batch of the image pipeline's validation, whose step count fit is given
-        validation = features.dataset(found["val"], eval_batch(shape, largest=256), training=False) if found["val"] else None
-        fit(frozen, resumed_from, head, features.dataset(found["train"], config.batch_size, training=True, seed=config.seed), validation)
+        validation = (
+            features.dataset(found["val"], eval_batch(shape, largest=256), training=False, text=texts["val"]) if found["val"] else None
+        )
+        fit(frozen, resumed_from, head, train, validation)
         # The whole model's optimizer gets its variables, as if it had trained: a checkpoint or model saved
         # now loads without Keras skipping an optimizer state it finds missing.
         model.optimizer.build(model.trainable_variables)

@@ -212,6 +212,45 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     assert loss == pytest.approx(_history(first)["val_loss"][-1], rel=1e-3)
 
 
+def test_a_frozen_lite0_with_text_trains_its_head_and_text_tower_on_features_and_token_ids(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    """With a text tower too, the frozen phase runs on the cached features and the records' token ids,
+    which must line up record for record: the saved model, run on images and their text, gives the
+    validation loss the head reached on features and tokens."""
+    import keras
+
+    from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
+    from imgflow.data import shard_dataset, with_tokens
+    from imgflow.results import shard_files
+    from imgflow.sources import source_fingerprint
+    from imgflow.stages.clean import CLEAN
+    from imgflow.stages.download import DOWNLOAD
+    from imgflow.stages.shard import SHARD
+    from imgflow.testing import captioned_folder
+    from imgflow.text import TextEncoder, read_vocabulary
+
+    monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
+    captioned_folder(tmp_path / "data", per_class=40, side=8)
+    download = DownloadConfig(source=f"folder:{tmp_path / 'data'}", options={"text_sidecar": ".txt"})
+    raw = DOWNLOAD.run(store, download, {"source": source_fingerprint(download.source, download.options)})
+    shards = SHARD.run(store, ShardConfig(), {"clean": CLEAN.run(store, CleanConfig(), {"raw": raw})})
+    config = TrainConfig(
+        model="transfer", backbone="EfficientNetLite0", backbone_weights="imagenet", backbone_size=32, freeze_epochs=3, epochs=3,
+        precision="float32", text=True, modality_dropout=0.3, **{name: value for name, value in STILL.items() if name != "width"},
+    )
+    trained = TRAIN.run(store, config, {"shards": shards})
+    assert "computing the frozen backbone's features of the" in capsys.readouterr().out
+
+    model = keras.models.load_model(trained.file("model.keras"))
+    assert not model.get_layer("backbone").trainable and set(model.input) == {"pixels", "tokens"}
+    encoder = TextEncoder(read_vocabulary(trained.file("vocabulary.txt")), config.text_length)
+    val = with_tokens(shard_dataset(shard_files(shards, "val"), (8, 8, 1), 256, training=False, text=True), encoder)
+    loss = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(_history(trained)["val_loss"][-1], rel=1e-3)
+    assert _history(trained)["loss"][-1] < _history(trained)["loss"][0]
+
+
 def test_tensorboard_holds_every_epochs_scalars_and_the_config(store: ArtifactStore, shards: StageResult) -> None:
     import tensorflow as tf
     from tensorboard.backend.event_processing import event_accumulator
