@@ -132,6 +132,8 @@ def test_photographs_get_imagenet_features_when_they_fit_the_time() -> None:
     # Glyphs never get them; nor does a machine without the weights.
     assert choose(FASHION, 700, WITH_FEATURES, {}).settings["model"] == "cnn"
     assert choose(PHOTOS, 700, FAST, {}).settings["model"] == "cnn"
+    # With text too: the head learns the text tower on the cached features and token ids.
+    assert choose(PHOTOS, 700, WITH_FEATURES, {"text": True}).settings["model"] == "transfer"
 
 
 def test_fields_the_spec_sets_win_and_the_plan_works_around_them() -> None:
