@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.states import State
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from imgflow.config import RunConfig
 from imgflow.errors import ConfigError
@@ -32,7 +32,7 @@ from imgflow.summary import summary_markdown
 from tasks import stages
 
 
-def task_runner() -> TaskRunner:
+def task_runner() -> Any:  # a TaskRunner: flow() types its argument as TaskRunner[PrefectFuture], which no runner is
     """The task runner for the per-partition stages, from ``IMGFLOW_TASK_RUNNER``: ``threads`` (the
     default), ``dask`` (a local Dask cluster of processes) or ``dask:ADDRESS`` (an existing scheduler,
     e.g. ``dask:tcp://scheduler:8786``). Read when a flow module is imported, so a deployment sets it in
@@ -97,7 +97,7 @@ def ingest(cfg: RunConfig, run: RunOptions, source_fingerprint: str | None = Non
     for step in _ingest_steps(run):
         inputs = PIPELINE.inputs(step, results, {SOURCE: source})
         state = stages.STAGE_TASKS[step.name](step.config_of(cfg), inputs, run.root, force=step.name in run.forced, return_state=True)
-        results[step.name] = _result(state)
+        results[step.name] = _result(state)  # type: ignore[arg-type]  # a state: return_state=True, typed as maybe-async
     return results
 
 
@@ -137,6 +137,7 @@ def build_model(
                 results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now
                 continue
             external[CHAMPION] = check.rival
+        inputs: dict[str, Any] | None
         if step.fan_in:
             assert parts is not None
             inputs = part_inputs({day: r["clean"] for day, r in parts.items()})
@@ -146,7 +147,7 @@ def build_model(
             step.before(cfg, inputs)
         config = step.config_of(cfg, results)
         state = stages.STAGE_TASKS[step.name](config, inputs, run.root, force=step.name in run.forced, return_state=True)
-        results[step.name] = _result(state)
+        results[step.name] = _result(state)  # type: ignore[arg-type]  # a state: return_state=True, typed as maybe-async
     return results
 
 

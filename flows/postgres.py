@@ -34,9 +34,14 @@ def server_programs() -> Path:
     """The folder holding ``initdb`` and ``pg_ctl``: ``IMGFLOW_PG_BIN``, else the newest Debian
     ``/usr/lib/postgresql/<version>/bin``, else wherever ``pg_ctl`` is on PATH."""
     named = os.environ.get("IMGFLOW_PG_BIN")
-    candidates = [Path(named)] if named else sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
-        reverse=True,
+    candidates = (
+        [Path(named)]
+        if named
+        else sorted(
+            Path("/usr/lib/postgresql").glob("*/bin"),
+            key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+            reverse=True,
+        )
     )
     on_path = shutil.which("pg_ctl")
     if not named and on_path:
@@ -85,8 +90,12 @@ class PostgresCluster:
             self._initdb(password, owner)
         self._pg_ctl(
             # A slow or CPU-limited machine's first start (crash recovery, a cold disk) can take minutes.
-            "start", "--wait", "--timeout=180", f"--log={self.log}",
-            "-o", f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            "start",
+            "--wait",
+            "--timeout=180",
+            f"--log={self.log}",
+            "-o",
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
         )
         self._create_database(password)
 
@@ -106,8 +115,13 @@ class PostgresCluster:
             if owner is not None:
                 os.chown(pwfile.name, owner.pw_uid, owner.pw_gid)
             self._program(
-                "initdb", f"--pgdata={self.data}", f"--username={ROLE}", f"--pwfile={pwfile.name}",
-                "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+                "initdb",
+                f"--pgdata={self.data}",
+                f"--username={ROLE}",
+                f"--pwfile={pwfile.name}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
             )
 
     def _create_database(self, password: str) -> None:
@@ -133,12 +147,20 @@ class PostgresCluster:
         output when it fails and ``check``."""
         owner = _run_as()
         result = subprocess.run(
-            [str(server_programs() / name), *args], cwd=self.root, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
+            [str(server_programs() / name), *args],
+            cwd=self.root,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            user=owner.pw_uid if owner else None,
+            group=owner.pw_gid if owner else None,
+            check=False,  # its output goes into the error below
         )
         if check and result.returncode != 0:
             log = f"; its log: {self.log}" if self.log.exists() else ""
-            raise UserError(f"PostgreSQL's {name} failed for {self.data} (exit status {result.returncode}): {result.stdout.strip()[-1500:]}{log}")
+            raise UserError(
+                f"PostgreSQL's {name} failed for {self.data} (exit status {result.returncode}): {result.stdout.strip()[-1500:]}{log}"
+            )
         return result.returncode
 
 

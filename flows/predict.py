@@ -11,15 +11,15 @@ from flows._pipeline import publish
 from imgflow import registry
 from imgflow.config import BACKENDS
 from imgflow.errors import ConfigError
+from imgflow.lifetime import watch_descendants
 from imgflow.predict import PredictConfig, input_options
 from imgflow.store import ArtifactStore
-from imgflow.lifetime import watch_descendants
 from tasks.predict import predict_images
 
 
 @flow(name="predict", flow_run_name="predict {input}")
 def predict(
-    input: Annotated[str, Field(min_length=1, description="PATH, folder:PATH or parquet:PATH_OR_URI")],  # noqa: A002
+    input: Annotated[str, Field(min_length=1, description="PATH, folder:PATH or parquet:PATH_OR_URI")],
     output: Annotated[str, Field(pattern=r"\.parquet$", description="the predictions file, FILE.parquet")],
     artifacts: str = "artifacts",
     name: str | None = None,

@@ -79,7 +79,7 @@ class TemporaryAPI:
         try:
             with file_lock(self._home / ".imgflow-server-start.lock"):
                 self._serve()  # its database is migrated when this returns
-        except BaseException as failure:  # raised again by serving(), in the command's thread
+        except BaseException as failure:  # noqa: BLE001 - raised again by serving(), in the command's thread
             self._failure = failure
 
     def _serve(self) -> None:
@@ -87,8 +87,21 @@ class TemporaryAPI:
         while True:
             port = free_port()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "flows.ephemeral_server", "--factory", "prefect.server.api.server:create_app",
-                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.ephemeral_server",
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
                 # In a session of its own: a Ctrl-C or `timeout` signals the command's whole process group, and
                 # the run must still record its final state here as it stops (it stops this server itself).
@@ -122,7 +135,9 @@ class TemporaryAPI:
             if self._starting.is_alive():
                 print(
                     f"imgflow: starting Prefect's local server (its first start creates its database in {self._home}); "
-                    f"waiting up to {self._timeout:.0f} s", file=sys.stderr, flush=True,
+                    f"waiting up to {self._timeout:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
                 )
                 self._starting.join()
             if self._failure is not None:
@@ -165,8 +180,7 @@ def startup_timeout() -> float:
 
 def _did_not_start(timeout: float, status: int | None, home: Path) -> str:
     """The one paragraph a command ends with when the temporary server never answered."""
-    what = ("its process was still starting" if status in (None, -15)
-            else f"its process exited with status {status}; its errors are above")
+    what = "its process was still starting" if status in (None, -15) else f"its process exited with status {status}; its errors are above"
     return (
         f"Prefect's temporary server did not answer within {timeout:.0f} s ({what}). The machine may be too "
         f"slow or too CPU-limited to start it in time (its first start creates its database in {home}), or "
@@ -211,7 +225,12 @@ class RunningServer:
 
 
 def start_server(
-    home: Path, *, host: str = "127.0.0.1", port: int = 0, database: str = "sqlite", auth: bool = True,
+    home: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    database: str = "sqlite",
+    auth: bool = True,
     timeout: float | None = None,
 ) -> RunningServer:
     """Start ``prefect server start`` (with its UI) in the background and return once it answers.
@@ -232,8 +251,10 @@ def start_server(
     home.mkdir(parents=True, exist_ok=True)
     already = server_state(home)
     if already is not None:
-        raise UserError(f"a Prefect server started from {home} is already running ({already.api_url}, pid {already.pid}): "
-                        f"imgflow server stop --home {home} first")
+        raise UserError(
+            f"a Prefect server started from {home} is already running ({already.api_url}, pid {already.pid}): "
+            f"imgflow server stop --home {home} first"
+        )
     secrets = _secrets(home)
     port = port or free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -261,7 +282,11 @@ def start_server(
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=home,
         )
     state.update(pid=server.pid, started=start_time(server.pid), api_url=api_url)
     _write_private(home / "server.json", json.dumps(state, indent=1))

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from flows._pipeline import RunOptions, build_model, ingest, ingest_partitions, release, scheduled_date, task_runner, title_run
 from imgflow.config import build_run_config
+from imgflow.lifetime import watch_descendants
 from imgflow.partitions import date_partitions, select
 from imgflow.pipeline import ORDER, PIPELINE
-from imgflow.lifetime import watch_descendants
 
 # Flow parameters mirror the CLI's flags; Prefect validates them with pydantic before a run starts.
 Epochs = Annotated[int, Field(ge=1, description="training epochs (default: the dataset's, else 15)")]

@@ -16,8 +16,19 @@ from flows.train import Accuracy, Dataset, Epochs, Limit
 from imgflow.config import build_run_config
 from imgflow.lifetime import watch_descendants
 from imgflow.objectstore import is_remote, mirror_dir
+from imgflow.results import ShardInfo
 from imgflow.tune import (
-    choose, finished, open_study, plot_trials, prepare, report_markdown, resolve_space, study_dir, study_name, trial_config, trials_table,
+    choose,
+    finished,
+    open_study,
+    plot_trials,
+    prepare,
+    report_markdown,
+    resolve_space,
+    study_dir,
+    study_name,
+    trial_config,
+    trials_table,
 )
 from tasks.tune import tune_trial
 
@@ -45,6 +56,7 @@ def tune(
     run = RunOptions(str(cfg.artifacts), until="shard", title=title_run(f"tune {cfg.dataset.name}"))
     results = build_model(cfg, run, ingest(cfg, run), None)
     shards = results["shard"]
+    assert isinstance(shards.info, ShardInfo), shards.stage
     name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
     folder = study_dir(mirror_dir(run.root) if is_remote(run.root) else Path(run.root), name)
     study = open_study(folder, name, seed, cfg.train.epochs)
@@ -53,8 +65,15 @@ def tune(
         asked = [study.ask() for _ in range(min(parallel, trials - len(finished(study))))]
         futures = [
             tune_trial.submit(
-                str(folder), name, seed, trial._trial_id, trial.number,  # noqa: SLF001 - the id reopens the trial in the task
-                {param.name: param.suggest(trial) for param in searched}, cfg.train, shards, run.root,
+                str(folder),
+                name,
+                seed,
+                trial._trial_id,
+                trial.number,
+                {param.name: param.suggest(trial) for param in searched},
+                cfg.train,
+                shards,
+                run.root,
             )
             for trial in asked
         ]
@@ -71,11 +90,24 @@ def tune(
     report = report_markdown(name, rows, searched, best, (released, why))
     (folder / "trials.md").write_text(report)
     plot_trials(rows, searched, folder / "trials.png")
-    publish(f"imgflow-tune-{cfg.dataset.name}", report + f"\nPlot: `{folder / 'trials.png'}`\n", "tuning: every trial, the best one and the one released")
+    publish(
+        f"imgflow-tune-{cfg.dataset.name}",
+        report + f"\nPlot: `{folder / 'trials.png'}`\n",
+        "tuning: every trial, the best one and the one released",
+    )
     # The released configuration through the whole pipeline: its training is the trial's (cached).
     chosen = dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
     final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
     summary = release(chosen, final, build_model(chosen, final, dict(results), None), started)
-    return {**summary, "tune": {"study": name, "folder": str(folder), "trials": rows, "best": best,
-                                "released": {"trial": released["number"], "why": why},
-                                "report": str(folder / "trials.md"), "plot": str(folder / "trials.png")}}
+    return {
+        **summary,
+        "tune": {
+            "study": name,
+            "folder": str(folder),
+            "trials": rows,
+            "best": best,
+            "released": {"trial": released["number"], "why": why},
+            "report": str(folder / "trials.md"),
+            "plot": str(folder / "trials.png"),
+        },
+    }

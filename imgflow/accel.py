@@ -148,7 +148,7 @@ def unwrap(model: Any) -> Any:
 
     if not model.name.startswith("train_"):
         return model
-    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name == model.name[len("train_"):])
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name == model.name[len("train_") :])
 
 
 def make_strategy(chosen: Plan) -> Any:

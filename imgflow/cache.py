@@ -83,11 +83,7 @@ def _runs(store: ArtifactStore) -> list[dict[str, Any]]:
 
 def _used(run: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(stage, key) of every output a logged run used (older logs hold one key per stage)."""
-    return {
-        (stage, key)
-        for stage, keys in run["stages"].items()
-        for key in ([keys] if isinstance(keys, str) else keys)
-    }
+    return {(stage, key) for stage, keys in run["stages"].items() for key in ([keys] if isinstance(keys, str) else keys)}
 
 
 def _size(path: Path) -> int:
@@ -101,9 +97,10 @@ def _cards(store: ArtifactStore) -> list[tuple[str, str, dict[str, Any]]]:
         root = store.root
         names = sorted(p.name for p in (root / "models").glob("*"))
         return [(name, version, registry.card(root, name, version)) for name in names for version in registry.versions(root, name)]
-    cards = [f for f in store.remote.files("models") if f.count("/") == 2 and f.endswith("/card.json")]
+    remote = store.remote
+    cards = [f for f in remote.files("models") if f.count("/") == 2 and f.endswith("/card.json")]
     with ThreadPoolExecutor(8) as pool:
-        data = list(pool.map(lambda f: store.remote.read_bytes(f"models/{f}"), cards))
+        data = list(pool.map(lambda f: remote.read_bytes(f"models/{f}"), cards))
     return [(*f.split("/")[:2], json.loads(card)) for f, card in zip(cards, data, strict=True) if card is not None]
 
 
@@ -257,10 +254,11 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
         if not entry.complete:
             continue
         checked += 1
-        problems = manifest_damage(entry.path, (entry.path / MANIFEST).read_bytes(), rehash=True)
+        folder = Path(entry.path)  # a local root's folder: verify reads the mirror of an object-store root
+        problems = manifest_damage(folder, (folder / MANIFEST).read_bytes(), rehash=True)
         if problems:
-            moved = quarantine(entry.path, problems) if repair else None
-            found.append(Damage(f"{entry.stage} {entry.key}", entry.path, problems, moved))
+            moved = quarantine(folder, problems) if repair else None
+            found.append(Damage(f"{entry.stage} {entry.key}", folder, problems, moved))
     models = store.pull_models()
     for name in sorted(p.name for p in (models / "models").glob("*") if p.is_dir()):
         for version in registry.versions(models, name):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -148,8 +148,11 @@ class StepProgress(keras.callbacks.Callback):
         if self.deadline is not None and now - self.started > self.deadline and not self.out_of_time:
             self.out_of_time = True
             self.model.stop_training = True
-            print(f"out of time: training was given {self.deadline:.0f} s of the budget; it stops at step {batch + 1} of epoch "
-                  f"{self.epoch + 1} and keeps what it learned (the plan misjudged this machine's speed)", flush=True)
+            print(
+                f"out of time: training was given {self.deadline:.0f} s of the budget; it stops at step {batch + 1} of epoch "
+                f"{self.epoch + 1} and keeps what it learned (the plan misjudged this machine's speed)",
+                flush=True,
+            )
         if now - self.shown >= self.every:
             self.shown = now
             rate = self.epoch_steps * self.batch / max(now - self.since, 1e-9)
@@ -178,7 +181,9 @@ class EpochLog(keras.callbacks.Callback):
                 hparams.hparams({name: value for name, value in self.hyperparameters.items() if isinstance(value, (bool, int, float, str))})
                 self.hyperparameters = None
             for name, value in (logs or {}).items():
-                tf.summary.scalar(name if name.startswith("val_") or name == "learning_rate" else f"train_{name}", float(value), step=epoch + 1)
+                tf.summary.scalar(
+                    name if name.startswith("val_") or name == "learning_rate" else f"train_{name}", float(value), step=epoch + 1
+                )
         self.writer.flush()
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:

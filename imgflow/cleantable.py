@@ -24,7 +24,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -88,8 +88,7 @@ def check_splits(info: CleanInfo, min_test_records: int) -> None:
         )
     if splits["train"] == 0:
         raise ConfigError(
-            f"the train split of {info.source} would be empty ({counts}; {fractions}): lower test_fraction or "
-            "val_fraction, or add records."
+            f"the train split of {info.source} would be empty ({counts}; {fractions}): lower test_fraction or val_fraction, or add records."
         )
 
 
@@ -167,12 +166,15 @@ class CleanTableWriter:
         # (two thirds of the writing time, and no reader filters on pixels); unique columns get no
         # dictionary.
         self._kept = pq.ParquetWriter(
-            out_dir / "records.parquet", self.schema, compression={name: "none" if name == "pixels" else "snappy" for name in self.schema.names},
-            use_dictionary=["label", "label_name", "split"], write_statistics=[name for name in self.schema.names if name not in ("pixels", "text")],
+            out_dir / "records.parquet",
+            self.schema,
+            compression={name: "none" if name == "pixels" else "snappy" for name in self.schema.names},
+            use_dictionary=["label", "label_name", "split"],
+            write_statistics=[name for name in self.schema.names if name not in ("pixels", "text")],
         )
         self._quarantine = pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA)
 
-    def __enter__(self) -> CleanTableWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,9 +211,7 @@ class CleanTableWriter:
             raise RuntimeError(f"clean lost records: {records_in} in, {self.kept} kept, {self.quarantined} quarantined")
         present = sorted(name for name, counts in self.per_class.items() if sum(counts.values()))
         if len(present) < 2:
-            raise SourceError(
-                f"dataset source {source} has fewer than two classes with usable images (classes kept: {present or 'none'})"
-            )
+            raise SourceError(f"dataset source {source} has fewer than two classes with usable images (classes kept: {present or 'none'})")
         report = {
             "source": source,
             "records_in": records_in,
@@ -296,10 +296,7 @@ def report_markdown(report: Mapping[str, Any], quarantined: list[dict[str, str]]
         "",
         "| class | train | val | test |",
         "|---|---|---|---|",
-        *[
-            f"| {name} | {counts['train']} | {counts['val']} | {counts['test']} |"
-            for name, counts in report["per_class"].items()
-        ],
+        *[f"| {name} | {counts['train']} | {counts['val']} | {counts['test']} |" for name, counts in report["per_class"].items()],
         "",
         "## Source images",
         "",
@@ -323,5 +320,3 @@ def _text_markdown(text: Mapping[str, Any], kept: int) -> list[str]:
     lines += ["", "| class | most frequent tokens |", "|---|---|"]
     lines += [f"| {name} | {', '.join(f'{token} ({count})' for token, count in top)} |" for name, top in text["top_tokens"].items()]
     return lines
-
-

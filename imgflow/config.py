@@ -324,7 +324,8 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
     if unknown:
         raise ConfigError(
             f"dataset spec {path}: unknown key(s) {', '.join(unknown)}; known: name, source, limit, options, "
-            + ", ".join(f"[{section}]" for section in SECTIONS) + ", [search]"
+            + ", ".join(f"[{section}]" for section in SECTIONS)
+            + ", [search]"
         )
     for key, hint in (("name", str), ("source", str), ("limit", int), ("options", dict[str, Any]), ("search", dict[str, Any])):
         if key in data:

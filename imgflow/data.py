@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 from imgflow import cpus
@@ -46,7 +46,7 @@ def make_augmenter(translate: float, rotate: float, zoom: float, seed: int, flip
 
 def shard_dataset(
     files: Sequence[str],
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     batch_size: int,
     *,
     training: bool,
@@ -129,35 +129,39 @@ class Records(NamedTuple):
     texts: list[str] | None = None
 
 
-def iter_batches(
-    files: Sequence[str], shape: tuple[int, int, int], batch_size: int = 512, text: bool = False
-) -> Iterator[Records]:
+def iter_batches(files: Sequence[str], shape: tuple[int, ...], batch_size: int = 512, text: bool = False) -> Iterator[Records]:
     """The records of ``files`` in order, a batch at a time (with their texts when ``text``). Memory
     holds one batch, so evaluation streams over a split of any size."""
     for serialized in tf.data.TFRecordDataset(list(files)).batch(batch_size).prefetch(2):
         parsed = parse_records(serialized, shape, text)
         yield Records(
-            parsed["image"].numpy(), parsed["label"].numpy(), [i.decode() for i in parsed["id"].numpy()],
+            parsed["image"].numpy(),
+            parsed["label"].numpy(),
+            [i.decode() for i in parsed["id"].numpy()],
             [t.decode() for t in parsed["text"].numpy()] if text else None,
         )
 
 
-def load_arrays(files: Sequence[str], shape: tuple[int, int, int], limit: int | None = None, text: bool = False) -> Records:
+def load_arrays(files: Sequence[str], shape: tuple[int, ...], limit: int | None = None, text: bool = False) -> Records:
     """The first ``limit`` records of ``files`` (all of them without one) as arrays: for a calibration
     or parity batch, and for tests of small shards; anything the size of a split streams instead."""
     batches: list[Records] = []
     seen = 0
     for batch in iter_batches(files, shape, 4096 if limit is None else min(4096, limit), text):
         take = len(batch.labels) if limit is None else min(len(batch.labels), limit - seen)
-        batches.append(Records(batch.images[:take], batch.labels[:take], batch.ids[:take], batch.texts[:take] if text else None))
+        batches.append(
+            Records(batch.images[:take], batch.labels[:take], batch.ids[:take], batch.texts[:take] if batch.texts is not None else None)
+        )
         seen += take
         if limit is not None and seen >= limit:
             break
     if not batches:
         return Records(np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int64), [], [] if text else None)
     return Records(
-        np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
-        [i for b in batches for i in b.ids], [t for b in batches for t in b.texts] if text else None,  # type: ignore[union-attr]
+        np.concatenate([b.images for b in batches]),
+        np.concatenate([b.labels for b in batches]),
+        [i for b in batches for i in b.ids],
+        [t for b in batches for t in b.texts] if text else None,  # type: ignore[union-attr]
     )
 
 

@@ -31,8 +31,8 @@ from imgflow.config import TrainConfig, parse_section
 from imgflow.cpus import OVERRIDE, budget, limit_threads
 from imgflow.errors import ConfigError, UserError
 from imgflow.lifetime import follow_parent, start_child
-from imgflow.stages.train import TRAIN
 from imgflow.results import StageResult
+from imgflow.stages.train import TRAIN
 from imgflow.store import ArtifactStore
 from imgflow.testing import free_port
 
@@ -78,8 +78,7 @@ def launch(count: int, worker_args: list[str]) -> int:
     processes = [
         start_child(
             [sys.executable, "-m", "imgflow.distributed", *worker_args],
-            env={**os.environ, OVERRIDE: share,
-                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+            env={**os.environ, OVERRIDE: share, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
         )
         for index in range(count)
     ]
@@ -87,8 +86,10 @@ def launch(count: int, worker_args: list[str]) -> int:
         while (codes := [process.poll() for process in processes]) != [0] * count:
             failed = next((index for index, code in enumerate(codes) if code not in (None, 0)), None)
             if failed is not None:
-                print(f"imgflow: worker {failed} exited with status {codes[failed]}; stopping the others", file=sys.stderr)
-                return codes[failed]
+                status = codes[failed]
+                assert status is not None
+                print(f"imgflow: worker {failed} exited with status {status}; stopping the others", file=sys.stderr)
+                return status
             time.sleep(0.5)
         return 0
     finally:
@@ -105,8 +106,9 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--shards", required=True, help="the key of a shard output under ARTIFACTS/shard/")
     parser.add_argument("--config", type=Path, help="a TOML file of [train] settings (default: the defaults)")
-    parser.add_argument("--local-workers", type=int, metavar="N",
-                        help="start N workers on this machine, one cluster on free local ports, and wait for them")
+    parser.add_argument(
+        "--local-workers", type=int, metavar="N", help="start N workers on this machine, one cluster on free local ports, and wait for them"
+    )
     args = parser.parse_args()
     if args.local_workers is not None:
         if args.local_workers < 1:
@@ -120,8 +122,13 @@ def main() -> int:
     except UserError as exc:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2
-    report = {"task_index": index, "key": result.key, "model_fingerprint": result.fingerprint,
-              "trainable_fingerprint": trainable, "hardware": result.info.model_dump(mode="json")["hardware"]}
+    report = {
+        "task_index": index,
+        "key": result.key,
+        "model_fingerprint": result.fingerprint,
+        "trainable_fingerprint": trainable,
+        "hardware": result.info.model_dump(mode="json")["hardware"],
+    }
     print(json.dumps(report), flush=True)
     return 0
 

@@ -36,7 +36,10 @@ class MachineError(UserError):
 
 # errno -> (what happened, what to do), for the faults of a machine rather than of imgflow or its input
 _FAULTS = {
-    errno.ENOSPC: ("the disk is full", "free space there (imgflow cache prune removes what no run or model uses) or point --artifacts at a bigger disk"),
+    errno.ENOSPC: (
+        "the disk is full",
+        "free space there (imgflow cache prune removes what no run or model uses) or point --artifacts at a bigger disk",
+    ),
     errno.EDQUOT: ("the disk quota is used up", "free space there, raise the quota, or point --artifacts elsewhere"),
     errno.EROFS: ("the file system is read-only", "remount it read-write or point --artifacts at a writable folder"),
     errno.EACCES: ("permission was denied", "give this user write access there or point --artifacts elsewhere"),
@@ -48,8 +51,12 @@ _FAULTS = {
 }
 # The same faults as messages, for libraries (pyarrow, HDF5, TensorFlow) that raise them without an errno.
 _FAULT_WORDS = {
-    "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "Read-only file system": errno.EROFS,
-    "Permission denied": errno.EACCES, "Stale file handle": errno.ESTALE, "Transport endpoint is not connected": errno.ENOTCONN,
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "Stale file handle": errno.ESTALE,
+    "Transport endpoint is not connected": errno.ENOTCONN,
 }
 
 

@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-
 # Layers whose 4-D output is a learned feature map (preprocessing such as Resizing or Rescaling is not,
 # nor the coarse grid that the default CNN's classifier reads: a few cells, too coarse to show where).
-_FEATURE_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "ReLU", "Activation", "Add",
-                   "MaxPooling2D")
+_FEATURE_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "ReLU", "Activation", "Add", "MaxPooling2D")
 
 
 def feature_layer(model: Any) -> str | None:

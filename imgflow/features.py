@@ -14,7 +14,7 @@ imports TensorFlow.
 from __future__ import annotations
 
 import struct
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import google_crc32c
 
@@ -53,10 +53,8 @@ def encode_example(record_id: str, pixels: bytes, label: int, text: str | None =
         values["text"], spec = text.encode(), TEXT_SPEC
     entries = b""
     for name in sorted(spec):
-        if spec[name] == "bytes":
-            feature = _field(1, _field(1, values[name]))  # Feature.bytes_list = BytesList(value=[...])
-        else:
-            feature = _field(3, _field(1, _varint(values[name])))  # Feature.int64_list, packed
+        # Feature.bytes_list = BytesList(value=[...]), or Feature.int64_list, packed
+        feature = _field(1, _field(1, values[name])) if spec[name] == "bytes" else _field(3, _field(1, _varint(values[name])))
         entries += _field(1, _field(1, name.encode()) + _field(2, feature))  # Features.feature map entry
     return _field(1, entries)  # Example.features
 
@@ -80,7 +78,7 @@ class TFRecordWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> TFRecordWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,7 +96,7 @@ def _tf_spec(text: bool) -> dict[str, Any]:
     return {name: tf.io.FixedLenFeature([], kinds[kind]) for name, kind in (TEXT_SPEC if text else SPEC).items()}
 
 
-def parse_records(serialized: Any, shape: tuple[int, int, int], text: bool = False) -> dict[str, Any]:
+def parse_records(serialized: Any, shape: tuple[int, ...], text: bool = False) -> dict[str, Any]:
     """A batch of serialized examples -> {"image": uint8 [N, H, W, C], "label": int64 [N], "id": [N]},
     and "text" [N] (strings) with ``text``."""
     import tensorflow as tf
@@ -115,7 +113,7 @@ def parse_texts(serialized: Any) -> Any:
     return tf.io.parse_example(serialized, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
 
 
-def parse_batch(serialized: Any, shape: tuple[int, int, int], text: bool = False) -> tuple[Any, Any]:
+def parse_batch(serialized: Any, shape: tuple[int, ...], text: bool = False) -> tuple[Any, Any]:
     """A batch of serialized examples -> (uint8 images [N, H, W, C], int64 labels [N]); with ``text``,
     ({"pixels": images, "text": strings [N]}, labels)."""
     parsed = parse_records(serialized, shape, text)

@@ -49,10 +49,16 @@ def cache_dir(train_root: Path, shards_fingerprint: str, config: Any, shape: tup
     from imgflow.fingerprint import stable_hash
     from imgflow.weights import weights_identity
 
-    key = stable_hash([
-        shards_fingerprint, config.backbone, config.backbone_size, weights_identity(config.backbone, config.backbone_weights),
-        list(shape), precision,
-    ])[:16]
+    key = stable_hash(
+        [
+            shards_fingerprint,
+            config.backbone,
+            config.backbone_size,
+            weights_identity(config.backbone, config.backbone_weights),
+            list(shape),
+            precision,
+        ]
+    )[:16]
     folder = train_root / ".features" / key
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -91,8 +97,8 @@ def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: 
     for images, batch_labels in batches:
         stopping.check()
         count = int(batch_labels.shape[0])
-        features[done:done + count] = np.asarray(network(images, training=False), dtype=np.float32)
-        labels[done:done + count] = batch_labels.numpy()
+        features[done : done + count] = np.asarray(network(images, training=False), dtype=np.float32)
+        labels[done : done + count] = batch_labels.numpy()
         done += count
     if done != records:
         raise ValueError(f"the shards held {done} records where their manifest counts {records}")
@@ -125,9 +131,9 @@ def encode_texts(batches: tf.data.Dataset, encoder: Any, found: Features, target
     for inputs, batch_labels in batches:
         stopping.check()
         count = int(batch_labels.shape[0])
-        if done + count > labels.shape[0] or not np.array_equal(labels[done:done + count], batch_labels.numpy()):
+        if done + count > labels.shape[0] or not np.array_equal(labels[done : done + count], batch_labels.numpy()):
             raise ValueError(f"the shards' records are not in the order of the features in {found.labels}: delete that folder")
-        tokens[done:done + count] = np.asarray(encoder(inputs["text"]), dtype=np.int32)
+        tokens[done : done + count] = np.asarray(encoder(inputs["text"]), dtype=np.int32)
         done += count
     if done != labels.shape[0]:
         raise ValueError(f"the shards held {done} records where the features in {found.labels} hold {labels.shape[0]}")

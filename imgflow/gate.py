@@ -58,7 +58,7 @@ def paired(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray, clas
             continue
         won, lost = int((right & ~rival & mine).sum()), int((~right & rival & mine).sum())
         classes.append(ClassComparison(name, int(mine.sum()), float(right[mine].mean()), float(rival[mine].mean()), _worse(won, lost)))
-    return Paired(int(len(labels)), wins, losses, _worse(wins, losses), _worse(losses, wins), tuple(classes))
+    return Paired(len(labels), wins, losses, _worse(wins, losses), _worse(losses, wins), tuple(classes))
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,7 @@ class Decision:
     tolerance: float
 
 
-def decide(
-    candidate_accuracy: float, champion_accuracy: float | None, config: GateConfig, comparison: Paired | None = None
-) -> Decision:
+def decide(candidate_accuracy: float, champion_accuracy: float | None, config: GateConfig, comparison: Paired | None = None) -> Decision:
     """Promote when the candidate clears the floor and is not worse than the champion beyond tolerance;
     with the paired ``comparison`` (the champion's predictions of the same records), also not
     significantly worse overall (McNemar, ``alpha``) nor on any class by more than ``max_class_drop``
@@ -92,14 +90,10 @@ def decide(
     if champion_accuracy is None:
         reasons.append("no champion yet")
     elif candidate_accuracy >= champion_accuracy - config.tolerance:
-        reasons.append(
-            f"accuracy {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}"
-        )
+        reasons.append(f"accuracy {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
     else:
         promote = False
-        reasons.append(
-            f"accuracy {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}"
-        )
+        reasons.append(f"accuracy {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
     if comparison is not None:
         promote = _judge_paired(comparison, config, reasons) and promote
     return Decision(
@@ -115,15 +109,19 @@ def decide(
 def _judge_paired(comparison: Paired, config: GateConfig, reasons: list[str]) -> bool:
     """Add the paired test's reasons; False when it refuses the candidate."""
     fine = True
-    counts = (f"of {comparison.records} test records, {comparison.candidate_only} only the candidate gets right and "
-              f"{comparison.champion_only} only the champion")
+    counts = (
+        f"of {comparison.records} test records, {comparison.candidate_only} only the candidate gets right and "
+        f"{comparison.champion_only} only the champion"
+    )
     if comparison.p_worse < config.alpha:
         fine = False
         reasons.append(f"significantly worse than the champion: {counts} (McNemar p = {comparison.p_worse:.3g} < {config.alpha})")
     elif comparison.p_better < config.alpha:
         reasons.append(f"better than the champion by more than noise: {counts} (McNemar p = {comparison.p_better:.3g})")
     else:
-        reasons.append(f"no significant difference from the champion: {counts} (McNemar p = {min(comparison.p_worse, comparison.p_better):.3g})")
+        reasons.append(
+            f"no significant difference from the champion: {counts} (McNemar p = {min(comparison.p_worse, comparison.p_better):.3g})"
+        )
     level = config.alpha / max(1, len(comparison.classes))
     for item in comparison.classes:
         drop = item.champion_recall - item.candidate_recall

@@ -65,10 +65,12 @@ def _opened(data: bytes, max_pixels: int, truncation: bool = False) -> Iterator[
         raise
     except UnidentifiedImageError:
         raise BadImage("not_an_image", "not a recognised image format") from None
-    except Exception as exc:  # the decoder's failure on these bytes: a quarantine reason, with its words
+    except Exception as exc:  # noqa: BLE001 - the decoder's failure on these bytes: a quarantine reason, with its words
         message = str(exc) or type(exc).__name__
         reason = "truncated" if truncation and "truncated" in message.lower() else "undecodable"
-        raise BadImage(reason, message if isinstance(exc, (OSError, ValueError, SyntaxError)) else f"{type(exc).__name__}: {message}") from None
+        raise BadImage(
+            reason, message if isinstance(exc, (OSError, ValueError, SyntaxError)) else f"{type(exc).__name__}: {message}"
+        ) from None
 
 
 def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Probe:

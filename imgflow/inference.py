@@ -18,7 +18,7 @@ from imgflow import cpus
 from imgflow.errors import ConfigError
 
 
-def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int | None = None):  # noqa: ANN201 - onnxruntime.InferenceSession
+def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int | None = None):
     """An ONNX Runtime session on the CPU (the exports are checked there; a GPU is for training).
 
     ``keep_memory=False`` turns off ONNX Runtime's memory arena, which otherwise keeps the largest
@@ -67,7 +67,9 @@ class OnnxModel:
     def __call__(self, images: np.ndarray, texts: Sequence[str] | None = None, batch_size: int = 512) -> np.ndarray:
         """Class probabilities for raw pixels (N, H, W, C) in 0..255 (and their texts), in batches."""
         outputs = [
-            self.session.run(None, self.feeds(images[start : start + batch_size], None if texts is None else texts[start : start + batch_size]))[0]
+            self.session.run(
+                None, self.feeds(images[start : start + batch_size], None if texts is None else texts[start : start + batch_size])
+            )[0]
             for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, self.session.get_outputs()[0].shape[-1]), np.float32)

@@ -17,9 +17,7 @@ from typing import Any
 
 import jinja2
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("imgflow", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-)
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("imgflow", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
 
 
 def data_uri(data: bytes, kind: str = "image/png") -> str:
@@ -27,7 +25,10 @@ def data_uri(data: bytes, kind: str = "image/png") -> str:
 
 
 def render(
-    card: Mapping[str, Any], metrics: Mapping[str, Any], images: Mapping[str, bytes], mistakes: Sequence[Mapping[str, Any]],
+    card: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    images: Mapping[str, bytes],
+    mistakes: Sequence[Mapping[str, Any]],
     exemplars: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The report's HTML. ``images``: PNG bytes of ``confusion_matrix`` and ``training_curves``;

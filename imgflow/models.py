@@ -30,7 +30,7 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
 GRID = 3  # the classifier sees the last feature map pooled to at most GRID x GRID cells
 
 
-def _pixels(input_shape: tuple[int, int, int], input_size: int | None) -> tuple[keras.KerasTensor, keras.KerasTensor, tuple[int, int, int]]:
+def _pixels(input_shape: tuple[int, ...], input_size: int | None) -> tuple[keras.KerasTensor, keras.KerasTensor, tuple[int, ...]]:
     """The model's raw-pixel input, its pixels scaled to 0..1 (and resized to ``input_size`` a side,
     bilinear, when given: antialiasing would need an op ONNX export lacks), and the shape the network sees."""
     inputs = keras.Input(shape=input_shape, name="pixels")
@@ -42,7 +42,7 @@ def _pixels(input_shape: tuple[int, int, int], input_size: int | None) -> tuple[
 
 
 def make_model(
-    input_shape: tuple[int, int, int], num_classes: int, width: int = 16, dropout: float = 0.3, input_size: int | None = None
+    input_shape: tuple[int, ...], num_classes: int, width: int = 16, dropout: float = 0.3, input_size: int | None = None
 ) -> keras.Model:
     """A small VGG-style CNN that is cheap on an ordinary CPU: one conv at full resolution, then
     pooling at once (most of a plain CNN's multiplies are spent at full resolution), a conv pair at
@@ -77,7 +77,7 @@ def _residual(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
 
 
 def make_resnet9(
-    input_shape: tuple[int, int, int], num_classes: int, width: int = 64, dropout: float = 0.0, input_size: int | None = None
+    input_shape: tuple[int, ...], num_classes: int, width: int = 64, dropout: float = 0.0, input_size: int | None = None
 ) -> keras.Model:
     """A residual CNN in the spirit of ResNet-9 (the fast CIFAR-10 trainers): a prep conv, then three
     stages of conv + pool with a residual block after the first and the last, global max pooling and a
@@ -129,9 +129,7 @@ def backbone_network(name: str, size: int) -> keras.Model:
     return getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg", name=BACKBONE)
 
 
-def make_transfer(
-    input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig
-) -> keras.Model:
+def make_transfer(input_shape: tuple[int, ...], num_classes: int, config: TrainConfig) -> keras.Model:
     """A backbone (``BACKBONES``; no top, average pooled) under a new softmax head.
 
     Inputs are resized to ``backbone_size`` and grayscale is repeated to RGB inside the model, so it
@@ -206,7 +204,7 @@ def _fuse(layer: Any, image_features: keras.KerasTensor, tokens: keras.KerasTens
     return layer("probabilities")(layer("fused_dropout")(fused))
 
 
-def build_model(input_shape: tuple[int, int, int], num_classes: int, config: TrainConfig, vocabulary_size: int = 0) -> keras.Model:
+def build_model(input_shape: tuple[int, ...], num_classes: int, config: TrainConfig, vocabulary_size: int = 0) -> keras.Model:
     """The model ``config`` names; with ``config.text``, with a text tower over ``vocabulary_size`` ids."""
     if config.model == "cnn":
         model = make_model(input_shape, num_classes, width=config.width, dropout=config.dropout, input_size=config.input_size)
@@ -231,7 +229,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, pretrained: bool
     backbone = model.get_layer(BACKBONE)
     backbone.trainable = trainable
     if trainable and pretrained:
-        for layer in backbone._flatten_layers(include_self=False):  # noqa: SLF001 - Keras' own walk over nested layers
+        for layer in backbone._flatten_layers(include_self=False):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
 
@@ -252,7 +250,7 @@ def compile_for_training(
     return model
 
 
-def load_model(path: str | Path, compile: bool = True) -> keras.Model:  # noqa: A002 - Keras' own name
+def load_model(path: str | Path, compile: bool = True) -> keras.Model:
     """A saved model (``model.keras`` or a checkpoint); this module defines the custom layers it may hold.
     ``compile=False`` for inference only (validate, export): no optimizer is rebuilt, 0.07 s less on
     the sample's model (0.15 s against 0.22)."""

@@ -47,6 +47,7 @@ def budget() -> float:
     """The seconds the current fetch may keep retrying (``time_budget``)."""
     return _budget.get()
 
+
 # How libraries that wrap the socket errors (pyarrow's S3 client, curl) spell the permanent ones.
 _PERMANENT_TEXT = {
     "could not resolve host": "the host name does not resolve",
@@ -153,6 +154,8 @@ def first_contact(action: Callable[[], T], *, location: str, source: str) -> T:
     """``action()``, the first request to the object store holding ``location`` (``s3://bucket/...``),
     retried and reported as ``fetch`` does: an endpoint that cannot be reached fails here, at once."""
     where = urllib.parse.urlsplit(location)
-    advice = ("Check the store's endpoint (AWS_ENDPOINT_URL, or ?endpoint_override= in the URI) and credentials "
-              "(AWS_ACCESS_KEY_ID, AWS_PROFILE), or copy the table here and use parquet:PATH.")
+    advice = (
+        "Check the store's endpoint (AWS_ENDPOINT_URL, or ?endpoint_override= in the URI) and credentials "
+        "(AWS_ACCESS_KEY_ID, AWS_PROFILE), or copy the table here and use parquet:PATH."
+    )
     return fetch(action, source=source, host=f"{where.scheme}://{where.netloc}", advice=advice)

@@ -131,7 +131,7 @@ class ObjectRoot:
         prefix = self.path(relative)
         selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
         return sorted(
-            (info.path[len(prefix) + 1:], info.size, info.mtime.timestamp() if info.mtime else 0.0)
+            (info.path[len(prefix) + 1 :], info.size, info.mtime.timestamp() if info.mtime else 0.0)
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File
         )
@@ -139,6 +139,7 @@ class ObjectRoot:
     def download(self, relative: str, names: Mapping[str, Mapping[str, Any]] | list[str], into: Path) -> None:
         """Copy the objects ``names`` of folder ``relative`` into the local folder ``into``. With a file
         table (name -> {"sha256", "bytes"}, as in a manifest) every copy is checked against it."""
+
         def fetch(name: str) -> None:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,14 +151,17 @@ class ObjectRoot:
                     out.write(block)
             expected = names.get(name) if isinstance(names, Mapping) else None
             if expected is not None and (digest.hexdigest(), size) != (expected["sha256"], expected["bytes"]):
-                raise OSError(f"{self.url(f'{relative}/{name}')} does not match its manifest (sha256 or size): "
-                              "it was changed or is being rewritten; run again")
+                raise OSError(
+                    f"{self.url(f'{relative}/{name}')} does not match its manifest (sha256 or size): "
+                    "it was changed or is being rewritten; run again"
+                )
 
         with ThreadPoolExecutor(_TRANSFERS) as pool:
             list(pool.map(fetch, list(names)))
 
     def upload(self, folder: Path, names: list[str], relative: str) -> None:
         """Copy the files ``names`` of the local ``folder`` to the folder ``relative`` of this root."""
+
         def put(name: str) -> None:
             with open(folder / name, "rb") as source, self.fs.open_output_stream(self.path(f"{relative}/{name}")) as out:
                 while block := source.read(_COPY_BLOCK):
@@ -178,7 +182,7 @@ class ObjectRoot:
 
 
 @functools.cache
-def s3_client() -> Any:  # noqa: ANN401 - a boto3 S3 client
+def s3_client() -> Any:
     """This process's boto3 S3 client (thread-safe), for what pyarrow's filesystems cannot do:
     conditional writes and single-request reads. Endpoint and credentials from the ``AWS_*`` variables."""
     import boto3
@@ -206,7 +210,7 @@ class Lease:
                 f"artifact root {root.uri}: two runs can share only a local or an s3:// root "
                 "(its lock is an S3 conditional write); run one writer at a time on this one"
             )
-        bucket, _, prefix = root.uri[len("s3://"):].partition("/")
+        bucket, _, prefix = root.uri[len("s3://") :].partition("/")
         self.client = s3_client()
         self.bucket, self.key = bucket, f"{prefix}/{relative}".lstrip("/")
         self.seconds = lease_seconds()

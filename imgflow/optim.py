@@ -93,8 +93,10 @@ def learning_rate(rate: float, total_steps: int, recipe: Recipe) -> Any:
     total_steps = max(1, total_steps)
     if recipe.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=rate / 10, decay_steps=max(1, total_steps - total_steps // 10),
-            warmup_target=rate, warmup_steps=total_steps // 10,
+            initial_learning_rate=rate / 10,
+            decay_steps=max(1, total_steps - total_steps // 10),
+            warmup_target=rate,
+            warmup_steps=total_steps // 10,
         )
     if recipe.schedule == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(rate, max(1, recipe.steps_per_epoch), recipe.decay_rate, staircase=True)
@@ -142,7 +144,7 @@ def add_l2(model: keras.Model, strength: float) -> None:
     included), set in the layers' configs too so that a saved checkpoint keeps it."""
     if strength <= 0:
         return
-    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Keras' own walk over nested layers
+    for layer in model._flatten_layers(include_self=False):
         if hasattr(layer, "kernel_regularizer") and getattr(layer, "kernel", None) is not None:
             layer.kernel_regularizer = keras.regularizers.L2(strength)
             layer.kernel.regularizer = layer.kernel_regularizer

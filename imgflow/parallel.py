@@ -25,11 +25,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import os
-from multiprocessing import forkserver
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
 from imgflow import cpus
@@ -47,7 +47,7 @@ PRELOAD = ["__main__", "imgflow.store", "imgflow.cleantable", "imgflow.recordkey
 def _forkserver() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)  # read when the server starts
-    return context  # type: ignore[return-value]
+    return context
 
 
 def start_forkserver() -> None:
@@ -108,17 +108,17 @@ def cluster_pool(jobs: int) -> Iterator[Executor | None]:
             with Client(address) as client:
                 yield client.get_executor(pure=False)
             return
-        with (LocalCluster(n_workers=min(worker_count(), jobs), threads_per_worker=1, processes=True,
-                           dashboard_address=None) as cluster, Client(cluster) as client):
+        with (
+            LocalCluster(n_workers=min(worker_count(), jobs), threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             yield client.get_executor(pure=False)
         return
     with worker_client() as client:
         yield client.get_executor(pure=False)
 
 
-def ordered_map(
-    function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], pool: Executor | None | bool = True
-) -> Iterator[T]:
+def ordered_map(function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], pool: Executor | bool | None = True) -> Iterator[T]:
     """``function(*job)`` for every job, yielded in the jobs' order as they finish: on ``pool``, on a
     pool of its own (True, the default), or here (None). ``function`` must be importable (a
     module-level name): the worker processes import it."""

@@ -29,9 +29,7 @@ class Partition:
 def _root(source: str) -> tuple[str, pafs.FileSystem, str]:
     scheme, _, location = source.partition(":")
     if scheme != "parquet" or not location:
-        raise ConfigError(
-            f"date partitions need a parquet: source with date=YYYY-MM-DD folders, not {source!r}"
-        )
+        raise ConfigError(f"date partitions need a parquet: source with date=YYYY-MM-DD folders, not {source!r}")
     if "://" in location:
         filesystem, path = pafs.FileSystem.from_uri(location)
     else:

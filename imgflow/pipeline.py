@@ -136,9 +136,7 @@ class Pipeline:
         """The steps a run has: merge only when it reads date partitions."""
         return tuple(step for step in self.steps if partitioned or not step.partitioned_only)
 
-    def inputs(
-        self, step: Step, results: Mapping[str, Any], external: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+    def inputs(self, step: Step, results: Mapping[str, Any], external: Mapping[str, Any]) -> dict[str, Any] | None:
         """The step's inputs from the results so far (and SOURCE/CHAMPION from ``external``); None when
         an input's upstream has no result (yet). ``results`` may hold futures: they pass through. A
         fan-in step's inputs are each partition's result: ``part_inputs``."""

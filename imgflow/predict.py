@@ -167,7 +167,10 @@ class Predictor:
             return
         path = version_dir / ("model.int8.onnx" if backend == "onnx-int8" else "model.onnx")
         if not path.is_file():
-            raise ConfigError(f"{version_dir} has no {path.name}" + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else ""))
+            raise ConfigError(
+                f"{version_dir} has no {path.name}"
+                + (" (its int8 variant lost accuracy and was not exported)" if backend == "onnx-int8" else "")
+            )
         self._onnx = OnnxModel(path, threads=threads)
         self.takes_text = self._onnx.takes_text
 
@@ -218,11 +221,12 @@ def predict_piece(piece: Piece, plan: _Plan) -> pa.Table:
 
     def flush(batch: list[tuple[str, np.ndarray | None, str, str | None]]) -> None:
         good = [i for i, (_, pixels, _, _) in enumerate(batch) if pixels is not None]
-        probabilities = predictor(np.stack([batch[i][1] for i in good]), [batch[i][2] for i in good]) if good else []
+        images = [pixels for _, pixels, _, _ in batch if pixels is not None]
+        probabilities: Any = predictor(np.stack(images), [batch[i][2] for i in good]) if good else []
         by_row = dict(zip(good, probabilities, strict=True))
         for i, (record_id, _, _, error) in enumerate(batch):
             p = by_row.get(i)
-            top = np.argsort(-p, kind="stable")[:k] if p is not None else []
+            top: Any = np.argsort(-p, kind="stable")[:k] if p is not None else []
             rows["id"].append(record_id)
             rows["label"].append(classes[top[0]] if p is not None else None)
             rows["probability"].append(float(p[top[0]]) if p is not None else None)
@@ -233,7 +237,7 @@ def predict_piece(piece: Piece, plan: _Plan) -> pa.Table:
     for record_id, data, raw_text in piece_inputs(piece):
         try:
             text = normalize(raw_text) if predictor.takes_text else ""
-            batch.append((record_id, decode(data, plan.image_shape[:2], plan.image_shape[2]), text, None))
+            batch.append((record_id, decode(data, (plan.image_shape[0], plan.image_shape[1]), plan.image_shape[2]), text, None))
         except (BadImage, BadText) as bad:
             batch.append((record_id, None, "", f"{bad.reason}: {bad.detail}"))
         if len(batch) >= plan.batch_size:
@@ -275,8 +279,16 @@ def predict(
     try:
         with cluster_pool(len(pieces)) as pool, pq.ParquetWriter(tmp, SCHEMA) as writer:
             plan = _Plan(
-                str(version_dir), root, card["name"], card["version"], config.backend, _session_threads(pool, len(pieces)),
-                tuple(card["image_shape"]), tuple(card["class_names"]), config.top_k, config.batch_size,
+                str(version_dir),
+                root,
+                card["name"],
+                card["version"],
+                config.backend,
+                _session_threads(pool, len(pieces)),
+                tuple(card["image_shape"]),
+                tuple(card["class_names"]),
+                config.top_k,
+                config.batch_size,
             )
             jobs = [(piece, plan) for piece in pieces]
             for table in ordered_map(predict_piece, jobs, pool):

@@ -21,18 +21,32 @@ import dataclasses
 import json
 import os
 import time
-from importlib import metadata
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from imgflow import cpus
+from imgflow.config import TrainConfig
 from imgflow.fingerprint import stable_hash
 from imgflow.objectstore import cache_root
-from imgflow.config import TrainConfig
 from imgflow.recipe import (
-    BATCH, FEATURE_SIZES, MIN_FEATURE_SIDE, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, SYMMETRIC, WIDTHS, DataStats, Speeds, choose,
-    cnn_macs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
+    BATCH,
+    FEATURE_SIZES,
+    MIN_FEATURE_SIDE,
+    RESNET_RECORDS,
+    RESNET_WIDTHS,
+    SHRUNK_SIZES,
+    SYMMETRIC,
+    WIDTHS,
+    DataStats,
+    Speeds,
+    choose,
+    cnn_macs,
+    parse_duration,
+    reserve_seconds,
+    resnet9_macs,
+    training_seconds,
 )
 from imgflow.results import ShardInfo, StageResult, shard_files
 from imgflow.store import MANIFEST, write_json_atomic
@@ -92,15 +106,25 @@ def _extremes(height: int, width: int) -> list[int | None]:
 def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     """This machine's ``Speeds`` for data of ``stats``'s shape: from the cache, else measured now
     (``run``), else None (planning without running anything)."""
-    what = {"shape": [stats.height, stats.width, stats.channels], "classes": len(stats.class_counts), "batch": BATCH,
-            "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
-            "resnet9": stats.train_records >= RESNET_RECORDS}
+    what = {
+        "shape": [stats.height, stats.width, stats.channels],
+        "classes": len(stats.class_counts),
+        "batch": BATCH,
+        "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
+        "resnet9": stats.train_records >= RESNET_RECORDS,
+    }
     here = machine()
     path = cache_dir() / f"{stable_hash([here, what])[:16]}.json"
     found = _cached(path, ("overhead", "per_mac", "batch", "features", "seconds", "resnet_overhead"), "speed probe: the cached measurement")
     if found is not None:
-        return Speeds(found["overhead"], found["per_mac"], found["batch"], {int(k): v for k, v in found["features"].items()},
-                      found["seconds"], found["resnet_overhead"])
+        return Speeds(
+            found["overhead"],
+            found["per_mac"],
+            found["batch"],
+            {int(k): v for k, v in found["features"].items()},
+            found["seconds"],
+            found["resnet_overhead"],
+        )
     if not run:
         return None
     print(f"speed probe: timing training steps on this machine (once; cached in {path.parent})", flush=True)
@@ -122,8 +146,19 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
     features = _feature_speeds() if what["features"] else {}
     speeds = Speeds(overhead, per_mac, BATCH, features, round(time.time() - started, 1), resnet)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"overhead": overhead, "per_mac": per_mac, "batch": BATCH, "features": features,
-                             "resnet_overhead": resnet, "machine": here, "measured": what, "seconds": speeds.seconds})
+    write_json_atomic(
+        path,
+        {
+            "overhead": overhead,
+            "per_mac": per_mac,
+            "batch": BATCH,
+            "features": features,
+            "resnet_overhead": resnet,
+            "machine": here,
+            "measured": what,
+            "seconds": speeds.seconds,
+        },
+    )
     lines = [f"{1 / fast:.0f} images/s at {small / 1e6:.1f}M multiplies", f"{1 / slow:.0f} at {large / 1e6:.1f}M"]
     lines += [f"Lite0 features {1 / s:.0f} images/s at {size}" for size, s in sorted(features.items(), reverse=True)[:1]]
     print(f"speed probe: {'; '.join(lines)} ({time.time() - started:.0f} s)", flush=True)
@@ -136,7 +171,7 @@ def _cached(path: Path, fields: tuple[str, ...], what: str) -> dict[str, Any] | 
     try:
         found = json.loads(path.read_text())
         for name in fields:
-            found[name]  # noqa: B018 - every field the caller reads, present
+            found[name]
         return found
     except FileNotFoundError:
         return None
@@ -169,13 +204,14 @@ def _step(stats: DataStats, family: str, size: int | None, width: int, timed: in
         model = build((stats.height, stats.width, stats.channels), len(stats.class_counts), width=width, input_size=size)
         compile_for_training(model, 1e-3, 100, chosen.jit_compile)
         augment = make_augmenter(0.1, 0.0, 0.1, 0)
+        assert augment is not None  # shifts and zooms
         pixels = np.random.default_rng(0).integers(0, 256, (BATCH, stats.height, stats.width, stats.channels)).astype("float32")
         labels = np.arange(BATCH) % len(stats.class_counts)
         data = tf.data.Dataset.from_tensors((pixels, labels)).repeat().map(lambda x, y: (augment(x, training=True), y))
         ends: list[float] = []
         timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
         model.fit(data, epochs=1, steps_per_epoch=WARM_STEPS + timed, verbose=0, callbacks=[timer])
-        clock = ends[WARM_STEPS - 1:]  # from the end of the last warm-up step
+        clock = ends[WARM_STEPS - 1 :]  # from the end of the last warm-up step
         return (clock[-1] - clock[0]) / (len(clock) - 1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -223,12 +259,19 @@ def data_stats(shards: StageResult, *, run: bool = True) -> DataStats | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, symmetry)
     return DataStats(
-        height, width, channels, tuple(info.splits["train"].class_counts), info.splits["val"].records,
-        info.splits["test"].records, bool(info.text), symmetry["mirror"], symmetry["turn"],
+        height,
+        width,
+        channels,
+        tuple(info.splits["train"].class_counts),
+        info.splits["val"].records,
+        info.splits["test"].records,
+        bool(info.text),
+        symmetry["mirror"],
+        symmetry["turn"],
     )
 
 
-def _symmetry(files: list[str], shape: tuple[int, int, int], classes: int) -> dict[str, float]:
+def _symmetry(files: list[str], shape: tuple[int, ...], classes: int) -> dict[str, float]:
     """The share of classes whose mean image looks the same mirrored (``mirror``) and turned a quarter
     (``turn``): a Pearson correlation over pixels of at least ``SYMMETRIC``, over the classes seen in
     the first ``STATS_RECORDS`` records."""
@@ -276,9 +319,11 @@ def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, 
     cores = cpus.budget().cores
     seconds = training_seconds(budget, data + speeds.seconds, cores)
     plan = choose(stats, seconds, speeds, {name: getattr(config, name) for name in fixed})
-    head = (f"budget {config.budget} ({budget:.0f} s): the data stages took {data:.0f} s and the speed probe "
-            f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget, cores):.0f} s: training gets "
-            f"{seconds:.0f} s and should take {plan.seconds:.0f} s")
+    head = (
+        f"budget {config.budget} ({budget:.0f} s): the data stages took {data:.0f} s and the speed probe "
+        f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget, cores):.0f} s: training gets "
+        f"{seconds:.0f} s and should take {plan.seconds:.0f} s"
+    )
     return dataclasses.replace(config, **plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1))
 
 

@@ -25,10 +25,7 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
     validation, shards, export = (results[s].info for s in ("validate", "shard", "export"))
     assert isinstance(validation, ValidateInfo) and isinstance(clean, CleanInfo)
     assert isinstance(shards, ShardInfo) and isinstance(export, ExportInfo)
-    lineage = {
-        stage: {"key": result.key, "fingerprint": result.fingerprint, "path": result.path}
-        for stage, result in results.items()
-    }
+    lineage = {stage: {"key": result.key, "fingerprint": result.fingerprint, "path": result.path} for stage, result in results.items()}
     data = {
         "model_fingerprint": results["train"].fingerprint,
         "data_fingerprint": clean.data_fingerprint,
@@ -53,18 +50,26 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         f"# Model card: {name} {{version}}",
         "",
         f"- source: `{data['source']}`",
-        f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255: SavedModel "
-        "`serving_default` (float32) or `serving_uint8` (uint8); ONNX input `pixels` (float32)",
+        (
+            f"- input: raw pixels (N, {', '.join(map(str, data['image_shape']))}) in 0..255: SavedModel "
+            "`serving_default` (float32) or `serving_uint8` (uint8); ONNX input `pixels` (float32)"
+        ),
         *(
             ["- and text: SavedModel input `text` (raw strings); ONNX input `tokens` (int32 ids of vocabulary.txt)"]
-            if validation.modalities else []
+            if validation.modalities
+            else []
         ),
         f"- classes: {', '.join(data['class_names'])}",
         f"- test accuracy: **{validation.accuracy:.4f}** on {validation.test_records} held-out records",
         *(
-            [f"- test accuracy with the image only: {validation.modalities['image_only']:.4f}; with the text only: "
-             f"{validation.modalities['text_only']:.4f}"]
-            if validation.modalities else []
+            [
+                (
+                    f"- test accuracy with the image only: {validation.modalities['image_only']:.4f}; with the text only: "
+                    f"{validation.modalities['text_only']:.4f}"
+                )
+            ]
+            if validation.modalities
+            else []
         ),
         f"- gate: {'; '.join(validation.reasons)}",
         f"- SavedModel vs ONNX max abs difference: {data['parity']['max_abs_diff']:.2e}",

@@ -75,7 +75,7 @@ def parse_duration(text: str) -> float:
     else:
         match = _DURATION.fullmatch(text)
         if not text or match is None or not any(match.groups()):
-            raise ValueError(f"{text!r} is not a duration such as \"15m\", \"90s\" or \"1h30m\"")
+            raise ValueError(f'{text!r} is not a duration such as "15m", "90s" or "1h30m"')
         hours, minutes, secs = (float(part or 0) for part in match.groups())
         seconds = hours * 3600 + minutes * 60 + secs
     if seconds <= 0:
@@ -226,9 +226,7 @@ def choose(stats: DataStats, seconds: float, speeds: Speeds, fixed: Mapping[str,
     return Plan(settings, tuple(reasons), round(expected, 1), round(seconds, 1))
 
 
-def _features_plan(
-    stats: DataStats, usable: float, speeds: Speeds, fixed: Mapping[str, Any], reasons: list[str]
-) -> dict[str, Any] | None:
+def _features_plan(stats: DataStats, usable: float, speeds: Speeds, fixed: Mapping[str, Any], reasons: list[str]) -> dict[str, Any] | None:
     """Lite0's frozen ImageNet features under a new head, at the largest input size whose features fit
     in ``FEATURE_SHARE`` of the time; None when the CNN is the better buy (or the spec fixed another model)."""
     if fixed.get("model", "transfer") != "transfer" or fixed.get("backbone", "EfficientNetLite0") != "EfficientNetLite0":
@@ -237,7 +235,9 @@ def _features_plan(
         reasons.append(f"no ImageNet features: small grayscale images ({stats.height}x{stats.width}) are glyphs, not photographs")
         return None
     if not speeds.features:
-        reasons.append("no ImageNet features: EfficientNet-Lite0's ImageNet weights are not installed here (imgflow weights import efficientnet-lite0)")
+        reasons.append(
+            "no ImageNet features: EfficientNet-Lite0's ImageNet weights are not installed here (imgflow weights import efficientnet-lite0)"
+        )
         return None
     images = _feature_records(stats)
     sizes = [fixed["backbone_size"]] if "backbone_size" in fixed else [s for s in FEATURE_SIZES if s in speeds.features]
@@ -245,16 +245,25 @@ def _features_plan(
         cost = images * speeds.features[size]
         if cost <= FEATURE_SHARE * usable:
             reasons.append(
-                f"model = \"transfer\" (EfficientNet-Lite0, ImageNet weights, frozen): its features of {images} images at "
+                f'model = "transfer" (EfficientNet-Lite0, ImageNet weights, frozen): its features of {images} images at '
                 f"{size}x{size} take about {cost:.0f} s, within {FEATURE_SHARE:.0%} of the time; ImageNet features beat "
                 "a network trained from scratch on a few thousand photographs or drawings"
             )
             epochs = fixed.get("epochs", HEAD_EPOCHS)
-            reasons.append(f"epochs = {epochs}, all frozen: the head trains on cached features in seconds an epoch; "
-                           "fine-tuning would run the whole backbone every step")
+            reasons.append(
+                f"epochs = {epochs}, all frozen: the head trains on cached features in seconds an epoch; "
+                "fine-tuning would run the whole backbone every step"
+            )
             return {
-                "model": "transfer", "backbone": "EfficientNetLite0", "backbone_weights": "imagenet", "backbone_size": size,
-                "epochs": epochs, "freeze_epochs": epochs, "dropout": 0.2, "learning_rate": 3e-3, "schedule": "linear",
+                "model": "transfer",
+                "backbone": "EfficientNetLite0",
+                "backbone_weights": "imagenet",
+                "backbone_size": size,
+                "epochs": epochs,
+                "freeze_epochs": epochs,
+                "dropout": 0.2,
+                "learning_rate": 3e-3,
+                "schedule": "linear",
                 "batch_size": BATCH,
             }
     smallest = sizes[-1]
@@ -279,7 +288,9 @@ def _cnn_plan(
         sizes = list(SHRUNK_SIZES)  # training from scratch on the full size of large images costs more than it adds
     else:
         sizes = [None]
-    families = [fixed["model"]] if fixed.get("model") in ("cnn", "resnet9") else ["cnn", *(["resnet9"] if _deep_enough(stats, speeds) else [])]
+    families = (
+        [fixed["model"]] if fixed.get("model") in ("cnn", "resnet9") else ["cnn", *(["resnet9"] if _deep_enough(stats, speeds) else [])]
+    )
     need = fixed.get("epochs") or minimum_epochs(records)
     per_epoch_extra = stats.val_records / 3  # validation every epoch: about a third of a training image's cost each
     classes = len(stats.class_counts)
@@ -305,19 +316,21 @@ def _cnn_plan(
         # the narrowest from more, which plateaus with train and validation accuracy alike (capacity,
         # not passes, is short: benchmarks/RESULTS.md, "A time budget").
         family, size, width = max(fewer, key=lambda c: (macs[c], c[2]))
-        why = (f"the most multiplies ({macs[(family, size, width)] / 1e6:.1f}M an image) that affords "
-               f"{round(need * SHORT_SHARE)} passes: nothing affords {need} here")
+        why = (
+            f"the most multiplies ({macs[(family, size, width)] / 1e6:.1f}M an image) that affords "
+            f"{round(need * SHORT_SHARE)} passes: nothing affords {need} here"
+        )
     else:
         family, size, width = min(candidates, key=lambda c: cost[c])
         why = f"the cheapest candidate: even it affords fewer than {round(need * SHORT_SHARE)} epochs in the time"
     chosen = (family, size, width)
     settings["model"] = family
     if family == "resnet9":
-        reasons.append(f"model = \"resnet9\": {records} training images are enough for a residual network's depth, and it fits the time")
+        reasons.append(f'model = "resnet9": {records} training images are enough for a residual network\'s depth, and it fits the time')
     elif "resnet9" in families:
-        reasons.append("model = \"cnn\": the residual network does not fit the time")
+        reasons.append('model = "cnn": the residual network does not fit the time')
     elif "model" not in fixed:
-        reasons.append(f"model = \"cnn\": the small CNN (the residual network is offered from {RESNET_RECORDS} training images)")
+        reasons.append(f'model = "cnn": the small CNN (the residual network is offered from {RESNET_RECORDS} training images)')
     if size:
         settings["input_size"] = size
         reasons.append(f"input_size = {size}: {stats.height}x{stats.width} images shrink inside the model to what the time allows")
@@ -343,7 +356,9 @@ def _cnn_plan(
         if "steps_per_epoch" not in fixed and total != epochs * steps_per_epoch:
             steps_per_epoch = math.ceil(total / epochs)
             settings["steps_per_epoch"] = steps_per_epoch
-            reasons.append(f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {steps_per_epoch} steps")
+            reasons.append(
+                f"epochs = {epochs} of {steps_per_epoch} steps each: a validation and a checkpoint every {steps_per_epoch} steps"
+            )
         else:
             reasons.append(f"epochs = {epochs}")
     # Dropout regularizes; with few passes the model is far from memorizing and needs all it has.
@@ -351,7 +366,7 @@ def _cnn_plan(
     dropout = 0.1 if family == "resnet9" or passes_planned < LIGHT_PASSES else 0.3
     settings.update(epochs=epochs, batch_size=batch, learning_rate=5e-3, schedule="linear", dropout=dropout)
     rate = fixed.get("learning_rate", settings["learning_rate"])
-    reasons.append(f"schedule = \"linear\": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps")
+    reasons.append(f'schedule = "linear": the learning rate ({rate:g}) decays to zero at the last of the {epochs * steps_per_epoch} steps')
     return epochs * steps_per_epoch * batch / records * cost[chosen] + epochs * EPOCH_SECONDS
 
 
@@ -385,12 +400,16 @@ def _augmentation(stats: DataStats, settings: dict[str, Any], fixed: Mapping[str
     why = f" ({strength}: {passes:.0f} passes over the data)"
     if stats.mirror >= SYMMETRIC_SHARE and stats.turn >= SYMMETRIC_SHARE:
         settings.update(flip="both", translate=shift, rotate=0.0, zoom=zoom)
-        reasons.append(f"flip = \"both\": {stats.mirror:.0%} of the class means look the same mirrored and {stats.turn:.0%} turned, "
-                       f"as in inspection images{why}")
+        reasons.append(
+            f'flip = "both": {stats.mirror:.0%} of the class means look the same mirrored and {stats.turn:.0%} turned, '
+            f"as in inspection images{why}"
+        )
     elif stats.mirror >= SYMMETRIC_SHARE:
         settings.update(flip="horizontal", translate=shift, rotate=0.0, zoom=zoom)
-        reasons.append(f"flip = \"horizontal\": {stats.mirror:.0%} of the class means look the same mirrored, as natural images do{why}")
+        reasons.append(f'flip = "horizontal": {stats.mirror:.0%} of the class means look the same mirrored, as natural images do{why}')
     else:
         settings.update(flip="none", translate=0.05 if light else 0.1, rotate=0.0 if light else 0.05, zoom=0.05 if light else 0.1)
-        reasons.append(f"flip = \"none\": only {stats.mirror:.0%} of the class means look the same mirrored, as with glyphs and digits; "
-                       f"{'light shifts and zooms' if light else 'small shifts, turns and zooms'} only ({passes:.0f} passes over the data)")
+        reasons.append(
+            f'flip = "none": only {stats.mirror:.0%} of the class means look the same mirrored, as with glyphs and digits; '
+            f"{'light shifts and zooms' if light else 'small shifts, turns and zooms'} only ({passes:.0f} passes over the data)"
+        )

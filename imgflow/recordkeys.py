@@ -11,9 +11,11 @@ difference between a stage whose memory is flat and one that grows with the data
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 DIGEST = np.dtype("V32")  # a sha256 digest as one comparable, sortable numpy item
@@ -24,7 +26,7 @@ class _Growing:
     records are coming), doubling it when that is exceeded (views taken earlier stay valid: they keep
     the old buffer)."""
 
-    def __init__(self, dtype: np.dtype | str, capacity: int) -> None:
+    def __init__(self, dtype: npt.DTypeLike, capacity: int) -> None:
         self._data = np.empty(max(capacity, 1024), dtype)
         self._size = 0
 
@@ -110,7 +112,7 @@ class RecordKeys:
         chunk = bisect.bisect_right(self._starts, position) - 1
         return self._ids[chunk][position - self._starts[chunk]].as_py()
 
-    def ids(self, positions: Sequence[int]) -> list[str]:
+    def ids(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         return [self.id(int(p)) for p in positions]
 
     def ids_between(self, start: int, stop: int) -> list[str]:
@@ -183,7 +185,7 @@ def content_conflicts(keys: RecordKeys) -> dict[str, tuple[str, str]]:
     order = np.argsort(digests, kind="stable")  # stable: a group's positions stay ascending
     ordered = digests[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True])))
-    groups = [positions[order[a:b]] for a, b in zip(starts[:-1], starts[1:], strict=True) if b - a > 1]
+    groups = [positions[order[a:b]] for a, b in itertools.pairwise(starts) if b - a > 1]
     found: dict[str, tuple[str, str]] = {}
     for group in sorted(groups, key=lambda g: g[0]):  # in order of first copy, as records come
         ids, labels = keys.ids(group), [keys.labels[int(p)] for p in group]

@@ -35,7 +35,7 @@ from typing import Any
 
 from imgflow.errors import ConfigError, DamagedError
 from imgflow.integrity import damage, record_verified
-from imgflow.results import StageResult
+from imgflow.results import Info, StageResult
 from imgflow.store import file_table, write_json_atomic
 
 CARD = "card.json"
@@ -105,7 +105,7 @@ def champion_result(root: str | Path, name: str) -> StageResult | None:
         path=pointer["path"],
         fingerprint=pointer["model_fingerprint"],
         status="cached",
-        info={"accuracy": pointer.get("accuracy")},
+        info=Info.model_validate({"accuracy": pointer.get("accuracy")}),
     )
 
 
@@ -116,9 +116,7 @@ def find_version(root: str | Path, name: str, model_fingerprint: str) -> str | N
     return None
 
 
-def register(
-    root: str | Path, name: str, files: Mapping[str, Path], card_data: Mapping[str, Any], documents: Mapping[str, str]
-) -> str:
+def register(root: str | Path, name: str, files: Mapping[str, Path], card_data: Mapping[str, Any], documents: Mapping[str, str]) -> str:
     """Copy ``files`` (name in the version folder -> source path) into a new version and write
     ``documents`` (name -> text, with ``{version}`` replaced by the new version); return its name.
 

@@ -20,9 +20,7 @@ def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Seque
     """Precision, recall, F1 and support per class (0 where undefined)."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0)
     return [
         {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
         for name, p, r, f, n in zip(class_names, precision, recall, f1, support, strict=True)
@@ -31,13 +29,11 @@ def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Seque
 
 def per_class_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
-    ]
+    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows]
     return "\n".join(lines)
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib's module type
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,7 +16,7 @@ _requested: int | None = None
 _last_epoch = 0
 
 
-class Stopped(Exception):  # noqa: N818 - a stop, not an error
+class Stopped(Exception):
     """The work ended early because a stop was requested (``signum``)."""
 
     def __init__(self, signum: int) -> None:

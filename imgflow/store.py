@@ -242,9 +242,7 @@ class ArtifactStore:
         for stale in set(self.remote.files(prefix)) - {*files, MANIFEST}:
             self.remote.delete(f"{prefix}/{stale}")
 
-    def _build_locked(
-        self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]
-    ) -> StageResult:
+    def _build_locked(self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]) -> StageResult:
         """``build`` under this key's lock: into a temporary folder, manifest last, renamed into place."""
         parent = self.root / stage
         # Leftovers of runs that died holding this key's lock (we hold it now, so none is live).
@@ -447,16 +445,11 @@ class Stage:
     identity: Callable[[Any], Any] | None = None
 
     def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
-        fingerprints = {
-            name: value.fingerprint if isinstance(value, StageResult) else value
-            for name, value in inputs.items()
-        }
+        fingerprints = {name: value.fingerprint if isinstance(value, StageResult) else value for name, value in inputs.items()}
         held = self.identity(config) if self.identity is not None else config
         return stable_hash([self.name, self.version, held, fingerprints])[:KEY_LENGTH]
 
-    def run(
-        self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False
-    ) -> StageResult:
+    def run(self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False) -> StageResult:
         key = self.key(config, inputs)
         # Inputs built elsewhere are fetched into a local mirror only when this stage really runs.
         results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}

@@ -170,22 +170,20 @@ def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> 
 
 def modalities_line(modalities: Mapping[str, float]) -> str:
     """A model with text's three test accuracies, side by side."""
-    return (
-        f"image + text {modalities['both']:.4f}, image only {modalities['image_only']:.4f}, "
-        f"text only {modalities['text_only']:.4f}"
-    )
+    return f"image + text {modalities['both']:.4f}, image only {modalities['image_only']:.4f}, text only {modalities['text_only']:.4f}"
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     metrics = summary["metrics"]
     clean = summary["stages"]["clean"]
     lines = [
-        f"# imgflow run: {summary['model']} {summary['decision'].upper()}"
-        + (f" as {summary['version']}" if summary["version"] else ""),
+        f"# imgflow run: {summary['model']} {summary['decision'].upper()}" + (f" as {summary['version']}" if summary["version"] else ""),
         "",
         *(
-            [f"- test accuracy: **{metrics['accuracy']:.4f}** on {metrics['test_records']} records"
-             + (f" (champion: {metrics['champion_accuracy']:.4f})" if metrics["champion_accuracy"] is not None else "")]
+            [
+                f"- test accuracy: **{metrics['accuracy']:.4f}** on {metrics['test_records']} records"
+                + (f" (champion: {metrics['champion_accuracy']:.4f})" if metrics["champion_accuracy"] is not None else "")
+            ]
             if metrics["accuracy"] is not None
             else []
         ),
@@ -196,8 +194,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             if "records_in" in clean
             else []
         ),
-        f"- wall time: {summary['seconds']} s"
-        + (f" of a {summary['budget']['budget']} budget" if summary.get("budget") else ""),
+        f"- wall time: {summary['seconds']} s" + (f" of a {summary['budget']['budget']} budget" if summary.get("budget") else ""),
         "",
         "| stage | status | key |",
         "|---|---|---|",
@@ -209,9 +206,22 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             else []
         ),
         *(
-            ["## The recipe's plan", "", *[f"- {line}" for line in summary["budget"]["plan"]],
-             *([f"- after training: {summary['budget']['fit']['verdict']} (train {summary['budget']['fit']['train_accuracy']}, "
-                f"validation {summary['budget']['fit']['val_accuracy']})"] if summary["budget"].get("fit") else []), ""]
+            [
+                "## The recipe's plan",
+                "",
+                *[f"- {line}" for line in summary["budget"]["plan"]],
+                *(
+                    [
+                        (
+                            f"- after training: {summary['budget']['fit']['verdict']} (train {summary['budget']['fit']['train_accuracy']}, "
+                            f"validation {summary['budget']['fit']['val_accuracy']})"
+                        )
+                    ]
+                    if summary["budget"].get("fit")
+                    else []
+                ),
+                "",
+            ]
             if (summary.get("budget") or {}).get("plan")
             else []
         ),

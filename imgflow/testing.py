@@ -70,7 +70,9 @@ def dirty_folder(root: Path, count: int = 2000, bad_every: int = 100) -> Corpus:
         corpus.files += 1
         if index % bad_every == 0:
             (folder / f"{index:05d}-empty.png").write_bytes(b"")
-            (folder / f"{index:05d}-cut.png").write_bytes(data[: len(data) // 2] if fmt == "PNG" else image_file(pixels, "PNG", "L", 28)[:200])
+            (folder / f"{index:05d}-cut.png").write_bytes(
+                data[: len(data) // 2] if fmt == "PNG" else image_file(pixels, "PNG", "L", 28)[:200]
+            )
             (folder / f"{index:05d}-notes.jpg").write_text("not an image, just a misnamed note\n")
             corpus.files += 3
             corpus.expected.update(empty=1, truncated=1, not_an_image=1)
@@ -181,7 +183,7 @@ def captioned_folder(root: Path, per_class: int = 150, side: int = 16, seed: int
             pattern = np.roll(stripes[orientation], shift, axis=orientation ^ 1)
             pixels = np.clip(pattern * 160.0 + 40 + rng.normal(0, 30, (side, side)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{index:04d}.png")
-            words = list(rng.choice(_FILLER, size=rng.integers(3, 7))) + [str(rng.choice(_THEMES[theme]))]
+            words = [*rng.choice(_FILLER, size=rng.integers(3, 7)), str(rng.choice(_THEMES[theme]))]
             rng.shuffle(words)
             (folder / f"{index:04d}.txt").write_text(" ".join(words).capitalize() + ".\n")
     return root

@@ -47,7 +47,7 @@ def normalize(raw: bytes | str | None) -> str:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad = raw[exc.start : exc.start + 1].hex()
+            bad = exc.object[exc.start : exc.start + 1].hex()
             raise BadText("bad_text", f"text is not valid UTF-8: byte 0x{bad} at offset {exc.start} ({exc.reason})") from None
     return " ".join(unicodedata.normalize("NFC", raw).split())
 

@@ -88,7 +88,7 @@ def _materialise(tensor: _Tensor, data: np.ndarray) -> np.ndarray:
     if needed > data.size:
         raise ValueError(f"storage {tensor.key} holds {data.size} values, a tensor of shape {tensor.size} needs {needed}")
     view = np.lib.stride_tricks.as_strided(
-        data[tensor.offset:], shape=tensor.size, strides=tuple(s * itemsize for s in tensor.stride), writeable=False
+        data[tensor.offset :], shape=tensor.size, strides=tuple(s * itemsize for s in tensor.stride), writeable=False
     )
     return np.ascontiguousarray(view).astype(data.dtype.newbyteorder("="), copy=False)
 
@@ -105,12 +105,12 @@ def _tensors(state: Any, storages: dict[str, np.ndarray], path: Path) -> dict[st
 
 
 def _read_legacy(handle: IO[bytes], path: Path) -> dict[str, np.ndarray]:
-    if pickle.load(handle) != LEGACY_MAGIC:  # noqa: S301 - plain ints: no globals can be named
+    if pickle.load(handle) != LEGACY_MAGIC:
         raise ConfigError(f"{path} is not a PyTorch file (no magic number)")
-    protocol = pickle.load(handle)  # noqa: S301
+    protocol = pickle.load(handle)
     if protocol != LEGACY_PROTOCOL:
         raise ConfigError(f"{path} is a PyTorch file of protocol {protocol}; imgflow reads {LEGACY_PROTOCOL}")
-    pickle.load(handle)  # noqa: S301 - system info: a dict of plain values
+    pickle.load(handle)
     unpickler = _Unpickler(handle, path)
     state = unpickler.load()
     keys = _Unpickler(handle, path).load()

@@ -36,7 +36,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from imgflow.config import DatasetSpec, TrainConfig, check_value
 from imgflow.errors import ConfigError
@@ -45,7 +45,7 @@ from imgflow.results import StageResult, TrainInfo
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
-DIRECTION = "maximize"  # validation accuracy
+DIRECTION: Literal["maximize"] = "maximize"  # validation accuracy
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ class Param:
 def parse_space(table: Mapping[str, Any], where: str) -> tuple[Param, ...]:
     """The search space of a ``[search]`` table; a ``ConfigError`` naming the entry for anything wrong."""
     if not table:
-        raise ConfigError(f"{where}: the search space is empty: name [train] fields to search, e.g. learning_rate = {{low = 1e-4, high = 1e-2, log = true}}")
+        raise ConfigError(
+            f"{where}: the search space is empty: name [train] fields to search, e.g. learning_rate = {{low = 1e-4, high = 1e-2, log = true}}"
+        )
     space = []
     for name, entry in table.items():
         setting = f"{where} {name}"
@@ -85,10 +87,14 @@ def parse_space(table: Mapping[str, Any], where: str) -> tuple[Param, ...]:
             space.append(Param(name, choices=tuple(entry)))
             continue
         if not isinstance(entry, dict) or not {"low", "high"} <= set(entry) or not set(entry) <= {"low", "high", "log"}:
-            raise ConfigError(f"{setting}: expected a list of choices or a table {{low = ..., high = ..., log = true|false}}, got {entry!r}")
+            raise ConfigError(
+                f"{setting}: expected a list of choices or a table {{low = ..., high = ..., log = true|false}}, got {entry!r}"
+            )
         integer = hint is int
         if hint not in (int, float):
-            raise ConfigError(f"{setting}: a range needs a number field ({name} is {getattr(hint, '__name__', hint)}): give a list of choices")
+            raise ConfigError(
+                f"{setting}: a range needs a number field ({name} is {getattr(hint, '__name__', hint)}): give a list of choices"
+            )
         for bound in ("low", "high"):
             check_value(f"{setting}.{bound}", entry[bound], hint, rule)
         log = entry.get("log", False)
@@ -142,7 +148,10 @@ def open_study(folder: Path, name: str, seed: int, epochs: int = 2) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
     return optuna.create_study(
-        study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
+        study_name=name,
+        storage=storage,
+        direction=DIRECTION,
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 2)),
     )
@@ -225,7 +234,9 @@ def trials_table(study: Any, space: Sequence[Param]) -> list[dict[str, Any]]:
     ]
 
 
-def choose(rows: Sequence[Mapping[str, Any]], space: Sequence[Param], base: TrainConfig, val_records: int) -> tuple[Mapping[str, Any], Mapping[str, Any], str]:
+def choose(
+    rows: Sequence[Mapping[str, Any]], space: Sequence[Param], base: TrainConfig, val_records: int
+) -> tuple[Mapping[str, Any], Mapping[str, Any], str]:
     """``(best, released, why)``: the best complete trial, the trial whose configuration is released, and
     why that one. The best trial is released only when it beats the spec's own configuration (the first
     complete trial with the base's values) by more than one standard error of an accuracy on
@@ -256,15 +267,26 @@ def _same(value: Any, base: Any) -> bool:
 
 
 def report_markdown(
-    name: str, rows: Sequence[Mapping[str, Any]], space: Sequence[Param], best: Mapping[str, Any] | None,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    space: Sequence[Param],
+    best: Mapping[str, Any] | None,
     released: tuple[Mapping[str, Any], str] | None = None,
 ) -> str:
     names = [p.name for p in space]
-    lines = [f"# Tuning: {name}", "", f"- trials: {len(rows)} ({sum(r['state'] == 'complete' for r in rows)} complete, "
-             f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {sum(r['state'] == 'fail' for r in rows)} failed or interrupted)"]
+    lines = [
+        f"# Tuning: {name}",
+        "",
+        (
+            f"- trials: {len(rows)} ({sum(r['state'] == 'complete' for r in rows)} complete, "
+            f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {sum(r['state'] == 'fail' for r in rows)} failed or interrupted)"
+        ),
+    ]
     if best is not None:
-        lines.append(f"- best: trial {best['number']}, validation accuracy {best['val_accuracy']:.4f}, "
-                     + ", ".join(f"{n} = {best[n]}" for n in names))
+        lines.append(
+            f"- best: trial {best['number']}, validation accuracy {best['val_accuracy']:.4f}, "
+            + ", ".join(f"{n} = {best[n]}" for n in names)
+        )
     if released is not None:
         lines.append(f"- released: trial {released[0]['number']}, {released[1]}")
     lines += ["", "| trial | state | val accuracy | epochs | " + " | ".join(names) + " |", "|---" * (4 + len(names)) + "|"]
@@ -300,7 +322,7 @@ def plot_trials(rows: Sequence[Mapping[str, Any]], space: Sequence[Param], path:
         axis.set_xlabel(param.name)
         axis.set_ylabel("validation accuracy")
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(space):]:
+    for axis in list(axes.flat)[len(space) :]:
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=96)

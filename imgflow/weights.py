@@ -67,7 +67,12 @@ def convolutions(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], 
             if bias is None or bias.shape != (array.shape[3],):
                 raise ConfigError(f"{path}: convolution {name.removesuffix('/vars/0')} has no bias of {array.shape[3]} values")
             found.append((name.removesuffix("/vars/0"), array, bias))
-        elif not (name.endswith("vars/1") and name[:-1] + "0" in arrays and arrays[name[:-1] + "0"].ndim == 4 and arrays[name[:-1] + "0"].shape[:2] == (3, 3)):
+        elif not (
+            name.endswith("vars/1")
+            and name[:-1] + "0" in arrays
+            and arrays[name[:-1] + "0"].ndim == 4
+            and arrays[name[:-1] + "0"].shape[:2] == (3, 3)
+        ):
             others.append(name)
     return found, others
 
@@ -83,14 +88,14 @@ def import_backbone(source: Path, backbone: str, output: Path) -> dict[str, Any]
     network = backbone_network(backbone, 32)
     targets = [layer for layer in network.layers if isinstance(layer, keras.layers.Conv2D)]
     if len(found) != len(targets):
-        raise ConfigError(
-            f"{source} holds {len(found)} 3x3 convolutions, {backbone} has {len(targets)}: they cannot be mapped one to one"
-        )
+        raise ConfigError(f"{source} holds {len(found)} 3x3 convolutions, {backbone} has {len(targets)}: they cannot be mapped one to one")
     mapped = []
     for (name, kernel, bias), layer in zip(found, targets, strict=True):
         expected = tuple(layer.kernel.shape)
         if kernel.shape != expected:
-            raise ConfigError(f"{source}: {name} has a {kernel.shape} kernel, {backbone}'s {layer.name} wants {expected}: refusing the file")
+            raise ConfigError(
+                f"{source}: {name} has a {kernel.shape} kernel, {backbone}'s {layer.name} wants {expected}: refusing the file"
+            )
         layer.set_weights([kernel, bias])
         mapped.append((name, layer.name, list(kernel.shape)))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -204,10 +209,14 @@ def lite0_network(state: dict[str, np.ndarray], source: str) -> Any:
     if missing or leftover:
         raise ConfigError(
             f"{source} is not EfficientNet-Lite0's state dict: "
-            + "; ".join(part for part in (
-                f"{len(missing)} weights missing ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else "",
-                f"{len(leftover)} left over ({', '.join(leftover[:5])}{', ...' if len(leftover) > 5 else ''})" if leftover else "",
-            ) if part)
+            + "; ".join(
+                part
+                for part in (
+                    f"{len(missing)} weights missing ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else "",
+                    f"{len(leftover)} left over ({', '.join(leftover[:5])}{', ...' if len(leftover) > 5 else ''})" if leftover else "",
+                )
+                if part
+            )
         )
     wanted = {layer.name: layer.get_weights() for layer in network.layers}
     slots: dict[str, dict[int, np.ndarray]] = {}

@@ -12,11 +12,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from imgflow.progress import listening
 
@@ -29,7 +30,7 @@ class _TaskProgress:
         self.artifact: UUID | None = None
         self.last = 0.0
         self.bar: Progress | None = None
-        self.bar_task = None
+        self.bar_task: TaskID | None = None
 
     def __call__(self, done: int, total: int | None, unit: str) -> None:
         if self.bar is not None:
@@ -46,7 +47,8 @@ class _TaskProgress:
             percent = min(100.0, 100.0 * done / total)
             if self.artifact is None:
                 key = re.sub(r"[^a-z0-9-]+", "-", f"imgflow-progress-{self.name}".lower())
-                self.artifact = create_progress_artifact(percent, key=key, description=f"{self.name}: {unit} done")
+                # called from sync code: a UUID (Prefect's sync_compatible types it as a coroutine too)
+                self.artifact = cast("UUID", create_progress_artifact(percent, key=key, description=f"{self.name}: {unit} done"))
             else:
                 update_progress_artifact(self.artifact, percent)
 
@@ -56,9 +58,7 @@ def task_progress(name: str, every: float = 2.0) -> Iterator[None]:
     """Report the progress of the work inside this block (see the module docstring)."""
     listener = _TaskProgress(name, every)
     if sys.stderr.isatty():
-        listener.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        )
+        listener.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
         listener.bar.start()
     try:
         with listening(listener):

@@ -66,19 +66,20 @@ def stage_task(step: Step) -> Task:
 
     run_stage.__name__ = run_stage.__qualname__ = f"{stage.name}_stage"
     return task(
-        run_stage,
         name=stage.name,
-        task_run_name=run_name,
+        task_run_name=run_name,  # type: ignore[arg-type]  # Prefect's protocol for it has a classmethod no function has
         cache_key_fn=cache_key,
         persist_result=True,
         result_serializer="json",
         retries=step.retries,
-        retry_delay_seconds=[2, 10, 30][: step.retries],
+        retry_delay_seconds=[2.0, 10.0, 30.0][: step.retries],
         retry_condition_fn=worth_retrying,
-    )
+    )(run_stage)
 
 
-@task(name="fingerprint-source", task_run_name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying)
+@task(
+    name="fingerprint-source", task_run_name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying
+)
 def fingerprint_source(config: DownloadConfig) -> str:
     """The source's content fingerprint (may read a remote catalog: retried)."""
     return source_fingerprint(config.source, config.options)

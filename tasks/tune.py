@@ -21,8 +21,15 @@ from tasks.progress import task_progress
 
 @task(name="trial", task_run_name="trial {number}")
 def tune_trial(
-    study_folder: str, study: str, seed: int, trial_id: int, number: int, params: Mapping[str, Any],
-    base: TrainConfig, shards: StageResult, root: str,
+    study_folder: str,
+    study: str,
+    seed: int,
+    trial_id: int,
+    number: int,
+    params: Mapping[str, Any],
+    base: TrainConfig,
+    shards: StageResult,
+    root: str,
 ) -> dict[str, Any]:
     """Train with ``params`` over ``base``; return ``{"state": "complete", "value", "train", "status"}``
     or ``{"state": "pruned", "detail"}``. The study is reopened from its journal (a task may run in

@@ -42,8 +42,9 @@ _RENDER_SECONDS = 60  # a drawing that takes longer to render is counted as fail
 def ensure_installed(svg_root: Path = SVG_ROOT, install: bool = True) -> None:
     """Install the Debian packages the recipe needs when they are missing (as root, with apt-get), or
     say how. ``install=False`` only checks."""
-    missing = [name for name, present in (("openclipart-svg", svg_root.is_dir()), ("librsvg2-bin", shutil.which("rsvg-convert")))
-               if not present]
+    missing = [
+        name for name, present in (("openclipart-svg", svg_root.is_dir()), ("librsvg2-bin", shutil.which("rsvg-convert"))) if not present
+    ]
     if not missing:
         return
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
@@ -84,7 +85,9 @@ def render(svg: Path, size: int) -> bytes:
     try:
         done = subprocess.run(
             ["rsvg-convert", "--width", str(size), "--height", str(size), "--keep-aspect-ratio", "--background-color", "white", str(svg)],
-            capture_output=True, timeout=_RENDER_SECONDS, check=False,
+            capture_output=True,
+            timeout=_RENDER_SECONDS,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return b""
@@ -105,7 +108,8 @@ def build(output: Path, svg_root: Path = SVG_ROOT, size: int = 64, workers: int 
         raise SourceError(f"no SVG drawings under {svg_root}")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    failed, labels, with_text = 0, Counter(), 0
+    failed, with_text = 0, 0
+    labels: Counter[str] = Counter()
 
     def row(svg: Path) -> dict[str, Any]:
         relative = svg.relative_to(svg_root)
@@ -126,4 +130,10 @@ def build(output: Path, svg_root: Path = SVG_ROOT, size: int = 64, workers: int 
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"output": str(output), "drawings": len(files), "render_failed": failed, "with_text": with_text, "classes": dict(sorted(labels.items()))}
+    return {
+        "output": str(output),
+        "drawings": len(files),
+        "render_failed": failed,
+        "with_text": with_text,
+        "classes": dict(sorted(labels.items())),
+    }

@@ -109,8 +109,17 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 # zip and tar structure, the gzip/bz2/xz streams (``OSError`` includes ``gzip.BadGzipFile``), a zip
 # entry flagged UTF-8 whose name is not, zip's unsupported compression methods
 # (``NotImplementedError``) and encrypted members (``RuntimeError``).
-_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError,
-            NotImplementedError, RuntimeError)
+_DAMAGED = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    UnicodeDecodeError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 @contextmanager

@@ -17,12 +17,13 @@ the stored pixels. Files are read as a stream, an image at a time.
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,16 +38,15 @@ _UBYTE = 0x08
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[IO[bytes]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
+def _open(path: Path) -> Iterator[io.BufferedIOBase]:
     try:
-        with opener(path, "rb") as handle:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as handle:
             yield handle
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise SourceError(f"cannot read IDX file {path}: {exc}") from None
 
 
-def _header(handle: IO[bytes], path: Path, dimensions: int) -> tuple[int, ...]:
+def _header(handle: io.BufferedIOBase, path: Path, dimensions: int) -> tuple[int, ...]:
     """The sizes a header declares, after checking its magic number: two zero bytes, the data type
     (unsigned bytes) and the number of dimensions."""
     magic = handle.read(4)

@@ -16,8 +16,8 @@ import numpy as np
 
 from imgflow.errors import SourceError
 from imgflow.fingerprint import sha256_file, stable_hash
-from imgflow.sources import RawRecord
 from imgflow.images import encode_png
+from imgflow.sources import RawRecord
 
 # Bump when the way records are made from the files changes.
 _FORMAT = "1"

@@ -38,10 +38,7 @@ def _pick(features: Mapping[str, Any], kind: type, wanted: str | None, what: str
     for key, feature in features.items():
         if isinstance(feature, kind):
             return key
-    raise SourceError(
-        f"tfds:{name} is not an image-classification dataset: it has no {what} feature "
-        f"(features: {', '.join(features)})"
-    )
+    raise SourceError(f"tfds:{name} is not an image-classification dataset: it has no {what} feature (features: {', '.join(features)})")
 
 
 @contextmanager
@@ -72,9 +69,7 @@ class TfdsSource:
         try:
             self.builder = tfds.builder(name, version=version, data_dir=options.get("data_dir"))
         except tfds.core.registered.DatasetNotFoundError:
-            raise SourceError(
-                f"unknown TFDS dataset {name!r} (from {self.spec}): it is not in the tensorflow-datasets catalog"
-            ) from None
+            raise SourceError(f"unknown TFDS dataset {name!r} (from {self.spec}): it is not in the tensorflow-datasets catalog") from None
         except (ValueError, AssertionError) as exc:
             raise SourceError(f"cannot open TFDS dataset {self.spec}: {str(exc).splitlines()[0]}") from None
         features = self.builder.info.features
@@ -100,7 +95,7 @@ class TfdsSource:
     def _prepare(self) -> None:
         advice = (
             f"Where there is network, build it with `tfds build {self.name} --data_dir DIR`, copy DIR to "
-            f"this machine and name it in the dataset spec: data_dir = \"DIR\" under [options]."
+            f'this machine and name it in the dataset spec: data_dir = "DIR" under [options].'
         )
         prepare = type(self.builder).download_and_prepare
         if not prepare.__module__.startswith("tensorflow_datasets.testing"):  # mock_data fetches nothing
@@ -117,9 +112,7 @@ class TfdsSource:
             self._prepare()
         splits = sorted(self.builder.info.splits.keys()) or ["train", "test"]
         for split in splits:
-            dataset = self.builder.as_dataset(
-                split=split, shuffle_files=False, decoders={self.image_key: tfds.decode.SkipDecoding()}
-            )
+            dataset = self.builder.as_dataset(split=split, shuffle_files=False, decoders={self.image_key: tfds.decode.SkipDecoding()})
             for index, example in enumerate(tfds.as_numpy(dataset)):
                 yield RawRecord(
                     id=f"{self.name}/{split}/{index:07d}",

@@ -216,7 +216,11 @@ class _Chunks:
         return f"{self.scratch}/chunk-{index:05d}.arrow"
 
     def scan(
-        self, target: tuple[tuple[int, int], int] | None, class_names: list[str] | None, max_pixels: int, unit: str,
+        self,
+        target: tuple[tuple[int, int], int] | None,
+        class_names: list[str] | None,
+        max_pixels: int,
+        unit: str,
         then: Callable[[int, Scan, int], None] | None = None,
     ) -> Scan:
         """Scan every chunk (in parallel; decoding too when ``target`` is known): the records in order.
@@ -246,8 +250,7 @@ class _Assembly:
     either way the bytes written are the same.
     """
 
-    def __init__(self, out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile,
-                 class_names: list[str] | None) -> None:
+    def __init__(self, out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, class_names: list[str] | None) -> None:
         self.out_dir, self.config, self.parts, self.raw = out_dir, config, parts, raw
         self.class_names = class_names
         self.first_copies: FirstCopies | None = None
@@ -320,25 +323,34 @@ class _Assembly:
             chosen = pa.array(keep, pa.int64())
             pixel_shas = [digest.hex() for digest in decoded.column("pixels_sha256").take(chosen).to_pylist()]
             text = {"text": decoded.column("text").take(chosen)}
-        self.writer.write_kept(pa.table({
-            "id": [ids[p - start] for p in kept],
-            "label": [index[labels[p - start]] for p in kept],
-            "label_name": [labels[p - start] for p in kept],
-            "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in pixel_shas],
-            "sha256": shas,
-            "pixels": pixels,
-            **text,
-        }))
+        self.writer.write_kept(
+            pa.table(
+                {
+                    "id": [ids[p - start] for p in kept],
+                    "label": [index[labels[p - start]] for p in kept],
+                    "label_name": [labels[p - start] for p in kept],
+                    "split": [assign_split(sha, config.test_fraction, config.val_fraction, config.split_salt) for sha in pixel_shas],
+                    "sha256": shas,
+                    "pixels": pixels,
+                    **text,
+                }
+            )
+        )
         bad = [p for p in range(start, start + size) if p in quarantine]
         if bad:
             images = self.raw.read_row_groups(self.parts.groups[number], columns=["image"]).column("image")
-            self.writer.write_quarantined(pa.table({
-                "id": [ids[p - start] for p in bad],
-                "label_name": [labels[p - start] for p in bad],
-                "reason": [quarantine[p][0] for p in bad],
-                "detail": [quarantine[p][1] for p in bad],
-                "image": images.take([p - start for p in bad]),  # the original bytes, kept for inspection
-            }, schema=QUARANTINE_SCHEMA))
+            self.writer.write_quarantined(
+                pa.table(
+                    {
+                        "id": [ids[p - start] for p in bad],
+                        "label_name": [labels[p - start] for p in bad],
+                        "reason": [quarantine[p][0] for p in bad],
+                        "detail": [quarantine[p][1] for p in bad],
+                        "image": images.take([p - start for p in bad]),  # the original bytes, kept for inspection
+                    },
+                    schema=QUARANTINE_SCHEMA,
+                )
+            )
 
 
 def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]) -> CleanInfo:

@@ -112,18 +112,20 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
         archive.add_endpoint("serving_bytes", serve_bytes)
         archive.write_out(str(out_dir / "savedmodel"), verbose=False)
         loaded = tf.saved_model.load(str(out_dir / "savedmodel")).signatures["serving_default"]
-        from_savedmodel = np.concatenate([
-            loaded(pixels=tf.constant(batch[i : i + step]), **({"text": tf.constant(texts[i : i + step])} if texts is not None else {}))[
-                "probabilities"
-            ].numpy()
-            for i in range(0, len(batch), step)
-        ])
+        from_savedmodel = np.concatenate(
+            [
+                loaded(
+                    pixels=tf.constant(batch[i : i + step]), **({"text": tf.constant(texts[i : i + step])} if texts is not None else {})
+                )["probabilities"].numpy()
+                for i in range(0, len(batch), step)
+            ]
+        )
         from_onnx, int8 = onnx_future.result()
     max_diff = float(np.abs(from_savedmodel - from_onnx).max())
     parity = Parity(
         max_abs_diff=max_diff,
         tolerance=config.parity_tolerance,
-        batch=int(len(batch)),
+        batch=len(batch),
         same_top1=bool((from_savedmodel.argmax(1) == from_onnx.argmax(1)).all()),
     )
     write_json_atomic(out_dir / "parity.json", parity)

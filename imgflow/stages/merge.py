@@ -51,8 +51,8 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
             "some partitions carry text and some do not: read every partition with the same text option "
             "(text_column, text_sidecar or text_feature under [options])"
         )
-    class_names = list(config.class_names) if config.class_names else sorted(
-        {name for info in infos for name in info.class_names}, key=natural_key
+    class_names = (
+        list(config.class_names) if config.class_names else sorted({name for info in infos for name in info.class_names}, key=natural_key)
     )
     index = {name: i for i, name in enumerate(class_names)}
     # Duplicates and conflicts across partitions, found on compact keys: ids, labels, content hashes.

@@ -49,6 +49,7 @@ from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
 from imgflow.store import Stage, remote_scratch, scratch_dir
 
+
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
 
@@ -58,8 +59,11 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
     chosen = current_plan(config.precision, config.jit_compile, config.augment_on)
     keyed = key_plan(config.precision, config.jit_compile, config.augment_on)
     if (keyed.precision, keyed.jit_compile, keyed.augment_on_device) != (chosen.precision, chosen.jit_compile, chosen.augment_on_device):
-        print(f"note: TensorFlow sees other hardware than the key assumed ({chosen.precision} against {keyed.precision}): "
-              "set [train] precision and jit_compile explicitly for exact reuse across machines", flush=True)
+        print(
+            f"note: TensorFlow sees other hardware than the key assumed ({chosen.precision} against {keyed.precision}): "
+            "set [train] precision and jit_compile explicitly for exact reuse across machines",
+            flush=True,
+        )
     strategy = make_strategy(chosen)
     keras.mixed_precision.set_global_policy(chosen.precision)
     try:
@@ -87,8 +91,10 @@ def _private_keras_seeds(seed: int) -> Iterator[None]:
     from keras.src.random import seed_generator
 
     if not callable(getattr(getattr(seed_generator, "python_random", None), "randint", None)):
-        raise RuntimeError(f"this Keras ({seed_generator.__file__}) no longer draws default seeds from python_random: "
-                           "imgflow's training would not be reproducible; update _private_keras_seeds")
+        raise RuntimeError(  # noqa: TRY004 - not a caller's wrong type: the installed Keras changed
+            f"this Keras ({seed_generator.__file__}) no longer draws default seeds from python_random: "
+            "imgflow's training would not be reproducible; update _private_keras_seeds"
+        )
     shared = seed_generator.python_random
     seed_generator.python_random = random.Random(seed)
     try:
@@ -105,7 +111,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StepProgress, StopOnRequest, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
-    from imgflow.optim import Recipe, add_l2, RateLog, ValidationRules, plateau_rates, stops_early
+    from imgflow.optim import RateLog, Recipe, ValidationRules, add_l2, plateau_rates, stops_early
     from imgflow.reports import plot_training_curves
     from imgflow.tensorboard_logs import publish as publish_events
 
@@ -124,8 +130,14 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     augmenter = make_augmenter(config.translate, config.rotate, config.zoom, config.seed, config.flip)
     on_device = chosen.augment_on_device and augmenter is not None
     train_data = shard_dataset(
-        shard_files(shards, "train"), shape, config.batch_size, training=True, seed=config.seed,
-        augmenter=None if on_device else augmenter, deterministic=config.deterministic, text=config.text,
+        shard_files(shards, "train"),
+        shape,
+        config.batch_size,
+        training=True,
+        seed=config.seed,
+        augmenter=None if on_device else augmenter,
+        deterministic=config.deterministic,
+        text=config.text,
     )
     if encoder is not None:
         train_data = with_tokens(train_data, encoder, config.modality_dropout, config.seed)
@@ -152,11 +164,11 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     by_validation = config.early_stopping > 0 or config.schedule == "plateau"
     if by_validation and not n_val:
         raise ConfigError(
-            f"[train] early_stopping and schedule = \"plateau\" follow the validation loss, but the validation split in "
+            f'[train] early_stopping and schedule = "plateau" follow the validation loss, but the validation split in '
             f"{shards.path} is empty: raise [clean] val_fraction"
         )
     if by_validation and chosen.workers > 1:
-        raise ConfigError("[train] early_stopping and schedule = \"plateau\" are not supported across several workers yet")
+        raise ConfigError('[train] early_stopping and schedule = "plateau" are not supported across several workers yet')
     cpu = cpus.budget()
     print(
         f"training plan: {chosen.precision}, {chosen.strategy} strategy{', XLA' if chosen.jit_compile else ''}, "
@@ -209,9 +221,17 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         net, data, validation = (model, train_data, val_data) if net is None else (net, data, validation)
         if chosen.workers > 1:
             fit_multi_worker(
-                net, strategy, data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                global_batch=config.batch_size, validation_data=validation, validation_steps=val_steps,
-                callbacks=callbacks, class_weight=class_weight,
+                net,
+                strategy,
+                data,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                global_batch=config.batch_size,
+                validation_data=validation,
+                validation_steps=val_steps,
+                callbacks=callbacks,
+                class_weight=class_weight,
             )
             return
         net.fit(
@@ -231,8 +251,21 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # where nothing else rides on the model (one worker, augmentation in tf.data).
     on_features = frozen > 0 and chosen.workers == 1 and not on_device
     if resumed_from < frozen and not done() and on_features:
-        _fit_head(fit, unwrap(model), shards, shape, config, chosen, recipe, steps_per_epoch, checkpoints, resumed_from, frozen,
-                  [committer, rules], encoder)
+        _fit_head(
+            fit,
+            unwrap(model),
+            shards,
+            shape,
+            config,
+            chosen,
+            recipe,
+            steps_per_epoch,
+            checkpoints,
+            resumed_from,
+            frozen,
+            [committer, rules],
+            encoder,
+        )
     elif resumed_from < frozen and not done():
         fit(frozen, resumed_from)
     # Fine-tuning starts after the frozen phase, and after a resume from its last checkpoint (a resume
@@ -241,7 +274,10 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         with strategy.scope():
             set_backbone_trainable(unwrap(model), True, pretrained=config.backbone_weights is not None)
             compile_for_training(
-                model, config.learning_rate * config.fine_tune_factor, steps_per_epoch * (config.epochs - frozen), chosen.jit_compile,
+                model,
+                config.learning_rate * config.fine_tune_factor,
+                steps_per_epoch * (config.epochs - frozen),
+                chosen.jit_compile,
                 recipe,
             )
     if not done():
@@ -258,9 +294,14 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         parameters=int(model.count_params()),
         final={name: float(values[-1]) for name, values in history.items()},
         hardware=Hardware(
-            strategy=chosen.strategy, precision=chosen.precision, jit_compile=chosen.jit_compile,
-            replicas=int(strategy.num_replicas_in_sync), workers=chosen.workers, augment_on_device=on_device,
-            cpus=round(cpu.cores, 3), cpu_threads=cpu.threads,
+            strategy=chosen.strategy,
+            precision=chosen.precision,
+            jit_compile=chosen.jit_compile,
+            replicas=int(strategy.num_replicas_in_sync),
+            workers=chosen.workers,
+            augment_on_device=on_device,
+            cpus=round(cpu.cores, 3),
+            cpu_threads=cpu.threads,
         ),
         vocabulary=len(encoder.words) if encoder is not None else None,
         best_epoch=best,
@@ -273,8 +314,19 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
 
 
 def _fit_head(
-    fit: Any, model: Any, shards: StageResult, shape: tuple[int, ...], config: TrainConfig, chosen: Any, recipe: Any,
-    steps_per_epoch: int, checkpoints: Path, resumed_from: int, frozen: int, savers: list[Any], encoder: Any,
+    fit: Any,
+    model: Any,
+    shards: StageResult,
+    shape: tuple[int, ...],
+    config: TrainConfig,
+    chosen: Any,
+    recipe: Any,
+    steps_per_epoch: int,
+    checkpoints: Path,
+    resumed_from: int,
+    frozen: int,
+    savers: list[Any],
+    encoder: Any,
 ) -> None:
     """The frozen epochs on the backbone's features: computed once over the train and validation
     splits (``imgflow.frozen.cache_dir``: any train build of these shards with this backbone reuses
@@ -316,6 +368,7 @@ def _fit_head(
     for saver in savers:
         saver.whole = model
     try:
+        assert found["train"] is not None  # training needs records: checked before
         train = features.dataset(found["train"], config.batch_size, training=True, seed=config.seed, text=texts["train"])
         # the batch of the image pipeline's validation, whose step count fit is given
         validation = (
@@ -350,7 +403,6 @@ def _text_encoder(config: TrainConfig, shards: StageResult, out_dir: Path) -> An
         )
     write_vocabulary(words, out_dir / VOCABULARY_FILE)
     return TextEncoder(words, config.text_length)
-
 
 
 def balanced_class_weights(counts: list[int]) -> dict[int, float]:

@@ -33,17 +33,16 @@ import numpy as np
 
 from imgflow import progress
 from imgflow.config import GateConfig
+from imgflow.fingerprint import stable_hash
 from imgflow.gate import decide, paired
 from imgflow.images import encode_png
 from imgflow.inference import OnnxModel
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
-from imgflow.fingerprint import stable_hash
 from imgflow.store import Stage, file_table, write_json_atomic
 from imgflow.tensorboard_logs import FOLDER as TENSORBOARD
 from imgflow.tensorboard_logs import write_images
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
-
 
 
 @dataclasses.dataclass(order=True)
@@ -63,7 +62,8 @@ class Ranked:
     """The ``limit`` highest-ranked records offered so far, in a bounded heap."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.heap = limit, []
+        self.limit = limit
+        self.heap: list[Any] = []
 
     def offer(self, item: Kept) -> None:
         if len(self.heap) < self.limit:
@@ -86,11 +86,20 @@ class Hardest:
         self.right: dict[int, Ranked] = {}
         self.seen = 0
 
-    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str], texts: list[str] | None = None) -> None:
+    def add(
+        self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, ids: list[str], texts: list[str] | None = None
+    ) -> None:
         predictions, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
         for i in range(len(labels)):
-            kept = Kept(float(confidence[i]), -(self.seen + i), ids[i], int(labels[i]), int(predictions[i]), images[i],
-                        texts[i] if texts is not None else None)
+            kept = Kept(
+                float(confidence[i]),
+                -(self.seen + i),
+                ids[i],
+                int(labels[i]),
+                int(predictions[i]),
+                images[i],
+                texts[i] if texts is not None else None,
+            )
             if predictions[i] != labels[i]:
                 self.wrong.offer(kept)
             else:
@@ -110,14 +119,19 @@ def _write_kept(path: Path, items: list[Kept], class_names: list[str], heatmaps:
     import pyarrow.parquet as pq
 
     overlays = heatmaps(items) if heatmaps is not None and items else [None] * len(items)
-    pq.write_table(pa.table({
-        "id": [r.id for r in items],
-        "label": [class_names[r.label] for r in items],
-        "predicted": [class_names[r.predicted] for r in items],
-        "confidence": pa.array([r.confidence for r in items], pa.float64()),
-        "image": pa.array([encode_png(r.pixels) for r in items], pa.binary()),
-        "heatmap": pa.array(overlays, pa.binary()),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [r.id for r in items],
+                "label": [class_names[r.label] for r in items],
+                "predicted": [class_names[r.predicted] for r in items],
+                "confidence": pa.array([r.confidence for r in items], pa.float64()),
+                "image": pa.array([encode_png(r.pixels) for r in items], pa.binary()),
+                "heatmap": pa.array(overlays, pa.binary()),
+            }
+        ),
+        path,
+    )
 
 
 def _champion_model(champion: StageResult | None, shape: tuple[int, ...], has_text: bool) -> tuple[OnnxModel | None, str]:
@@ -217,7 +231,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     decision = decide(accuracy, champion_accuracy, config, comparison)
     metrics = {
         "accuracy": accuracy,
-        "test_records": int(len(labels)),
+        "test_records": len(labels),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "class_names": class_names,
@@ -230,10 +244,13 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     hardest.write(out_dir, class_names, candidate.heatmaps())
     write_json_atomic(out_dir / "decision.json", dataclasses.asdict(decision))
     plot_confusion_matrix(matrix, class_names, out_dir / "confusion_matrix.png", f"Test accuracy {accuracy:.4f}")
-    write_images(out_dir, {
-        "confusion_matrix": [(out_dir / "confusion_matrix.png").read_bytes()],
-        "most_confident_mistakes": np.stack([item.pixels for item in hardest.wrong.best_first()[:8]]) if hardest.wrong.heap else [],
-    })
+    write_images(
+        out_dir,
+        {
+            "confusion_matrix": [(out_dir / "confusion_matrix.png").read_bytes()],
+            "most_confident_mistakes": np.stack([item.pixels for item in hardest.wrong.best_first()[:8]]) if hardest.wrong.heap else [],
+        },
+    )
     verdict = "PROMOTE" if decision.promote else "REJECT"
     (out_dir / "report.md").write_text(
         "\n".join(
@@ -242,11 +259,13 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
                 "",
                 f"- test accuracy: **{accuracy:.4f}** on {len(labels)} records",
                 *(
-                    [f"- image only (text blanked): {modalities['image_only']:.4f}; text only (image blanked): {modalities['text_only']:.4f}"]
-                    if modalities else []
+                    [
+                        f"- image only (text blanked): {modalities['image_only']:.4f}; text only (image blanked): {modalities['text_only']:.4f}"
+                    ]
+                    if modalities
+                    else []
                 ),
-                f"- champion: {champion_note}"
-                + (f", accuracy {champion_accuracy:.4f}" if champion_accuracy is not None else ""),
+                f"- champion: {champion_note}" + (f", accuracy {champion_accuracy:.4f}" if champion_accuracy is not None else ""),
                 *[f"- {reason}" for reason in decision.reasons],
                 "",
                 "## Per class",
@@ -262,16 +281,20 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     return ValidateInfo(
         content_fingerprint=stable_hash(decided),
         accuracy=accuracy,
-        test_records=int(len(labels)),
+        test_records=len(labels),
         champion_accuracy=champion_accuracy,
         champion=champion_note,
         promote=decision.promote,
         reasons=list(decision.reasons),
         modalities=modalities,
         paired=PairedCounts(
-            p_worse=comparison.p_worse, p_better=comparison.p_better, candidate_only=comparison.candidate_only,
+            p_worse=comparison.p_worse,
+            p_better=comparison.p_better,
+            candidate_only=comparison.candidate_only,
             champion_only=comparison.champion_only,
-        ) if comparison is not None else None,
+        )
+        if comparison is not None
+        else None,
     )
 
 
