@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
 WORKERS ?= -n auto --dist worksteal
 
-.PHONY: install run test test-fast fuzz server server-stop clipart benchmark lock clean
+.PHONY: install run lint docs test test-fast fuzz server server-stop clipart benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/imgflow run --artifacts $(ARTIFACTS)
 
-test: $(STAMP)
+# Lint and format (ruff) and types (mypy) over the library, the tasks and the flows: zero findings.
+lint: $(STAMP)
+	$(BIN)/ruff check imgflow flows tasks
+	$(BIN)/ruff format --check imgflow flows tasks
+	$(BIN)/mypy
+
+# The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or reference.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest $(WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -45,7 +55,7 @@ fuzz: $(STAMP)
 	  echo "atheris $$target: $$(grep '^Done' .fuzz/atheris-$$target.log)"; \
 	done
 
-# A lasting Prefect server for deployments: PostgreSQL, basic auth, 127.0.0.1:4200 (README: "Run it as a service").
+# A lasting Prefect server for deployments: PostgreSQL, basic auth, 127.0.0.1:4200 (docs/how-to/service.md).
 server: $(STAMP)
 	$(BIN)/imgflow server start
 
