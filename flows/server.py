@@ -34,8 +34,8 @@ from typing import Any
 
 from flows.postgres import PostgresCluster, new_password
 from imgflow.errors import ConfigError, MachineError, UserError
+from imgflow.files import file_lock
 from imgflow.lifetime import descendants, running, start_time, stop
-from imgflow.store import file_lock
 from imgflow.testing import free_port
 
 DATABASES = ("sqlite", "postgres")

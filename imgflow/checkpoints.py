@@ -23,8 +23,8 @@ from typing import Any
 import keras
 
 from imgflow import progress, stopping
+from imgflow.files import write_bytes_atomic, write_json_atomic
 from imgflow.objectstore import ObjectRoot
-from imgflow.store import write_bytes_atomic, write_json_atomic
 
 PROGRESS = "progress.json"
 

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 
 from imgflow.config import CleanConfig
 from imgflow.errors import ConfigError, SourceError
+from imgflow.files import write_json_atomic
 from imgflow.fingerprint import sha256_bytes
 from imgflow.results import CleanInfo
-from imgflow.store import write_json_atomic
 from imgflow.text import tokens
 
 SPLITS = ("train", "val", "test")

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from imgflow import stopping
+
+if TYPE_CHECKING:
+    from imgflow.config import TrainConfig
+    from imgflow.results import StageResult
 
 HEAD_DROPOUT = "head_dropout"  # the transfer model's dropout before its classifier
 PIXELS, TOKENS = "pixels", "tokens"  # the model's image input, and a text model's token input
@@ -175,3 +179,69 @@ def dataset(found: Features, batch_size: int, *, training: bool, seed: int = 0, 
         return (x, t), y
 
     return batches.map(load).prefetch(2)
+
+
+def fit_head(
+    fit: Any,
+    model: Any,
+    shards: StageResult,
+    shape: tuple[int, ...],
+    config: TrainConfig,
+    chosen: Any,
+    recipe: Any,
+    steps_per_epoch: int,
+    checkpoints: Path,
+    resumed_from: int,
+    frozen: int,
+    savers: list[Any],
+    encoder: Any,
+) -> None:
+    """The frozen epochs on the backbone's features: computed once over the train and validation
+    splits (``imgflow.frozen.cache_dir``: any train build of these shards with this backbone reuses
+    them), then the head fitted on them, with the records' token ids beside them for a text model
+    (``encoder``; written once into this build's ``checkpoints``: they depend on its vocabulary);
+    ``savers`` (the checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
+    from imgflow.data import eval_batch, shard_dataset
+    from imgflow.models import compile_for_training
+    from imgflow.results import ShardInfo, shard_files
+
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    network = extractor(model)
+    folder = cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
+    # Batches sized by what the backbone sees (its input size), not the stored images' size.
+    batch = eval_batch((config.backbone_size, config.backbone_size), largest=128)
+    found: dict[str, Features | None] = {}
+    texts: dict[str, Text | None] = {"train": None, "val": None}
+    for split in ("train", "val"):
+        records = shards.info.splits[split].records
+        cached = Features.at(folder / split)
+        if records and cached.holds(records):
+            print(f"reusing the frozen backbone's features of the {records} {split} records from {folder}", flush=True)
+        elif records:
+            print(f"computing the frozen backbone's features of the {records} {split} records once, into {folder}", flush=True)
+            extract(network, shard_dataset(shard_files(shards, split), shape, batch, training=False), records, folder / split)
+        found[split] = cached if records else None
+        if records and encoder is not None:
+            tokens = checkpoints / f".{split}.tokens.npy"  # not mirrored: cheap to recompute
+            if not tokens.is_file():
+                text_batches = shard_dataset(shard_files(shards, split), shape, batch, training=False, text=True)
+                encode_texts(text_batches, encoder, cached, tokens)
+            # what modality dropout puts in place of an image: the features of a black one
+            blank = np.asarray(network(np.zeros((1, *shape), np.float32), training=False), dtype=np.float32)[0]
+            texts[split] = Text(tokens, blank, config.modality_dropout if split == "train" else 0.0)
+    head = head_of(model)
+    compile_for_training(head, config.learning_rate, steps_per_epoch * frozen, chosen.jit_compile, recipe)
+    for saver in savers:
+        saver.whole = model
+    try:
+        assert found["train"] is not None  # training needs records: checked before
+        train = dataset(found["train"], config.batch_size, training=True, seed=config.seed, text=texts["train"])
+        # the batch of the image pipeline's validation, whose step count fit is given
+        validation = dataset(found["val"], eval_batch(shape, largest=256), training=False, text=texts["val"]) if found["val"] else None
+        fit(frozen, resumed_from, head, train, validation)
+        # The whole model's optimizer gets its variables, as if it had trained: a checkpoint or model saved
+        # now loads without Keras skipping an optimizer state it finds missing.
+        model.optimizer.build(model.trainable_variables)
+    finally:
+        for saver in savers:
+            saver.whole = None

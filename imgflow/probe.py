@@ -28,6 +28,7 @@ from typing import Any
 
 from imgflow import cpus
 from imgflow.config import TrainConfig
+from imgflow.files import write_json_atomic
 from imgflow.fingerprint import stable_hash
 from imgflow.objectstore import cache_root
 from imgflow.recipe import (
@@ -49,7 +50,7 @@ from imgflow.recipe import (
     training_seconds,
 )
 from imgflow.results import ShardInfo, StageResult, shard_files
-from imgflow.store import MANIFEST, write_json_atomic
+from imgflow.store import MANIFEST
 
 STATS_RECORDS = 4096  # train records whose class means give the symmetry scores
 WARM_STEPS = 2  # steps before timing: the first traces and compiles

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.errors import ConfigError, DamagedError
+from imgflow.files import file_table, write_json_atomic
 from imgflow.integrity import damage, record_verified
 from imgflow.results import Info, StageResult
-from imgflow.store import file_table, write_json_atomic
 
 CARD = "card.json"
 _VERSION = re.compile(r"^v(\d+)$")

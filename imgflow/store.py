@@ -20,8 +20,6 @@ complete.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import fcntl
 import json
 import logging
 import os
@@ -35,10 +33,12 @@ from typing import Any
 
 from imgflow import __version__, memory
 from imgflow.errors import ConfigError, UserError, note_stage
-from imgflow.fingerprint import sha256_file, stable_hash, to_jsonable
+from imgflow.files import file_lock, file_table, write_bytes_atomic, write_json_atomic
+from imgflow.fingerprint import stable_hash
 from imgflow.integrity import damage, manifest_damage, quarantine, record_verified
 from imgflow.objectstore import ObjectRoot, is_remote, mirror_dir
 from imgflow.results import Info, StageResult
+from imgflow.scratch import SHARED_SCRATCH
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 20
@@ -46,43 +46,6 @@ KEY_LENGTH = 20
 REPAIRED: dict[tuple[str, str], str] = {}
 # What a build returns: its stage's info model (a plain mapping for ad-hoc stages, e.g. in tests).
 Built = Info | Mapping[str, Any]
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old one or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    write_bytes_atomic(path, (json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n").encode())
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` across processes; the kernel drops it if the holder dies."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def file_table(folder: Path, skip: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every file under ``folder`` (but ``skip``) by relative path: its sha256 and size, as manifests and
-    model cards record them."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel != skip:
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return files
 
 
 class ArtifactStore:
@@ -250,7 +213,7 @@ class ArtifactStore:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        shared = _SHARED_SCRATCH.set(self.remote.url(f"{stage}/.work-{key}") if self.remote else None)
+        shared = SHARED_SCRATCH.set(self.remote.url(f"{stage}/.work-{key}") if self.remote else None)
         before = memory.resident()
         try:
             started = time.time()
@@ -277,7 +240,7 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
-            _SHARED_SCRATCH.reset(shared)
+            SHARED_SCRATCH.reset(shared)
             memory.release(grown_since=before)  # what the build freed, for the stages after it
         shutil.rmtree(parent / f".work-{key}", ignore_errors=True)
         record_verified(self.stage_dir(stage, key), list(files))  # hashed as they were written: no re-hash on reuse
@@ -389,40 +352,6 @@ def _failpoint(point: str, marker: Path) -> None:
     if wanted == point:
         marker.touch()
         time.sleep(600)
-
-
-def scratch_dir(out_dir: Path) -> Path:
-    """The crash-surviving scratch folder of the build writing into ``out_dir`` (a ``.tmp-<key>-<id>``).
-
-    Unlike ``out_dir``, it outlives a killed run, so the next build of the same key can pick up where
-    the last one stopped; the store removes it once the output is complete.
-    """
-    key = out_dir.name.removeprefix(".tmp-").rsplit("-", 1)[0]
-    folder = out_dir.parent / f".work-{key}"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-_SHARED_SCRATCH: contextvars.ContextVar[str | None] = contextvars.ContextVar("shared_scratch", default=None)
-
-
-def remote_scratch() -> str | None:
-    """The URI of the running build's ``<stage>/.work-<key>/`` on an object-store root (removed once
-    its output is published); None on a local root."""
-    return _SHARED_SCRATCH.get()
-
-
-def shared_scratch(out_dir: Path) -> str:
-    """Scratch for the build writing into ``out_dir`` that every worker of a cluster can reach: on an
-    object-store root the URI of ``<stage>/.work-<key>/`` there (removed once the output is
-    published), else ``<out_dir>/.shared`` (a local root reaches only the workers that share its
-    disk). Pyarrow reads and writes either."""
-    remote = remote_scratch()
-    if remote is not None:
-        return remote
-    folder = out_dir / ".shared"
-    folder.mkdir(exist_ok=True)
-    return str(folder)
 
 
 @dataclass(frozen=True)

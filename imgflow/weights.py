@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from imgflow.errors import ConfigError, MachineError
+from imgflow.files import write_json_atomic
 from imgflow.fingerprint import sha256_file
 from imgflow.objectstore import cache_root
-from imgflow.store import write_json_atomic
 
 
 def _natural(path: str) -> list[Any]:

@@ -30,7 +30,7 @@ every header (the most common size, whether every image is grayscale), a second 
 and conflicts are found on the content hashes, then the chunks are written out in order: a parallel
 run's output is byte-identical to a serial one's. With ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the
 chunks run on a Dask cluster instead (``imgflow.parallel.cluster_pool``), reading the raw table from,
-and writing the chunks to, the object-store root when there is one (``store.shared_scratch``).
+and writing the chunks to, the object-store root when there is one (``imgflow.scratch.shared_scratch``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
 from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
-from imgflow.store import Stage, shared_scratch
+from imgflow.scratch import shared_scratch
+from imgflow.store import Stage
 from imgflow.tables import open_parquet, read_scratch, row_group_chunks, write_scratch
 from imgflow.text import BadText, normalize
 

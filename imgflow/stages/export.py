@@ -39,9 +39,10 @@ import numpy as np
 
 from imgflow.config import ExportConfig
 from imgflow.errors import ExportMismatchError
+from imgflow.files import write_json_atomic
 from imgflow.inference import OnnxModel
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
-from imgflow.store import Stage, write_json_atomic
+from imgflow.store import Stage
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 
 

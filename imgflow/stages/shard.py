@@ -38,7 +38,8 @@ from imgflow.config import ShardConfig
 from imgflow.features import TFRecordWriter, encode_example, shard_name
 from imgflow.parallel import cluster_pool, dask_address, ordered_map
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
-from imgflow.store import Stage, shared_scratch
+from imgflow.scratch import shared_scratch
+from imgflow.store import Stage
 from imgflow.tables import open_parquet
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)

@@ -47,7 +47,8 @@ from imgflow import cpus, stopping
 from imgflow.config import TrainConfig
 from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
-from imgflow.store import Stage, remote_scratch, scratch_dir
+from imgflow.scratch import remote_scratch, scratch_dir
+from imgflow.store import Stage
 
 
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
@@ -110,6 +111,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
     from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StepProgress, StopOnRequest, load_progress
     from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
+    from imgflow.frozen import fit_head
     from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
     from imgflow.optim import RateLog, Recipe, ValidationRules, add_l2, plateau_rates, stops_early
     from imgflow.reports import plot_training_curves
@@ -251,7 +253,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # where nothing else rides on the model (one worker, augmentation in tf.data).
     on_features = frozen > 0 and chosen.workers == 1 and not on_device
     if resumed_from < frozen and not done() and on_features:
-        _fit_head(
+        fit_head(
             fit,
             unwrap(model),
             shards,
@@ -311,76 +313,6 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
         steps=steps.steps if config.deadline is not None else None,
     )
     return unwrap(model), info
-
-
-def _fit_head(
-    fit: Any,
-    model: Any,
-    shards: StageResult,
-    shape: tuple[int, ...],
-    config: TrainConfig,
-    chosen: Any,
-    recipe: Any,
-    steps_per_epoch: int,
-    checkpoints: Path,
-    resumed_from: int,
-    frozen: int,
-    savers: list[Any],
-    encoder: Any,
-) -> None:
-    """The frozen epochs on the backbone's features: computed once over the train and validation
-    splits (``imgflow.frozen.cache_dir``: any train build of these shards with this backbone reuses
-    them), then the head fitted on them, with the records' token ids beside them for a text model
-    (``encoder``; written once into this build's ``checkpoints``: they depend on its vocabulary);
-    ``savers`` (the checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
-    import numpy as np
-
-    from imgflow import frozen as features
-    from imgflow.data import eval_batch, shard_dataset
-    from imgflow.models import compile_for_training
-
-    assert isinstance(shards.info, ShardInfo), shards.stage
-    network = features.extractor(model)
-    folder = features.cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
-    # Batches sized by what the backbone sees (its input size), not the stored images' size.
-    batch = eval_batch((config.backbone_size, config.backbone_size), largest=128)
-    found: dict[str, features.Features | None] = {}
-    texts: dict[str, features.Text | None] = {"train": None, "val": None}
-    for split in ("train", "val"):
-        records = shards.info.splits[split].records
-        cached = features.Features.at(folder / split)
-        if records and cached.holds(records):
-            print(f"reusing the frozen backbone's features of the {records} {split} records from {folder}", flush=True)
-        elif records:
-            print(f"computing the frozen backbone's features of the {records} {split} records once, into {folder}", flush=True)
-            features.extract(network, shard_dataset(shard_files(shards, split), shape, batch, training=False), records, folder / split)
-        found[split] = cached if records else None
-        if records and encoder is not None:
-            tokens = checkpoints / f".{split}.tokens.npy"  # not mirrored: cheap to recompute
-            if not tokens.is_file():
-                text_batches = shard_dataset(shard_files(shards, split), shape, batch, training=False, text=True)
-                features.encode_texts(text_batches, encoder, cached, tokens)
-            # what modality dropout puts in place of an image: the features of a black one
-            blank = np.asarray(network(np.zeros((1, *shape), np.float32), training=False), dtype=np.float32)[0]
-            texts[split] = features.Text(tokens, blank, config.modality_dropout if split == "train" else 0.0)
-    head = features.head_of(model)
-    compile_for_training(head, config.learning_rate, steps_per_epoch * frozen, chosen.jit_compile, recipe)
-    for saver in savers:
-        saver.whole = model
-    try:
-        assert found["train"] is not None  # training needs records: checked before
-        train = features.dataset(found["train"], config.batch_size, training=True, seed=config.seed, text=texts["train"])
-        # the batch of the image pipeline's validation, whose step count fit is given
-        validation = (
-            features.dataset(found["val"], eval_batch(shape, largest=256), training=False, text=texts["val"]) if found["val"] else None
-        )
-        fit(frozen, resumed_from, head, train, validation)
-        # The whole model's optimizer gets its variables, as if it had trained: a checkpoint or model saved
-        # now loads without Keras skipping an optimizer state it finds missing.
-        model.optimizer.build(model.trainable_variables)
-    finally:
-        for saver in savers:
-            saver.whole = None
 
 
 def _text_encoder(config: TrainConfig, shards: StageResult, out_dir: Path) -> Any:

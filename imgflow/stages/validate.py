@@ -33,13 +33,14 @@ import numpy as np
 
 from imgflow import progress
 from imgflow.config import GateConfig
+from imgflow.files import file_table, write_json_atomic
 from imgflow.fingerprint import stable_hash
 from imgflow.gate import decide, paired
 from imgflow.images import encode_png
 from imgflow.inference import OnnxModel
 from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
-from imgflow.store import Stage, file_table, write_json_atomic
+from imgflow.store import Stage
 from imgflow.tensorboard_logs import FOLDER as TENSORBOARD
 from imgflow.tensorboard_logs import write_images
 from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary

