@@ -6,7 +6,7 @@ batch and precision) for a fixed number of steps, in a fresh process each time:
 
 1. on the machine's own CPUs;
 2. inside a cgroup quota of ``--cpus`` (default 0.4) cores, with the pools sized to the quota (what
-   imgflow does: ``imgflow.cpus``);
+   imgflow does: ``imgflow.runtime.cpus``);
 3. inside the same quota with TensorFlow's pools sized to the visible cores (what it did before).
 
 It prints ms a step, images a second and achieved GFLOPS (the multiply-adds of the convolution and
@@ -27,7 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from imgflow.testing import QuotaUnavailable, cpu_quota
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its tests.helpers
+
+from tests.helpers import QuotaUnavailable, cpu_quota
 
 
 def measure(root: Path, steps: int, precision: str) -> dict[str, float | str | int]:
@@ -36,10 +38,10 @@ def measure(root: Path, steps: int, precision: str) -> dict[str, float | str | i
 
     import keras
 
-    from imgflow import cpus
-    from imgflow.accel import current_plan
-    from imgflow.data import make_augmenter, shard_dataset
-    from imgflow.models import build_model, compile_for_training
+    from imgflow.runtime import cpus
+    from imgflow.training.accel import current_plan
+    from imgflow.training.inputs import make_augmenter, shard_dataset
+    from imgflow.training.models import build_model, compile_for_training
     from imgflow.results import shard_files
     from training_speed import _shards
 
@@ -96,7 +98,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(Path(args.child), args.steps, args.precision)))
         return
-    from imgflow import cpus
+    from imgflow.runtime import cpus
 
     with tempfile.TemporaryDirectory(prefix="imgflow-quota-") as tmp:
         root = Path(tmp)

@@ -74,13 +74,13 @@ def handcrafted(spec_path: Path, root: Path) -> dict[str, float]:
     from sklearn.svm import SVC
 
     from imgflow.config import build_run_config
-    from imgflow.data import shard_dataset
+    from imgflow.training.inputs import shard_dataset
     from imgflow.results import shard_files
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from imgflow.store import ArtifactStore
+    from imgflow.store.artifacts import ArtifactStore
 
     cfg = build_run_config(str(spec_path), root)
     store = ArtifactStore(root)

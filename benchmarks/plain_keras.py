@@ -1,6 +1,6 @@
 """The baseline for the orchestration-overhead benchmark: a plain Keras script, no pipeline.
 
-It trains the same model (``imgflow.models``) in the same precision with the same optimizer, augmentation, batch size and
+It trains the same model (``imgflow.training.models``) in the same precision with the same optimizer, augmentation, batch size and
 epochs on the same records as ``imgflow run`` would (the mnist5k sample, split by the same content
 hash), but straight from in-memory arrays with ``from_tensor_slices``: no Prefect, no Parquet, no
 TFRecords, no export. Prints one JSON line: seconds (after imports) and test accuracy.
@@ -17,18 +17,18 @@ import time
 import numpy as np
 
 from imgflow.config import build_run_config
-from imgflow.sources import open_source
-from imgflow.cleantable import assign_split
-from imgflow.images import decode
+from imgflow.data.sources import open_source
+from imgflow.data.cleantable import assign_split
+from imgflow.data.images import decode
 
 
 def main(epochs: int | None) -> None:
     import keras
     import tensorflow as tf
 
-    from imgflow.accel import current_plan
-    from imgflow.data import make_augmenter
-    from imgflow.models import build_model, compile_for_training
+    from imgflow.training.accel import current_plan
+    from imgflow.training.inputs import make_augmenter
+    from imgflow.training.models import build_model, compile_for_training
 
     started = time.time()
     cfg = build_run_config("mnist5k", "/tmp/unused", epochs=epochs)
@@ -56,7 +56,7 @@ def main(epochs: int | None) -> None:
         .map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    # As the pipeline's (imgflow.data.shard_dataset): no autotuner thread, whose timed sleep delays the
+    # As the pipeline's (imgflow.training.inputs.shard_dataset): no autotuner thread, whose timed sleep delays the
     # end of fit by up to tens of seconds at random; this side would otherwise be the noisier one.
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -3,7 +3,7 @@
     python benchmarks/scale.py [--sizes 25000,50000,100000,200000] [--image-size 64] [--train]
                                [--repeat 3] [--min-seconds 20] [--speedup-at N] [--workdir DIR] [--keep]
 
-For each size N it generates a Parquet table of N synthetic RGB images (``imgflow.testing.
+For each size N it generates a Parquet table of N synthetic RGB images (``tests.helpers.
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
 clean, shard; with --train also train for one epoch, validate and export) in a fresh process of its
 own, the earlier stages already in the store, printing the stage's wall time, images/s, microseconds
@@ -51,13 +51,13 @@ def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
     """In a child process: run the pipeline up to ``stage`` (the earlier stages are in the store, so
     they are lookups) and print how long ``stage`` itself took. The worker processes' server starts
     first, as ``imgflow run`` starts it, so that it imports while this process does."""
-    from imgflow.parallel import start_forkserver
+    from imgflow.runtime.parallel import start_forkserver
 
     start_forkserver()
     from imgflow.config import build_run_config
     from imgflow.pipeline import PIPELINE, SOURCE
-    from imgflow.sources import source_fingerprint
-    from imgflow.store import ArtifactStore
+    from imgflow.data.sources import source_fingerprint
+    from imgflow.store.artifacts import ArtifactStore
 
     cfg = build_run_config(dataset, artifacts, epochs=1, min_accuracy=0.0)
     store = ArtifactStore(cfg.artifacts)
@@ -127,8 +127,8 @@ def main() -> None:
         run_stage(args.run_stage, args.dataset, args.artifacts, args.force)
         return
 
-    from imgflow.parallel import worker_count
-    from imgflow.testing import synthetic_table
+    from imgflow.runtime.parallel import worker_count
+    from tests.helpers import synthetic_table
 
     sizes = [int(n) for n in args.sizes.split(",")]
     speedup_at = args.speedup_at or max(sizes)

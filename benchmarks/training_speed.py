@@ -27,10 +27,10 @@ import numpy as np
 def _shards(root: Path):  # noqa: ANN202 - StageResult
     from imgflow.config import build_run_config
     from imgflow.stages.clean import CLEAN
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from imgflow.store import ArtifactStore
+    from imgflow.store.artifacts import ArtifactStore
 
     cfg = build_run_config("mnist5k", root)
     store = ArtifactStore(root)
@@ -52,7 +52,7 @@ def _rate(dataset, batches: int, batch: int) -> float:  # noqa: ANN001 - tf.data
 def input_pipeline(root: Path, batch: int, batches: int) -> None:
     import tensorflow as tf
 
-    from imgflow.data import load_arrays, make_augmenter, shard_dataset
+    from imgflow.training.inputs import load_arrays, make_augmenter, shard_dataset
     from imgflow.results import shard_files
 
     cfg, shards = _shards(root)
@@ -77,7 +77,7 @@ def resnet9(batch: int, steps: int, width: int) -> None:
     import keras
     import tensorflow as tf
 
-    from imgflow.models import compile_for_training, make_resnet9
+    from imgflow.training.models import compile_for_training, make_resnet9
 
     gpus = tf.config.list_physical_devices("GPU")
     device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "CPU"
@@ -102,9 +102,9 @@ def resnet9(batch: int, steps: int, width: int) -> None:
 def mnist(root: Path) -> None:
     import keras
 
-    from imgflow.accel import current_plan
-    from imgflow.data import load_arrays, make_augmenter, shard_dataset
-    from imgflow.models import build_model, compile_for_training
+    from imgflow.training.accel import current_plan
+    from imgflow.training.inputs import load_arrays, make_augmenter, shard_dataset
+    from imgflow.training.models import build_model, compile_for_training
     from imgflow.results import shard_files
 
     cfg, shards = _shards(root)

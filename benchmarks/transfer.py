@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 with ImageNet weights against training from scratch, side by side in one run, on
 the same splits:
 
-1. Lite0's frozen ImageNet features and a trained head (the features computed once: ``imgflow.frozen``);
+1. Lite0's frozen ImageNet features and a trained head (the features computed once: ``imgflow.training.frozen``);
 2. Lite0 fine-tuned: that head first, then every layer at a tenth of the rate;
 3. the same network from random weights, trained for as many epochs on images as (2) fine-tunes;
 4. the dataset's own from-scratch recipe (its spec's ``[train]``, images only).
@@ -42,13 +42,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from imgflow.config import GateConfig, build_run_config
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
     from imgflow.stages.train import TRAIN
     from imgflow.stages.validate import VALIDATE
-    from imgflow.store import ArtifactStore
+    from imgflow.store.artifacts import ArtifactStore
 
     root = Path(args.artifacts or tempfile.mkdtemp(prefix="imgflow-transfer-"))
     cfg = build_run_config(args.dataset, root, limit=args.limit, overrides={"train": {"text": False}})

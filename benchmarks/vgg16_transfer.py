@@ -47,14 +47,14 @@ def main() -> None:
         raise SystemExit(f"{CLIPART} is missing: build it with `make clipart` (imgflow datasets clipart)")
 
     from imgflow.config import CleanConfig, DownloadConfig, GateConfig, ShardConfig, TrainConfig
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
     from imgflow.stages.train import TRAIN
     from imgflow.stages.validate import VALIDATE
-    from imgflow.store import ArtifactStore
-    from imgflow.weights import import_backbone
+    from imgflow.store.artifacts import ArtifactStore
+    from imgflow.training.weights import import_backbone
 
     root = Path(args.artifacts or tempfile.mkdtemp(prefix="imgflow-vgg16-"))
     store = ArtifactStore(root)

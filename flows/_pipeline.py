@@ -20,15 +20,15 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from imgflow.config import RunConfig
-from imgflow.errors import ConfigError
-from imgflow.parallel import worker_count
-from imgflow.partitions import Partition
+from imgflow.data.partitions import Partition
 from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
-from imgflow.promote import versus_champion
-from imgflow.release import conclude, localized
+from imgflow.registry.promote import versus_champion
+from imgflow.registry.release import conclude, localized
+from imgflow.reporting.summary import summary_markdown
 from imgflow.results import StageResult, clean_table
-from imgflow.store import ArtifactStore
-from imgflow.summary import summary_markdown
+from imgflow.runtime.errors import ConfigError
+from imgflow.runtime.parallel import worker_count
+from imgflow.store.artifacts import ArtifactStore
 from tasks import stages
 
 

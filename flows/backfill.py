@@ -11,8 +11,8 @@ from prefect import flow
 from flows._pipeline import RunOptions, build_model, ingest_partitions, release, task_runner, title_run
 from flows.train import Accuracy, Budget, Dataset, Epochs
 from imgflow.config import build_run_config
-from imgflow.lifetime import watch_descendants
-from imgflow.partitions import select
+from imgflow.data.partitions import select
+from imgflow.runtime.lifetime import watch_descendants
 
 
 @flow(name="backfill", task_runner=task_runner())

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgflow.errors import UserError
+from imgflow.runtime.errors import UserError
 
 ROLE = "prefect"
 DATABASE = "prefect"

@@ -8,12 +8,12 @@ from prefect import flow
 from pydantic import Field
 
 from flows._pipeline import publish
-from imgflow import registry
 from imgflow.config import BACKENDS
-from imgflow.errors import ConfigError
-from imgflow.lifetime import watch_descendants
-from imgflow.predict import PredictConfig, input_options
-from imgflow.store import ArtifactStore
+from imgflow.registry import versions as registry
+from imgflow.runtime.errors import ConfigError
+from imgflow.runtime.lifetime import watch_descendants
+from imgflow.serving.predict import PredictConfig, input_options
+from imgflow.store.artifacts import ArtifactStore
 from tasks.predict import predict_images
 
 

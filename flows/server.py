@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.postgres import PostgresCluster, new_password
-from imgflow.errors import ConfigError, MachineError, UserError
-from imgflow.files import file_lock
-from imgflow.lifetime import descendants, running, start_time, stop
-from imgflow.testing import free_port
+from imgflow.runtime.errors import ConfigError, MachineError, UserError
+from imgflow.runtime.lifetime import descendants, running, start_time, stop
+from imgflow.runtime.network import free_port
+from imgflow.store.files import file_lock
 
 DATABASES = ("sqlite", "postgres")
 TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from flows._pipeline import RunOptions, build_model, ingest, ingest_partitions, release, scheduled_date, task_runner, title_run
 from imgflow.config import build_run_config
-from imgflow.lifetime import watch_descendants
-from imgflow.partitions import date_partitions, select
+from imgflow.data.partitions import date_partitions, select
 from imgflow.pipeline import ORDER, PIPELINE
+from imgflow.runtime.lifetime import watch_descendants
 
 # Flow parameters mirror the CLI's flags; Prefect validates them with pydantic before a run starts.
 Epochs = Annotated[int, Field(ge=1, description="training epochs (default: the dataset's, else 15)")]
@@ -41,7 +41,7 @@ def train(
     """Train, gate, export and promote an image classifier on ``dataset``; return the run summary.
 
     ``budget`` bounds the whole run's wall time: every ``[train]`` setting the spec leaves open is
-    chosen to fill it (``imgflow.recipe``). ``refresh`` names a stage to run again even when its output exists, with every stage downstream of
+    chosen to fill it (``imgflow.training.recipe``). ``refresh`` names a stage to run again even when its output exists, with every stage downstream of
     it; ``until`` stops after that stage. A ``parquet:`` source with ``date=`` partitions is read up to
     ``as_of`` (default: the day the run was scheduled for), one cached partition at a time, as a
     backfill would. ``source_fingerprint`` spares opening the source twice when the caller (the

@@ -1,5 +1,5 @@
 """The ``tune`` flow: search ``[train]`` settings on the validation split, then train, gate, export and
-promote the best configuration like any run (``imgflow.tune`` has the rules)."""
+promote the best configuration like any run (``imgflow.training.tune`` has the rules)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pydantic import Field
 from flows._pipeline import RunOptions, build_model, ingest, publish, release, task_runner, title_run
 from flows.train import Accuracy, Dataset, Epochs, Limit
 from imgflow.config import build_run_config
-from imgflow.lifetime import watch_descendants
-from imgflow.objectstore import is_remote, mirror_dir
 from imgflow.results import ShardInfo
-from imgflow.tune import (
+from imgflow.runtime.lifetime import watch_descendants
+from imgflow.store.objectstore import is_remote, mirror_dir
+from imgflow.training.tune import (
     choose,
     finished,
     open_study,
@@ -46,7 +46,7 @@ def tune(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Search the spec's ``[search]`` space (or ``space``) for ``trials`` trials, each the train stage
-    scored on the validation split; then the released configuration (``imgflow.tune.choose``: the best
+    scored on the validation split; then the released configuration (``imgflow.training.tune.choose``: the best
     trial's, or the spec's own when no trial beats it by more than the noise) goes through validate, the
     gate, export and promotion on the test split. Returns the run summary with a ``tune`` entry."""
     watch_descendants()

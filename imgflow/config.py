@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgflow.accel import PRECISIONS
-from imgflow.errors import ConfigError
-from imgflow.images import MAX_PIXELS
-from imgflow.objectstore import is_remote
-from imgflow.recipe import is_duration
+from imgflow.data.images import MAX_PIXELS
+from imgflow.runtime.errors import ConfigError
+from imgflow.store.objectstore import is_remote
+from imgflow.training.accel import PRECISIONS
+from imgflow.training.recipe import is_duration
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
-BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.predict runs a registered model
-# What imgflow.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
+BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.predict runs a registered model
+# What imgflow.training.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")
 BACKBONE_NAMES = ("EfficientNetLite0", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2", "VGG16")
-SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # imgflow.optim.SCHEDULES
-FLIPS = ("none", "horizontal", "both")  # imgflow.data.make_augmenter
+SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # imgflow.training.optim.SCHEDULES
+FLIPS = ("none", "horizontal", "both")  # imgflow.training.inputs.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
@@ -64,7 +64,7 @@ class DownloadConfig:
     source: str
     limit: int | None = None  # keep a fixed sample of this many records (see stages.download.sample)
     options: dict[str, Any] = field(default_factory=dict)
-    # Seconds a fetch may keep retrying failures that may pass (imgflow.network); it cannot change
+    # Seconds a fetch may keep retrying failures that may pass (imgflow.runtime.network); it cannot change
     # what is fetched, so it is no part of the cache key.
     timeout: float = field(default=60.0, metadata={"key": False})
 
@@ -124,21 +124,21 @@ class TrainConfig:
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
     # Transfer learning (model = "transfer"): a backbone, its weights from a local file, "imagenet"
-    # (EfficientNetLite0's, imported offline: imgflow.weights), or None (random; nothing is
+    # (EfficientNetLite0's, imported offline: imgflow.training.weights), or None (random; nothing is
     # downloaded), trained frozen for freeze_epochs, then fine-tuned at learning_rate * fine_tune_factor.
     backbone: str = field(default="MobileNetV2", metadata=_one_of(*BACKBONE_NAMES))
     backbone_weights: str | None = None
     backbone_size: int = field(default=96, metadata=_at_least(32))
     freeze_epochs: int = field(default=0, metadata=_at_least(0))
     fine_tune_factor: float = field(default=0.1, metadata=_above(0))
-    # Hardware (imgflow.accel): "auto" = mixed_bfloat16 and XLA on a GPU, no XLA on a CPU, and float32
+    # Hardware (imgflow.training.accel): "auto" = mixed_bfloat16 and XLA on a GPU, no XLA on a CPU, and float32
     # there unless it has AMX bf16 tiles.
     precision: str = field(default="auto", metadata=_one_of(*PRECISIONS))
     jit_compile: str | bool = field(default="auto", metadata=_one_of("auto", True, False))
     # "device": in the train step; "host": in tf.data; auto: device on a GPU
     augment_on: str = field(default="auto", metadata=_one_of("auto", "host", "device"))
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
-    # The toolbox (imgflow.optim): the learning-rate schedule (cosine, exponential: times decay_rate
+    # The toolbox (imgflow.training.optim): the learning-rate schedule (cosine, exponential: times decay_rate
     # each epoch, one_cycle, plateau: times plateau_factor after plateau_patience epochs without a
     # better validation loss), AdamW's decoupled weight decay, an L2 penalty on every kernel, label
     # smoothing, and early stopping after early_stopping epochs without a better validation loss (0:
@@ -161,9 +161,9 @@ class TrainConfig:
     text_dim: int = field(default=64, metadata=_at_least(1))
     modality_dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
     # The run's time budget ("15m", "90s", "1h30m"): every field above that the spec and the command line
-    # leave open is chosen by the recipe (imgflow.recipe) to fill it.
+    # leave open is chosen by the recipe (imgflow.training.recipe) to fill it.
     budget: str | None = field(default=None, metadata=_rule(is_duration, 'a duration such as "15m", "90s" or "1h30m"'))
-    # What the recipe chose and why (imgflow.recipe.Plan.reasons), and the seconds it gave training: a
+    # What the recipe chose and why (imgflow.training.recipe.Plan.reasons), and the seconds it gave training: a
     # record of the plan, set by the recipe, never by a spec. The settings it chose key the output.
     plan: tuple[str, ...] = field(default=(), metadata={"key": False, "internal": True})
     deadline: float | None = field(default=None, metadata={"key": False, "internal": True})
@@ -173,12 +173,12 @@ class TrainConfig:
 class GateConfig:
     min_accuracy: float = field(default=0.98, metadata=_fraction())
     tolerance: float = field(default=0.005, metadata=_fraction())  # how much worse than the champion a candidate may be
-    # The paired comparison with the champion (imgflow.gate): the significance level of McNemar's test,
+    # The paired comparison with the champion (imgflow.registry.gate): the significance level of McNemar's test,
     # and how much one class's recall may fall before a significant fall refuses the candidate.
     alpha: float = field(default=0.05, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
     max_class_drop: float = field(default=0.05, metadata=_fraction())
     # The fewest test records a candidate is judged on: a run whose test split would hold fewer is
-    # refused right after cleaning (``imgflow.cleantable.check_splits``), before any training. It
+    # refused right after cleaning (``imgflow.data.cleantable.check_splits``), before any training. It
     # changes no output, so it is no part of the cache key.
     min_test_records: int = field(default=MIN_TEST_RECORDS, metadata=_at_least(1, key=False))
 
@@ -209,7 +209,7 @@ class DatasetSpec:
 
     ``sections`` holds per-stage settings from the spec file (``[clean]``, ``[train]``, ...), layered
     under the command line's; ``search`` its ``[search]`` table, the space ``imgflow tune`` searches
-    (``imgflow.tune.parse_space`` checks it).
+    (``imgflow.training.tune.parse_space`` checks it).
     """
 
     name: str

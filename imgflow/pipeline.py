@@ -14,7 +14,7 @@ everything upstream of it), the run summary's stage list, ``imgflow cache ls/pru
 An input names the upstream steps that can provide it, the first one a run has wins: a backfill's
 shard reads the merged table, a whole-source run's the clean one. Two inputs come from outside the
 store: ``SOURCE`` (the source's content fingerprint) and ``CHAMPION`` (the current champion when it is
-another model: ``imgflow.promote.versus_champion`` decides).
+another model: ``imgflow.registry.promote.versus_champion`` decides).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgflow.cleantable import check_splits
 from imgflow.config import RunConfig
-from imgflow.errors import ConfigError
-from imgflow.partitions import Partition
-from imgflow.promote import versus_champion
+from imgflow.data.cleantable import check_splits
+from imgflow.data.partitions import Partition
+from imgflow.data.sources import source_fingerprint
+from imgflow.registry.promote import versus_champion
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
-from imgflow.sources import source_fingerprint
+from imgflow.runtime.errors import ConfigError
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
 from imgflow.stages.export import EXPORT
@@ -38,7 +38,7 @@ from imgflow.stages.merge import MERGE, PART
 from imgflow.stages.shard import SHARD
 from imgflow.stages.train import TRAIN
 from imgflow.stages.validate import VALIDATE
-from imgflow.store import ArtifactStore, Stage
+from imgflow.store.artifacts import ArtifactStore, Stage
 
 SOURCE = "<source>"  # the source's content fingerprint
 CHAMPION = "<champion>"  # the champion, when it is another model than the candidate
@@ -156,8 +156,8 @@ class Pipeline:
 
 
 def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
-    """The train config under a time budget: the recipe's plan (``imgflow.probe.budgeted``)."""
-    from imgflow.probe import budgeted
+    """The train config under a time budget: the recipe's plan (``imgflow.training.probe.budgeted``)."""
+    from imgflow.training.probe import budgeted
 
     return budgeted(cfg.train, cfg.fixed, results, run=measure)
 

@@ -53,7 +53,7 @@ class SourceImages(_Strict):
 
 class TextStats(_Strict):
     """The kept records' text, when the source carries text: how many have none, how long it is (in
-    characters and in tokens, ``imgflow.text.tokens``) and each class's most frequent tokens."""
+    characters and in tokens, ``imgflow.data.text.tokens``) and each class's most frequent tokens."""
 
     empty: int  # kept records without text (allowed: the model answers from the image)
     characters: SizeStats | None  # of the non-empty texts
@@ -100,7 +100,7 @@ class Hardware(_Strict):
     replicas: int
     workers: int
     augment_on_device: bool
-    # The CPU time the process had (imgflow.cpus: cores, under a quota a fraction) and the threads its
+    # The CPU time the process had (imgflow.runtime.cpus: cores, under a quota a fraction) and the threads its
     # pools got; None in outputs made before they were recorded.
     cpus: float | None = None
     cpu_threads: int | None = None
@@ -124,7 +124,7 @@ class TrainInfo(_Strict):
 
 
 class PairedCounts(_Strict):
-    """The candidate against the champion on the same test records (``imgflow.gate.paired``)."""
+    """The candidate against the champion on the same test records (``imgflow.registry.gate.paired``)."""
 
     p_worse: float  # McNemar's one-sided p-value that the candidate is worse
     p_better: float

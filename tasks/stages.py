@@ -17,13 +17,13 @@ from prefect.context import TaskRunContext
 from prefect.states import State
 
 from imgflow.config import DownloadConfig
-from imgflow.errors import UserError
-from imgflow.fingerprint import stable_hash
+from imgflow.data.sources import source_fingerprint
 from imgflow.pipeline import PIPELINE, Step
-from imgflow.promote import promote as promote_candidate
+from imgflow.registry.promote import promote as promote_candidate
 from imgflow.results import StageResult
-from imgflow.sources import source_fingerprint
-from imgflow.store import ArtifactStore
+from imgflow.runtime.errors import UserError
+from imgflow.store.artifacts import ArtifactStore
+from imgflow.store.fingerprint import stable_hash
 from tasks.progress import task_progress
 
 StageInputs = Mapping[str, "StageResult | str"]
@@ -32,7 +32,7 @@ StageInputs = Mapping[str, "StageResult | str"]
 def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry failures that may pass (a bug hit by a flaky resource), never a user error: bad data (a
     checksum, a missing column) fails the same way every time, and a source that could not be reached
-    has had its retries, within its time budget, inside the fetch (``imgflow.network``)."""
+    has had its retries, within its time budget, inside the fetch (``imgflow.runtime.network``)."""
     error = state.result(raise_on_failure=False)
     return not isinstance(error, UserError)
 

@@ -28,7 +28,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgflow.results import StageResult, TrainInfo  # noqa: E402
-from imgflow.store import ArtifactStore, Stage  # noqa: E402
+from imgflow.store.artifacts import ArtifactStore, Stage  # noqa: E402
 
 # How long the session may take, after its last test ran, to tear its servers down and exit.
 _EXIT_GRACE_SECONDS = 180
@@ -220,7 +220,7 @@ def shards(store: ArtifactStore) -> StageResult:
     """Real shards of 300 of scikit-learn's 8x8 digits (the stages' own outputs)."""
     from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
     from imgflow.stages.clean import CLEAN
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
 
@@ -261,7 +261,7 @@ def untrained_model(store: ArtifactStore, shards: StageResult, seed: int) -> Sta
     def build(out_dir: Path, config: dict, inputs: dict) -> TrainInfo:
         import keras
 
-        from imgflow.models import make_model
+        from imgflow.training.models import make_model
         from imgflow.results import Hardware
 
         keras.utils.set_random_seed(seed)

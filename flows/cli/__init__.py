@@ -44,8 +44,8 @@ from collections.abc import Sequence
 from flows.cli.crash import STOP_GRACE, _crash_log, _crashed, _on_stop_signal, _stopped
 from flows.cli.parser import build_parser
 from flows.cli.runs import _backfill, _predict, _run, _tune
-from imgflow import memory, stopping
-from imgflow.errors import UserError, machine_fault
+from imgflow.runtime import memory, stopping
+from imgflow.runtime.errors import UserError, machine_fault
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.StreamHandler())
     # The commands that run a flow import TensorFlow, Keras and Prefect first: with the collector
-    # paused until the flow starts (imgflow.memory: 1-2 s of every run's wall otherwise).
+    # paused until the flow starts (imgflow.runtime.memory: 1-2 s of every run's wall otherwise).
     settling = memory.settling() if args.handler in (_run, _backfill, _predict, _tune) else contextlib.nullcontext()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_stop_signal)

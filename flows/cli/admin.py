@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 from flows.cli.render import _age, _console, _table
-from imgflow.errors import ConfigError
+from imgflow.runtime.errors import ConfigError
 
 
 def _models(args: argparse.Namespace) -> int:
-    from imgflow import promote, registry
-    from imgflow.store import ArtifactStore
+    from imgflow.registry import promote
+    from imgflow.registry import versions as registry
+    from imgflow.store.artifacts import ArtifactStore
 
     command = args.models_command or "ls"
     # Reads see the registry in the local folder (pulled first from an object-store root); promote
@@ -67,8 +68,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from imgflow import cache
-    from imgflow.store import ArtifactStore
+    from imgflow.store import cache
+    from imgflow.store.artifacts import ArtifactStore
 
     # An object-store root is listed and pruned in the bucket (the mirror's copies of what goes, too).
     root = args.artifacts
@@ -100,8 +101,8 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from imgflow import progress
-    from imgflow.recipes import clipart
+    from imgflow.data.recipes import clipart
+    from imgflow.reporting import progress
 
     clipart.ensure_installed(install=not args.no_install)
     shown = {"step": -1}
@@ -125,7 +126,7 @@ def _datasets(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     """Re-hash the whole store and registry against their manifests and cards: 0 when all is whole, 1
     when anything is damaged (listed, and with --repair set aside so the next run rebuilds it)."""
-    from imgflow.cache import verify
+    from imgflow.store.cache import verify
 
     started = time.perf_counter()
     checked, damaged = verify(args.artifacts, repair=args.repair)
@@ -161,7 +162,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from imgflow.weights import LITE0, import_backbone, import_efficientnet_lite0
+    from imgflow.training.weights import LITE0, import_backbone, import_efficientnet_lite0
 
     if args.file == "efficientnet-lite0":
         if args.backbone not in (None, LITE0) or args.output:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgflow import stopping
-from imgflow.errors import described_inputs
+from imgflow.runtime import stopping
+from imgflow.runtime.errors import described_inputs
 
 STOP_GRACE = 3.0  # seconds a stopped command waits for its worker threads to end before it exits
 
@@ -19,7 +19,7 @@ STOP_GRACE = 3.0  # seconds a stopped command waits for its worker threads to en
 def _on_stop_signal(signum: int, frame: Any) -> None:
     """SIGINT or SIGTERM, to this process alone or to its whole process group (a terminal's Ctrl-C,
     ``timeout``, a supervisor): a normal stop. The work in progress is asked to stop
-    (``imgflow.stopping``: training ends within a batch, its committed epochs kept) and the main thread
+    (``imgflow.runtime.stopping``: training ends within a batch, its committed epochs kept) and the main thread
     unwinds, so Prefect records the flow run as Crashed while its server (in a session of its own,
     which group signals do not reach) still answers. A second signal ends the process at once."""
     if not stopping.request(signum):
@@ -38,7 +38,7 @@ def _stopped() -> int:
 
 def _crashed(args: argparse.Namespace, error: Exception) -> int:
     """Report an exception imgflow did not expect: where it came from (the stage and its inputs, when a
-    stage raised it: ``imgflow.errors.note_stage``), what it says, and the log file holding its full
+    stage raised it: ``imgflow.runtime.errors.note_stage``), what it says, and the log file holding its full
     traceback. Stage outputs are moved into place only when complete, so none is half-written."""
     log = _crash_log(getattr(args, "artifacts", None), error)
     stage = getattr(error, "imgflow_stage", None)
@@ -61,7 +61,7 @@ def _crash_log(artifacts: str | None, error: Exception) -> Path:
     import tempfile
     import traceback
 
-    from imgflow.objectstore import is_remote, mirror_dir
+    from imgflow.store.objectstore import is_remote, mirror_dir
 
     root = Path(artifacts or "artifacts")
     if artifacts and is_remote(artifacts):

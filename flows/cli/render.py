@@ -64,7 +64,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["metrics"]["accuracy"] is not None:
         print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
     if "modalities" in summary["metrics"]:
-        from imgflow.summary import modalities_line
+        from imgflow.reporting.summary import modalities_line
 
         print(f"  {modalities_line(summary['metrics']['modalities'])}")
     for reason in summary["reasons"]:

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flows.cli.render import _console, _print_predictions, _print_tuning, _quiet_tracebacks, _report, _table
-from imgflow import memory
 from imgflow.config import RunConfig
-from imgflow.errors import ConfigError
-from imgflow.lifetime import watch_descendants
-from imgflow.parallel import start_forkserver
+from imgflow.runtime import memory
+from imgflow.runtime.errors import ConfigError
+from imgflow.runtime.lifetime import watch_descendants
+from imgflow.runtime.parallel import start_forkserver
 
 if TYPE_CHECKING:
     from flows.server import TemporaryAPI
@@ -41,7 +41,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def _partitions(cfg: RunConfig) -> list[Any] | None:
     """The date partitions a run of ``cfg`` today reads, or None for a whole-source run."""
-    from imgflow.partitions import date_partitions, select
+    from imgflow.data.partitions import date_partitions, select
 
     if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
         return select(cfg.download.source, None, dt.date.today())
@@ -49,8 +49,8 @@ def _partitions(cfg: RunConfig) -> list[Any] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from imgflow.data.sources import source_fingerprint
     from imgflow.pipeline import PIPELINE, cached_run, plan
-    from imgflow.sources import source_fingerprint
 
     # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
@@ -98,7 +98,7 @@ def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str,
     """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
     run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
     is recorded; ``--refresh STAGE`` runs the flow again."""
-    from imgflow.release import conclude, localized
+    from imgflow.registry.release import conclude, localized
 
     print(
         f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "
@@ -136,7 +136,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _backfill(args: argparse.Namespace) -> int:
     from imgflow.config import build_run_config
-    from imgflow.partitions import select
+    from imgflow.data.partitions import select
 
     cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, budget=args.budget)
     select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
@@ -179,9 +179,9 @@ def _run_flow(
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from imgflow import registry
-    from imgflow.predict import input_options, input_pieces
-    from imgflow.store import ArtifactStore
+    from imgflow.registry import versions as registry
+    from imgflow.serving.predict import input_options, input_pieces
+    from imgflow.store.artifacts import ArtifactStore
 
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
@@ -213,8 +213,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from imgflow.sources import source_fingerprint
-    from imgflow.tune import resolve_space
+    from imgflow.data.sources import source_fingerprint
+    from imgflow.training.tune import resolve_space
 
     cfg = _run_config(args)
     resolve_space(cfg.dataset, args.space)  # a bad space costs nothing

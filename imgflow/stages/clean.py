@@ -1,6 +1,6 @@
 """clean: decode and check every record, quarantine the bad ones with a reason, assign stable splits.
 
-Output folder: the clean-table layout of ``imgflow.cleantable`` (records.parquet, quarantine.parquet,
+Output folder: the clean-table layout of ``imgflow.data.cleantable`` (records.parquet, quarantine.parquet,
 report.json, report.md).
 
 Quarantine reasons: ``unlabeled`` (no class), ``empty`` (zero bytes), ``not_an_image``, ``truncated``,
@@ -10,7 +10,7 @@ text is not UTF-8), ``duplicate`` (same content as an earlier record with the sa
 content under different labels).
 
 Text (when the raw table has a ``text`` column: the source was configured to read it) is normalized
-(``imgflow.text.normalize``: NFC, single spaces); an empty or missing text is kept, and counted. A
+(``imgflow.data.text.normalize``: NFC, single spaces); an empty or missing text is kept, and counted. A
 record's content is its pixels and its text: a changed caption is a changed record (its ``sha256``),
 and duplicates are the same pixels with the same text. Its split still comes from the pixels alone, so
 a new caption never moves an image between splits.
@@ -22,15 +22,15 @@ from a hash of its pixels, so adding data never moves an old record between spli
 never sit in both train and test.
 
 How, at any size: the raw table is cut into chunks of row groups, and worker processes
-(``imgflow.parallel``) scan them: each record's header is probed and, once the target shape is known,
+(``imgflow.runtime.parallel``) scan them: each record's header is probed and, once the target shape is known,
 its pixels decoded into a chunk file in a scratch folder. Only compact keys come back (id, label,
 probe, content hash or quarantine reason), so memory holds one chunk per worker, never the dataset.
 When the spec fixes ``image_size`` and ``channels`` one pass does both; otherwise a first pass probes
 every header (the most common size, whether every image is grayscale), a second decodes. Duplicates
 and conflicts are found on the content hashes, then the chunks are written out in order: a parallel
 run's output is byte-identical to a serial one's. With ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the
-chunks run on a Dask cluster instead (``imgflow.parallel.cluster_pool``), reading the raw table from,
-and writing the chunks to, the object-store root when there is one (``imgflow.scratch.shared_scratch``).
+chunks run on a Dask cluster instead (``imgflow.runtime.parallel.cluster_pool``), reading the raw table from,
+and writing the chunks to, the object-store root when there is one (``imgflow.store.scratch.shared_scratch``).
 """
 
 from __future__ import annotations
@@ -47,18 +47,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow import progress
-from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, natural_key
 from imgflow.config import CleanConfig
-from imgflow.errors import SourceError
-from imgflow.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
-from imgflow.parallel import cluster_pool, dask_address, ordered_map
-from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
+from imgflow.data.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, natural_key
+from imgflow.data.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
+from imgflow.data.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
+from imgflow.data.tables import open_parquet, read_scratch, row_group_chunks, write_scratch
+from imgflow.data.text import BadText, normalize
+from imgflow.reporting import progress
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
-from imgflow.scratch import shared_scratch
-from imgflow.store import Stage
-from imgflow.tables import open_parquet, read_scratch, row_group_chunks, write_scratch
-from imgflow.text import BadText, normalize
+from imgflow.runtime.errors import SourceError
+from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map
+from imgflow.store.artifacts import Stage
+from imgflow.store.scratch import shared_scratch
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
 _UNLABELED = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")

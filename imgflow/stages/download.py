@@ -19,12 +19,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow import network, progress
 from imgflow.config import DownloadConfig
-from imgflow.errors import SourceError
+from imgflow.data.sources import open_source, sample_records
+from imgflow.reporting import progress
 from imgflow.results import DownloadInfo, StageResult
-from imgflow.sources import open_source, sample_records
-from imgflow.store import Stage
+from imgflow.runtime import network
+from imgflow.runtime.errors import SourceError
+from imgflow.store.artifacts import Stage
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.string())])
 TEXT_SCHEMA = SCHEMA.append(pa.field("text", pa.binary()))

@@ -14,13 +14,13 @@ Output folder::
                       the float model's; the info says both accuracies either way
     parity.json       the largest absolute difference between SavedModel and ONNX on a batch of test
                       images
-    vocabulary.txt    a model with text: its vocabulary (``imgflow.text``), which the ONNX model's
+    vocabulary.txt    a model with text: its vocabulary (``imgflow.data.text``), which the ONNX model's
                       token ids index
 
 A model with text takes text too: every SavedModel signature has a second input, ``text`` (a batch of
 raw strings, tokenized inside the graph by the training encoder: ``serving_default(pixels, text)``,
 ``serving_bytes(images, text)``), and the ONNX model a second input ``tokens`` (int32 (N, length)
-token ids: ONNX Runtime gets them from ``imgflow.inference.OnnxModel``, which runs that same encoder on
+token ids: ONNX Runtime gets them from ``imgflow.serving.inference.OnnxModel``, which runs that same encoder on
 the vocabulary file, so training and prediction share one tokenizer).
 
 Both exports run on the same test batch (with its texts); a difference above the tolerance fails the
@@ -38,20 +38,20 @@ from typing import Any
 import numpy as np
 
 from imgflow.config import ExportConfig
-from imgflow.errors import ExportMismatchError
-from imgflow.files import write_json_atomic
-from imgflow.inference import OnnxModel
+from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
-from imgflow.store import Stage
-from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
+from imgflow.runtime.errors import ExportMismatchError
+from imgflow.serving.inference import OnnxModel
+from imgflow.store.artifacts import Stage
+from imgflow.store.files import write_json_atomic
 
 
 def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult]) -> ExportInfo:
     import keras
     import tensorflow as tf
 
-    from imgflow.data import load_arrays
-    from imgflow.models import load_model
+    from imgflow.training.inputs import load_arrays
+    from imgflow.training.models import load_model
 
     shards = inputs["shards"]
     assert isinstance(shards.info, ShardInfo), shards.stage
@@ -162,7 +162,7 @@ def _check_batch(shape: tuple[int, ...]) -> int:
     training in the same process, on top of what TensorFlow kept; a batch's activations are most of
     what the checks add (128 images of 64x64 took 140 MB through ONNX Runtime), and on a few hundred
     images, or one pass over the test split, smaller batches cost no time worth measuring."""
-    from imgflow.data import eval_batch
+    from imgflow.training.inputs import eval_batch
 
     return max(16, eval_batch(shape) // 4)
 
@@ -173,7 +173,7 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from imgflow.data import iter_batches, load_arrays
+    from imgflow.training.inputs import iter_batches, load_arrays
 
     assert isinstance(shards.info, ShardInfo), shards.stage
     shape = tuple(shards.info.image_shape)

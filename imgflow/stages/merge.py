@@ -1,6 +1,6 @@
 """merge: the union of several cleaned partitions, as one clean table (same layout as ``clean``).
 
-Output folder: the clean-table layout of ``imgflow.cleantable``.
+Output folder: the clean-table layout of ``imgflow.data.cleantable``.
 
 Inputs are clean outputs named ``part:<name>`` (e.g. ``part:2024-05-01``), in order. Labels are
 re-indexed against one class list (the spec's ``class_names``, else every label found, sorted), an
@@ -21,15 +21,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgflow import progress
-from imgflow.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, natural_key
 from imgflow.config import CleanConfig
-from imgflow.errors import ConfigError
-from imgflow.images import encode_png
-from imgflow.recordkeys import RecordKeys, content_conflicts
+from imgflow.data.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, natural_key
+from imgflow.data.images import encode_png
+from imgflow.data.recordkeys import RecordKeys, content_conflicts
+from imgflow.data.tables import open_parquet
+from imgflow.reporting import progress
 from imgflow.results import CleanInfo, StageResult
-from imgflow.store import Stage
-from imgflow.tables import open_parquet
+from imgflow.runtime.errors import ConfigError
+from imgflow.store.artifacts import Stage
 
 PART = "part:"  # the prefix of the merge stage's input names: one input per cleaned partition
 _BATCH = 4096

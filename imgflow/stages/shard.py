@@ -2,7 +2,7 @@
 
 Output folder::
 
-    <split>-<index>-of-<count>.tfrecord   tf.train.Example records (spec: ``imgflow.features``),
+    <split>-<index>-of-<count>.tfrecord   tf.train.Example records (spec: ``imgflow.data.tfrecord``),
                                           e.g. train-00000-of-00004.tfrecord
 
 Shard ``index`` of every split holds that split's records among the clean table's rows
@@ -12,8 +12,8 @@ as fit in ``shard_bytes`` (about 100 MB: a train shard then holds about 70 MB); 
 that the parallel writers, and later tf.data's parallel readers, have files to share (TensorFlow's
 rule of thumb: many more files than readers, each over 10 MB). So a shard's content
 depends only on the data and the config, and the shards are written in parallel, one worker process
-per range of rows (``imgflow.parallel``), each reading only its rows: memory holds one range per
-worker, not the table. Writing needs no TensorFlow (``imgflow.features``). With
+per range of rows (``imgflow.runtime.parallel``), each reading only its rows: memory holds one range per
+worker, not the table. Writing needs no TensorFlow (``imgflow.data.tfrecord``). With
 ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the ranges run on the Dask cluster: on an object-store root the
 workers read the clean table from the store and write their shards to the build's shared scratch
 there, and this process copies them into the output (which the store then publishes).
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from imgflow import progress
-from imgflow.cleantable import SPLITS
 from imgflow.config import ShardConfig
-from imgflow.features import TFRecordWriter, encode_example, shard_name
-from imgflow.parallel import cluster_pool, dask_address, ordered_map
+from imgflow.data.cleantable import SPLITS
+from imgflow.data.tables import open_parquet
+from imgflow.data.tfrecord import TFRecordWriter, encode_example, shard_name
+from imgflow.reporting import progress
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
-from imgflow.scratch import shared_scratch
-from imgflow.store import Stage
-from imgflow.tables import open_parquet
+from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map
+from imgflow.store.artifacts import Stage
+from imgflow.store.scratch import shared_scratch
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
 _MIN_SHARD_BYTES = 10 * 2**20

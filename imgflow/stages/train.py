@@ -4,13 +4,13 @@ Output folder::
 
     model.keras           the trained model; takes raw pixels (N, H, W, C) in 0..255, returns probabilities
                           (with ``[train] text``: {"pixels", "tokens"}, the tokens from vocabulary.txt)
-    vocabulary.txt        with text: the train split's most frequent tokens, one a line (``imgflow.text``)
+    vocabulary.txt        with text: the train split's most frequent tokens, one a line (``imgflow.data.text``)
     history.json          per-epoch loss, accuracy, val_loss and val_accuracy
     training_curves.png   the same as plots
     tensorboard/          the same as TensorBoard scalars, and the config as its hyperparameters
 
 Training checkpoints every epoch into the store's scratch folder for this key (see
-``imgflow.checkpoints``; on an object-store root, into the bucket too): a run killed mid-training
+``imgflow.training.checkpoints``; on an object-store root, into the bucket too): a run killed mid-training
 resumes from its last completed epoch when the same key runs again, on this machine or another, and
 ``resumed_from_epoch`` in the info says from which (0: from scratch).
 
@@ -18,12 +18,12 @@ With ``class_weights`` on, each class's examples are weighed by the inverse of i
 split (see ``balanced_class_weights``), for imbalanced data.
 
 A ``transfer`` model trains its new head on a frozen backbone for ``freeze_epochs``, then fine-tunes
-everything at ``learning_rate * fine_tune_factor``. The hardware plan (``imgflow.accel``) picks the
+everything at ``learning_rate * fine_tune_factor``. The hardware plan (``imgflow.training.accel``) picks the
 distribution strategy, precision and XLA; ``model.keras`` is always float32, and the info records the
 plan under ``hardware``.
 
 The optimizer, its learning-rate schedule, weight decay, L2 and label smoothing come from
-``imgflow.optim`` (``[train] schedule`` and the fields after it); every epoch's learning rate is in the
+``imgflow.training.optim`` (``[train] schedule`` and the fields after it); every epoch's learning rate is in the
 history. With ``early_stopping = N`` training ends once N epochs in a row brought no better validation
 loss, and the model keeps the best epoch's weights (``best_epoch`` in the info; ``epochs`` is how many
 ran). Both that and the ``plateau`` schedule are replayed from the checkpointed history on a resume. Seeds
@@ -43,18 +43,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imgflow import cpus, stopping
 from imgflow.config import TrainConfig
-from imgflow.errors import ConfigError
 from imgflow.results import Hardware, ShardInfo, StageResult, TrainInfo, shard_files
-from imgflow.scratch import remote_scratch, scratch_dir
-from imgflow.store import Stage
+from imgflow.runtime import cpus, stopping
+from imgflow.runtime.errors import ConfigError
+from imgflow.store.artifacts import Stage
+from imgflow.store.scratch import remote_scratch, scratch_dir
 
 
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
     import keras
 
-    from imgflow.accel import current_plan, float32_copy, key_plan, make_strategy
+    from imgflow.training.accel import current_plan, float32_copy, key_plan, make_strategy
 
     # The strategy first: a multi-worker one must exist before any other TensorFlow op runs.
     chosen = current_plan(config.precision, config.jit_compile, config.augment_on)
@@ -72,7 +72,7 @@ def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]
             model, info = _train(out_dir, config, inputs["shards"], chosen, strategy)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    from imgflow.models import model_fingerprint
+    from imgflow.training.models import model_fingerprint
 
     # Saved in float32 whatever the training precision: validation and export need no special case.
     model = float32_copy(model) if chosen.precision != "float32" else model
@@ -108,14 +108,22 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     import keras
     import tensorflow as tf
 
-    from imgflow.accel import fit_multi_worker, unwrap, with_augmentation
-    from imgflow.checkpoints import CheckpointMirror, EpochCheckpoint, EpochLog, EpochProgress, StepProgress, StopOnRequest, load_progress
-    from imgflow.data import eval_batch, make_augmenter, shard_dataset, with_tokens
-    from imgflow.frozen import fit_head
-    from imgflow.models import build_model, compile_for_training, load_model, set_backbone_trainable
-    from imgflow.optim import RateLog, Recipe, ValidationRules, add_l2, plateau_rates, stops_early
-    from imgflow.reports import plot_training_curves
-    from imgflow.tensorboard_logs import publish as publish_events
+    from imgflow.reporting.reports import plot_training_curves
+    from imgflow.training.accel import fit_multi_worker, unwrap, with_augmentation
+    from imgflow.training.checkpoints import (
+        CheckpointMirror,
+        EpochCheckpoint,
+        EpochLog,
+        EpochProgress,
+        StepProgress,
+        StopOnRequest,
+        load_progress,
+    )
+    from imgflow.training.frozen import fit_head
+    from imgflow.training.inputs import eval_batch, make_augmenter, shard_dataset, with_tokens
+    from imgflow.training.models import build_model, compile_for_training, load_model, set_backbone_trainable
+    from imgflow.training.optim import RateLog, Recipe, ValidationRules, add_l2, plateau_rates, stops_early
+    from imgflow.training.tensorboard_logs import publish as publish_events
 
     shard_info = shards.info
     assert isinstance(shard_info, ShardInfo), shards.stage
@@ -249,7 +257,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
             class_weight=class_weight,
         )
 
-    # A frozen backbone computes the same features every epoch: computed once instead (imgflow.frozen),
+    # A frozen backbone computes the same features every epoch: computed once instead (imgflow.training.frozen),
     # where nothing else rides on the model (one worker, augmentation in tf.data).
     on_features = frozen > 0 and chosen.workers == 1 and not on_device
     if resumed_from < frozen and not done() and on_features:
@@ -318,8 +326,8 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
 def _text_encoder(config: TrainConfig, shards: StageResult, out_dir: Path) -> Any:
     """The text encoder of a text model: a vocabulary learned from the train split's text alone
     (written to vocabulary.txt), so validation and test text never shape the model."""
-    from imgflow.data import iter_texts
-    from imgflow.text import VOCABULARY_FILE, TextEncoder, count_tokens, vocabulary, write_vocabulary
+    from imgflow.data.text import VOCABULARY_FILE, TextEncoder, count_tokens, vocabulary, write_vocabulary
+    from imgflow.training.inputs import iter_texts
 
     assert isinstance(shards.info, ShardInfo), shards.stage
     if not shards.info.text:
@@ -346,16 +354,16 @@ def balanced_class_weights(counts: list[int]) -> dict[int, float]:
 
 def _identity(config: TrainConfig) -> dict[str, Any]:
     """What the key holds: the config with what it leaves to the machine resolved (``"auto"``
-    precision, XLA and augmentation placement, as ``imgflow.accel.key_plan`` resolves them here,
+    precision, XLA and augmentation placement, as ``imgflow.training.accel.key_plan`` resolves them here,
     and whether a GPU trains), and the backbone weights' content (``weights_identity``), not their path."""
-    from imgflow.accel import gpus_without_tensorflow, key_plan
+    from imgflow.training.accel import gpus_without_tensorflow, key_plan
 
     chosen = key_plan(config.precision, config.jit_compile, config.augment_on)
     resolved = dataclasses.replace(
         config, precision=chosen.precision, jit_compile=chosen.jit_compile, augment_on="device" if chosen.augment_on_device else "host"
     )
     if config.model == "transfer" and config.backbone_weights is not None:
-        from imgflow.weights import weights_identity
+        from imgflow.training.weights import weights_identity
 
         resolved = dataclasses.replace(resolved, backbone_weights=weights_identity(config.backbone, config.backbone_weights))
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}

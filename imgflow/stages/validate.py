@@ -11,7 +11,7 @@ Output folder::
     tensorboard/           it and the most confident mistakes as TensorBoard images
     misclassified.parquet  the hardest mistakes (most confident wrong answers, at most 24): id, label,
                            predicted, confidence, image (PNG), heatmap (PNG: the image under the
-                           Grad-CAM heatmap of the predicted class, ``imgflow.explain``; null for a
+                           Grad-CAM heatmap of the predicted class, ``imgflow.training.explain``; null for a
                            model without a top-level convolution), for the model report
     exemplars.parquet      the same for the most confident right answers, two per class
     report.md              the above for a person
@@ -31,19 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from imgflow import progress
 from imgflow.config import GateConfig
-from imgflow.files import file_table, write_json_atomic
-from imgflow.fingerprint import stable_hash
-from imgflow.gate import decide, paired
-from imgflow.images import encode_png
-from imgflow.inference import OnnxModel
-from imgflow.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
+from imgflow.data.images import encode_png
+from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
+from imgflow.registry.gate import decide, paired
+from imgflow.reporting import progress
+from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
-from imgflow.store import Stage
-from imgflow.tensorboard_logs import FOLDER as TENSORBOARD
-from imgflow.tensorboard_logs import write_images
-from imgflow.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
+from imgflow.serving.inference import OnnxModel
+from imgflow.store.artifacts import Stage
+from imgflow.store.files import file_table, write_json_atomic
+from imgflow.store.fingerprint import stable_hash
+from imgflow.training.tensorboard_logs import FOLDER as TENSORBOARD
+from imgflow.training.tensorboard_logs import write_images
 
 
 @dataclasses.dataclass(order=True)
@@ -109,7 +109,7 @@ class Hardest:
 
     def write(self, folder: Path, class_names: list[str], heatmaps: Any | None) -> None:
         """misclassified.parquet (hardest first) and exemplars.parquet (by class), with Grad-CAM
-        overlays when ``heatmaps`` (``imgflow.explain.explain`` bound to the model) is given."""
+        overlays when ``heatmaps`` (``imgflow.training.explain.explain`` bound to the model) is given."""
         right = [item for label in sorted(self.right) for item in self.right[label].best_first()]
         for name, items in (("misclassified.parquet", self.wrong.best_first()), ("exemplars.parquet", right)):
             _write_kept(folder / name, items, class_names, heatmaps)
@@ -137,7 +137,7 @@ def _write_kept(path: Path, items: list[Kept], class_names: list[str], heatmaps:
 
 def _champion_model(champion: StageResult | None, shape: tuple[int, ...], has_text: bool) -> tuple[OnnxModel | None, str]:
     """The champion's ONNX export, or None and why not. The caller passes a champion only when it is
-    another model (``imgflow.promote.versus_champion`` decides)."""
+    another model (``imgflow.registry.promote.versus_champion`` decides)."""
     if champion is None:
         return None, "none"
     model = OnnxModel(Path(champion.path) / "model.onnx", keep_memory=False)
@@ -153,7 +153,7 @@ class _Candidate:
     with text, with the text blanked and with the image blanked."""
 
     def __init__(self, model_dir: Path) -> None:
-        from imgflow.models import load_model
+        from imgflow.training.models import load_model
 
         self.model = load_model(model_dir / "model.keras", compile=False)
         self.encoder = None
@@ -163,8 +163,8 @@ class _Candidate:
 
     def heatmaps(self) -> Any | None:
         """A function from kept records to Grad-CAM overlays of their predicted class (None when the
-        model has no top-level convolution to explain: ``imgflow.explain``)."""
-        from imgflow.explain import explain, explainer
+        model has no top-level convolution to explain: ``imgflow.training.explain``)."""
+        from imgflow.training.explain import explain, explainer
 
         cam = explainer(self.model)
         if cam is None:
@@ -192,7 +192,7 @@ class _Candidate:
 
 
 def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> ValidateInfo:
-    from imgflow.data import eval_batch, iter_batches
+    from imgflow.training.inputs import eval_batch, iter_batches
 
     shards, model_result = inputs["shards"], inputs["model"]
     assert isinstance(shards.info, ShardInfo), shards.stage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgflow.errors import ConfigError
+from imgflow.runtime.errors import ConfigError
 
 
 def test_task_runner_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

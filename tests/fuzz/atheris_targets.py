@@ -29,10 +29,10 @@ from pathlib import Path
 import atheris
 
 from imgflow.config import build_run_config
-from imgflow.errors import ConfigError, SourceError
-from imgflow.images import BadImage, decode, probe
-from imgflow.sources import open_source
-from imgflow.sources.archive import ArchiveSource  # noqa: F401  (loaded now, so that it is instrumented)
+from imgflow.runtime.errors import ConfigError, SourceError
+from imgflow.data.images import BadImage, decode, probe
+from imgflow.data.sources import open_source
+from imgflow.data.sources.archive import ArchiveSource  # noqa: F401  (loaded now, so that it is instrumented)
 from tests.conftest import digit_like, encode
 
 LIMIT = 1 << 22  # as in test_fuzz_images: a declared 4-megapixel image still decodes quickly

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgflow.config import CleanConfig, DownloadConfig
-from imgflow.images import BadImage, decode, probe
+from imgflow.data.images import BadImage, decode, probe
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import claimed_png, digit_like, encode
 from tests.fuzz.conftest import fuzz_target
 

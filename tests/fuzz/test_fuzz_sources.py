@@ -23,10 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imgflow.config import DownloadConfig
-from imgflow.errors import SourceError
-from imgflow.sources import open_source
+from imgflow.runtime.errors import SourceError
+from imgflow.data.sources import open_source
 from imgflow.stages.download import DOWNLOAD
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import digit_like, encode
 from tests.fuzz.conftest import fuzz_target
 

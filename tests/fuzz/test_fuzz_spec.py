@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imgflow.config import SECTIONS, build_run_config
-from imgflow.errors import ConfigError
+from imgflow.runtime.errors import ConfigError
 from imgflow.pipeline import PIPELINE
 from imgflow.stages.download import DOWNLOAD
 from tests.fuzz.conftest import fuzz_target

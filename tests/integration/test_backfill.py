@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.testing import partitioned_parquet
+from tests.helpers import partitioned_parquet
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]

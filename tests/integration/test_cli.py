@@ -78,7 +78,7 @@ def test_a_test_split_too_small_is_refused_after_clean_before_any_training(tmp_p
     # training had run.
     import pyarrow as pa
 
-    from imgflow.images import encode_png
+    from imgflow.data.images import encode_png
     from tests.conftest import digit_like
 
     table = pa.table({"id": ["r0", "r1", "r2"], "image": [encode_png(digit_like(i)) for i in (0, 1, 3)], "label": ["a", "b", "a"]})
@@ -183,7 +183,7 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 def test_dirty_folder_runs_end_to_end_and_accounts_for_every_file(tmp_path: Path) -> None:
     """Real digits in five formats and four modes, at three sizes, with broken files, a duplicate and a
     label conflict mixed in: every bad file is quarantined with its reason and a model is promoted."""
-    from imgflow.testing import dirty_folder
+    from tests.helpers import dirty_folder
 
     corpus = dirty_folder(tmp_path / "digits", count=2000)
     spec = tmp_path / "digits.toml"

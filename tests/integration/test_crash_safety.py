@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.objectstore import CACHE, ObjectRoot
-from imgflow.store import FAILPOINT, MANIFEST
+from imgflow.store.objectstore import CACHE, ObjectRoot
+from imgflow.store.artifacts import FAILPOINT, MANIFEST
 from tests.conftest import built_once
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_sigkill_inside_each_stage_then_the_reruns_match_an_uninterrupted_run(tm
     assert not any(artifacts.glob("*/.tmp-*")), "the rerun cleans up what the killed run left"
 
 
-# Publishing is one code path for every stage (``imgflow.store``), so the object-store test kills it in
+# Publishing is one code path for every stage (``imgflow.store.artifacts``), so the object-store test kills it in
 # the first stage, the one with a checkpoint scratch folder, and the last: the local test above kills
 # every stage.
 PUBLISHED = ("download", "train", "export")

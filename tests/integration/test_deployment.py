@@ -29,9 +29,9 @@ import pytest
 
 from flows.postgres import server_programs
 from flows.server import RunningServer, prefect_server, server_state
-from imgflow.errors import UserError
-from imgflow.lifetime import descendants, running
-from imgflow.testing import partitioned_parquet
+from imgflow.runtime.errors import UserError
+from imgflow.runtime.lifetime import descendants, running
+from tests.helpers import partitioned_parquet
 from tests.conftest import seed_prefect_home
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """Image + text through ``imgflow run`` and ``imgflow predict``, as a user runs them, on data whose class
-needs both: the image tells one bit, the caption the other (``imgflow.testing.captioned_folder``)."""
+needs both: the image tells one bit, the caption the other (``tests.helpers.captioned_folder``)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.testing import captioned_folder
+from tests.helpers import captioned_folder
 
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
 
@@ -54,7 +54,7 @@ def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp
         assert all(row["error"] is None for row in rows) and len(rows) == 600
         return float(np.mean([row["id"].split("/")[0] == row["label"] for row in rows]))
 
-    from imgflow.predict import PredictConfig, predict
+    from imgflow.serving.predict import PredictConfig, predict
 
     with_text = accuracy(out)
     predict(str(tmp_path / "data"), version, tmp_path / "tf.parquet", PredictConfig(backend="tensorflow"), {"text_sidecar": ".txt"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.testing import QuotaUnavailable, cpu_quota
+from tests.helpers import QuotaUnavailable, cpu_quota
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_a_server_that_never_answers_in_time_is_the_machines_fault_and_says_what
 
 def test_the_servers_wait_is_prefects_setting_or_a_generous_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.server import STARTUP_CEILING, startup_timeout
-    from imgflow.errors import ConfigError
+    from imgflow.runtime.errors import ConfigError
 
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
     assert startup_timeout() == STARTUP_CEILING >= 120

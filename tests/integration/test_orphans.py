@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.lifetime import descendants
-from imgflow.store import MANIFEST
-from imgflow.testing import survivors_of_kill
+from imgflow.runtime.lifetime import descendants
+from imgflow.store.artifacts import MANIFEST
+from tests.helpers import survivors_of_kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc")]
 
@@ -57,7 +57,7 @@ def test_a_run_killed_alone_takes_its_server_and_pools_with_it_and_the_rerun_reu
     _wait_for(run, lambda: any((artifacts / "shard").glob(f"*/{MANIFEST}")), "a finished shard stage")
     commands = _commands(run.pid)
     assert any("flows.ephemeral_server" in command for command in commands), commands  # Prefect's temporary server
-    assert any("imgflow.lifetime" in command for command in commands), commands  # the watcher
+    assert any("imgflow.runtime.lifetime" in command for command in commands), commands  # the watcher
     assert survivors_of_kill(run, within=15) == {}
 
     rerun = _run(artifacts)

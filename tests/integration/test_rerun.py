@@ -70,7 +70,7 @@ def test_refresh_forces_a_stage_and_everything_after_it(tmp_path: Path) -> None:
 def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
     from prefect.exceptions import ParameterTypeError
 
-    from imgflow.errors import ConfigError
+    from imgflow.runtime.errors import ConfigError
     from imgflow.pipeline import PIPELINE
 
     # The flow's parameter validation refuses it before anything runs; the library says the same.

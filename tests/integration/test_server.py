@@ -17,7 +17,7 @@ import pytest
 
 from flows.postgres import PostgresCluster, server_programs
 from flows.server import start_server
-from imgflow.errors import UserError
+from imgflow.runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

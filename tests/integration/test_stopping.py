@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.lifetime import descendants
+from imgflow.runtime.lifetime import descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc")]
 
@@ -47,7 +47,7 @@ def _at_failpoint(stage: str) -> Callable[[Path], bool]:
 )
 def test_a_stop_signal_in_a_stage_ends_the_run_cleanly_and_the_rerun_resumes(tmp_path: Path, stage: str, signum: int, to_group: bool) -> None:
     """Training is stopped by its own check after a batch; the other stages are held at their failpoint
-    (every file written, no manifest yet: ``imgflow.store``), where nothing checks: the command still ends."""
+    (every file written, no manifest yet: ``imgflow.store.artifacts``), where nothing checks: the command still ends."""
     if stage == "train":
         run, ready = _start(tmp_path), (lambda path: _committed(path) >= 2)
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgflow.testing import free_port
+from imgflow.runtime.network import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("session_server")]
 
@@ -71,7 +71,7 @@ def test_a_tfds_dataset_prepared_in_data_dir_trains_end_to_end_without_network(t
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from imgflow.sources import open_source, sample_records
+    from imgflow.data.sources import open_source, sample_records
 
     records = sample_records(open_source("sample:mnist5k").records(), 400)
     names = sorted({record.label for record in records})

@@ -1,9 +1,10 @@
 import json
 from pathlib import Path
 
-from imgflow import cache, registry
-from imgflow.store import ArtifactStore, Stage
-from imgflow.files import file_lock
+from imgflow.store import cache
+from imgflow.registry import versions as registry
+from imgflow.store.artifacts import ArtifactStore, Stage
+from imgflow.store.files import file_lock
 
 
 # Stand-in outputs of two real stages (the cache lists the pipeline's stages), with valid infos.
@@ -89,7 +90,7 @@ def test_on_an_s3_root_the_bucket_is_listed_and_pruned(s3_root: str, tmp_path: P
     """Outputs built on any machine, runs logged by any machine and models registered in the bucket
     decide, not this machine's mirror; a key whose lease object is there is left alone; a pruned
     output loses its manifest first and is gone from the mirror too."""
-    from imgflow.objectstore import ObjectRoot
+    from imgflow.store.objectstore import ObjectRoot
 
     here, there = ArtifactStore(s3_root), ArtifactStore(s3_root, mirror=tmp_path / "another-machine")
     lineage = _output(there, "shard", "champion")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.cleantable import (
+from imgflow.data.cleantable import (
     KEPT_SCHEMA,
     QUARANTINE_SCHEMA,
     CleanTableWriter,
@@ -17,7 +17,7 @@ from imgflow.cleantable import (
     natural_key,
 )
 from imgflow.config import CleanConfig
-from imgflow.errors import SourceError
+from imgflow.runtime.errors import SourceError
 
 
 def test_natural_sort_of_labels() -> None:
@@ -51,7 +51,7 @@ def _write(folder, records_in: int, names: list[str]):
 
 @pytest.mark.parametrize("count", [0, 1, 2, 4096, 9000])
 def test_the_data_fingerprint_from_packed_digests_is_the_stable_hash_of_the_sorted_hex_list(count: int) -> None:
-    from imgflow.fingerprint import stable_hash
+    from imgflow.store.fingerprint import stable_hash
 
     hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(count)]
     assert data_fingerprint(bytes.fromhex("".join(hexes))) == stable_hash(sorted(hexes))

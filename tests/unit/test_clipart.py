@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.recipes import clipart
+from imgflow.data.recipes import clipart
 
 SVG = """<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/"
  xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" width="40" height="20">
@@ -37,7 +37,7 @@ def test_drawings_are_every_svg_once_and_text_is_title_and_description(tmp_path:
 
 @pytest.mark.skipif(shutil.which("rsvg-convert") is None, reason="needs rsvg-convert (apt-get install librsvg2-bin)")
 def test_build_renders_a_table_of_image_text_and_label(tmp_path: Path) -> None:
-    from imgflow.images import decode
+    from imgflow.data.images import decode
 
     root = _tree(tmp_path / "svg")
     summary = clipart.build(tmp_path / "out" / "clipart.parquet", svg_root=root, size=32)
@@ -54,7 +54,7 @@ def test_build_renders_a_table_of_image_text_and_label(tmp_path: Path) -> None:
 
 
 def test_missing_packages_are_named_with_the_command_that_installs_them(tmp_path: Path) -> None:
-    from imgflow.errors import SourceError
+    from imgflow.runtime.errors import SourceError
 
     with pytest.raises(SourceError, match="needs Debian's openclipart-svg.*apt-get install -y --no-install-recommends openclipart-svg"):
         clipart.ensure_installed(tmp_path / "nowhere", install=False)

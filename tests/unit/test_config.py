@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from imgflow.config import build_run_config, resolve_dataset
-from imgflow.errors import ConfigError
+from imgflow.runtime.errors import ConfigError
 
 
 def test_named_dataset_reads_its_toml() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imgflow import cpus
-from imgflow.errors import ConfigError
+from imgflow.runtime import cpus
+from imgflow.runtime.errors import ConfigError
 
 V1_MOUNTS = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -91,8 +91,8 @@ def test_the_override_is_checked() -> None:
 
 
 def test_the_pools_follow_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgflow.data import _parallel_calls
-    from imgflow.parallel import worker_count
+    from imgflow.training.inputs import _parallel_calls
+    from imgflow.runtime.parallel import worker_count
 
     monkeypatch.delenv("IMGFLOW_WORKERS", raising=False)
     monkeypatch.setenv("IMGFLOW_CPUS", "0.4")

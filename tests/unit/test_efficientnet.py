@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from imgflow.config import TrainConfig
-from imgflow.errors import ConfigError
-from imgflow.torchfile import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
-from imgflow.weights import LITE0, import_efficientnet_lite0, installed_lite0, lite0_network, weights_identity
+from imgflow.runtime.errors import ConfigError
+from imgflow.training.torchfile import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
+from imgflow.training.weights import LITE0, import_efficientnet_lite0, installed_lite0, lite0_network, weights_identity
 
 REFERENCE = Path(__file__).parent.parent / "fixtures" / "efficientnet_lite0_reference.npz"
 # ImageNet classes: 281-285 are domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian cat),
@@ -86,7 +86,7 @@ def test_activations_match_pytorchs_reference_layer_by_layer(imagenet) -> None: 
     connections all show here: each stage's output against PyTorch's, on a real photograph."""
     import keras
 
-    from imgflow.efficientnet import efficientnet_lite0
+    from imgflow.training.efficientnet import efficientnet_lite0
 
     reference = np.load(REFERENCE)
     pixels = reference["pixels"]
@@ -129,7 +129,7 @@ def test_import_writes_weights_and_their_hashes_where_the_transfer_model_finds_t
 ) -> None:  # noqa: ANN001
     import zipfile
 
-    from imgflow.models import BACKBONE, make_transfer
+    from imgflow.training.models import BACKBONE, make_transfer
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
     pth = installed_lite0()
@@ -168,7 +168,7 @@ def test_import_writes_weights_and_their_hashes_where_the_transfer_model_finds_t
 
 
 def test_imagenet_weights_explain_what_is_offered_and_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import imgflow.weights as weights
+    import imgflow.training.weights as weights
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match=r'"imagenet" is offered for EfficientNetLite0 only'):

@@ -3,7 +3,7 @@
 def test_machine_faults_are_told_apart_from_bugs_through_the_chain_and_by_message() -> None:
     import errno
 
-    from imgflow.errors import machine_fault
+    from imgflow.runtime.errors import machine_fault
 
     disk = OSError(errno.ENOSPC, "No space left on device", "/data/artifacts/clean/x/records.parquet")
     assert "at /data/artifacts/clean/x/records.parquet: the disk is full (ENOSPC" in machine_fault(disk)

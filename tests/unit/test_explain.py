@@ -1,4 +1,4 @@
-"""Grad-CAM on the project's own models (imgflow.explain)."""
+"""Grad-CAM on the project's own models (imgflow.training.explain)."""
 
 import io
 
@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from imgflow.config import TrainConfig
-from imgflow.explain import explain, explainer, feature_layer
-from imgflow.models import build_model, make_model
+from imgflow.training.explain import explain, explainer, feature_layer
+from imgflow.training.models import build_model, make_model
 
 
 def test_gradcam_puts_the_evidence_for_a_class_where_it_lies_and_none_against() -> None:

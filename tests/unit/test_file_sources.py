@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.errors import SourceError
-from imgflow.sources import open_source
+from imgflow.runtime.errors import SourceError
+from imgflow.data.sources import open_source
 from tests.conftest import digit_like, encode
 
 

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgflow.fingerprint import sha256_bytes, sha256_file, stable_hash
+from imgflow.store.fingerprint import sha256_bytes, sha256_file, stable_hash
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import pytest
 
 from imgflow.config import GateConfig
-from imgflow.gate import decide
+from imgflow.registry.gate import decide
 
 GATE = GateConfig(min_accuracy=0.9, tolerance=0.01)
 
@@ -40,7 +40,7 @@ def _predictions(labels, wrong_candidate, wrong_champion):
 
 
 def test_the_paired_test_tells_noise_from_a_real_difference() -> None:
-    from imgflow.gate import paired
+    from imgflow.registry.gate import paired
 
     labels = [0, 1, 2] * 400
     # 3 disagreements against 1: noise (p about 0.31); 40 against 5: not noise.
@@ -56,7 +56,7 @@ def test_the_paired_test_tells_noise_from_a_real_difference() -> None:
 
 
 def test_a_regression_in_one_class_is_refused_and_named_though_overall_accuracy_is_within_tolerance() -> None:
-    from imgflow.gate import paired
+    from imgflow.registry.gate import paired
 
     labels = [0, 1, 2] * 400  # 400 of each class
     lost = [index for index in range(0, 1200, 3)][:60]  # 60 of class "cat" (index 0) now wrong: recall 1.0 -> 0.85

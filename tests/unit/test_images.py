@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgflow.images import BadImage, decode, encode_png, probe
+from imgflow.data.images import BadImage, decode, encode_png, probe
 from tests.conftest import claimed_png, digit_like, encode
 
 

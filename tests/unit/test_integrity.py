@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imgflow import integrity
-from imgflow.integrity import CORRUPT, DAMAGE_NOTE
-from imgflow.store import MANIFEST, ArtifactStore, Stage
+from imgflow.store import integrity
+from imgflow.store.integrity import CORRUPT, DAMAGE_NOTE
+from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage
 
 
 def _stage(calls: list[int]) -> Stage:

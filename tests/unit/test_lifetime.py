@@ -1,4 +1,4 @@
-"""imgflow.lifetime with real processes: a parent killed outright (SIGKILL to it alone, not its group)
+"""imgflow.runtime.lifetime with real processes: a parent killed outright (SIGKILL to it alone, not its group)
 leaves nothing running, whether it started the children itself or a library did."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.lifetime import descendants, running, start_time
-from imgflow.testing import survivors_of_kill
+from imgflow.runtime.lifetime import descendants, running, start_time
+from tests.helpers import survivors_of_kill
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
 
@@ -42,8 +42,8 @@ def test_a_child_that_follows_its_parent_dies_with_it(tmp_path: Path) -> None:
     parent = _parent(
         f"""
         import sys, time
-        from imgflow.lifetime import start_child
-        code = "from imgflow.lifetime import follow_parent; follow_parent(); open({str(ready)!r}, 'w').close(); import time; time.sleep(120)"
+        from imgflow.runtime.lifetime import start_child
+        code = "from imgflow.runtime.lifetime import follow_parent; follow_parent(); open({str(ready)!r}, 'w').close(); import time; time.sleep(120)"
         start_child([sys.executable, "-c", code])
         time.sleep(120)
         """,
@@ -60,7 +60,7 @@ def test_the_data_stages_pool_workers_die_with_the_process_that_asked_for_them(t
     parent = _parent(
         f"""
         import time
-        from imgflow.parallel import worker_pool
+        from imgflow.runtime.parallel import worker_pool
         with worker_pool(2, 2) as pool:
             jobs = [pool.submit(exec, f"open({{name!r}}, 'w').close(); import time; time.sleep(120)") for name in {[str(f) for f in files]!r}]
             time.sleep(120)
@@ -77,7 +77,7 @@ def test_the_watcher_stops_what_a_library_started_and_what_that_started() -> Non
     parent = _parent(
         """
         import subprocess, time
-        from imgflow.lifetime import watch_descendants
+        from imgflow.runtime.lifetime import watch_descendants
         watch_descendants()
         subprocess.Popen(["sh", "-c", "sleep 120 & wait"])
         time.sleep(120)

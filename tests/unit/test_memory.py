@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from imgflow import memory
+from imgflow.runtime import memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident memory from /proc")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imgflow.images import encode_png
-from imgflow.model_report import render
+from imgflow.data.images import encode_png
+from imgflow.registry.model_report import render
 from tests.conftest import digit_like
 
 CARD = {

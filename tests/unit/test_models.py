@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from imgflow.accel import cpu_flags, float32_copy, plan
+from imgflow.training.accel import cpu_flags, float32_copy, plan
 from imgflow.config import TrainConfig
-from imgflow.errors import ConfigError
-from imgflow.models import build_model, compile_for_training, make_model, make_resnet9, make_transfer, set_backbone_trainable
+from imgflow.runtime.errors import ConfigError
+from imgflow.training.models import build_model, compile_for_training, make_model, make_resnet9, make_transfer, set_backbone_trainable
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
@@ -20,7 +20,7 @@ def test_model_takes_raw_pixels_and_returns_probabilities(shape: tuple[int, int,
 
 def test_config_knows_every_model() -> None:
     from imgflow.config import BACKBONE_NAMES, MODEL_NAMES
-    from imgflow.models import BACKBONES
+    from imgflow.training.models import BACKBONES
 
     assert set(BACKBONE_NAMES) == set(BACKBONES)
 
@@ -145,7 +145,7 @@ def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:
 def test_the_train_key_holds_the_precision_auto_resolves_to_not_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bfloat16 model (an AMX machine's "auto") is never reused as the float32 model another machine
     of the same root would train for the same spec; an explicit setting keys the same as its "auto"."""
-    from imgflow import accel
+    from imgflow.training import accel
     from imgflow.stages.train import TRAIN
 
     def key(config: TrainConfig) -> str:
@@ -163,7 +163,7 @@ def test_the_train_key_holds_the_precision_auto_resolves_to_not_auto(monkeypatch
 
 
 def test_gpus_are_counted_without_tensorflow_as_cuda_visible_devices_narrows_them(tmp_path) -> None:
-    from imgflow.accel import gpus_without_tensorflow
+    from imgflow.training.accel import gpus_without_tensorflow
 
     driver = tmp_path / "gpus"
     for bus in ("0000:17:00.0", "0000:65:00.0"):
@@ -179,7 +179,7 @@ def test_gpus_are_counted_without_tensorflow_as_cuda_visible_devices_narrows_the
 def test_fine_tuning_keeps_a_pretrained_backbones_batch_norm_statistics_and_a_random_one_learns_its_own(
     weights: str | None, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imgflow.models import compile_for_training, make_transfer, set_backbone_trainable
+    from imgflow.training.models import compile_for_training, make_transfer, set_backbone_trainable
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
     config = TrainConfig(model="transfer", backbone="EfficientNetLite0", backbone_weights=weights, backbone_size=32)

@@ -1,4 +1,4 @@
-"""imgflow.network against real failures: a name under .invalid (never resolves), a closed local
+"""imgflow.runtime.network against real failures: a name under .invalid (never resolves), a closed local
 port, and a local HTTP server that answers 503 before it answers."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.errors import SourceError
-from imgflow.network import fetch, permanent_reason, time_budget
-from imgflow.sources import open_source
-from imgflow.testing import free_port
+from imgflow.runtime.errors import SourceError
+from imgflow.runtime.network import fetch, permanent_reason, time_budget
+from imgflow.data.sources import open_source
+from imgflow.runtime.network import free_port
 from tests.conftest import digit_like, encode
 
 

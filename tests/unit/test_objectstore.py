@@ -17,10 +17,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from imgflow import registry
-from imgflow.errors import ConfigError
-from imgflow.objectstore import LeaseLost, ObjectRoot
-from imgflow.store import MANIFEST, ArtifactStore, Stage
+from imgflow.registry import versions as registry
+from imgflow.runtime.errors import ConfigError
+from imgflow.store.objectstore import LeaseLost, ObjectRoot
+from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage
 
 
 def _machines(root: str, tmp_path: Path, count: int = 2) -> list[ArtifactStore]:
@@ -119,7 +119,7 @@ def test_an_output_complete_here_but_never_published_is_published_not_rebuilt(s3
 
 _HOLD = """
 import sys, time
-from imgflow.objectstore import ObjectRoot
+from imgflow.store.objectstore import ObjectRoot
 with ObjectRoot(sys.argv[1]).lease("held"):
     print("held", flush=True)
     time.sleep(600)
@@ -213,7 +213,7 @@ def test_a_worker_pulls_one_version_not_the_registry(s3_root: str, tmp_path: Pat
 def test_training_checkpoints_reach_another_machine_through_the_root(s3_root: str, tmp_path: Path) -> None:
     """What a dying machine committed last is what the next one resumes from: the new files, then
     progress.json; files the folder dropped are dropped in the store too."""
-    from imgflow.checkpoints import PROGRESS, CheckpointMirror, load_progress
+    from imgflow.training.checkpoints import PROGRESS, CheckpointMirror, load_progress
 
     uri = ObjectRoot(s3_root).url("train/.work-k1")
     first, second, third = (tmp_path / name for name in ("first", "second", "third"))

@@ -1,11 +1,11 @@
-"""imgflow.optim: schedules, losses and the validation rules, without training."""
+"""imgflow.training.optim: schedules, losses and the validation rules, without training."""
 
 import math
 
 import numpy as np
 import pytest
 
-from imgflow.optim import LinearToZero, OneCycle, Recipe, SmoothedCrossentropy, best_epoch, learning_rate, plateau_rates, stops_early
+from imgflow.training.optim import LinearToZero, OneCycle, Recipe, SmoothedCrossentropy, best_epoch, learning_rate, plateau_rates, stops_early
 
 
 def _rates(schedule, steps) -> list[float]:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow.errors import ConfigError, SourceError
-from imgflow.partitions import date_partitions, select
+from imgflow.runtime.errors import ConfigError, SourceError
+from imgflow.data.partitions import date_partitions, select
 from tests.conftest import digit_like, encode
 
 D = dt.date.fromisoformat

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from imgflow.config import build_run_config
-from imgflow.errors import ConfigError
-from imgflow.partitions import date_partitions
+from imgflow.runtime.errors import ConfigError
+from imgflow.data.partitions import date_partitions
 from imgflow.pipeline import ORDER, PIPELINE, cached_run, plan
-from imgflow.sources import source_fingerprint
-from imgflow.store import ArtifactStore
-from imgflow.testing import partitioned_parquet
+from imgflow.data.sources import source_fingerprint
+from imgflow.store.artifacts import ArtifactStore
+from tests.helpers import partitioned_parquet
 
 
 def test_the_declaration_orders_every_stage_merge_included() -> None:

@@ -3,12 +3,12 @@ the pointer are in test_registry."""
 
 from __future__ import annotations
 
-from imgflow import registry
+from imgflow.registry import versions as registry
 from imgflow.config import GateConfig
-from imgflow.promote import ChampionCheck, versus_champion
+from imgflow.registry.promote import ChampionCheck, versus_champion
 from imgflow.results import StageResult
 from imgflow.stages.validate import VALIDATE
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import untrained_model
 
 

@@ -1,4 +1,4 @@
-"""The recipe's choices (``imgflow.recipe.choose``) for given data statistics and probe speeds."""
+"""The recipe's choices (``imgflow.training.recipe.choose``) for given data statistics and probe speeds."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import keras
 import pytest
 
 from imgflow.config import TrainConfig, build_run_config
-from imgflow.errors import ConfigError
-from imgflow.models import make_model
-from imgflow.recipe import (
+from imgflow.runtime.errors import ConfigError
+from imgflow.training.models import make_model
+from imgflow.training.recipe import (
     DataStats, Speeds, choose, cnn_macs, minimum_epochs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
 )
 
@@ -161,7 +161,7 @@ def test_the_residual_network_is_chosen_for_large_data_when_it_fits() -> None:
 
 
 def test_multiplies_are_counted_as_keras_builds_the_residual_network() -> None:
-    from imgflow.models import make_resnet9
+    from imgflow.training.models import make_resnet9
 
     for shape, width in (((28, 28, 1), 16), ((64, 64, 3), 24)):
         model = make_resnet9(shape, 10, width=width)
@@ -169,7 +169,7 @@ def test_multiplies_are_counted_as_keras_builds_the_residual_network() -> None:
 
 
 def test_an_unreadable_probe_cache_is_measured_again_not_trusted(tmp_path, monkeypatch, capsys) -> None:
-    from imgflow import probe
+    from imgflow.training import probe
 
     monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path))
     stats = DataStats(8, 8, 1, (40, 40), 10, 10)

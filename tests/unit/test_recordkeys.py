@@ -10,7 +10,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgflow.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
+from imgflow.data.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
 
 
 def _digest(content: str) -> np.ndarray:

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from imgflow import registry
-from imgflow.errors import ConfigError
-from imgflow.promote import promote_version, rollback
+from imgflow.registry import versions as registry
+from imgflow.runtime.errors import ConfigError
+from imgflow.registry.promote import promote_version, rollback
 
 
 def _files(tmp_path: Path, text: str) -> dict[str, Path]:

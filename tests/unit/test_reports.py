@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgflow.reports import confusion_matrix, per_class_metrics, plot_confusion_matrix, plot_training_curves
+from imgflow.reporting.reports import confusion_matrix, per_class_metrics, plot_confusion_matrix, plot_training_curves
 
 
 def test_confusion_matrix_and_per_class_metrics() -> None:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgflow.errors import SourceError
-from imgflow.sources import RawRecord, open_source, sample_records
+from imgflow.runtime.errors import SourceError
+from imgflow.data.sources import RawRecord, open_source, sample_records
 
 
 def _pixels(data: bytes) -> np.ndarray:

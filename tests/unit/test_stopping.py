@@ -1,10 +1,11 @@
-"""imgflow.stopping: a requested stop reaches work that checks for it, once."""
+"""imgflow.runtime.stopping: a requested stop reaches work that checks for it, once."""
 
 import signal
 
 import pytest
 
-from imgflow import progress, stopping
+from imgflow.reporting import progress
+from imgflow.runtime import stopping
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.store import MANIFEST, ArtifactStore, Stage, StageResult
+from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage, StageResult
 
 
 def _writer(text: str):

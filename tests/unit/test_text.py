@@ -1,11 +1,11 @@
-"""imgflow.text: the one set of rules for text (cleaning, tokens, vocabulary, the model's encoder)."""
+"""imgflow.data.text: the one set of rules for text (cleaning, tokens, vocabulary, the model's encoder)."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from imgflow.text import BadText, TextEncoder, normalize, tokens, vocabulary
+from imgflow.data.text import BadText, TextEncoder, normalize, tokens, vocabulary
 
 TRICKY = ["Hello, World!", "Ça va? ÉCOLE naïve", "snake_case and  dots...x", "日本語のテキスト 123abc", "", "   ",
           "Straße ΣΊΣΥΦΟΣ", "emoji 😀 ok", "a-b c'd", "tab\tnew\nline"]
@@ -21,7 +21,7 @@ def test_normalize_makes_nfc_single_spaces_and_refuses_bytes_that_are_not_utf8()
 
 
 def test_the_python_tokens_and_the_model_tokens_follow_one_rule() -> None:
-    from imgflow.text import tf_tokens
+    from imgflow.data.text import tf_tokens
 
     for text in TRICKY:
         model_tokens = [t.decode() for t in tf_tokens([normalize(text)]).flat_values.numpy()]

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgflow.errors import ConfigError
-from imgflow.weights import import_backbone
+from imgflow.runtime.errors import ConfigError
+from imgflow.training.weights import import_backbone
 
 # VGG16's convolutions, block by block (output channels; 3x3 kernels), as HED's weights file lays them out.
 VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -31,7 +31,7 @@ def _hed_like(path: Path, blocks: list[list[int]] = VGG16, kernel: int = 3) -> d
 def test_vgg16_takes_every_convolution_in_order_and_leaves_the_rest(tmp_path: Path) -> None:
     import keras
 
-    from imgflow.models import backbone_network
+    from imgflow.training.models import backbone_network
 
     kernels = _hed_like(tmp_path / "hed.weights.h5")
     found = import_backbone(tmp_path / "hed.weights.h5", "VGG16", tmp_path / "out" / "vgg16.weights.h5")

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgflow.config import CleanConfig
-from imgflow.errors import SourceError
+from imgflow.runtime.errors import SourceError
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import SCHEMA
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.store.artifacts import ArtifactStore, StageResult
 from tests.conftest import claimed_png, digit_like, encode
 
 

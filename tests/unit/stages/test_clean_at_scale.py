@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
-from imgflow.fingerprint import sha256_file, stable_hash
-from imgflow.objectstore import ObjectRoot
+from imgflow.store.fingerprint import sha256_file, stable_hash
+from imgflow.store.objectstore import ObjectRoot
 from imgflow.results import DownloadInfo, StageResult
-from imgflow.sources import source_fingerprint
+from imgflow.data.sources import source_fingerprint
 from imgflow.stages import clean as clean_module
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
-from imgflow.store import ArtifactStore, Stage
+from imgflow.store.artifacts import ArtifactStore, Stage
 from tests.conftest import digit_like, encode
 
 # Digests of (id, label, split, sha256) of every kept record and (id, reason) of every quarantined
@@ -59,7 +59,7 @@ def test_the_bundled_sample_cleans_as_it_always_did(store: ArtifactStore, small_
 
 @pytest.mark.slow
 def test_the_dirty_folder_cleans_as_it_always_did(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
-    from imgflow.testing import dirty_folder
+    from tests.helpers import dirty_folder
 
     corpus = dirty_folder(tmp_path / "dirty", count=2000)
     assert _digests(_clean(store, f"folder:{corpus.root}", CleanConfig())) == GOLDEN["dirty"]

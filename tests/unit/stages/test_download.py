@@ -3,13 +3,13 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from imgflow import sources
+from imgflow.data import sources
 from imgflow.config import DownloadConfig
-from imgflow.errors import SourceError
-from imgflow.sources import RawRecord
-from imgflow.sources import source_fingerprint
+from imgflow.runtime.errors import SourceError
+from imgflow.data.sources import RawRecord
+from imgflow.data.sources import source_fingerprint
 from imgflow.stages.download import DOWNLOAD
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 
 
 class ListSource:

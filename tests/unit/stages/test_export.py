@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from imgflow.config import ExportConfig
-from imgflow.errors import ExportMismatchError
+from imgflow.runtime.errors import ExportMismatchError
 from imgflow.results import StageResult, shard_files
 from imgflow.stages.export import EXPORT
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import untrained_model
 
 
@@ -16,7 +16,7 @@ def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards:
     import onnxruntime as ort
     import tensorflow as tf
 
-    from imgflow.data import load_arrays
+    from imgflow.training.inputs import load_arrays
 
     result = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": untrained_model(store, shards, 0)})
     assert result.info.parity.max_abs_diff <= 1e-5 and result.info.parity.same_top1
@@ -40,7 +40,7 @@ def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards:
 def test_savedmodel_takes_encoded_image_bytes_for_tf_serving(store: ArtifactStore, shards: StageResult) -> None:
     import tensorflow as tf
 
-    from imgflow.data import load_arrays
+    from imgflow.training.inputs import load_arrays
     from tests.conftest import encode
 
     result = EXPORT.run(store, ExportConfig(int8=False), {"shards": shards, "model": untrained_model(store, shards, 0)})
@@ -58,7 +58,7 @@ def test_savedmodel_takes_encoded_image_bytes_for_tf_serving(store: ArtifactStor
 
 
 def test_int8_variant_is_kept_only_within_the_allowed_accuracy_drop(store: ArtifactStore, shards: StageResult) -> None:
-    from imgflow.inference import onnx_session
+    from imgflow.serving.inference import onnx_session
 
     model = untrained_model(store, shards, 0)
     kept = EXPORT.run(store, ExportConfig(int8_max_drop=1.0), {"shards": shards, "model": model})

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgflow.config import CleanConfig
-from imgflow.errors import ConfigError
+from imgflow.runtime.errors import ConfigError
 from imgflow.results import StageResult
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import SCHEMA
 from imgflow.stages.merge import MERGE
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import digit_like, encode
 
 

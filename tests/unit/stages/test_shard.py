@@ -6,11 +6,11 @@ import pytest
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
 from imgflow.stages.clean import CLEAN
-from imgflow.sources import source_fingerprint
+from imgflow.data.sources import source_fingerprint
 from imgflow.stages.download import DOWNLOAD
 from imgflow.results import shard_files
 from imgflow.stages.shard import SHARD
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.store.artifacts import ArtifactStore, StageResult
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def clean(store: ArtifactStore) -> StageResult:
 
 
 def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult) -> None:
-    from imgflow.data import load_arrays
+    from imgflow.training.inputs import load_arrays
 
     shards = SHARD.run(store, ShardConfig(records_per_shard=64), {"clean": clean})
     table = pq.read_table(clean.file("records.parquet")).to_pylist()
@@ -42,7 +42,7 @@ def test_shards_round_trip_every_record(store: ArtifactStore, clean: StageResult
 
 
 def test_training_pipeline_batches_and_augments(store: ArtifactStore, clean: StageResult) -> None:
-    from imgflow.data import make_augmenter, shard_dataset
+    from imgflow.training.inputs import make_augmenter, shard_dataset
 
     shards = SHARD.run(store, ShardConfig(), {"clean": clean})
     dataset = shard_dataset(
@@ -83,7 +83,7 @@ def test_training_reads_shards_in_a_fixed_order_unless_told_not_to(store: Artifa
     shard's records are ready first gave a busy machine a different model from the same inputs."""
     import tensorflow as tf
 
-    from imgflow.data import shard_dataset
+    from imgflow.training.inputs import shard_dataset
 
     shards = SHARD.run(store, ShardConfig(records_per_shard=64), {"clean": clean})
     dataset = shard_dataset(shard_files(shards, "train"), (8, 8, 1), 32, training=True, deterministic=deterministic)
@@ -95,7 +95,7 @@ def test_training_reads_shards_in_a_fixed_order_unless_told_not_to(store: Artifa
 def test_an_example_with_text_is_what_tensorflow_serializes() -> None:
     import tensorflow as tf
 
-    from imgflow.features import encode_example
+    from imgflow.data.tfrecord import encode_example
 
     def feature(value: bytes | int) -> tf.train.Feature:
         if isinstance(value, int):
@@ -109,9 +109,9 @@ def test_an_example_with_text_is_what_tensorflow_serializes() -> None:
 
 
 def test_text_travels_from_the_clean_table_into_the_training_input(tmp_path, store: ArtifactStore) -> None:
-    from imgflow.data import load_arrays, shard_dataset, with_tokens
-    from imgflow.text import TextEncoder
-    from imgflow.testing import captioned_folder
+    from imgflow.training.inputs import load_arrays, shard_dataset, with_tokens
+    from imgflow.data.text import TextEncoder
+    from tests.helpers import captioned_folder
 
     captioned_folder(tmp_path / "data", per_class=20, side=8)
     config = DownloadConfig(source=f"folder:{tmp_path / 'data'}", options={"text_sidecar": ".txt"})

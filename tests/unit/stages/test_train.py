@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from imgflow import cpus
-from imgflow.accel import bf16_kernels, cpu_flags
+from imgflow.runtime import cpus
+from imgflow.training.accel import bf16_kernels, cpu_flags
 from imgflow.config import ExportConfig, TrainConfig
 from imgflow.stages.export import EXPORT
 from imgflow.stages.train import TRAIN
-from imgflow.store import ArtifactStore, StageResult
+from imgflow.store.artifacts import ArtifactStore, StageResult
 
 pytestmark = pytest.mark.slow  # trains (tiny) models: `make test-fast` trains nothing
 
@@ -24,7 +24,7 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
 ) -> None:
     import keras
 
-    from imgflow import models
+    from imgflow.training import models
 
     phases = []
 
@@ -94,7 +94,7 @@ def _history(trained: StageResult) -> dict[str, list[float]]:
 def test_each_schedule_sets_every_epochs_learning_rate(store: ArtifactStore, shards: StageResult, schedule: str) -> None:
     import math
 
-    from imgflow.optim import Recipe, learning_rate
+    from imgflow.training.optim import Recipe, learning_rate
 
     config = TrainConfig(epochs=3, learning_rate=0.01, schedule=schedule, decay_rate=0.5, **STILL)
     trained = TRAIN.run(store, config, {"shards": shards})
@@ -106,7 +106,7 @@ def test_each_schedule_sets_every_epochs_learning_rate(store: ArtifactStore, sha
 
 
 def test_plateau_lowers_the_rate_when_the_validation_loss_stalls(store: ArtifactStore, shards: StageResult) -> None:
-    from imgflow.optim import plateau_rates
+    from imgflow.training.optim import plateau_rates
 
     config = TrainConfig(epochs=8, learning_rate=0.05, schedule="plateau", plateau_patience=1, plateau_factor=0.5, **STILL)
     history = _history(TRAIN.run(store, config, {"shards": shards}))
@@ -116,8 +116,8 @@ def test_plateau_lowers_the_rate_when_the_validation_loss_stalls(store: Artifact
 
 
 def test_early_stopping_ends_training_and_keeps_the_best_epochs_weights(store: ArtifactStore, shards: StageResult) -> None:
-    from imgflow.data import shard_dataset
-    from imgflow.models import load_model
+    from imgflow.training.inputs import shard_dataset
+    from imgflow.training.models import load_model
     from imgflow.results import shard_files
 
     # float32 whatever the CPU: the saved (float32) model's loss is compared with the one training saw.
@@ -133,7 +133,7 @@ def test_early_stopping_ends_training_and_keeps_the_best_epochs_weights(store: A
 
 
 def test_weight_decay_l2_and_label_smoothing_change_the_model(store: ArtifactStore, shards: StageResult) -> None:
-    from imgflow.models import load_model
+    from imgflow.training.models import load_model
 
     def kernel_norm(trained: StageResult) -> float:
         model = load_model(trained.file("model.keras"))
@@ -190,7 +190,7 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     images, gives what the head learned on features."""
     import keras
 
-    from imgflow.data import shard_dataset
+    from imgflow.training.inputs import shard_dataset
     from imgflow.results import shard_files
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
@@ -221,14 +221,14 @@ def test_a_frozen_lite0_with_text_trains_its_head_and_text_tower_on_features_and
     import keras
 
     from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
-    from imgflow.data import shard_dataset, with_tokens
+    from imgflow.training.inputs import shard_dataset, with_tokens
     from imgflow.results import shard_files
-    from imgflow.sources import source_fingerprint
+    from imgflow.data.sources import source_fingerprint
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from imgflow.testing import captioned_folder
-    from imgflow.text import TextEncoder, read_vocabulary
+    from tests.helpers import captioned_folder
+    from imgflow.data.text import TextEncoder, read_vocabulary
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
     captioned_folder(tmp_path / "data", per_class=40, side=8)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from imgflow import registry
+from imgflow.registry import versions as registry
 from imgflow.config import ExportConfig, GateConfig
-from imgflow.promote import versus_champion
+from imgflow.registry.promote import versus_champion
 from imgflow.results import StageResult, shard_files
 from imgflow.stages.export import EXPORT
 from imgflow.stages.validate import VALIDATE
-from imgflow.store import ArtifactStore
+from imgflow.store.artifacts import ArtifactStore
 from tests.conftest import untrained_model
 
 
 def test_validate_compares_with_the_champion_on_the_same_test_split(store: ArtifactStore, shards: StageResult) -> None:
     import keras
 
-    from imgflow.data import load_arrays
-    from imgflow.inference import onnx_predict
+    from imgflow.training.inputs import load_arrays
+    from imgflow.serving.inference import onnx_predict
 
     champion_model = untrained_model(store, shards, 1)
     gate = GateConfig(min_accuracy=0.0, tolerance=0.0)

@@ -1,0 +1,1 @@
+"""Data in: sources, images, text, the clean table, partitions, record keys and the TFRecord format."""

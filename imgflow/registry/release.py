@@ -1,0 +1,51 @@
+"""The end of every run, with or without an orchestrator: promote what the gate passed and exported,
+write the run summary and log the run. The train flow does this after its stages (then publishes the
+reports to Prefect); ``imgflow run`` does it alone when every stage is cached and there is nothing to
+orchestrate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from imgflow.config import RunConfig
+from imgflow.registry import promote
+from imgflow.registry import versions as registry
+from imgflow.reporting.summary import build_summary
+from imgflow.results import StageResult, clean_table
+from imgflow.store.artifacts import ArtifactStore
+from imgflow.store.cache import record_run
+from imgflow.store.fingerprint import to_jsonable
+
+Promoter = Callable[[str, str, Mapping[str, Any], Mapping[str, StageResult]], Mapping[str, Any]]
+
+
+def localized(root: str, results: Mapping[str, StageResult]) -> dict[str, StageResult]:
+    """``results`` with what the registry and the reports read in this machine's folder (an output built
+    on another machine, or kept only in an object-store root, is fetched)."""
+    store = ArtifactStore(root)
+    table = clean_table(results)
+    read = {"train", "validate", "export", table.stage if table is not None else ""}
+    return {stage: store.localize(result) if stage in read else result for stage, result in results.items()}
+
+
+def conclude(
+    cfg: RunConfig,
+    root: str,
+    results: Mapping[str, StageResult],
+    started: float,
+    parts: Mapping[str, Mapping[str, StageResult]] | None = None,
+    until: str | None = None,
+    promoter: Promoter = promote.promote,
+) -> dict[str, Any]:
+    """Promote the exported candidate (``results`` localized) with ``promoter``, log the run in the
+    artifact root and return its summary."""
+    name = cfg.dataset.name
+    if "export" in results:
+        promoter(root, name, to_jsonable(cfg), results)
+    local = ArtifactStore(root).pull_models(name)  # the local folder (a mirror of an object-store root)
+    summary = build_summary(name, local, results, registry.champion(local, name), time.time() - started, parts, until, cfg.train.budget)
+    record_run(root, summary)
+    return summary

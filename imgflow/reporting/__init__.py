@@ -1,0 +1,1 @@
+"""What a run reports: plots, progress and the run summary."""

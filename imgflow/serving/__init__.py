@@ -1,0 +1,1 @@
+"""Models out: batch prediction and ONNX Runtime inference."""

@@ -1,0 +1,81 @@
+"""Running an exported ONNX model with ONNX Runtime: one way to open and batch it, for validation
+(the champion), export (parity and int8 checks) and batch prediction alike.
+
+A model with text takes "tokens" besides "pixels": token ids from the ``vocabulary.txt`` that lies next
+to its ``.onnx`` file, through ``imgflow.data.text.TextEncoder`` (the encoder training used), so callers pass
+texts, never ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgflow.runtime import cpus
+from imgflow.runtime.errors import ConfigError
+
+
+def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int | None = None):
+    """An ONNX Runtime session on the CPU (the exports are checked there; a GPU is for training).
+
+    ``keep_memory=False`` turns off ONNX Runtime's memory arena, which otherwise keeps the largest
+    batch's buffers for the session's life: for the one-off evaluations inside a pipeline run, where
+    each session would hold hundreds of MB of large images' activations. Batch prediction keeps it.
+    ``threads``: the session's threads for one operator (default: the CPU time the process has,
+    ``imgflow.runtime.cpus``), fewer when several processes share it.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = keep_memory
+    options.intra_op_num_threads = threads or cpus.threads()
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """An exported model (``model.onnx`` or its int8 variant) ready to predict from pixels and, when it
+    takes text, texts."""
+
+    def __init__(self, path: str | Path, keep_memory: bool = True, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = onnx_session(self.path, keep_memory, threads)
+        inputs = {spec.name: spec for spec in self.session.get_inputs()}
+        self.image_shape = list(inputs["pixels"].shape[1:])
+        self.encoder = None
+        if "tokens" in inputs:
+            from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
+
+            vocabulary = self.path.parent / VOCABULARY_FILE
+            if not vocabulary.is_file():
+                raise ConfigError(f"{self.path} takes text, but its vocabulary {vocabulary} is missing")
+            self.encoder = TextEncoder(read_vocabulary(vocabulary), int(inputs["tokens"].shape[1]))
+
+    @property
+    def takes_text(self) -> bool:
+        return self.encoder is not None
+
+    def feeds(self, images: np.ndarray, texts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The session's inputs for a batch; a text model given no texts sees none (empty text)."""
+        feeds = {"pixels": images.astype(np.float32)}
+        if self.encoder is not None:
+            feeds["tokens"] = self.encoder.ids(list(texts) if texts is not None else [""] * len(images))
+        return feeds
+
+    def __call__(self, images: np.ndarray, texts: Sequence[str] | None = None, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities for raw pixels (N, H, W, C) in 0..255 (and their texts), in batches."""
+        outputs = [
+            self.session.run(
+                None, self.feeds(images[start : start + batch_size], None if texts is None else texts[start : start + batch_size])
+            )[0]
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.session.get_outputs()[0].shape[-1]), np.float32)
+
+
+def onnx_predict(model: Any, images: np.ndarray, batch_size: int = 512, texts: Sequence[str] | None = None) -> np.ndarray:
+    """Class probabilities from an ONNX export (a path or an ``OnnxModel``) for raw pixels (N, H, W, C)."""
+    model = model if isinstance(model, OnnxModel) else OnnxModel(model, keep_memory=False)
+    return model(images, texts, batch_size)
