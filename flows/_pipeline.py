@@ -21,14 +21,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from imgflow.config import RunConfig
 from imgflow.data.partitions import Partition
-from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
-from imgflow.registry.promote import versus_champion
+from imgflow.pipeline import How, Step, Walked, walk
 from imgflow.registry.release import conclude, localized
 from imgflow.reporting.summary import summary_markdown
 from imgflow.results import StageResult, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.parallel import worker_count
-from imgflow.store.artifacts import ArtifactStore
 from tasks import stages
 
 
@@ -60,10 +58,6 @@ class RunOptions:
     until: str | None = None
     title: str = ""
 
-    @property
-    def wanted(self) -> frozenset[str]:
-        return PIPELINE.until(self.until)
-
 
 def _result(state: State) -> StageResult:
     """The StageResult a task state holds; a Prefect cache hit counts as ``cached``."""
@@ -81,74 +75,45 @@ def title_run(title: str) -> str:
     return title
 
 
-def _settled(future: PrefectFuture) -> StageResult:
-    future.wait()
-    return _result(future.state)
+class PrefectRun:
+    """The executor of a run under Prefect (``imgflow.pipeline.walk``): each step a task (``tasks.stages``),
+    submitted to the flow's task runner for the per-partition steps of a partitioned run (so the date
+    partitions download and clean at once), else run in turn."""
+
+    measure = True
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def fingerprint(self, download: Any, concurrent: bool) -> Any:
+        return stages.fingerprint_source.submit(download) if concurrent else stages.fingerprint_source(download)
+
+    def build(self, step: Step, config: Any, inputs: Mapping[str, Any] | None, how: How) -> Any:
+        task = stages.task_of(step)
+        if how.concurrent:
+            return task.submit(config, inputs, self.root, force=how.force)
+        state = task(config, inputs, self.root, force=how.force, return_state=True)
+        return _result(state)  # type: ignore[arg-type]  # a state: return_state=True, typed as maybe-async
+
+    def settle(self, value: Any) -> StageResult | None:
+        if isinstance(value, PrefectFuture):
+            value.wait()
+            return _result(value.state)
+        return value
+
+    def passed(self, step: Step, why: str, partition: str | None = None, result: StageResult | None = None) -> None:
+        """Nothing to do: the walk skipped ``step`` or reused ``result`` as it stands."""
 
 
-def _ingest_steps(run: RunOptions) -> list[Step]:
-    return [step for step in PIPELINE.steps if step.per_partition and step.name in run.wanted]
-
-
-def ingest(cfg: RunConfig, run: RunOptions, source_fingerprint: str | None = None) -> dict[str, StageResult]:
-    """The per-partition steps (download, clean) over the whole source."""
-    source = source_fingerprint or stages.fingerprint_source(cfg.download)
-    results: dict[str, StageResult] = {}
-    for step in _ingest_steps(run):
-        inputs = PIPELINE.inputs(step, results, {SOURCE: source})
-        state = stages.STAGE_TASKS[step.name](step.config_of(cfg), inputs, run.root, force=step.name in run.forced, return_state=True)
-        results[step.name] = _result(state)  # type: ignore[arg-type]  # a state: return_state=True, typed as maybe-async
-    return results
-
-
-def ingest_partitions(cfg: RunConfig, run: RunOptions, partitions: list[Partition]) -> dict[str, dict[str, StageResult]]:
-    """The per-partition steps for each date partition as its own source, all at once through the
-    flow's task runner; returns each date's results."""
-    submitted: dict[str, dict[str, PrefectFuture]] = {}
-    for partition in partitions:
-        part_cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, source=partition.source))
-        futures: dict[str, Any] = {}
-        source = stages.fingerprint_source.submit(part_cfg.download)
-        for step in _ingest_steps(run):
-            inputs = PIPELINE.inputs(step, futures, {SOURCE: source})
-            futures[step.name] = stages.STAGE_TASKS[step.name].submit(
-                step.config_of(part_cfg), inputs, run.root, force=step.name in run.forced
-            )
-        submitted[partition.date.isoformat()] = futures
-    return {day: {name: _settled(future) for name, future in futures.items()} for day, futures in submitted.items()}
-
-
-def build_model(
-    cfg: RunConfig, run: RunOptions, results: dict[str, StageResult], parts: Mapping[str, Mapping[str, StageResult]] | None
-) -> dict[str, StageResult]:
-    """The steps after ingestion, in declared order: merge (partitioned runs), shard, train, validate
-    against the champion, and export when the gate promotes."""
-    store = ArtifactStore(run.root)
-    store.pull_models(cfg.dataset.name)  # where versus_champion reads it
-    for step in PIPELINE.run_steps(partitioned=parts is not None):
-        if step.per_partition or step.name not in run.wanted:
-            continue
-        if step.gated_by and not promoted(results[step.gated_by]):
-            continue
-        external: dict[str, Any] = {CHAMPION: None}
-        if step.against_champion:
-            check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
-            if check.recorded is not None and step.name not in run.forced:
-                results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now
-                continue
-            external[CHAMPION] = check.rival
-        inputs: dict[str, Any] | None
-        if step.fan_in:
-            assert parts is not None
-            inputs = part_inputs({day: r["clean"] for day, r in parts.items()})
-        else:
-            inputs = PIPELINE.inputs(step, results, external)
-        if step.before is not None and inputs is not None:
-            step.before(cfg, inputs)
-        config = step.config_of(cfg, results)
-        state = stages.STAGE_TASKS[step.name](config, inputs, run.root, force=step.name in run.forced, return_state=True)
-        results[step.name] = _result(state)  # type: ignore[arg-type]  # a state: return_state=True, typed as maybe-async
-    return results
+def run_pipeline(
+    cfg: RunConfig,
+    run: RunOptions,
+    partitions: list[Partition] | None = None,
+    fingerprint: str | None = None,
+    given: Mapping[str, StageResult] | None = None,
+) -> Walked:
+    """The pipeline's one walk (``imgflow.pipeline.walk``), every step a Prefect task."""
+    return walk(cfg, PrefectRun(run.root), forced=run.forced, until=run.until, partitions=partitions, fingerprint=fingerprint, given=given)
 
 
 def release(

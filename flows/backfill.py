@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._pipeline import RunOptions, build_model, ingest_partitions, release, task_runner, title_run
+from flows._pipeline import RunOptions, release, run_pipeline, task_runner, title_run
 from flows.train import Accuracy, Budget, Dataset, Epochs
 from imgflow.config import build_run_config
 from imgflow.data.partitions import select
@@ -33,5 +33,5 @@ def backfill(
     started = time.time()
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, budget=budget)
     run = RunOptions(str(cfg.artifacts), title=title_run(f"backfill {cfg.dataset.name} {start}..{end}"))
-    parts = ingest_partitions(cfg, run, select(cfg.download.source, start, end))
-    return release(cfg, run, build_model(cfg, run, {}, parts), started, parts)
+    walked = run_pipeline(cfg, run, select(cfg.download.source, start, end))
+    return release(cfg, run, walked.results, started, walked.parts)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows._pipeline import RunOptions, build_model, ingest, ingest_partitions, release, scheduled_date, task_runner, title_run
+from flows._pipeline import RunOptions, release, run_pipeline, scheduled_date, task_runner, title_run
 from imgflow.config import build_run_config
 from imgflow.data.partitions import date_partitions, select
 from imgflow.pipeline import ORDER, PIPELINE
@@ -52,8 +52,10 @@ def train(
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit, budget=budget)
     day = as_of or scheduled_date()
     run = RunOptions(str(cfg.artifacts), PIPELINE.refreshed(refresh), until, title=title_run(f"{cfg.dataset.name} {day}"))
-    if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
-        parts = ingest_partitions(cfg, run, select(cfg.download.source, None, day))
-        return release(cfg, run, build_model(cfg, run, {}, parts), started, parts)
-    results = ingest(cfg, run, source_fingerprint)
-    return release(cfg, run, build_model(cfg, run, results, None), started)
+    partitions = (
+        select(cfg.download.source, None, day)
+        if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source)
+        else None
+    )
+    walked = run_pipeline(cfg, run, partitions, source_fingerprint)
+    return release(cfg, run, walked.results, started, walked.parts)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import Field
 
-from flows._pipeline import RunOptions, build_model, ingest, publish, release, task_runner, title_run
+from flows._pipeline import RunOptions, publish, release, run_pipeline, task_runner, title_run
 from flows.train import Accuracy, Dataset, Epochs, Limit
 from imgflow.config import build_run_config
 from imgflow.results import ShardInfo
@@ -54,7 +54,7 @@ def tune(
     cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
     searched = resolve_space(cfg.dataset, space)
     run = RunOptions(str(cfg.artifacts), until="shard", title=title_run(f"tune {cfg.dataset.name}"))
-    results = build_model(cfg, run, ingest(cfg, run), None)
+    results = run_pipeline(cfg, run).results
     shards = results["shard"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
@@ -98,7 +98,7 @@ def tune(
     # The released configuration through the whole pipeline: its training is the trial's (cached).
     chosen = dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
     final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
-    summary = release(chosen, final, build_model(chosen, final, dict(results), None), started)
+    summary = release(chosen, final, run_pipeline(chosen, final, given=results).results, started)
     return {
         **summary,
         "tune": {

@@ -6,10 +6,13 @@
               (per date partition)└─▶ merge ─────┘                    ▲
                                       (backfills)            champion ┘
 
-Everything that needs the graph reads it from ``PIPELINE``: the flows' wiring (``flows/_pipeline.py``
-walks it), ``--refresh`` (a stage and everything downstream of it), ``--until`` (a stage and
-everything upstream of it), the run summary's stage list, ``imgflow cache ls/prune`` and
-``imgflow plan`` (``plan`` below). Like Kedro's ``pipeline([node(...)])``, it is data a tool can read.
+Everything that needs the graph reads it from ``PIPELINE``, and one walk (``walk``) goes through it
+for every purpose: running under Prefect (``flows/_pipeline.py``'s executor submits tasks), planning
+(``plan``: the keys, what is stored, nothing run) and the all-cached path (``cached_run``). The walk
+owns the partitions, fan-in, the champion check, the gate, ``before`` and ``configure``; an executor
+only builds. ``--refresh`` (a stage and everything downstream of it), ``--until`` (a stage and
+everything upstream of it), the run summary's stage list and ``imgflow cache ls/prune`` read the same
+declaration. Like Kedro's ``pipeline([node(...)])``, it is data a tool can read.
 
 An input names the upstream steps that can provide it, the first one a run has wins: a backfill's
 shard reads the merged table, a whole-source run's the clean one. Two inputs come from outside the
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from imgflow.config import RunConfig
 from imgflow.data.cleantable import check_splits
@@ -102,6 +105,9 @@ class Pipeline:
                 raise ValueError(f"step {step.name} reads {sorted(missing)} before they are declared")
             seen.add(step.name)
         self.names = tuple(step.name for step in self.steps)
+
+    def step(self, name: str) -> Step:
+        return self.steps[self.names.index(name)]
 
     def check(self, name: str, what: str) -> str:
         if name not in self.names:
@@ -199,6 +205,174 @@ class PlannedStage:
     partition: str | None = None
 
 
+class Executor(Protocol):
+    """What a walk of the pipeline (``walk``) does at each step: the walk decides which steps run, in
+    which order, with which inputs (partitions, fan-in, the champion check, the gate, ``before`` and
+    ``configure``); an executor only builds, or says what building would do.
+
+    ``measure``: whether a step's ``configure`` may measure this machine (a plan only reads what
+    is recorded).
+    """
+
+    measure: bool
+
+    def fingerprint(self, download: Any, concurrent: bool) -> Any:
+        """The content fingerprint of ``download``'s source (or a future of it, ``concurrent``)."""
+
+    def build(self, step: Step, config: Any, inputs: Mapping[str, Any] | None, how: How) -> Any:
+        """The step's result: built or reused, a future of it (``how.concurrent``), or None when it
+        is not known without running (a plan: ``inputs`` None, its upstream is built in this run)."""
+
+    def settle(self, value: Any) -> StageResult | None:
+        """A result from what ``build`` returned (a future's, once it is done)."""
+
+    def passed(self, step: Step, why: str, partition: str | None = None, result: StageResult | None = None) -> None:
+        """The walk passed ``step`` by without building it: skipped (``result`` None) or its
+        ``result`` reused as it stands (the candidate already is the champion)."""
+
+
+@dataclass(frozen=True)
+class How:
+    """How a step is built in this walk: ``force`` it (``--refresh``), in which date ``partition``,
+    ``concurrent``ly (the per-partition steps of a partitioned run, through the flow's task runner),
+    and whether it waits on a gate whose decision is not known yet (a plan)."""
+
+    force: bool = False
+    partition: str | None = None
+    concurrent: bool = False
+    pending_gate: bool = False
+
+
+class Walked(NamedTuple):
+    """A walk's results: each step's (None: not known without running), and with date partitions
+    each partition's per-partition results."""
+
+    results: dict[str, Any]
+    parts: dict[str, dict[str, Any]] | None
+
+
+def walk(
+    cfg: RunConfig,
+    executor: Executor,
+    *,
+    forced: frozenset[str] = frozenset(),
+    until: str | None = None,
+    partitions: Sequence[Partition] | None = None,
+    fingerprint: str | None = None,
+    given: Mapping[str, StageResult] | None = None,
+) -> Walked:
+    """The one walk of the pipeline, for planning and for running alike (``executor`` decides which):
+    the per-partition steps once per date partition (or once over the whole source), then the rest
+    in declared order, fan-in over the partitions, the champion check before a step that reads the
+    champion, a gated step only when its gate promotes, ``before`` on a step's inputs before it is
+    built, and ``configure`` for its config. ``given``: results this run has already (tuning's data
+    stages), taken as they are."""
+    store = ArtifactStore(cfg.artifacts)
+    store.pull_models(cfg.dataset.name)  # where versus_champion reads it
+    wanted = PIPELINE.until(until)
+    concurrent = partitions is not None
+    submitted: dict[str, dict[str, Any]] = {}
+    for partition in partitions if partitions is not None else [None]:
+        day = partition.date.isoformat() if partition is not None else None
+        download = cfg.download if partition is None else dataclasses.replace(cfg.download, source=partition.source)
+        known: dict[str, Any] = {}
+        for step in (s for s in PIPELINE.steps if s.per_partition):
+            if given and step.name in given:
+                known[step.name] = given[step.name]
+                continue
+            if step.name not in wanted:
+                executor.passed(step, f"after --until {until}", day)
+                continue
+            external: dict[str, Any] = {}
+            if any(SOURCE in providers for providers in step.inputs.values()):
+                taken = fingerprint if partition is None else None  # the caller's, of the whole source
+                external[SOURCE] = taken or executor.fingerprint(download, concurrent)
+            config = download if step.config == "download" else step.config_of(cfg)
+            inputs = PIPELINE.inputs(step, known, external)
+            known[step.name] = executor.build(step, config, inputs, How(step.name in forced, day, concurrent))
+        submitted[day or ""] = known
+    parts = {day: {name: executor.settle(value) for name, value in known.items()} for day, known in submitted.items()}
+    results: dict[str, Any] = dict(parts[""]) if partitions is None else {}
+    for step in PIPELINE.run_steps(partitioned=concurrent):
+        if step.per_partition:
+            continue
+        if given and step.name in given:
+            results[step.name] = given[step.name]
+            continue
+        if step.name not in wanted:
+            executor.passed(step, f"after --until {until}")
+            continue
+        gate = results.get(step.gated_by) if step.gated_by else None
+        if gate is not None and not promoted(gate):
+            executor.passed(step, "the gate rejects the candidate")
+            continue
+        external = {CHAMPION: None}
+        if step.against_champion and results.get("train") is not None and results.get("shard") is not None:
+            check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
+            if check.recorded is not None and step.name not in forced:
+                results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now
+                executor.passed(step, "the candidate is the champion", result=check.recorded)
+                continue
+            external[CHAMPION] = check.rival
+        if step.fan_in:
+            provider = _fan_in_provider(step)
+            ready = all(known.get(provider) is not None for known in parts.values())
+            inputs = part_inputs({day: known[provider] for day, known in parts.items()}) if ready else None
+        else:
+            inputs = PIPELINE.inputs(step, results, external)
+        config = step.config_of(cfg)
+        if inputs is not None:
+            if step.before is not None:
+                step.before(cfg, inputs)
+            config = step.config_of(cfg, results, executor.measure)
+        how = How(step.name in forced, pending_gate=bool(step.gated_by) and gate is None)
+        results[step.name] = executor.settle(executor.build(step, config, inputs, how))
+    return Walked(results, parts if concurrent else None)
+
+
+def _fan_in_provider(step: Step) -> str:
+    """The one per-partition step whose output of every partition a fan-in step reads."""
+    (provider,) = {name for names in step.inputs.values() for name in names}
+    return provider
+
+
+class Planner:
+    """The executor of a plan: computes each step's key as the run would, looks it up in the store
+    and records what the run would do (``planned``); builds nothing, starts nothing, imports no
+    TensorFlow. A stored output stands for the step's result; a step to run has none (None)."""
+
+    measure = False
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        self.planned: list[PlannedStage] = []
+
+    def fingerprint(self, download: Any, concurrent: bool) -> str:
+        return source_fingerprint(download.source, download.options)
+
+    def build(self, step: Step, config: Any, inputs: Mapping[str, Any] | None, how: How) -> StageResult | None:
+        key, existing = None, None
+        if inputs is None:
+            note = "its inputs are built in this run"
+        elif config is None:
+            note = "the recipe plans it once the run has measured this machine"
+        else:
+            key = step.stage.key(config, inputs)
+            existing = None if how.force else self.store.lookup(step.name, key, fetch=False)
+            note = "--refresh" if how.force else "" if existing is not None else "not in the store"
+        if existing is None and how.pending_gate:
+            note = "if the gate promotes the candidate"
+        self.planned.append(PlannedStage(step.name, "run" if existing is None else "reuse", key, note, how.partition))
+        return existing
+
+    def settle(self, value: Any) -> StageResult | None:
+        return value
+
+    def passed(self, step: Step, why: str, partition: str | None = None, result: StageResult | None = None) -> None:
+        action, key = ("skip", None) if result is None else ("reuse", result.key)
+        self.planned.append(PlannedStage(step.name, action, key, why, partition))
+
+
 def plan(
     cfg: RunConfig,
     *,
@@ -208,10 +382,13 @@ def plan(
     fingerprint: str | None = None,
 ) -> list[PlannedStage]:
     """Every stage of a run and whether it would run or reuse a stored output, without running
-    anything (nor importing TensorFlow): the keys are computed as the run would compute them, from
-    the source's fingerprint (``fingerprint`` when the caller took it already) and each stored upstream
-    output's. A stage whose input is not built yet runs, and so does everything after it."""
-    return _survey(cfg, forced, until, partitions, fingerprint)[0]
+    anything (nor importing TensorFlow): the walk a run makes (``walk``), with a ``Planner``. The keys
+    are computed as the run would compute them, from the source's fingerprint (``fingerprint`` when the
+    caller took it already) and each stored upstream output's. A stage whose input is not built yet
+    runs, and so does everything after it."""
+    planner = Planner(ArtifactStore(cfg.artifacts))
+    walk(cfg, planner, forced=forced, until=until, partitions=partitions, fingerprint=fingerprint)
+    return planner.planned
 
 
 def cached_run(
@@ -219,84 +396,8 @@ def cached_run(
 ) -> tuple[list[PlannedStage], dict[str, StageResult] | None]:
     """The plan of a whole-source run, and when it runs no stage, the stored output of every stage it
     reuses (status ``cached``): all a run with nothing to run reports."""
-    planned, results = _survey(cfg, forced, until, None, fingerprint)
-    if any(p.action == "run" for p in planned):
-        return planned, None
-    return planned, {stage: result.with_status("cached") for stage, result in results.items()}
-
-
-def _survey(
-    cfg: RunConfig,
-    forced: frozenset[str],
-    until: str | None,
-    partitions: Sequence[Partition] | None,
-    fingerprint: str | None,
-) -> tuple[list[PlannedStage], dict[str, Any]]:
-    """``plan``, and the stored output of each step it reuses (None for one it runs)."""
-    store = ArtifactStore(cfg.artifacts)
-    store.pull_models(cfg.dataset.name)
-    wanted = PIPELINE.until(until)
-    planned: list[PlannedStage] = []
-
-    def visit(step: Step, config: Any, inputs: dict[str, Any] | None, known: dict[str, Any], partition: str | None = None) -> None:
-        if step.name not in wanted:
-            planned.append(PlannedStage(step.name, "skip", None, f"after --until {until}", partition))
-            return
-        if inputs is None:
-            known[step.name] = None
-            planned.append(PlannedStage(step.name, "run", None, "its inputs are built in this run", partition))
-            return
-        key = step.stage.key(config, inputs)
-        existing = store.lookup(step.name, key, fetch=False)
-        forced_here = step.name in forced
-        known[step.name] = existing if not forced_here else None
-        action = "reuse" if existing is not None and not forced_here else "run"
-        note = "--refresh" if forced_here else "" if existing is not None else "not in the store"
-        planned.append(PlannedStage(step.name, action, key, note, partition))
-
-    per_partition = [s for s in PIPELINE.steps if s.per_partition]
-    parts: dict[str, Any] = {}
-    for partition in partitions if partitions is not None else [None]:
-        download = cfg.download if partition is None else dataclasses.replace(cfg.download, source=partition.source)
-        known: dict[str, Any] = {}
-        day = partition.date.isoformat() if partition is not None else None
-        for step in per_partition:
-            config = download if step.config == "download" else step.config_of(cfg)
-            if step.name == "download":
-                given = fingerprint if partition is None else None
-                source = given or source_fingerprint(download.source, download.options)
-            visit(step, config, PIPELINE.inputs(step, known, {SOURCE: source if step.name == "download" else None}), known, day)
-        parts[day or ""] = known.get("clean")
-
-    results: dict[str, Any] = dict(known) if partitions is None else {}
-    for step in PIPELINE.run_steps(partitioned=partitions is not None):
-        if step.per_partition:
-            continue
-        config = step.config_of(cfg)
-        if step.fan_in:
-            ready = all(v is not None for v in parts.values())
-            visit(step, config, part_inputs(parts) if ready else None, results)
-            continue
-        external: dict[str, Any] = {CHAMPION: None}
-        if step.against_champion and results.get("train") and results.get("shard"):
-            check = versus_champion(store, cfg.dataset.name, config, results["train"], results["shard"])
-            if check.recorded is not None and step.name not in forced and step.name in wanted:
-                results[step.name] = check.recorded
-                planned.append(PlannedStage(step.name, "reuse", check.recorded.key, "the candidate is the champion"))
-                continue
-            external[CHAMPION] = check.rival
-        gate = results.get(step.gated_by) if step.gated_by else None
-        if gate is not None and step.name in wanted and not promoted(gate):
-            planned.append(PlannedStage(step.name, "skip", None, "the gate rejects the candidate"))
-            continue
-        inputs = PIPELINE.inputs(step, results, external)
-        if step.configure is not None and inputs is not None and step.name in wanted:
-            config = step.config_of(cfg, results, measure=False)
-            if config is None:
-                results[step.name] = None
-                planned.append(PlannedStage(step.name, "run", None, "the recipe plans it once the run has measured this machine"))
-                continue
-        visit(step, config, inputs, results)
-        if step.gated_by and gate is None and planned[-1].action == "run":
-            planned[-1] = dataclasses.replace(planned[-1], note="if the gate promotes the candidate")
-    return planned, {stage: result for stage, result in results.items() if result is not None}
+    planner = Planner(ArtifactStore(cfg.artifacts))
+    walked = walk(cfg, planner, forced=forced, until=until, fingerprint=fingerprint)
+    if any(p.action == "run" for p in planner.planned):
+        return planner.planned, None
+    return planner.planned, {stage: result.with_status("cached") for stage, result in walked.results.items() if result is not None}

@@ -167,16 +167,16 @@ class ExportInfo(_Strict):
     int8: Int8 | None
 
 
-# The info type of each stage's output, by stage name (merge writes a clean table).
-INFO_TYPES: dict[str, type[Info]] = {
-    "download": DownloadInfo,
-    "clean": CleanInfo,
-    "merge": CleanInfo,
-    "shard": ShardInfo,
-    "train": TrainInfo,
-    "validate": ValidateInfo,
-    "export": ExportInfo,
-}
+# The info type of each stage's output, by stage name: each stage declares its own
+# (``imgflow.store.artifacts.Stage.info``), which registers it here as the stage is made.
+INFO_TYPES: dict[str, type[Info]] = {}
+
+
+def register_info(stage: str, info: type[Info]) -> None:
+    """Read ``stage``'s results' info as ``info`` (a stage made twice must declare the same type; one of
+    the base type, an ad-hoc stage, declares nothing)."""
+    if info is not Info and INFO_TYPES.setdefault(stage, info) is not info:
+        raise ValueError(f"stage {stage!r} declares its info as {info.__name__}, already declared as {INFO_TYPES[stage].__name__}")
 
 
 class StageResult(BaseModel):
@@ -198,6 +198,8 @@ class StageResult(BaseModel):
     def _typed_info(cls, data: Any) -> Any:
         """Read ``info`` as its stage's type, whether it comes as a dict (JSON) or a model."""
         if isinstance(data, dict) and "info" in data:
+            if data.get("stage") not in INFO_TYPES:  # the declaration's stages register their types when imported
+                import imgflow.pipeline  # noqa: F401
             info_type = INFO_TYPES.get(data.get("stage", ""), Info)
             info = data["info"]
             if not isinstance(info, info_type):

@@ -18,7 +18,7 @@ from prefect.states import State
 
 from imgflow.config import DownloadConfig
 from imgflow.data.sources import source_fingerprint
-from imgflow.pipeline import PIPELINE, Step
+from imgflow.pipeline import Step
 from imgflow.registry.promote import promote as promote_candidate
 from imgflow.results import StageResult
 from imgflow.runtime.errors import UserError
@@ -85,7 +85,15 @@ def fingerprint_source(config: DownloadConfig) -> str:
     return source_fingerprint(config.source, config.options)
 
 
-STAGE_TASKS: dict[str, Task] = {step.name: stage_task(step) for step in PIPELINE.steps}
+_TASKS: dict[str, tuple[Step, Task]] = {}
+
+
+def task_of(step: Step) -> Task:
+    """The task of ``step``, made once per step: from whatever the pipeline declares when a run walks it."""
+    made = _TASKS.get(step.name)
+    if made is None or made[0] is not step:
+        made = _TASKS[step.name] = (step, stage_task(step))
+    return made[1]
 
 
 @task(name="promote", task_run_name="promote")

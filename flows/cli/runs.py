@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from flows.server import TemporaryAPI
 
 
-# The stages that import TensorFlow: a run that will run one imports it while Prefect's server starts.
-_TENSORFLOW_STAGES = frozenset({"train", "validate", "export"})
-
-
 def _run_config(args: argparse.Namespace) -> RunConfig:
     from imgflow.config import build_run_config
 
@@ -72,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     api = TemporaryAPI()  # Prefect's server starts while the flow and TensorFlow are imported
     from flows.train import train
 
-    if any(p.action == "run" and p.stage in _TENSORFLOW_STAGES for p in planned):
+    if any(p.action == "run" and PIPELINE.step(p.stage).stage.tensorflow for p in planned):
         # Here, while the server starts, not in a background thread: a stage importing TensorFlow
         # (or Keras) while another thread is importing it can be handed a half-initialised module
         # (Python's answer to an import-lock cycle: seen as "dataset_ops has no attribute DatasetV2").

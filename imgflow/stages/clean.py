@@ -406,4 +406,4 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     )
 
 
-CLEAN = Stage("clean", "4", _build)
+CLEAN = Stage("clean", "4", _build, info=CleanInfo)

@@ -60,4 +60,4 @@ def _download(out_dir: Path, config: DownloadConfig) -> DownloadInfo:
     return DownloadInfo(records=count, source=config.source)
 
 
-DOWNLOAD = Stage("download", "1", _build)
+DOWNLOAD = Stage("download", "1", _build, info=DownloadInfo)

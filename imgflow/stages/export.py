@@ -224,4 +224,4 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     )
 
 
-EXPORT = Stage("export", "3", _build)
+EXPORT = Stage("export", "3", _build, info=ExportInfo, tensorflow=True)

@@ -116,4 +116,4 @@ def _describe(sources: list[str]) -> str:
     return f"{sources[0]} .. {sources[-1].rsplit('/', 1)[-1]} ({len(sources)} partitions)"
 
 
-MERGE = Stage("merge", "3", _build)
+MERGE = Stage("merge", "3", _build, info=CleanInfo)

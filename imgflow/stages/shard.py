@@ -123,4 +123,4 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     )
 
 
-SHARD = Stage("shard", "5", _build)
+SHARD = Stage("shard", "5", _build, info=ShardInfo)

@@ -369,4 +369,4 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
-TRAIN = Stage("train", "7", _build, identity=_identity)
+TRAIN = Stage("train", "7", _build, identity=_identity, info=TrainInfo, tensorflow=True)

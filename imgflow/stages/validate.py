@@ -299,4 +299,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     )
 
 
-VALIDATE = Stage("validate", "5", _build)
+VALIDATE = Stage("validate", "5", _build, info=ValidateInfo, tensorflow=True)

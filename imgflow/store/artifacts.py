@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow import __version__
-from imgflow.results import Info, StageResult
+from imgflow.results import Info, StageResult, register_info
 from imgflow.runtime import memory
 from imgflow.runtime.errors import ConfigError, UserError, note_stage
 from imgflow.store.files import file_lock, file_table, write_bytes_atomic, write_json_atomic
@@ -366,13 +366,20 @@ class Stage:
 
     ``identity(config)``, when given, is what the key holds of the config: the config with any field that
     names something outside it (a weights file) replaced by that thing's content hash, so the key
-    follows content, never a path.
+    follows content, never a path. ``info`` is the type of its info (``imgflow.results``: how a stored
+    or serialized result of this stage is read back); ``tensorflow``, whether building it imports
+    TensorFlow (a run about to build one imports it while Prefect's server starts).
     """
 
     name: str
     version: str
     build: Callable[[Path, Any, Mapping[str, StageResult]], Built]
     identity: Callable[[Any], Any] | None = None
+    info: type[Info] = Info
+    tensorflow: bool = False
+
+    def __post_init__(self) -> None:
+        register_info(self.name, self.info)
 
     def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
         fingerprints = {name: value.fingerprint if isinstance(value, StageResult) else value for name, value in inputs.items()}

@@ -1,0 +1,54 @@
+"""The pipeline is declared once: a step added to the declaration (``imgflow.pipeline.PIPELINE``) is
+planned, run under Prefect and reported in the summary, with nothing in flows/ or tasks/ touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgflow.config import build_run_config
+from imgflow.pipeline import PIPELINE, Pipeline, Step, plan
+from imgflow.results import StageResult
+from imgflow.store.artifacts import MANIFEST, Stage
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _audit(out_dir: Path, config: Any, inputs: dict[str, StageResult]) -> dict[str, Any]:
+    """A stage that only reads what the shard stage recorded and writes a note of it."""
+    test = inputs["shards"].info.splits["test"].records
+    (out_dir / "audit.txt").write_text(f"{test} test records\n")
+    return {"test_records": test}
+
+
+AUDIT = Step(Stage("audit", "1", _audit), "shard", {"shards": ("shard",)})
+
+
+@pytest.fixture
+def audited(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The declaration with the audit step after shard: what a change to ``imgflow/pipeline.py`` would make."""
+    at = PIPELINE.names.index("shard") + 1
+    extended = Pipeline([*PIPELINE.steps[:at], AUDIT, *PIPELINE.steps[at:]])
+    monkeypatch.setattr(PIPELINE, "steps", extended.steps)
+    monkeypatch.setattr(PIPELINE, "names", extended.names)
+
+
+@pytest.mark.usefixtures("audited")
+def test_a_step_added_to_the_declaration_is_planned_run_and_reported(tmp_path: Path) -> None:
+    from flows.train import train
+
+    params = {"dataset": "digits", "artifacts": str(tmp_path / "artifacts"), "epochs": 1, "min_accuracy": 0.0, "limit": 400}
+    cfg = build_run_config(params["dataset"], params["artifacts"], epochs=1, min_accuracy=0.0, limit=400)
+    before = {p.stage: p for p in plan(cfg)}
+    assert before["audit"].action == "run" and list(before).index("audit") == list(before).index("shard") + 1
+
+    summary = train(**params)
+    assert summary["stages"]["audit"]["status"] == "ran"
+    outputs = list((tmp_path / "artifacts" / "audit").glob(f"*/{MANIFEST}"))
+    assert len(outputs) == 1 and (outputs[0].parent / "audit.txt").read_text().endswith("test records\n")
+
+    after = {p.stage: p for p in plan(cfg)}
+    assert after["audit"].action == "reuse" and after["audit"].key == outputs[0].parent.name
+    assert train(**params)["stages"]["audit"]["status"] == "cached"
