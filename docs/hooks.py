@@ -2,7 +2,7 @@
 
 - ``<!-- imgflow:cli -->``: the help of ``imgflow`` and each of its commands, from ``flows.cli``'s parser.
 - ``<!-- imgflow:config -->``: every spec section's fields (``imgflow.config.SECTIONS``) with their type,
-  default, rule and the comment written beside them in ``imgflow/config.py``.
+  default, rule and the comment written beside them in ``imgflow/config/__init__.py``.
 - ``<!-- imgflow:datasets -->``: the named dataset specs in ``datasets/``, with their leading comment.
 """
 
@@ -58,7 +58,8 @@ def _comments(cls: type) -> dict[str, str]:
 
 
 def _config() -> str:
-    from imgflow.config import SECTIONS, _expected
+    from imgflow.config import SECTIONS
+    from imgflow.config.checks import expected
 
     parts = []
     for section, cls in SECTIONS.items():
@@ -75,7 +76,7 @@ def _config() -> str:
             rule = field.metadata.get("rule")
             words = rule[1] if rule else ""
             key = "" if field.metadata.get("key", True) else " Not part of the cache key."
-            cells = [f"`{field.name}`", _expected(hints[field.name]), default, words, comments.get(field.name, "") + key]
+            cells = [f"`{field.name}`", expected(hints[field.name]), default, words, comments.get(field.name, "") + key]
             parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         parts.append("")
     return "\n".join(parts)

@@ -21,7 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from imgflow.config import RunConfig
 from imgflow.data.partitions import Partition
-from imgflow.pipeline import How, Step, Walked, walk
+from imgflow.pipeline import Step
+from imgflow.pipeline.walk import How, Walked, walk
 from imgflow.registry.release import conclude, localized
 from imgflow.reporting.summary import summary_markdown
 from imgflow.results import StageResult, clean_table
@@ -76,7 +77,7 @@ def title_run(title: str) -> str:
 
 
 class PrefectRun:
-    """The executor of a run under Prefect (``imgflow.pipeline.walk``): each step a task (``tasks.stages``),
+    """The executor of a run under Prefect (``imgflow.pipeline.walk.walk``): each step a task (``tasks.stages``),
     submitted to the flow's task runner for the per-partition steps of a partitioned run (so the date
     partitions download and clean at once), else run in turn."""
 
@@ -112,7 +113,7 @@ def run_pipeline(
     fingerprint: str | None = None,
     given: Mapping[str, StageResult] | None = None,
 ) -> Walked:
-    """The pipeline's one walk (``imgflow.pipeline.walk``), every step a Prefect task."""
+    """The pipeline's one walk (``imgflow.pipeline.walk.walk``), every step a Prefect task."""
     return walk(cfg, PrefectRun(run.root), forced=run.forced, until=run.until, partitions=partitions, fingerprint=fingerprint, given=given)
 
 

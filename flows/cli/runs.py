@@ -46,7 +46,8 @@ def _partitions(cfg: RunConfig) -> list[Any] | None:
 
 def _run(args: argparse.Namespace) -> int:
     from imgflow.data.sources import source_fingerprint
-    from imgflow.pipeline import PIPELINE, cached_run, plan
+    from imgflow.pipeline import PIPELINE
+    from imgflow.pipeline.walk import cached_run, plan
 
     # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
@@ -109,7 +110,8 @@ def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str,
 
 def _plan(args: argparse.Namespace) -> int:
     """What ``imgflow run`` with the same flags would run and reuse: no Prefect, no TensorFlow."""
-    from imgflow.pipeline import PIPELINE, plan
+    from imgflow.pipeline import PIPELINE
+    from imgflow.pipeline.walk import plan
 
     cfg = _run_config(args)
     planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=_partitions(cfg))

@@ -22,6 +22,16 @@ class Probe:
     size: tuple[int, int]  # (height, width)
     mode: str
 
+    def text(self) -> str:
+        """``"HxW MODE"``: how a probe travels compactly between processes and is counted."""
+        return f"{self.size[0]}x{self.size[1]} {self.mode}"
+
+    @classmethod
+    def from_text(cls, text: str) -> Probe:
+        size, mode = text.split(" ", 1)
+        height, width = size.split("x")
+        return cls((int(height), int(width)), mode)
+
 
 class BadImage(Exception):
     """An image that cannot be used, with a quarantine ``reason`` and a ``detail`` for a person."""

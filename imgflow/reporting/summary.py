@@ -130,7 +130,7 @@ def build_summary(
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> dict[str, Any]:
     """The budget, the run's seconds against it, and the plan training followed (when it trained)."""
-    from imgflow.training.recipe import parse_duration
+    from imgflow.training.budget import parse_duration
 
     limit = parse_duration(budget)
     info = train.info if train is not None else None

@@ -103,17 +103,7 @@ class Scan:
     def probes(self) -> dict[Probe, int]:
         """The headers read (size and mode), with how many records had each, in order of first
         appearance; records with an unreadable header are not counted."""
-        return {_probe(header): count for header, count in self.headers.counts().items()}
-
-
-def _header(found: Probe) -> str:
-    return f"{found.size[0]}x{found.size[1]} {found.mode}"
-
-
-def _probe(header: str) -> Probe:
-    size, mode = header.split(" ", 1)
-    height, width = size.split("x")
-    return Probe((int(height), int(width)), mode)
+        return {Probe.from_text(header): count for header, count in self.headers.counts().items()}
 
 
 def scan_chunk(
@@ -144,7 +134,7 @@ def scan_chunk(
             reasons[offset] = _UNLABELED
             continue
         try:
-            headers[offset] = _header(probe(data, max_pixels))
+            headers[offset] = probe(data, max_pixels).text()
         except BadImage as bad:
             reasons[offset] = (bad.reason, bad.detail)
             continue

@@ -35,7 +35,7 @@ from imgflow import __version__
 from imgflow.results import Info, StageResult, register_info
 from imgflow.runtime import memory
 from imgflow.runtime.errors import ConfigError, UserError, note_stage
-from imgflow.store.files import file_lock, file_table, write_bytes_atomic, write_json_atomic
+from imgflow.store.files import file_lock, file_table, swap_in, write_bytes_atomic, write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.store.integrity import damage, manifest_damage, quarantine, record_verified
 from imgflow.store.objectstore import ObjectRoot, is_remote, mirror_dir
@@ -126,7 +126,7 @@ class ArtifactStore:
                 try:
                     self.remote.download(f"{stage}/{key}", json.loads(remote)["files"], tmp)
                     (tmp / MANIFEST).write_bytes(remote)
-                    _swap_in(tmp, self.stage_dir(stage, key))
+                    swap_in(tmp, self.stage_dir(stage, key))
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
         return self._result(stage, key, remote)
@@ -236,7 +236,7 @@ class ArtifactStore:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_json_atomic(tmp / MANIFEST, manifest)
-            _swap_in(tmp, self.stage_dir(stage, key))
+            swap_in(tmp, self.stage_dir(stage, key))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -324,16 +324,6 @@ class ArtifactStore:
         for pointer in ("history.jsonl", "champion.json"):
             if (folder / pointer).is_file():
                 self.remote.upload(folder, [pointer], prefix)
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``final``, replacing what is there (a forced rebuild, a
-    stale mirror, or debris without a manifest: only complete folders are renamed into place)."""
-    if final.exists():
-        retired = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, retired)
-        shutil.rmtree(retired, ignore_errors=True)
-    os.rename(tmp, final)
 
 
 FAILPOINT = "IMGFLOW_FAILPOINT"

@@ -1,4 +1,4 @@
-"""Files written so that a reader sees the old one or the new one, never half of one; locks across
+"""Files and folders written so that a reader sees the old one or the new one, never half of one; locks across
 processes; and the sha256 table of a folder that manifests and model cards record."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,13 @@ def file_table(folder: Path, skip: str | None = None) -> dict[str, dict[str, Any
         if rel != skip:
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing what is there (a forced rebuild, a
+    stale mirror, or debris without a manifest: only complete folders are renamed into place)."""
+    if final.exists():
+        retired = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+    os.rename(tmp, final)

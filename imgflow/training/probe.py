@@ -33,6 +33,7 @@ from imgflow.store.artifacts import MANIFEST
 from imgflow.store.files import write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.store.objectstore import cache_root
+from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
 from imgflow.training.recipe import (
     BATCH,
     FEATURE_SIZES,
@@ -46,10 +47,7 @@ from imgflow.training.recipe import (
     Speeds,
     choose,
     cnn_macs,
-    parse_duration,
-    reserve_seconds,
     resnet9_macs,
-    training_seconds,
 )
 
 STATS_RECORDS = 4096  # train records whose class means give the symmetry scores

@@ -4,7 +4,7 @@
 
 - the train data's statistics (``DataStats``): image size and channels, records per class, and how
   the class-mean images behave under a mirror and a quarter turn (``imgflow.training.probe.image_stats``);
-- the seconds training may take (``training_seconds``: the budget, less the data stages' recorded
+- the seconds training may take (``imgflow.training.budget.training_seconds``: the budget, less the data stages' recorded
   time and a reserve for validate and export);
 - this machine's speed (``Speeds``): seconds per training image of the small CNN as a line in its
   multiplies (two models measured, ``imgflow.training.probe.measure``), and seconds per image of
@@ -34,7 +34,6 @@ plans around them. The choices:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,48 +58,6 @@ SAFETY = 0.95  # plan for this share of the time: the probe's estimate is not ex
 HEAD_EPOCHS = 20  # a head on cached features trains in seconds an epoch
 MAX_CHUNKS = 20  # at most this many Keras epochs (each validates and checkpoints): small data gets longer ones
 EPOCH_SECONDS = 1.0  # what each Keras epoch's validation setup and checkpoint cost besides its images
-RESERVE_CPU_SECONDS = 16.0  # validate and export: this much CPU time (on the run's cores), plus RESERVE_SHARE of the budget
-RESERVE_SHARE = 0.03
-
-
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``"15m"``, ``"90s"``, ``"1h30m"`` or ``"600"`` (seconds); a
-    ``ValueError`` for anything else."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text)
-    else:
-        match = _DURATION.fullmatch(text)
-        if not text or match is None or not any(match.groups()):
-            raise ValueError(f'{text!r} is not a duration such as "15m", "90s" or "1h30m"')
-        hours, minutes, secs = (float(part or 0) for part in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise ValueError(f"{text!r} is no time at all: a budget must be above 0")
-    return seconds
-
-
-def is_duration(text: str) -> bool:
-    try:
-        parse_duration(text)
-    except ValueError:
-        return False
-    return True
-
-
-def reserve_seconds(budget: float, cores: float) -> float:
-    """What validate and export are left of ``budget`` on ``cores`` CPU cores (or their quota): their
-    work (loading, converting to ONNX, checking parity, quantizing) is CPU time, so a CPU-limited
-    machine needs longer for it."""
-    return RESERVE_CPU_SECONDS / max(min(cores, 2.0), 0.1) + RESERVE_SHARE * budget
-
-
-def training_seconds(budget: float, spent: float, cores: float) -> float:
-    """The seconds training may take: ``budget`` less the data stages' ``spent`` and the reserve."""
-    return max(0.0, budget - spent - reserve_seconds(budget, cores))
 
 
 @dataclass(frozen=True)

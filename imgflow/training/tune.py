@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from imgflow.config import DatasetSpec, TrainConfig, check_value
+from imgflow.config import DatasetSpec, TrainConfig
+from imgflow.config.checks import check_value
 from imgflow.results import StageResult, TrainInfo
 from imgflow.runtime.errors import ConfigError
 from imgflow.store.fingerprint import stable_hash

@@ -17,7 +17,7 @@ BUDGET = 90  # seconds
 def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.train import train
     from imgflow.config import build_run_config
-    from imgflow.pipeline import plan
+    from imgflow.pipeline.walk import plan
 
     monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path / "cache"))  # a machine that has never been probed
     spec = tmp_path / "digits.toml"

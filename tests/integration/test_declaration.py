@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from imgflow.config import build_run_config
-from imgflow.pipeline import PIPELINE, Pipeline, Step, plan
+from imgflow.pipeline import PIPELINE, Pipeline, Step
+from imgflow.pipeline.walk import plan
 from imgflow.results import StageResult
 from imgflow.store.artifacts import MANIFEST, Stage
 

@@ -58,3 +58,12 @@ def test_no_stage_imports_another_stage() -> None:
         for path in stages
     }
     assert {module: names for module, names in crossing.items() if names} == {}
+
+
+def test_the_library_is_laid_out_by_concept_in_small_modules() -> None:
+    """A newcomer finds a dozen concepts at the top of imgflow/, and no module too long to read."""
+    entries = [p for p in (REPO / "imgflow").iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= 12, sorted(p.name for p in entries)
+    modules = [*LIBRARY, *(REPO / "flows").rglob("*.py"), *(REPO / "tasks").rglob("*.py")]
+    long = {str(p.relative_to(REPO)): n for p in modules if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

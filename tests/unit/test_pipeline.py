@@ -9,7 +9,8 @@ import pytest
 from imgflow.config import build_run_config
 from imgflow.runtime.errors import ConfigError
 from imgflow.data.partitions import date_partitions
-from imgflow.pipeline import ORDER, PIPELINE, cached_run, plan
+from imgflow.pipeline import ORDER, PIPELINE
+from imgflow.pipeline.walk import cached_run, plan
 from imgflow.data.sources import source_fingerprint
 from imgflow.store.artifacts import ArtifactStore
 from tests.helpers import partitioned_parquet

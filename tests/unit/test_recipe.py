@@ -10,9 +10,8 @@ import pytest
 from imgflow.config import TrainConfig, build_run_config
 from imgflow.runtime.errors import ConfigError
 from imgflow.training.models import make_model
-from imgflow.training.recipe import (
-    DataStats, Speeds, choose, cnn_macs, minimum_epochs, parse_duration, reserve_seconds, resnet9_macs, training_seconds,
-)
+from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
+from imgflow.training.recipe import DataStats, Speeds, choose, cnn_macs, minimum_epochs, resnet9_macs
 
 # A fast 2-core machine and a CPU-limited one, as the probe would measure them (seconds per training
 # image: a fixed part and a part per multiply).

@@ -7,23 +7,22 @@ the ones downstream of it.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgflow.config.checks import check_value, described
 from imgflow.data.images import MAX_PIXELS
 from imgflow.runtime.errors import ConfigError
 from imgflow.store.objectstore import is_remote
 from imgflow.training.accel import PRECISIONS
-from imgflow.training.recipe import is_duration
+from imgflow.training.budget import is_duration
 
-REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.predict runs a registered model
 # What imgflow.training.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
 # them equal to the builders').
@@ -254,64 +253,6 @@ def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:
     return config
 
 
-def check_value(setting: str, value: Any, hint: Any, rule: tuple[Callable[[Any], bool], str] | None = None) -> None:
-    """A ``ConfigError`` unless ``value`` is of the type ``hint`` (a config field's annotation) and,
-    when given, passes ``rule`` (test, words)."""
-    if not _matches(value, hint):
-        raise ConfigError(f"{setting} must be {_expected(hint)}, got {_described(value)}")
-    if rule is not None and value is not None and not rule[0](value):
-        raise ConfigError(f"{setting} must be {rule[1]}, got {_described(value)}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_matches(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args, strict=True))
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
-    raise TypeError(f"no check for a setting of type {hint}")  # a config field of a new kind: add it here
-
-
-def _expected(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_expected(arg) for arg in args if arg is not type(None))
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"a list of {len(args)} {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    if origin is dict:
-        return "a table"
-    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-    return words[hint]
-
-
-def _described(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    kinds = {str: "the string", int: "the integer", float: "the number", list: "the list", tuple: "the list", dict: "the table"}
-    text = repr(value if not isinstance(value, tuple) else list(value))
-    return f"{kinds.get(type(value), type(value).__name__)} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
 def _spec_from_toml(path: Path) -> DatasetSpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -334,7 +275,7 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
         _check_plain(f"dataset spec {path}: options.{key}", value)
     for section in SECTIONS:
         if not isinstance(data.get(section, {}), dict):
-            raise ConfigError(f"dataset spec {path}: [{section}] must be a table of settings, got {_described(data[section])}")
+            raise ConfigError(f"dataset spec {path}: [{section}] must be a table of settings, got {described(data[section])}")
     sections = {section: dict(data.get(section, {})) for section in SECTIONS}
     for section, values in sections.items():
         parse_section(SECTIONS[section], values, f"{path} [{section}]")
@@ -365,7 +306,7 @@ def _check_plain(setting: str, value: Any) -> None:
         for key, item in value.items():
             _check_plain(f"{setting}.{key}", item)
     elif not isinstance(value, (str, int, float, bool)):
-        raise ConfigError(f"{setting} must be a string, a number, true or false, or a list or table of them, got {_described(value)}")
+        raise ConfigError(f"{setting} must be a string, a number, true or false, or a list or table of them, got {described(value)}")
 
 
 def _name_from(text: str) -> str:

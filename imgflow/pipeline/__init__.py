@@ -1,0 +1,190 @@
+"""The pipeline, declared once: its stages, their named inputs, their order and their conditions.
+
+::
+
+    source ─▶ download ─▶ clean ─┬──────────────▶ shard ─▶ train ─▶ validate ─▶ export (if promoted)
+              (per date partition)└─▶ merge ─────┘                    ▲
+                                      (backfills)            champion ┘
+
+Everything that needs the graph reads it from ``PIPELINE``, and one walk (``imgflow.pipeline.walk``) goes through it
+for every purpose: running under Prefect (``flows/_pipeline.py``'s executor submits tasks), planning
+(``plan``: the keys, what is stored, nothing run) and the all-cached path (``cached_run``). The walk
+owns the partitions, fan-in, the champion check, the gate, ``before`` and ``configure``; an executor
+only builds. ``--refresh`` (a stage and everything downstream of it), ``--until`` (a stage and
+everything upstream of it), the run summary's stage list and ``imgflow cache ls/prune`` read the same
+declaration. Like Kedro's ``pipeline([node(...)])``, it is data a tool can read.
+
+An input names the upstream steps that can provide it, the first one a run has wins: a backfill's
+shard reads the merged table, a whole-source run's the clean one. Two inputs come from outside the
+store: ``SOURCE`` (the source's content fingerprint) and ``CHAMPION`` (the current champion when it is
+another model: ``imgflow.registry.promote.versus_champion`` decides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imgflow.config import RunConfig
+from imgflow.data.cleantable import check_splits
+from imgflow.results import CleanInfo, StageResult, ValidateInfo
+from imgflow.runtime.errors import ConfigError
+from imgflow.stages.clean import CLEAN
+from imgflow.stages.download import DOWNLOAD
+from imgflow.stages.export import EXPORT
+from imgflow.stages.merge import MERGE, PART
+from imgflow.stages.shard import SHARD
+from imgflow.stages.train import TRAIN
+from imgflow.stages.validate import VALIDATE
+from imgflow.store.artifacts import Stage
+
+SOURCE = "<source>"  # the source's content fingerprint
+CHAMPION = "<champion>"  # the champion, when it is another model than the candidate
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage in the pipeline and what it is built from."""
+
+    stage: Stage
+    config: str  # the RunConfig field that holds its config
+    inputs: Mapping[str, tuple[str, ...]]  # input name -> the steps (or SOURCE/CHAMPION) that provide it
+    per_partition: bool = False  # in a partitioned run, once per date partition
+    partitioned_only: bool = False  # only in a partitioned run
+    fan_in: bool = False  # reads its upstream's output of every partition, as inputs "part:<date>"
+    gated_by: str | None = None  # runs only when this (validate) step's result promotes the candidate
+    retries: int = 0  # only where the network is: anything else would fail the same way again
+    # A check of the run's settings against this step's inputs before it runs (``ConfigError`` to refuse).
+    before: Callable[[RunConfig, Mapping[str, StageResult]], None] | None = None
+    # The step's config from the run's settings and the results so far (``measure``: it may measure
+    # this machine; else None when it would need to), instead of the RunConfig field as it is.
+    configure: Callable[[RunConfig, Mapping[str, StageResult], bool], Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def upstream(self) -> set[str]:
+        """The steps this one reads from or waits for."""
+        found = {name for names in self.inputs.values() for name in names if name not in (SOURCE, CHAMPION)}
+        return found | ({self.gated_by} if self.gated_by else set())
+
+    def config_of(self, cfg: RunConfig, results: Mapping[str, StageResult] | None = None, measure: bool = True) -> Any:
+        """The step's config: the RunConfig field, or what ``configure`` makes of it and ``results``."""
+        if self.configure is not None and results is not None:
+            return self.configure(cfg, results, measure)
+        return getattr(cfg, self.config)
+
+    @property
+    def against_champion(self) -> bool:
+        """Whether it reads the champion: then ``versus_champion`` decides its inputs, or reuses the
+        champion's own validation."""
+        return any(CHAMPION in providers for providers in self.inputs.values())
+
+
+def promoted(result: StageResult) -> bool:
+    """Whether a validate result promotes its candidate (what a gated step waits for)."""
+    assert isinstance(result.info, ValidateInfo), result.stage
+    return result.info.promote
+
+
+class Pipeline:
+    """Steps in a valid order (each after every step it reads from)."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = tuple(steps)
+        seen: set[str] = set()
+        for step in self.steps:
+            missing = step.upstream() - seen
+            if missing:
+                raise ValueError(f"step {step.name} reads {sorted(missing)} before they are declared")
+            seen.add(step.name)
+        self.names = tuple(step.name for step in self.steps)
+
+    def step(self, name: str) -> Step:
+        return self.steps[self.names.index(name)]
+
+    def check(self, name: str, what: str) -> str:
+        if name not in self.names:
+            raise ConfigError(f"cannot {what} unknown stage {name!r}; stages: {', '.join(self.names)}")
+        return name
+
+    def downstream(self, name: str) -> frozenset[str]:
+        """``name`` and every step that reads from it, directly or not."""
+        found = {name}
+        for step in self.steps:
+            if step.upstream() & found:
+                found.add(step.name)
+        return frozenset(found)
+
+    def upstream(self, name: str) -> frozenset[str]:
+        """``name`` and every step it reads from, directly or not."""
+        found = {name}
+        for step in reversed(self.steps):
+            if step.name in found:
+                found |= step.upstream()
+        return frozenset(found)
+
+    def refreshed(self, name: str | None) -> frozenset[str]:
+        """The stages ``--refresh STAGE`` forces to run again: that one and everything downstream."""
+        return frozenset() if name is None else self.downstream(self.check(name, "refresh"))
+
+    def until(self, name: str | None) -> frozenset[str]:
+        """The stages ``--until STAGE`` runs: that one and everything it needs."""
+        return frozenset(self.names) if name is None else self.upstream(self.check(name, "stop at"))
+
+    def run_steps(self, partitioned: bool) -> tuple[Step, ...]:
+        """The steps a run has: merge only when it reads date partitions."""
+        return tuple(step for step in self.steps if partitioned or not step.partitioned_only)
+
+    def inputs(self, step: Step, results: Mapping[str, Any], external: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The step's inputs from the results so far (and SOURCE/CHAMPION from ``external``); None when
+        an input's upstream has no result (yet). ``results`` may hold futures: they pass through. A
+        fan-in step's inputs are each partition's result: ``part_inputs``."""
+        assert not step.fan_in, step.name
+        inputs: dict[str, Any] = {}
+        for name, providers in step.inputs.items():
+            provider = next((p for p in providers if p in results or p in external), None)
+            if provider is None:
+                return None
+            value = external[provider] if provider in external else results[provider]
+            if value is None and provider == CHAMPION:
+                continue  # no rival: the input is absent, and so is it from the key
+            if value is None:
+                return None
+            inputs[name] = value
+        return inputs
+
+
+def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
+    """The train config under a time budget: the recipe's plan (``imgflow.training.probe.budgeted``)."""
+    from imgflow.training.probe import budgeted
+
+    return budgeted(cfg.train, cfg.fixed, results, run=measure)
+
+
+def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
+    """Before shard: the clean table's splits can train a model and judge it (``check_splits``)."""
+    info = inputs["clean"].info
+    assert isinstance(info, CleanInfo), inputs["clean"].stage
+    check_splits(info, cfg.gate.min_test_records)
+
+
+PIPELINE = Pipeline(
+    [
+        Step(DOWNLOAD, "download", {"source": (SOURCE,)}, per_partition=True, retries=2),
+        Step(CLEAN, "clean", {"raw": ("download",)}, per_partition=True),
+        Step(MERGE, "clean", {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
+        Step(SHARD, "shard", {"clean": ("merge", "clean")}, before=evaluable_splits),
+        Step(TRAIN, "train", {"shards": ("shard",)}, configure=budgeted_training),
+        Step(VALIDATE, "gate", {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
+        Step(EXPORT, "export", {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
+    ]
+)
+ORDER = PIPELINE.names
+
+
+def part_inputs(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge stage's inputs: each partition's clean output as ``part:<date>``, in date order."""
+    return {f"{PART}{day}": result for day, result in parts.items()}
