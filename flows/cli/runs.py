@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flows.cli.render import _console, _print_predictions, _print_tuning, _quiet_tracebacks, _report, _table
+from flows.params import BackfillParams, RunParams, TuneParams, from_args
 from imgflow.config import RunConfig
 from imgflow.runtime import memory
 from imgflow.runtime.errors import ConfigError
@@ -22,16 +23,16 @@ if TYPE_CHECKING:
     from flows.server import TemporaryAPI
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
+def _run_config(params: RunParams | TuneParams) -> RunConfig:
     from imgflow.config import build_run_config
 
     return build_run_config(
-        args.dataset,
-        args.artifacts,
-        epochs=args.epochs,
-        min_accuracy=args.min_accuracy,
-        limit=args.limit,
-        budget=getattr(args, "budget", None),
+        params.dataset,
+        params.artifacts,
+        epochs=params.epochs,
+        min_accuracy=params.min_accuracy,
+        limit=params.limit,
+        budget=getattr(params, "budget", None),
     )
 
 
@@ -52,16 +53,17 @@ def _run(args: argparse.Namespace) -> int:
     # Check the arguments and the source before starting Prefect, so a typo costs nothing; the
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
     started = time.time()
-    cfg = _run_config(args)
+    params = from_args(RunParams, args)
+    cfg = _run_config(params)
     partitions = _partitions(cfg)
-    forced = PIPELINE.refreshed(args.refresh)
+    forced = PIPELINE.refreshed(params.refresh)
     if partitions is None:
         fingerprint = source_fingerprint(cfg.download.source, cfg.download.options)
-        planned, cached = cached_run(cfg, forced=forced, until=args.until, fingerprint=fingerprint)
+        planned, cached = cached_run(cfg, forced=forced, until=params.until, fingerprint=fingerprint)
         if cached is not None:
-            return _conclude_cached(cfg, args, cached, started)
+            return _conclude_cached(cfg, params, args.json, cached, started)
     else:
-        fingerprint, planned = None, plan(cfg, forced=forced, until=args.until, partitions=partitions)
+        fingerprint, planned = None, plan(cfg, forced=forced, until=params.until, partitions=partitions)
     start_forkserver()  # the data stages' worker processes get ready while Prefect starts
     from flows.server import TemporaryAPI
 
@@ -75,23 +77,10 @@ def _run(args: argparse.Namespace) -> int:
         # (Python's answer to an import-lock cycle: seen as "dataset_ops has no attribute DatasetV2").
         import tensorflow  # noqa: F401
 
-    return _run_flow(
-        train,
-        args.json,
-        api=api,
-        dataset=args.dataset,
-        artifacts=args.artifacts,
-        epochs=args.epochs,
-        min_accuracy=args.min_accuracy,
-        limit=args.limit,
-        budget=args.budget,
-        refresh=args.refresh,
-        until=args.until,
-        source_fingerprint=fingerprint,
-    )
+    return _run_flow(train, args.json, api=api, **params.model_dump(), source_fingerprint=fingerprint)
 
 
-def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str, Any], started: float) -> int:
+def _conclude_cached(cfg: RunConfig, params: RunParams, as_json: bool, cached: dict[str, Any], started: float) -> int:
     """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
     run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
     is recorded; ``--refresh STAGE`` runs the flow again."""
@@ -103,8 +92,8 @@ def _conclude_cached(cfg: RunConfig, args: argparse.Namespace, cached: dict[str,
         file=sys.stderr,
         flush=True,
     )
-    summary = conclude(cfg, args.artifacts, localized(args.artifacts, cached), started, until=args.until)
-    _report(summary, args.json)
+    summary = conclude(cfg, params.artifacts, localized(params.artifacts, cached), started, until=params.until)
+    _report(summary, as_json)
     return 0
 
 
@@ -113,8 +102,9 @@ def _plan(args: argparse.Namespace) -> int:
     from imgflow.pipeline import PIPELINE
     from imgflow.pipeline.walk import plan
 
-    cfg = _run_config(args)
-    planned = plan(cfg, forced=PIPELINE.refreshed(args.refresh), until=args.until, partitions=_partitions(cfg))
+    params = from_args(RunParams, args)
+    cfg = _run_config(params)
+    planned = plan(cfg, forced=PIPELINE.refreshed(params.refresh), until=params.until, partitions=_partitions(cfg))
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in planned]), flush=True)
         return 0
@@ -136,22 +126,13 @@ def _backfill(args: argparse.Namespace) -> int:
     from imgflow.config import build_run_config
     from imgflow.data.partitions import select
 
-    cfg = build_run_config(args.dataset, args.artifacts, epochs=args.epochs, min_accuracy=args.min_accuracy, budget=args.budget)
-    select(cfg.download.source, args.start, args.end)  # a wrong range or source costs nothing
+    params = from_args(BackfillParams, args)
+    cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, budget=params.budget)
+    select(cfg.download.source, params.start, params.end)  # a wrong range or source costs nothing
     start_forkserver()
     from flows.backfill import backfill
 
-    return _run_flow(
-        backfill,
-        args.json,
-        dataset=args.dataset,
-        start=args.start,
-        end=args.end,
-        artifacts=args.artifacts,
-        epochs=args.epochs,
-        min_accuracy=args.min_accuracy,
-        budget=args.budget,
-    )
+    return _run_flow(backfill, args.json, **params.model_dump())
 
 
 def _run_flow(
@@ -214,24 +195,12 @@ def _tune(args: argparse.Namespace) -> int:
     from imgflow.data.sources import source_fingerprint
     from imgflow.training.tune import resolve_space
 
-    cfg = _run_config(args)
-    resolve_space(cfg.dataset, args.space)  # a bad space costs nothing
+    params = from_args(TuneParams, args)
+    cfg = _run_config(params)
+    resolve_space(cfg.dataset, params.space)  # a bad space costs nothing
     source_fingerprint(cfg.download.source, cfg.download.options)  # nor a missing source
     import tensorflow  # noqa: F401 - imported here, not by a task's thread (see _run)
 
     from flows.tune import tune
 
-    return _run_flow(
-        tune,
-        args.json,
-        printer=_print_tuning,
-        dataset=args.dataset,
-        trials=args.trials,
-        space=args.space,
-        artifacts=args.artifacts,
-        epochs=args.epochs,
-        min_accuracy=args.min_accuracy,
-        limit=args.limit,
-        parallel=args.parallel,
-        seed=args.seed,
-    )
+    return _run_flow(tune, args.json, printer=_print_tuning, **params.model_dump())
