@@ -1,7 +1,7 @@
 """The process of ``TemporaryAPI``'s server (``flows.server``): uvicorn serving Prefect's API app, as
 ``python -m uvicorn`` would, with the server's imports done while the garbage collector is paused and
-then frozen out of its later collections (``imgflow.runtime.memory.settling``): about a second less CPU before
-it answers (3.3 -> 2.3 s measured), on the same two cores where the command is importing TensorFlow."""
+then frozen out of its later collections (``imgflow.runtime.memory.settling``): less CPU before it
+answers, on the same cores where the command is importing TensorFlow."""
 
 from __future__ import annotations
 

@@ -46,21 +46,21 @@ NOTICE_AFTER = 5.0  # seconds of waiting for the temporary server before the com
 
 class TemporaryAPI:
     """The API a command's flow run talks to (see the module docstring). Made as early as the command
-    knows it will run a flow: a temporary server then starts in the background (most of its ~3.5 s is
+    knows it will run a flow: a temporary server then starts in the background (most of its start is
     the server process importing Prefect's server and checking its database) while the command goes
     on importing the flow and TensorFlow; ``serving()`` waits for it.
 
     The server process is the one Prefect's ``SubprocessASGIServer`` runs (uvicorn serving
     ``prefect.server.api.server:create_app`` as an ephemeral server: no UI, no scheduling services),
     through ``flows.ephemeral_server`` (its imports without full garbage collections), started here
-    without importing Prefect's server modules into this process: that import alone takes ~3 s of the
-    command's critical path, for one class."""
+    without importing Prefect's server modules into this process: that import alone would be most of
+    the command's critical path, for one class."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self.api_url = ""
         self._failure: BaseException | None = None
-        # Read from the environment, not Prefect's settings: importing those takes ~0.8 s, and the
+        # Read from the environment, not Prefect's settings: importing those is slow, and the
         # server starts before that unless the environment names a server already.
         self._home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
         self._timeout = startup_timeout()
@@ -143,8 +143,8 @@ class TemporaryAPI:
             if self._failure is not None:
                 raise self._failure
             # No flow-run heartbeats: they let a lasting server notice a run that died, and this server
-            # dies with the run. Their thread sleeps in 1 s steps and is joined as the flow ends (up to
-            # 1 s of every run spent waiting for it).
+            # dies with the run. Their thread sleeps in 1 s steps and is joined as the flow ends: every
+            # run would wait for it.
             with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 try:
                     yield self.api_url
@@ -193,8 +193,8 @@ def _did_not_start(timeout: float, status: int | None, home: Path) -> str:
 def _healthy(api_url: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
     """Wait until the server at ``api_url`` answers (True), its process exits or the deadline passes
     (False). It is asked for its version, the first thing a Prefect client asks: a server's first
-    answer on a route takes it 0.2-0.3 s more than the next ones (/health is quick from the start),
-    and the command's flow waited that long to start (0.20 s of 0.45 s of the run's requests)."""
+    answer on a route is slower than the next ones (/health is quick from the start), and the
+    command's flow would wait for it to start."""
     while process.poll() is None:
         try:
             with urllib.request.urlopen(f"{api_url}/admin/version", timeout=2) as response:

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.StreamHandler())
     # The commands that run a flow import TensorFlow, Keras and Prefect first: with the collector
-    # paused until the flow starts (imgflow.runtime.memory: 1-2 s of every run's wall otherwise).
+    # paused until the flow starts (imgflow.runtime.memory).
     settling = memory.settling() if args.handler in (_run, _backfill, _predict, _tune) else contextlib.nullcontext()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_stop_signal)
@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> int:
     """The ``imgflow`` command: ``main``, then an exit without the interpreter's last garbage
     collection. With TensorFlow, Keras and Prefect loaded that collection walks millions of objects
-    that are about to be freed with the process anyway: 2.5-3 s of every run's wall (py-spy: the main
-    thread in ``gc_collect_main`` after ``main`` returned). ``gc.freeze`` takes them out of its reach."""
+    that are about to be freed with the process anyway. ``gc.freeze`` takes them out of its reach."""
     code = main()
     sys.stdout.flush()
     gc.freeze()

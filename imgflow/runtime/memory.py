@@ -1,17 +1,16 @@
 """Giving back the memory a finished stage freed.
 
 A run keeps one process for all its stages (Prefect's flow process). What a stage frees stays with
-the process unless handed back: Arrow's allocator keeps freed blocks for reuse (measured: 300 MB left
-after cleaning 200,000 images), and so does the C library's ``malloc``. The next stage (training,
+the process unless handed back: Arrow's allocator keeps freed blocks for reuse, and so does the C
+library's ``malloc``. The next stage (training,
 with TensorFlow's own footprint) would then start on top of it. ``release`` returns both to the
 operating system; the store calls it after every build that grew the process by ``WORTH`` or more
-(below that there is little to give back, and the full garbage collection it starts with takes
-0.3 s in a process that has imported TensorFlow and Prefect: 20 s of a test that cleans 60 times).
+(below that there is little to give back, and the full garbage collection it starts with is slow in
+a process that has imported TensorFlow and Prefect).
 
 ``settling`` and ``settle`` are for the start of such a process: importing TensorFlow, Keras and
 Prefect makes millions of objects that live as long as the process, and every full collection walks
-all of them again (0.1-0.38 s each; a cold ``imgflow run`` on the bundled sample spent 2.3 s in 11 of
-them). The imports run with the collector paused, and what exists once they are done is frozen out
+all of them again. The imports run with the collector paused, and what exists once they are done is frozen out
 of every later collection (``gc.freeze``): a full collection then walks only what the run made since.
 """
 

@@ -94,8 +94,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     step = _check_batch(shape)
 
     # The ONNX side (its half of the parity check, then the int8 model) runs on a thread while this one
-    # writes and reloads the SavedModel: ONNX Runtime computes without the GIL, and the stage took
-    # 2.1 s instead of 2.4 on the sample (2 cores). A parity mismatch fails the stage all the same, and
+    # writes and reloads the SavedModel: ONNX Runtime computes without the GIL. A parity mismatch fails the stage all the same, and
     # a failed stage's folder, int8 model included, is never published.
     def onnx_side() -> tuple[np.ndarray, Int8 | None]:
         from_onnx = OnnxModel(onnx_path, keep_memory=False)(batch, texts, batch_size=step)

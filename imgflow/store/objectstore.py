@@ -94,8 +94,7 @@ class ObjectRoot:
     def read_bytes(self, relative: str) -> bytes | None:
         """The object's bytes, or None when there is no such object. On ``s3://`` one GET, so the
         bytes are one version of an object another machine may be replacing: pyarrow asks for the
-        size first, then reads that many bytes, which tears such a read (measured against moto:
-        an old size with new bytes). Other schemes have a single writer (see ``Lease``)."""
+        size first, then reads that many bytes, which tears such a read (an old size with new bytes). Other schemes have a single writer (see ``Lease``)."""
         if self.uri.startswith("s3://"):
             from botocore.exceptions import ClientError
 

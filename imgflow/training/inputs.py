@@ -64,8 +64,8 @@ def shard_dataset(
     predictions line up with the records.
 
     tf.data's autotuning is off: destroying an autotuned iterator, as Keras does at the end of every
-    ``fit`` and ``evaluate``, waits for the autotuner's thread (``Model::OptimizeLoop``, gdb) to wake
-    from its timed sleep, whose period doubles up to 60 s: runs stalled 2.5-20 s with every core idle,
+    ``fit`` and ``evaluate``, waits for the autotuner's thread (``Model::OptimizeLoop``) to wake
+    from its timed sleep, whose period doubles up to 60 s: runs stalled with every core idle,
     after training and after each validation pass. The maps run on every core instead, and prefetch
     keeps its own buffer tuning (no autotuner thread).
     """
