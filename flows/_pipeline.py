@@ -24,7 +24,7 @@ from imgflow.data.partitions import Partition
 from imgflow.pipeline import Step
 from imgflow.pipeline.walk import How, Walked, walk
 from imgflow.registry.release import conclude, localized
-from imgflow.reporting.summary import summary_markdown
+from imgflow.reporting.summary import RunSummary, summary_markdown
 from imgflow.results import StageResult, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.parallel import worker_count
@@ -123,17 +123,17 @@ def release(
     results: dict[str, StageResult],
     started: float,
     parts: Mapping[str, Mapping[str, StageResult]] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Promote what the gate passed and exported; publish the reports and an event; return the run
     summary."""
     name = cfg.dataset.name
     results = localized(run.root, results)
     summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
     if run.title:
-        outcome = f"{summary['version']} {summary['decision']}" if summary["version"] else summary["decision"]
+        outcome = f"{summary.version} {summary.decision}" if summary.version else summary.decision
         title_run(f"{run.title}: {outcome}")
     table = clean_table(results)
-    publish(f"imgflow-run-{name}", summary_markdown(summary), "run summary: decision, metrics, stages, artifacts")
+    publish(f"imgflow-run-{name}", summary_markdown(summary.as_json()), "run summary: decision, metrics, stages, artifacts")
     if table is not None:
         publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")
     if "validate" in results:
@@ -142,18 +142,18 @@ def release(
     return summary
 
 
-def _announce(summary: dict[str, Any]) -> None:
+def _announce(summary: RunSummary) -> None:
     """A Prefect event per gate decision (``imgflow.model.promoted`` / ``imgflow.model.rejected``), for
     automations: the resource is the model, the payload has the version and the numbers."""
     emit_event(
-        event=f"imgflow.model.{summary['decision']}",
-        resource={"prefect.resource.id": f"imgflow.model.{summary['model']}", "prefect.resource.name": summary["model"]},
+        event=f"imgflow.model.{summary.decision}",
+        resource={"prefect.resource.id": f"imgflow.model.{summary.model}", "prefect.resource.name": summary.model},
         payload={
-            "version": summary["version"],
-            "accuracy": summary["metrics"]["accuracy"],
-            "champion_accuracy": summary["metrics"]["champion_accuracy"],
-            "test_records": summary["metrics"]["test_records"],
-            "reasons": summary["reasons"],
+            "version": summary.version,
+            "accuracy": summary.metrics.accuracy,
+            "champion_accuracy": summary.metrics.champion_accuracy,
+            "test_records": summary.metrics.test_records,
+            "reasons": summary.reasons,
         },
     )
 

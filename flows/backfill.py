@@ -27,4 +27,4 @@ def backfill(params: BackfillParams) -> dict[str, Any]:
     cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, budget=params.budget)
     run = RunOptions(str(cfg.artifacts), title=title_run(f"backfill {cfg.dataset.name} {params.start}..{params.end}"))
     walked = run_pipeline(cfg, run, select(cfg.download.source, params.start, params.end))
-    return release(cfg, run, walked.results, started, walked.parts)
+    return release(cfg, run, walked.results, started, walked.parts).as_json()

@@ -46,4 +46,4 @@ def train(params: RunParams, as_of: dt.date | None = None, source_fingerprint: F
         else None
     )
     walked = run_pipeline(cfg, run, partitions, source_fingerprint)
-    return release(cfg, run, walked.results, started, walked.parts)
+    return release(cfg, run, walked.results, started, walked.parts).as_json()

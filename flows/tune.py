@@ -91,15 +91,13 @@ def tune(params: TuneParams) -> dict[str, Any]:
     chosen = dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
     final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
     summary = release(chosen, final, run_pipeline(chosen, final, given=results).results, started)
-    return {
-        **summary,
-        "tune": {
-            "study": name,
-            "folder": str(folder),
-            "trials": rows,
-            "best": best,
-            "released": {"trial": released["number"], "why": why},
-            "report": str(folder / "trials.md"),
-            "plot": str(folder / "trials.png"),
-        },
+    tuned = {
+        "study": name,
+        "folder": str(folder),
+        "trials": rows,
+        "best": best,
+        "released": {"trial": released["number"], "why": why},
+        "report": str(folder / "trials.md"),
+        "plot": str(folder / "trials.png"),
     }
+    return summary.model_copy(update={"tune": tuned}).as_json()

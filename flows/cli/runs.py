@@ -93,7 +93,7 @@ def _conclude_cached(cfg: RunConfig, params: RunParams, as_json: bool, cached: d
         flush=True,
     )
     summary = conclude(cfg, params.artifacts, localized(params.artifacts, cached), started, until=params.until)
-    _report(summary, as_json)
+    _report(summary.as_json(), as_json)
     return 0
 
 

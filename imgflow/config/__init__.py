@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imgflow.config.checks import check_value, described
 from imgflow.data.images import MAX_PIXELS
@@ -22,6 +22,7 @@ from imgflow.store.objectstore import is_remote
 from imgflow.training.accel import PRECISIONS
 from imgflow.training.budget import is_duration
 
+Config = TypeVar("Config")
 REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.predict runs a registered model
 # What imgflow.training.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
@@ -231,6 +232,14 @@ class RunConfig:
     export: ExportConfig
     # The [train] settings the spec and the command line set: with a budget, the recipe chooses the rest.
     fixed: tuple[str, ...] = ()
+
+    def of(self, kind: type[Config]) -> Config:
+        """The stage config of type ``kind`` (``[gate]``'s for ``GateConfig``): how a pipeline step
+        names the config it builds with."""
+        found = [getattr(self, f.name) for f in dataclasses.fields(self) if type(getattr(self, f.name)) is kind]
+        if len(found) != 1:
+            raise TypeError(f"a run has one config of each stage config type, not {len(found)} of {kind.__name__}")
+        return typing.cast("Config", found[0])
 
 
 def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgflow.config import RunConfig
+from imgflow.config import CleanConfig, DownloadConfig, ExportConfig, GateConfig, RunConfig, ShardConfig, TrainConfig
 from imgflow.data.cleantable import check_splits
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.runtime.errors import ConfigError
@@ -48,7 +48,7 @@ class Step:
     """One stage in the pipeline and what it is built from."""
 
     stage: Stage
-    config: str  # the RunConfig field that holds its config
+    config: type  # its config's type: the run's config of that type (``RunConfig.of``) is what it builds with
     inputs: Mapping[str, tuple[str, ...]]  # input name -> the steps (or SOURCE/CHAMPION) that provide it
     per_partition: bool = False  # in a partitioned run, once per date partition
     partitioned_only: bool = False  # only in a partitioned run
@@ -74,7 +74,7 @@ class Step:
         """The step's config: the RunConfig field, or what ``configure`` makes of it and ``results``."""
         if self.configure is not None and results is not None:
             return self.configure(cfg, results, measure)
-        return getattr(cfg, self.config)
+        return cfg.of(self.config)
 
     @property
     def against_champion(self) -> bool:
@@ -173,13 +173,13 @@ def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
 
 PIPELINE = Pipeline(
     [
-        Step(DOWNLOAD, "download", {"source": (SOURCE,)}, per_partition=True, retries=2),
-        Step(CLEAN, "clean", {"raw": ("download",)}, per_partition=True),
-        Step(MERGE, "clean", {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
-        Step(SHARD, "shard", {"clean": ("merge", "clean")}, before=evaluable_splits),
-        Step(TRAIN, "train", {"shards": ("shard",)}, configure=budgeted_training),
-        Step(VALIDATE, "gate", {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
-        Step(EXPORT, "export", {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
+        Step(DOWNLOAD, DownloadConfig, {"source": (SOURCE,)}, per_partition=True, retries=2),
+        Step(CLEAN, CleanConfig, {"raw": ("download",)}, per_partition=True),
+        Step(MERGE, CleanConfig, {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
+        Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits),
+        Step(TRAIN, TrainConfig, {"shards": ("shard",)}, configure=budgeted_training),
+        Step(VALIDATE, GateConfig, {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
+        Step(EXPORT, ExportConfig, {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
     ]
 )
 ORDER = PIPELINE.names

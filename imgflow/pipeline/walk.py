@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from imgflow.config import RunConfig
+from imgflow.config import DownloadConfig, RunConfig
 from imgflow.data.partitions import Partition
 from imgflow.data.sources import source_fingerprint
 from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
@@ -110,7 +110,7 @@ def walk(
             if any(SOURCE in providers for providers in step.inputs.values()):
                 taken = fingerprint if partition is None else None  # the caller's, of the whole source
                 external[SOURCE] = taken or executor.fingerprint(download, concurrent)
-            config = download if step.config == "download" else step.config_of(cfg)
+            config = download if step.config is DownloadConfig else step.config_of(cfg)  # a partition's own source
             inputs = PIPELINE.inputs(step, known, external)
             known[step.name] = executor.build(step, config, inputs, How(step.name in forced, day, concurrent))
         submitted[day or ""] = known

@@ -13,7 +13,7 @@ from typing import Any
 from imgflow.config import RunConfig
 from imgflow.registry import promote
 from imgflow.registry import versions as registry
-from imgflow.reporting.summary import build_summary
+from imgflow.reporting.summary import RunSummary, build_summary
 from imgflow.results import StageResult, clean_table
 from imgflow.store.artifacts import ArtifactStore
 from imgflow.store.cache import record_run
@@ -39,7 +39,7 @@ def conclude(
     parts: Mapping[str, Mapping[str, StageResult]] | None = None,
     until: str | None = None,
     promoter: Promoter = promote.promote,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Promote the exported candidate (``results`` localized) with ``promoter``, log the run in the
     artifact root and return its summary."""
     name = cfg.dataset.name
@@ -47,5 +47,5 @@ def conclude(
         promoter(root, name, to_jsonable(cfg), results)
     local = ArtifactStore(root).pull_models(name)  # the local folder (a mirror of an object-store root)
     summary = build_summary(name, local, results, registry.champion(local, name), time.time() - started, parts, until, cfg.train.budget)
-    record_run(root, summary)
+    record_run(root, summary.as_json())
     return summary

@@ -8,11 +8,64 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from imgflow.pipeline import PIPELINE
 from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 from imgflow.runtime import cpus
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Metrics(_Part):
+    """The candidate's test accuracy, on how many records, and the champion's on the same ones; with
+    text, the three accuracies (``modalities``); against a champion, the paired comparison (``paired``)."""
+
+    accuracy: float | None
+    test_records: int | None
+    champion_accuracy: float | None
+    modalities: dict[str, float] | None = None
+    paired: dict[str, Any] | None = None
+
+
+class BudgetEntry(_Part):
+    """A budgeted run: the budget, the run's seconds against it, and the plan training followed."""
+
+    budget: str
+    budget_seconds: float
+    seconds: float
+    within: bool
+    training_seconds: float | None
+    out_of_time: bool | None
+    plan: list[str] | None
+    fit: dict[str, Any] | None
+
+
+class RunSummary(_Part):
+    """What a run decided, measured, reused and produced. ``stages`` has an entry per declared step
+    (``status``, and ``key``/``path``, with the clean table's accounting and training's epochs);
+    ``partitions``, ``budget`` and ``tune`` only where the run had them. ``as_json`` is the one JSON
+    object ``imgflow run --json`` prints last and the flows return: a field absent here is absent there."""
+
+    model: str
+    decision: Literal["promoted", "rejected", "stopped"]
+    reasons: list[str]
+    version: str | None
+    metrics: Metrics
+    stages: dict[str, dict[str, Any]]
+    artifacts: dict[str, str | None]
+    seconds: float
+    cpus: dict[str, Any]
+    partitions: dict[str, str] | None = None
+    budget: BudgetEntry | None = None
+    tune: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 def _stage_entry(result: StageResult | None) -> dict[str, Any]:
@@ -39,7 +92,7 @@ def build_summary(
     partitions: Mapping[str, Mapping[str, StageResult]] | None = None,
     until: str | None = None,
     budget: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """``results`` has every stage that ran or was reused (export is absent when the gate rejected;
     everything after ``until`` when the run stopped there).
 
@@ -102,49 +155,58 @@ def build_summary(
         "registry": str(Path(champion["path"])) if promoted and champion else None,
         "model_report": str(Path(champion["path"]) / "report.html") if promoted and champion else None,
     }
+    decision: Literal["promoted", "rejected", "stopped"]
     if validation is None:
         decision, reasons = "stopped", [f"stopped after {until} (--until): nothing was validated"]
     else:
         decision, reasons = ("promoted" if promoted else "rejected"), list(validation.reasons)
-    return {
-        "model": name,
-        "decision": decision,
-        "reasons": reasons,
-        "version": champion["version"] if promoted and champion else None,
-        "metrics": {
-            "accuracy": validation.accuracy if validation else None,
-            "test_records": validation.test_records if validation else None,
-            "champion_accuracy": validation.champion_accuracy if validation else None,
-            **({"modalities": validation.modalities} if validation and validation.modalities else {}),
-            # candidate against champion on the same records: McNemar's p-values and the disagreements
-            **({"paired": validation.paired.model_dump()} if validation and validation.paired else {}),
-        },
-        "stages": stages,
-        "artifacts": artifacts,
-        "seconds": round(seconds, 2),
-        "cpus": cpus.budget().as_dict(),
-        **({"partitions": _partition_statuses(partitions)} if partitions is not None else {}),
-        **({"budget": _budget_entry(budget, seconds, results.get("train"))} if budget is not None else {}),
-    }
+    measured: dict[str, Any] = {}  # with text, the three accuracies; against a champion, the paired comparison
+    if validation and validation.modalities:
+        measured["modalities"] = validation.modalities
+    if validation and validation.paired:
+        measured["paired"] = validation.paired.model_dump()  # McNemar's p-values and the disagreements
+    metrics = Metrics(
+        accuracy=validation.accuracy if validation else None,
+        test_records=validation.test_records if validation else None,
+        champion_accuracy=validation.champion_accuracy if validation else None,
+        **measured,
+    )
+    had: dict[str, Any] = {}  # what only some runs have: absent from the JSON otherwise
+    if partitions is not None:
+        had["partitions"] = _partition_statuses(partitions)
+    if budget is not None:
+        had["budget"] = _budget_entry(budget, seconds, results.get("train"))
+    return RunSummary(
+        model=name,
+        decision=decision,
+        reasons=reasons,
+        version=champion["version"] if promoted and champion else None,
+        metrics=metrics,
+        stages=stages,
+        artifacts=artifacts,
+        seconds=round(seconds, 2),
+        cpus=cpus.budget().as_dict(),
+        **had,
+    )
 
 
-def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> dict[str, Any]:
+def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:
     """The budget, the run's seconds against it, and the plan training followed (when it trained)."""
     from imgflow.training.budget import parse_duration
 
     limit = parse_duration(budget)
     info = train.info if train is not None else None
     assert info is None or isinstance(info, TrainInfo)
-    return {
-        "budget": budget,
-        "budget_seconds": limit,
-        "seconds": round(seconds, 2),
-        "within": seconds <= limit,
-        "training_seconds": info.deadline if info else None,
-        "out_of_time": info.out_of_time if info else None,
-        "plan": info.plan if info else None,
-        "fit": fit(info.final) if info else None,
-    }
+    return BudgetEntry(
+        budget=budget,
+        budget_seconds=limit,
+        seconds=round(seconds, 2),
+        within=seconds <= limit,
+        training_seconds=info.deadline if info else None,
+        out_of_time=info.out_of_time if info else None,
+        plan=info.plan if info else None,
+        fit=fit(info.final) if info else None,
+    )
 
 
 def fit(final: Mapping[str, float]) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from imgflow.config import build_run_config
+from imgflow.config import ShardConfig, build_run_config
 from imgflow.pipeline import PIPELINE, Pipeline, Step
 from imgflow.pipeline.walk import plan
 from imgflow.results import StageResult
@@ -24,7 +24,7 @@ def _audit(out_dir: Path, config: Any, inputs: dict[str, StageResult]) -> dict[s
     return {"test_records": test}
 
 
-AUDIT = Step(Stage("audit", "1", _audit), "shard", {"shards": ("shard",)})
+AUDIT = Step(Stage("audit", "1", _audit), ShardConfig, {"shards": ("shard",)})
 
 
 @pytest.fixture

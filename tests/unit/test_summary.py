@@ -39,7 +39,7 @@ def _validate(promote: bool) -> StageResult:
 def test_a_promoted_run() -> None:
     results = {s: _result(s) for s in ("download", "clean", "shard", "train", "export")} | {"validate": _validate(True)}
     champion = {"version": "v1", "model_fingerprint": "train-fp", "path": "/a/models/m/v1"}
-    summary = build_summary("m", "/a", results, champion, 1.234)
+    summary = build_summary("m", "/a", results, champion, 1.234).as_json()
     assert (summary["decision"], summary["version"], summary["seconds"]) == ("promoted", "v1", 1.23)
     assert list(summary["stages"]) == ["download", "clean", "shard", "train", "validate", "export"]
     assert summary["stages"]["clean"]["records_in"] == 10 and summary["stages"]["clean"]["class_balance"] == {"a": 4, "b": 4}
@@ -51,7 +51,7 @@ def test_a_promoted_run() -> None:
 def test_a_rejected_run_keeps_the_old_champion_and_exports_nothing() -> None:
     results = {s: _result(s, "cached") for s in ("download", "clean", "shard", "train")} | {"validate": _validate(False)}
     champion = {"version": "v1", "model_fingerprint": "older", "path": "/a/models/m/v1"}
-    summary = build_summary("m", "/a", results, champion, 1.0)
+    summary = build_summary("m", "/a", results, champion, 1.0).as_json()
     assert (summary["decision"], summary["version"]) == ("rejected", None)
     assert summary["stages"]["export"] == {"status": "skipped"} and summary["artifacts"]["savedmodel"] is None
     assert summary["stages"]["train"]["resumed_from_epoch"] is None  # it did not train in this run
@@ -59,7 +59,7 @@ def test_a_rejected_run_keeps_the_old_champion_and_exports_nothing() -> None:
 
 def test_a_run_stopped_by_until_says_so() -> None:
     results = {s: _result(s) for s in ("download", "clean", "shard")}
-    summary = build_summary("m", "/a", results, None, 1.0, until="shard")
+    summary = build_summary("m", "/a", results, None, 1.0, until="shard").as_json()
     assert summary["decision"] == "stopped" and summary["reasons"] == ["stopped after shard (--until): nothing was validated"]
     assert summary["metrics"] == {"accuracy": None, "test_records": None, "champion_accuracy": None}
     assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["train", "validate", "export"]
@@ -72,7 +72,7 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
         "2024-05-02": {"download": _result("download", "cached"), "clean": _result("clean", "ran")},
     }
     results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
-    summary = build_summary("m", "/a", results, None, 1.0, parts)
+    summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
     assert list(summary["stages"]) == ["download", "clean", "merge", "shard", "train", "validate", "export"]
     assert summary["partitions"] == {"2024-05-01": "cached", "2024-05-02": "ran"}
     assert summary["stages"]["download"] == {"status": "cached", "partitions": 2, "keys": ["download-key"] * 2}
