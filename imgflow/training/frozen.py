@@ -212,6 +212,8 @@ def fit_head(
     batch = eval_batch((config.backbone_size, config.backbone_size), largest=128)
     found: dict[str, Features | None] = {}
     texts: dict[str, Text | None] = {"train": None, "val": None}
+    # what modality dropout puts in place of an image: the features of a black one
+    blank = np.asarray(network(np.zeros((1, *shape), np.float32), training=False), dtype=np.float32)[0] if encoder else None
     for split in ("train", "val"):
         records = shards.info.splits[split].records
         cached = Features.at(folder / split)
@@ -226,8 +228,7 @@ def fit_head(
             if not tokens.is_file():
                 text_batches = shard_dataset(shard_files(shards, split), shape, batch, training=False, text=True)
                 encode_texts(text_batches, encoder, cached, tokens)
-            # what modality dropout puts in place of an image: the features of a black one
-            blank = np.asarray(network(np.zeros((1, *shape), np.float32), training=False), dtype=np.float32)[0]
+            assert blank is not None
             texts[split] = Text(tokens, blank, config.modality_dropout if split == "train" else 0.0)
     head = head_of(model)
     compile_for_training(head, config.learning_rate, steps_per_epoch * frozen, chosen.jit_compile, recipe)
