@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +25,7 @@ from imgflow.data.partitions import Partition
 from imgflow.pipeline import Step
 from imgflow.pipeline.walk import How, Walked, walk
 from imgflow.registry.release import conclude, localized
-from imgflow.reporting.summary import RunSummary, summary_markdown
+from imgflow.reporting.summary import Drift, RunSummary, summary_markdown
 from imgflow.results import StageResult, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.parallel import worker_count
@@ -136,6 +137,10 @@ def release(
     publish(f"imgflow-run-{name}", summary_markdown(summary.as_json()), "run summary: decision, metrics, stages, artifacts")
     if table is not None:
         publish(f"imgflow-data-quality-{name}", table.file("report.md").read_text(), "data quality report")
+    if summary.drift is not None:
+        _announce_drift(name, summary.drift, cfg.gate.max_drift)
+        reports = [Path(entry.report).with_name("report.md").read_text() for entry in summary.drift.checks.values()]
+        publish(f"imgflow-drift-{name}", "\n".join(reports), "new data against the data the champion learned from")
     if "validate" in results:
         _announce(summary)
         publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
@@ -156,6 +161,28 @@ def _announce(summary: RunSummary) -> None:
             "reasons": summary.reasons,
         },
     )
+
+
+def _announce_drift(name: str, drift: Drift, policy: str) -> None:
+    """A Prefect event per drifted partition (``imgflow.data.drifted``), so an automation can page
+    someone: the resource names the dataset and the partition, the payload the checks and the report."""
+    for where in drift.flagged:
+        entry = drift.checks[where]
+        emit_event(
+            event="imgflow.data.drifted",
+            resource={
+                "prefect.resource.id": f"imgflow.data.{name}.{where}",
+                "prefect.resource.name": f"{name} {where}",
+                "imgflow.partition": where,
+            },
+            payload={
+                "partition": where,
+                "champion": entry.reference,
+                "reasons": entry.reasons,
+                "report": entry.report,
+                "max_drift": policy,
+            },
+        )
 
 
 def publish(key: str, markdown: str, description: str) -> None:

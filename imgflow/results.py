@@ -144,6 +144,18 @@ class ValidateInfo(_Strict):
     paired: PairedCounts | None = None  # with a comparable champion
 
 
+class DriftInfo(_Strict):
+    """New data against the champion's (``imgflow.stages.drift``): whether anything was compared, whether
+    it drifted and which checks did (``reasons``), how many records, and against which champion version."""
+
+    compared: bool
+    drifted: bool
+    reasons: list[str]
+    records: int
+    reference: str | None
+    note: str
+
+
 class Parity(_Strict):
     max_abs_diff: float
     tolerance: float

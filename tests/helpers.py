@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,20 +89,29 @@ def dirty_folder(root: Path, count: int = 2000, bad_every: int = 100) -> Corpus:
     return corpus
 
 
-def partitioned_parquet(root: Path, days: list[str], per_day: int, offset: int = 0) -> Path:
+def partitioned_parquet(root: Path, days: list[str], per_day: int, offset: int = 0, invert: Sequence[str] = ()) -> Path:
     """A Parquet table of real digits under ``root/date=<day>/part-0.parquet``, ``per_day`` distinct
-    digits per day (days take consecutive slices of a class-spread sample, starting at ``offset``)."""
+    digits per day: the sample split by date, as data of one kind arrives day after day (the days deal
+    the records of a class-spread sample, from ``offset`` on, in turn, so each day has every class).
+    The days in ``invert`` hold their digits inverted: black on white, a drift no label shows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = sample_records(open_source("sample:mnist5k").records(), offset + per_day * len(days))[offset:]
     for number, day in enumerate(days):
-        rows = records[number * per_day : (number + 1) * per_day]
+        rows = records[number : per_day * len(days) : len(days)]
         folder = root / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"image": [r.image for r in rows], "label": [int(r.label) for r in rows]})
+        images = [_inverted(r.image) if day in invert else r.image for r in rows]
+        table = pa.table({"image": images, "label": [int(r.label) for r in rows]})
         pq.write_table(table, folder / "part-0.parquet")
     return root
+
+
+def _inverted(image: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - np.asarray(Image.open(io.BytesIO(image)))).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def survivors_of_kill(process: subprocess.Popen, within: float) -> dict[int, int]:

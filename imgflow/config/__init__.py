@@ -32,6 +32,7 @@ BACKBONE_NAMES = ("EfficientNetLite0", "MobileNetV2", "MobileNetV3Small", "Effic
 SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # imgflow.training.optim.SCHEDULES
 FLIPS = ("none", "horizontal", "both")  # imgflow.training.inputs.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
+DRIFT_POLICIES = ("flag", "refuse")  # [gate] max_drift
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
 
@@ -96,10 +97,9 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
-    # Shards hold consecutive records of the clean table, one file per split for each: about
-    # shard_bytes of records (TensorFlow's guidance: on the order of 100 MB), or records_per_shard.
-    # Below min_shards shards of shard_bytes, as many as min_shards while each still holds 10 MB:
-    # readers and the parallel writers then have files to share (TensorFlow's guidance again).
+    # Shards hold consecutive records, one file per split each: about shard_bytes (TensorFlow's guidance:
+    # ~100 MB) or records_per_shard. Below min_shards shards, as many as min_shards while each holds
+    # 10 MB: readers and the parallel writers then have files to share (TensorFlow's guidance again).
     shard_bytes: int = field(default=100 * 2**20, metadata=_at_least(1))
     records_per_shard: int | None = field(default=None, metadata=_at_least(1))
     min_shards: int = field(default=8, metadata=_at_least(1))
@@ -177,10 +177,25 @@ class GateConfig:
     # and how much one class's recall may fall before a significant fall refuses the candidate.
     alpha: float = field(default=0.05, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
     max_class_drop: float = field(default=0.05, metadata=_fraction())
-    # The fewest test records a candidate is judged on: a run whose test split would hold fewer is
-    # refused right after cleaning (``imgflow.data.cleantable.check_splits``), before any training. It
-    # changes no output, so it is no part of the cache key.
+    # The fewest test records a candidate is judged on: fewer is refused right after cleaning
+    # (imgflow.data.cleantable.check_splits). It changes no output, so it is no part of the cache key.
     min_test_records: int = field(default=MIN_TEST_RECORDS, metadata=_at_least(1, key=False))
+    # What new data that drifted from the champion's (imgflow.stages.drift) does: "flag" it (reasons,
+    # summary, report, Prefect event; promotion goes on), or "refuse" promotion.
+    max_drift: str = field(default="flag", metadata=_one_of(*DRIFT_POLICIES))
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    # New data against the champion's (imgflow.data.drift): a check drifts beyond noise (p < alpha / checks)
+    # and its threshold: a histogram's Jensen-Shannon distance, the champion's embeddings' squared MMD,
+    # and the fall of the champion's accuracy on new held-out records.
+    alpha: float = field(default=0.01, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
+    max_distance: float = field(default=0.15, metadata=_fraction())
+    max_mmd: float = field(default=0.05, metadata=_above(0))
+    max_accuracy_drop: float = field(default=0.05, metadata=_fraction())
+    # The held-out records (val and test splits) the champion embeds and predicts, at most.
+    sample: int = field(default=500, metadata=_at_least(20))
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,7 @@ SECTIONS = {
     "shard": ShardConfig,
     "train": TrainConfig,
     "gate": GateConfig,
+    "drift": DriftConfig,
     "export": ExportConfig,
 }
 
@@ -229,6 +245,7 @@ class RunConfig:
     shard: ShardConfig
     train: TrainConfig
     gate: GateConfig
+    drift: DriftConfig
     export: ExportConfig
     # The [train] settings the spec and the command line set: with a budget, the recipe chooses the rest.
     fixed: tuple[str, ...] = ()

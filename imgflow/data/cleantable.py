@@ -10,6 +10,8 @@ Folder layout::
     quarantine.parquet   id, label_name, reason, detail, image (the original bytes, kept for inspection)
     report.json          counts per reason, per class and split, image sizes and modes (``CleanInfo``)
     report.md            the same for a person
+    profile.json         histograms of brightness, contrast, channel means, sizes, labels and caption
+                         lengths (``imgflow.data.profile``): the reference drift checks compare with
 
 The rules: a record's split comes from a hash of its pixels alone (``assign_split``), so adding data
 (or changing a caption) never moves an old record and an image never sits in two splits; records with the same content are
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgflow.config import CleanConfig
+from imgflow.data.profile import Profile
 from imgflow.data.text import tokens
 from imgflow.results import CleanInfo
 from imgflow.runtime.errors import ConfigError, SourceError
@@ -149,8 +152,10 @@ class CleanTableWriter:
     stage writes into a temporary folder, so a failed build leaves nothing behind).
     """
 
-    def __init__(self, out_dir: Path, config: CleanConfig, class_names: list[str], with_text: bool = False) -> None:
+    def __init__(self, out_dir: Path, config: CleanConfig, class_names: list[str], channels: int, with_text: bool = False) -> None:
         self.out_dir = out_dir
+        self.channels = channels
+        self.profile = Profile()
         self.schema = TEXT_KEPT_SCHEMA if with_text else KEPT_SCHEMA
         self.text = _TextCounts(class_names) if with_text else None
         self.config = config
@@ -184,7 +189,9 @@ class CleanTableWriter:
     def write_kept(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        self._kept.write_table(table.select(self.schema.names).cast(self.schema))
+        table = table.select(self.schema.names).cast(self.schema)
+        self._kept.write_table(table)
+        self.profile.add_records(table, self.channels)
         names = table.column("label_name").to_pylist()
         for name, split in zip(names, table.column("split").to_pylist(), strict=True):
             self.per_class[name][split] += 1
@@ -236,6 +243,8 @@ class CleanTableWriter:
             "data_fingerprint": data_fingerprint(self.digests),
             "text": self.text.report() if self.text is not None else None,
         }
+        self.profile.add_sizes(size_counts)
+        self.profile.write(self.out_dir)
         write_json_atomic(self.out_dir / "report.json", report)
         (self.out_dir / "report.md").write_text(report_markdown(report, self.sample))
         return CleanInfo.model_validate(report)

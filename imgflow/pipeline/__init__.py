@@ -3,8 +3,9 @@
 ::
 
     source ─▶ download ─▶ clean ─┬──────────────▶ shard ─▶ train ─▶ validate ─▶ export (if promoted)
-              (per date partition)└─▶ merge ─────┘                    ▲
-                                      (backfills)            champion ┘
+              (per date partition)├─▶ merge ─────┘                    ▲ ▲
+                                  │   (backfills)            champion ┘ │
+                                  └─▶ drift (against the champion's data)
 
 Everything that needs the graph reads it from ``PIPELINE``, and one walk (``imgflow.pipeline.walk``) goes through it
 for every purpose: running under Prefect (``flows/_pipeline.py``'s executor submits tasks), planning
@@ -15,9 +16,11 @@ everything upstream of it), the run summary's stage list and ``imgflow cache ls/
 declaration. Like Kedro's ``pipeline([node(...)])``, it is data a tool can read.
 
 An input names the upstream steps that can provide it, the first one a run has wins: a backfill's
-shard reads the merged table, a whole-source run's the clean one. Two inputs come from outside the
-store: ``SOURCE`` (the source's content fingerprint) and ``CHAMPION`` (the current champion when it is
-another model: ``imgflow.registry.promote.versus_champion`` decides).
+shard reads the merged table, a whole-source run's the clean one. A step after the partitions that
+reads a per-partition step (validate reads drift) gets every partition's result, as ``<input>:<date>``.
+Three inputs come from outside the store: ``SOURCE`` (the source's content fingerprint), ``CHAMPION``
+(the current champion when it is another model: ``imgflow.registry.promote.versus_champion`` decides)
+and ``REFERENCE`` (the current champion, whatever the candidate: what new data is compared with).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgflow.config import CleanConfig, DownloadConfig, ExportConfig, GateConfig, RunConfig, ShardConfig, TrainConfig
+from imgflow.config import CleanConfig, DownloadConfig, DriftConfig, ExportConfig, GateConfig, RunConfig, ShardConfig, TrainConfig
 from imgflow.data.cleantable import check_splits
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.runtime.errors import ConfigError
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
+from imgflow.stages.drift import DRIFT
 from imgflow.stages.export import EXPORT
 from imgflow.stages.merge import MERGE, PART
 from imgflow.stages.shard import SHARD
@@ -41,6 +45,9 @@ from imgflow.store.artifacts import Stage
 
 SOURCE = "<source>"  # the source's content fingerprint
 CHAMPION = "<champion>"  # the champion, when it is another model than the candidate
+REFERENCE = "<reference>"  # the current champion, whatever the candidate (drift compares with its data)
+EXTERNAL = (SOURCE, CHAMPION, REFERENCE)
+OPTIONAL = (CHAMPION, REFERENCE)  # absent (None) when there is no such model: the input is left out
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class Step:
 
     def upstream(self) -> set[str]:
         """The steps this one reads from or waits for."""
-        found = {name for names in self.inputs.values() for name in names if name not in (SOURCE, CHAMPION)}
+        found = {name for names in self.inputs.values() for name in names if name not in EXTERNAL}
         return found | ({self.gated_by} if self.gated_by else set())
 
     def config_of(self, cfg: RunConfig, results: Mapping[str, StageResult] | None = None, measure: bool = True) -> Any:
@@ -138,23 +145,32 @@ class Pipeline:
         """The steps a run has: merge only when it reads date partitions."""
         return tuple(step for step in self.steps if partitioned or not step.partitioned_only)
 
-    def inputs(self, step: Step, results: Mapping[str, Any], external: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The step's inputs from the results so far (and SOURCE/CHAMPION from ``external``); None when
-        an input's upstream has no result (yet). ``results`` may hold futures: they pass through. A
+    def inputs(
+        self, step: Step, results: Mapping[str, Any], external: Mapping[str, Any], parts: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
+        """The step's inputs from the results so far (and SOURCE/CHAMPION/REFERENCE from ``external``);
+        None when an input's upstream has no result (yet). ``results`` may hold futures: they pass
+        through. In a partitioned run (``parts``: date -> per-partition results), an input a
+        per-partition step provides is that step's result in every partition, as ``<input>:<date>``. A
         fan-in step's inputs are each partition's result: ``part_inputs``."""
         assert not step.fan_in, step.name
         inputs: dict[str, Any] = {}
         for name, providers in step.inputs.items():
-            provider = next((p for p in providers if p in results or p in external), None)
+            provider = next((p for p in providers if p in results or p in external or self._partitioned(p, parts)), None)
             if provider is None:
                 return None
+            if provider not in results and provider not in external:
+                assert parts is not None
+                inputs.update({f"{name}:{day}": known.get(provider) for day, known in parts.items()})
+                continue
             value = external[provider] if provider in external else results[provider]
-            if value is None and provider == CHAMPION:
-                continue  # no rival: the input is absent, and so is it from the key
-            if value is None:
-                return None
+            if value is None and provider in OPTIONAL:
+                continue  # no such model: the input is absent, and so is it from the key
             inputs[name] = value
-        return inputs
+        return None if any(value is None for value in inputs.values()) else inputs
+
+    def _partitioned(self, name: str, parts: Mapping[str, Mapping[str, Any]] | None) -> bool:
+        return parts is not None and name in self.names and self.step(name).per_partition
 
 
 def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
@@ -175,10 +191,11 @@ PIPELINE = Pipeline(
     [
         Step(DOWNLOAD, DownloadConfig, {"source": (SOURCE,)}, per_partition=True, retries=2),
         Step(CLEAN, CleanConfig, {"raw": ("download",)}, per_partition=True),
+        Step(DRIFT, DriftConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True),
         Step(MERGE, CleanConfig, {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
         Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits),
         Step(TRAIN, TrainConfig, {"shards": ("shard",)}, configure=budgeted_training),
-        Step(VALIDATE, GateConfig, {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,)}),
+        Step(VALIDATE, GateConfig, {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,), "drift": ("drift",)}),
         Step(EXPORT, ExportConfig, {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
     ]
 )

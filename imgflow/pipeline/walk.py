@@ -11,8 +11,9 @@ from typing import Any, NamedTuple, Protocol
 from imgflow.config import DownloadConfig, RunConfig
 from imgflow.data.partitions import Partition
 from imgflow.data.sources import source_fingerprint
-from imgflow.pipeline import CHAMPION, PIPELINE, SOURCE, Step, part_inputs, promoted
+from imgflow.pipeline import CHAMPION, PIPELINE, REFERENCE, SOURCE, Step, part_inputs, promoted
 from imgflow.registry.promote import versus_champion
+from imgflow.registry.versions import champion_result
 from imgflow.results import StageResult
 from imgflow.store.artifacts import ArtifactStore
 
@@ -92,6 +93,7 @@ def walk(
     stages), taken as they are."""
     store = ArtifactStore(cfg.artifacts)
     store.pull_models(cfg.dataset.name)  # where versus_champion reads it
+    reference = champion_result(store.root, cfg.dataset.name)  # what new data is compared with
     wanted = PIPELINE.until(until)
     concurrent = partitions is not None
     submitted: dict[str, dict[str, Any]] = {}
@@ -106,7 +108,7 @@ def walk(
             if step.name not in wanted:
                 executor.passed(step, f"after --until {until}", day)
                 continue
-            external: dict[str, Any] = {}
+            external: dict[str, Any] = {REFERENCE: reference}
             if any(SOURCE in providers for providers in step.inputs.values()):
                 taken = fingerprint if partition is None else None  # the caller's, of the whole source
                 external[SOURCE] = taken or executor.fingerprint(download, concurrent)
@@ -129,7 +131,7 @@ def walk(
         if gate is not None and not promoted(gate):
             executor.passed(step, "the gate rejects the candidate")
             continue
-        external = {CHAMPION: None}
+        external = {CHAMPION: None, REFERENCE: reference}
         if step.against_champion and results.get("train") is not None and results.get("shard") is not None:
             check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
             if check.recorded is not None and step.name not in forced:
@@ -142,7 +144,7 @@ def walk(
             ready = all(known.get(provider) is not None for known in parts.values())
             inputs = part_inputs({day: known[provider] for day, known in parts.items()}) if ready else None
         else:
-            inputs = PIPELINE.inputs(step, results, external)
+            inputs = PIPELINE.inputs(step, results, external, parts if concurrent else None)
         config = step.config_of(cfg)
         if inputs is not None:
             if step.before is not None:

@@ -9,7 +9,7 @@ the class named; a regression hidden in one class no longer hides behind the ove
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,11 +71,19 @@ class Decision:
     tolerance: float
 
 
-def decide(candidate_accuracy: float, champion_accuracy: float | None, config: GateConfig, comparison: Paired | None = None) -> Decision:
+def decide(
+    candidate_accuracy: float,
+    champion_accuracy: float | None,
+    config: GateConfig,
+    comparison: Paired | None = None,
+    drifted: Mapping[str, Sequence[str]] | None = None,
+) -> Decision:
     """Promote when the candidate clears the floor and is not worse than the champion beyond tolerance;
     with the paired ``comparison`` (the champion's predictions of the same records), also not
     significantly worse overall (McNemar, ``alpha``) nor on any class by more than ``max_class_drop``
     (``alpha`` over the number of classes: Bonferroni, so 22 classes do not make 22 chances of a false alarm).
+    ``drifted``: the data (a partition) that drifted from the champion's, with the checks that did
+    (``imgflow.stages.drift``): each is a reason, and refuses promotion when ``max_drift`` is "refuse".
 
     Both accuracies must come from the same test split; ``champion_accuracy`` is None when there is
     no champion yet.
@@ -96,6 +104,10 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, config: G
         reasons.append(f"accuracy {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
     if comparison is not None:
         promote = _judge_paired(comparison, config, reasons) and promote
+    for where, checks in (drifted or {}).items():
+        action = "refused" if config.max_drift == "refuse" else "flagged"
+        promote = promote and config.max_drift != "refuse"
+        reasons.append(f"{where} drifted from the champion's data, {action} (max_drift = {config.max_drift}): {'; '.join(checks)}")
     return Decision(
         promote=promote,
         reasons=tuple(reasons),

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgflow.data.profile import PROFILE_FILE
 from imgflow.registry import versions as registry
 from imgflow.registry.model_report import report_html
 from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo, clean_table
 from imgflow.runtime.errors import ConfigError
+from imgflow.serving.views import REFERENCE_FILE
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
 from imgflow.store.fingerprint import code_fingerprint, to_jsonable
 
@@ -138,6 +140,9 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "training_curves.png": results["train"].file("training_curves.png"),
         "history.json": results["train"].file("history.json"),
         "data_quality.md": table.file("report.md"),
+        # What drift checks compare new data with: the data it learned from, and its view of held-out records.
+        "data_profile.json": table.file(PROFILE_FILE),
+        REFERENCE_FILE: results["export"].file(REFERENCE_FILE),
         "misclassified.parquet": results["validate"].file("misclassified.parquet"),
         "exemplars.parquet": results["validate"].file("exemplars.parquet"),
     }

@@ -33,7 +33,8 @@ def per_class_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's pyplot on its file-only backend (runs have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +44,7 @@ def _pyplot():
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -64,7 +65,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 
 
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = range(1, len(history.get("loss", [])) + 1)
     for name, ax in (("loss", loss_ax), ("accuracy", acc_ax)):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from imgflow.pipeline import PIPELINE
-from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
+from imgflow.results import CleanInfo, DriftInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 from imgflow.runtime import cpus
 
 
@@ -45,10 +45,29 @@ class BudgetEntry(_Part):
     fit: dict[str, Any] | None
 
 
+class DriftEntry(_Part):
+    """One partition's (or the whole data's) drift check: compared with which champion, whether it
+    drifted and why, and where its report is."""
+
+    compared: bool
+    drifted: bool
+    reference: str | None
+    reasons: list[str]
+    report: str
+
+
+class Drift(_Part):
+    """Every drift check of the run, by partition date ("all": a whole-source run); ``flagged`` names
+    the ones that drifted."""
+
+    flagged: list[str]
+    checks: dict[str, DriftEntry]
+
+
 class RunSummary(_Part):
     """What a run decided, measured, reused and produced. ``stages`` has an entry per declared step
     (``status``, and ``key``/``path``, with the clean table's accounting and training's epochs);
-    ``partitions``, ``budget`` and ``tune`` only where the run had them. ``as_json`` is the one JSON
+    ``partitions``, ``budget``, ``tune`` and ``drift`` only where the run had them. ``as_json`` is the one JSON
     object ``imgflow run --json`` prints last and the flows return: a field absent here is absent there."""
 
     model: str
@@ -63,6 +82,7 @@ class RunSummary(_Part):
     partitions: dict[str, str] | None = None
     budget: BudgetEntry | None = None
     tune: dict[str, Any] | None = None
+    drift: Drift | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -176,6 +196,11 @@ def build_summary(
         had["partitions"] = _partition_statuses(partitions)
     if budget is not None:
         had["budget"] = _budget_entry(budget, seconds, results.get("train"))
+    drifts = {day: known["drift"] for day, known in partitions.items() if known.get("drift")} if partitions is not None else {}
+    if partitions is None and results.get("drift") is not None:
+        drifts = {"all": results["drift"]}
+    if drifts:
+        had["drift"] = drift_section(drifts)
     return RunSummary(
         model=name,
         decision=decision,
@@ -188,6 +213,19 @@ def build_summary(
         cpus=cpus.budget().as_dict(),
         **had,
     )
+
+
+def drift_section(drifts: Mapping[str, StageResult]) -> Drift:
+    """The summary's ``drift``: each drift result (by partition date) and the ones that drifted."""
+    checks = {}
+    for where, result in drifts.items():
+        info = result.info
+        assert isinstance(info, DriftInfo), result.stage
+        report = str(result.file("report.html"))
+        checks[where] = DriftEntry(
+            compared=info.compared, drifted=info.drifted, reference=info.reference, reasons=info.reasons, report=report
+        )
+    return Drift(flagged=[where for where, entry in checks.items() if entry.drifted], checks=checks)
 
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:
@@ -226,8 +264,13 @@ def fit(final: Mapping[str, float]) -> dict[str, Any] | None:
 
 
 def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> dict[str, str]:
-    """Each date: ``ran`` when any of its stages ran in this run, else ``cached``."""
-    return {day: "ran" if any(r.status == "ran" for r in stages.values()) else "cached" for day, stages in partitions.items()}
+    """Each date: ``ran`` when its data was ingested in this run (any step that clean needs ran), else
+    ``cached``. Its drift check is not ingestion: it runs again whenever the champion changes."""
+    ingest = PIPELINE.upstream("clean")
+    return {
+        day: "ran" if any(r.status == "ran" for name, r in stages.items() if name in ingest) else "cached"
+        for day, stages in partitions.items()
+    }
 
 
 def modalities_line(modalities: Mapping[str, float]) -> str:
@@ -251,6 +294,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         ),
         *([f"- {modalities_line(metrics['modalities'])}"] if "modalities" in metrics else []),
         *[f"- {reason}" for reason in summary["reasons"]],
+        *([f"- drifted: {', '.join(summary['drift']['flagged'])}"] if summary.get("drift", {}).get("flagged") else []),
         *(
             [f"- records: {clean['records_in']} in, {clean['kept']} kept, {clean['quarantined']} quarantined"]
             if "records_in" in clean

@@ -18,7 +18,7 @@ from imgflow.runtime import cpus
 from imgflow.runtime.errors import ConfigError
 
 
-def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int | None = None):
+def onnx_session(model_path: str | Path | bytes, keep_memory: bool = True, threads: int | None = None):
     """An ONNX Runtime session on the CPU (the exports are checked there; a GPU is for training).
 
     ``keep_memory=False`` turns off ONNX Runtime's memory arena, which otherwise keeps the largest
@@ -32,16 +32,35 @@ def onnx_session(model_path: str | Path, keep_memory: bool = True, threads: int 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = keep_memory
     options.intra_op_num_threads = threads or cpus.threads()
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def with_penultimate(path: Path) -> bytes:
+    """The ONNX model at ``path`` with one more output, ``embedding``'s source: the input of its last
+    dense layer (its last MatMul or Gemm, in the graph's topological order), the features the classifier
+    reads. For drift checks (``imgflow.serving.views``): where the model sees new data land."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    last = next((node for node in reversed(graph.node) if node.op_type in ("MatMul", "Gemm")), None)
+    if last is None:
+        raise ConfigError(f"{path} has no dense layer (MatMul or Gemm): it has no penultimate layer to embed with")
+    known = {info.name: info for info in graph.value_info}
+    name = last.input[0]
+    graph.output.append(known[name] if name in known else onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return bytes(model.SerializeToString())
 
 
 class OnnxModel:
     """An exported model (``model.onnx`` or its int8 variant) ready to predict from pixels and, when it
     takes text, texts."""
 
-    def __init__(self, path: str | Path, keep_memory: bool = True, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, keep_memory: bool = True, threads: int | None = None, embeddings: bool = False) -> None:
         self.path = Path(path)
-        self.session = onnx_session(self.path, keep_memory, threads)
+        # ``embeddings``: also its penultimate layer (``embed``).
+        self.session = onnx_session(with_penultimate(self.path) if embeddings else self.path, keep_memory, threads)
         inputs = {spec.name: spec for spec in self.session.get_inputs()}
         self.image_shape = list(inputs["pixels"].shape[1:])
         self.encoder = None
@@ -73,6 +92,12 @@ class OnnxModel:
             for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, self.session.get_outputs()[0].shape[-1]), np.float32)
+
+    def embed(self, images: np.ndarray, texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The penultimate layer's features (float32, one row per image) and the class probabilities of a
+        batch; the model must be opened with ``embeddings=True``."""
+        probabilities, features = self.session.run(None, self.feeds(images, texts))[:2]
+        return np.asarray(features, np.float32).reshape(len(images), -1), np.asarray(probabilities)
 
 
 def onnx_predict(model: Any, images: np.ndarray, batch_size: int = 512, texts: Sequence[str] | None = None) -> np.ndarray:

@@ -17,9 +17,8 @@ a new caption never moves an image between splits.
 
 Nothing is dropped silently: ``records_in == kept + quarantined``. Every image is decoded, converted to
 the spec's channels and resized to its size. Exact duplicates (same pixels after that) keep their first
-record; an image seen under two different labels is quarantined in every copy. A record's split comes
-from a hash of its pixels, so adding data never moves an old record between splits, and an image can
-never sit in both train and test.
+record; an image seen under two labels is quarantined in every copy. A record's split comes from a hash
+of its pixels: adding data never moves an old record between splits, and no image is in train and test.
 
 How, at any size: the raw table is cut into chunks of row groups, and worker processes
 (``imgflow.runtime.parallel``) scan them: each record's header is probed and, once the target shape is known,
@@ -241,14 +240,16 @@ class _Assembly:
     either way the bytes written are the same.
     """
 
-    def __init__(self, out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, class_names: list[str] | None) -> None:
-        self.out_dir, self.config, self.parts, self.raw = out_dir, config, parts, raw
-        self.class_names = class_names
+    def __init__(
+        self, out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, names: list[str] | None, channels: int
+    ) -> None:
+        self.out_dir, self.config, self.parts, self.raw, self.channels = out_dir, config, parts, raw, channels
         self.first_copies: FirstCopies | None = None
         self.written = 0  # chunks written on the fly
-        self.writer: CleanTableWriter | None = None
-        if class_names is not None:
-            self.writer = CleanTableWriter(out_dir, config, class_names, parts.with_text)
+        self.class_names, self.writer = names, self._writer(names) if names is not None else None
+
+    def _writer(self, class_names: list[str]) -> CleanTableWriter:
+        return CleanTableWriter(self.out_dir, self.config, class_names, self.channels, self.parts.with_text)
 
     def on_chunk(self, number: int, scan: Scan, start: int) -> None:
         if self.writer is None or self.written != number:
@@ -277,7 +278,7 @@ class _Assembly:
             # Start over from the scratch chunks with the whole picture.
             if self.writer is not None:
                 self.writer.__exit__()
-            self.class_names, self.writer = class_names, CleanTableWriter(self.out_dir, self.config, class_names, self.parts.with_text)
+            self.class_names, self.writer = class_names, self._writer(class_names)
             quarantine = dict(scan.reasons)
             found = content_conflicts(scan.keys)
             if found:
@@ -372,7 +373,7 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     # With the shape fixed by the spec, one pass probes and decodes; else the probes decide it first.
     target = _target_shape(config, {}) if config.image_size is not None and config.channels is not None else None
     class_names = list(config.class_names) if config.class_names else None
-    assembly = _Assembly(out_dir, config, parts, raw, class_names) if target is not None else None
+    assembly = _Assembly(out_dir, config, parts, raw, class_names, target[1]) if target is not None else None
     scan = parts.scan(target, class_names, config.max_pixels, "images", assembly.on_chunk if assembly else None)
     probes = scan.probes()
     if not probes:
@@ -382,7 +383,7 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
         class_names = sorted(scan.keys.labels.counts(where=scan.headers.codes() >= 0), key=natural_key)
     if target is None:
         target = _target_shape(config, probes)
-        assembly = _Assembly(out_dir, config, parts, raw, class_names)
+        assembly = _Assembly(out_dir, config, parts, raw, class_names, target[1])
         del scan  # the first pass's keys: the second pass finds them again
         scan = parts.scan(target, class_names, config.max_pixels, "images decoded", assembly.on_chunk)
     assert assembly is not None
@@ -396,4 +397,4 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     )
 
 
-CLEAN = Stage("clean", "4", _build, info=CleanInfo)
+CLEAN = Stage("clean", "5", _build, info=CleanInfo)

@@ -14,6 +14,9 @@ Output folder::
                       the float model's; the info says both accuracies either way
     parity.json       the largest absolute difference between SavedModel and ONNX on a batch of test
                       images
+    reference.npz     the model's view of up to 1,000 held-out records (val, then test): its penultimate
+                      layer's embeddings, predictions and labels (``imgflow.serving.views``), what
+                      drift checks compare new data with once it is the champion
     vocabulary.txt    a model with text: its vocabulary (``imgflow.data.text``), which the ONNX model's
                       token ids index
 
@@ -42,6 +45,7 @@ from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
 from imgflow.runtime.errors import ExportMismatchError
 from imgflow.serving.inference import OnnxModel
+from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, REFERENCE_RECORDS, model_view
 from imgflow.store.artifacts import Stage
 from imgflow.store.files import write_json_atomic
 
@@ -98,6 +102,7 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
     # a failed stage's folder, int8 model included, is never published.
     def onnx_side() -> tuple[np.ndarray, Int8 | None]:
         from_onnx = OnnxModel(onnx_path, keep_memory=False)(batch, texts, batch_size=step)
+        _reference(onnx_path, shards, encoder is not None, out_dir / REFERENCE_FILE)
         return from_onnx, (_quantize(onnx_path, out_dir / "model.int8.onnx", shards, config) if config.int8 else None)
 
     with ThreadPoolExecutor(1, thread_name_prefix="export-onnx") as pool:
@@ -135,6 +140,19 @@ def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult
             f"on {len(batch)} test images: refusing to promote {inputs['model'].path}"
         )
     return ExportInfo(opset=config.opset, parity=parity, int8=int8)
+
+
+def _reference(onnx_path: Path, shards: StageResult, text: bool, path: Path) -> None:
+    """The model's view of held-out records (``imgflow.serving.views``), written to ``path``."""
+    from imgflow.training.inputs import iter_batches
+
+    assert isinstance(shards.info, ShardInfo), shards.stage
+    names, shape = shards.info.class_names, tuple(shards.info.image_shape)
+    files = [file for split in HELD_OUT for file in shard_files(shards, split)]
+    batches = (
+        (images, [names[i] for i in labels], texts) for images, labels, _, texts in iter_batches(files, shape, _check_batch(shape), text)
+    )
+    model_view(OnnxModel(onnx_path, keep_memory=False, embeddings=True), names, batches, REFERENCE_RECORDS).write(path)
 
 
 def _to_onnx(model: Any, serve: Any, float_spec: Any, path: Path, opset: int) -> None:
@@ -223,4 +241,4 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     )
 
 
-EXPORT = Stage("export", "3", _build, info=ExportInfo, tensorflow=True)
+EXPORT = Stage("export", "4", _build, info=ExportInfo, tensorflow=True)

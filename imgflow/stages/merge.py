@@ -69,7 +69,7 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         modes.update(info.source_images.modes)
         sizes.update(info.source_images.size_counts)
     total = sum(info.records_in for info in infos)
-    with CleanTableWriter(out_dir, config, class_names, with_text=with_text.pop()) as writer:
+    with CleanTableWriter(out_dir, config, class_names, shape[-1], with_text=with_text.pop()) as writer:
         # The partitions' own quarantines first, then the kept records (in partition order), moving
         # the ones seen in another partition to the quarantine as they come.
         for part in parts:
@@ -116,4 +116,4 @@ def _describe(sources: list[str]) -> str:
     return f"{sources[0]} .. {sources[-1].rsplit('/', 1)[-1]} ({len(sources)} partitions)"
 
 
-MERGE = Stage("merge", "3", _build, info=CleanInfo)
+MERGE = Stage("merge", "4", _build, info=CleanInfo)

@@ -37,7 +37,7 @@ from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.registry.gate import decide, paired
 from imgflow.reporting import progress
 from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
-from imgflow.results import PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
+from imgflow.results import DriftInfo, PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
 from imgflow.serving.inference import OnnxModel
 from imgflow.store.artifacts import Stage
 from imgflow.store.files import file_table, write_json_atomic
@@ -191,6 +191,18 @@ class _Candidate:
         }
 
 
+def drifted(inputs: Mapping[str, StageResult]) -> dict[str, list[str]]:
+    """The drift results among ``inputs`` that drifted (``drift``, or ``drift:<date>`` per partition),
+    by what drifted, with the checks that did."""
+    found = {}
+    for name, result in inputs.items():
+        if name == "drift" or name.startswith("drift:"):
+            assert isinstance(result.info, DriftInfo), result.stage
+            if result.info.drifted:
+                found["the data" if name == "drift" else f"partition {name.partition(':')[2]}"] = result.info.reasons
+    return found
+
+
 def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> ValidateInfo:
     from imgflow.training.inputs import eval_batch, iter_batches
 
@@ -229,7 +241,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     per_class = per_class_metrics(labels, predictions, class_names)
     champion_accuracy = float((np.concatenate(champion_predicted) == labels).mean()) if champion is not None else None
     comparison = paired(labels, predictions, np.concatenate(champion_predicted), class_names) if champion is not None else None
-    decision = decide(accuracy, champion_accuracy, config, comparison)
+    decision = decide(accuracy, champion_accuracy, config, comparison, drifted(inputs))
     metrics = {
         "accuracy": accuracy,
         "test_records": len(labels),
@@ -299,4 +311,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     )
 
 
-VALIDATE = Stage("validate", "5", _build, info=ValidateInfo, tensorflow=True)
+VALIDATE = Stage("validate", "6", _build, info=ValidateInfo, tensorflow=True)

@@ -21,17 +21,15 @@ DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]
 D = dt.date.fromisoformat
 
 
-def _model_events(name: str, count: int) -> list:
-    """The model's gate-decision events, once the server has stored ``count`` of them (or after 20 s)."""
+def _events(prefix: str, resource: str, count: int) -> list:
+    """The events named ``prefix...`` about ``resource``, once the server has stored ``count`` of them
+    (or after 20 s)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=30)
-    wanted = EventFilter(
-        event=EventNameFilter(prefix=["imgflow.model."]),
-        resource=EventResourceFilter(id=[f"imgflow.model.{name}"]),
-    )
+    wanted = EventFilter(event=EventNameFilter(prefix=[prefix]), resource=EventResourceFilter(id=[resource]))
     with get_client(sync_client=True) as client:
         for _ in range(40):  # the server stores events asynchronously
             events = client.read_events(wanted, limit=50).events
@@ -65,18 +63,44 @@ def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) ->
     assert champion is not None and more["metrics"]["test_records"] > first["metrics"]["test_records"]
     paired = more["metrics"]["paired"]  # the same test records, both models: McNemar's p-values and the disagreements
     assert set(paired) == {"p_worse", "p_better", "candidate_only", "champion_only"} and 0 <= paired["p_worse"] <= 1
+    # The new day is of the same data: compared with the champion's, nothing drifted (no false alarm).
+    assert more["drift"]["flagged"] == [] and all(entry["compared"] for entry in more["drift"]["checks"].values())
     refused = any(reason.startswith(("significantly worse", "class ")) for reason in more["reasons"])
     assert more["decision"] == ("promoted" if accuracy >= champion - 0.005 and not refused else "rejected"), more["reasons"]
 
     again = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
     assert set(again["partitions"].values()) == {"cached"}
-    assert {entry["status"] for entry in again["stages"].values()} <= {"cached", "skipped"}
+    # Nothing is built again; only the drift checks run again when the champion changed (against its data).
+    assert {entry["status"] for stage, entry in again["stages"].items() if stage != "drift"} <= {"cached", "skipped"}
+    assert again["stages"]["drift"]["status"] == ("ran" if more["decision"] == "promoted" else "cached")
 
-    events = _model_events("lake", 3)
+    events = _events("imgflow.model.", "imgflow.model.lake", 3)
     # One event per gate decision, carrying the run's numbers: v1's first, then the bigger backfill's (twice).
     seen = sorted((e.event, e.payload["version"], e.payload["accuracy"]) for e in events)
     later = (f"imgflow.model.{more['decision']}", more["version"], accuracy)
     assert seen == sorted([("imgflow.model.promoted", "v1", first["metrics"]["accuracy"]), later, later])
+
+
+def test_a_partition_of_inverted_images_is_flagged_and_refused_with_a_report_and_an_event(tmp_path: Path) -> None:
+    from flows.backfill import backfill
+
+    lake = partitioned_parquet(tmp_path / "lake", DAYS, per_day=200, invert=[DAYS[2]])
+    spec = tmp_path / "lake.toml"
+    spec.write_text(f'source = "parquet:{lake}"\n[gate]\nmin_accuracy = 0.0\nmax_drift = "refuse"\n')
+    params = {"dataset": str(spec), "artifacts": str(tmp_path / "a"), "epochs": 2}
+    first = backfill(start=D(DAYS[0]), end=D(DAYS[1]), **params)
+    assert first["decision"] == "promoted" and first["drift"]["flagged"] == []  # no champion: nothing compared
+
+    more = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
+    assert more["drift"]["flagged"] == [DAYS[2]]
+    entry = more["drift"]["checks"][DAYS[2]]
+    assert entry["reference"] == "v1" and "brightness" in {reason.split(":")[0] for reason in entry["reasons"]}
+    assert more["decision"] == "rejected" and more["version"] is None
+    assert any(reason.startswith(f"partition {DAYS[2]} drifted") and "refused" in reason for reason in more["reasons"])
+    page = Path(entry["report"]).read_text()
+    assert "DRIFT" in page.upper() and "data:image/png;base64," in page  # the shifted histograms, inline
+    (event,) = _events("imgflow.data.drifted", f"imgflow.data.{more['model']}.{DAYS[2]}", 1)
+    assert event.payload["partition"] == DAYS[2] and event.payload["max_drift"] == "refuse"
 
 
 def test_a_scheduled_retrain_of_a_partitioned_source_reads_up_to_its_date(tmp_path: Path, capsys) -> None:

@@ -41,7 +41,7 @@ def _kept(names: list[str]) -> pa.Table:
 
 def _write(folder, records_in: int, names: list[str]):
     folder.mkdir()
-    with CleanTableWriter(folder, CleanConfig(), ["a", "b"]) as writer:
+    with CleanTableWriter(folder, CleanConfig(), ["a", "b"], 1) as writer:
         for name in names:  # one batch per record: the writer streams
             writer.write_kept(_kept([name]))
         writer.write_quarantined(QUARANTINE_SCHEMA.empty_table())

@@ -41,7 +41,7 @@ def test_a_promoted_run() -> None:
     champion = {"version": "v1", "model_fingerprint": "train-fp", "path": "/a/models/m/v1"}
     summary = build_summary("m", "/a", results, champion, 1.234).as_json()
     assert (summary["decision"], summary["version"], summary["seconds"]) == ("promoted", "v1", 1.23)
-    assert list(summary["stages"]) == ["download", "clean", "shard", "train", "validate", "export"]
+    assert list(summary["stages"]) == ["download", "clean", "drift", "shard", "train", "validate", "export"]
     assert summary["stages"]["clean"]["records_in"] == 10 and summary["stages"]["clean"]["class_balance"] == {"a": 4, "b": 4}
     assert summary["stages"]["train"]["resumed_from_epoch"] == 0
     assert summary["artifacts"]["model_report"] == "/a/models/m/v1/report.html"
@@ -62,7 +62,7 @@ def test_a_run_stopped_by_until_says_so() -> None:
     summary = build_summary("m", "/a", results, None, 1.0, until="shard").as_json()
     assert summary["decision"] == "stopped" and summary["reasons"] == ["stopped after shard (--until): nothing was validated"]
     assert summary["metrics"] == {"accuracy": None, "test_records": None, "champion_accuracy": None}
-    assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["train", "validate", "export"]
+    assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["drift", "train", "validate", "export"]
     assert "STOPPED" in summary_markdown(summary)
 
 
@@ -73,7 +73,7 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
     }
     results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
     summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
-    assert list(summary["stages"]) == ["download", "clean", "merge", "shard", "train", "validate", "export"]
+    assert list(summary["stages"]) == ["download", "clean", "drift", "merge", "shard", "train", "validate", "export"]
     assert summary["partitions"] == {"2024-05-01": "cached", "2024-05-02": "ran"}
     assert summary["stages"]["download"] == {"status": "cached", "partitions": 2, "keys": ["download-key"] * 2}
     assert summary["stages"]["clean"]["status"] == "ran" and summary["stages"]["clean"]["records_in"] == 10

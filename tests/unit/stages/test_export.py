@@ -36,6 +36,16 @@ def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards:
         out = session.run(None, {"pixels": images[:batch].astype(np.float32)})[0]
         assert np.abs(out - as_float[:batch]).max() <= 1e-5
 
+    # Its view of the held-out records (what drift checks compare with): the val split, then the test split.
+    from imgflow.serving.views import read_view
+
+    view = read_view(result.file("reference.npz"))
+    val_images, val_labels, _, _ = load_arrays(shard_files(shards, "val"), (8, 8, 1))
+    assert len(view) == shards.info.splits["val"].records + shards.info.splits["test"].records
+    assert view.embeddings.shape[0] == len(view) and view.embeddings.shape[1] > 1 and view.class_names == shards.info.class_names
+    assert np.array_equal(view.labels[: len(val_labels)], val_labels)
+    assert np.array_equal(view.predicted[: len(val_labels)], session.run(None, {"pixels": val_images.astype(np.float32)})[0].argmax(1))
+
 
 def test_savedmodel_takes_encoded_image_bytes_for_tf_serving(store: ArtifactStore, shards: StageResult) -> None:
     import tensorflow as tf
