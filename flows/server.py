@@ -12,7 +12,8 @@ before our last line of output (``--json`` really ends with the JSON line).
 
 ``start_server`` / ``stop_server`` run a lasting ``prefect server start`` (with the UI) for workers
 and deployments (``imgflow server start``): on SQLite or on a PostgreSQL cluster of its own, with
-basic auth, on 127.0.0.1 unless told otherwise. ``prefect_server()`` is one for the duration of a
+basic auth, on 127.0.0.1 unless told otherwise, crashing runs whose heartbeats stop
+(``flows.heartbeats``). ``prefect_server()`` is one for the duration of a
 block, for the deployment tests and benchmarks.
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.heartbeats import HEARTBEAT, MINIMUM_HEARTBEAT, watch_heartbeats
 from flows.postgres import PostgresCluster, new_password
 from imgflow.runtime.errors import ConfigError, MachineError, UserError
 from imgflow.runtime.lifetime import descendants, running, start_time, stop
@@ -218,10 +220,13 @@ class RunningServer:
     auth: str | None
     database: str
     pid: int
+    heartbeat: int = HEARTBEAT  # seconds between a flow run's heartbeats, what the server's automation expects
 
     def client_env(self) -> dict[str, str]:
-        """What a client or worker needs in its environment to use this server."""
-        return {"PREFECT_API_URL": self.api_url, **({"PREFECT_API_AUTH_STRING": self.auth} if self.auth else {})}
+        """What a client or worker needs in its environment to use this server: its address, its
+        credentials, and the heartbeat its runs send (``flows.heartbeats``)."""
+        auth = {"PREFECT_API_AUTH_STRING": self.auth} if self.auth else {}
+        return {"PREFECT_API_URL": self.api_url, **auth, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat)}
 
 
 def start_server(
@@ -232,6 +237,7 @@ def start_server(
     database: str = "sqlite",
     auth: bool = True,
     timeout: float | None = None,
+    heartbeat: int = HEARTBEAT,
 ) -> RunningServer:
     """Start ``prefect server start`` (with its UI) in the background and return once it answers.
 
@@ -242,9 +248,12 @@ def start_server(
     stops). ``port=0`` takes a free one. With ``auth`` the API answers only clients sending
     ``PREFECT_API_AUTH_STRING`` (its health check excepted); ``client.env`` holds the lines a client
     sources. Serving beyond 127.0.0.1 without auth is refused: anyone reaching the API can run code
-    on the workers."""
+    on the workers. Its runs send a heartbeat every ``heartbeat`` seconds (at least 30, Prefect's least),
+    and a run silent for two of them is marked Crashed (``flows.heartbeats``)."""
     if database not in DATABASES:
         raise UserError(f"--database must be one of {', '.join(DATABASES)}, not {database!r}")
+    if heartbeat < MINIMUM_HEARTBEAT:
+        raise UserError(f"--heartbeat must be at least {MINIMUM_HEARTBEAT} seconds (Prefect's least), not {heartbeat}")
     if not auth and host not in ("127.0.0.1", "localhost", "::1"):
         raise UserError(f"a server on {host} without auth would let anyone who reaches it run code on your workers: keep auth on")
     home = home.resolve()
@@ -260,7 +269,7 @@ def start_server(
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_DATABASE_CONNECTION_URL"):
         env.pop(name, None)
-    state: dict[str, Any] = {"database": database, "auth": auth}
+    state: dict[str, Any] = {"database": database, "auth": auth, "heartbeat": heartbeat}
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = secrets["auth"]
     if database == "postgres":
@@ -290,7 +299,7 @@ def start_server(
         )
     state.update(pid=server.pid, started=start_time(server.pid), api_url=api_url)
     _write_private(home / "server.json", json.dumps(state, indent=1))
-    started = RunningServer(api_url, secrets["auth"] if auth else None, database, server.pid)
+    started = RunningServer(api_url, secrets["auth"] if auth else None, database, server.pid, heartbeat)
     timeout = startup_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
@@ -309,6 +318,11 @@ def start_server(
                     f"ends: {log_path.read_text()[-1500:]}"
                 ) from None
             time.sleep(0.5)
+    try:
+        watch_heartbeats(started, heartbeat)
+    except BaseException:
+        stop_server(home)
+        raise
     _write_private(home / "client.env", "".join(f"export {key}={shlex.quote(value)}\n" for key, value in started.client_env().items()))
     return started
 
@@ -322,7 +336,7 @@ def server_state(home: Path) -> RunningServer | None:
     if not _processes(state):
         return None
     auth = _secrets(home)["auth"] if state["auth"] else None
-    return RunningServer(state["api_url"], auth, state["database"], state["pid"])
+    return RunningServer(state["api_url"], auth, state["database"], state["pid"], state.get("heartbeat", HEARTBEAT))
 
 
 def stop_server(home: Path, timeout: float = 30) -> bool:
@@ -346,10 +360,12 @@ def _processes(state: dict[str, Any]) -> dict[int, int]:
 
 
 @contextmanager
-def prefect_server(home: Path, *, database: str = "sqlite", auth: bool = False, timeout: float | None = None) -> Iterator[RunningServer]:
+def prefect_server(
+    home: Path, *, database: str = "sqlite", auth: bool = False, timeout: float | None = None, heartbeat: int = HEARTBEAT
+) -> Iterator[RunningServer]:
     """A real ``prefect server start`` on 127.0.0.1 and a free port for the block (``start_server``),
     for the deployment tests and benchmarks."""
-    server = start_server(home, database=database, auth=auth, timeout=timeout)
+    server = start_server(home, database=database, auth=auth, timeout=timeout, heartbeat=heartbeat)
     try:
         yield server
     finally:

@@ -194,15 +194,17 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    from flows.heartbeats import grace
     from flows.server import server_state, start_server, stop_server
 
     home = Path(args.home).resolve()
     if args.server_command == "start":
-        server = start_server(home, host=args.host, port=args.port, database=args.database, auth=not args.no_auth)
+        server = start_server(home, host=args.host, port=args.port, database=args.database, auth=not args.no_auth, heartbeat=args.heartbeat)
         print(
             f"Prefect server on {server.database} serving {server.api_url.removesuffix('/api')} (UI and API), "
             f"{'basic auth on' if server.auth else 'no auth'}; its log: {home / 'server.log'}"
         )
+        print(f"A run silent for {grace(server.heartbeat).total_seconds():.0f} s (heartbeats every {server.heartbeat} s) is marked Crashed")
         print(f"Point a client or worker at it:  source {home / 'client.env'}")
         print(f"Stop it:  imgflow server stop --home {args.home}")
         return 0

@@ -6,6 +6,7 @@ import argparse
 
 from flows.cli.admin import _cache, _datasets, _models, _server, _verify, _weights
 from flows.cli.runs import _backfill, _plan, _predict, _run, _tune
+from flows.heartbeats import HEARTBEAT
 from flows.params import BackfillParams, RunParams, TuneParams, add_flags
 from imgflow.config import BACKBONE_NAMES, BACKENDS
 
@@ -111,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     starting.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
     starting.add_argument("--port", type=int, default=4200)
     starting.add_argument("--no-auth", action="store_true", help="no basic auth (refused unless serving on 127.0.0.1)")
+    starting.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT,
+        metavar="SECONDS",
+        help=f"seconds between a flow run's heartbeats; a run silent for two is marked Crashed (default {HEARTBEAT}, at least 30)",
+    )
     server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
     server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
     server.set_defaults(handler=_server)

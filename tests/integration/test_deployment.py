@@ -98,7 +98,8 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
         home = Path(name) / "server"
         if database == "sqlite":
             seed_prefect_home(request.getfixturevalue("prefect_database"), home)
-        with prefect_server(home, database=database, auth=True) as server:
+        # Heartbeats every 30 s (Prefect's least): a silent run is crashed 75 s after its last one.
+        with prefect_server(home, database=database, auth=True, heartbeat=30) as server:
             base = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "IMGFLOW_REPO")}
             deployed = Deployed(server, tmp_path, {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()})
             deployed.prefect("work-pool", "create", "imgflow", "--type", "process")
@@ -198,7 +199,7 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
 
 
 @pytest.mark.parametrize("deployed", ["postgres"], indirect=True)
-def test_on_postgres_a_worker_killed_in_training_then_a_new_worker_resumes_and_promotes(deployed: Deployed) -> None:
+def test_on_postgres_a_worker_killed_in_training_is_marked_crashed_and_a_new_worker_resumes_and_promotes(deployed: Deployed) -> None:
     tmp, artifacts = deployed.tmp, deployed.tmp / "artifacts"
     # A client without the credentials is turned away.
     intruder = {key: value for key, value in deployed.env.items() if key != "PREFECT_API_AUTH_STRING"}
@@ -227,6 +228,7 @@ def test_on_postgres_a_worker_killed_in_training_then_a_new_worker_resumes_and_p
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         worker.wait(timeout=60)
+    killed_at = time.monotonic()
     deadline = time.monotonic() + 30
     while running({pid: started for pid, started in doomed.items() if pid != worker.pid}):
         assert time.monotonic() < deadline, "processes of the killed worker survived"
@@ -245,5 +247,9 @@ def test_on_postgres_a_worker_killed_in_training_then_a_new_worker_resumes_and_p
         assert f"| {stage} | cached |" in summary, summary  # what the killed run finished is reused
     assert re.search(r"\| train \| ran \(resumed from epoch [1-3]\) \|", summary), summary
     assert len(list((artifacts / "train").glob("*/manifest.json"))) == 1 and not list((artifacts / "train").glob(".work-*"))
-    killed = deployed.prefect("flow-run", "inspect", killed_run).stdout
-    assert "COMPLETED" not in killed, "the killed run is never taken as complete"
+    # No ghost run: its heartbeats stopped with it, and the server's automation marked it Crashed
+    # (within 75 s of its last heartbeat; the rerun above usually took longer than that).
+    while "CRASHED" not in (killed := deployed.prefect("flow-run", "inspect", killed_run).stdout):
+        assert "RUNNING" in killed and time.monotonic() < killed_at + 180, killed[-3000:]
+        time.sleep(5)
+    assert "no heartbeat for 75 s" in killed

@@ -3,6 +3,7 @@ and started again on the same cluster; and what it refuses up front."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.heartbeats import AUTOMATION
 from flows.postgres import PostgresCluster, server_programs
 from flows.server import start_server
 from imgflow.runtime.errors import UserError
@@ -24,6 +26,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def imgflow(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, text=True, capture_output=True, timeout=300)
+
+
+def automations(api_url: str, auth: str) -> list[dict]:
+    """The server's automations, as its API lists them."""
+    request = urllib.request.Request(f"{api_url}/automations/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Basic {b64encode(auth.encode()).decode()}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def status(api_url: str, auth: str | None) -> int:
@@ -54,7 +65,7 @@ def test_server_starts_on_postgres_with_auth_stops_and_starts_again(home: Path) 
         server_programs()
     except UserError as missing:
         pytest.skip(str(missing))
-    started = imgflow("server", "start", "--home", str(home), "--port", "0")
+    started = imgflow("server", "start", "--home", str(home), "--port", "0", "--heartbeat", "45")
     assert started.returncode == 0, started.stderr
     assert "on postgres" in started.stdout and "basic auth on" in started.stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in (home / "client.env").read_text().splitlines())
@@ -62,6 +73,11 @@ def test_server_starts_on_postgres_with_auth_stops_and_starts_again(home: Path) 
     api_url, auth = env["PREFECT_API_URL"], env["PREFECT_API_AUTH_STRING"]
     assert status(api_url, auth) == 200 and status(api_url, None) == 401 and status(api_url, "imgflow:guess") == 401
     assert (home / "postgres" / "data" / "PG_VERSION").is_file()
+    # No ghost runs: its runs send heartbeats (client.env sets them), and an automation crashes a silent one.
+    assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "45" and "silent for 105 s" in started.stdout
+    (watch,) = [a for a in automations(api_url, auth) if a["name"] == AUTOMATION]
+    assert watch["trigger"]["posture"] == "Proactive" and watch["trigger"]["within"] == 105.0
+    assert watch["actions"][0]["type"] == "change-flow-run-state" and watch["actions"][0]["state"] == "CRASHED"
 
     again = imgflow("server", "start", "--home", str(home), "--port", "0")
     assert again.returncode == 2 and "already running" in again.stderr
@@ -77,6 +93,7 @@ def test_server_starts_on_postgres_with_auth_stops_and_starts_again(home: Path) 
     assert env["PREFECT_API_AUTH_STRING"] == auth and status(env["PREFECT_API_URL"], auth) == 200
     running = imgflow("server", "status", "--home", str(home))
     assert running.returncode == 0 and "on postgres" in running.stdout
+    assert [a["trigger"]["within"] for a in automations(env["PREFECT_API_URL"], auth) if a["name"] == AUTOMATION] == [135.0]  # made again
     assert imgflow("server", "stop", "--home", str(home)).returncode == 0
 
 
