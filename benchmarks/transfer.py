@@ -22,7 +22,6 @@ imgflow, imported on first use.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -57,22 +56,26 @@ def main() -> None:
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
     shards = SHARD.run(store, cfg.shard, {"clean": clean})
 
-    lite0 = dataclasses.replace(
-        cfg.train, model="transfer", backbone="EfficientNetLite0", backbone_weights="imagenet", backbone_size=args.size,
-        dropout=0.2, translate=0.0, rotate=0.0, zoom=0.0, learning_rate=3e-3, fine_tune_factor=0.1,
+    lite0 = cfg.train.replace(
+        model="transfer",
+        backbone="EfficientNetLite0",
+        backbone_weights="imagenet",
+        backbone_size=args.size,
+        dropout=0.2,
+        translate=0.0,
+        rotate=0.0,
+        zoom=0.0,
+        learning_rate=3e-3,
+        fine_tune_factor=0.1,
     )
-    frozen = dataclasses.replace(lite0, epochs=args.head_epochs, freeze_epochs=args.head_epochs)
+    frozen = lite0.replace(epochs=args.head_epochs, freeze_epochs=args.head_epochs)
     if args.sizes:
         _by_size(store, shards, frozen, [int(size) for size in args.sizes.split(",")], args.dataset)
         return
     configs = {
         "Lite0 ImageNet, frozen + head": frozen,
-        "Lite0 ImageNet, fine-tuned": dataclasses.replace(
-            lite0, epochs=args.head_epochs + args.fine_tune_epochs, freeze_epochs=args.head_epochs
-        ),
-        "Lite0, random weights": dataclasses.replace(
-            lite0, backbone_weights=None, epochs=args.fine_tune_epochs, freeze_epochs=0, learning_rate=1e-3
-        ),
+        "Lite0 ImageNet, fine-tuned": lite0.replace(epochs=args.head_epochs + args.fine_tune_epochs, freeze_epochs=args.head_epochs),
+        "Lite0, random weights": lite0.replace(backbone_weights=None, epochs=args.fine_tune_epochs, freeze_epochs=0, learning_rate=1e-3),
         "from scratch (spec recipe)": cfg.train,
     }
     configs_all = list(configs)
@@ -92,9 +95,11 @@ def main() -> None:
 
     splits = shards.info.splits
     height, width, channels = shards.info.image_shape
-    print(f"\n{args.dataset}, images only, {height}x{width}x{channels} seen by Lite0 at {args.size}x{args.size}, "
-          f"{len(shards.info.class_names)} classes, {splits['train'].records} train / {splits['test'].records} test; "
-          f"Lite0: {args.head_epochs} head epochs on features, {args.fine_tune_epochs} fine-tuning")
+    print(
+        f"\n{args.dataset}, images only, {height}x{width}x{channels} seen by Lite0 at {args.size}x{args.size}, "
+        f"{len(shards.info.class_names)} classes, {splits['train'].records} train / {splits['test'].records} test; "
+        f"Lite0: {args.head_epochs} head epochs on features, {args.fine_tune_epochs} fine-tuning"
+    )
     print(f"\n{'model':<30} {'parameters':>11} {'precision':>15} {'test accuracy':>14} {'train time':>11}")
     for name, (accuracy, seconds, parameters, precision) in results.items():
         print(f"{name:<30} {parameters:>11,} {precision:>15} {accuracy:>14.4f} {seconds:>10.0f}s")
@@ -103,7 +108,9 @@ def main() -> None:
     base_accuracy, base_seconds, *_ = results["from scratch (spec recipe)"]
     for name, (accuracy, seconds, *_) in results.items():
         if name != "from scratch (spec recipe)":
-            print(f"{name}: accuracy {accuracy - base_accuracy:+.4f} against the spec's recipe, {seconds / base_seconds:.2f}x its training time")
+            print(
+                f"{name}: accuracy {accuracy - base_accuracy:+.4f} against the spec's recipe, {seconds / base_seconds:.2f}x its training time"
+            )
 
 
 def _by_size(store: Any, shards: Any, frozen: Any, sizes: list[int], dataset: str) -> None:
@@ -116,7 +123,7 @@ def _by_size(store: Any, shards: Any, frozen: Any, sizes: list[int], dataset: st
     rows = []
     for size in sizes:
         started = time.perf_counter()
-        trained = TRAIN.run(store, dataclasses.replace(frozen, backbone_size=size), {"shards": shards}, force=True)
+        trained = TRAIN.run(store, frozen.replace(backbone_size=size), {"shards": shards}, force=True)
         seconds = time.perf_counter() - started
         validated = VALIDATE.run(store, GateConfig(min_accuracy=0.0), {"shards": shards, "model": trained}, force=True)
         rows.append((size, validated.info.accuracy, seconds))

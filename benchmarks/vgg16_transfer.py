@@ -19,7 +19,6 @@ weights, and drawings are not photographs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from importlib import util
@@ -66,14 +65,18 @@ def main() -> None:
     import_backbone(_hed_weights(), "VGG16", weights)
 
     base = TrainConfig(epochs=args.epochs, rotate=0.0)
-    vgg = dataclasses.replace(
-        base, model="transfer", backbone="VGG16", backbone_size=args.size, freeze_epochs=args.freeze_epochs,
-        learning_rate=1e-3, fine_tune_factor=0.1,
+    vgg = base.replace(
+        model="transfer",
+        backbone="VGG16",
+        backbone_size=args.size,
+        freeze_epochs=args.freeze_epochs,
+        learning_rate=1e-3,
+        fine_tune_factor=0.1,
     )
     configs = {
         "small CNN": base,
         "VGG16, random weights": vgg,
-        "VGG16, HED weights": dataclasses.replace(vgg, backbone_weights=str(weights)),
+        "VGG16, HED weights": vgg.replace(backbone_weights=str(weights)),
     }
     results = {}
     for name, config in configs.items():
@@ -84,9 +87,11 @@ def main() -> None:
         results[name] = (validated.info.accuracy, seconds, trained.info.parameters)
 
     test = shards.info.splits["test"].records
-    print(f"\nclip-art drawings, images only, {args.size}x{args.size} RGB, {len(shards.info.class_names)} classes, "
-          f"{shards.info.splits['train'].records} train / {test} test; {args.epochs} epochs "
-          f"(VGG16: {args.freeze_epochs} frozen, then fine-tuned at a tenth of the rate)")
+    print(
+        f"\nclip-art drawings, images only, {args.size}x{args.size} RGB, {len(shards.info.class_names)} classes, "
+        f"{shards.info.splits['train'].records} train / {test} test; {args.epochs} epochs "
+        f"(VGG16: {args.freeze_epochs} frozen, then fine-tuned at a tenth of the rate)"
+    )
     print(f"\n{'model':<24} {'parameters':>11} {'test accuracy':>14} {'train time':>11}")
     for name, (accuracy, seconds, parameters) in results.items():
         print(f"{name:<24} {parameters:>11,} {accuracy:>14.4f} {seconds:>10.0f}s")

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import os
 import re
@@ -60,23 +59,19 @@ def _comments(cls: type) -> dict[str, str]:
 def _config() -> str:
     from imgflow.config import SECTIONS
     from imgflow.config.checks import expected
+    from imgflow.store.fingerprint import KEYLESS
 
     parts = []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         comments = _comments(cls)
         parts += [f"## [{section}]", "", "| field | type | default | rule | what it does |", "|---|---|---|---|---|"]
-        for field in dataclasses.fields(cls):
-            if field.metadata.get("internal"):
-                continue
-            if field.default is not dataclasses.MISSING:
-                default = f"`{field.default!r}`"
-            else:
-                default = f"`{field.default_factory()!r}`" if field.default_factory is not dataclasses.MISSING else "required"
-            rule = field.metadata.get("rule")
-            words = rule[1] if rule else ""
-            key = "" if field.metadata.get("key", True) else " Not part of the cache key."
-            cells = [f"`{field.name}`", expected(hints[field.name]), default, words, comments.get(field.name, "") + key]
+        for name, field in cls.settings().items():
+            default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=True)!r}`"
+            rule = cls.rule(name)
+            words = rule.words if rule else ""
+            key = " Not part of the cache key." if KEYLESS in field.metadata else ""
+            cells = [f"`{name}`", expected(hints[name]), default, words, comments.get(name, "") + key]
             parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         parts.append("")
     return "\n".join(parts)

@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter

@@ -10,14 +10,17 @@ import dataclasses
 import re
 import tomllib
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from imgflow.config.checks import check_value, described
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from imgflow.config.checks import Rule, StageConfig, check_value, described, parse_section
 from imgflow.data.images import MAX_PIXELS
 from imgflow.runtime.errors import ConfigError
+from imgflow.store.fingerprint import INTERNAL, KEYLESS
 from imgflow.store.objectstore import is_remote
 from imgflow.training.accel import PRECISIONS
 from imgflow.training.budget import is_duration
@@ -36,179 +39,176 @@ DRIFT_POLICIES = ("flag", "refuse")  # [gate] max_drift
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
 
-def _rule(test: Callable[[Any], bool], words: str, **metadata: Any) -> dict[str, Any]:
-    """A field's value rule, read by ``parse_section`` after the value's type is checked."""
-    return {**metadata, "rule": (test, words)}
+def _at_least(low: float) -> Rule:
+    return Rule(lambda value: value >= low, f"at least {low}")
 
 
-def _at_least(low: float, **metadata: Any) -> dict[str, Any]:
-    return _rule(lambda value: value >= low, f"at least {low}", **metadata)
+def _above(low: float) -> Rule:
+    return Rule(lambda value: value > low, f"above {low}")
 
 
-def _above(low: float) -> dict[str, Any]:
-    return _rule(lambda value: value > low, f"above {low}")
-
-
-def _fraction(upper_open: bool = False) -> dict[str, Any]:
+def _fraction(upper_open: bool = False) -> Rule:
     if upper_open:
-        return _rule(lambda value: 0 <= value < 1, "at least 0 and below 1")
-    return _rule(lambda value: 0 <= value <= 1, "between 0 and 1")
+        return Rule(lambda value: 0 <= value < 1, "at least 0 and below 1")
+    return Rule(lambda value: 0 <= value <= 1, "between 0 and 1")
 
 
-def _one_of(*choices: Any) -> dict[str, Any]:
+def _one_of(*choices: Any) -> Rule:
     words = ", ".join(str(choice).lower() if isinstance(choice, bool) else repr(choice) for choice in choices)
-    return _rule(lambda value: value in choices, f"one of {words}")
+    return Rule(lambda value: value in choices, f"one of {words}")
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
+class DownloadConfig(StageConfig):
     source: str
     limit: int | None = None  # keep a fixed sample of this many records (see stages.download.sample)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
     # Seconds a fetch may keep retrying failures that may pass (imgflow.runtime.network); it cannot change
     # what is fetched, so it is no part of the cache key.
-    timeout: float = field(default=60.0, metadata={"key": False})
+    timeout: Annotated[float, KEYLESS] = 60.0
 
 
-@dataclass(frozen=True)
-class FetchConfig:
+class FetchConfig(StageConfig):
     """A spec's ``[download]`` section."""
 
-    timeout: float = field(default=60.0, metadata=_above(0))
+    timeout: Annotated[float, _above(0)] = 60.0
 
 
-@dataclass(frozen=True)
-class CleanConfig:
+class CleanConfig(StageConfig):
     # (height, width); None: the most common size
-    image_size: tuple[int, int] | None = field(default=None, metadata=_rule(lambda v: min(v) >= 1, "two sizes of at least 1"))
+    image_size: Annotated[tuple[int, int] | None, Rule(lambda v: min(v) >= 1, "two sizes of at least 1")] = None
     # 1 or 3; None: 1 when every image is grayscale, else 3
-    channels: int | None = field(default=None, metadata=_one_of(1, 3))
+    channels: Annotated[int | None, _one_of(1, 3)] = None
     # None: the sorted labels found
-    class_names: tuple[str, ...] | None = field(
-        default=None, metadata=_rule(lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(v), "two or more different, non-empty names")
-    )
-    test_fraction: float = field(default=0.2, metadata=_fraction(upper_open=True))
-    val_fraction: float = field(default=0.1, metadata=_fraction(upper_open=True))
+    class_names: Annotated[
+        tuple[str, ...] | None, Rule(lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(v), "two or more different, non-empty names")
+    ] = None
+    test_fraction: Annotated[float, _fraction(upper_open=True)] = 0.2
+    val_fraction: Annotated[float, _fraction(upper_open=True)] = 0.1
     split_salt: str = ""
     # The most pixels an image's header may declare; more is quarantined as ``too_large`` before any
     # pixel is decoded (a few bytes of PNG can claim gigabytes). Pillow's default limit.
-    max_pixels: int = field(default=MAX_PIXELS, metadata=_at_least(1))
+    max_pixels: Annotated[int, _at_least(1)] = MAX_PIXELS
+
+    @model_validator(mode="after")
+    def _leaves_a_train_split(self) -> Self:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise PydanticCustomError(
+                "rule",
+                "test_fraction + val_fraction must be below 1 (the rest is the train split), got {test} + {val}",
+                {"test": self.test_fraction, "val": self.val_fraction},
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class ShardConfig:
+class ShardConfig(StageConfig):
     # Shards hold consecutive records, one file per split each: about shard_bytes (TensorFlow's guidance:
     # ~100 MB) or records_per_shard. Below min_shards shards, as many as min_shards while each holds
     # 10 MB: readers and the parallel writers then have files to share (TensorFlow's guidance again).
-    shard_bytes: int = field(default=100 * 2**20, metadata=_at_least(1))
-    records_per_shard: int | None = field(default=None, metadata=_at_least(1))
-    min_shards: int = field(default=8, metadata=_at_least(1))
+    shard_bytes: Annotated[int, _at_least(1)] = 100 * 2**20
+    records_per_shard: Annotated[int | None, _at_least(1)] = None
+    min_shards: Annotated[int, _at_least(1)] = 8
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = field(default="cnn", metadata=_one_of(*MODEL_NAMES))
-    width: int = field(default=16, metadata=_at_least(1))
-    epochs: int = field(default=15, metadata=_at_least(1))
-    batch_size: int = field(default=64, metadata=_at_least(1))
-    learning_rate: float = field(default=3e-3, metadata=_above(0))
-    dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
-    translate: float = field(default=0.1, metadata=_fraction())
-    rotate: float = field(default=0.05, metadata=_fraction())
-    zoom: float = field(default=0.1, metadata=_fraction(upper_open=True))
-    flip: str = field(default="none", metadata=_one_of(*FLIPS))  # random flips: none, left-right, or on both axes
+class TrainConfig(StageConfig):
+    model: Annotated[str, _one_of(*MODEL_NAMES)] = "cnn"
+    width: Annotated[int, _at_least(1)] = 16
+    epochs: Annotated[int, _at_least(1)] = 15
+    batch_size: Annotated[int, _at_least(1)] = 64
+    learning_rate: Annotated[float, _above(0)] = 3e-3
+    dropout: Annotated[float, _fraction(upper_open=True)] = 0.3
+    translate: Annotated[float, _fraction()] = 0.1
+    rotate: Annotated[float, _fraction()] = 0.05
+    zoom: Annotated[float, _fraction(upper_open=True)] = 0.1
+    flip: Annotated[str, _one_of(*FLIPS)] = "none"  # random flips: none, left-right, or on both axes
     # The CNN's input side: images are resized to input_size x input_size inside the model (None: as stored).
-    input_size: int | None = field(default=None, metadata=_at_least(8))
+    input_size: Annotated[int | None, _at_least(8)] = None
     # Steps a (Keras) epoch, the unit of checkpoints and validation (None: one pass over the train split).
-    steps_per_epoch: int | None = field(default=None, metadata=_at_least(1))
+    steps_per_epoch: Annotated[int | None, _at_least(1)] = None
     seed: int = 0
     class_weights: bool = False  # weigh classes by inverse frequency, for imbalanced data
     # Transfer learning (model = "transfer"): a backbone, its weights from a local file, "imagenet"
     # (EfficientNetLite0's, imported offline: imgflow.training.weights), or None (random; nothing is
     # downloaded), trained frozen for freeze_epochs, then fine-tuned at learning_rate * fine_tune_factor.
-    backbone: str = field(default="MobileNetV2", metadata=_one_of(*BACKBONE_NAMES))
+    backbone: Annotated[str, _one_of(*BACKBONE_NAMES)] = "MobileNetV2"
     backbone_weights: str | None = None
-    backbone_size: int = field(default=96, metadata=_at_least(32))
-    freeze_epochs: int = field(default=0, metadata=_at_least(0))
-    fine_tune_factor: float = field(default=0.1, metadata=_above(0))
+    backbone_size: Annotated[int, _at_least(32)] = 96
+    freeze_epochs: Annotated[int, _at_least(0)] = 0
+    fine_tune_factor: Annotated[float, _above(0)] = 0.1
     # Hardware (imgflow.training.accel): "auto" = mixed_bfloat16 and XLA on a GPU, no XLA on a CPU, and float32
     # there unless it has AMX bf16 tiles.
-    precision: str = field(default="auto", metadata=_one_of(*PRECISIONS))
-    jit_compile: str | bool = field(default="auto", metadata=_one_of("auto", True, False))
+    precision: Annotated[str, _one_of(*PRECISIONS)] = "auto"
+    jit_compile: Annotated[str | bool, _one_of("auto", True, False)] = "auto"
     # "device": in the train step; "host": in tf.data; auto: device on a GPU
-    augment_on: str = field(default="auto", metadata=_one_of("auto", "host", "device"))
+    augment_on: Annotated[str, _one_of("auto", "host", "device")] = "auto"
     deterministic: bool = True  # same inputs, same model bits (TensorFlow op determinism)
     # The toolbox (imgflow.training.optim): the learning-rate schedule (cosine, exponential: times decay_rate
     # each epoch, one_cycle, plateau: times plateau_factor after plateau_patience epochs without a
     # better validation loss), AdamW's decoupled weight decay, an L2 penalty on every kernel, label
     # smoothing, and early stopping after early_stopping epochs without a better validation loss (0:
     # off), keeping the best epoch's weights.
-    schedule: str = field(default="cosine", metadata=_one_of(*SCHEDULE_NAMES))
-    decay_rate: float = field(default=0.9, metadata=_rule(lambda v: 0 < v <= 1, "above 0 and at most 1"))
-    plateau_factor: float = field(default=0.5, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
-    plateau_patience: int = field(default=2, metadata=_at_least(1))
-    weight_decay: float = field(default=0.0, metadata=_at_least(0))
-    l2: float = field(default=0.0, metadata=_at_least(0))
-    label_smoothing: float = field(default=0.0, metadata=_fraction(upper_open=True))
-    early_stopping: int = field(default=0, metadata=_at_least(0))
+    schedule: Annotated[str, _one_of(*SCHEDULE_NAMES)] = "cosine"
+    decay_rate: Annotated[float, Rule(lambda v: 0 < v <= 1, "above 0 and at most 1")] = 0.9
+    plateau_factor: Annotated[float, Rule(lambda v: 0 < v < 1, "above 0 and below 1")] = 0.5
+    plateau_patience: Annotated[int, _at_least(1)] = 2
+    weight_decay: Annotated[float, _at_least(0)] = 0.0
+    l2: Annotated[float, _at_least(0)] = 0.0
+    label_smoothing: Annotated[float, _fraction(upper_open=True)] = 0.0
+    early_stopping: Annotated[int, _at_least(0)] = 0
     # Image + text (data whose source reads text): a text tower (a vocabulary of the train split's
     # text_vocabulary most frequent tokens, an embedding of text_dim, mean pooling over the first
     # text_length tokens) fused with the image model; modality_dropout of the training records lose
     # their text or their image, so the model answers from either alone.
     text: bool = False
-    text_length: int = field(default=32, metadata=_at_least(1))
-    text_vocabulary: int = field(default=20_000, metadata=_at_least(1))
-    text_dim: int = field(default=64, metadata=_at_least(1))
-    modality_dropout: float = field(default=0.3, metadata=_fraction(upper_open=True))
+    text_length: Annotated[int, _at_least(1)] = 32
+    text_vocabulary: Annotated[int, _at_least(1)] = 20_000
+    text_dim: Annotated[int, _at_least(1)] = 64
+    modality_dropout: Annotated[float, _fraction(upper_open=True)] = 0.3
     # The run's time budget ("15m", "90s", "1h30m"): every field above that the spec and the command line
     # leave open is chosen by the recipe (imgflow.training.recipe) to fill it.
-    budget: str | None = field(default=None, metadata=_rule(is_duration, 'a duration such as "15m", "90s" or "1h30m"'))
+    budget: Annotated[str | None, Rule(is_duration, 'a duration such as "15m", "90s" or "1h30m"')] = None
     # What the recipe chose and why (imgflow.training.recipe.Plan.reasons), and the seconds it gave training: a
     # record of the plan, set by the recipe, never by a spec. The settings it chose key the output.
-    plan: tuple[str, ...] = field(default=(), metadata={"key": False, "internal": True})
-    deadline: float | None = field(default=None, metadata={"key": False, "internal": True})
+    plan: Annotated[tuple[str, ...], INTERNAL, KEYLESS] = ()
+    deadline: Annotated[float | None, INTERNAL, KEYLESS] = None
 
 
-@dataclass(frozen=True)
-class GateConfig:
-    min_accuracy: float = field(default=0.98, metadata=_fraction())
-    tolerance: float = field(default=0.005, metadata=_fraction())  # how much worse than the champion a candidate may be
+class GateConfig(StageConfig):
+    min_accuracy: Annotated[float, _fraction()] = 0.98
+    tolerance: Annotated[float, _fraction()] = 0.005  # how much worse than the champion a candidate may be
     # The paired comparison with the champion (imgflow.registry.gate): the significance level of McNemar's test,
     # and how much one class's recall may fall before a significant fall refuses the candidate.
-    alpha: float = field(default=0.05, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
-    max_class_drop: float = field(default=0.05, metadata=_fraction())
+    alpha: Annotated[float, Rule(lambda v: 0 < v < 1, "above 0 and below 1")] = 0.05
+    max_class_drop: Annotated[float, _fraction()] = 0.05
     # The fewest test records a candidate is judged on: fewer is refused right after cleaning
     # (imgflow.data.cleantable.check_splits). It changes no output, so it is no part of the cache key.
-    min_test_records: int = field(default=MIN_TEST_RECORDS, metadata=_at_least(1, key=False))
+    min_test_records: Annotated[int, _at_least(1), KEYLESS] = MIN_TEST_RECORDS
     # What new data that drifted from the champion's (imgflow.stages.drift) does: "flag" it (reasons,
     # summary, report, Prefect event; promotion goes on), or "refuse" promotion.
-    max_drift: str = field(default="flag", metadata=_one_of(*DRIFT_POLICIES))
+    max_drift: Annotated[str, _one_of(*DRIFT_POLICIES)] = "flag"
 
 
-@dataclass(frozen=True)
-class DriftConfig:
+class DriftConfig(StageConfig):
     # New data against the champion's (imgflow.data.drift): a check drifts beyond noise (p < alpha / checks)
     # and its threshold: a histogram's Jensen-Shannon distance, the champion's embeddings' squared MMD,
     # and the fall of the champion's accuracy on new held-out records.
-    alpha: float = field(default=0.01, metadata=_rule(lambda v: 0 < v < 1, "above 0 and below 1"))
-    max_distance: float = field(default=0.15, metadata=_fraction())
-    max_mmd: float = field(default=0.05, metadata=_above(0))
-    max_accuracy_drop: float = field(default=0.05, metadata=_fraction())
+    alpha: Annotated[float, Rule(lambda v: 0 < v < 1, "above 0 and below 1")] = 0.01
+    max_distance: Annotated[float, _fraction()] = 0.15
+    max_mmd: Annotated[float, _above(0)] = 0.05
+    max_accuracy_drop: Annotated[float, _fraction()] = 0.05
     # The held-out records (val and test splits) the champion embeds and predicts, at most.
-    sample: int = field(default=500, metadata=_at_least(20))
+    sample: Annotated[int, _at_least(20)] = 500
 
 
-@dataclass(frozen=True)
-class ExportConfig:
-    opset: int = field(default=17, metadata=_rule(lambda v: 13 <= v <= 18, "an ONNX opset from 13 to 18"))
-    parity_tolerance: float = field(default=1e-5, metadata=_above(0))
-    parity_batch: int = field(default=256, metadata=_at_least(1))
+class ExportConfig(StageConfig):
+    opset: Annotated[int, Rule(lambda v: 13 <= v <= 18, "an ONNX opset from 13 to 18")] = 17
+    parity_tolerance: Annotated[float, _above(0)] = 1e-5
+    parity_batch: Annotated[int, _at_least(1)] = 256
     int8: bool = True  # also try an int8-quantized ONNX model
-    int8_max_drop: float = field(default=0.005, metadata=_fraction())  # keep it only if it loses at most this much test accuracy
-    calibration_images: int = field(default=256, metadata=_at_least(1))
+    int8_max_drop: Annotated[float, _fraction()] = 0.005  # keep it only if it loses at most this much test accuracy
+    calibration_images: Annotated[int, _at_least(1)] = 256
 
 
-SECTIONS = {
+SECTIONS: dict[str, type[StageConfig]] = {
     "download": FetchConfig,
     "clean": CleanConfig,
     "shard": ShardConfig,
@@ -259,26 +259,6 @@ class RunConfig:
         return typing.cast("Config", found[0])
 
 
-def parse_section(cls: type, values: dict[str, Any], where: str) -> Any:
-    """``cls`` (a stage config) from a section's ``values``: every name known, every value of its
-    field's type and within its rule, else a ``ConfigError`` naming the setting and what it must be."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        check_value(f"{where} {name}", value, hints[name], fields[name].metadata.get("rule"))
-    # TOML has arrays, the configs tuples: keep configs hashable and their JSON the same.
-    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    if isinstance(config, CleanConfig) and config.test_fraction + config.val_fraction >= 1:
-        raise ConfigError(
-            f"{where}: test_fraction + val_fraction must be below 1 (the rest is the train split), "
-            f"got {config.test_fraction} + {config.val_fraction}"
-        )
-    return config
-
-
 def _spec_from_toml(path: Path) -> DatasetSpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -315,11 +295,11 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
     )
 
 
-# The value rules of a spec's top-level keys (test, words), as ``_rule`` gives its fields'.
-_TOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "name": (lambda v: NAME_PATTERN.fullmatch(v) is not None, "letters, digits, '.', '_' and '-' (it names the model's folder)"),
-    "source": (lambda v: ":" in v, 'a source spec "scheme:..." (e.g. "folder:/data/pets", "sample:mnist5k")'),
-    "limit": (lambda v: v >= 1, "at least 1"),
+# The value rules of a spec's top-level keys (test, words), as ``Rule`` gives its fields'.
+_TOP_RULES = {
+    "name": Rule(lambda v: NAME_PATTERN.fullmatch(v) is not None, "letters, digits, '.', '_' and '-' (it names the model's folder)"),
+    "source": Rule(lambda v: ":" in v, 'a source spec "scheme:..." (e.g. "folder:/data/pets", "sample:mnist5k")'),
+    "limit": _at_least(1),
 }
 
 

@@ -3,7 +3,6 @@ decides what each step does (``Planner``: plan; ``flows/_pipeline.PrefectRun``: 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -99,7 +98,7 @@ def walk(
     submitted: dict[str, dict[str, Any]] = {}
     for partition in partitions if partitions is not None else [None]:
         day = partition.date.isoformat() if partition is not None else None
-        download = cfg.download if partition is None else dataclasses.replace(cfg.download, source=partition.source)
+        download = cfg.download if partition is None else cfg.download.replace(source=partition.source)
         known: dict[str, Any] = {}
         for step in (s for s in PIPELINE.steps if s.per_partition):
             if given and step.name in given:

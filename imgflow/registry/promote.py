@@ -15,6 +15,7 @@ from imgflow.registry.model_report import report_html
 from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.serving.views import REFERENCE_FILE
+from imgflow.stages.merge import PART
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
 from imgflow.store.fingerprint import code_fingerprint, to_jsonable
 
@@ -47,6 +48,7 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         "code_fingerprint": code_fingerprint(),
         "config": to_jsonable(config),
         "lineage": lineage,
+        "learned_from": learned_from(table),
     }
     lines = [
         f"# Model card: {name} {{version}}",
@@ -92,6 +94,15 @@ def model_card(name: str, config: Mapping[str, Any], results: Mapping[str, Stage
         "",
     ]
     return data, "\n".join(lines)
+
+
+def learned_from(table: StageResult) -> list[str]:
+    """The fingerprints of the clean tables a model learned from: the one it trained on and, when that
+    one merged date partitions, each partition's (the merge's inputs). A drift check of one of them
+    against this model has nothing new to compare (``imgflow.stages.drift``)."""
+    inputs = json.loads(Path(table.path, MANIFEST).read_text())["inputs"]
+    parts = [fingerprint for name, fingerprint in inputs.items() if name.startswith(PART)] if table.stage == "merge" else []
+    return sorted({table.fingerprint, *parts})
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ def history(root: str | Path, name: str) -> list[dict[str, Any]]:
 
 
 def champion_result(root: str | Path, name: str) -> StageResult | None:
-    """The champion as an input to the validate stage: its folder and its model fingerprint."""
+    """The champion as an input to the validate and drift stages: its folder, its model fingerprint and
+    the clean tables it learned from."""
     pointer = champion(root, name)
     if pointer is None:
         return None
@@ -105,7 +106,9 @@ def champion_result(root: str | Path, name: str) -> StageResult | None:
         path=pointer["path"],
         fingerprint=pointer["model_fingerprint"],
         status="cached",
-        info=Info.model_validate({"accuracy": pointer.get("accuracy")}),
+        info=Info.model_validate(
+            {"accuracy": pointer.get("accuracy"), "learned_from": card(root, name, pointer["version"]).get("learned_from", [])}
+        ),
     )
 
 

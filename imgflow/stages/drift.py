@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def _build(out_dir: Path, config: DriftConfig, inputs: Mapping[str, StageResult]
     checks: list[Check] = []
     plots: dict[str, Path] = {}
     if champion is None:
-        note = "no champion yet: nothing to compare with"
+        note = "nothing to compare with: no champion yet, or the champion learned from this data"
     elif not Path(champion.path, DATA_PROFILE).is_file():
         note = f"champion {champion.key} predates data profiles: nothing to compare with"
     else:
@@ -115,4 +116,14 @@ def _plot(out_dir: Path, reference: Profile, new: Profile, checks: list[Check], 
         plot_embeddings(views[0].embeddings, views[1].embeddings, out_dir / "embeddings.png")
 
 
-DRIFT = Stage("drift", "1", _build, info=DriftInfo)
+def _new_data(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The inputs without the champion when it learned from this very data (its card's
+    ``learned_from``): nothing is new, nothing to compare, and the key is the one with no champion. So
+    a rerun after a promotion reuses its drift checks, as it reuses everything else."""
+    champion = inputs.get("reference")
+    if isinstance(champion, StageResult) and inputs["data"].fingerprint in (getattr(champion.info, "learned_from", None) or []):
+        return {name: value for name, value in inputs.items() if name != "reference"}
+    return inputs
+
+
+DRIFT = Stage("drift", "1", _build, info=DriftInfo, relevant=_new_data)

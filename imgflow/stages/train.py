@@ -33,7 +33,6 @@ inputs train the same model, bit for bit, whatever else the process is doing (``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -219,7 +218,7 @@ def _train(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any,
     # In this order: the epoch's rate is logged, the validation rules decide (and keep the best weights),
     # then the epoch is committed.
     # TensorBoard's events go beside the checkpoints (kept through a resume), into the output at the end.
-    board = EpochLog(checkpoints, dataclasses.asdict(config) if progress is None else None)
+    board = EpochLog(checkpoints, config.model_dump() if progress is None else None)
     steps = StepProgress(config.epochs, steps_per_epoch, config.batch_size, config.deadline)
     callbacks = [RateLog(), steps, *([rules] if by_validation else []), board, committer, EpochProgress(config.epochs), StopOnRequest()]
 
@@ -359,13 +358,13 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     from imgflow.training.accel import gpus_without_tensorflow, key_plan
 
     chosen = key_plan(config.precision, config.jit_compile, config.augment_on)
-    resolved = dataclasses.replace(
-        config, precision=chosen.precision, jit_compile=chosen.jit_compile, augment_on="device" if chosen.augment_on_device else "host"
+    resolved = config.replace(
+        precision=chosen.precision, jit_compile=chosen.jit_compile, augment_on="device" if chosen.augment_on_device else "host"
     )
     if config.model == "transfer" and config.backbone_weights is not None:
         from imgflow.training.weights import weights_identity
 
-        resolved = dataclasses.replace(resolved, backbone_weights=weights_identity(config.backbone, config.backbone_weights))
+        resolved = resolved.replace(backbone_weights=weights_identity(config.backbone, config.backbone_weights))
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 

@@ -358,7 +358,8 @@ class Stage:
     names something outside it (a weights file) replaced by that thing's content hash, so the key
     follows content, never a path. ``info`` is the type of its info (``imgflow.results``: how a stored
     or serialized result of this stage is read back); ``tensorflow``, whether building it imports
-    TensorFlow (a run about to build one imports it while Prefect's server starts).
+    TensorFlow (a run about to build one imports it while Prefect's server starts). ``relevant(inputs)``,
+    when given, is the part of its inputs that bears on the output: the key and the build see only that.
     """
 
     name: str
@@ -367,17 +368,20 @@ class Stage:
     identity: Callable[[Any], Any] | None = None
     info: type[Info] = Info
     tensorflow: bool = False
+    relevant: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         register_info(self.name, self.info)
 
     def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
+        inputs = self.relevant(inputs) if self.relevant is not None else inputs
         fingerprints = {name: value.fingerprint if isinstance(value, StageResult) else value for name, value in inputs.items()}
         held = self.identity(config) if self.identity is not None else config
         return stable_hash([self.name, self.version, held, fingerprints])[:KEY_LENGTH]
 
     def run(self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False) -> StageResult:
         key = self.key(config, inputs)
+        inputs = self.relevant(inputs) if self.relevant is not None else inputs
         # Inputs built elsewhere are fetched into a local mirror only when this stage really runs.
         results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
         try:

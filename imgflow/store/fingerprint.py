@@ -25,12 +25,26 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class Marker:
+    """A mark on a config field (``Annotated[float, KEYLESS]``), read where the field's role matters."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name.upper()
+
+
+KEYLESS = Marker("keyless")  # it cannot change an output: it keys nothing
+INTERNAL = Marker("internal")  # a stage records it for itself: no spec sets it
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
+        keyless = [name for name, info in type(obj).model_fields.items() if KEYLESS in info.metadata]
+        return {name: value for name, value in obj.model_dump(mode="json").items() if name not in keyless}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        # A field marked ``metadata={"key": False}`` cannot change an output: it keys nothing.
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("key", True)}
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

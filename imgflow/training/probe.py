@@ -17,7 +17,6 @@ results, ``data_stats`` and ``measure``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -314,7 +313,7 @@ def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, 
     speeds = measure(stats, run=run) if stats is not None else None
     if stats is None or speeds is None:
         return None
-    data = sum(_build_seconds(result) for name, result in results.items() if name != "train")
+    data = sum(_build_seconds(result) for name, result in results.items() if name != "train" and result is not None)
     cores = cpus.budget().cores
     seconds = training_seconds(budget, data + speeds.seconds, cores)
     plan = choose(stats, seconds, speeds, {name: getattr(config, name) for name in fixed})
@@ -323,7 +322,7 @@ def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, 
         f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget, cores):.0f} s: training gets "
         f"{seconds:.0f} s and should take {plan.seconds:.0f} s"
     )
-    return dataclasses.replace(config, **plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1))
+    return config.replace(**plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1))
 
 
 def _build_seconds(result: StageResult) -> float:

@@ -44,7 +44,7 @@ from imgflow.results import StageResult, TrainInfo
 from imgflow.runtime.errors import ConfigError
 from imgflow.store.fingerprint import stable_hash
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_FIELDS = TrainConfig.settings()
 _HINTS = typing.get_type_hints(TrainConfig)
 DIRECTION: Literal["maximize"] = "maximize"  # validation accuracy
 
@@ -79,7 +79,7 @@ def parse_space(table: Mapping[str, Any], where: str) -> tuple[Param, ...]:
         setting = f"{where} {name}"
         if name not in _FIELDS:
             raise ConfigError(f"{setting}: not a [train] field; known: {', '.join(sorted(_FIELDS))}")
-        hint, rule = _HINTS[name], _FIELDS[name].metadata.get("rule")
+        hint, rule = _HINTS[name], TrainConfig.rule(name)
         if isinstance(entry, list):
             if not entry:
                 raise ConfigError(f"{setting}: an empty list of choices")
@@ -129,7 +129,7 @@ def resolve_space(dataset: DatasetSpec, space: str | None) -> tuple[Param, ...]:
 
 def study_name(dataset: str, base: TrainConfig, shards: StageResult, space: Sequence[Param], seed: int) -> str:
     """The study's name: what it searches (the settings, the training data, the space, the seed)."""
-    return f"{dataset}-{stable_hash([dataclasses.asdict(base), shards.fingerprint, [dataclasses.asdict(p) for p in space], seed])[:12]}"
+    return f"{dataset}-{stable_hash([base.model_dump(), shards.fingerprint, [dataclasses.asdict(p) for p in space], seed])[:12]}"
 
 
 def study_dir(root: Path, name: str) -> Path:
@@ -182,7 +182,7 @@ def finished(study: Any) -> list[Any]:
 
 
 def trial_config(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
-    return dataclasses.replace(base, **params)
+    return base.replace(**params)
 
 
 def score(result: StageResult) -> float:

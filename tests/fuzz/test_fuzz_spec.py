@@ -4,7 +4,6 @@ setting at fault."""
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ values = st.recursive(
     scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=6,
 )
-FIELDS = {section: [f.name for f in dataclasses.fields(cls)] for section, cls in SECTIONS.items()}
+FIELDS = {section: list(cls.model_fields) for section, cls in SECTIONS.items()}
 names = st.one_of(st.text(max_size=12), st.sampled_from(["pets", "my.model-2", "../up", "a b"]))
 sources = st.one_of(st.sampled_from(["sample:digits", "folder:/no/such", "parquet:x.parquet", "tfds:mnist"]), st.text(max_size=20))
 

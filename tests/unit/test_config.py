@@ -1,4 +1,3 @@
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -100,7 +99,7 @@ def test_every_default_passes_its_own_rules() -> None:
     from imgflow.config import SECTIONS, parse_section
 
     for section, cls in SECTIONS.items():
-        defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        defaults = {name: getattr(cls(), name) for name in cls.settings()}
         assert parse_section(cls, defaults, section) == cls()
 
 
@@ -120,3 +119,21 @@ def test_download_timeout_is_read_checked_and_keys_nothing(tmp_path: Path) -> No
     path.write_text('source = "sample:digits"\n[download]\ntimeout = "soon"\n')
     with pytest.raises(ConfigError, match=r"\[download\] timeout must be a finite number, got the string 'soon'"):
         build_run_config(str(path), tmp_path)
+
+
+def test_configs_are_frozen_strict_pydantic_models_checked_however_they_are_made() -> None:
+    from pydantic import ValidationError
+
+    from imgflow.config import CleanConfig, TrainConfig
+
+    for bad in ({"epochs": 0}, {"epochs": 5.0}, {"class_weights": 1}, {"colour": 1}, {"learning_rate": float("nan")}):
+        with pytest.raises(ValidationError):
+            TrainConfig(**bad)
+    config = TrainConfig()
+    with pytest.raises(ValidationError, match="frozen"):
+        config.epochs = 3  # type: ignore[misc]
+    assert config.replace(epochs=3).epochs == 3 and config.epochs == 15
+    with pytest.raises(ValidationError, match="dropout"):
+        config.replace(dropout=1.5)
+    with pytest.raises(ValidationError, match=r"test_fraction \+ val_fraction must be below 1"):
+        CleanConfig(test_fraction=0.5, val_fraction=0.5)

@@ -3,7 +3,6 @@ wheel without PyTorch: the file is read safely, every tensor lands where PyTorch
 (layer by layer, against activations PyTorch computed: tests/fixtures/make_efficientnet_lite0_reference.py),
 and the imported network classifies real photographs as ImageNet does."""
 
-import dataclasses
 import pickle
 from pathlib import Path
 
@@ -155,7 +154,7 @@ def test_import_writes_weights_and_their_hashes_where_the_transfer_model_finds_t
     assert weights_identity(LITE0, None) is None
     from imgflow.stages.train import TRAIN
 
-    keys = {TRAIN.key(dataclasses.replace(config, backbone_weights=w), {"shards": "x"}) for w in ("imagenet", None)}
+    keys = {TRAIN.key(config.replace(backbone_weights=w), {"shards": "x"}) for w in ("imagenet", None)}
     assert len(keys) == 2
 
     # A weights file that is not the imported one is refused, never loaded.

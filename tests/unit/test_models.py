@@ -31,7 +31,7 @@ def test_config_knows_every_model() -> None:
 
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model 'vit'"):
-        build_model((8, 8, 1), 2, TrainConfig(model="vit"))
+        build_model((8, 8, 1), 2, TrainConfig.model_construct(model="vit"))  # past the config's own check
 
 
 def test_resnet9_is_residual_and_has_the_classic_size_at_width_64() -> None:

@@ -145,7 +145,7 @@ def test_fields_the_spec_sets_win_and_the_plan_works_around_them() -> None:
 
 
 def test_every_setting_the_recipe_chooses_is_a_train_setting() -> None:
-    fields = set(TrainConfig.__dataclass_fields__)
+    fields = set(TrainConfig.model_fields)
     for stats, speeds in ((FASHION, FAST), (PHOTOS, WITH_FEATURES), (PHOTOS, SLOW)):
         assert set(choose(stats, 700, speeds, {}).settings) <= fields
 

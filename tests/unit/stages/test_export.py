@@ -77,8 +77,8 @@ def test_int8_variant_is_kept_only_within_the_allowed_accuracy_drop(store: Artif
     ops = {node.op_type for node in __import__("onnx").load(str(kept.file("model.int8.onnx"))).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert onnx_session(kept.file("model.int8.onnx")).get_inputs()[0].name == "pixels"
-    # A drop no quantized model can meet (negative: it would have to be better): not exported.
-    refused = EXPORT.run(store, ExportConfig(int8_max_drop=-1.0), {"shards": shards, "model": model})
+    # A drop no quantized model can meet (negative, which no spec may set): not exported.
+    refused = EXPORT.run(store, ExportConfig.model_construct(int8_max_drop=-1.0), {"shards": shards, "model": model})
     assert refused.info.int8.exported is False and not refused.file("model.int8.onnx").exists()
     assert refused.info.int8.accuracy == int8.accuracy
 
@@ -86,5 +86,5 @@ def test_int8_variant_is_kept_only_within_the_allowed_accuracy_drop(store: Artif
 def test_export_refuses_exports_that_disagree(store: ArtifactStore, shards: StageResult) -> None:
     model = untrained_model(store, shards, 0)
     with pytest.raises(ExportMismatchError, match="SavedModel and ONNX outputs differ"):
-        EXPORT.run(store, ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})
-    assert store.lookup("export", EXPORT.key(ExportConfig(parity_tolerance=-1.0), {"shards": shards, "model": model})) is None
+        EXPORT.run(store, ExportConfig.model_construct(parity_tolerance=-1.0), {"shards": shards, "model": model})
+    assert store.lookup("export", EXPORT.key(ExportConfig.model_construct(parity_tolerance=-1.0), {"shards": shards, "model": model})) is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -200,7 +199,7 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     )
     first = TRAIN.run(store, config, {"shards": shards})
     assert "computing the frozen backbone's features of the" in capsys.readouterr().out
-    second = TRAIN.run(store, dataclasses.replace(config, learning_rate=1e-3), {"shards": shards})
+    second = TRAIN.run(store, config.replace(learning_rate=1e-3), {"shards": shards})
     out = capsys.readouterr().out
     assert "reusing the frozen backbone's features" in out and "computing" not in out
     assert len(_history(first)["loss"]) == 2 and _history(first)["loss"] != _history(second)["loss"]
