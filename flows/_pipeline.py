@@ -129,6 +129,9 @@ def release(
     summary."""
     name = cfg.dataset.name
     results = localized(run.root, results)
+    parts = (
+        {day: localized(run.root, known, read={"drift"}) for day, known in parts.items()} if parts is not None else None
+    )  # their reports
     summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
     if run.title:
         outcome = f"{summary.version} {summary.decision}" if summary.version else summary.decision

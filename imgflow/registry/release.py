@@ -7,7 +7,7 @@ orchestrate.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from imgflow.config import RunConfig
@@ -22,12 +22,13 @@ from imgflow.store.fingerprint import to_jsonable
 Promoter = Callable[[str, str, Mapping[str, Any], Mapping[str, StageResult]], Mapping[str, Any]]
 
 
-def localized(root: str, results: Mapping[str, StageResult]) -> dict[str, StageResult]:
-    """``results`` with what the registry and the reports read in this machine's folder (an output built
-    on another machine, or kept only in an object-store root, is fetched)."""
+def localized(root: str, results: Mapping[str, StageResult], read: Collection[str] | None = None) -> dict[str, StageResult]:
+    """``results`` with what the registry and the reports read (``read``; by default the model's stages,
+    the clean table and the drift check) in this machine's folder: an output built on another machine,
+    or kept only in an object-store root, is fetched."""
     store = ArtifactStore(root)
     table = clean_table(results)
-    read = {"train", "validate", "export", table.stage if table is not None else ""}
+    read = read if read is not None else {"train", "validate", "export", "drift", table.stage if table is not None else ""}
     return {stage: store.localize(result) if stage in read else result for stage, result in results.items()}
 
 
