@@ -1,7 +1,9 @@
 """Small typed configs, one per stage, and the named dataset specs in ``datasets/*.toml``.
 
-Each stage's cache key hashes only its own config, so changing a field reruns exactly that stage and
-the ones downstream of it.
+Each stage config is a frozen, strict pydantic model (``imgflow.config.checks.StageConfig``) whose
+fields carry their rules (``Annotated[int, _at_least(1)]``); a spec's section is read with
+``parse_section``, which says what is wrong in one line naming the setting. Each stage's cache key
+hashes only its own config, so changing a field reruns exactly that stage and the ones downstream of it.
 """
 
 from __future__ import annotations

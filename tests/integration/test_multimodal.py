@@ -45,6 +45,20 @@ def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp
     report = (version / "report.html").read_text()
     assert "Image and text" in report and f"{image_only:.4f}" in report and f"{text_only:.4f}" in report
 
+    # A drift check reads the text too: the captions' lengths, and the champion's view through its text
+    # tower. Its own data against itself (built directly: a run would leave out the champion it learned from).
+    from imgflow.config import DriftConfig
+    from imgflow.registry.versions import champion_result
+    from imgflow.stages.drift import DRIFT
+    from imgflow.store.artifacts import ArtifactStore
+
+    clean = ArtifactStore(artifacts).lookup("clean", summary["stages"]["clean"]["key"])
+    (tmp_path / "drift").mkdir()
+    checked = DRIFT.build(tmp_path / "drift", DriftConfig(), {"data": clean, "reference": champion_result(artifacts, "captioned")})
+    checks = {c["name"]: c for c in json.loads((tmp_path / "drift" / "drift.json").read_text())["checks"]}
+    assert checked.compared and not checked.drifted, checked.note
+    assert {"caption_tokens", "embeddings", "champion_accuracy"} <= set(checks) and checks["champion_accuracy"]["size"] < 0.05
+
     # Batch prediction reads the captions beside the images; without them it answers from the image.
     out = tmp_path / "predictions.parquet"
     _imgflow("predict", "--input", "data", "--output", str(out), "--artifacts", str(artifacts), "--text-sidecar", ".txt", cwd=tmp_path)
