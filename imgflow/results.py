@@ -142,6 +142,8 @@ class ValidateInfo(_Strict):
     # A model with text: test accuracy with "both" modalities, "image_only" (text blanked), "text_only"
     modalities: dict[str, float] | None = None
     paired: PairedCounts | None = None  # with a comparable champion
+    # With [gate] slice_by: each slice's records, accuracy and the champion's accuracy (None: no champion)
+    slices: dict[str, dict[str, Any]] | None = None
 
 
 class DriftInfo(_Strict):

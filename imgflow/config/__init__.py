@@ -187,6 +187,9 @@ class GateConfig(StageConfig):
     # What new data that drifted from the champion's (imgflow.stages.drift) does: "flag" it (reasons,
     # summary, report, Prefect event; promotion goes on), or "refuse" promotion.
     max_drift: Annotated[str, _one_of(*DRIFT_POLICIES)] = "flag"
+    # A Hive partition key in the records' ids ("date": each date partition a slice): the test accuracy of
+    # each slice is reported, and a slice's fall is judged as a class's (max_class_drop, alpha).
+    slice_by: Annotated[str | None, Rule(lambda v: re.fullmatch(r"\w+", v) is not None, 'a partition key such as "date"')] = None
 
 
 class DriftConfig(StageConfig):

@@ -20,6 +20,16 @@ from imgflow.runtime.network import first_contact
 _DATE_FOLDER = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
+NO_SLICE = "(none)"
+
+
+def slice_of(record_id: str, key: str) -> str:
+    """The value of the Hive partition ``key`` in a record's id (``date=2024-05-01/part-0.parquet#7``
+    is in slice ``2024-05-01`` of ``date``), or ``NO_SLICE``: what ``[gate] slice_by`` groups by."""
+    found = re.search(rf"(?:^|/){re.escape(key)}=([^/]+)/", record_id)
+    return found.group(1) if found else NO_SLICE
+
+
 @dataclass(frozen=True)
 class Partition:
     date: dt.date

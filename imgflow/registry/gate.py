@@ -4,7 +4,8 @@ Beside the floor and the tolerance on overall accuracy, a candidate is compared 
 the same test records (``paired``): McNemar's exact test on the records where exactly one of them is
 right says whether a difference is more than noise, overall and for each class's recall. A candidate
 that is significantly worse overall, or on one class by more than ``max_class_drop``, is refused, with
-the class named; a regression hidden in one class no longer hides behind the overall number.
+the class named; a regression hidden in one class no longer hides behind the overall number. With
+``slice_by``, the same rule applies to each slice's accuracy (a date partition, a source).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class ClassComparison:
 
 
 @dataclass(frozen=True)
+class SliceComparison:
+    name: str
+    records: int
+    candidate_accuracy: float
+    champion_accuracy: float
+    p_worse: float
+
+
+@dataclass(frozen=True)
 class Paired:
     """Candidate and champion on the same test records."""
 
@@ -45,20 +55,25 @@ class Paired:
     p_worse: float  # one-sided: the candidate is worse
     p_better: float  # one-sided: the candidate is better
     classes: tuple[ClassComparison, ...] = field(default=())
+    slices: tuple[SliceComparison, ...] = field(default=())
 
 
-def paired(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray, class_names: Sequence[str]) -> Paired:
-    """Compare the two models' predictions of the same ``labels``, overall and per class."""
+def paired(
+    labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray, class_names: Sequence[str], slices: Sequence[str] | None = None
+) -> Paired:
+    """Compare the two models' predictions of the same ``labels``, overall, per class and, given each
+    record's slice (``slices``), per slice."""
     right, rival = candidate == labels, champion == labels
-    wins, losses = int((right & ~rival).sum()), int((~right & rival).sum())
-    classes = []
-    for index, name in enumerate(class_names):
-        mine = labels == index
-        if not mine.any():
-            continue
+
+    def within(mine: np.ndarray) -> tuple[int, float, float, float]:  # records, both rates, p(worse)
         won, lost = int((right & ~rival & mine).sum()), int((~right & rival & mine).sum())
-        classes.append(ClassComparison(name, int(mine.sum()), float(right[mine].mean()), float(rival[mine].mean()), _worse(won, lost)))
-    return Paired(len(labels), wins, losses, _worse(wins, losses), _worse(losses, wins), tuple(classes))
+        return int(mine.sum()), float(right[mine].mean()), float(rival[mine].mean()), _worse(won, lost)
+
+    classes = [ClassComparison(name, *within(labels == index)) for index, name in enumerate(class_names) if (labels == index).any()]
+    named = np.asarray(slices if slices is not None else [], dtype=object)
+    cut = [SliceComparison(str(name), *within(named == name)) for name in sorted(set(named.tolist()))]
+    wins, losses = int((right & ~rival).sum()), int((~right & rival).sum())
+    return Paired(len(labels), wins, losses, _worse(wins, losses), _worse(losses, wins), tuple(classes), tuple(cut))
 
 
 @dataclass(frozen=True)
@@ -134,13 +149,29 @@ def _judge_paired(comparison: Paired, config: GateConfig, reasons: list[str]) ->
         reasons.append(
             f"no significant difference from the champion: {counts} (McNemar p = {min(comparison.p_worse, comparison.p_better):.3g})"
         )
-    level = config.alpha / max(1, len(comparison.classes))
-    for item in comparison.classes:
-        drop = item.champion_recall - item.candidate_recall
-        if drop > config.max_class_drop and item.p_worse < level:
+    groups = [
+        *[
+            (f"class {c.name!r} recall", c.records, c.champion_recall, c.candidate_recall, c.p_worse, len(comparison.classes))
+            for c in comparison.classes
+        ],
+        *[
+            (
+                f"slice {config.slice_by}={s.name} accuracy",
+                s.records,
+                s.champion_accuracy,
+                s.candidate_accuracy,
+                s.p_worse,
+                len(comparison.slices),
+            )
+            for s in comparison.slices
+        ],
+    ]
+    for what, records, before, after, p_worse, count in groups:
+        level = config.alpha / max(1, count)  # Bonferroni within classes, and within slices
+        if before - after > config.max_class_drop and p_worse < level:
             fine = False
             reasons.append(
-                f"class {item.name!r} recall fell from {item.champion_recall:.4f} to {item.candidate_recall:.4f} on {item.records} "
-                f"records (drop {drop:.4f} > max_class_drop {config.max_class_drop}, McNemar p = {item.p_worse:.3g} < {level:.3g})"
+                f"{what} fell from {before:.4f} to {after:.4f} on {records} records "
+                f"(drop {before - after:.4f} > max_class_drop {config.max_class_drop}, McNemar p = {p_worse:.3g} < {level:.3g})"
             )
     return fine

@@ -30,6 +30,7 @@ class Metrics(_Part):
     champion_accuracy: float | None
     modalities: dict[str, float] | None = None
     paired: dict[str, Any] | None = None
+    slices: dict[str, dict[str, Any]] | None = None
 
 
 class BudgetEntry(_Part):
@@ -185,6 +186,8 @@ def build_summary(
         measured["modalities"] = validation.modalities
     if validation and validation.paired:
         measured["paired"] = validation.paired.model_dump()  # McNemar's p-values and the disagreements
+    if validation and validation.slices:
+        measured["slices"] = validation.slices  # with [gate] slice_by
     metrics = Metrics(
         accuracy=validation.accuracy if validation else None,
         test_records=validation.test_records if validation else None,

@@ -33,8 +33,9 @@ import numpy as np
 
 from imgflow.config import GateConfig
 from imgflow.data.images import encode_png
+from imgflow.data.partitions import slice_of
 from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
-from imgflow.registry.gate import decide, paired
+from imgflow.registry.gate import Paired, decide, paired
 from imgflow.reporting import progress
 from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import DriftInfo, PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
@@ -203,6 +204,30 @@ def drifted(inputs: Mapping[str, StageResult]) -> dict[str, list[str]]:
     return found
 
 
+def _per_slice(slices: np.ndarray | None, labels: np.ndarray, predictions: np.ndarray, comparison: Paired | None) -> dict[str, Any] | None:
+    """Each slice's records and test accuracy, and the champion's on the same records when there is one."""
+    if slices is None:
+        return None
+    rival = {s.name: s.champion_accuracy for s in comparison.slices} if comparison is not None else {}
+    found = {}
+    for name in sorted(set(slices.tolist())):
+        mine = slices == name
+        found[name] = {
+            "records": int(mine.sum()),
+            "accuracy": float((predictions[mine] == labels[mine]).mean()),
+            "champion_accuracy": rival.get(name),
+        }
+    return found
+
+
+def _slices_markdown(key: str | None, per_slice: Mapping[str, Any]) -> list[str]:
+    lines = [f"## Per slice ({key})", "", "| slice | records | accuracy | champion |", "|---|---|---|---|"]
+    for name, row in per_slice.items():
+        champion = f"{row['champion_accuracy']:.4f}" if row["champion_accuracy"] is not None else ""
+        lines.append(f"| {name} | {row['records']} | {row['accuracy']:.4f} | {champion} |")
+    return [*lines, ""]
+
+
 def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult]) -> ValidateInfo:
     from imgflow.training.inputs import eval_batch, iter_batches
 
@@ -221,6 +246,8 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     labels_seen: list[np.ndarray] = []
     predicted: dict[str, list[np.ndarray]] = {}
     champion_predicted = []
+    slice_names: dict[str, int] = {}  # with [gate] slice_by: each record's slice, as a code
+    slice_codes: list[np.ndarray] = []
     hardest = Hardest()
     with_text = shards.info.text and (reads_text or (champion is not None and champion.takes_text))
     for images, labels, ids, texts in iter_batches(shard_files(shards, "test"), shape, eval_batch(shape), text=with_text):
@@ -229,6 +256,8 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         for name, probabilities in outputs.items():
             predicted.setdefault(name, []).append(probabilities.argmax(axis=1))
         hardest.add(images, labels, outputs["both"], ids, texts)
+        if config.slice_by is not None:
+            slice_codes.append(np.array([slice_names.setdefault(slice_of(i, config.slice_by), len(slice_names)) for i in ids]))
         if champion is not None:
             champion_predicted.append(champion(images, texts).argmax(axis=1))
         progress.report(hardest.seen, total, "test images")
@@ -240,7 +269,9 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     matrix = confusion_matrix(labels, predictions, len(class_names))
     per_class = per_class_metrics(labels, predictions, class_names)
     champion_accuracy = float((np.concatenate(champion_predicted) == labels).mean()) if champion is not None else None
-    comparison = paired(labels, predictions, np.concatenate(champion_predicted), class_names) if champion is not None else None
+    slices = np.array(list(slice_names), dtype=object)[np.concatenate(slice_codes)] if slice_codes else None
+    comparison = paired(labels, predictions, np.concatenate(champion_predicted), class_names, slices) if champion is not None else None
+    per_slice = _per_slice(slices, labels, predictions, comparison)
     decision = decide(accuracy, champion_accuracy, config, comparison, drifted(inputs))
     metrics = {
         "accuracy": accuracy,
@@ -252,6 +283,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         "champion": champion_note,
         "modalities": modalities,
         "paired": dataclasses.asdict(comparison) if comparison is not None else None,
+        "slices": per_slice,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     hardest.write(out_dir, class_names, candidate.heatmaps())
@@ -285,6 +317,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
                 "",
                 per_class_markdown(per_class),
                 "",
+                *(_slices_markdown(config.slice_by, per_slice) if per_slice else []),
             ]
         )
     )
@@ -300,6 +333,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
         promote=decision.promote,
         reasons=list(decision.reasons),
         modalities=modalities,
+        slices=per_slice,
         paired=PairedCounts(
             p_worse=comparison.p_worse,
             p_better=comparison.p_better,

@@ -88,7 +88,7 @@ def test_a_partition_of_inverted_images_is_flagged_and_refused_with_a_report_and
 
     lake = partitioned_parquet(tmp_path / "lake", DAYS, per_day=200, invert=[DAYS[2]])
     spec = tmp_path / "lake.toml"
-    spec.write_text(f'source = "parquet:{lake}"\n[gate]\nmin_accuracy = 0.0\nmax_drift = "refuse"\n')
+    spec.write_text(f'source = "parquet:{lake}"\n[gate]\nmin_accuracy = 0.0\nmax_drift = "refuse"\nslice_by = "date"\n')
     params = {"dataset": str(spec), "artifacts": str(tmp_path / "a"), "epochs": 2}
     first = backfill(start=D(DAYS[0]), end=D(DAYS[1]), **params)
     assert first["decision"] == "promoted" and first["drift"]["flagged"] == []  # no champion: nothing compared
@@ -99,6 +99,10 @@ def test_a_partition_of_inverted_images_is_flagged_and_refused_with_a_report_and
     assert entry["reference"] == "v1" and "brightness" in {reason.split(":")[0] for reason in entry["reasons"]}
     assert more["decision"] == "rejected" and more["version"] is None
     assert any(reason.startswith(f"partition {DAYS[2]} drifted") and "refused" in reason for reason in more["reasons"])
+    # Accuracy per date partition (slice_by), the candidate's and the champion's on the same records.
+    slices = more["metrics"]["slices"]
+    assert list(slices) == DAYS and sum(row["records"] for row in slices.values()) == more["metrics"]["test_records"]
+    assert all(row["champion_accuracy"] is not None for row in slices.values())
     page = Path(entry["report"]).read_text()
     assert "DRIFT" in page.upper() and "data:image/png;base64," in page  # the shifted histograms, inline
     (event,) = _events("imgflow.data.drifted", f"imgflow.data.{more['model']}.{DAYS[2]}", 1)

@@ -67,3 +67,20 @@ def test_a_regression_in_one_class_is_refused_and_named_though_overall_accuracy_
     named = [reason for reason in decision.reasons if reason.startswith("class 'cat' recall fell from 1.0000 to 0.8500")]
     assert named and "max_class_drop 0.05" in named[0]
     assert not any("'dog'" in reason or "'bird'" in reason for reason in decision.reasons)
+
+
+def test_a_regression_in_one_slice_is_refused_and_named() -> None:
+    from imgflow.data.partitions import slice_of
+    from imgflow.registry.gate import paired
+
+    labels = [0, 1, 2] * 400
+    ids = [f"date=2024-05-0{1 + i % 3}/part-0.parquet#{i}" for i in range(1200)]  # three days, 400 records each
+    slices = [slice_of(record, "date") for record in ids]
+    lost = [i for i in range(1200) if slices[i] == "2024-05-03"][:60]  # the third day: accuracy 1.0 -> 0.85
+    comparison = paired(*_predictions(labels, lost, []), ["a", "b", "c"], slices)
+    assert [s.name for s in comparison.slices] == ["2024-05-01", "2024-05-02", "2024-05-03"]
+    gate = GateConfig(min_accuracy=0.5, tolerance=0.1, slice_by="date")
+    decision = decide(0.95, 1.0, gate, comparison)
+    assert not decision.promote
+    assert any(reason.startswith("slice date=2024-05-03 accuracy fell from 1.0000 to 0.8500 on 400 records") for reason in decision.reasons)
+    assert not any("2024-05-01" in reason or "2024-05-02" in reason for reason in decision.reasons)
