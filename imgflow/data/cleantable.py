@@ -129,6 +129,15 @@ def _size_stats(size_counts: Mapping[str, int]) -> dict[str, Any]:
     return {"height": _stats(heights), "width": _stats(widths)}
 
 
+def pixel_array(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """A ``pixels`` column as one uint8 array of ``shape`` per record (``(-1, channels)``: each image's
+    pixels a row), a view of the column's buffer when it is one chunk: no record is copied."""
+    pixels = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = np.frombuffer(pixels.buffers()[1], np.int32)[pixels.offset : pixels.offset + len(pixels) + 1]
+    data = np.frombuffer(pixels.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    return data.reshape(len(pixels), *shape)
+
+
 def data_fingerprint(digests: bytes | bytearray) -> str:
     """``stable_hash`` of the sorted list of the kept records' hex content hashes, computed from their
     packed 32-byte digests a block at a time: the same value, without a list of N strings (120 bytes
@@ -191,7 +200,7 @@ class CleanTableWriter:
             return
         table = table.select(self.schema.names).cast(self.schema)
         self._kept.write_table(table)
-        self.profile.add_records(table, self.channels)
+        self.profile.add_pixels(pixel_array(table.column("pixels"), (-1, self.channels)))
         names = table.column("label_name").to_pylist()
         for name, split in zip(names, table.column("split").to_pylist(), strict=True):
             self.per_class[name][split] += 1
@@ -243,7 +252,10 @@ class CleanTableWriter:
             "data_fingerprint": data_fingerprint(self.digests),
             "text": self.text.report() if self.text is not None else None,
         }
+        self.profile.add_labels({name: sum(counts.values()) for name, counts in self.per_class.items()})
         self.profile.add_sizes(size_counts)
+        if self.text is not None:
+            self.profile.add_caption_lengths(self.text.lengths())
         self.profile.write(self.out_dir)
         write_json_atomic(self.out_dir / "report.json", report)
         (self.out_dir / "report.md").write_text(report_markdown(report, self.sample))
@@ -269,6 +281,10 @@ class _TextCounts:
             self.characters[len(text)] += 1
             self.token_counts[len(found)] += 1
             self.per_class[label].update(found)
+
+    def lengths(self) -> dict[int, int]:
+        """Records by the number of tokens of their text (an empty text has none)."""
+        return dict(Counter({0: self.empty}) + self.token_counts)
 
     def report(self) -> dict[str, Any]:
         return {

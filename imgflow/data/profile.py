@@ -30,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from imgflow.data.text import tokens
 from imgflow.store.files import write_json_atomic
 
 PROFILE_FILE = "profile.json"
@@ -48,6 +46,7 @@ EDGES: dict[str, np.ndarray] = {
     "caption_tokens": np.array([0, 1, 2, 4, 8, 16, 32, 64, np.inf]),
 }
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_SLICE_BYTES = 8 << 20  # of uint8 pixels profiled at once
 
 
 @dataclass
@@ -64,24 +63,30 @@ class Profile:
         found, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges, weights=weights)
         self.counts[name] = self.counts.get(name, np.zeros(len(edges) - 1, np.int64)) + found.astype(np.int64)
 
-    def add_records(self, table: pa.Table, channels: int) -> None:
-        """Count a batch of clean records (``pixels``, ``label_name``, and ``text`` when there is text)."""
-        if not table.num_rows:
-            return
-        pixels = table.column("pixels").combine_chunks()
-        offsets = np.frombuffer(pixels.buffers()[1], np.int32)[pixels.offset : pixels.offset + len(pixels) + 1]
-        data = np.frombuffer(pixels.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-        images = data.reshape(len(pixels), -1, channels).astype(np.float32) / 255.0  # one image's pixels a row
-        luminance = images[..., 0] if channels == 1 else images @ _LUMA
-        self._count("brightness", luminance.mean(axis=1))
-        self._count("contrast", luminance.std(axis=1))
-        means = images.mean(axis=1)
-        for index, name in enumerate(("mean_gray",) if channels == 1 else ("mean_red", "mean_green", "mean_blue")):
-            self._count(name, means[:, index])
-        if "text" in table.column_names:
-            self._count("caption_tokens", np.array([len(tokens(text or "")) for text in table.column("text").to_pylist()]))
-        self.labels.update(table.column("label_name").to_pylist())
-        self.records += table.num_rows
+    def add_pixels(self, images: np.ndarray) -> None:
+        """Count a batch of clean images, (N, pixels, channels) uint8 (``pixel_array``'s view), a slice of
+        about ``_SLICE_BYTES`` at a time: memory stays a few slices whatever the batch or image size,
+        and the slices stay in the CPU's cache."""
+        channels = images.shape[-1]
+        names = ("mean_gray",) if channels == 1 else ("mean_red", "mean_green", "mean_blue")
+        step = max(1, _SLICE_BYTES // max(1, images[0].nbytes)) if len(images) else 1
+        for start in range(0, len(images), step):
+            part = images[start : start + step].astype(np.float32)
+            luminance = part[..., 0] if channels == 1 else part @ _LUMA
+            self._count("brightness", luminance.mean(axis=1) / 255)
+            self._count("contrast", luminance.std(axis=1) / 255)
+            means = part.mean(axis=1) / 255
+            for index, name in enumerate(names):
+                self._count(name, means[:, index])
+        self.records += len(images)
+
+    def add_labels(self, counts: Mapping[str, int]) -> None:
+        """Count records per class name (the clean report's per-class totals)."""
+        self.labels.update({name: count for name, count in counts.items() if count})
+
+    def add_caption_lengths(self, counts: Mapping[int, int]) -> None:
+        """Count captions by their number of tokens (``{tokens: records}``, the clean report's)."""
+        self._count("caption_tokens", np.array(list(counts), np.float64), np.array(list(counts.values()), np.float64))
 
     def add_sizes(self, size_counts: Mapping[str, int]) -> None:
         """Count the source images' sizes (``{"HxW": records}``, the clean report's)."""

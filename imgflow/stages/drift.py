@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgflow.config import DriftConfig
+from imgflow.data.cleantable import pixel_array
 from imgflow.data.drift import Check, describe, judge, profile_checks, view_checks
 from imgflow.data.profile import PROFILE_FILE, Profile, read_profile
 from imgflow.data.tables import open_parquet
@@ -44,11 +47,10 @@ def _held_out(data: StageResult, shape: tuple[int, ...], text: bool) -> Iterator
     """The clean table's val and test records, in table order: pixels, label names and texts."""
     columns = ["pixels", "label_name", "split", *(["text"] if text else [])]
     for batch in open_parquet(data.file("records.parquet")).iter_batches(batch_size=512, columns=columns):
-        rows = batch.to_pydict()
-        chosen = [i for i, split in enumerate(rows["split"]) if split in HELD_OUT]
-        if chosen:
-            images = np.stack([np.frombuffer(rows["pixels"][i], np.uint8).reshape(shape) for i in chosen])
-            yield images, [rows["label_name"][i] for i in chosen], [rows["text"][i] for i in chosen] if text else None
+        chosen = batch.filter(pc.is_in(batch.column("split"), pa.array(HELD_OUT)))
+        if chosen.num_rows:
+            texts = chosen.column("text").to_pylist() if text else None
+            yield pixel_array(chosen.column("pixels"), shape), chosen.column("label_name").to_pylist(), texts
 
 
 def _views(champion: Path, data: StageResult, config: DriftConfig) -> tuple[ModelView, ModelView] | str:

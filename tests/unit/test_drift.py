@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from imgflow.config import DriftConfig, GateConfig
+from imgflow.data.cleantable import pixel_array
 from imgflow.data.drift import judge, mmd_test, profile_checks, view_checks
 from imgflow.data.profile import Profile, read_profile
 from imgflow.data.sources import open_source, sample_records
@@ -32,8 +34,9 @@ def digits() -> tuple[np.ndarray, list[str]]:
 def _profile(pixels: np.ndarray, labels: list[str]) -> Profile:
     profile = Profile()
     for start in range(0, len(labels), 300):  # in batches, as a clean table is written
-        chunk = pixels[start : start + 300]
-        profile.add_records(pa.table({"pixels": [p.tobytes() for p in chunk], "label_name": labels[start : start + 300]}), channels=1)
+        column = pa.array([p.tobytes() for p in pixels[start : start + 300]], pa.binary())
+        profile.add_pixels(pixel_array(column, (-1, 1)))
+    profile.add_labels(Counter(labels))
     profile.add_sizes({"28x28": len(labels)})
     return profile
 
