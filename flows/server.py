@@ -36,7 +36,7 @@ from typing import Any
 from flows.heartbeats import HEARTBEAT, MINIMUM_HEARTBEAT, watch_heartbeats
 from flows.postgres import PostgresCluster, new_password
 from imgflow.runtime.errors import ConfigError, MachineError, UserError
-from imgflow.runtime.lifetime import descendants, running, start_time, stop
+from imgflow.runtime.lifetime import descendants, running, start_child, start_time, stop
 from imgflow.runtime.network import free_port
 from imgflow.store.files import file_lock
 
@@ -88,7 +88,7 @@ class TemporaryAPI:
         deadline = self._began + self._timeout
         while True:
             port = free_port()
-            self._process = subprocess.Popen(
+            self._process = start_child(
                 [
                     sys.executable,
                     "-m",
@@ -107,6 +107,7 @@ class TemporaryAPI:
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
                 # In a session of its own: a Ctrl-C or `timeout` signals the command's whole process group, and
                 # the run must still record its final state here as it stops (it stops this server itself).
+                # Out of the group, a SIGKILL to the group misses it too: it dies with this process (start_child).
                 start_new_session=True,
             )
             self.api_url = f"http://127.0.0.1:{port}/api"

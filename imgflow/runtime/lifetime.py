@@ -16,6 +16,11 @@ left alone they run on as orphans, holding ports and memory. Two mechanisms, bot
   ``POLL`` seconds and, once this process has gone, stops the ones still running and theirs (SIGTERM,
   then SIGKILL after ``GRACE`` seconds). A direct child started and orphaned within the same ``POLL``
   escapes it: what we start ourselves uses ``die_with`` too.
+
+A SIGKILL to the run's whole process group (``timeout -s KILL``, ``kill -9 -- -PGID``, a CI runner's
+cancel) ends every process in the group at once, and nothing in it can act afterwards. So whatever
+must act after that lives outside the group: the watcher starts in a session of its own, and so does
+Prefect's temporary server (``flows.server``), which dies with the run through ``die_with``.
 """
 
 from __future__ import annotations
@@ -147,7 +152,9 @@ def watch_descendants() -> None:
     """Start, once per process, the watcher that stops this process's descendants when it ends."""
     global _watcher
     if _watcher is None and sys.platform.startswith("linux"):
-        _watcher = subprocess.Popen([sys.executable, "-m", "imgflow.runtime.lifetime", str(os.getpid())], stdin=subprocess.DEVNULL)
+        # A session of its own: out of the reach of a signal to the run's group, SIGKILL included.
+        command = [sys.executable, "-m", "imgflow.runtime.lifetime", str(os.getpid())]
+        _watcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from imgflow.runtime.lifetime import descendants
+from tests.conftest import seed_prefect_home
+from tests.helpers import left_behind
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc")]
 
@@ -45,9 +47,12 @@ def _at_failpoint(stage: str) -> Callable[[Path], bool]:
     [("train", signal.SIGINT, True), ("clean", signal.SIGTERM, True), ("validate", signal.SIGINT, False)],
     ids=["train-sigint-group", "clean-sigterm-group", "validate-sigint-alone"],
 )
-def test_a_stop_signal_in_a_stage_ends_the_run_cleanly_and_the_rerun_resumes(tmp_path: Path, stage: str, signum: int, to_group: bool) -> None:
+def test_a_stop_signal_in_a_stage_ends_the_run_cleanly_and_the_rerun_resumes(
+    tmp_path: Path, prefect_database: Path, stage: str, signum: int, to_group: bool
+) -> None:
     """Training is stopped by its own check after a batch; the other stages are held at their failpoint
     (every file written, no manifest yet: ``imgflow.store.artifacts``), where nothing checks: the command still ends."""
+    seed_prefect_home(prefect_database, tmp_path / "prefect")
     if stage == "train":
         run, ready = _start(tmp_path), (lambda path: _committed(path) >= 2)
     else:
@@ -69,6 +74,7 @@ def test_a_stop_signal_in_a_stage_ends_the_run_cleanly_and_the_rerun_resumes(tmp
     assert "Finished in state Crashed" in stderr  # the flow run's last state reached its server
     time.sleep(2)
     assert not [pid for pid in below if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert left_behind(tmp_path / "prefect", tmp_path / "artifacts", within=15) == {}  # the server's own session included
     assert not list((tmp_path / "artifacts" / stage).glob("*/manifest.json")), "no output of the stopped stage was published"
 
     if stage == "train":  # what a stop keeps: the rerun resumes training (a stopped stage reruns as after any crash)
