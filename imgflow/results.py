@@ -173,6 +173,10 @@ class Int8(_Strict):
     calibration_images: int
     bytes: int | None
     float_bytes: int
+    # Weights in 7 bits, safe on CPUs without VNNI (imgflow.stages.export._quantize), and the CPU
+    # instructions the accuracy check ran on; absent from models exported before they were recorded.
+    reduce_range: bool = False
+    checked_on: str | None = None
 
 
 class ExportInfo(_Strict):

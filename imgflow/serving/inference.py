@@ -36,6 +36,29 @@ def onnx_session(model_path: str | Path | bytes, keep_memory: bool = True, threa
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+# The int8 dot-product instructions ONNX Runtime's x86 kernels (MLAS) dispatch to, best first, by the
+# /proc/cpuinfo flag that has them.
+INT8_INSTRUCTIONS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2, no VNNI"))
+
+
+def int8_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Which instructions this CPU's int8 matrix products run on, in words: what an int8 model's
+    accuracy check measured. Without VNNI an x86 CPU multiplies 8-bit pairs into 16-bit sums that
+    saturate (``vpmaddubsw``), so a model checked on a VNNI machine can lose accuracy where it is
+    served: the export quantizes its weights to 7 bits (``reduce_range``) so that no sum can.
+    "unknown" where /proc/cpuinfo does not say."""
+    import platform
+
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return f"{platform.machine() or 'unknown'}, unknown"
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    if not flags:  # not x86: ARM's lines say "Features"
+        return f"{platform.machine() or 'unknown'}, its own int8 kernels"
+    return "x86-64, " + next((words for flag, words in INT8_INSTRUCTIONS if flag in flags), "SSE, no AVX2")
+
+
 def with_penultimate(path: Path) -> bytes:
     """The ONNX model at ``path`` with one more output, ``embedding``'s source: the input of its last
     dense layer (its last MatMul or Gemm, in the graph's topological order), the features the classifier

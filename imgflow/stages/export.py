@@ -10,8 +10,9 @@ Output folder::
     model.onnx        the same model for ONNX Runtime: input "pixels" float32 (N, H, W, C) in 0..255
                       (dynamic batch), output "probabilities"; opset in the info
     model.int8.onnx   the int8-quantized ONNX model (static QDQ quantization calibrated on the
-                      validation split), only when its test accuracy is within ``int8_max_drop`` of
-                      the float model's; the info says both accuracies either way
+                      validation split, weights in 7 bits: see ``_quantize``), only when its test
+                      accuracy is within ``int8_max_drop`` of the float model's; the info says both
+                      accuracies and the CPU instructions the check ran on, either way
     parity.json       the largest absolute difference between SavedModel and ONNX on a batch of test
                       images
     reference.npz     the model's view of up to 1,000 held-out records (val, then test): its penultimate
@@ -44,7 +45,7 @@ from imgflow.config import ExportConfig
 from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
 from imgflow.runtime.errors import ExportMismatchError
-from imgflow.serving.inference import OnnxModel
+from imgflow.serving.inference import OnnxModel, int8_instructions
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, REFERENCE_RECORDS, model_view
 from imgflow.store.artifacts import Stage
 from imgflow.store.files import write_json_atomic
@@ -186,7 +187,13 @@ def _check_batch(shape: tuple[int, ...]) -> int:
 
 def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: ExportConfig) -> Int8:
     """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
-    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on the test split."""
+    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on the test split.
+
+    Weights and activations use 7 of their 8 bits (``reduce_range``): on an x86 CPU without VNNI (AMD
+    Zen 3, older Xeons) ONNX Runtime multiplies uint8 activations by int8 weights with ``vpmaddubsw``,
+    whose 16-bit sum of two products saturates at full range (2 x 255 x 127 > 32,767); at 7 bits it
+    cannot, so the accuracy checked here, on whatever CPU, holds on the CPU that serves the model.
+    ONNX Runtime's own advice for such CPUs; the figures are in benchmarks/RESULTS.md."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -217,7 +224,7 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
 
     scratch = int8_path.with_name("model.pre-quant.onnx")
     quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
-    quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True)
     scratch.unlink()
     # Both models over the test split, a batch at a time.
     models = [float_model, OnnxModel(int8_path, keep_memory=False)]
@@ -238,7 +245,9 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
         calibration_images=int(count),
         bytes=int8_path.stat().st_size if kept else None,
         float_bytes=float_path.stat().st_size,
+        reduce_range=True,
+        checked_on=int8_instructions(),
     )
 
 
-EXPORT = Stage("export", "4", _build, info=ExportInfo, tensorflow=True)
+EXPORT = Stage("export", "5", _build, info=ExportInfo, tensorflow=True)

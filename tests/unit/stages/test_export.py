@@ -18,7 +18,8 @@ def test_export_gives_matching_savedmodel_and_onnx(store: ArtifactStore, shards:
 
     from imgflow.training.inputs import load_arrays
 
-    result = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": untrained_model(store, shards, 0)})
+    # Any int8 accuracy kept: an untrained model's is noise, and its int8 model is checked below.
+    result = EXPORT.run(store, ExportConfig(int8_max_drop=1.0), {"shards": shards, "model": untrained_model(store, shards, 0)})
     assert result.info.parity.max_abs_diff <= 1e-5 and result.info.parity.same_top1
     images, _, _, _ = load_arrays(shard_files(shards, "test"), (8, 8, 1))
 
@@ -88,3 +89,35 @@ def test_export_refuses_exports_that_disagree(store: ArtifactStore, shards: Stag
     with pytest.raises(ExportMismatchError, match="SavedModel and ONNX outputs differ"):
         EXPORT.run(store, ExportConfig.model_construct(parity_tolerance=-1.0), {"shards": shards, "model": model})
     assert store.lookup("export", EXPORT.key(ExportConfig.model_construct(parity_tolerance=-1.0), {"shards": shards, "model": model})) is None
+
+
+def test_the_int8_models_weights_fit_in_7_bits_so_no_cpu_without_vnni_saturates(store: ArtifactStore, shards: StageResult) -> None:
+    """Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with ``vpmaddubsw``, whose
+    16-bit sum of two products saturates beyond 32,767: 2 x 255 x 127 can, 2 x 255 x 64 cannot. Every
+    quantized weight of the exported int8 model lies in [-64, 64], whatever CPU exported it, and the
+    info says which instructions its accuracy check ran on."""
+    import onnx
+    from onnx import numpy_helper
+
+    from imgflow.serving.inference import int8_instructions
+
+    result = EXPORT.run(store, ExportConfig(int8_max_drop=1.0), {"shards": shards, "model": untrained_model(store, shards, 1)})
+    int8 = result.info.int8
+    assert int8 is not None and int8.exported and int8.reduce_range and int8.checked_on == int8_instructions()
+    graph = onnx.load(str(result.file("model.int8.onnx"))).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    weights = [initializers[node.input[0]] for node in graph.node
+               if node.op_type == "DequantizeLinear" and initializers.get(node.input[0], np.zeros(0, np.float32)).dtype == np.int8]
+    assert len(weights) >= 3  # the convolutions' and the dense layer's
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+
+
+def test_the_int8_instructions_are_read_from_the_cpus_flags(tmp_path) -> None:
+    from imgflow.serving.inference import int8_instructions
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, words in (("fpu avx2 avx512f avx512_vnni amx_int8", "AMX"), ("avx2 avx512f avx512_vnni", "AVX-512 VNNI"),
+                         ("sse4_2 avx2 fma", "AVX2, no VNNI"), ("sse4_2", "SSE, no AVX2")):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert int8_instructions(cpuinfo) == f"x86-64, {words}"
+    assert int8_instructions(tmp_path / "missing").endswith(", unknown")
