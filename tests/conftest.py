@@ -23,15 +23,54 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(Path(_PREFECT_HOME) / "storage")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import absl.logging  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# absl's log handler (TensorFlow's logging) writes to the sys.stderr of the moment absl was imported: in
+# a test worker, pytest's capture of it. Prefect's first import reconfigures logging, which closes every
+# handler, and absl's closes its stream unless that is the *current* sys.stderr: inside a test using
+# capsys it is not, so a worker that imported TensorFlow and then first imports Prefect in such a test
+# loses pytest's capture, and every later test on it errors ("I/O operation on closed file"). The
+# process's own stderr absl never closes, and pytest captures it all the same, at the descriptor.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 from imgflow.results import StageResult, TrainInfo  # noqa: E402
 from imgflow.store.artifacts import ArtifactStore, Stage  # noqa: E402
 
 # How long the session may take, after its last test ran, to tear its servers down and exit.
 _EXIT_GRACE_SECONDS = 180
+# Each long test's seconds (setup, call and teardown) in a full run, longest first: the order the suite
+# starts them in. Rewritten by `make durations` (pytest --store-durations).
+DURATIONS = Path(__file__).with_name("durations.json")
+_LONG_SECONDS = 3.0  # tests shorter than this keep their place (and their modules' fixtures together)
+_durations: dict[str, float] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store-durations", action="store_true", help=f"write each test's seconds over {_LONG_SECONDS:.0f} s to {DURATIONS}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long tests first, longest first; the rest after them in their usual order. With one test
+    handed to each free worker at a time (the Makefile's ``--dist load --maxschedchunk 1``), that is
+    greedy longest-first scheduling: a 90 s test started last no longer runs alone at the end while
+    the other workers idle. A long test not yet in the file (a new one) goes by its ``slow`` mark."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    guess = {item.nodeid: known.get(item.nodeid, _LONG_SECONDS if item.get_closest_marker("slow") else 0.0) for item in items}
+    items.sort(key=lambda item: -guess[item.nodeid] if guess[item.nodeid] >= _LONG_SECONDS else 0.0)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """``--store-durations``: the controller (not an xdist worker) writes what every worker reported."""
+    if session.config.getoption("store_durations") and not hasattr(session.config, "workerinput"):
+        long = {nodeid: round(seconds, 1) for nodeid, seconds in _durations.items() if seconds >= _LONG_SECONDS}
+        DURATIONS.write_text(json.dumps(dict(sorted(long.items(), key=lambda item: -item[1])), indent=1) + "\n")
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> tuple[Path, Any]:
