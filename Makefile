@@ -7,10 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
-# One pytest worker per core (pytest-xdist); worksteal evens out the long integration tests.
-WORKERS ?= -n auto --dist worksteal
+# pytest-xdist workers: one per core this process may use (its CPU quota included) and one more, since
+# the slowest tests mostly wait (on heartbeats, servers, a 0.4-CPU quota) with a core idle; handed one
+# test at a time, longest first (tests/durations.json: tests/conftest.py), so no long test starts last.
+WORKERS ?= -n $(shell $(PYTHON) -c 'import math; from imgflow.runtime.cpus import budget; print(math.ceil(budget().cores) + 1)') \
+	--dist load --maxschedchunk 1
 
-.PHONY: install run lint docs test test-fast fuzz server server-stop clipart benchmark lock clean
+.PHONY: install run lint docs test test-fast durations fuzz server server-stop clipart benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +41,10 @@ test: lint docs
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+# Rewrite tests/durations.json (the long tests' seconds, which order the suite) from a full run.
+durations: $(STAMP)
+	$(BIN)/python -m pytest $(WORKERS) --store-durations $(PYTEST_ARGS)
 
 # Longer fuzzing than make test's fixed inputs (about 12 minutes on 2 cores): each Hypothesis target in
 # tests/fuzz draws fresh random inputs for FUZZ_SECONDS, then each atheris (libFuzzer) target runs for

@@ -40,6 +40,8 @@ def _events(prefix: str, resource: str, count: int) -> list:
 
 
 def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) -> None:
+    """Slow by nature (about 30 s): backfills on a real local Dask cluster of two worker processes,
+    then more days, each run checking what was cached."""
     from prefect_dask import DaskTaskRunner
 
     from flows.backfill import backfill
@@ -149,6 +151,7 @@ def test_flow_parameters_are_validated_before_anything_runs(tmp_path: Path) -> N
 
 
 def test_two_backfills_at_once_are_safe(tmp_path: Path) -> None:
+    """Slow by nature (about 40 s): two whole backfills race, each with its own temporary server."""
     lake = partitioned_parquet(tmp_path / "lake", DAYS[:2], per_day=200)
     command = [sys.executable, "-m", "flows.cli", "backfill", "--dataset", f"parquet:{lake}", "--start", DAYS[0],
                "--end", DAYS[1], "--epochs", "1", "--min-accuracy", "0", "--artifacts", str(tmp_path / "a"), "--json"]

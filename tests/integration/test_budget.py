@@ -15,6 +15,8 @@ BUDGET = 90  # seconds
 
 
 def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow by nature (about 50 s): a budgeted run spends its budget (the speed probe on a machine never
+    probed, then training until the budget's end), which is what it checks."""
     from flows.train import train
     from imgflow.config import build_run_config
     from imgflow.pipeline.walk import plan

@@ -130,6 +130,8 @@ def _plan(*args: str, cwd: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
+    """Slow by nature (about 40 s): the end-to-end command as a user types it, with Prefect's temporary
+    server, then its cached and refreshed reruns."""
     artifacts = tmp_path / "artifacts"
     small = ["--dataset", "digits", "--limit", "500", "--epochs", "2", "--min-accuracy", "0", "--artifacts", str(artifacts)]
     assert _plan(*small, cwd=tmp_path) == dict.fromkeys(STAGES, "run")

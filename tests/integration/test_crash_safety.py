@@ -182,6 +182,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path: Path, start: Star
 
 
 def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path, start: Start) -> None:
+    """Slow by nature (about 30 s): two whole runs race on one root; nothing can be built beforehand."""
     artifacts = tmp_path / "artifacts"
     runs = [
         start(artifacts, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}")}) for i in range(2)
@@ -198,6 +199,7 @@ def test_two_runs_at_once_compute_each_stage_once(tmp_path: Path, start: Start) 
 
 
 def test_two_machines_at_once_on_s3_compute_each_stage_once(tmp_path: Path, start: Start, s3_root: str) -> None:
+    """Slow by nature (about 35 s): two whole runs race on one bucket; nothing can be built beforehand."""
     runs = [
         start(s3_root, *SMALL, env={"PREFECT_HOME": str(tmp_path / f"prefect-{i}"), CACHE: str(tmp_path / f"machine-{i}")})
         for i in range(2)

@@ -111,6 +111,8 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
 
 @pytest.mark.parametrize("deployed", ["sqlite"], indirect=True)
 def test_on_sqlite_a_deployment_run_what_the_ui_shows_a_past_dated_run_and_the_schedule(deployed: Deployed) -> None:
+    """Slow by nature (about 50 s): real deployment runs, each picked up by a real worker polling the
+    server and run in a process of its own, as on a production host."""
     tmp = deployed.tmp
     worker = deployed.worker("worker")
     try:
@@ -200,6 +202,10 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
 
 @pytest.mark.parametrize("deployed", ["postgres"], indirect=True)
 def test_on_postgres_a_worker_killed_in_training_is_marked_crashed_and_a_new_worker_resumes_and_promotes(deployed: Deployed) -> None:
+    """Slow by nature (about 90 s): after the SIGKILL it waits for Prefect's own zombie automation, which
+    marks a run Crashed only after two missed heartbeats (30 s each at least, Prefect's least) and 15 s;
+    then a second worker resumes the training. Nothing to share: the server, its PostgreSQL cluster and
+    the killed run are the subject."""
     tmp, artifacts = deployed.tmp, deployed.tmp / "artifacts"
     # A client without the credentials is turned away.
     intruder = {key: value for key, value in deployed.env.items() if key != "PREFECT_API_AUTH_STRING"}

@@ -25,6 +25,8 @@ def _imgflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.usefixtures("session_server")
 def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp_path: Path) -> None:
+    """Slow by nature (30-50 s): the claim is about what a model trained to convergence (15 epochs) on
+    images and captions learns; no other test trains such a model to share."""
     captioned_folder(tmp_path / "data", per_class=150)
     (tmp_path / "captioned.toml").write_text(
         'source = "folder:data"\n\n[options]\ntext_sidecar = ".txt"\n\n[train]\ntext = true\nepochs = 15\n\n[gate]\nmin_accuracy = 0.85\n'

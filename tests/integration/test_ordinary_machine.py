@@ -18,6 +18,8 @@ from tests.helpers import QuotaUnavailable, cpu_quota
 
 @pytest.mark.slow
 def test_the_first_run_under_a_cpu_quota_with_a_new_prefect_home_passes(tmp_path: Path) -> None:
+    """Slow by nature (60-90 s): the subject is a whole first run in 0.4 of a CPU, Prefect's new database
+    migrated and TensorFlow imported within that quota; shared state would skip what it tests."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "TF_NUM_", "IMGFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "new-prefect-home"), PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "flows.cli", "run", "--artifacts", str(tmp_path / "artifacts"),

@@ -45,6 +45,8 @@ def _imgflow(*args: str, cwd: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.usefixtures("session_server")
 def test_tune_resumes_after_a_kill_keeping_finished_trials_and_promotes_through_the_gate(tmp_path: Path) -> None:
+    """Slow by nature (40-50 s): real trials train, one study is killed mid-trial and resumed, and the
+    winner goes through the gate against the default run's champion of the same spec."""
     (tmp_path / "digits-small.toml").write_text(SPEC)
     artifacts = tmp_path / "artifacts"
     common = ("--dataset", "digits-small.toml", "--artifacts", str(artifacts))

@@ -68,6 +68,7 @@ def test_a_tfds_dataset_whose_download_host_cannot_be_reached_ends_the_run_in_se
 
 
 def test_a_tfds_dataset_prepared_in_data_dir_trains_end_to_end_without_network(tmp_path: Path) -> None:
+    """Slow by nature (20-40 s): a TFDS builder prepares its data, then the whole pipeline trains on it."""
     import tensorflow_datasets as tfds
     from PIL import Image
 
