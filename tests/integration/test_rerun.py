@@ -1,8 +1,14 @@
-"""Changing one setting reruns exactly the stages downstream of it; --refresh forces a stage onwards."""
+"""Changing one setting reruns exactly the stages downstream of it; --refresh forces a stage onwards.
 
+Each test starts from the same first run of the same spec, which ran every stage: made once for the
+session (``first_run``), each test gets its own copy of that artifact root."""
+
+import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import built_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -45,8 +51,23 @@ def _expect(ran: tuple[str, ...]) -> dict[str, str]:
     return {stage: "ran" if stage in ran else "cached" for stage in STAGES}
 
 
-def test_each_config_group_reruns_exactly_its_downstream(tmp_path: Path) -> None:
-    assert _run(tmp_path) == _expect(STAGES)
+@pytest.fixture
+def first_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """``tmp_path`` holding a copy of the spec's first run (every stage ran: checked once, as it was
+    built); copied, not linked, since a test may damage a stored file. Returns ``tmp_path``."""
+
+    def build(folder: Path) -> dict[str, str]:
+        statuses = _run(folder)
+        assert statuses == _expect(STAGES), statuses
+        return statuses
+
+    built, _ = built_once(tmp_path_factory, "rerun-first-run", build)
+    shutil.copytree(built / "artifacts", tmp_path / "artifacts")
+    return tmp_path
+
+
+def test_each_config_group_reruns_exactly_its_downstream(first_run: Path) -> None:
+    tmp_path = first_run
     assert _run(tmp_path) == _expect(())
     cases = [
         (("download", "limit", 420), STAGES),
@@ -60,8 +81,8 @@ def test_each_config_group_reruns_exactly_its_downstream(tmp_path: Path) -> None
         assert _run(tmp_path, change) == _expect(ran), change
 
 
-def test_refresh_forces_a_stage_and_everything_after_it(tmp_path: Path) -> None:
-    assert _run(tmp_path) == _expect(STAGES)
+def test_refresh_forces_a_stage_and_everything_after_it(first_run: Path) -> None:
+    tmp_path = first_run
     assert _run(tmp_path, refresh="shard") == _expect(STAGES[2:])
     assert _run(tmp_path, refresh="export") == _expect(("export",))
     assert _run(tmp_path) == _expect(())
@@ -80,13 +101,14 @@ def test_refresh_of_an_unknown_stage_is_refused(tmp_path: Path) -> None:
         PIPELINE.refreshed("evaluate")
 
 
-def test_a_damaged_upstream_output_is_rebuilt_on_reuse_and_the_summary_says_repaired(tmp_path: Path) -> None:
+def test_a_damaged_upstream_output_is_rebuilt_on_reuse_and_the_summary_says_repaired(first_run: Path) -> None:
     """Bit rot in the clean table, then a rerun that reads it (``--refresh shard``): the clean stage is
     built again from its download, reported as repaired with the file named, and the damaged table is
     kept aside for a person to look at."""
     from flows.train import train
 
-    assert _run(tmp_path) == _expect(STAGES)
+    tmp_path = first_run
+    (tmp_path / "digits_small.toml").write_text(_toml(BASE))
     table = next((tmp_path / "artifacts" / "clean").glob("*/records.parquet"))
     data = bytearray(table.read_bytes())
     data[len(data) // 2] ^= 0xFF
