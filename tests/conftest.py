@@ -76,7 +76,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> tuple[Path, Any]:
     """A folder that every pytest-xdist worker of this session shares, built by whichever asks first
     (the others wait on a file lock) with ``build(folder)``, and the JSON value it returned. For an
-    expensive module fixture whose tests only read it: with ``--dist worksteal`` its tests land on
+    expensive module fixture whose tests only read it: handed out one test at a time, its tests land on
     every worker, and each would otherwise build its own."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
