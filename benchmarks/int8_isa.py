@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imgflow.data.sources.sample import SampleSource  # noqa: E402  (after the repository is on the path)
-from imgflow.serving.inference import int8_instructions  # noqa: E402
+from imgflow.serving.inference import int8_instructions, quantize_int8  # noqa: E402
 
 NO_VNNI = "Haswell"  # QEMU's CPU model: AVX2, no AVX-512, no VNNI
 CALIBRATION = 500
@@ -51,22 +51,10 @@ def _score(models: list[str]) -> dict[str, float]:
 
 
 def _quantize(float_path: Path, out: Path, reduce_range: bool) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    images = _digits()[0][:: len(_digits()[0]) // CALIBRATION]
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(np.array_split(images, len(images) // 8))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"pixels": batch}
-
-    scratch = out.with_name(f"pre-{out.name}")
-    quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)
-    quantize_static(str(scratch), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range)
+    """Quantized as export quantizes (``quantize_int8``), calibrated on ``CALIBRATION`` digits spread over the sample."""
+    images = _digits()[0]
+    calibration = images[:: len(images) // CALIBRATION]
+    quantize_int8(float_path, out, ({"pixels": batch} for batch in np.array_split(calibration, len(calibration) // 8)), reduce_range)
     return out
 
 

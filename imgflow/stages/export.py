@@ -45,7 +45,7 @@ from imgflow.config import ExportConfig
 from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, shard_files
 from imgflow.runtime.errors import ExportMismatchError
-from imgflow.serving.inference import OnnxModel, int8_instructions
+from imgflow.serving.inference import OnnxModel, int8_instructions, quantize_int8
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, REFERENCE_RECORDS, model_view
 from imgflow.store.artifacts import Stage
 from imgflow.store.files import write_json_atomic
@@ -186,17 +186,15 @@ def _check_batch(shape: tuple[int, ...]) -> int:
 
 
 def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: ExportConfig) -> Int8:
-    """Quantize the ONNX model to int8 (static, QDQ, per channel) with the validation split as
-    calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on the test split.
+    """Quantize the ONNX model to int8 (``imgflow.serving.inference.quantize_int8``) with the validation
+    split as calibration data; keep it only if it loses at most ``int8_max_drop`` accuracy on the test
+    split.
 
-    Weights and activations use 7 of their 8 bits (``reduce_range``): on an x86 CPU without VNNI (AMD
-    Zen 3, older Xeons) ONNX Runtime multiplies uint8 activations by int8 weights with ``vpmaddubsw``,
-    whose 16-bit sum of two products saturates at full range (2 x 255 x 127 > 32,767); at 7 bits it
-    cannot, so the accuracy checked here, on whatever CPU, holds on the CPU that serves the model.
-    ONNX Runtime's own advice for such CPUs; the figures are in benchmarks/RESULTS.md."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    Weights use 7 of their 8 bits (``reduce_range``): on an x86 CPU without VNNI (AMD Zen 3, older
+    Xeons) ONNX Runtime multiplies uint8 activations by int8 weights with ``vpmaddubsw``, whose 16-bit
+    sum of two products saturates at full range (2 x 255 x 127 > 32,767); at 7 bits it cannot, so the
+    accuracy checked here, on whatever CPU, holds on the CPU that serves the model. ONNX Runtime's own
+    advice for such CPUs; the figures are in benchmarks/RESULTS.md."""
     from imgflow.training.inputs import iter_batches, load_arrays
 
     assert isinstance(shards.info, ShardInfo), shards.stage
@@ -207,25 +205,14 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     if len(calibration.labels) == 0:
         calibration = load_arrays(shard_files(shards, "train"), shape, limit=config.calibration_images, text=text)
     count = len(calibration.labels)
-
-    class Batches(CalibrationDataReader):
-        # Min-max calibration keeps the smallest and largest value of every tensor over all batches, so
-        # the batch size changes nothing in the model (checked: identical bytes with 8 and 32) but the
-        # memory the calibration session takes: 8 images cost 40 MB where 32 cost 170 MB.
-        def __init__(self) -> None:
-            self.batches = iter(np.array_split(np.arange(count), max(1, count // 8)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            rows = next(self.batches, None)
-            if rows is None:
-                return None
-            texts = [calibration.texts[i] for i in rows] if calibration.texts is not None else None
-            return float_model.feeds(calibration.images[rows], texts)
-
-    scratch = int8_path.with_name("model.pre-quant.onnx")
-    quant_pre_process(str(float_path), str(scratch), skip_symbolic_shape=True)  # onnx shape inference suffices
-    quantize_static(str(scratch), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True)
-    scratch.unlink()
+    # Min-max calibration keeps the smallest and largest value of every tensor over all batches, so the
+    # batch size changes nothing in the model (checked: identical bytes with 8 and 32) but the memory the
+    # calibration session takes: 8 images cost 40 MB where 32 cost 170 MB.
+    feeds = (
+        float_model.feeds(calibration.images[rows], [calibration.texts[i] for i in rows] if calibration.texts is not None else None)
+        for rows in np.array_split(np.arange(count), max(1, count // 8))
+    )
+    quantize_int8(float_path, int8_path, feeds)
     # Both models over the test split, a batch at a time.
     models = [float_model, OnnxModel(int8_path, keep_memory=False)]
     correct, seen = [0, 0], 0
