@@ -13,6 +13,7 @@ model (``encode_texts``). Fine-tuning then runs on images as before.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from imgflow.runtime import stopping
+from imgflow.store.files import write_json_atomic
+from imgflow.store.fingerprint import sha256_file
 
 if TYPE_CHECKING:
     from imgflow.config import TrainConfig
@@ -41,9 +44,30 @@ class Features(NamedTuple):
     def at(cls, stem: Path) -> Features:
         return cls(stem.with_name(stem.name + ".features.npy"), stem.with_name(stem.name + ".labels.npy"))
 
+    @property
+    def record(self) -> Path:
+        """Both files' sha256, written last by ``extract``: reuse is verified against it."""
+        return self.features.with_name(self.features.name.removesuffix(".features.npy") + ".sha256.json")
+
+    def seal(self) -> None:
+        write_json_atomic(self.record, {path.name: sha256_file(path) for path in self})
+
     def holds(self, records: int) -> bool:
-        """Whether both files are there, for ``records`` records (a completed ``extract``)."""
-        return self.features.is_file() and self.labels.is_file() and np.load(self.labels, mmap_mode="r").shape[0] == records
+        """Whether a completed ``extract`` of ``records`` records is here, byte for byte as written: a
+        damaged file (a flipped byte, a truncation) is named and computed again, never trained on."""
+        if not (self.features.is_file() and self.labels.is_file() and self.record.is_file()):
+            return False
+        try:
+            sealed = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            sealed = {}
+        damaged = [path for path in self if sealed.get(path.name) != sha256_file(path)]
+        if damaged:
+            print(
+                f"the cached features {', '.join(map(str, damaged))} are not as written (sha256 differs): computing them again", flush=True
+            )
+            return False
+        return np.load(self.labels, mmap_mode="r").shape[0] == records
 
 
 def cache_dir(train_root: Path, shards_fingerprint: str, config: Any, shape: tuple[int, ...], precision: str) -> Path:
@@ -111,6 +135,7 @@ def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: 
     del features, labels
     for source, target in zip(partial, found, strict=True):
         source.replace(target)
+    found.seal()
     return found
 
 
@@ -209,7 +234,9 @@ def fit_head(
     network = extractor(model)
     folder = cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
     # Batches sized by what the backbone sees (its input size), not the stored images' size.
-    batch = eval_batch((config.backbone_size, config.backbone_size), largest=128)
+    side = config.backbone_size
+    assert side is not None, "a transfer model's backbone_size is set once its config is validated"
+    batch = eval_batch((side, side), largest=128)
     found: dict[str, Features | None] = {}
     texts: dict[str, Text | None] = {"train": None, "val": None}
     # what modality dropout puts in place of an image: the features of a black one
