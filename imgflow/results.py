@@ -121,6 +121,10 @@ class TrainInfo(_Strict):
     deadline: float | None = None
     out_of_time: bool = False
     steps: int | None = None
+    stopped: str | None = None  # why training ended: its planned steps done, out of time, or validation stopped improving
+    # A race (imgflow.training.race): every candidate's rungs and validation figure, and the winner with why
+    race: list[dict[str, Any]] | None = None
+    winner: dict[str, Any] | None = None
 
 
 class PairedCounts(_Strict):

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from imgflow.reporting.summary import race_lines
+
 
 def _console() -> Console:
     # Piped output (a log, a test) gets long lines rather than a table folded to 80 columns.
@@ -78,6 +80,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"  budget {budget['budget']}: the run took {budget['seconds']:.0f} s of {budget['budget_seconds']:.0f}"
             + (", training ran out of its time" if budget["out_of_time"] else "")
         )
+        for line in race_lines(budget):
+            print(f"  {line}")
         if budget.get("fit"):
             print(f"  {budget['fit']['verdict']} (train {budget['fit']['train_accuracy']}, validation {budget['fit']['val_accuracy']})")
     for name, path in summary["artifacts"].items():

@@ -177,7 +177,7 @@ def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measur
     """The train config under a time budget: the recipe's plan (``imgflow.training.probe.budgeted``)."""
     from imgflow.training.probe import budgeted
 
-    return budgeted(cfg.train, cfg.fixed, results, run=measure)
+    return budgeted(cfg.train, cfg.fixed, results, cfg.gate.metric, run=measure)
 
 
 def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:

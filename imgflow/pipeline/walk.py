@@ -184,6 +184,9 @@ class Planner:
             key = step.stage.key(config, inputs)
             existing = None if how.force else self.store.lookup(step.name, key, fetch=False)
             note = "--refresh" if how.force else "" if existing is not None else "not in the store"
+            race = getattr(config, "race", None)  # a budget's candidates (imgflow.training.race)
+            if existing is None and race:
+                note += f"; races {', '.join(candidate['name'] for candidate in race)}"
         if existing is None and how.pending_gate:
             note = "if the gate promotes the candidate"
         self.planned.append(PlannedStage(step.name, "run" if existing is None else "reuse", key, note, how.partition))

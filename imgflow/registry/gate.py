@@ -1,4 +1,6 @@
-"""The promotion gate: a small pure decision with its thresholds as parameters.
+"""The promotion gate: a small pure decision with its thresholds as parameters, and the figure it
+judges (``score``: ``[gate] metric``, which a budgeted run's race and kept epoch follow too, so what
+the run optimizes is what it is judged on).
 
 Beside the floor and the tolerance on overall accuracy, a candidate is compared with the champion on
 the same test records (``paired``): McNemar's exact test on the records where exactly one of them is
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgflow.config import GateConfig
+from imgflow.config import METRICS, GateConfig
 
 
 def _worse(wins: int, losses: int) -> float:
@@ -100,23 +102,24 @@ def decide(
     ``drifted``: the data (a partition) that drifted from the champion's, with the checks that did
     (``imgflow.stages.drift``): each is a reason, and refuses promotion when ``max_drift`` is "refuse".
 
-    Both accuracies must come from the same test split; ``champion_accuracy`` is None when there is
-    no champion yet.
+    Both figures are ``config.metric`` (accuracy unless the spec says otherwise) on the same test split;
+    ``champion_accuracy`` is None when there is no champion yet.
     """
     reasons = []
     promote = True
+    name = config.metric  # the floor and the tolerance are in its terms
     if candidate_accuracy >= config.min_accuracy:
-        reasons.append(f"accuracy {candidate_accuracy:.4f} >= floor {config.min_accuracy:.4f}")
+        reasons.append(f"{name} {candidate_accuracy:.4f} >= floor {config.min_accuracy:.4f}")
     else:
         promote = False
-        reasons.append(f"accuracy {candidate_accuracy:.4f} < floor {config.min_accuracy:.4f}")
+        reasons.append(f"{name} {candidate_accuracy:.4f} < floor {config.min_accuracy:.4f}")
     if champion_accuracy is None:
         reasons.append("no champion yet")
     elif candidate_accuracy >= champion_accuracy - config.tolerance:
-        reasons.append(f"accuracy {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
+        reasons.append(f"{name} {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
     else:
         promote = False
-        reasons.append(f"accuracy {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
+        reasons.append(f"{name} {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} - tolerance {config.tolerance:.4f}")
     if comparison is not None:
         promote = _judge_paired(comparison, config, reasons) and promote
     for where, checks in (drifted or {}).items():
@@ -175,3 +178,28 @@ def _judge_paired(comparison: Paired, config: GateConfig, reasons: list[str]) ->
                 f"(drop {before - after:.4f} > max_class_drop {config.max_class_drop}, McNemar p = {p_worse:.3g} < {level:.3g})"
             )
     return fine
+
+
+def score(metric: str, labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray, classes: int) -> float:
+    """``metric`` (``METRICS``: accuracy; balanced accuracy, the mean of the classes' recalls; macro F1,
+    the mean of their F1 scores) of ``predicted`` class ids against ``labels``; classes absent from
+    ``labels`` do not count towards the balanced figures (they have no recall)."""
+    truth, guess = np.asarray(labels, "int64"), np.asarray(predicted, "int64")
+    if truth.shape != guess.shape:
+        raise ValueError(f"{len(truth)} labels against {len(guess)} predictions")
+    if not len(truth):
+        raise ValueError("no records to score")
+    if metric == "accuracy":
+        return float(np.mean(truth == guess))
+    confusion = np.zeros((classes, classes), "int64")
+    np.add.at(confusion, (truth, guess), 1)
+    present = confusion.sum(axis=1) > 0
+    right = np.diag(confusion).astype("float64")
+    recall = right[present] / confusion.sum(axis=1)[present]
+    if metric == "balanced_accuracy":
+        return float(recall.mean())
+    if metric == "macro_f1":
+        precision = np.divide(right, confusion.sum(axis=0), out=np.zeros(classes), where=confusion.sum(axis=0) > 0)[present]
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(recall)), where=precision + recall > 0)
+        return float(f1.mean())
+    raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")

@@ -2,8 +2,8 @@
 
 Everything is inline (styles, plots and thumbnails as data: URIs), so the file opens in any browser,
 from a laptop or an artifact store, with no server and no network. It shows the gate decision and its
-numbers, per-class metrics, the confusion matrix, the training curves, the hardest misclassified test
-images, the int8 variant's accuracy, the data, model and code fingerprints, and the lineage from the
+numbers, per-class metrics, a budgeted run's race of candidates, the confusion matrix, the training
+curves, the hardest misclassified test images, the int8 variant's accuracy, the data, model and code fingerprints, and the lineage from the
 dataset through each stage to the model. The page is ``templates/report.html.j2`` (Jinja2, autoescaped).
 """
 
@@ -38,7 +38,10 @@ def render(
     predicted, confidence, image, heatmap: the Grad-CAM overlay or None). The ``{version}``
     placeholder is left for the registry to fill in."""
     export = card.get("export", {})
+    race = (card.get("training") or {}).get("race") or []  # a budgeted run's candidates (imgflow.training.race)
     return _TEMPLATES.get_template("report.html.j2").render(
+        race=race,
+        figure=next((key for key in race[0] if key.startswith("val_")), "") if race else "",
         card=card,
         metrics=metrics,
         export=export,

@@ -44,6 +44,12 @@ class BudgetEntry(_Part):
     out_of_time: bool | None
     plan: list[str] | None
     fit: dict[str, Any] | None
+    used: float = 0.0  # the share of the budget the run took
+    stopped: str | None = None  # why training ended (its planned steps done, out of time, validation stopped improving)
+    # A race (imgflow.training.race): one entry per candidate (its val_<metric>, seconds, epochs, rungs, and
+    # whether it won), and the winner with why
+    race: list[dict[str, Any]] | None = None
+    winner: dict[str, Any] | None = None
 
 
 class DriftEntry(_Part):
@@ -247,6 +253,10 @@ def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> Bud
         out_of_time=info.out_of_time if info else None,
         plan=info.plan if info else None,
         fit=fit(info.final) if info else None,
+        used=round(seconds / limit, 3),
+        stopped=info.stopped if info else None,
+        race=info.race if info else None,
+        winner=info.winner if info else None,
     )
 
 
@@ -279,6 +289,24 @@ def _partition_statuses(partitions: Mapping[str, Mapping[str, StageResult]]) -> 
 def modalities_line(modalities: Mapping[str, float]) -> str:
     """A model with text's three test accuracies, side by side."""
     return f"image + text {modalities['both']:.4f}, image only {modalities['image_only']:.4f}, text only {modalities['text_only']:.4f}"
+
+
+def race_lines(budget: Mapping[str, Any]) -> list[str]:
+    """A race's candidates, the winner first, each with its validation figure, seconds and epochs, and
+    why training ended."""
+    lines = []
+    if budget.get("race"):
+        metric = next(key for key in budget["race"][0] if key.startswith("val_"))
+        lines.append(f"race: {budget['winner']['reason']}")
+        for entry in sorted(budget["race"], key=lambda e: not e["winner"]):
+            rungs = ", ".join(f"{r[metric]:.4f} after rung {r['rung'] + 1}" for r in entry["rungs"])
+            lines.append(
+                f"{'won' if entry['winner'] else 'out'}: {entry['candidate']}: {metric} {entry[metric]:.4f} "
+                f"({rungs}; {entry['seconds']:.0f} s, {entry['epochs']} epochs)"
+            )
+    if budget.get("stopped"):
+        lines.append(f"training stopped: {budget['stopped']}; the run used {budget.get('used', 0):.0%} of the budget")
+    return lines
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
@@ -319,6 +347,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 "## The recipe's plan",
                 "",
                 *[f"- {line}" for line in summary["budget"]["plan"]],
+                *race_lines(summary["budget"]),
                 *(
                     [
                         (

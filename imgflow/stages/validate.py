@@ -3,7 +3,8 @@
 Output folder::
 
     metrics.json           accuracy, per-class precision/recall/F1, confusion matrix, the champion's
-                           accuracy on the same records; for a model with text, ``modalities``: the
+                           accuracy on the same records, the gate's ``metric`` and its figure (with
+                           ``[gate] metric`` other than accuracy); for a model with text, ``modalities``: the
                            accuracy with both (= accuracy), with the image only (text blanked) and
                            with the text only (image blanked), on the same test records
     decision.json          promote (true/false), the reasons, and the numbers compared
@@ -18,7 +19,8 @@ Output folder::
 
 The champion is evaluated through its ONNX export, so any past model that takes the same input shape
 (and text, if it reads text and the test split has it) can be compared, whatever code built it. The
-gate's floor applies to the accuracy with every modality the model reads.
+gate's floor applies to the figure with every modality the model reads: ``[gate] metric``
+(``imgflow.registry.gate.score``), accuracy by default, for the candidate and the champion alike.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from imgflow.config import GateConfig
 from imgflow.data.images import encode_png
 from imgflow.data.partitions import slice_of
 from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
-from imgflow.registry.gate import Paired, decide, paired
+from imgflow.registry.gate import Paired, decide, paired, score
 from imgflow.reporting import progress
 from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import DriftInfo, PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
@@ -272,9 +274,14 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     slices = np.array(list(slice_names), dtype=object)[np.concatenate(slice_codes)] if slice_codes else None
     comparison = paired(labels, predictions, np.concatenate(champion_predicted), class_names, slices) if champion is not None else None
     per_slice = _per_slice(slices, labels, predictions, comparison)
-    decision = decide(accuracy, champion_accuracy, config, comparison, drifted(inputs))
+    # The gate's figure ([gate] metric): accuracy, or a balanced one, for the candidate and the champion alike.
+    judged = score(config.metric, labels, predictions, len(class_names))
+    champion_judged = score(config.metric, labels, np.concatenate(champion_predicted), len(class_names)) if champion is not None else None
+    decision = decide(judged, champion_judged, config, comparison, drifted(inputs))
     metrics = {
         "accuracy": accuracy,
+        "metric": config.metric,
+        config.metric: judged,
         "test_records": len(labels),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
@@ -303,6 +310,7 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
                 f"# Validation: {verdict}",
                 "",
                 f"- test accuracy: **{accuracy:.4f}** on {len(labels)} records",
+                *([f"- test {config.metric} (what the gate judges): **{judged:.4f}**"] if config.metric != "accuracy" else []),
                 *(
                     [
                         f"- image only (text blanked): {modalities['image_only']:.4f}; text only (image blanked): {modalities['text_only']:.4f}"

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from imgflow.config import TrainConfig
-from imgflow.training.optim import Recipe, loss, optimizer
+from imgflow.training.optim import Recipe, loss, optimizer, training_metrics
 from imgflow.training.weights import resolve as resolve_weights
 
 
@@ -52,7 +52,7 @@ def make_model(
 
     Channels ``width``, 2x and 4x (multiples of 8 at the default 16: what CPU and GPU kernels tile
     best). With batch norm it works at any input size from 8x8 up; at 28x28 and width 16 it costs 3.7M
-    multiplies an image (``imgflow.training.recipe.cnn_macs`` counts them; benchmarks/RESULTS.md compares it
+    multiplies an image (``imgflow.training.sizing.cnn_macs`` counts them; benchmarks/RESULTS.md compares it
     with a two-convs-per-stage design). ``input_size`` resizes the images inside the model first.
     """
     inputs, x, input_shape = _pixels(input_shape, input_size)
@@ -139,6 +139,7 @@ def make_transfer(input_shape: tuple[int, ...], num_classes: int, config: TrainC
     frozen while it is fine-tuned (``set_backbone_trainable``); from random weights it trains like any network.
     """
     size = config.backbone_size
+    assert size is not None, "a transfer model's backbone_size is set once its config is validated"
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = inputs
     if tuple(input_shape[:2]) != (size, size):
@@ -244,7 +245,7 @@ def compile_for_training(
     model.compile(
         optimizer=optimizer(learning_rate, total_steps, recipe),
         loss=loss(recipe),
-        metrics=["accuracy"],
+        metrics=training_metrics(recipe.metric, int(model.output_shape[-1])),
         jit_compile=jit_compile,
     )
     return model

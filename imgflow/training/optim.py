@@ -40,11 +40,54 @@ class Recipe:
     decay_rate: float = 0.9
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    metric: str = "accuracy"  # the figure training is judged by ([gate] metric): besides accuracy, logged as a metric
 
     @classmethod
     def of(cls, config: Any, steps_per_epoch: int) -> Recipe:
         """The recipe of a ``TrainConfig``."""
-        return cls(config.schedule, steps_per_epoch, config.decay_rate, config.weight_decay, config.label_smoothing)
+        return cls(config.schedule, steps_per_epoch, config.decay_rate, config.weight_decay, config.label_smoothing, config.select_by)
+
+
+@keras.saving.register_keras_serializable(package="imgflow")
+class ClassBalancedScore(keras.metrics.Metric):
+    """Balanced accuracy or macro F1 (``imgflow.registry.gate.score``) as a Keras metric: a confusion matrix summed
+    over the batches, so ``val_balanced_accuracy`` or ``val_macro_f1`` is in every epoch's logs, on the
+    features of a frozen phase and on images alike."""
+
+    def __init__(self, kind: str, classes: int, **kwargs: Any) -> None:
+        super().__init__(name=kind, **kwargs)
+        self.kind, self.classes = kind, classes
+        self.confusion = self.add_variable(shape=(classes, classes), initializer="zeros", name="confusion")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        ops = keras.ops
+        truth = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        guess = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        cells = ops.one_hot(truth * self.classes + guess, self.classes * self.classes)
+        self.confusion.assign_add(ops.reshape(ops.sum(cells, axis=0), (self.classes, self.classes)))
+
+    def result(self) -> Any:
+        ops = keras.ops
+        right = ops.diagonal(self.confusion)
+        actual, predicted = ops.sum(self.confusion, axis=1), ops.sum(self.confusion, axis=0)
+        present = ops.cast(actual > 0, "float32")
+        recall = right / ops.maximum(actual, 1.0)
+        if self.kind == "balanced_accuracy":
+            return ops.sum(recall * present) / ops.maximum(ops.sum(present), 1.0)
+        precision = right / ops.maximum(predicted, 1.0)
+        f1 = 2 * precision * recall / ops.maximum(precision + recall, 1e-12)
+        return ops.sum(f1 * present) / ops.maximum(ops.sum(present), 1.0)
+
+    def reset_state(self) -> None:
+        self.confusion.assign(keras.ops.zeros((self.classes, self.classes)))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "classes": self.classes, "dtype": self.dtype}
+
+
+def training_metrics(metric: str, classes: int) -> list[Any]:
+    """What a compiled model reports besides its loss: accuracy, and the judged ``metric`` where it is another."""
+    return ["accuracy"] if metric == "accuracy" else ["accuracy", ClassBalancedScore(metric, classes)]
 
 
 @keras.saving.register_keras_serializable(package="imgflow")
@@ -166,14 +209,24 @@ def plateau_rates(val_losses: Sequence[float], rate: float, factor: float, patie
     return rates
 
 
-def best_epoch(val_losses: Sequence[float]) -> int:
-    """The (1-based) epoch of the lowest validation loss; the earliest among equals."""
-    return min(range(len(val_losses)), key=lambda i: (val_losses[i], i)) + 1
+def best_epoch(values: Sequence[float], higher: bool = False, losses: Sequence[float] | None = None) -> int:
+    """The (1-based) epoch of the lowest validation loss (``higher``: of the highest validation score,
+    the lower of ``losses`` breaking ties: a small validation split's accuracy saturates while its loss
+    still tells the epochs apart); the earliest among equals."""
+    sign = -1 if higher else 1
+    return min(range(len(values)), key=lambda i: (sign * values[i], losses[i] if losses else 0.0, i)) + 1
 
 
-def stops_early(val_losses: Sequence[float], patience: int) -> bool:
+def stops_early(values: Sequence[float], patience: int, higher: bool = False, losses: Sequence[float] | None = None) -> bool:
     """Whether early stopping ends training now: ``patience`` epochs since the best one."""
-    return patience > 0 and bool(val_losses) and len(val_losses) - best_epoch(val_losses) >= patience
+    return patience > 0 and bool(values) and len(values) - best_epoch(values, higher, losses) >= patience
+
+
+def monitored(config: Any) -> tuple[str, bool]:
+    """What a run's early stopping and best epoch follow, and whether higher is better: a budgeted run's
+    judged metric on the validation split (what the race and the gate compare; ties go to the lower
+    validation loss), else the validation loss."""
+    return (f"val_{config.select_by}", True) if config.budget is not None else ("val_loss", False)
 
 
 def current_rate(model: keras.Model) -> float:
@@ -206,18 +259,27 @@ class ValidationRules(keras.callbacks.Callback):
         if self.config.schedule == "plateau":
             new = plateau_rates(losses, self.rate, self.config.plateau_factor, self.config.plateau_patience)[-1]
             self.model.optimizer.learning_rate = new
-        if self.config.early_stopping:
-            if best_epoch(losses) == len(losses):
+        if self.keeps_best:
+            name, higher = monitored(self.config)
+            values = [*self.history.get(name, []), float((logs or {})[name])]
+            ties = losses if higher else None
+            if best_epoch(values, higher, ties) == len(values):
                 tmp = self.folder / f".{BEST_WEIGHTS}"
                 (self.whole if self.whole is not None else self.model).save_weights(tmp)
                 tmp.replace(self.folder / BEST_WEIGHTS)
-            if stops_early(losses, self.config.early_stopping):
+            if stops_early(values, self.config.early_stopping, higher, ties):
                 self.model.stop_training = True
 
+    @property
+    def keeps_best(self) -> bool:
+        """Early stopping keeps the best epoch's weights, and so does a budgeted run (by its judged metric)."""
+        return bool(self.config.early_stopping) or self.config.budget is not None
+
     def restore(self, model: keras.Model) -> int | None:
-        """Load the best epoch's weights into ``model`` (early stopping); return that epoch."""
-        losses = self.history.get("val_loss", [])
-        if not self.config.early_stopping or not losses:
+        """Load the best epoch's weights into ``model``; return that epoch (None: the last is kept)."""
+        name, higher = monitored(self.config)
+        values = self.history.get(name, [])
+        if not self.keeps_best or not values or not (self.folder / BEST_WEIGHTS).is_file():
             return None
         model.load_weights(self.folder / BEST_WEIGHTS)
-        return best_epoch(losses)
+        return best_epoch(values, higher, self.history.get("val_loss") if higher else None)

@@ -33,21 +33,8 @@ from imgflow.store.files import write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.store.objectstore import cache_root
 from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
-from imgflow.training.recipe import (
-    BATCH,
-    FEATURE_SIZES,
-    MIN_FEATURE_SIDE,
-    RESNET_RECORDS,
-    RESNET_WIDTHS,
-    SHRUNK_SIZES,
-    SYMMETRIC,
-    WIDTHS,
-    DataStats,
-    Speeds,
-    choose,
-    cnn_macs,
-    resnet9_macs,
-)
+from imgflow.training.recipe import FEATURE_SIZES, SYMMETRIC, choose
+from imgflow.training.sizing import BATCH, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, WIDTHS, DataStats, Speeds, cnn_macs, resnet9_macs
 
 STATS_RECORDS = 4096  # train records whose class means give the symmetry scores
 WARM_STEPS = 2  # steps before timing: the first traces and compiles
@@ -90,11 +77,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def wants_features(height: int, width: int, channels: int) -> bool:
-    """Whether the data looks like photographs or drawings (colour, or large): Lite0 is a candidate."""
-    return channels == 3 or min(height, width) >= MIN_FEATURE_SIDE
-
-
 def _extremes(height: int, width: int) -> list[int | None]:
     """The smallest and largest input side the recipe could choose (None: as stored)."""
     side = min(height, width)
@@ -108,7 +90,7 @@ def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
         "shape": [stats.height, stats.width, stats.channels],
         "classes": len(stats.class_counts),
         "batch": BATCH,
-        "features": wants_features(stats.height, stats.width, stats.channels) and _lite0_available(),
+        "features": _lite0_available(),  # for glyphs too: the race measures whether ImageNet features help
         "resnet9": stats.train_records >= RESNET_RECORDS,
     }
     here = machine()
@@ -298,10 +280,12 @@ def _symmetry(files: list[str], shape: tuple[int, ...], classes: int) -> dict[st
     return {"mirror": round(mirror, 4), "turn": round(turn, 4), "records": seen}
 
 
-def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, StageResult], *, run: bool = True) -> TrainConfig | None:
+def budgeted(
+    config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, StageResult], metric: str = "accuracy", *, run: bool = True
+) -> TrainConfig | None:
     """``config`` with the recipe's choices for every field not in ``fixed`` when it has a budget (else
-    ``config`` itself), from the results of the stages before training; None when the plan needs a
-    measurement and ``run`` is false.
+    ``config`` itself), and its candidates to race judged by ``metric``, from the results of the stages
+    before training; None when the plan needs a measurement and ``run`` is false.
 
     Training gets the budget less the data stages' recorded build seconds, the speed probe's recorded
     seconds (both the same on every rerun, so the plan and the train key are too) and the reserve for
@@ -322,7 +306,8 @@ def budgeted(config: TrainConfig, fixed: tuple[str, ...], results: Mapping[str, 
         f"{speeds.seconds:.0f} s, validate and export keep {reserve_seconds(budget, cores):.0f} s: training gets "
         f"{seconds:.0f} s and should take {plan.seconds:.0f} s"
     )
-    return config.replace(**plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1))
+    race = tuple(candidate.as_dict() for candidate in plan.candidates)
+    return config.replace(**plan.settings, plan=(head, *plan.reasons), deadline=round(seconds, 1), race=race, select_by=metric)
 
 
 def _build_seconds(result: StageResult) -> float:

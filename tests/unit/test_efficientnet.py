@@ -154,7 +154,7 @@ def test_import_writes_weights_and_their_hashes_where_the_transfer_model_finds_t
     assert weights_identity(LITE0, None) is None
     from imgflow.stages.train import TRAIN
 
-    keys = {TRAIN.key(config.replace(backbone_weights=w), {"shards": "x"}) for w in ("imagenet", None)}
+    keys = {TRAIN.key(config.replace(backbone_weights=w), {"shards": "x"}) for w in ("imagenet", "random")}
     assert len(keys) == 2
 
     # A weights file that is not the imported one is refused, never loaded.

@@ -32,6 +32,6 @@ def test_overlays_are_enlarged_pngs_and_a_transfer_model_has_nothing_to_explain(
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
     overlays = explain(explainer(model), images.astype(np.float32), images, np.array([0, 2]))
     assert [Image.open(io.BytesIO(png)).size for png in overlays] == [(32, 32), (32, 32)]
-    transfer = build_model((32, 32, 3), 3, TrainConfig(model="transfer", backbone="MobileNetV3Small", backbone_size=32))
+    transfer = build_model((32, 32, 3), 3, TrainConfig(model="transfer", backbone="MobileNetV3Small", backbone_weights="random", backbone_size=32))
     assert feature_layer(make_model((8, 8, 1), 3, width=4)).startswith("re_lu")
     assert feature_layer(transfer) is None and explainer(transfer) is None  # its convolutions are all inside the backbone

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from imgflow.config import GateConfig
@@ -84,3 +85,23 @@ def test_a_regression_in_one_slice_is_refused_and_named() -> None:
     assert not decision.promote
     assert any(reason.startswith("slice date=2024-05-03 accuracy fell from 1.0000 to 0.8500 on 400 records") for reason in decision.reasons)
     assert not any("2024-05-01" in reason or "2024-05-02" in reason for reason in decision.reasons)
+
+
+def test_the_gate_judges_the_metric_the_spec_names_and_says_which() -> None:
+    """On imbalanced data a model that always answers the majority class has high accuracy and a poor
+    balanced accuracy: the gate in balanced terms refuses what the gate in plain accuracy promotes."""
+    from imgflow.registry.gate import score
+
+    labels = np.array([0] * 90 + [1] * 10)
+    majority = np.zeros(100, "int64")
+    assert score("accuracy", labels, majority, 2) == 0.9
+    assert score("balanced_accuracy", labels, majority, 2) == 0.5
+    assert score("macro_f1", labels, majority, 2) == pytest.approx((2 * 0.9 / 1.9 + 0.0) / 2)
+    perfect = score("macro_f1", labels, labels, 3)  # a class absent from the labels does not count
+    assert perfect == 1.0
+    plain = decide(score("accuracy", labels, majority, 2), None, GateConfig(min_accuracy=0.8))
+    balanced = decide(score("balanced_accuracy", labels, majority, 2), None, GateConfig(min_accuracy=0.8, metric="balanced_accuracy"))
+    assert plain.promote and not balanced.promote
+    assert balanced.reasons[0] == "balanced_accuracy 0.5000 < floor 0.8000"
+    with pytest.raises(ValueError, match="unknown metric"):
+        score("auc", labels, majority, 2)

@@ -31,3 +31,19 @@ def test_every_section_is_filled_and_nothing_the_data_says_is_markup() -> None:
 def test_a_model_without_mistakes_says_so() -> None:
     page = render({**CARD, "export": {"opset": 17}}, METRICS, {}, [])
     assert "None: every test image was classified correctly." in page and "int8 ONNX accuracy" in page
+
+
+def test_a_budgeted_models_report_shows_its_race_winner_first() -> None:
+    race = [
+        {"candidate": "lite0-frozen-128px", "why": "ImageNet <features>", "val_macro_f1": 0.81, "seconds": 40.0, "epochs": 12,
+         "rungs": [{"rung": 0, "val_macro_f1": 0.81, "seconds": 40.0, "epochs": 12}], "winner": False},
+        {"candidate": "cnn-w16", "why": "from scratch", "val_macro_f1": 0.93, "seconds": 300.0, "epochs": 30,
+         "rungs": [{"rung": 0, "val_macro_f1": 0.88, "seconds": 40.0, "epochs": 10}, {"rung": 1, "val_macro_f1": 0.93, "seconds": 260.0, "epochs": 20}],
+         "winner": True},
+    ]
+    training = {"race": race, "winner": {"candidate": "cnn-w16", "reason": "cnn-w16 had the best val_macro_f1 (0.8800) of 2 candidates"},
+                "stopped": "out of time"}
+    page = render({**CARD, "training": training}, METRICS, {}, [])
+    assert "The budget's race" in page and "<th>val_macro_f1</th>" in page
+    assert page.index("<b>cnn-w16</b> (won)") < page.index("lite0-frozen-128px")
+    assert "0.8800, 0.9300" in page and "training stopped: out of time" in page and "ImageNet &lt;features&gt;" in page

@@ -25,7 +25,7 @@ def test_config_knows_every_model() -> None:
     assert set(BACKBONE_NAMES) == set(BACKBONES)
 
     for name in MODEL_NAMES:
-        config = TrainConfig(model=name, width=4, backbone_size=32, backbone="MobileNetV3Small")
+        config = TrainConfig(model=name, width=4, backbone_size=32, backbone="MobileNetV3Small", backbone_weights="random" if name == "transfer" else None)
         assert build_model((32, 32, 3), 3, config).output_shape == (None, 3)
 
 
@@ -43,7 +43,7 @@ def test_resnet9_is_residual_and_has_the_classic_size_at_width_64() -> None:
 
 
 def test_transfer_model_takes_grayscale_pixels_and_loads_local_backbone_weights(tmp_path) -> None:
-    config = TrainConfig(model="transfer", backbone="MobileNetV2", backbone_size=32)
+    config = TrainConfig(model="transfer", backbone="MobileNetV2", backbone_weights="random", backbone_size=32)
     model = make_transfer((28, 28, 1), 4, config)
     assert model.predict(np.full((2, 28, 28, 1), 128, np.float32), verbose=0).shape == (2, 4)
     backbone = model.get_layer("backbone")
@@ -135,7 +135,7 @@ def test_a_bfloat16_model_exports_as_float32_with_the_same_weights() -> None:
 
 
 def test_balanced_class_weights_equalise_classes_and_skip_absent_ones() -> None:
-    from imgflow.stages.train import balanced_class_weights
+    from imgflow.training.loop import balanced_class_weights
 
     weights = balanced_class_weights([30, 10, 0, 20])
     assert weights == {0: 60 / 90, 1: 60 / 30, 3: 60 / 60}
@@ -192,3 +192,39 @@ def test_fine_tuning_keeps_a_pretrained_backbones_batch_norm_statistics_and_a_ra
     model.train_on_batch(images, np.arange(16) % 3)
     assert np.allclose(before, norm.moving_mean.numpy()) == (weights is not None)
     assert model.get_layer("backbone").get_layer("stem_conv").trainable  # the convolutions fine-tune either way
+
+
+def test_transfer_means_transferred_weights_and_random_ones_only_by_name() -> None:
+    """``model = "transfer"`` with nothing else: EfficientNet-Lite0's ImageNet weights at 224, the size
+    they were trained at, frozen for a third of the epochs first. Random weights only when named; a
+    backbone whose ImageNet weights imgflow has not is refused, saying what to write."""
+    plain = TrainConfig(model="transfer")
+    assert (plain.backbone, plain.backbone_weights, plain.backbone_size, plain.freeze_epochs) == ("EfficientNetLite0", "imagenet", 224, 5)
+    assert plain.pretrained
+    named = TrainConfig(model="transfer", backbone="EfficientNetLite0", epochs=3)
+    assert named.backbone_weights == "imagenet" and named.freeze_epochs == 1
+    random = TrainConfig(model="transfer", backbone_weights="random")
+    assert not random.pretrained and random.backbone_size == 96 and random.freeze_epochs == 0
+    assert TrainConfig().backbone_weights is None  # not a transfer model: nothing to resolve
+    with pytest.raises(ConfigError, match='backbone = "MobileNetV2" needs backbone_weights.*"random"'):
+        build_run_config_with({"model": "transfer", "backbone": "MobileNetV2"})
+    # and the model is built with them: the backbone's weights are Lite0's ImageNet ones.
+    from imgflow.training.weights import imagenet_weights
+
+    model = make_transfer((32, 32, 3), 3, TrainConfig(model="transfer", backbone_size=32))
+    reference = build_model((32, 32, 3), 3, TrainConfig(model="transfer", backbone_weights="random", backbone_size=32)).get_layer("backbone")
+    reference.load_weights(imagenet_weights("EfficientNetLite0"))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_layer("backbone").get_weights(), reference.get_weights(), strict=True))
+
+
+def build_run_config_with(train: dict) -> None:
+    """A spec's [train] section through the config layer, as a user's spec goes."""
+    import tempfile
+    from pathlib import Path
+
+    from imgflow.config import build_run_config
+
+    folder = Path(tempfile.mkdtemp())
+    spec = folder / "spec.toml"
+    spec.write_text('source = "sample:digits"\n[train]\n' + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in train.items()))
+    build_run_config(str(spec), folder / "artifacts")

@@ -59,3 +59,22 @@ def test_label_smoothing_moves_the_loss_of_a_confident_right_answer_off_zero() -
     plain = float(SmoothedCrossentropy(0.0)(labels, confident))
     smoothed = float(SmoothedCrossentropy(0.2)(labels, confident))
     assert plain < 1e-5 and smoothed == pytest.approx(0.1 * -math.log(1e-7) + 0.9 * -math.log(1 - 1e-7), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["balanced_accuracy", "macro_f1"])
+def test_the_keras_metric_of_a_budgeted_run_agrees_with_the_gates(kind: str) -> None:
+    """What a budgeted run keeps its best epoch by (summed over batches, in Keras) is what the gate
+    computes (``imgflow.registry.gate.score``) on the same predictions."""
+    from imgflow.registry.gate import score
+    from imgflow.training.optim import ClassBalancedScore
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(4, size=300, p=[0.7, 0.2, 0.1, 0.0])
+    probabilities = rng.random((300, 4))
+    probabilities[np.arange(300), labels] += rng.random(300) * 1.5  # mostly right, not always
+    metric = ClassBalancedScore(kind, 4)
+    for start in range(0, 300, 64):  # batches, as validation runs
+        metric.update_state(labels[start : start + 64], probabilities[start : start + 64])
+    assert float(metric.result()) == pytest.approx(score(kind, labels, probabilities.argmax(axis=1), 4), abs=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0

@@ -9,9 +9,10 @@ import pytest
 
 from imgflow.config import TrainConfig, build_run_config
 from imgflow.runtime.errors import ConfigError
-from imgflow.training.models import make_model
 from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
-from imgflow.training.recipe import DataStats, Speeds, choose, cnn_macs, minimum_epochs, resnet9_macs
+from imgflow.training.models import make_model
+from imgflow.training.recipe import choose
+from imgflow.training.sizing import DataStats, Speeds, cnn_macs, minimum_epochs, resnet9_macs
 
 # A fast 2-core machine and a CPU-limited one, as the probe would measure them (seconds per training
 # image: a fixed part and a part per multiply).
@@ -106,12 +107,20 @@ def test_augmentation_follows_the_datas_symmetry() -> None:
     assert choose(FASHION, 700, FAST, {}).settings["flip"] == "horizontal"
     digits = choose(DIGITS, 700, FAST, {})
     assert digits.settings["flip"] == "none" and digits.settings["translate"] > 0
-    assert choose(PHOTOS, 700, FAST, {"model": "cnn"}).settings["flip"] == "both"
+    inspection = choose(PHOTOS, 700, FAST, {"model": "cnn"})
+    assert inspection.settings["flip"] == "both"  # but a candidate, measured against none:
+    assert any(c.name.endswith("-no-flips") and c.settings["flip"] == "none" for c in inspection.candidates)
 
 
-def test_imbalanced_classes_are_weighted() -> None:
-    assert choose(PHOTOS, 700, FAST, {"model": "cnn"}).settings["class_weights"] is True
-    assert choose(FASHION, 700, FAST, {}).settings["class_weights"] is False
+def test_class_weights_are_a_candidate_the_race_measures_not_a_rule() -> None:
+    imbalanced = choose(PHOTOS, 700, FAST, {"model": "cnn"})
+    assert imbalanced.settings["class_weights"] is False  # they trade the gate's accuracy for balanced accuracy
+    names = [c.name for c in imbalanced.candidates]
+    assert names[0].startswith("cnn-") and any(n.endswith("+class_weights") for n in names)
+    weighted = next(c for c in imbalanced.candidates if c.name.endswith("+class_weights"))
+    assert weighted.settings["class_weights"] is True
+    assert not choose(FASHION, 700, FAST, {}).candidates  # balanced, no features, no doubt about flips: nothing to race
+    assert not any("class_weights" in c.name for c in choose(PHOTOS, 700, FAST, {"model": "cnn", "class_weights": True}).candidates)
 
 
 def test_large_images_shrink_inside_the_cnn() -> None:
@@ -119,18 +128,25 @@ def test_large_images_shrink_inside_the_cnn() -> None:
     assert plan.settings["input_size"] in (64, 96, 128)
 
 
-def test_photographs_get_imagenet_features_when_they_fit_the_time() -> None:
-    plan = choose(PHOTOS, 700, WITH_FEATURES, {})
-    assert plan.settings["model"] == "transfer" and plan.settings["backbone_weights"] == "imagenet"
-    assert plan.settings["backbone_size"] == 224
-    assert plan.settings["freeze_epochs"] == plan.settings["epochs"]
-    assert plan.settings["translate"] == 0.0  # features are computed once: augmentation would be wasted
-    # Less time: a smaller input; much less: the CNN.
-    assert choose(PHOTOS, 200, WITH_FEATURES, {}).settings["backbone_size"] < 224
+def test_photographs_race_imagenet_features_fine_tuning_and_a_network_from_scratch() -> None:
+    plan = choose(PHOTOS, 2400, WITH_FEATURES, {})
+    names = [c.name for c in plan.candidates]
+    assert names[:3] == ["lite0-tuned-224px", "lite0-frozen-224px", names[2]] and names[2].startswith("cnn-")
+    frozen, tuned = plan.candidates[1], plan.candidates[0]
+    assert frozen.settings["freeze_epochs"] == frozen.settings["epochs"] and frozen.settings["translate"] == 0.0
+    assert frozen.fixed_seconds > 0 and frozen.max_passes  # features once, then a head that learns in few passes
+    assert 0 < tuned.settings["freeze_epochs"] < tuned.settings["epochs"] and tuned.settings["backbone_weights"] == "imagenet"
+    assert plan.settings == {k: v for k, v in tuned.settings.items()}  # the first candidate's settings
+    assert any(line.startswith("a race of") for line in plan.reasons)
+    # Less time: fine-tuning at a smaller size, then none, then smaller features; much less: the CNN alone.
+    assert choose(PHOTOS, 1200, WITH_FEATURES, {}).candidates[0].name == "lite0-tuned-160px"
+    assert choose(PHOTOS, 700, WITH_FEATURES, {}).candidates[0].name == "lite0-frozen-224px"
+    assert choose(PHOTOS, 200, WITH_FEATURES, {}).settings["backbone_size"] < 224  # and alone: no time to race
     assert choose(PHOTOS, 40, WITH_FEATURES, {}).settings["model"] == "cnn"
-    # Glyphs never get them; nor does a machine without the weights.
-    assert choose(FASHION, 700, WITH_FEATURES, {}).settings["model"] == "cnn"
-    assert choose(PHOTOS, 700, FAST, {}).settings["model"] == "cnn"
+    # Glyphs get the features as a candidate at the smallest size, after the CNN; a machine without the weights, none.
+    glyphs = [c.name for c in choose(FASHION, 3600, WITH_FEATURES, {}).candidates]
+    assert glyphs[0].startswith("cnn-") and "lite0-frozen-128px" in glyphs and not any("tuned" in n for n in glyphs)
+    assert not any(c.name.startswith("lite0") for c in choose(PHOTOS, 700, FAST, {}).candidates)
     # With text too: the head learns the text tower on the cached features and token ids.
     assert choose(PHOTOS, 700, WITH_FEATURES, {"text": True}).settings["model"] == "transfer"
 
@@ -147,7 +163,9 @@ def test_fields_the_spec_sets_win_and_the_plan_works_around_them() -> None:
 def test_every_setting_the_recipe_chooses_is_a_train_setting() -> None:
     fields = set(TrainConfig.model_fields)
     for stats, speeds in ((FASHION, FAST), (PHOTOS, WITH_FEATURES), (PHOTOS, SLOW)):
-        assert set(choose(stats, 700, speeds, {}).settings) <= fields
+        plan = choose(stats, 700, speeds, {})
+        assert set(plan.settings) <= fields
+        assert all(set(c.settings) <= fields for c in plan.candidates)
 
 
 def test_the_residual_network_is_chosen_for_large_data_when_it_fits() -> None:

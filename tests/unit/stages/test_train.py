@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_transfer_learning_freezes_then_fine_tunes_in_bfloat16_and_exports_float
     # VGG16: 13 convolutions trace in a third of MobileNetV3Small's time (11 s against 28 s for these two
     # epochs), and its Caffe-style preprocessing goes through both exports.
     config = TrainConfig(
-        model="transfer", backbone="VGG16", backbone_size=32, freeze_epochs=1, epochs=2, batch_size=64,
+        model="transfer", backbone="VGG16", backbone_weights="random", backbone_size=32, freeze_epochs=1, epochs=2, batch_size=64,
         precision="mixed_bfloat16", translate=0, rotate=0, zoom=0,
     )
     trained = TRAIN.run(store, config, {"shards": shards})
@@ -203,6 +204,14 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     out = capsys.readouterr().out
     assert "reusing the frozen backbone's features" in out and "computing" not in out
     assert len(_history(first)["loss"]) == 2 and _history(first)["loss"] != _history(second)["loss"]
+    # A damaged features file is named and computed again, never trained on.
+    cached = next(Path(first.path).parent.glob(".features/*/train.features.npy"))
+    data = bytearray(cached.read_bytes())
+    data[-3] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    TRAIN.run(store, config.replace(learning_rate=2e-3), {"shards": shards})
+    out = capsys.readouterr().out
+    assert f"the cached features {cached} are not as written" in out and "computing the frozen backbone's features of the" in out
 
     model = keras.models.load_model(first.file("model.keras"))
     assert not model.get_layer("backbone").trainable
