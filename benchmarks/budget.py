@@ -13,6 +13,13 @@ hand-tuned ``[train]`` settings of before the recipe (``FIXED`` below), or the s
 
 It prints one row per arm (test accuracy, the run's seconds, whether it kept its budget, what the recipe
 chose) with the accuracy ratio to the fixed recipe, and draws accuracy against seconds (``--plot``).
+
+With ``--alone``, each budgeted run that raced candidates (``imgflow.training.race``) is followed by each of
+its candidates trained alone for the whole training time the race had (the same shards, the same
+deadline, a race of one), then validated on the same test split: what the race's choice cost or gained
+against knowing the winner in advance, and against each loser.
+
+    python benchmarks/budget.py --datasets fashion-mnist --budgets 15m --no-fixed --alone
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +83,39 @@ def _arm(spec: str, folder: Path, cache: Path, budget: str | None) -> dict[str, 
     seconds, summary = timed_json(command, env, cwd=str(REPO))
     plan = (summary.get("budget") or {}).get("plan") or []
     chosen = [line.split(":")[0] for line in plan[2:] if " = " in line.split(":")[0]]
+    race = (summary.get("budget") or {}).get("winner")
     return {"accuracy": summary["metrics"]["accuracy"], "seconds": seconds, "run_seconds": summary["seconds"],
-            "within": budget is None or summary["budget"]["within"], "chose": "; ".join(chosen[:4])}
+            "within": budget is None or summary["budget"]["within"],
+            "chose": f"race won by {race['candidate']}" if race else "; ".join(chosen[:4]), "summary": summary}
+
+
+def _alone(summary: dict[str, Any], root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each of a budgeted run's raced candidates trained alone for the race's whole training time on the
+    same shards (a race of one: the library's own train and validate stages, in this process), with
+    its test accuracy and validation figure."""
+    import json
+
+    from imgflow.config import GateConfig, TrainConfig
+    from imgflow.stages.train import TRAIN
+    from imgflow.stages.validate import VALIDATE
+    from imgflow.store.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    shards = store.lookup("shard", summary["stages"]["shard"]["key"])
+    assert shards is not None, root
+    config = TrainConfig.model_validate_json(json.dumps(json.loads((Path(summary["stages"]["train"]["path"]) / "manifest.json").read_text())["config"]))
+    rows = []
+    for candidate in config.race:
+        started = time.monotonic()
+        trained = TRAIN.run(store, config.replace(race=(candidate,), plan=()), {"shards": shards})
+        validated = VALIDATE.run(store, GateConfig(min_accuracy=0.0), {"shards": shards, "model": trained})
+        entry = (trained.info.race or [{}])[0]
+        figure = next((value for name, value in entry.items() if name.startswith("val_")), float("nan"))
+        rows.append((candidate["name"], {"accuracy": validated.info.accuracy, "seconds": time.monotonic() - started,
+                                         "run_seconds": trained.info.deadline or 0.0, "within": True,
+                                         "chose": f"alone for {config.deadline:.0f} s of training (val {figure:.4f})"}))
+        print(f"  {candidate['name']} alone: {validated.info.accuracy:.4f}", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -85,6 +124,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="2m,5m,15m", help="budgets, comma-separated")
     parser.add_argument("--no-fixed", action="store_true", help="skip the fixed recipe's run")
     parser.add_argument("--plot", help="draw accuracy against seconds into this PNG")
+    parser.add_argument("--alone", action="store_true", help="after each race, train each of its candidates alone for the race's time")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="imgflow-budget-"))
@@ -98,7 +138,11 @@ def main() -> None:
         for budget in args.budgets.split(","):
             arm = _arm(_spec(dataset, work, None), work / f"{dataset}-{budget}", cache, budget)
             rows.append((dataset, f"--budget {budget}", arm))
-            print(f"{dataset} --budget {budget}: {arm['accuracy']:.4f} in {arm['seconds']:.0f} s", flush=True)
+            print(f"{dataset} --budget {budget}: {arm['accuracy']:.4f} in {arm['seconds']:.0f} s ({arm['chose']})", flush=True)
+            if args.alone and (arm["summary"].get("budget") or {}).get("race"):
+                os.environ["IMGFLOW_CACHE"] = str(cache)  # the probe's machine, and the weights, of the runs
+                alone = _alone(arm["summary"], work / f"{dataset}-{budget}" / "artifacts")
+                rows += [(dataset, f"  {name} alone", row) for name, row in alone]
 
     print()
     print(f"| dataset | arm | test accuracy | vs fixed | command s | run s | kept budget | the recipe chose |")
@@ -121,7 +165,7 @@ def _plot(rows: list[tuple[str, str, dict[str, Any]]], out: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for dataset in dict.fromkeys(d for d, _, _ in rows):
-        budgeted = [(r["seconds"] / 60, r["accuracy"]) for d, a, r in rows if d == dataset and a != "fixed recipe"]
+        budgeted = [(r["seconds"] / 60, r["accuracy"]) for d, a, r in rows if d == dataset and a.startswith("--budget")]
         line = axes.plot(*zip(*budgeted), marker="o", label=f"{dataset}: --budget") if budgeted else None
         for d, a, r in rows:
             if d == dataset and a == "fixed recipe":

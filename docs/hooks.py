@@ -2,7 +2,7 @@
 
 - ``<!-- imgflow:cli -->``: the help of ``imgflow`` and each of its commands, from ``flows.cli``'s parser.
 - ``<!-- imgflow:config -->``: every spec section's fields (``imgflow.config.SECTIONS``) with their type,
-  default, rule and the comment written beside them in ``imgflow/config/__init__.py``.
+  default, rule and the comment written beside them in ``imgflow/config/stages.py``.
 - ``<!-- imgflow:datasets -->``: the named dataset specs in ``datasets/``, with their leading comment.
 """
 

@@ -87,37 +87,23 @@ def choose(stats: DataStats, seconds: float, speeds: Speeds, fixed: Mapping[str,
     reasons: list[str] = [f"{seconds:.0f} s to train in; planning for {usable:.0f} s of them"]
     frozen = _features_plan(stats, usable, speeds, fixed, reasons)
     tuned = _fine_tune_plan(stats, usable, speeds, fixed, frozen)
-    other = _other_family(stats, speeds, fixed)
-    kinds = 1 + (other is not None) + (frozen is not None) + (tuned is not None) + _variants(stats, fixed)
+    both = _both_families(stats, speeds, fixed)
+    kinds = 1 + both + (frozen is not None) + (tuned is not None) + _variants(stats, fixed)
     # Sized for what the race leaves the winner: its rungs and the last one's share.
     share = usable * (1 - RUNG_SHARE * rungs_before_last(kinds) / 2)
-    scratch: dict[str, Any] = {}
-    scratch_reasons: list[str] = []
-    expected = scratch_plan(stats, share, speeds, fixed, scratch, scratch_reasons)
-    _augmentation(stats, scratch, fixed, scratch_reasons)
-    if "class_weights" not in fixed:
-        scratch["class_weights"] = False
-    records = stats.train_records
-    passes = (
-        scratch["epochs"] * (scratch.get("steps_per_epoch") or math.ceil(records / scratch["batch_size"])) * scratch["batch_size"] / records
-    )
-    own = Candidate(_name(scratch, fixed), scratch, expected / max(passes, 1e-6), why="a network trained from scratch, sized to the time")
+    own, scratch_reasons, expected = _scratch_candidate(stats, share, speeds, fixed, "a network trained from scratch, sized to the time")
     variants = _variant_candidates(stats, own, fixed)
-    if other is not None and other != own.settings["model"]:
-        alternative: dict[str, Any] = {}
-        seconds_other = scratch_plan(stats, share, speeds, {**fixed, "model": other}, alternative, [])
-        _augmentation(stats, alternative, fixed, [])
-        alternative.setdefault("class_weights", False)
-        passes_other = alternative["epochs"] * (alternative.get("steps_per_epoch") or math.ceil(records / alternative["batch_size"]))
-        passes_other = passes_other * alternative["batch_size"] / records
-        why = "the other network trained from scratch, sized to the time: which family learns this data better, measured"
-        variants.insert(0, Candidate(_name(alternative, fixed), alternative, seconds_other / max(passes_other, 1e-6), why=why))
+    if both and own.settings["model"] == "resnet9":  # the CNN races it, at the width it affords
+        why = "the small CNN, sized to the time: which family learns this data better, measured"
+        variants.insert(0, _scratch_candidate(stats, share, speeds, {**fixed, "model": "cnn"}, why)[0])
     features = []
     if tuned is not None:
         features.append(tuned)
     if frozen is not None:
         features.append(frozen)
     ordered = [own, *features, *variants] if stats.glyphs or not features else [*features, own, *variants]
+    if fixed.get("model") == "transfer" and features:  # the spec asked for a backbone: no network from scratch
+        ordered = features
     candidates = entered(ordered, usable)
     first = candidates[0]
     if len(candidates) > 1:
@@ -163,10 +149,27 @@ def _name(settings: Mapping[str, Any], fixed: Mapping[str, Any]) -> str:
     return f"{family}-w{width}" + (f"-{size}px" if size else "")
 
 
-def _other_family(stats: DataStats, speeds: Speeds, fixed: Mapping[str, Any]) -> str | None:
-    """Where the residual network is a candidate at all (enough data, measured here) and the spec left
-    the model open: both it and the small CNN race, each at the size it affords."""
-    return "cnn" if "model" not in fixed and deep_enough(stats, speeds) else None
+def _scratch_candidate(
+    stats: DataStats, share: float, speeds: Speeds, fixed: Mapping[str, Any], why: str
+) -> tuple[Candidate, list[str], float]:
+    """A network from scratch sized to ``share`` seconds (``scratch_plan``), with the augmentation its
+    data keeps and no class weights, its seconds a pass estimated; the lines that say why, and the
+    seconds it should take."""
+    settings: dict[str, Any] = {}
+    reasons: list[str] = []
+    expected = scratch_plan(stats, share, speeds, fixed, settings, reasons)
+    _augmentation(stats, settings, fixed, reasons)
+    if "class_weights" not in fixed:
+        settings["class_weights"] = False
+    records, batch = stats.train_records, settings["batch_size"]
+    passes = settings["epochs"] * (settings.get("steps_per_epoch") or math.ceil(records / batch)) * batch / records
+    return Candidate(_name(settings, fixed), settings, expected / max(passes, 1e-6), why=why), reasons, expected
+
+
+def _both_families(stats: DataStats, speeds: Speeds, fixed: Mapping[str, Any]) -> bool:
+    """Whether the residual network is a candidate at all (enough data, measured here) and the spec left
+    the model open: then the small CNN races it, each at the size it affords."""
+    return "model" not in fixed and deep_enough(stats, speeds)
 
 
 def _variants(stats: DataStats, fixed: Mapping[str, Any]) -> int:

@@ -205,3 +205,9 @@ def test_few_images_get_no_wide_network_however_long_the_budget() -> None:
     assert choose(small, 3600, FAST, {"model": "cnn"}).settings["width"] <= 16
     medium = DataStats(64, 64, 3, (900,) * 10, 500, 1000)
     assert choose(medium, 3600, FAST, {"model": "cnn"}).settings["width"] == 48
+
+
+def test_a_spec_that_asks_for_a_transfer_model_races_only_backbones() -> None:
+    plan = choose(PHOTOS, 2400, WITH_FEATURES, {"model": "transfer"})
+    assert [c.name.split("-")[0] for c in plan.candidates] == ["lite0", "lite0"]
+    assert all("model" not in c.settings for c in plan.candidates)  # fixed by the spec: never chosen again
