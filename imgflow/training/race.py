@@ -9,7 +9,8 @@ Jamieson and Talwalkar 2016; the rungs of Hyperband and ASHA):
 - each is scored on the validation split by the gate's metric (its best epoch);
 - the better half goes on to the next rung, continuing from its own weights, until one is left;
 - that one trains for the rest of the time, continuing again, until the time is spent or its
-  validation figure stops improving (``PATIENCE`` epochs without a better one).
+  validation figure stops improving (``patience``: a third of its epochs, at least ``PATIENCE``, without
+  a better one; its last epochs, at the lowest rates, are often its best).
 
 The first rung is also each candidate's speed measurement here: its later rungs are planned from the
 seconds a pass over the data took in it, not from the speed probe's estimate. ``run`` decides who
@@ -32,7 +33,7 @@ from imgflow.results import ShardInfo, StageResult, TrainInfo
 
 RUNG_SHARE = 0.2  # of the training time, each rung before the last (split among its candidates)
 HALVING = 2  # each rung keeps the better 1/HALVING of its candidates
-PATIENCE = 3  # the last rung stops after this many epochs without a better validation figure
+PATIENCE = 3  # the last rung stops after at least this many epochs without a better validation figure
 MIN_SHARE = 0.4  # the least share of the time left for the winner: fewer candidates race when rungs would take more
 
 
@@ -199,6 +200,13 @@ def run(
     return race
 
 
+def patience(epochs: int) -> int:
+    """Epochs without a better validation figure that end the winner's last rung of ``epochs``: a third
+    of them, at least ``PATIENCE`` (a linear schedule's last epochs, at its lowest rates, often gain
+    the most, and a validation split's noise can hide a gain for an epoch or two)."""
+    return max(PATIENCE, math.ceil(epochs / 3))
+
+
 def _passes(candidate: Candidate, seconds: float, measured: float | None) -> float:
     """Passes over the data that ``seconds`` buy ``candidate`` (at least a tenth of one)."""
     passes = seconds / (measured or candidate.pass_seconds)
@@ -297,7 +305,7 @@ def _rung_config(
     ``MAX_CHUNKS`` epochs (each validates and checkpoints), after a fine-tuned candidate's head epochs on
     its first rung. A continuing rung restarts from its own weights at ``RESTART`` of the rate (a
     fine-tuned one at its fine-tuning rate, its backbone unfrozen). The last rung stops once validation
-    has not improved for ``PATIENCE`` epochs."""
+    has not improved for ``patience(epochs)`` epochs."""
     from imgflow.training.sizing import MAX_CHUNKS
 
     settings = dict(candidate.settings)
@@ -316,7 +324,11 @@ def _rung_config(
             rate *= settings.get("fine_tune_factor", config.fine_tune_factor)
     settings["learning_rate"] = rate
     return config.replace(
-        **settings, race=(), plan=(), deadline=round(seconds, 1), early_stopping=PATIENCE if final else config.early_stopping
+        **settings,
+        race=(),
+        plan=(),
+        deadline=round(seconds, 1),
+        early_stopping=patience(settings["epochs"]) if final else config.early_stopping,
     )
 
 

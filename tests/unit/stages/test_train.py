@@ -272,3 +272,43 @@ def test_tensorboard_holds_every_epochs_scalars_and_the_config(store: ArtifactSt
         assert [event.step for event in events] == [1, 2, 3], tag
         assert [float(tf.make_ndarray(event.tensor_proto)) for event in events] == pytest.approx(history[key], rel=1e-5), tag
     assert "_hparams_/session_start_info" in board.Tags()["tensors"]  # the config, for TensorBoard's hparams view
+
+
+def test_a_killed_race_resumes_at_the_rung_it_was_in_and_keeps_the_best_epoch_by_the_gates_metric(
+    store: ArtifactStore, shards: StageResult, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two real candidates race on tiny shards, judged by macro F1; the run is killed as the winner's
+    last rung starts. The rerun of the same key reuses both finished first rungs (no candidate trains
+    them again), trains the winner on, and records the race: every candidate's figure, the winner, why."""
+    from imgflow.training import loop, race
+
+    candidates = tuple(
+        race.Candidate(f"cnn-w{width}", {**STILL, "model": "cnn", "flip": "none", "width": width}, 0.5).as_dict()
+        for width in (4, 8)
+    )
+    config = TrainConfig(budget="60s", deadline=12.0, race=candidates, select_by="macro_f1", **{**STILL, "width": 4})
+    real = loop.fit_model
+
+    def killed_at_the_last_rung(out_dir, rung_config, *args, **kwargs):
+        if rung_config.early_stopping:  # only the winner's last rung stops early
+            raise KeyboardInterrupt("killed")
+        return real(out_dir, rung_config, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit_model", killed_at_the_last_rung)
+    with pytest.raises(KeyboardInterrupt):
+        TRAIN.run(store, config, {"shards": shards})
+    first = capsys.readouterr().out
+    assert first.count("race: rung 1, cnn-w4: val_macro_f1") == 1 and "race: rung 1, cnn-w8: val_macro_f1" in first
+    monkeypatch.setattr(loop, "fit_model", real)
+
+    trained = TRAIN.run(store, config, {"shards": shards})
+    out = capsys.readouterr().out
+    assert "reusing cnn-w4's finished rung 1" in out and "reusing cnn-w8's finished rung 1" in out
+    assert out.count("training plan:") == 1  # only the winner's last rung trains: the first rungs are not trained again
+    info = trained.info
+    assert {entry["candidate"] for entry in info.race} == {"cnn-w4", "cnn-w8"}
+    assert sum(entry["winner"] for entry in info.race) == 1 and info.winner["candidate"] in ("cnn-w4", "cnn-w8")
+    assert all(0 <= entry["val_macro_f1"] <= 1 for entry in info.race)
+    scores = _history(trained)["val_macro_f1"]  # the last rung kept its best epoch by the gate's metric
+    assert info.best_epoch is not None and scores[info.best_epoch - 1] == max(scores)
+    assert json.loads(trained.file("race.json").read_text())["winner"] == info.winner["candidate"]
