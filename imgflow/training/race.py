@@ -9,8 +9,11 @@ Jamieson and Talwalkar 2016; the rungs of Hyperband and ASHA):
 - each is scored on the validation split by the gate's metric (its best epoch);
 - the better half goes on to the next rung, continuing from its own weights, until one is left;
 - that one trains for the rest of the time, continuing again, until the time is spent or its
-  validation figure stops improving (``patience``: a third of its epochs, at least ``PATIENCE``, without
-  a better one; its last epochs, at the lowest rates, are often its best).
+  validation figure stops improving (``patience``: a third of its epochs, at least ``PATIENCE``,
+  without a better one; its last epochs, at the lowest rates, are often its best);
+- time it leaves (``LEFTOVER`` of it or more: a head on frozen features learns what it can in a few
+  dozen passes) goes to the runners-up, best first, each continuing from its own weights, and the best
+  validation figure after its last rung wins.
 
 The first rung is also each candidate's speed measurement here: its later rungs are planned from the
 seconds a pass over the data took in it, not from the speed probe's estimate. ``run`` decides who
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ RUNG_SHARE = 0.2  # of the training time, each rung before the last (split among
 HALVING = 2  # each rung keeps the better 1/HALVING of its candidates
 PATIENCE = 3  # the last rung stops after at least this many epochs without a better validation figure
 MIN_SHARE = 0.4  # the least share of the time left for the winner: fewer candidates race when rungs would take more
+LEFTOVER = 0.1  # a share of the time the winner left unused that the runners-up train on in
 
 
 @dataclass(frozen=True)
@@ -107,12 +112,15 @@ class Race:
     def last(self, name: str) -> Rung | None:
         return next((rung for rung in reversed(self.rungs) if rung.candidate == name), None)
 
+    def rungs_of(self, name: str) -> list[Rung]:
+        return [rung for rung in self.rungs if rung.candidate == name]
+
     def entries(self) -> list[dict[str, Any]]:
         """One entry per candidate: its best validation figure as ``val_<metric>``, its seconds and epochs in
         all, its rungs, and whether it won (the summary's ``budget.race``)."""
         out = []
         for candidate in self.candidates:
-            own = [rung for rung in self.rungs if rung.candidate == candidate.name]
+            own = self.rungs_of(candidate.name)
             out.append(
                 {
                     "candidate": candidate.name,
@@ -197,6 +205,28 @@ def run(
     passes = _passes(winner, max(left - fixed, 0.0), measured.get(winner.name))
     say(f"race: {race.reason}; it trains on for {left:.0f} s ({passes:.1f} passes)")
     race.rungs.append(train(winner, rung, left, passes, previous, final=True))
+    # Time the winner could not use (its validation figure stopped improving, or a head on frozen
+    # features learned what it could): the runners-up, best first, train on in it from their own
+    # weights, and the best validation figure after its last rung wins.
+    runners = sorted((c for c in candidates if c is not winner), key=lambda c: (-_score(race.last(c.name)), candidates.index(c)))
+    finished = [winner]
+    for runner in runners:
+        left = seconds - clock()
+        if left < LEFTOVER * seconds:
+            break
+        start = race.last(runner.name)
+        assert start is not None, runner.name  # every candidate ran the first rung
+        passes = _passes(runner, left, measured.get(runner.name))
+        say(f"race: {winner.name} stopped with {left:.0f} s left: {runner.name} trains on in them ({passes:.1f} passes)")
+        race.rungs.append(train(runner, start.rung + 1, left, passes, start, final=True))
+        finished.append(runner)
+    best = min(finished, key=lambda c: (-_score(race.last(c.name)), finished.index(c)))
+    if best is not winner:
+        race.winner = best.name
+        race.reason = (
+            f"{best.name} had the best val_{metric} ({_score(race.last(best.name)):.4f}) after training on in the time "
+            f"{winner.name} left (which reached {_score(race.last(winner.name)):.4f})"
+        )
     return race
 
 
@@ -222,12 +252,14 @@ def _score(rung: Rung | None) -> float:
 def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: Any, strategy: Any) -> tuple[Any, TrainInfo]:
     """The recipe's candidates raced (``imgflow.training.race``), each rung a training of its own in this
     build's scratch (``race/<candidate>-r<rung>/``: its checkpoints, its model, and ``rung.json`` once
-    done, so a killed race resumes at the rung it was in); the winner's last rung writes this output."""
+    done, so a killed race resumes at the rung it was in); the winner's last rung's model, history,
+    curves and TensorBoard events become this output."""
     import keras
 
     from imgflow.store.files import write_json_atomic
     from imgflow.store.scratch import scratch_dir
     from imgflow.training.loop import fit_model, private_keras_seeds
+    from imgflow.training.models import load_model
 
     assert isinstance(shards.info, ShardInfo), shards.stage
     assert config.deadline is not None, "a race runs under a budget"
@@ -238,7 +270,7 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         print(line, flush=True)
 
     def train_rung(candidate: Candidate, rung: int, seconds: float, passes: float, start: Rung | None, final: bool) -> Rung:
-        folder = work / f"{candidate.name}-r{rung}"  # its checkpoints; the race's frozen features beside them
+        folder = work / f"{candidate.name}-r{rung}"  # its checkpoints, model and outputs; the race's frozen features beside them
         record = folder / "rung.json"
         if not final and record.is_file():
             done = Rung(**json.loads(record.read_text()))
@@ -247,40 +279,41 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         rung_config = _rung_config(config, candidate, records, seconds, passes, start is not None, final)
         began = time.monotonic()
         keras.utils.clear_session()
+        written = folder / "out"
+        written.mkdir(parents=True, exist_ok=True)
         with private_keras_seeds(config.seed):
-            written = out_dir if final else folder / "out"
-            written.mkdir(parents=True, exist_ok=True)
             model, info = fit_model(
                 written, rung_config, shards, chosen, strategy, checkpoints=folder, start=Path(start.model) if start else None
             )
-        if not final:
-            model.save(folder / "model.keras")
-        history = json.loads((written / "history.json").read_text())
-        scores = history.get(f"val_{config.select_by}") or [float("nan")]
+        model.save(folder / "model.keras")
+        scores = json.loads((written / "history.json").read_text()).get(f"val_{config.select_by}") or [float("nan")]
         kept = (info.best_epoch or len(scores)) - 1
+        steps = rung_config.steps_per_epoch
         done = Rung(
             candidate.name,
             rung,
             float(scores[kept]),
             round(time.monotonic() - began, 1),
             info.epochs,
-            round(info.epochs * rung_config.steps_per_epoch * rung_config.batch_size / records, 2)
-            if rung_config.steps_per_epoch
-            else float(info.epochs),
+            round(info.epochs * steps * rung_config.batch_size / records, 2) if steps else float(info.epochs),
             kept == len(scores) - 1,
             info.stopped or "",
             str(folder / "model.keras"),
         )
-        if not final:
+        if final:
+            finals[candidate.name] = (info, rung_config, written)
+        else:
             write_json_atomic(record, done.as_dict())
-        trained[0] = (model, info, rung_config)
         return done
 
-    trained: list[Any] = [None]
+    finals: dict[str, tuple[TrainInfo, TrainConfig, Path]] = {}
     result = run(
         [Candidate.of(c) for c in config.race], config.deadline, train_rung, config.select_by, clock=lambda: time.monotonic() - started
     )
-    model, info, final_config = trained[0]
+    assert result.winner is not None
+    info, final_config, written = finals[result.winner]
+    shutil.copytree(written, out_dir, dirs_exist_ok=True)  # the winner's history, curves, TensorBoard (and vocabulary)
+    model = load_model(result.rungs_of(result.winner)[-1].model)
     (out_dir / "race.json").write_text(
         json.dumps({"winner": result.winner, "reason": result.reason, "candidates": result.entries()}, indent=2) + "\n"
     )

@@ -59,3 +59,24 @@ def test_what_the_candidates_pay_once_and_the_rungs_leave_the_winner_most_of_the
     kept = entered(costly, 1000.0)
     assert kept[0].name == "features" and len(kept) < len(costly)  # the last listed are left out first
     assert entered(costly, 100.0) == costly[:1]
+
+
+def test_time_the_winner_leaves_goes_to_the_runner_up_and_the_best_after_its_last_rung_wins() -> None:
+    """A head on frozen features wins the first rung and has learned what it can: it stops with most of
+    the time left. The runner-up (fine-tuning, slower to start) trains on in it from its own weights,
+    overtakes, and wins; the reason says so."""
+
+    class Saturating(Trainer):
+        def __call__(self, candidate, rung, seconds, passes, start, final):  # noqa: ANN001, ANN204
+            done = super().__call__(candidate, rung, seconds, passes, start, final)
+            if candidate.name == "frozen":  # learns fast, then nothing: stops early in its last rung
+                self.spent -= seconds * 0.9 if final else 0.0
+                return Rung("frozen", rung, 0.80, seconds * (0.1 if final else 1.0), 5, 5.0, False, "validation stopped improving", "f")
+            return Rung(done.candidate, rung, 0.75 if rung == 0 else 0.86, done.seconds, done.epochs, done.passes, True, "", f"t-{rung}")
+
+    trainer = Saturating({"frozen": 1.0, "tuned": 1.0})
+    race = run(candidates("tuned", "frozen"), 1000.0, trainer, "accuracy", clock=lambda: trainer.spent, say=lambda line: None)
+    assert [(c[0], c[1], c[4]) for c in trainer.calls] == [("tuned", 0, False), ("frozen", 0, False), ("frozen", 1, True), ("tuned", 1, True)]
+    assert trainer.calls[-1][3] == "t-0"  # the runner-up continued from its own first rung
+    assert race.winner == "tuned" and "after training on in the time frozen left" in race.reason
+    assert abs(trainer.spent - 1000.0) < 1e-6  # and the whole time was spent

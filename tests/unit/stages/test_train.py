@@ -304,7 +304,7 @@ def test_a_killed_race_resumes_at_the_rung_it_was_in_and_keeps_the_best_epoch_by
     trained = TRAIN.run(store, config, {"shards": shards})
     out = capsys.readouterr().out
     assert "reusing cnn-w4's finished rung 1" in out and "reusing cnn-w8's finished rung 1" in out
-    assert out.count("training plan:") == 1  # only the winner's last rung trains: the first rungs are not trained again
+    assert out.count("training plan:") == out.count(" trains on ")  # only last rungs train: the first ones are not trained again
     info = trained.info
     assert {entry["candidate"] for entry in info.race} == {"cnn-w4", "cnn-w8"}
     assert sum(entry["winner"] for entry in info.race) == 1 and info.winner["candidate"] in ("cnn-w4", "cnn-w8")
