@@ -47,11 +47,11 @@ def _spec(dataset: str, folder: Path, train: dict[str, Any] | None) -> str:
     """``dataset``'s spec file, with its ``[train]`` replaced by ``train`` when given (a fixed recipe)."""
     import tomllib
 
-    path = REPO / "datasets" / f"{dataset}.toml"
+    path = Path(dataset) if dataset.endswith(".toml") else REPO / "datasets" / f"{dataset}.toml"
     if train is None:
         return str(path)
     data = tomllib.loads(path.read_text())
-    lines = [f"name = {data.get('name', dataset)!r}".replace("'", '"'), f'source = "{data["source"]}"']
+    lines = [f"name = {data.get('name', path.stem)!r}".replace("'", '"'), f'source = "{data["source"]}"']
     if "source" in data and data["source"].startswith("parquet:data/"):
         lines[-1] = f'source = "parquet:{REPO / data["source"].removeprefix("parquet:")}"'
     for section in ("options", "clean", "gate"):
@@ -60,7 +60,7 @@ def _spec(dataset: str, folder: Path, train: dict[str, Any] | None) -> str:
             lines += [f"{key} = {_toml(value)}" for key, value in data[section].items()]
     lines.append("[train]")
     lines += [f"{key} = {_toml(value)}" for key, value in train.items()]
-    out = folder / f"{dataset}-fixed.toml"
+    out = folder / f"{path.stem}-fixed.toml"
     out.write_text("\n".join(lines) + "\n")
     return str(out)
 
@@ -120,7 +120,7 @@ def _alone(summary: dict[str, Any], root: Path) -> list[tuple[str, dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="fashion-mnist,clipart-images", help="dataset spec names, comma-separated")
+    parser.add_argument("--datasets", default="fashion-mnist,clipart-images", help="dataset spec names or .toml files, comma-separated")
     parser.add_argument("--budgets", default="2m,5m,15m", help="budgets, comma-separated")
     parser.add_argument("--no-fixed", action="store_true", help="skip the fixed recipe's run")
     parser.add_argument("--plot", help="draw accuracy against seconds into this PNG")
@@ -130,13 +130,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="imgflow-budget-"))
     cache = work / "cache"
     rows: list[tuple[str, str, dict[str, Any]]] = []
-    for dataset in args.datasets.split(","):
+    for spec in args.datasets.split(","):
+        dataset = Path(spec).stem  # a name, or a spec file's
         if not args.no_fixed:
-            fixed = _arm(_spec(dataset, work, FIXED.get(dataset)), work / f"{dataset}-fixed", cache, None)
+            fixed = _arm(_spec(spec, work, FIXED.get(dataset)), work / f"{dataset}-fixed", cache, None)
             rows.append((dataset, "fixed recipe", fixed))
             print(f"{dataset} fixed recipe: {fixed['accuracy']:.4f} in {fixed['seconds']:.0f} s", flush=True)
         for budget in args.budgets.split(","):
-            arm = _arm(_spec(dataset, work, None), work / f"{dataset}-{budget}", cache, budget)
+            arm = _arm(_spec(spec, work, None), work / f"{dataset}-{budget}", cache, budget)
             rows.append((dataset, f"--budget {budget}", arm))
             print(f"{dataset} --budget {budget}: {arm['accuracy']:.4f} in {arm['seconds']:.0f} s ({arm['chose']})", flush=True)
             if args.alone and (arm["summary"].get("budget") or {}).get("race"):

@@ -104,7 +104,8 @@ def choose(stats: DataStats, seconds: float, speeds: Speeds, fixed: Mapping[str,
     ordered = [own, *features, *variants] if stats.glyphs or not features else [*features, own, *variants]
     if fixed.get("model") == "transfer" and features:  # the spec asked for a backbone: no network from scratch
         ordered = features
-    candidates = entered(ordered, usable)
+    # A spec that fixes how long to train (epochs, steps) leaves the race no rungs to plan.
+    candidates = entered(ordered, usable) if not {"epochs", "steps_per_epoch"} & set(fixed) else ordered[:1]
     first = candidates[0]
     if len(candidates) > 1:
         reasons.append(

@@ -155,6 +155,7 @@ def test_fields_the_spec_sets_win_and_the_plan_works_around_them() -> None:
     fixed = {"width": 24, "epochs": 5, "flip": "none", "batch_size": 64}
     plan = choose(FASHION, 700, FAST, fixed)
     assert not set(fixed) & set(plan.settings)  # none of them is chosen again
+    assert not choose(PHOTOS, 2400, WITH_FEATURES, {"epochs": 5}).candidates  # how long to train is the spec's: no race
     assert any("epochs = 5: fixed" in line for line in plan.reasons)
     assert "width = 24" in " ".join(plan.reasons)
     assert plan.settings["learning_rate"] > 0
