@@ -289,13 +289,16 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         scores = json.loads((written / "history.json").read_text()).get(f"val_{config.select_by}") or [float("nan")]
         kept = (info.best_epoch or len(scores)) - 1
         steps = rung_config.steps_per_epoch
+        # The passes it trained at its rate: a fine-tuned candidate's head epochs on frozen features
+        # cost next to nothing and would make its passes look cheap.
+        head = rung_config.freeze_epochs or 0 if steps else 0
         done = Rung(
             candidate.name,
             rung,
             float(scores[kept]),
             round(time.monotonic() - began, 1),
             info.epochs,
-            round(info.epochs * steps * rung_config.batch_size / records, 2) if steps else float(info.epochs),
+            round(max(info.epochs - head, 0) * steps * rung_config.batch_size / records, 2) if steps else float(info.epochs),
             kept == len(scores) - 1,
             info.stopped or "",
             str(folder / "model.keras"),
