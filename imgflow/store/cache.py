@@ -241,12 +241,14 @@ class Damage:
 
 
 def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
-    """Re-hash every complete stage output and every registered model version under ``root`` (its local
-    mirror, for an object-store root: the root itself is checked on every fetch) against its manifest or
-    card, like ``restic check``; return how many were checked and the damaged ones. With ``repair``,
-    damaged stage outputs are set aside (``imgflow.store.integrity.quarantine``) so the next run rebuilds
-    them; a damaged model version is only reported (it cannot be rebuilt: promote another)."""
-    from imgflow.store.integrity import damage, manifest_damage, quarantine
+    """Re-hash every complete stage output, every sealed cache beside them (a train stage's frozen
+    features) and every registered model version under ``root`` (its local mirror, for an object-store
+    root: the root itself is checked on every fetch) against its manifest, seal or card, like ``restic
+    check``; return how many were checked and the damaged ones. With ``repair``, damaged stage outputs are
+    set aside (``imgflow.store.integrity.quarantine``) so the next run rebuilds them, damaged cache files
+    are removed (the next use computes them again); a damaged model version is only reported (it cannot
+    be rebuilt: promote another)."""
+    from imgflow.store.integrity import SEAL, SEALED_CACHE, damage, manifest_damage, quarantine, seal_damage
 
     store = ArtifactStore(root)
     checked, found = 0, []
@@ -259,6 +261,17 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
         if problems:
             moved = quarantine(folder, problems) if repair else None
             found.append(Damage(f"{entry.stage} {entry.key}", folder, problems, moved))
+    # Caches kept beside the outputs (a train stage's frozen features), sealed file by file: a damaged
+    # one would be computed again on its next use; with ``repair``, its files go now.
+    for record in sorted(store.root.glob(f"*/{SEALED_CACHE}/*/*{SEAL}")):
+        checked += 1
+        problems = seal_damage(record)
+        if problems:
+            if repair:
+                for path in record.parent.glob(record.name.removesuffix(SEAL) + ".*"):
+                    path.unlink(missing_ok=True)
+            stage = record.parent.parent.parent.name
+            found.append(Damage(f"{stage} features {record.parent.name}/{record.name.removesuffix(SEAL)}", record.parent, problems))
     models = store.pull_models()
     for name in sorted(p.name for p in (models / "models").glob("*") if p.is_dir()):
         for version in registry.versions(models, name):

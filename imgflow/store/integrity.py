@@ -18,10 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgflow.store.files import write_json_atomic
 from imgflow.store.fingerprint import sha256_file
 
 CORRUPT = ".corrupt"
 DAMAGE_NOTE = "DAMAGE.txt"
+# A cache a stage keeps beside its outputs (the train stage's frozen features: ``<stage>/.features/<key>/``),
+# sealed file by file: ``<stem>.sha256.json`` holds its files' table as a manifest does (``seal``).
+SEALED_CACHE = ".features"
+SEAL = ".sha256.json"
 
 
 def _stamp(path: Path) -> list[int]:
@@ -107,3 +112,18 @@ def quarantine(folder: Path, problems: list[str]) -> Path:
     verified_record(folder).unlink(missing_ok=True)
     (target / DAMAGE_NOTE).write_text("\n".join(problems) + "\n")
     return target
+
+
+def seal(record: Path, files: list[Path]) -> None:
+    """Record ``files``' sha256 and sizes in ``record`` (written last: a cache without it is incomplete)."""
+    write_json_atomic(record, {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for path in files})
+
+
+def seal_damage(record: Path) -> list[str]:
+    """What is wrong with the files a ``seal`` record names, re-hashed: one line each; the record
+    itself unreadable is one too."""
+    try:
+        files = json.loads(record.read_text())
+        return damage(record.parent, files, rehash=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"{record.name}: unreadable ({type(error).__name__}: {error})"]

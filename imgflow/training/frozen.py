@@ -13,7 +13,6 @@ model (``encode_texts``). Fine-tuning then runs on images as before.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from imgflow.runtime import stopping
-from imgflow.store.files import write_json_atomic
-from imgflow.store.fingerprint import sha256_file
+from imgflow.store.integrity import SEAL, SEALED_CACHE, seal, seal_damage
 
 if TYPE_CHECKING:
     from imgflow.config import TrainConfig
@@ -46,25 +44,19 @@ class Features(NamedTuple):
 
     @property
     def record(self) -> Path:
-        """Both files' sha256, written last by ``extract``: reuse is verified against it."""
-        return self.features.with_name(self.features.name.removesuffix(".features.npy") + ".sha256.json")
-
-    def seal(self) -> None:
-        write_json_atomic(self.record, {path.name: sha256_file(path) for path in self})
+        """Both files' sha256 and sizes (``imgflow.store.integrity.seal``), written last by ``extract``:
+        reuse, and ``imgflow verify``, check the files against it."""
+        return self.features.with_name(self.features.name.removesuffix(".features.npy") + SEAL)
 
     def holds(self, records: int) -> bool:
         """Whether a completed ``extract`` of ``records`` records is here, byte for byte as written: a
         damaged file (a flipped byte, a truncation) is named and computed again, never trained on."""
         if not (self.features.is_file() and self.labels.is_file() and self.record.is_file()):
             return False
-        try:
-            sealed = json.loads(self.record.read_text())
-        except (OSError, ValueError):
-            sealed = {}
-        damaged = [path for path in self if sealed.get(path.name) != sha256_file(path)]
-        if damaged:
+        problems = seal_damage(self.record)
+        if problems:
             print(
-                f"the cached features {', '.join(map(str, damaged))} are not as written (sha256 differs): computing them again", flush=True
+                f"the cached features in {self.record.parent} are not as written ({'; '.join(problems)}): computing them again", flush=True
             )
             return False
         return np.load(self.labels, mmap_mode="r").shape[0] == records
@@ -87,7 +79,7 @@ def cache_dir(train_root: Path, shards_fingerprint: str, config: Any, shape: tup
             precision,
         ]
     )[:16]
-    folder = train_root / ".features" / key
+    folder = train_root / SEALED_CACHE / key
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -135,7 +127,7 @@ def extract(network: keras.Model, batches: tf.data.Dataset, records: int, stem: 
     del features, labels
     for source, target in zip(partial, found, strict=True):
         source.replace(target)
-    found.seal()
+    seal(found.record, list(found))
     return found
 
 

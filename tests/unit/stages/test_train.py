@@ -209,9 +209,16 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     data = bytearray(cached.read_bytes())
     data[-3] ^= 0xFF
     cached.write_bytes(bytes(data))
+    from imgflow.store.cache import verify  # imgflow verify sees it, naming the file
+
+    checked, damaged = verify(store.root)
+    assert [d.what.split()[:2] for d in damaged] == [["train", "features"]] and "train.features.npy: sha256" in damaged[0].problems[0]
+    assert checked >= 4  # the outputs, and the train and validation features
     TRAIN.run(store, config.replace(learning_rate=2e-3), {"shards": shards})
     out = capsys.readouterr().out
-    assert f"the cached features {cached} are not as written" in out and "computing the frozen backbone's features of the" in out
+    assert f"the cached features in {cached.parent} are not as written (train.features.npy: sha256" in out
+    assert "computing the frozen backbone's features of the" in out
+    assert verify(store.root)[1] == []  # computed again, sealed again
 
     model = keras.models.load_model(first.file("model.keras"))
     assert not model.get_layer("backbone").trainable
