@@ -103,7 +103,9 @@ def _alone(summary: dict[str, Any], root: Path) -> list[tuple[str, dict[str, Any
     store = ArtifactStore(root)
     shards = store.lookup("shard", summary["stages"]["shard"]["key"])
     assert shards is not None, root
-    config = TrainConfig.model_validate_json(json.dumps(json.loads((Path(summary["stages"]["train"]["path"]) / "manifest.json").read_text())["config"]))
+    recorded = json.loads((Path(summary["stages"]["train"]["path"]) / "manifest.json").read_text())["config"]
+    config = TrainConfig(**{name: tuple(value) if isinstance(value, list) else value for name, value in recorded.items()})
+    config = config.replace(deadline=summary["budget"]["training_seconds"])  # keyless: not in the manifest's config
     rows = []
     for candidate in config.race:
         started = time.monotonic()
