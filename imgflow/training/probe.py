@@ -83,18 +83,28 @@ def _extremes(height: int, width: int) -> list[int | None]:
     return [SHRUNK_SIZES[-1], SHRUNK_SIZES[0]] if side > SHRUNK_SIZES[0] else [None]
 
 
-def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
-    """This machine's ``Speeds`` for data of ``stats``'s shape: from the cache, else measured now
-    (``run``), else None (planning without running anything)."""
-    what = {
+def _measured(stats: DataStats) -> dict[str, Any]:
+    """What the probe measures for data of ``stats``'s shape (with this machine, its cache key)."""
+    return {
         "shape": [stats.height, stats.width, stats.channels],
         "classes": len(stats.class_counts),
         "batch": BATCH,
         "features": _lite0_available(),  # for glyphs too: the race measures whether ImageNet features help
         "resnet9": stats.train_records >= RESNET_RECORDS,
     }
+
+
+def cache_path(stats: DataStats) -> Path:
+    """Where this machine's speeds for data of ``stats``'s shape are cached (``measure``)."""
+    return cache_dir() / f"{stable_hash([machine(), _measured(stats)])[:16]}.json"
+
+
+def measure(stats: DataStats, *, run: bool = True) -> Speeds | None:
+    """This machine's ``Speeds`` for data of ``stats``'s shape: from the cache, else measured now
+    (``run``), else None (planning without running anything)."""
+    what = _measured(stats)
     here = machine()
-    path = cache_dir() / f"{stable_hash([here, what])[:16]}.json"
+    path = cache_path(stats)
     found = _cached(path, ("overhead", "per_mac", "batch", "features", "seconds", "resnet_overhead"), "speed probe: the cached measurement")
     if found is not None:
         return Speeds(

@@ -1,5 +1,5 @@
 """A run with a time budget, on a slice of the real MNIST sample: the recipe plans training from the
-data and a real speed probe, races its candidates (a CNN from scratch against EfficientNet-Lite0's
+data and a speed probe's record, races its candidates (a CNN from scratch against EfficientNet-Lite0's
 frozen ImageNet features: on handwritten digits the features lose, measured), the run keeps its budget,
 a spec's own settings win, and a rerun reuses the model the race trained."""
 
@@ -13,11 +13,21 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 BUDGET = 90  # seconds
+# What the speed probe measured on a quiet 2-core AMD EPYC (Zen 4) for 28x28 digits: seconds per
+# training image of the CNN (a fixed part and a part per multiply) and of Lite0's features by input size.
+EPYC_SPEEDS = {
+    "overhead": 2.5e-4,
+    "per_mac": 3.15e-11,
+    "batch": 128,
+    "features": {"128": 0.0056, "160": 0.0077, "192": 0.0102, "224": 0.0132},
+    "seconds": 8.9,
+    "resnet_overhead": None,
+}
 
 
 def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Slow by nature (about 50 s): a budgeted run spends its budget (the speed probe on a machine never
-    probed, then training until the budget's end), which is what it checks."""
+    """Slow by nature (about 90 s): a budgeted run spends its budget (a race, then training until the
+    budget's end), which is what it checks."""
     from flows.train import train
     from imgflow.config import build_run_config
     from imgflow.pipeline.walk import plan
@@ -33,6 +43,18 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
     train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s", until="shard")
     before = {p.stage: p for p in plan(cfg)}
     assert before["train"].key is None and "recipe" in before["train"].note  # the data is built, this machine not measured
+    # The speeds the recipe plans from: a quiet 2-core EPYC's, as its probe measured them. Measured here,
+    # under the suite's other workers, they vary enough to change which candidates fit the 90 s (the
+    # probe's own measuring is tested in tests/unit/test_recipe.py); what the race then decides is
+    # measured for real.
+    from imgflow.store.artifacts import ArtifactStore
+    from imgflow.training.probe import cache_path, data_stats
+
+    shards = ArtifactStore(artifacts).lookup("shard", before["shard"].key)
+    assert shards is not None
+    seeded = cache_path(data_stats(shards))
+    seeded.parent.mkdir(parents=True, exist_ok=True)
+    seeded.write_text(json.dumps(EPYC_SPEEDS))
 
     first = train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s")
     budget = first["budget"]
@@ -48,9 +70,6 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
     assert manifest["info"]["plan"] == budget["plan"]
     assert manifest["info"]["deadline"] == budget["training_seconds"] > 0
     # The race: both candidates measured on the validation split, the winner the better one, and why.
-    # (1,000 records keep Lite0's features, paid once, within what the race allows in 90 s on a machine
-    # that computes them at 128 pixels at 66 images a second or more; the 2-core EPYC it was written on
-    # does about 140.)
     race = {entry["candidate"]: entry for entry in budget["race"]}
     assert set(race) == {"cnn-w16", "lite0-frozen-128px"}, race
     assert all(0 <= entry["val_accuracy"] <= 1 and entry["seconds"] > 0 and entry["rungs"] for entry in race.values())
