@@ -208,14 +208,15 @@ def fit_head(
     recipe: Any,
     steps_per_epoch: int,
     checkpoints: Path,
+    stage_root: Path,
     resumed_from: int,
     frozen: int,
     savers: list[Any],
     encoder: Any,
 ) -> None:
     """The frozen epochs on the backbone's features: computed once over the train and validation
-    splits (``imgflow.training.frozen.cache_dir``: any train build of these shards with this backbone reuses
-    them), then the head fitted on them, with the records' token ids beside them for a text model
+    splits into ``stage_root`` (``imgflow.training.frozen.cache_dir``: any train build of these shards with
+    this backbone reuses them, a race's rungs included), then the head fitted on them, with the records' token ids beside them for a text model
     (``encoder``; written once into this build's ``checkpoints``: they depend on its vocabulary);
     ``savers`` (the checkpoint and validation callbacks) save the whole ``model``, whose layers the head shares."""
     from imgflow.results import ShardInfo, shard_files
@@ -224,7 +225,7 @@ def fit_head(
 
     assert isinstance(shards.info, ShardInfo), shards.stage
     network = extractor(model)
-    folder = cache_dir(checkpoints.parent, shards.fingerprint, config, shape, chosen.precision)
+    folder = cache_dir(stage_root, shards.fingerprint, config, shape, chosen.precision)
     # Batches sized by what the backbone sees (its input size), not the stored images' size.
     side = config.backbone_size
     assert side is not None, "a transfer model's backbone_size is set once its config is validated"

@@ -75,9 +75,12 @@ def fit_model(
     strategy: Any,
     checkpoints: Path | None = None,
     start: Path | None = None,
+    stage_root: Path | None = None,
 ) -> tuple[Any, TrainInfo]:
     """Train ``config`` on ``shards``, checkpointing into ``checkpoints`` (by default this build's
-    scratch), from ``start``'s weights when given (a race's continuing rung) instead of new ones."""
+    scratch), from ``start``'s weights when given (a race's continuing rung) instead of new ones.
+    ``stage_root`` is the train stage's folder (by default ``out_dir``'s), where frozen features are
+    shared by every build (``imgflow.training.frozen.cache_dir``)."""
     import keras
     import tensorflow as tf
 
@@ -256,6 +259,7 @@ def fit_model(
             recipe,
             steps_per_epoch,
             checkpoints,
+            stage_root or out_dir.parent,
             resumed_from,
             frozen,
             [committer, rules],

@@ -270,7 +270,7 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         print(line, flush=True)
 
     def train_rung(candidate: Candidate, rung: int, seconds: float, passes: float, start: Rung | None, final: bool) -> Rung:
-        folder = work / f"{candidate.name}-r{rung}"  # its checkpoints, model and outputs; the race's frozen features beside them
+        folder = work / f"{candidate.name}-r{rung}"  # its checkpoints, model and outputs
         record = folder / "rung.json"
         if not final and record.is_file():
             done = Rung(**json.loads(record.read_text()))
@@ -283,7 +283,9 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         written.mkdir(parents=True, exist_ok=True)
         with private_keras_seeds(config.seed):
             model, info = fit_model(
-                written, rung_config, shards, chosen, strategy, checkpoints=folder, start=Path(start.model) if start else None
+                written, rung_config, shards, chosen, strategy, checkpoints=folder,
+                start=Path(start.model) if start else None,
+                stage_root=out_dir.parent,
             )
         model.save(folder / "model.keras")
         scores = json.loads((written / "history.json").read_text()).get(f"val_{config.select_by}") or [float("nan")]

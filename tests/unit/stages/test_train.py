@@ -220,6 +220,17 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     assert "computing the frozen backbone's features of the" in out
     assert verify(store.root)[1] == []  # computed again, sealed again
 
+    # A race's frozen candidate uses the same features, from the stage's folder, not its build's scratch
+    # (which the store removes once the race's output is published).
+    from imgflow.training.race import Candidate
+
+    frozen = Candidate("lite0-frozen", {"freeze_epochs": 2, "epochs": 2}, 0.1).as_dict()
+    scratch = Candidate("cnn-w4", {**STILL, "model": "cnn", "flip": "none", "freeze_epochs": 0}, 0.5).as_dict()
+    TRAIN.run(store, config.replace(budget="60s", deadline=10.0, race=(frozen, scratch)), {"shards": shards})
+    out = capsys.readouterr().out
+    assert f"reusing the frozen backbone's features of the {shards.info.splits['train'].records} train records from {cached.parent}" in out
+    assert "computing the frozen backbone's features" not in out
+
     model = keras.models.load_model(first.file("model.keras"))
     assert not model.get_layer("backbone").trainable
     val = shard_dataset(shard_files(shards, "val"), (8, 8, 1), 256, training=False)
