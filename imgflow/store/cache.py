@@ -265,7 +265,7 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
     # one would be computed again on its next use; with ``repair``, its files go now.
     for record in sorted(store.root.glob(f"*/{SEALED_CACHE}/*/*{SEAL}")):
         checked += 1
-        problems = seal_damage(record)
+        problems = seal_damage(record, rehash=True)
         if problems:
             if repair:
                 for path in record.parent.glob(record.name.removesuffix(SEAL) + ".*"):

@@ -49,9 +49,10 @@ def _read_record(path: Path) -> dict[str, list[int]]:
         return {}
 
 
-def record_verified(folder: Path, names: list[str]) -> None:
-    """Note that ``names`` in ``folder`` match their manifest as they are now (just built, or just hashed)."""
-    record = verified_record(folder)
+def record_verified(folder: Path, names: list[str], record: Path | None = None) -> None:
+    """Note in ``record`` (by default ``verified_record(folder)``) that ``names`` in ``folder`` match their
+    manifest as they are now (just built, or just hashed)."""
+    record = record or verified_record(folder)
     tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps({name: _stamp(folder / name) for name in names}))
@@ -60,11 +61,15 @@ def record_verified(folder: Path, names: list[str]) -> None:
         tmp.unlink(missing_ok=True)  # only an optimisation: the next lookup hashes again
 
 
-def damage(folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool = False) -> list[str]:
+def damage(
+    folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool = False, verified_at: Path | None = None
+) -> list[str]:
     """What is wrong with ``folder`` against its manifest's ``files`` (name -> sha256, bytes): one line
     each, naming the file; empty when nothing is. Sizes are always checked; hashes when a file changed
-    since it was last verified, or always with ``rehash``."""
-    record = {} if rehash else _read_record(verified_record(folder))
+    since it was last verified (as ``verified_at`` records, by default ``verified_record(folder)``), or
+    always with ``rehash``."""
+    verified_at = verified_at or verified_record(folder)
+    record = {} if rehash else _read_record(verified_at)
     problems, verified = [], []
     for name, expected in sorted(files.items()):
         path = folder / name
@@ -89,7 +94,7 @@ def damage(folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool
         else:
             verified.append(name)
     if not problems and verified:
-        record_verified(folder, verified)
+        record_verified(folder, verified, verified_at)
     return problems
 
 
@@ -114,16 +119,24 @@ def quarantine(folder: Path, problems: list[str]) -> Path:
     return target
 
 
+def _seal_verified(record: Path) -> Path:
+    """Where the files a seal ``record`` names are noted as verified: one note per seal, since seals share
+    a folder (``.<stem>.verified.json`` beside it)."""
+    return record.with_name(f".{record.name.removesuffix(SEAL)}.verified.json")
+
+
 def seal(record: Path, files: list[Path]) -> None:
-    """Record ``files``' sha256 and sizes in ``record`` (written last: a cache without it is incomplete)."""
+    """Record ``files``' sha256 and sizes in ``record`` (written last: a cache without it is incomplete),
+    noted as verified as written."""
     write_json_atomic(record, {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for path in files})
+    record_verified(record.parent, [path.name for path in files], _seal_verified(record))
 
 
-def seal_damage(record: Path) -> list[str]:
-    """What is wrong with the files a ``seal`` record names, re-hashed: one line each; the record
-    itself unreadable is one too."""
+def seal_damage(record: Path, *, rehash: bool = False) -> list[str]:
+    """What is wrong with the files a ``seal`` record names: one line each; the record itself unreadable
+    is one too. As ``damage``: hashed when changed since last verified, or always with ``rehash``."""
     try:
         files = json.loads(record.read_text())
-        return damage(record.parent, files, rehash=True)
+        return damage(record.parent, files, rehash=rehash, verified_at=_seal_verified(record))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return [f"{record.name}: unreadable ({type(error).__name__}: {error})"]

@@ -84,3 +84,26 @@ def test_damage_rehash_checks_every_file_whatever_the_record_says(tmp_path: Path
     assert integrity.damage(folder, files) == []
     assert integrity.damage(folder, files, rehash=True) == [f"a: sha256 {integrity.sha256_file(folder / 'a')[:16]} where the manifest has {'0' * 16}"]
     assert json.loads(integrity.verified_record(folder).read_text())  # the record sits beside the output, not in it
+
+
+def test_sealed_files_sharing_a_folder_are_hashed_only_when_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two seals in one folder (a features cache's train and validation files): each is trusted as
+    written, a file changed since is hashed and a flipped byte named, and ``rehash`` hashes regardless."""
+    for stem in ("train", "val"):
+        for part in ("features", "labels"):
+            (tmp_path / f"{stem}.{part}.npy").write_bytes(stem.encode() * 1000)
+        integrity.seal(tmp_path / f"{stem}{integrity.SEAL}", [tmp_path / f"{stem}.{part}.npy" for part in ("features", "labels")])
+    hashed: list[str] = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    for _ in range(2):
+        assert integrity.seal_damage(tmp_path / f"train{integrity.SEAL}") == []
+        assert integrity.seal_damage(tmp_path / f"val{integrity.SEAL}") == []
+    assert hashed == []
+    _flip(tmp_path / "val.labels.npy")
+    problems = integrity.seal_damage(tmp_path / f"val{integrity.SEAL}")
+    assert hashed == ["val.labels.npy"] and len(problems) == 1 and problems[0].startswith("val.labels.npy: sha256 ")
+    assert integrity.seal_damage(tmp_path / f"train{integrity.SEAL}") == [] and hashed == ["val.labels.npy"]
+    hashed.clear()
+    integrity.seal_damage(tmp_path / f"train{integrity.SEAL}", rehash=True)
+    assert sorted(hashed) == ["train.features.npy", "train.labels.npy"]
