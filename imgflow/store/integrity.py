@@ -61,9 +61,7 @@ def record_verified(folder: Path, names: list[str], record: Path | None = None) 
         tmp.unlink(missing_ok=True)  # only an optimisation: the next lookup hashes again
 
 
-def damage(
-    folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool = False, verified_at: Path | None = None
-) -> list[str]:
+def damage(folder: Path, files: Mapping[str, Mapping[str, Any]], *, rehash: bool = False, verified_at: Path | None = None) -> list[str]:
     """What is wrong with ``folder`` against its manifest's ``files`` (name -> sha256, bytes): one line
     each, naming the file; empty when nothing is. Sizes are always checked; hashes when a file changed
     since it was last verified (as ``verified_at`` records, by default ``verified_record(folder)``), or

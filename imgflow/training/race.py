@@ -283,7 +283,12 @@ def train_race(out_dir: Path, config: TrainConfig, shards: StageResult, chosen: 
         written.mkdir(parents=True, exist_ok=True)
         with private_keras_seeds(config.seed):
             model, info = fit_model(
-                written, rung_config, shards, chosen, strategy, checkpoints=folder,
+                written,
+                rung_config,
+                shards,
+                chosen,
+                strategy,
+                checkpoints=folder,
                 start=Path(start.model) if start else None,
                 stage_root=out_dir.parent,
             )
