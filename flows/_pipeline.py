@@ -25,7 +25,8 @@ from imgflow.data.partitions import Partition
 from imgflow.pipeline import Step
 from imgflow.pipeline.walk import How, Walked, walk
 from imgflow.registry.release import conclude, localized
-from imgflow.reporting.summary import Drift, RunSummary, summary_markdown
+from imgflow.reporting.datachecks import Drift
+from imgflow.reporting.summary import RunSummary, summary_markdown
 from imgflow.results import StageResult, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.parallel import worker_count
@@ -130,7 +131,7 @@ def release(
     name = cfg.dataset.name
     results = localized(run.root, results)
     parts = (
-        {day: localized(run.root, known, read={"drift"}) for day, known in parts.items()} if parts is not None else None
+        {day: localized(run.root, known, read={"drift", "audit"}) for day, known in parts.items()} if parts is not None else None
     )  # their reports
     summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
     if run.title:
@@ -144,6 +145,9 @@ def release(
         _announce_drift(name, summary.drift, cfg.gate.max_drift)
         reports = [Path(entry.report).with_name("report.md").read_text() for entry in summary.drift.checks.values()]
         publish(f"imgflow-drift-{name}", "\n".join(reports), "new data against the data the champion learned from")
+    if summary.audit is not None:
+        reports = [Path(entry.report).with_name("report.md").read_text() for entry in summary.audit.checks.values()]
+        publish(f"imgflow-audit-{name}", "\n".join(reports), "suspected label errors, near-duplicates, outliers")
     if "validate" in results:
         _announce(summary)
         publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")

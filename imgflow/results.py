@@ -162,6 +162,21 @@ class DriftInfo(_Strict):
     note: str
 
 
+class AuditInfo(_Strict):
+    """What the audit found in a clean table (``imgflow.stages.audit``): how many suspected label errors,
+    near-duplicate pairs (``cross_split``: those with one record in train and the other held out, or in
+    val and test: leakage) and outliers, among how many records, from which embeddings; the top examples."""
+
+    records: int
+    embeddings: str
+    label_issues: int
+    near_duplicates: int
+    cross_split: int
+    outliers: int
+    examples: dict[str, list[dict[str, Any]]]
+    note: str
+
+
 class Parity(_Strict):
     max_abs_diff: float
     tolerance: float

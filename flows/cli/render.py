@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from imgflow.reporting.datachecks import audit_line
 from imgflow.reporting.summary import race_lines
 
 
@@ -74,6 +75,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("  stages: " + ", ".join(f"{stage} {entry['status']}" for stage, entry in summary["stages"].items()))
     if "partitions" in summary:
         print("  partitions: " + ", ".join(f"{day} {status}" for day, status in summary["partitions"].items()))
+    if "audit" in summary:
+        print(f"  {audit_line(summary['audit'])}")
     if "budget" in summary:
         budget = summary["budget"]
         print(

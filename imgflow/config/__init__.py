@@ -64,6 +64,9 @@ from imgflow.config.stages import (
     SECTIONS as SECTIONS,
 )
 from imgflow.config.stages import (
+    AuditConfig as AuditConfig,
+)
+from imgflow.config.stages import (
     CleanConfig as CleanConfig,
 )
 from imgflow.config.stages import (
@@ -124,6 +127,7 @@ class RunConfig:
     train: TrainConfig
     gate: GateConfig
     drift: DriftConfig
+    audit: AuditConfig
     export: ExportConfig
     # The [train] settings the spec and the command line set: with a budget, the recipe chooses the rest.
     fixed: tuple[str, ...] = ()

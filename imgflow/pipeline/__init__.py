@@ -29,10 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgflow.config import CleanConfig, DownloadConfig, DriftConfig, ExportConfig, GateConfig, RunConfig, ShardConfig, TrainConfig
+from imgflow.config import (
+    AuditConfig,
+    CleanConfig,
+    DownloadConfig,
+    DriftConfig,
+    ExportConfig,
+    GateConfig,
+    RunConfig,
+    ShardConfig,
+    TrainConfig,
+)
 from imgflow.data.cleantable import check_splits
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.runtime.errors import ConfigError
+from imgflow.stages.audit import AUDIT
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
 from imgflow.stages.drift import DRIFT
@@ -67,6 +78,8 @@ class Step:
     # The step's config from the run's settings and the results so far (``measure``: it may measure
     # this machine; else None when it would need to), instead of the RunConfig field as it is.
     configure: Callable[[RunConfig, Mapping[str, StageResult], bool], Any] | None = None
+    # Why the run's settings leave this step out (None: they do not), e.g. ``[audit] enabled = false``.
+    left_out: Callable[[RunConfig], str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -187,11 +200,16 @@ def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
     check_splits(info, cfg.gate.min_test_records)
 
 
+def _audit_off(cfg: RunConfig) -> str | None:
+    return None if cfg.audit.enabled else "[audit] enabled = false"
+
+
 PIPELINE = Pipeline(
     [
         Step(DOWNLOAD, DownloadConfig, {"source": (SOURCE,)}, per_partition=True, retries=2),
         Step(CLEAN, CleanConfig, {"raw": ("download",)}, per_partition=True),
         Step(DRIFT, DriftConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True),
+        Step(AUDIT, AuditConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True, left_out=_audit_off),
         Step(MERGE, CleanConfig, {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
         Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits),
         Step(TRAIN, TrainConfig, {"shards": ("shard",)}, configure=budgeted_training),

@@ -107,6 +107,9 @@ def walk(
             if step.name not in wanted:
                 executor.passed(step, f"after --until {until}", day)
                 continue
+            if step.left_out is not None and step.left_out(cfg):
+                executor.passed(step, step.left_out(cfg) or "", day)
+                continue
             external: dict[str, Any] = {REFERENCE: reference}
             if any(SOURCE in providers for providers in step.inputs.values()):
                 taken = fingerprint if partition is None else None  # the caller's, of the whole source
@@ -125,6 +128,9 @@ def walk(
             continue
         if step.name not in wanted:
             executor.passed(step, f"after --until {until}")
+            continue
+        if step.left_out is not None and step.left_out(cfg):
+            executor.passed(step, step.left_out(cfg) or "")
             continue
         gate = results.get(step.gated_by) if step.gated_by else None
         if gate is not None and not promoted(gate):

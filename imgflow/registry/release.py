@@ -24,11 +24,11 @@ Promoter = Callable[[str, str, Mapping[str, Any], Mapping[str, StageResult]], Ma
 
 def localized(root: str, results: Mapping[str, StageResult], read: Collection[str] | None = None) -> dict[str, StageResult]:
     """``results`` with what the registry and the reports read (``read``; by default the model's stages,
-    the clean table and the drift check) in this machine's folder: an output built on another machine,
+    the clean table, the drift check and the audit) in this machine's folder: an output built on another machine,
     or kept only in an object-store root, is fetched."""
     store = ArtifactStore(root)
     table = clean_table(results)
-    read = read if read is not None else {"train", "validate", "export", "drift", table.stage if table is not None else ""}
+    read = read if read is not None else {"train", "validate", "export", "drift", "audit", table.stage if table is not None else ""}
     return {stage: store.localize(result) if stage in read else result for stage, result in results.items()}
 
 

@@ -10,18 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from imgflow.pipeline import PIPELINE
-from imgflow.results import CleanInfo, DriftInfo, StageResult, TrainInfo, ValidateInfo, clean_table
+from imgflow.reporting.datachecks import Audit, Drift, Part, audit_line, audit_section, drift_section
+from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 from imgflow.runtime import cpus
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Metrics(_Part):
+class Metrics(Part):
     """The candidate's test accuracy, on how many records, and the champion's on the same ones; with
     text, the three accuracies (``modalities``); against a champion, the paired comparison (``paired``)."""
 
@@ -33,7 +28,7 @@ class Metrics(_Part):
     slices: dict[str, dict[str, Any]] | None = None
 
 
-class BudgetEntry(_Part):
+class BudgetEntry(Part):
     """A budgeted run: the budget, the run's seconds against it, and the plan training followed."""
 
     budget: str
@@ -52,29 +47,10 @@ class BudgetEntry(_Part):
     winner: dict[str, Any] | None = None
 
 
-class DriftEntry(_Part):
-    """One partition's (or the whole data's) drift check: compared with which champion, whether it
-    drifted and why, and where its report is."""
-
-    compared: bool
-    drifted: bool
-    reference: str | None
-    reasons: list[str]
-    report: str
-
-
-class Drift(_Part):
-    """Every drift check of the run, by partition date ("all": a whole-source run); ``flagged`` names
-    the ones that drifted."""
-
-    flagged: list[str]
-    checks: dict[str, DriftEntry]
-
-
-class RunSummary(_Part):
+class RunSummary(Part):
     """What a run decided, measured, reused and produced. ``stages`` has an entry per declared step
     (``status``, and ``key``/``path``, with the clean table's accounting and training's epochs);
-    ``partitions``, ``budget``, ``tune`` and ``drift`` only where the run had them. ``as_json`` is the one JSON
+    ``partitions``, ``budget``, ``tune``, ``drift`` and ``audit`` only where the run had them. ``as_json`` is the one JSON
     object ``imgflow run --json`` prints last and the flows return: a field absent here is absent there."""
 
     model: str
@@ -90,6 +66,7 @@ class RunSummary(_Part):
     budget: BudgetEntry | None = None
     tune: dict[str, Any] | None = None
     drift: Drift | None = None
+    audit: Audit | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -174,6 +151,7 @@ def build_summary(
     artifacts = {
         "root": str(root),
         "data_quality_report": str(table.file("report.md")) if table is not None else None,
+        "audit_report": path("audit", "report.html"),
         "training_curves": path("train", "training_curves.png"),
         "confusion_matrix": path("validate", "confusion_matrix.png"),
         "validation_report": path("validate", "report.md"),
@@ -210,6 +188,11 @@ def build_summary(
         drifts = {"all": results["drift"]}
     if drifts:
         had["drift"] = drift_section(drifts)
+    audits = {day: known["audit"] for day, known in partitions.items() if known.get("audit")} if partitions is not None else {}
+    if partitions is None and results.get("audit") is not None:
+        audits = {"all": results["audit"]}
+    if audits:
+        had["audit"] = audit_section(audits)
     return RunSummary(
         model=name,
         decision=decision,
@@ -222,19 +205,6 @@ def build_summary(
         cpus=cpus.budget().as_dict(),
         **had,
     )
-
-
-def drift_section(drifts: Mapping[str, StageResult]) -> Drift:
-    """The summary's ``drift``: each drift result (by partition date) and the ones that drifted."""
-    checks = {}
-    for where, result in drifts.items():
-        info = result.info
-        assert isinstance(info, DriftInfo), result.stage
-        report = str(result.file("report.html"))
-        checks[where] = DriftEntry(
-            compared=info.compared, drifted=info.drifted, reference=info.reference, reasons=info.reasons, report=report
-        )
-    return Drift(flagged=[where for where, entry in checks.items() if entry.drifted], checks=checks)
 
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:
@@ -326,6 +296,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         *([f"- {modalities_line(metrics['modalities'])}"] if "modalities" in metrics else []),
         *[f"- {reason}" for reason in summary["reasons"]],
         *([f"- drifted: {', '.join(summary['drift']['flagged'])}"] if summary.get("drift", {}).get("flagged") else []),
+        *([f"- {audit_line(summary['audit'])}"] if summary.get("audit") else []),
         *(
             [f"- records: {clean['records_in']} in, {clean['kept']} kept, {clean['quarantined']} quarantined"]
             if "records_in" in clean

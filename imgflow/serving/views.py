@@ -10,9 +10,10 @@ them, old or new, so its confidence on seen records cannot pass for drift.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +79,14 @@ def model_view(
     if not labels:
         return ModelView(list(class_names), np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
     return ModelView(list(class_names), np.concatenate(embeddings), np.concatenate(labels), np.concatenate(predicted))
+
+
+def unless_learned_from(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stage's inputs without its ``reference`` (the champion) when the champion learned from this very
+    ``data`` (its card's ``learned_from``): nothing is new to it, and its view of records it was trained
+    on judges nothing. The key is then the one with no champion, so a rerun after a promotion reuses the
+    stage's output, as it reuses everything else (the drift and audit stages' ``relevant``)."""
+    champion = inputs.get("reference")
+    if champion is not None and inputs["data"].fingerprint in (getattr(champion.info, "learned_from", None) or []):
+        return {name: value for name, value in inputs.items() if name != "reference"}
+    return inputs

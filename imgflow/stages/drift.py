@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +35,7 @@ from imgflow.data.tables import open_parquet
 from imgflow.reporting.drift import plot_embeddings, plot_histograms, report_html, report_markdown
 from imgflow.results import CleanInfo, DriftInfo, StageResult
 from imgflow.serving.inference import OnnxModel
-from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, ModelView, model_view, read_view
+from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, ModelView, model_view, read_view, unless_learned_from
 from imgflow.store.artifacts import Stage
 from imgflow.store.files import write_json_atomic
 
@@ -118,14 +117,4 @@ def _plot(out_dir: Path, reference: Profile, new: Profile, checks: list[Check], 
         plot_embeddings(views[0].embeddings, views[1].embeddings, out_dir / "embeddings.png")
 
 
-def _new_data(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The inputs without the champion when it learned from this very data (its card's
-    ``learned_from``): nothing is new, nothing to compare, and the key is the one with no champion. So
-    a rerun after a promotion reuses its drift checks, as it reuses everything else."""
-    champion = inputs.get("reference")
-    if isinstance(champion, StageResult) and inputs["data"].fingerprint in (getattr(champion.info, "learned_from", None) or []):
-        return {name: value for name, value in inputs.items() if name != "reference"}
-    return inputs
-
-
-DRIFT = Stage("drift", "1", _build, info=DriftInfo, relevant=_new_data)
+DRIFT = Stage("drift", "1", _build, info=DriftInfo, relevant=unless_learned_from)

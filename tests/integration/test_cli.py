@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
-STAGES = ("download", "clean", "drift", "shard", "train", "validate", "export")
+STAGES = ("download", "clean", "drift", "audit", "shard", "train", "validate", "export")
 
 
 def _imgflow(*args: str, cwd: Path, merged: bool = False) -> subprocess.CompletedProcess:
@@ -167,17 +167,17 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
     logged = [json.loads(line) for line in (artifacts / "runs.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and logged[0]["stages"] == logged[1]["stages"]
     more = [*small[:4], "--epochs", "3", *small[6:]]
-    assert _plan(*more, cwd=tmp_path) == {"download": "reuse", "clean": "reuse", "drift": "reuse", "shard": "reuse",
+    assert _plan(*more, cwd=tmp_path) == {"download": "reuse", "clean": "reuse", "drift": "reuse", "audit": "reuse", "shard": "reuse",
                                            "train": "run", "validate": "run", "export": "run"}
     assert _plan(*small, "--refresh", "shard", cwd=tmp_path) == {
-        **dict.fromkeys(STAGES[:3], "reuse"), **dict.fromkeys(STAGES[3:], "run")}
+        **dict.fromkeys(STAGES[:4], "reuse"), **dict.fromkeys(STAGES[4:], "run")}
     # --until stops there: the run trains nothing new, and says it stopped.
     until = _imgflow("run", *more, "--refresh", "shard", "--until", "shard", "--json", cwd=tmp_path)
     assert until.returncode == 0, until.stderr[-3000:]
     stopped = json.loads(until.stdout.strip().splitlines()[-1])
     assert stopped["decision"] == "stopped" and stopped["version"] is None
     assert {s: e["status"] for s, e in stopped["stages"].items()} == {
-        **dict.fromkeys(STAGES[:2], "cached"), "drift": "skipped", "shard": "ran", **dict.fromkeys(STAGES[4:], "skipped")}
+        **dict.fromkeys(STAGES[:2], "cached"), "drift": "skipped", "audit": "skipped", "shard": "ran", **dict.fromkeys(STAGES[5:], "skipped")}
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from tests.conftest import seed_prefect_home
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-STAGES = ("download", "clean", "drift", "shard", "train", "validate", "export")
+STAGES = ("download", "clean", "drift", "audit", "shard", "train", "validate", "export")
 
 
 def _default_sigint() -> None:

@@ -12,7 +12,7 @@ from tests.conftest import built_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-STAGES = ("download", "clean", "shard", "train", "validate", "export")
+STAGES = ("download", "clean", "audit", "shard", "train", "validate", "export")
 BASE = {
     "limit": 400,
     "clean": {"image_size": [8, 8], "channels": 1, "test_fraction": 0.2, "val_fraction": 0.1},
@@ -20,12 +20,13 @@ BASE = {
     "train": {"epochs": 1, "width": 4, "translate": 0.0, "rotate": 0.0, "zoom": 0.0},
     "gate": {"min_accuracy": 0.0, "tolerance": 1.0},  # every candidate passes: export always runs
     "export": {"opset": 17},
+    "audit": {"near_duplicate": 0.006},
 }
 
 
 def _toml(settings: dict) -> str:
     lines = ['source = "sample:digits"', f"limit = {settings['limit']}"]
-    for section in ("clean", "shard", "train", "gate", "export"):
+    for section in ("clean", "shard", "train", "gate", "export", "audit"):
         lines.append(f"[{section}]")
         lines += [f"{key} = {value!r}".replace("'", '"') for key, value in settings[section].items()]
     return "\n".join(lines) + "\n"
@@ -72,9 +73,10 @@ def test_each_config_group_reruns_exactly_its_downstream(first_run: Path) -> Non
     cases = [
         (("download", "limit", 420), STAGES),
         (("clean", "test_fraction", 0.25), STAGES[1:]),
-        (("shard", "records_per_shard", 50), STAGES[2:]),
-        (("train", "epochs", 2), STAGES[3:]),
+        (("shard", "records_per_shard", 50), STAGES[3:]),
+        (("train", "epochs", 2), STAGES[4:]),
         (("gate", "tolerance", 0.9), ("validate",)),
+        (("audit", "near_duplicate", 0.01), ("audit",)),
         (("export", "opset", 16), ("export",)),
     ]
     for change, ran in cases:
@@ -83,7 +85,7 @@ def test_each_config_group_reruns_exactly_its_downstream(first_run: Path) -> Non
 
 def test_refresh_forces_a_stage_and_everything_after_it(first_run: Path) -> None:
     tmp_path = first_run
-    assert _run(tmp_path, refresh="shard") == _expect(STAGES[2:])
+    assert _run(tmp_path, refresh="shard") == _expect(STAGES[3:])
     assert _run(tmp_path, refresh="export") == _expect(("export",))
     assert _run(tmp_path) == _expect(())
 

@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-STAGES = ("download", "clean", "drift", "shard", "train", "validate", "export")
+STAGES = ("download", "clean", "drift", "audit", "shard", "train", "validate", "export")
 
 
 def _run(artifacts: Path, **overrides) -> dict:
@@ -80,7 +80,7 @@ def test_train_flow_promotes_reuses_and_gates(tmp_path: Path) -> None:
     # More epochs retrain, validate again; a floor nobody clears rejects and keeps the champion.
     strict = _run(artifacts, epochs=3, min_accuracy=0.9999)
     statuses = {stage: strict["stages"][stage]["status"] for stage in STAGES}
-    assert statuses == {"download": "cached", "clean": "cached", "drift": "cached", "shard": "cached",
+    assert statuses == {"download": "cached", "clean": "cached", "drift": "cached", "audit": "cached", "shard": "cached",
                         "train": "ran", "validate": "ran", "export": "skipped"}
     assert strict["decision"] == "rejected" and strict["version"] is None
     assert any("< floor 0.9999" in reason for reason in strict["reasons"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,13 @@ from tests.helpers import partitioned_parquet
 
 
 def test_the_declaration_orders_every_stage_merge_included() -> None:
-    assert ORDER == ("download", "clean", "drift", "merge", "shard", "train", "validate", "export")
+    assert ORDER == ("download", "clean", "drift", "audit", "merge", "shard", "train", "validate", "export")
     assert [s.name for s in PIPELINE.run_steps(partitioned=False)] == [n for n in ORDER if n != "merge"]
     assert [s.name for s in PIPELINE.run_steps(partitioned=True)] == list(ORDER)
 
 
 def test_refresh_takes_everything_downstream_and_until_everything_upstream() -> None:
-    assert PIPELINE.refreshed("clean") == {"clean", "drift", "merge", "shard", "train", "validate", "export"}
+    assert PIPELINE.refreshed("clean") == {"clean", "drift", "audit", "merge", "shard", "train", "validate", "export"}
     assert PIPELINE.refreshed("validate") == {"validate", "export"}  # export waits for the gate
     assert PIPELINE.refreshed(None) == frozenset()
     assert PIPELINE.until("shard") == {"download", "clean", "merge", "shard"}
@@ -48,12 +49,12 @@ def _actions(planned: list) -> dict[str, str]:
 def test_plan_on_a_fresh_store_runs_everything_and_knows_only_the_first_key(tmp_path: Path) -> None:
     cfg = build_run_config(_spec(tmp_path), tmp_path / "artifacts")
     planned = plan(cfg)
-    assert _actions(planned) == dict.fromkeys(("download", "clean", "drift", "shard", "train", "validate", "export"), "run")
+    assert _actions(planned) == dict.fromkeys(("download", "clean", "drift", "audit", "shard", "train", "validate", "export"), "run")
     download = planned[0]
     from imgflow.stages.download import DOWNLOAD
 
     assert download.key == DOWNLOAD.key(cfg.download, {"source": source_fingerprint(cfg.download.source)})
-    assert [p.key for p in planned[1:]] == [None] * 6
+    assert [p.key for p in planned[1:]] == [None] * 7
     assert planned[-1].note == "if the gate promotes the candidate"
     assert not (tmp_path / "artifacts").exists()  # planning writes nothing
 
@@ -71,16 +72,19 @@ def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -
 
     planned = {p.stage: p for p in plan(cfg)}
     assert [planned[s].key for s in ("download", "clean", "shard")] == [raw.key, clean.key, shards.key]
-    assert _actions(planned.values()) == {"download": "reuse", "clean": "reuse", "drift": "run", "shard": "reuse",
+    assert _actions(planned.values()) == {"download": "reuse", "clean": "reuse", "drift": "run", "audit": "run", "shard": "reuse",
                                           "train": "run", "validate": "run", "export": "run"}
     assert planned["drift"].key is not None  # no champion yet: it compares with nothing, but it has its key
     assert planned["train"].key is not None and planned["validate"].key is None  # train's inputs are built
 
     assert _actions(plan(cfg, forced=PIPELINE.refreshed("clean"))) == {
-        "download": "reuse", "clean": "run", "drift": "run", "shard": "run", "train": "run", "validate": "run", "export": "run"}
+        "download": "reuse", "clean": "run", "drift": "run", "audit": "run", "shard": "run", "train": "run", "validate": "run", "export": "run"}
     assert _actions(plan(cfg, until="clean")) == {
-        "download": "reuse", "clean": "reuse", "drift": "skip", "shard": "skip", "train": "skip", "validate": "skip",
+        "download": "reuse", "clean": "reuse", "drift": "skip", "audit": "skip", "shard": "skip", "train": "skip", "validate": "skip",
         "export": "skip"}
+    # [audit] enabled = false leaves the audit out, saying why.
+    off = {p.stage: p for p in plan(dataclasses.replace(cfg, audit=cfg.audit.replace(enabled=False)))}
+    assert (off["audit"].action, off["audit"].note) == ("skip", "[audit] enabled = false")
 
     # A run that would run a stage has no cached conclusion; one stopped at shard has, every output stored.
     assert cached_run(cfg)[1] is None
@@ -94,8 +98,8 @@ def test_plan_of_a_partitioned_source_has_each_partition_and_the_merge(tmp_path:
     lake = partitioned_parquet(tmp_path / "lake", ["2024-05-01", "2024-05-02"], per_day=20)
     cfg = build_run_config(f"parquet:{lake}", tmp_path / "artifacts")
     planned = plan(cfg, partitions=date_partitions(cfg.download.source))
-    assert [(p.stage, p.partition) for p in planned[:6]] == [
-        ("download", "2024-05-01"), ("clean", "2024-05-01"), ("drift", "2024-05-01"),
-        ("download", "2024-05-02"), ("clean", "2024-05-02"), ("drift", "2024-05-02")]
-    assert [p.stage for p in planned[6:]] == ["merge", "shard", "train", "validate", "export"]
+    assert [(p.stage, p.partition) for p in planned[:8]] == [
+        ("download", "2024-05-01"), ("clean", "2024-05-01"), ("drift", "2024-05-01"), ("audit", "2024-05-01"),
+        ("download", "2024-05-02"), ("clean", "2024-05-02"), ("drift", "2024-05-02"), ("audit", "2024-05-02")]
+    assert [p.stage for p in planned[8:]] == ["merge", "shard", "train", "validate", "export"]
     assert {p.action for p in planned} == {"run"}

@@ -22,6 +22,8 @@ INFOS: dict[str, dict[str, Any]] = {
     "merge": CLEAN,
     "shard": {"image_shape": [8, 8, 1], "class_names": ["a", "b"], "data_fingerprint": "d", "splits": {}},
     "train": TRAIN,
+    "audit": {"records": 8, "embeddings": "pixels", "label_issues": 1, "near_duplicates": 2, "cross_split": 1, "outliers": 0,
+              "examples": {"label_issues": [{"id": "r1", "split": "train", "label": "a", "suggested": "b", "score": 0.01}]}, "note": ""},
     "export": {"opset": 17, "parity": {"max_abs_diff": 0.0, "tolerance": 1e-5, "batch": 2, "same_top1": True}, "int8": None},
 }
 
@@ -41,7 +43,7 @@ def test_a_promoted_run() -> None:
     champion = {"version": "v1", "model_fingerprint": "train-fp", "path": "/a/models/m/v1"}
     summary = build_summary("m", "/a", results, champion, 1.234).as_json()
     assert (summary["decision"], summary["version"], summary["seconds"]) == ("promoted", "v1", 1.23)
-    assert list(summary["stages"]) == ["download", "clean", "drift", "shard", "train", "validate", "export"]
+    assert list(summary["stages"]) == ["download", "clean", "drift", "audit", "shard", "train", "validate", "export"]
     assert summary["stages"]["clean"]["records_in"] == 10 and summary["stages"]["clean"]["class_balance"] == {"a": 4, "b": 4}
     assert summary["stages"]["train"]["resumed_from_epoch"] == 0
     assert summary["artifacts"]["model_report"] == "/a/models/m/v1/report.html"
@@ -62,7 +64,7 @@ def test_a_run_stopped_by_until_says_so() -> None:
     summary = build_summary("m", "/a", results, None, 1.0, until="shard").as_json()
     assert summary["decision"] == "stopped" and summary["reasons"] == ["stopped after shard (--until): nothing was validated"]
     assert summary["metrics"] == {"accuracy": None, "test_records": None, "champion_accuracy": None}
-    assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["drift", "train", "validate", "export"]
+    assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["drift", "audit", "train", "validate", "export"]
     assert "STOPPED" in summary_markdown(summary)
 
 
@@ -73,7 +75,7 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
     }
     results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
     summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
-    assert list(summary["stages"]) == ["download", "clean", "drift", "merge", "shard", "train", "validate", "export"]
+    assert list(summary["stages"]) == ["download", "clean", "drift", "audit", "merge", "shard", "train", "validate", "export"]
     assert summary["partitions"] == {"2024-05-01": "cached", "2024-05-02": "ran"}
     assert summary["stages"]["download"] == {"status": "cached", "partitions": 2, "keys": ["download-key"] * 2}
     assert summary["stages"]["clean"]["status"] == "ran" and summary["stages"]["clean"]["records_in"] == 10
@@ -88,3 +90,19 @@ def test_train_against_validation_accuracy_says_whether_the_model_underfits() ->
     assert fit({"accuracy": 0.99, "val_accuracy": 0.90})["verdict"].startswith("overfits")
     assert fit({"accuracy": 0.95, "val_accuracy": 0.94})["verdict"].startswith("fits")
     assert fit({"loss": 0.1}) is None
+
+
+def test_the_audit_is_counted_over_partitions_and_in_the_markdown() -> None:
+    parts = {
+        day: {"download": _result("download", "cached"), "clean": _result("clean", "cached"), "audit": _result("audit", "ran")}
+        for day in ("2024-05-01", "2024-05-02")
+    }
+    results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
+    summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
+    audit = summary["audit"]
+    assert (audit["label_issues"], audit["near_duplicates"], audit["cross_split"], audit["outliers"]) == (2, 4, 2, 0)
+    assert set(audit["checks"]) == {"2024-05-01", "2024-05-02"} and audit["checks"]["2024-05-01"]["report"] == "/a/audit/report.html"
+    assert audit["checks"]["2024-05-02"]["examples"]["label_issues"][0]["suggested"] == "b"
+    assert "- audit: 2 suspected label errors, 4 near-duplicate pairs (2 across splits), 0 outliers" in summary_markdown(summary)
+    whole = build_summary("m", "/a", {**results, "audit": _result("audit")}, None, 1.0).as_json()
+    assert set(whole["audit"]["checks"]) == {"all"} and whole["artifacts"]["audit_report"] == "/a/audit/report.html"

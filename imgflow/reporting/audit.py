@@ -1,0 +1,122 @@
+"""The audit's reports (``imgflow.stages.audit``): a Markdown summary for the Prefect artifact, and a
+self-contained HTML page that shows the findings as pictures, so a person can judge each one."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+THUMBNAIL = 96  # pixels a side of each picture in the page (small images are enlarged, sharply)
+
+
+def _counts(issues: Sequence[Any], pairs: Sequence[Mapping[str, Any]], outliers: Sequence[Any]) -> str:
+    cross = sum(pair["cross_split"] for pair in pairs)
+    return (
+        f"{len(issues)} suspected label errors, {len(pairs)} near-duplicate pairs ({cross} across splits: leakage), "
+        f"{len(outliers)} outliers"
+    )
+
+
+def report_markdown(
+    title: str, note: str, issues: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]], outliers: Sequence[Mapping[str, Any]]
+) -> str:
+    """The counts and the top ten of each finding, as Markdown."""
+    lines = [f"# Audit: {title}", "", note, "", f"**{_counts(issues, pairs, outliers)}**", ""]
+    if issues:
+        lines += ["## Suspected label errors", "", "| record | split | given | suggested | label quality |", "|---|---|---|---|---:|"]
+        lines += [f"| {i['id']} | {i['split']} | {i['label']} | {i['suggested']} | {i['score']:.3f} |" for i in issues[:10]]
+        lines.append("")
+    if pairs:
+        lines += [
+            "## Near-duplicates (leakage first)",
+            "",
+            "| first | second | distance | hash bits | across splits |",
+            "|---|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {p['first']['id']} ({p['first']['split']}) | {p['second']['id']} ({p['second']['split']}) | {p['distance']:.4f} | "
+            f"{p['hash_bits']} | {'yes' if p['cross_split'] else ''} |"
+            for p in pairs[:10]
+        ]
+        lines.append("")
+    if outliers:
+        lines += ["## Outliers", "", "| record | split | label | score |", "|---|---|---|---:|"]
+        lines += [f"| {o['id']} | {o['split']} | {o['label']} | {o['score']:.4f} |" for o in outliers[:10]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def thumbnail(pixels: np.ndarray) -> str:
+    """A record's pixels [H, W, C] as an inline PNG, ``THUMBNAIL`` pixels on its longer side."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    scale = THUMBNAIL / max(image.size)
+    image = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR,
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def _figure(pixels: Mapping[str, np.ndarray], record: Mapping[str, Any], caption: str) -> str:
+    found = pixels.get(record["id"])
+    picture = f"<img src='{thumbnail(found)}' alt='{html.escape(record['id'])}'>" if found is not None else ""
+    return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+
+
+def report_html(
+    title: str,
+    note: str,
+    issues: Sequence[Mapping[str, Any]],
+    pairs: Sequence[Mapping[str, Any]],
+    outliers: Sequence[Mapping[str, Any]],
+    pixels: Mapping[str, np.ndarray],
+    shown: int,
+) -> str:
+    """A self-contained page: the counts, then up to ``shown`` of each finding as pictures (``pixels`` by
+    record id): label errors with the given and the suggested label, near-duplicate pairs side by side
+    (leakage first), outliers."""
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Audit: {esc(title)}</title><style>body{{font-family:sans-serif;margin:2em}}",
+        "figure{display:inline-block;margin:6px;text-align:center;font-size:12px;vertical-align:top}",
+        "figure img{image-rendering:pixelated;border:1px solid #ccc}.pair{display:inline-block;border:1px solid #ddd;margin:4px;padding:2px}",
+        ".leak{background:#fdd}.given{color:#b00}.suggested{color:#070}</style></head><body>",
+        f"<h1>Audit: {esc(title)}</h1><p>{esc(note)}</p><p><b>{esc(_counts(issues, pairs, outliers))}</b></p>",
+    ]
+    if issues:
+        parts.append(f"<h2>Suspected label errors ({len(issues)}; the {min(shown, len(issues))} most doubtful)</h2>")
+        parts += [
+            _figure(
+                pixels,
+                i,
+                f"{esc(i['id'])} ({esc(i['split'])})<br><span class='given'>given {esc(i['label'])}</span><br>"
+                f"<span class='suggested'>suggested {esc(i['suggested'])}</span><br>quality {i['score']:.3f}",
+            )
+            for i in issues[:shown]
+        ]
+    if pairs:
+        parts.append(f"<h2>Near-duplicates ({len(pairs)}; leakage across splits first)</h2>")
+        for p in pairs[:shown]:
+            sides = "".join(
+                _figure(pixels, p[side], f"{esc(p[side]['id'])}<br>{esc(p[side]['split'])}, {esc(p[side]['label'])}")
+                for side in ("first", "second")
+            )
+            detail = f"distance {p['distance']:.4f}, hash bits {p['hash_bits']}"
+            parts.append(f"<div class='pair{' leak' if p['cross_split'] else ''}'>{sides}<br><small>{detail}</small></div>")
+    if outliers:
+        parts.append(f"<h2>Outliers ({len(outliers)}; farthest first)</h2>")
+        parts += [
+            _figure(pixels, o, f"{esc(o['id'])} ({esc(o['split'])})<br>{esc(o['label'])}, score {o['score']:.3f}") for o in outliers[:shown]
+        ]
+    parts.append("</body></html>")
+    return "".join(parts)

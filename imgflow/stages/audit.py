@@ -1,0 +1,172 @@
+"""audit: what is wrong with a clean table's content: suspected label errors, near-duplicates, outliers.
+
+Output folder::
+
+    audit.json    every finding: each suspected label error (record, split, given and suggested label,
+                  cleanlab's label quality score), each near-duplicate pair (both records, their
+                  distance, their perceptual hashes' differing bits, whether it crosses splits) and
+                  each outlier (its score); what the embeddings were
+    report.md     the counts and the top findings (the Prefect artifact)
+    report.html   the findings as pictures: label errors with their given and suggested labels,
+                  near-duplicate pairs side by side (leakage first), outliers
+
+Inputs: ``data``, a clean table, and ``reference``, the current champion's registry folder, absent when
+there is none or when it learned from this very table (as for drift: a rerun after a promotion reuses
+the audit). How it judges is ``imgflow.data.audit``'s; this stage streams the table through it, one
+batch at a time, and keeps a few dozen floats a record. It changes nothing: what to do with the
+findings is the user's (the report says what each one is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgflow.config import AuditConfig
+from imgflow.data import audit
+from imgflow.data.cleantable import pixel_array
+from imgflow.data.tables import open_parquet
+from imgflow.reporting.audit import report_html, report_markdown
+from imgflow.results import AuditInfo, CleanInfo, StageResult
+from imgflow.serving.inference import OnnxModel
+from imgflow.serving.views import unless_learned_from
+from imgflow.store.artifacts import Stage
+from imgflow.store.files import write_json_atomic
+
+BATCH = 512
+TOP = 5  # examples of each finding in the stage's info (the summary's)
+
+
+def _batches(data: StageResult, text: bool) -> Iterator[tuple[np.ndarray, np.ndarray, list[str], list[str], list[str] | None]]:
+    """The table's records, in order: (pixels, labels, ids, splits, texts or None) a batch at a time."""
+    assert isinstance(data.info, CleanInfo), data.stage
+    shape = tuple(data.info.image_shape)
+    columns = ["id", "label", "split", "pixels", *(["text"] if text else [])]
+    for batch in open_parquet(data.file("records.parquet")).iter_batches(batch_size=BATCH, columns=columns):
+        texts = batch.column("text").to_pylist() if text else None
+        yield (
+            pixel_array(batch.column("pixels"), shape),
+            batch.column("label").to_numpy(),
+            batch.column("id").to_pylist(),
+            batch.column("split").to_pylist(),
+            texts,
+        )
+
+
+def _champion(config: AuditConfig, champion: StageResult | None, info: CleanInfo) -> tuple[OnnxModel | None, str]:
+    """The champion's model to embed with, and what the embeddings are (or why not the champion)."""
+    if config.embeddings == "pixels":
+        return None, "pixels (as [audit] embeddings says)"
+    why = "no champion, or it learned from this data"
+    if champion is not None:
+        onnx = Path(champion.path) / "model.onnx"
+        model = OnnxModel(onnx, keep_memory=False, embeddings=True) if onnx.is_file() else None
+        if model is None:
+            why = f"champion {champion.key} has no ONNX model"
+        elif model.image_shape != list(info.image_shape):
+            why = f"champion {champion.key} takes images of {model.image_shape}, this data is {info.image_shape}"
+        elif model.takes_text and info.text is None:
+            why = f"champion {champion.key} reads text, this data has none"
+        else:
+            return model, f"champion {champion.key}'s penultimate layer"
+    if config.embeddings == "champion":
+        from imgflow.runtime.errors import ConfigError
+
+        raise ConfigError(f'[audit] embeddings = "champion", but there is none to use: {why}; write "auto" or "pixels"')
+    return None, f"pixels ({why})"
+
+
+def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]) -> AuditInfo:
+    data, champion = inputs["data"], inputs.get("reference")
+    info = data.info
+    assert isinstance(info, CleanInfo), data.stage
+    model, embeddings = _champion(config, champion, info)
+    looks, meanings = audit.Reducer(), audit.Reducer()
+    labels, hashes, ids, splits = [], [], [], []
+    for pixels, batch_labels, batch_ids, batch_splits, texts in _batches(data, model is not None and model.takes_text):
+        looks.add(audit.look(pixels))
+        if model is not None:
+            meanings.add(model.embed(pixels, texts)[0])
+        labels.append(batch_labels)
+        hashes.append(audit.dhash(pixels))
+        ids += batch_ids
+        splits += batch_splits
+    records = len(ids)
+    label_array = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    hash_array = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    look_rows = looks.result()
+    near, near_d = audit.nearest(look_rows)
+    if model is not None:
+        meaning, meaning_d = audit.nearest(meanings.result())
+    else:
+        meaning, meaning_d = near, near_d
+    classes = len(info.class_names)
+    issues = audit.label_issues(label_array, audit.vote(meaning, meaning_d, label_array, classes)) if records > 1 else []
+    pairs = audit.near_duplicates(near, near_d, hash_array, config.near_duplicate)
+    scores = audit.outlier_scores(meaning_d)
+    far = audit.outliers(scores)
+
+    def record(index: int) -> dict[str, Any]:
+        return {"id": ids[index], "split": splits[index], "label": info.class_names[int(label_array[index])]}
+
+    found_issues = [{**record(i.index), "suggested": info.class_names[i.suggested], "score": round(i.score, 4)} for i in issues]
+    found_pairs = [
+        {
+            "first": record(p.first),
+            "second": record(p.second),
+            "distance": round(p.distance, 5),
+            "hash_bits": p.hash_bits,
+            "cross_split": splits[p.first] != splits[p.second],
+        }
+        for p in pairs
+    ]
+    found_pairs.sort(key=lambda pair: not pair["cross_split"])  # leakage first, closest first within each
+    found_outliers = [{**record(i), "score": round(float(scores[i]), 4)} for i in far]
+    note = f"{records} records of {info.source}; embeddings: {embeddings}"
+    write_json_atomic(
+        out_dir / "audit.json",
+        {
+            "note": note,
+            "embeddings": embeddings,
+            "config": config.model_dump(),
+            "label_issues": found_issues,
+            "near_duplicates": found_pairs,
+            "outliers": found_outliers,
+        },
+    )
+    shown = _pictures(
+        data, [f["id"] for f in found_issues[: config.examples]], found_pairs[: config.examples], found_outliers[: config.examples]
+    )
+    (out_dir / "report.md").write_text(report_markdown(info.source, note, found_issues, found_pairs, found_outliers))
+    (out_dir / "report.html").write_text(report_html(info.source, note, found_issues, found_pairs, found_outliers, shown, config.examples))
+    return AuditInfo(
+        records=records,
+        embeddings=embeddings,
+        label_issues=len(found_issues),
+        near_duplicates=len(found_pairs),
+        cross_split=sum(1 for pair in found_pairs if pair["cross_split"]),
+        outliers=len(found_outliers),
+        examples={"label_issues": found_issues[:TOP], "near_duplicates": found_pairs[:TOP], "outliers": found_outliers[:TOP]},
+        note=note,
+    )
+
+
+def _pictures(
+    data: StageResult, issue_ids: list[str], pairs: list[dict[str, Any]], outliers: list[dict[str, Any]]
+) -> dict[str, np.ndarray]:
+    """The pixels of the records the report shows, by id, from a second pass over the table."""
+    wanted = {*issue_ids, *(pair[side]["id"] for pair in pairs for side in ("first", "second")), *(o["id"] for o in outliers)}
+    found: dict[str, np.ndarray] = {}
+    if not wanted:
+        return found
+    for pixels, _, batch_ids, _, _ in _batches(data, text=False):
+        for index, record_id in enumerate(batch_ids):
+            if record_id in wanted:
+                found[record_id] = pixels[index].copy()
+    return found
+
+
+AUDIT = Stage("audit", "1", _build, info=AuditInfo, relevant=unless_learned_from)

@@ -1,0 +1,102 @@
+"""The audit stage on real digits with planted faults: flipped labels are found, and test images copied
+into train after a resize and a JPEG re-encoding are reported as cross-split near-duplicates."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from imgflow.config import AuditConfig, CleanConfig, DownloadConfig
+from imgflow.data.sources import open_source, source_fingerprint
+from imgflow.data.tables import open_parquet
+from imgflow.results import StageResult
+from imgflow.stages.audit import AUDIT
+from imgflow.stages.clean import CLEAN
+from imgflow.stages.download import DOWNLOAD
+from imgflow.store.artifacts import ArtifactStore
+
+CLEANING = CleanConfig(image_size=(28, 28), channels=1)
+
+
+def _clean(store: ArtifactStore, path: Path, rows: dict[str, list]) -> StageResult:
+    pq.write_table(pa.table(rows), path)
+    config = DownloadConfig(source=f"parquet:{path}")
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
+    return CLEAN.run(store, CLEANING, {"raw": raw})
+
+
+def _splits(clean: StageResult) -> dict[str, str]:
+    table = open_parquet(clean.file("records.parquet")).read(columns=["id", "split"])
+    return dict(zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True))
+
+
+def _copy(image: bytes) -> bytes:
+    """The image enlarged to 36x36 and saved again as a JPEG (quality 75)."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("L").resize((36, 36), Image.Resampling.BILINEAR).save(buffer, format="JPEG", quality=75)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[list[str], list[bytes], np.ndarray]:
+    records = list(open_source("sample:mnist5k").records())
+    return [f"digit-{i:05d}" for i in range(len(records))], [r.image for r in records], np.array([int(r.label) for r in records])
+
+
+def test_flipped_labels_and_test_images_copied_into_train_are_found(
+    store: ArtifactStore, tmp_path: Path, digits: tuple[list[str], list[bytes], np.ndarray]
+) -> None:
+    ids, images, labels = digits
+    rng = np.random.default_rng(7)
+    flipped = set(rng.choice(len(ids), size=len(ids) // 20, replace=False).tolist())
+    noisy = labels.copy()
+    for i in flipped:
+        noisy[i] = (labels[i] + rng.integers(1, 10)) % 10
+    rows = {"id": ids, "image": images, "label": noisy.tolist()}
+    splits = _splits(_clean(store, tmp_path / "flipped.parquet", rows))
+    # 100 test images copied: the copies' own content decides their split, so about 70 land in train.
+    originals = [i for i, record in enumerate(ids) if splits[record] == "test" and i not in flipped][:100]
+    copies = [f"copy-of-{ids[i]}" for i in originals]
+    rows = {
+        "id": ids + copies,
+        "image": images + [_copy(images[i]) for i in originals],
+        "label": noisy.tolist() + [int(labels[i]) for i in originals],
+    }
+    clean = _clean(store, tmp_path / "copied.parquet", rows)
+    splits = _splits(clean)
+    planted = [(ids[i], copy) for i, copy in zip(originals, copies, strict=True) if splits[copy] == "train"][:50]
+    assert len(planted) == 50
+
+    audited = AUDIT.run(store, AuditConfig(), {"data": clean})
+    info = audited.info
+    found = json.loads(audited.file("audit.json").read_text())
+    assert found["embeddings"].startswith("pixels") and info.records == len(ids) + len(copies)
+
+    # At least 80% of the flipped training labels, at precision 0.5 or better among training records.
+    suspects = {issue["id"] for issue in found["label_issues"] if issue["split"] == "train"}
+    flipped_train = {ids[i] for i in flipped if splits[ids[i]] == "train"}
+    assert len(suspects & flipped_train) >= 0.8 * len(flipped_train), (len(suspects & flipped_train), len(flipped_train))
+    assert len(suspects & flipped_train) >= 0.5 * len(suspects), (len(suspects & flipped_train), len(suspects))
+    issue = next(issue for issue in found["label_issues"] if issue["id"] in flipped_train)
+    position = ids.index(issue["id"])
+    assert issue["label"] == str(noisy[position]) and 0 <= issue["score"] < 1
+
+    # At least 45 of the 50 copies are reported as near-duplicates of their originals, across splits.
+    pairs = {frozenset((p["first"]["id"], p["second"]["id"])): p for p in found["near_duplicates"]}
+    reported = [pairs[frozenset(pair)] for pair in planted if frozenset(pair) in pairs]
+    assert len(reported) >= 45 and all(p["cross_split"] for p in reported), len(reported)
+    assert info.cross_split >= 45 and info.near_duplicates == len(found["near_duplicates"])
+    assert found["near_duplicates"][0]["cross_split"]  # leakage first
+
+    # The report shows them as pictures; the summary's examples are the top ones.
+    page = audited.file("report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 40 and "Suspected label errors" in page and "Near-duplicates" in page
+    assert info.examples["label_issues"][0] == found["label_issues"][0]
+    assert f"{info.label_issues} suspected label errors" in audited.file("report.md").read_text()
