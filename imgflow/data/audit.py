@@ -20,7 +20,7 @@ vote comes free with the neighbour search that near-duplicates need anyway.
 
 Memory stays flat in the number of records: the reduction is fitted on the first ``FIT_RECORDS``
 records and applied batch by batch, so only ``DIMS`` floats a record are kept; the neighbour search
-goes block by block (``nearest``), never building the n x n matrix.
+(faiss: exact, or an HNSW graph on large data) never builds the n x n matrix.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ DIMS = 32  # principal components kept of a look or an embedding
 FIT_RECORDS = 10_000  # the records the reduction is fitted on (the first ones)
 LOOK_SIDE = 32  # a look is the image at most this many pixels a side
 NEIGHBOURS = 10  # a record's neighbours: its label vote, its outlier score, its near-duplicate candidates
-BLOCK = 1024  # records a block of the neighbour search compares at once
-WIDTH = 16_384  # ... against this many others at a time (BLOCK x WIDTH float32: 64 MB)
+EXACT_RECORDS = 50_000  # up to this many records the neighbour search is exact (16 s at 50,000 on 2 cores)
+HNSW_LINKS, HNSW_SEARCH = 32, 64  # beyond: an HNSW graph's links per node, and its search breadth
 
 
 def look(images: np.ndarray) -> np.ndarray:
@@ -113,33 +113,36 @@ class Reducer:
 
 def nearest(rows: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """Each unit-length row's ``k`` nearest other rows by cosine distance: (indices [N, k] int64,
-    distances [N, k] float32), nearest first. Block by block (``BLOCK`` x ``WIDTH``): memory does not
-    grow with N squared."""
+    distances [N, k] float32), nearest first, with faiss: an exact search up to ``EXACT_RECORDS`` rows,
+    beyond them an HNSW graph (approximate: its quadratic cost grows too fast; built on one thread, so
+    the same rows give the same graph). Neither holds more than the rows and their graph in memory."""
+    import faiss
+
     n = len(rows)
     k = max(0, min(k, n - 1))
-    indices = np.zeros((n, k), np.int64)
-    distances = np.zeros((n, k), np.float32)
     if k == 0:
-        return indices, distances
-    for start in range(0, n, BLOCK):
-        queries = rows[start : start + BLOCK]
-        own = np.arange(len(queries))
-        best_d = np.full((len(queries), k), np.inf, np.float32)
-        best_i = np.zeros((len(queries), k), np.int64)
-        for first in range(0, n, WIDTH):
-            others = rows[first : first + WIDTH]
-            found = 1.0 - queries @ others.T
-            inside = (start + own >= first) & (start + own < first + len(others))
-            found[own[inside], start + own[inside] - first] = np.inf  # not its own neighbour
-            take = min(k, found.shape[1])
-            part = np.argpartition(found, take - 1, axis=1)[:, :take]
-            merged_d = np.concatenate([best_d, np.take_along_axis(found, part, axis=1)], axis=1)
-            merged_i = np.concatenate([best_i, part + first], axis=1)
-            order = np.argsort(merged_d, axis=1, kind="stable")[:, :k]
-            best_d = np.take_along_axis(merged_d, order, axis=1)
-            best_i = np.take_along_axis(merged_i, order, axis=1)
-        indices[start : start + len(queries)] = best_i
-        distances[start : start + len(queries)] = np.maximum(best_d, 0.0)
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if n <= EXACT_RECORDS:
+        index = faiss.IndexFlatIP(rows.shape[1])
+        index.add(rows)
+    else:
+        index = faiss.IndexHNSWFlat(rows.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            index.add(rows)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        index.hnsw.efSearch = HNSW_SEARCH
+    similarity, found = index.search(rows, k + 1)
+    # Each row's own entry out (normally first; an exact copy may tie with it), else its farthest.
+    own = found == np.arange(n)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(n), drop] = False
+    indices = found[keep].reshape(n, k).astype(np.int64)
+    distances = np.maximum(1.0 - similarity[keep].reshape(n, k), 0.0).astype(np.float32)
     return indices, distances
 
 

@@ -69,14 +69,20 @@ def test_backfill_caches_each_partition_and_runs_them_on_dask(tmp_path: Path) ->
     # the days the champion learned from are nothing new.
     assert more["drift"]["flagged"] == []
     assert {day: entry["compared"] for day, entry in more["drift"]["checks"].items()} == {DAYS[0]: False, DAYS[1]: False, DAYS[2]: True}
+    # Each day is audited: the new one through the champion's embeddings (it did not learn from that day).
+    embeddings = {day: entry["embeddings"] for day, entry in more["audit"]["checks"].items()}
+    assert set(embeddings) == set(DAYS) and embeddings[DAYS[2]] == "champion v1's penultimate layer", embeddings
+    assert embeddings[DAYS[0]].startswith("pixels") and more["stages"]["audit"]["partitions"] == 3
     refused = any(reason.startswith(("significantly worse", "class ")) for reason in more["reasons"])
     assert more["decision"] == ("promoted" if accuracy >= champion - 0.005 and not refused else "rejected"), more["reasons"]
 
     again = backfill(start=D(DAYS[0]), end=D(DAYS[2]), **params)
     assert set(again["partitions"].values()) == {"cached"}
-    # Nothing is built again; only the drift checks run again when the champion changed (against its data).
-    assert {entry["status"] for stage, entry in again["stages"].items() if stage != "drift"} <= {"cached", "skipped"}
+    # Nothing is built again; only the drift checks and the audit run again when the champion changed
+    # (against its data, through its embeddings).
+    assert {entry["status"] for stage, entry in again["stages"].items() if stage not in ("drift", "audit")} <= {"cached", "skipped"}
     assert again["stages"]["drift"]["status"] == ("ran" if more["decision"] == "promoted" else "cached")
+    assert again["stages"]["audit"]["status"] == ("ran" if more["decision"] == "promoted" else "cached")
 
     events = _events("imgflow.model.", "imgflow.model.lake", 3)
     # One event per gate decision, carrying the run's numbers: v1's first, then the bigger backfill's (twice).
