@@ -123,6 +123,7 @@ def nearest(rows: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarr
     if k == 0:
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     rows = np.ascontiguousarray(rows, dtype=np.float32)
+    index: Any
     if n <= EXACT_RECORDS:
         index = faiss.IndexFlatIP(rows.shape[1])
         index.add(rows)
