@@ -45,8 +45,8 @@ def report_markdown(
         ]
         lines.append("")
     if outliers:
-        lines += ["## Outliers", "", "| record | split | label | score |", "|---|---|---|---:|"]
-        lines += [f"| {o['id']} | {o['split']} | {o['label']} | {o['score']:.4f} |" for o in outliers[:10]]
+        lines += ["## Outliers", "", "| record | split | label | why | neighbour distance |", "|---|---|---|---|---:|"]
+        lines += [f"| {o['id']} | {o['split']} | {o['label']} | {o['why']} | {o['score']:.4f} |" for o in outliers[:10]]
         lines.append("")
     return "\n".join(lines)
 

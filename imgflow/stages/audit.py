@@ -85,13 +85,14 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
     assert isinstance(info, CleanInfo), data.stage
     model, embeddings = _champion(config, champion, info)
     looks, meanings = audit.Reducer(), audit.Reducer()
-    labels, hashes, ids, splits = [], [], [], []
+    labels, hashes, blanks, ids, splits = [], [], [], [], []
     for pixels, batch_labels, batch_ids, batch_splits, texts in _batches(data, model is not None and model.takes_text):
         looks.add(audit.look(pixels))
         if model is not None:
             meanings.add(model.embed(pixels, texts)[0])
         labels.append(batch_labels)
         hashes.append(audit.dhash(pixels))
+        blanks.append(audit.blank(pixels))
         ids += batch_ids
         splits += batch_splits
     records = len(ids)
@@ -107,7 +108,8 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
     issues = audit.label_issues(label_array, audit.vote(meaning, meaning_d, label_array, classes)) if records > 1 else []
     pairs = audit.near_duplicates(near, near_d, hash_array, config.near_duplicate)
     scores = audit.outlier_scores(meaning_d)
-    far = audit.outliers(scores)
+    blank = np.concatenate(blanks) if blanks else np.zeros(0, bool)
+    odd = audit.outliers(blank, looks.unexplained(), scores)
 
     def record(index: int) -> dict[str, Any]:
         return {"id": ids[index], "split": splits[index], "label": info.class_names[int(label_array[index])]}
@@ -124,7 +126,7 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
         for p in pairs
     ]
     found_pairs.sort(key=lambda pair: not pair["cross_split"])  # leakage first, closest first within each
-    found_outliers = [{**record(i), "score": round(float(scores[i]), 4)} for i in far]
+    found_outliers = [{**record(i), "why": why, "score": round(float(scores[i]), 4)} for i, why in odd]
     note = f"{records} records of {info.source}; embeddings: {embeddings}"
     write_json_atomic(
         out_dir / "audit.json",
