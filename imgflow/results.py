@@ -91,6 +91,7 @@ class ShardInfo(_Strict):
     data_fingerprint: str
     splits: dict[str, SplitShards]
     text: bool = False  # examples carry a "text" feature
+    excluded: dict[str, int] = {}  # records the audit left out, by kind ("suspected label error", "near-duplicate")
 
 
 class Hardware(_Strict):

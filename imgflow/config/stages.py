@@ -29,6 +29,7 @@ FLIPS = ("none", "horizontal", "both")  # imgflow.training.inputs.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 DRIFT_POLICIES = ("flag", "refuse")  # [gate] max_drift
 AUDIT_EMBEDDINGS = ("auto", "champion", "pixels")  # [audit] embeddings: imgflow.stages.audit
+AUDIT_ACTIONS = ("report", "exclude")  # [audit] action: imgflow.pipeline.audited_shards
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # [gate] metric: imgflow.registry.gate.score
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
 
@@ -101,6 +102,9 @@ class ShardConfig(StageConfig):
     shard_bytes: Annotated[int, _at_least(1)] = 100 * 2**20
     records_per_shard: Annotated[int | None, _at_least(1)] = None
     min_shards: Annotated[int, _at_least(1)] = 8
+    # Records left out of every split, each with why: the audit's findings under [audit] action = "exclude"
+    # (set by the run, never by a spec: imgflow.pipeline.audited_shards).
+    exclude: Annotated[tuple[tuple[str, str], ...], INTERNAL] = ()
 
 
 class TrainConfig(StageConfig):
@@ -250,6 +254,10 @@ class AuditConfig(StageConfig):
     near_duplicate: Annotated[float, Rule(lambda v: 0 <= v < 1, "from 0 to below 1")] = 0.006
     # The findings of each kind that the report shows as pictures, at most.
     examples: Annotated[int, _at_least(0)] = 40
+    # What the run does with the findings: "report" changes nothing; "exclude" leaves the suspected label
+    # errors, and the held-out record of each pair across splits, out of training and test (the shard
+    # stage records each with why). The audit's own output is the same either way.
+    action: Annotated[str, _one_of(*AUDIT_ACTIONS), KEYLESS] = "report"
 
 
 class ExportConfig(StageConfig):

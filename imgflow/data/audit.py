@@ -28,6 +28,7 @@ records and applied batch by batch, so only ``DIMS`` floats a record are kept; t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,3 +268,22 @@ def outliers(blanks: np.ndarray, unexplained: np.ndarray, distances: np.ndarray)
                 seen.add(index)
                 found.append((index, why))
     return found
+
+
+SPLIT_ORDER = ("train", "val", "test")
+LABEL_ERROR, NEAR_DUPLICATE = "suspected label error", "near-duplicate"  # the kinds of what "exclude" leaves out
+
+
+def exclusions(found: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What ``[audit] action = "exclude"`` leaves out, from an audit's findings (its ``audit.json``):
+    each suspected label error, and of each pair across splits the held-out record (the later split's:
+    the train copy still teaches, the test copy no longer inflates the test). (record id, why) pairs,
+    one per record (its first reason, which starts with its kind and a colon), sorted by id."""
+    chosen: dict[str, str] = {}
+    for issue in found["label_issues"]:
+        chosen.setdefault(issue["id"], f"{LABEL_ERROR}: given {issue['label']}, suggested {issue['suggested']}")
+    for pair in found["near_duplicates"]:
+        if pair["cross_split"]:
+            kept, left = sorted((pair["first"], pair["second"]), key=lambda record: SPLIT_ORDER.index(record["split"]))
+            chosen.setdefault(left["id"], f"{NEAR_DUPLICATE}: of {kept['id']} ({kept['split']}), in {left['split']}")
+    return sorted(chosen.items())

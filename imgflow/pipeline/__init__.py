@@ -25,6 +25,7 @@ and ``REFERENCE`` (the current champion, whatever the candidate: what new data i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -200,6 +201,25 @@ def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
     check_splits(info, cfg.gate.min_test_records)
 
 
+def audited_shards(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
+    """The shard config with what the audit leaves out (``[audit] action = "exclude"``: the findings of
+    every audit of the run, ``results``' ``audit`` or ``audit:<date>``); None while an audit is not built."""
+    from imgflow.data.audit import exclusions
+    from imgflow.store.artifacts import ArtifactStore
+
+    if not (cfg.audit.enabled and cfg.audit.action == "exclude"):
+        return cfg.shard
+    audits = [result for name, result in results.items() if name == "audit" or name.startswith("audit:")]
+    if not audits or any(result is None for result in audits):
+        return None
+    store = ArtifactStore(cfg.artifacts)
+    left: dict[str, str] = {}
+    for result in audits:
+        found = json.loads(store.localize(result).file("audit.json").read_text())
+        left.update(exclusions(found))
+    return cfg.shard.replace(exclude=tuple(sorted(left.items())))
+
+
 def _audit_off(cfg: RunConfig) -> str | None:
     return None if cfg.audit.enabled else "[audit] enabled = false"
 
@@ -211,7 +231,7 @@ PIPELINE = Pipeline(
         Step(DRIFT, DriftConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True),
         Step(AUDIT, AuditConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True, left_out=_audit_off),
         Step(MERGE, CleanConfig, {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
-        Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits),
+        Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits, configure=audited_shards),
         Step(TRAIN, TrainConfig, {"shards": ("shard",)}, configure=budgeted_training),
         Step(VALIDATE, GateConfig, {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,), "drift": ("drift",)}),
         Step(EXPORT, ExportConfig, {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),

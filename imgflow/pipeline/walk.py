@@ -154,7 +154,13 @@ def walk(
         if inputs is not None:
             if step.before is not None:
                 step.before(cfg, inputs)
-            config = step.config_of(cfg, results, executor.measure)
+            # ``configure`` sees the per-partition results too, as "<step>:<date>" (the audits of a backfill)
+            known = (
+                {**results, **{f"{name}:{day}": value for day, part in parts.items() for name, value in part.items()}}
+                if concurrent
+                else results
+            )
+            config = step.config_of(cfg, known, executor.measure)
         how = How(step.name in forced, pending_gate=bool(step.gated_by) and gate is None)
         results[step.name] = executor.settle(executor.build(step, config, inputs, how))
     return Walked(results, parts if concurrent else None)
@@ -185,7 +191,7 @@ class Planner:
         if inputs is None:
             note = "its inputs are built in this run"
         elif config is None:
-            note = "the recipe plans it once the run has measured this machine"
+            note = "its settings follow from what this run measures or builds first"
         else:
             key = step.stage.key(config, inputs)
             existing = None if how.force else self.store.lookup(step.name, key, fetch=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from imgflow.results import AuditInfo, DriftInfo, StageResult
+from imgflow.results import AuditInfo, DriftInfo, ShardInfo, StageResult
 
 
 class Part(BaseModel):
@@ -59,6 +59,8 @@ class Audit(Part):
     cross_split: int
     outliers: int
     checks: dict[str, AuditEntry]
+    # The records [audit] action = "exclude" left out of every split, by kind (the shard stage's count)
+    excluded: dict[str, int] = {}
 
 
 def drift_section(drifts: Mapping[str, StageResult]) -> Drift:
@@ -74,8 +76,9 @@ def drift_section(drifts: Mapping[str, StageResult]) -> Drift:
     return Drift(flagged=[where for where, entry in checks.items() if entry.drifted], checks=checks)
 
 
-def audit_section(audits: Mapping[str, StageResult]) -> Audit:
-    """The summary's ``audit``: each audit result (by partition date) and the counts over all of them."""
+def audit_section(audits: Mapping[str, StageResult], shards: StageResult | None) -> Audit:
+    """The summary's ``audit``: each audit result (by partition date), the counts over all of them, and
+    what the ``shards`` left out of training and test."""
     checks = {}
     for where, result in audits.items():
         info = result.info
@@ -88,12 +91,15 @@ def audit_section(audits: Mapping[str, StageResult]) -> Audit:
         name: sum(getattr(entry, name) for entry in checks.values())
         for name in ("label_issues", "near_duplicates", "cross_split", "outliers")
     }
-    return Audit(**totals, checks=checks)
+    excluded = shards.info.excluded if shards is not None and isinstance(shards.info, ShardInfo) else {}
+    return Audit(**totals, checks=checks, excluded=excluded)
 
 
 def audit_line(audit: Mapping[str, Any]) -> str:
     """The audit's counts in one line."""
+    left = ", ".join(f"{count} {kind}s" for kind, count in sorted(audit.get("excluded", {}).items()))
     return (
         f"audit: {audit['label_issues']} suspected label errors, {audit['near_duplicates']} near-duplicate pairs "
         f"({audit['cross_split']} across splits), {audit['outliers']} outliers"
+        + (f"; left out of training and test: {left}" if left else "")
     )

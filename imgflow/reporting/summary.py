@@ -192,7 +192,7 @@ def build_summary(
     if partitions is None and results.get("audit") is not None:
         audits = {"all": results["audit"]}
     if audits:
-        had["audit"] = audit_section(audits)
+        had["audit"] = audit_section(audits, results.get("shard"))
     return RunSummary(
         model=name,
         decision=decision,

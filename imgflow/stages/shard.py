@@ -20,7 +20,9 @@ there, and this process copies them into the output (which the store then publis
 
 The manifest's info names each split's files, record and per-class counts, the image shape, the
 class names and whether the examples carry text (a clean table with a ``text`` column): everything a
-reader needs without opening the shards.
+reader needs without opening the shards. Records the audit leaves out (``[audit] action = "exclude"``:
+``ShardConfig.exclude``) are in no split; ``excluded.parquet`` lists them with why, and the info counts
+them by kind.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from imgflow.config import ShardConfig
 from imgflow.data.cleantable import SPLITS
@@ -45,6 +49,7 @@ from imgflow.store.scratch import shared_scratch
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
 _MIN_SHARD_BYTES = 10 * 2**20
 _BATCH = 1024
+EXCLUDED = "excluded.parquet"  # the records [audit] action = "exclude" left out: id, reason
 
 
 def records_per_shard(config: ShardConfig, image_shape: list[int], total: int) -> int:
@@ -57,9 +62,12 @@ def records_per_shard(config: ShardConfig, image_shape: list[int], total: int) -
     return min(size, math.ceil(total / count)) if count > 1 else size
 
 
-def write_shards(clean_path: str, start: int, end: int, index: int, count: int, out_dir: str) -> dict[str, Counter[int]]:
-    """Rows ``[start, end)`` of the clean table as shard ``index`` of every split; the labels written
-    per split. Runs in a worker process; ``clean_path`` and ``out_dir`` are local paths or URIs."""
+def write_shards(
+    clean_path: str, start: int, end: int, index: int, count: int, out_dir: str, exclude: frozenset[str] = frozenset()
+) -> dict[str, Counter[int]]:
+    """Rows ``[start, end)`` of the clean table as shard ``index`` of every split, but the records whose
+    id is in ``exclude``; the labels written per split. Runs in a worker process; ``clean_path`` and
+    ``out_dir`` are local paths or URIs."""
     table = open_parquet(clean_path)
     names = ["id", "label", "split", "pixels"] + (["text"] if "text" in table.schema_arrow.names else [])
     writers = {split: TFRecordWriter(f"{out_dir}/{shard_name(split, index, count)}") for split in SPLITS}
@@ -75,6 +83,8 @@ def write_shards(clean_path: str, start: int, end: int, index: int, count: int, 
                     columns = [batch.column(name).to_pylist() for name in names]
                     texts = columns[4] if len(columns) > 4 else [None] * batch.num_rows
                     for record_id, label, split, pixels, text in zip(*columns[:4], texts, strict=True):
+                        if record_id in exclude:
+                            continue
                         writers[split].write(encode_example(record_id, pixels, label, text))
                         written[split][label] += 1
             first += rows
@@ -96,7 +106,8 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     if dask_address() is not None and clean.uri is not None:
         # Workers on other machines read the clean table from the store and write where all can reach.
         path, where = f"{clean.uri}/records.parquet", shared_scratch(out_dir)
-    jobs = [(path, i * size, min(total, (i + 1) * size), i, count, where) for i in range(count)]
+    exclude = frozenset(record_id for record_id, _ in config.exclude)
+    jobs = [(path, i * size, min(total, (i + 1) * size), i, count, where, exclude) for i in range(count)]
     labels: dict[str, Counter[int]] = {split: Counter() for split in SPLITS}
     with cluster_pool(len(jobs)) as pool:
         for done, written in enumerate(ordered_map(write_shards, jobs, pool)):
@@ -107,7 +118,10 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
                     name = shard_name(split, done, count)
                     pafs.copy_files(f"{where}/{name}", str(out_dir / name), destination_filesystem=pafs.LocalFileSystem())
             progress.report(min(total, (done + 1) * size), total, "records")
+    if config.exclude:  # what the audit left out, and why, as the clean stage keeps its quarantine
+        pq.write_table(pa.table({"id": [i for i, _ in config.exclude], "reason": [why for _, why in config.exclude]}), out_dir / EXCLUDED)
     return ShardInfo(
+        excluded=dict(Counter(why.split(":")[0] for _, why in config.exclude)),
         image_shape=info.image_shape,
         class_names=info.class_names,
         data_fingerprint=info.data_fingerprint,
@@ -123,4 +137,4 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     )
 
 
-SHARD = Stage("shard", "5", _build, info=ShardInfo)
+SHARD = Stage("shard", "6", _build, info=ShardInfo)

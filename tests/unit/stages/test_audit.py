@@ -3,6 +3,7 @@ into train after a resize and a JPEG re-encoding are reported as cross-split nea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -100,3 +101,27 @@ def test_flipped_labels_and_test_images_copied_into_train_are_found(
     assert page.count("data:image/png;base64,") >= 40 and "Suspected label errors" in page and "Near-duplicates" in page
     assert info.examples["label_issues"][0] == found["label_issues"][0]
     assert f"{info.label_issues} suspected label errors" in audited.file("report.md").read_text()
+
+    # [audit] action = "exclude": the shards leave out each suspect and the held-out copy of each pair.
+    from imgflow.config import build_run_config
+    from imgflow.pipeline import audited_shards
+    from imgflow.stages.shard import EXCLUDED, SHARD
+
+    cfg = build_run_config(f"parquet:{tmp_path / 'copied.parquet'}", store.root, overrides={"audit": {"action": "exclude"}})
+    assert audited_shards(dataclasses.replace(cfg, audit=cfg.audit.replace(action="report")), {"audit": audited}, True) == cfg.shard
+    shard_config = audited_shards(cfg, {"audit": audited}, True)
+    left = dict(shard_config.exclude)
+    originals_left = [original for original, _ in planted if original in left]
+    assert len(originals_left) >= 45 and all(left[o].startswith("near-duplicate: of copy-of-") and left[o].endswith("in test") for o in originals_left)
+    assert suspects <= set(left)
+    shards = SHARD.run(store, shard_config, {"clean": clean})
+    written = {split: entry.records for split, entry in shards.info.splits.items()}
+    assert sum(written.values()) == len(ids) + len(copies) - len(left)
+    assert sum(shards.info.excluded.values()) == len(left) and set(shards.info.excluded) == {"suspected label error", "near-duplicate"}
+    listed = pq.read_table(shards.file(EXCLUDED)).to_pylist()
+    assert {row["id"]: row["reason"] for row in listed} == left
+    from imgflow.results import shard_files
+    from imgflow.training.inputs import load_arrays
+
+    kept = set(load_arrays(shard_files(shards, "test"), (28, 28, 1)).ids)
+    assert not kept & set(left) and len(kept) == written["test"]
