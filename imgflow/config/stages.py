@@ -28,7 +28,7 @@ SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # 
 FLIPS = ("none", "horizontal", "both")  # imgflow.training.inputs.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 DRIFT_POLICIES = ("flag", "refuse")  # [gate] max_drift
-AUDIT_EMBEDDINGS = ("auto", "champion", "pixels")  # [audit] embeddings: imgflow.stages.audit
+AUDIT_EMBEDDINGS = ("auto", "champion", "lite0", "pixels")  # [audit] embeddings: imgflow.stages.audit
 AUDIT_ACTIONS = ("report", "exclude")  # [audit] action: imgflow.pipeline.audited_shards
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # [gate] metric: imgflow.registry.gate.score
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a model's name is a folder's name
@@ -247,8 +247,9 @@ class AuditConfig(StageConfig):
     # What is wrong with the data's content (imgflow.data.audit): suspected label errors, near-duplicates
     # (those across splits are leakage) and outliers, reported; nothing is changed.
     enabled: bool = True
-    # What a record means, for its label vote and its outlier score: the champion's penultimate layer
-    # ("auto": when there is a champion that takes these images and did not learn from this data), else its pixels.
+    # What a record means, for its label vote and its outlier score: "auto" is the champion's penultimate
+    # layer when there is a champion that takes these images and did not learn from this data, else
+    # EfficientNet-Lite0's ImageNet features for images of 48 pixels a side or more, else the pixels.
     embeddings: Annotated[str, _one_of(*AUDIT_EMBEDDINGS)] = "auto"
     # Two records whose looks (pixels at most 32x32, reduced) are within this cosine distance are near-duplicates.
     near_duplicate: Annotated[float, Rule(lambda v: 0 <= v < 1, "from 0 to below 1")] = 0.006

@@ -7,19 +7,19 @@ views of every record (``imgflow.stages.audit`` streams them in):
   unit-length. Two records whose looks are within ``threshold`` cosine distance are near-duplicates
   (a resize, a re-encoding, a small crop), and a perceptual hash (``dhash``) says which pairs are the
   same picture re-encoded;
-- its **meaning**: a model's embedding (the champion's penultimate layer) reduced the same way, or the
-  look itself when there is no such model. Its nearest neighbours vote for a label, leaving the record
-  itself out: these out-of-sample probabilities feed cleanlab's confident learning
-  (``cleanlab.filter.find_label_issues``), and the suggested label is the vote's winner.
+- its **meaning**: a model's embedding (the champion's penultimate layer, or EfficientNet-Lite0's
+  ImageNet features) reduced the same way, or the look itself. Its nearest neighbours vote for a label,
+  leaving the record itself out: these out-of-sample probabilities feed cleanlab's confident learning
+  (``cleanlab.filter.find_label_issues``); a label is suspected where cleanlab doubts it and most of the
+  vote (``MAJORITY``) goes to one other label, the one suggested.
 
 Outliers (``outliers``): blank images; images whose look the principal components leave mostly
 unexplained (noise, a corrupted-looking or off-domain picture), and records far from all their
 neighbours by meaning, each beyond Tukey's far fence of the data's own figures.
 
-A neighbour vote rather than a k-fold logistic regression: on the 5,000 sample digits with 5% of the
-labels flipped, the vote found 86% of the flips at precision 0.78, the regression on the same
-components 86% at 0.56 (its probabilities are flatter, so more correct labels look doubtful), and the
-vote comes free with the neighbour search that near-duplicates need anyway.
+A neighbour vote rather than a k-fold logistic regression on the same features: the regression's
+probabilities are flatter, so more correct labels look doubtful (benchmarks/RESULTS.md, "The audit"),
+and the vote comes free with the neighbour search that near-duplicates need anyway.
 
 Memory stays flat in the number of records: the reduction is fitted on the first ``FIT_RECORDS``
 records and applied batch by batch, so only ``DIMS`` floats a record are kept; the neighbour search
@@ -38,7 +38,10 @@ DIMS = 32  # principal components kept of a look or an embedding
 FIT_RECORDS = 10_000  # the records the reduction is fitted on (the first ones)
 LOOK_SIDE = 32  # a look is the image at most this many pixels a side
 NEIGHBOURS = 10  # a record's neighbours: its label vote, its outlier score, its near-duplicate candidates
-EXACT_RECORDS = 50_000  # up to this many records the neighbour search is exact (16 s at 50,000 on 2 cores)
+# A label is suspected only where at least this share of the vote goes to one other label: cleanlab alone
+# also doubts the records of categories that overlap (clip-art's), where the vote is split.
+MAJORITY = 0.5
+EXACT_RECORDS = 50_000  # up to this many records the neighbour search is exact (its cost grows with the square)
 HNSW_LINKS, HNSW_SEARCH = 32, 64  # beyond: an HNSW graph's links per node, and its search breadth
 
 
@@ -185,8 +188,9 @@ class LabelIssue:
 
 
 def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[LabelIssue]:
-    """cleanlab's confident learning on ``probabilities``: the suspected label errors, most doubtful
-    first. Classes with fewer than two records cannot be judged: none is found then."""
+    """cleanlab's confident learning on ``probabilities`` where the vote mostly backs another label: the
+    suspected label errors, most doubtful first. Classes with fewer than two records cannot be judged:
+    none is found then."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -196,14 +200,16 @@ def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[LabelIss
     flagged = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     scores = get_label_quality_scores(labels, probabilities)
     suggested = probabilities.argmax(axis=1)
-    found = [LabelIssue(int(i), int(labels[i]), int(suggested[i]), float(scores[i])) for i in np.flatnonzero(flagged)]
-    return sorted(found, key=lambda issue: issue.score)
+    backed = probabilities[np.arange(len(labels)), suggested] >= MAJORITY
+    found = [LabelIssue(int(i), int(labels[i]), int(suggested[i]), float(scores[i])) for i in np.flatnonzero(flagged & backed)]
+    # Most doubtful first; among equal scores, where the neighbours agree most on another label.
+    return sorted(found, key=lambda issue: (issue.score, -probabilities[issue.index, issue.suggested]))
 
 
 @dataclass(frozen=True)
 class Pair:
     """Two records that look the same: their cosine ``distance`` and how many of their perceptual
-    hashes' 64 bits differ (0-4: the same picture, re-encoded or resized)."""
+    hashes' 64 bits differ (the fewer, the likelier the same picture re-encoded)."""
 
     first: int
     second: int

@@ -19,9 +19,9 @@ findings is the user's (the report says what each one is).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from imgflow.data.cleantable import pixel_array
 from imgflow.data.tables import open_parquet
 from imgflow.reporting.audit import report_html, report_markdown
 from imgflow.results import AuditInfo, CleanInfo, StageResult
+from imgflow.runtime.errors import ConfigError
 from imgflow.serving.inference import OnnxModel
 from imgflow.serving.views import unless_learned_from
 from imgflow.store.artifacts import Stage
@@ -56,12 +57,37 @@ def _batches(data: StageResult, text: bool) -> Iterator[tuple[np.ndarray, np.nda
         )
 
 
-def _champion(config: AuditConfig, champion: StageResult | None, info: CleanInfo) -> tuple[OnnxModel | None, str]:
-    """The champion's model to embed with, and what the embeddings are (or why not the champion)."""
+LITE0_SIDE = 48  # "auto" embeds images at least this many pixels a side with Lite0's ImageNet features
+
+
+class Embedder(NamedTuple):
+    """What gives a batch of records its meaning (features [N, D]), whether it reads their text, and
+    what it is, for the report."""
+
+    embed: Callable[[np.ndarray, list[str] | None], np.ndarray] | None  # None: the look is the meaning
+    text: bool
+    what: str
+
+
+def _lite0(shape: tuple[int, ...]) -> Callable[[np.ndarray, list[str] | None], np.ndarray]:
+    """EfficientNet-Lite0's ImageNet features (its pooled last block: 1,280 floats) of images of ``shape``,
+    at their own size (from 32 to 224 pixels a side)."""
+    from imgflow.config import TrainConfig
+    from imgflow.training.frozen import extractor
+    from imgflow.training.models import make_transfer
+
+    side = min(224, max(32, max(shape[:2])))
+    network = extractor(make_transfer(shape, 2, TrainConfig(model="transfer", backbone_size=side)))
+    return lambda pixels, _: np.asarray(network(pixels.astype(np.float32), training=False), dtype=np.float32)
+
+
+def _embedder(config: AuditConfig, champion: StageResult | None, info: CleanInfo) -> Embedder:
+    """The meaning the audit judges labels and outliers by (``[audit] embeddings``)."""
+    shape = tuple(info.image_shape)
     if config.embeddings == "pixels":
-        return None, "pixels (as [audit] embeddings says)"
+        return Embedder(None, False, "pixels (as [audit] embeddings says)")
     why = "no champion, or it learned from this data"
-    if champion is not None:
+    if champion is not None and config.embeddings in ("auto", "champion"):
         onnx = Path(champion.path) / "model.onnx"
         model = OnnxModel(onnx, keep_memory=False, embeddings=True) if onnx.is_file() else None
         if model is None:
@@ -71,25 +97,29 @@ def _champion(config: AuditConfig, champion: StageResult | None, info: CleanInfo
         elif model.takes_text and info.text is None:
             why = f"champion {champion.key} reads text, this data has none"
         else:
-            return model, f"champion {champion.key}'s penultimate layer"
+            return Embedder(
+                lambda pixels, texts: model.embed(pixels, texts)[0], model.takes_text, f"champion {champion.key}'s penultimate layer"
+            )
     if config.embeddings == "champion":
-        from imgflow.runtime.errors import ConfigError
-
-        raise ConfigError(f'[audit] embeddings = "champion", but there is none to use: {why}; write "auto" or "pixels"')
-    return None, f"pixels ({why})"
+        raise ConfigError(f'[audit] embeddings = "champion", but there is none to use: {why}; write "auto", "lite0" or "pixels"')
+    if config.embeddings == "lite0" or min(shape[:2]) >= LITE0_SIDE:
+        side = min(224, max(32, max(shape[:2])))
+        return Embedder(_lite0(shape), False, f"EfficientNet-Lite0's ImageNet features at {side} px ({why})")
+    return Embedder(None, False, f"pixels ({why}; images under {LITE0_SIDE} px a side)")
 
 
 def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]) -> AuditInfo:
     data, champion = inputs["data"], inputs.get("reference")
     info = data.info
     assert isinstance(info, CleanInfo), data.stage
-    model, embeddings = _champion(config, champion, info)
+    embedder = _embedder(config, champion, info)
+    embeddings = embedder.what
     looks, meanings = audit.Reducer(), audit.Reducer()
     labels, hashes, blanks, ids, splits = [], [], [], [], []
-    for pixels, batch_labels, batch_ids, batch_splits, texts in _batches(data, model is not None and model.takes_text):
+    for pixels, batch_labels, batch_ids, batch_splits, texts in _batches(data, embedder.text):
         looks.add(audit.look(pixels))
-        if model is not None:
-            meanings.add(model.embed(pixels, texts)[0])
+        if embedder.embed is not None:
+            meanings.add(embedder.embed(pixels, texts))
         labels.append(batch_labels)
         hashes.append(audit.dhash(pixels))
         blanks.append(audit.blank(pixels))
@@ -100,7 +130,7 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
     hash_array = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     look_rows = looks.result()
     near, near_d = audit.nearest(look_rows)
-    if model is not None:
+    if embedder.embed is not None:
         meaning, meaning_d = audit.nearest(meanings.result())
     else:
         meaning, meaning_d = near, near_d

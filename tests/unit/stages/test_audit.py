@@ -125,3 +125,23 @@ def test_flipped_labels_and_test_images_copied_into_train_are_found(
 
     kept = set(load_arrays(shard_files(shards, "test"), (28, 28, 1)).ids)
     assert not kept & set(left) and len(kept) == written["test"]
+
+
+def test_colour_images_are_judged_by_lite0s_imagenet_features_and_champion_only_where_there_is_one(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images of 48 pixels a side or more mean what EfficientNet-Lite0's ImageNet features say (not their
+    pixels); asking for the champion's embeddings where there is none stops, saying what to write."""
+    from imgflow.runtime.errors import ConfigError
+    from tests.helpers import synthetic_table
+
+    monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
+    table = synthetic_table(tmp_path / "stripes.parquet", 240, size=64, classes=4)
+    config = DownloadConfig(source=f"parquet:{table}")
+    raw = DOWNLOAD.run(store, config, {"source": source_fingerprint(config.source)})
+    clean = CLEAN.run(store, CleanConfig(image_size=(64, 64), channels=3), {"raw": raw})
+    audited = AUDIT.run(store, AuditConfig(), {"data": clean})
+    assert audited.info.embeddings == "EfficientNet-Lite0's ImageNet features at 64 px (no champion, or it learned from this data)"
+    assert audited.info.records == 240 and audited.info.label_issues <= 12  # the stripes' classes are clear to ImageNet features
+    with pytest.raises(ConfigError, match='embeddings = "champion", but there is none to use: no champion'):
+        AUDIT.run(store, AuditConfig(embeddings="champion"), {"data": clean})
