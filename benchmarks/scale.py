@@ -6,7 +6,8 @@
 For each size N it generates a Parquet table of N synthetic RGB images (``tests.helpers.
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
 clean, shard; with --train also train for one epoch, validate and export) in a fresh process of its
-own, the earlier stages already in the store, printing the stage's wall time, images/s, microseconds
+own (the audit included: it runs between clean and shard), the earlier stages already in the store,
+printing the stage's wall time, images/s, microseconds
 per image and the process's peak RSS (``VmHWM``: the largest resident size the stage's process
 reached; clean's and shard's worker processes hold one chunk each and are not added). Memory should not grow with
 N and time per image should stay flat: the last lines give the spread of each across sizes. At
@@ -43,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DATA_STAGES = ("download", "clean", "shard")
+DATA_STAGES = ("download", "clean", "audit", "shard")
 MODEL_STAGES = ("train", "validate", "export")
 
 
@@ -55,7 +56,7 @@ def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
 
     start_forkserver()
     from imgflow.config import build_run_config
-    from imgflow.pipeline import PIPELINE, SOURCE
+    from imgflow.pipeline import CHAMPION, PIPELINE, REFERENCE, SOURCE
     from imgflow.data.sources import source_fingerprint
     from imgflow.store.artifacts import ArtifactStore
 
@@ -64,7 +65,7 @@ def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
     results: dict = {}
     external = {SOURCE: source_fingerprint(cfg.download.source)}
     for step in PIPELINE.run_steps(partitioned=False):
-        inputs = PIPELINE.inputs(step, results, {**external, "<champion>": None})
+        inputs = PIPELINE.inputs(step, results, {**external, CHAMPION: None, REFERENCE: None})  # no champion
         started = time.perf_counter()
         results[step.name] = step.stage.run(store, step.config_of(cfg), inputs, force=force and step.name == stage)
         if step.name == stage:

@@ -37,16 +37,10 @@ class Drift(Part):
     checks: dict[str, DriftEntry]
 
 
-class AuditEntry(Part):
-    """One partition's (or the whole data's) audit: its counts, its top findings and its report."""
+class AuditEntry(AuditInfo):
+    """One partition's (or the whole data's) audit: its info (counts, embeddings, top findings) and
+    where its report is."""
 
-    records: int
-    embeddings: str
-    label_issues: int
-    near_duplicates: int
-    cross_split: int
-    outliers: int
-    examples: dict[str, list[dict[str, Any]]]
     report: str
 
 
@@ -83,10 +77,7 @@ def audit_section(audits: Mapping[str, StageResult], shards: StageResult | None)
     for where, result in audits.items():
         info = result.info
         assert isinstance(info, AuditInfo), result.stage
-        counts = info.model_dump(
-            include={"records", "embeddings", "label_issues", "near_duplicates", "cross_split", "outliers", "examples"}
-        )
-        checks[where] = AuditEntry(**counts, report=str(result.file("report.html")))
+        checks[where] = AuditEntry(**info.model_dump(), report=str(result.file("report.html")))
     totals = {
         name: sum(getattr(entry, name) for entry in checks.values())
         for name in ("label_issues", "near_duplicates", "cross_split", "outliers")
