@@ -77,6 +77,7 @@ class CleanInfo(_Strict):
     split_rule: dict[str, Any]
     data_fingerprint: str
     text: TextStats | None = None  # None: the records carry no text
+    relabeled: int = 0  # records whose label [clean] labels corrected
 
 
 class SplitShards(_Strict):

@@ -167,6 +167,8 @@ def _spec_from_toml(path: Path) -> DatasetSpec:
     sections = {section: dict(data.get(section, {})) for section in SECTIONS}
     for section, values in sections.items():
         parse_section(SECTIONS[section], values, f"{path} [{section}]")
+    if isinstance(sections["clean"].get("labels"), str):  # the spec's folder's, wherever the run starts
+        sections["clean"]["labels"] = str(path.parent.resolve() / Path(sections["clean"]["labels"]).expanduser())
     return DatasetSpec(
         name=data.get("name", _name_from(path.stem)),
         source=data["source"],
@@ -250,6 +252,11 @@ def build_run_config(
     if budget is not None:
         values["train"]["budget"] = budget
     configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
+    clean = configs["clean"]
+    if isinstance(clean, CleanConfig) and clean.labels is not None:
+        from imgflow.data.cleantable import read_labels
+
+        configs["clean"] = clean.replace(relabel=read_labels(Path(clean.labels)))
     fetch = configs.pop("download")
     effective_limit = limit if limit is not None else spec.limit
     check_value(f"dataset {spec.name} limit", effective_limit, int | None, _TOP_RULES["limit"])

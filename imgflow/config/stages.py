@@ -83,6 +83,11 @@ class CleanConfig(StageConfig):
     # The most pixels an image's header may declare; more is quarantined as ``too_large`` before any
     # pixel is decoded (a few bytes of PNG can claim gigabytes). Pillow's default limit.
     max_pixels: Annotated[int, _at_least(1)] = MAX_PIXELS
+    # A CSV of corrected labels (columns id and label, e.g. an audit's labels.csv once reviewed), applied
+    # to the records it names before anything else; a relative path is the spec file's folder's.
+    labels: Annotated[str | None, KEYLESS] = None
+    # Its (id, label) pairs, read when the run's config is built: the file's content keys the stage, not its path.
+    relabel: Annotated[tuple[tuple[str, str], ...], INTERNAL] = ()
 
     @model_validator(mode="after")
     def _leaves_a_train_split(self) -> Self:

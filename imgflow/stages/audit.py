@@ -9,6 +9,8 @@ Output folder::
     report.md     the counts and the top findings (the Prefect artifact)
     report.html   the findings as pictures: label errors with their given and suggested labels,
                   near-duplicate pairs side by side (leakage first), outliers
+    labels.csv    the suspected label errors as corrections (id, label: the suggested one; given,
+                  score, split): reviewed, it is what ``[clean] labels`` applies
 
 Inputs: ``data``, a clean table, and ``reference``, the current champion's registry folder, absent when
 there is none or when it learned from this very table (as for drift: a rerun after a promotion reuses
@@ -19,6 +21,7 @@ findings is the user's (the report says what each one is).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +41,7 @@ from imgflow.store.artifacts import Stage
 from imgflow.store.files import write_json_atomic
 
 BATCH = 512
+LABELS = "labels.csv"  # the suspected label errors with the suggested labels: a [clean] labels file to review
 TOP = 5  # examples of each finding in the stage's info (the summary's)
 
 
@@ -169,6 +173,7 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
             "outliers": found_outliers,
         },
     )
+    _suggestions(out_dir / LABELS, found_issues)
     shown = _pictures(
         data, [f["id"] for f in found_issues[: config.examples]], found_pairs[: config.examples], found_outliers[: config.examples]
     )
@@ -184,6 +189,16 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
         examples={"label_issues": found_issues[:TOP], "near_duplicates": found_pairs[:TOP], "outliers": found_outliers[:TOP]},
         note=note,
     )
+
+
+def _suggestions(path: Path, issues: list[dict[str, Any]]) -> None:
+    """The suspected label errors as a labels CSV (``id``, ``label``: the suggested one; then the given
+    label, the score and the split, for the person who reviews it): kept as it is, or with the lines one
+    disagrees with deleted, it is what ``[clean] labels`` applies."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label", "given", "score", "split"])
+        writer.writerows([issue["id"], issue["suggested"], issue["label"], issue["score"], issue["split"]] for issue in issues)
 
 
 def _pictures(

@@ -34,24 +34,25 @@ and writing the chunks to, the object-store root when there is one (``imgflow.st
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import shutil
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgflow.config import CleanConfig
 from imgflow.data.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, natural_key
-from imgflow.data.images import GRAYSCALE_MODES, BadImage, Probe, decode, probe
-from imgflow.data.recordkeys import Coded, FirstCopies, RecordKeys, content_conflicts
-from imgflow.data.tables import open_parquet, read_scratch, row_group_chunks, write_scratch
-from imgflow.data.text import BadText, normalize
+from imgflow.data.images import GRAYSCALE_MODES, Probe
+from imgflow.data.recordkeys import FirstCopies, content_conflicts
+from imgflow.data.scan import Scan, scan_chunk
+from imgflow.data.tables import open_parquet, read_scratch, row_group_chunks
 from imgflow.reporting import progress
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.runtime.errors import SourceError
@@ -60,108 +61,6 @@ from imgflow.store.artifacts import Stage
 from imgflow.store.scratch import shared_scratch
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
-_UNLABELED = ("unlabeled", "no label: the record has no class (e.g. a file outside any class folder)")
-_DECODED = pa.schema([("position", pa.int64()), ("pixels", pa.binary())])
-# With text: the cleaned text, and the pixels' own hash (the split's; the record's sha256 covers the text too).
-_DECODED_TEXT = _DECODED.append(pa.field("text", pa.string())).append(pa.field("pixels_sha256", pa.binary(32)))
-
-
-@dataclass
-class ChunkScan:
-    """What a worker found in one chunk, in table order: its records' ids, labels, headers ("HxW
-    MODE"; None: unreadable), the sha256 digests of the decoded pixels (32 bytes a record, zeros where
-    not decoded) and the quarantine reasons by offset in the chunk."""
-
-    ids: pa.Array
-    labels: list[str]
-    headers: list[str | None]
-    digests: np.ndarray  # (records, 32) uint8
-    decoded: np.ndarray  # bool: has a digest
-    reasons: dict[int, tuple[str, str]]
-
-
-class Scan:
-    """What the workers found, one entry per record in table order: compact keys only (``RecordKeys``
-    and a code for each record's header: about 50 bytes a record and its id's characters), whatever
-    the size of the images."""
-
-    def __init__(self, records: int = 0) -> None:
-        self.keys = RecordKeys(records)
-        self.headers = Coded(records)
-        self.reasons: dict[int, tuple[str, str]] = {}  # position -> (reason, detail)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def extend(self, found: ChunkScan) -> None:
-        start = len(self.keys)
-        self.reasons.update((start + offset, reason) for offset, reason in found.reasons.items())
-        self.keys.extend(found.ids, found.labels, found.digests, found.decoded)
-        self.headers.extend(found.headers)
-
-    def probes(self) -> dict[Probe, int]:
-        """The headers read (size and mode), with how many records had each, in order of first
-        appearance; records with an unreadable header are not counted."""
-        return {Probe.from_text(header): count for header, count in self.headers.counts().items()}
-
-
-def scan_chunk(
-    raw_path: str,
-    groups: list[int],
-    target: tuple[tuple[int, int], int] | None,
-    class_names: Sequence[str] | None,
-    decoded_path: str | None,
-    first_position: int,
-    max_pixels: int,
-    with_text: bool = False,
-) -> ChunkScan:
-    """Probe every record of ``groups``; with a ``target`` shape also decode the usable ones, writing
-    their pixels (and cleaned text) to ``decoded_path`` (``_DECODED``). Runs in a worker process."""
-    table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"] + (["text"] if with_text else []))
-    raw_texts = table.column("text").to_pylist() if with_text else None
-    allowed = set(class_names) if class_names is not None else None
-    labels = [label or "" for label in table.column("label").to_pylist()]
-    headers: list[str | None] = [None] * len(labels)
-    digests = np.zeros((len(labels), 32), np.uint8)
-    reasons: dict[int, tuple[str, str]] = {}
-    positions: list[int] = []
-    pixels: list[bytes] = []
-    texts: list[str] = []
-    pixel_digests: list[bytes] = []
-    for offset, (data, label) in enumerate(zip(table.column("image").to_pylist(), labels, strict=True)):
-        if not label:
-            reasons[offset] = _UNLABELED
-            continue
-        try:
-            headers[offset] = probe(data, max_pixels).text()
-        except BadImage as bad:
-            reasons[offset] = (bad.reason, bad.detail)
-            continue
-        if target is None:
-            continue
-        if allowed is not None and label not in allowed:
-            reasons[offset] = ("unknown_label", f"label {label!r} is not one of the spec's class_names")
-            continue
-        try:
-            decoded = decode(data, target[0], target[1], max_pixels).tobytes()
-            text = normalize(raw_texts[offset]) if raw_texts is not None else None
-        except (BadImage, BadText) as bad:
-            reasons[offset] = (bad.reason, bad.detail)
-            continue
-        content = hashlib.sha256(decoded)
-        if text is not None:
-            pixel_digests.append(content.digest())
-            texts.append(text)
-            content.update(b"\0" + text.encode())
-        digests[offset] = np.frombuffer(content.digest(), np.uint8)
-        positions.append(first_position + offset)
-        pixels.append(decoded)
-    if decoded_path is not None:
-        columns = {"position": positions, "pixels": pixels} | ({"text": texts, "pixels_sha256": pixel_digests} if with_text else {})
-        write_scratch(pa.table(columns, schema=_DECODED_TEXT if with_text else _DECODED), decoded_path)
-    decoded_mask = np.zeros(len(labels), np.bool_)
-    decoded_mask[np.asarray(positions, np.int64) - first_position] = True
-    return ChunkScan(table.column("id").combine_chunks(), labels, headers, digests, decoded_mask, reasons)
 
 
 def _target_shape(config: CleanConfig, probes: Mapping[Probe, int]) -> tuple[tuple[int, int], int]:
@@ -192,6 +91,7 @@ class _Chunks:
     scratch: str  # a local folder or a URI
     pool: Any = None  # the worker pool both passes share (None: this process)
     with_text: bool = False  # the raw table has a text column
+    relabel: Mapping[str, str] | None = None  # corrected labels by record id ([clean] labels)
 
     @classmethod
     def of(cls, raw_path: str, scratch: str, pool: Any) -> _Chunks:
@@ -217,7 +117,17 @@ class _Chunks:
         ``then(number, scan, start)`` runs on each chunk as soon as it and every chunk before it are
         in, while the workers go on with the next ones."""
         jobs = [
-            (self.raw_path, chunk, target, class_names, self.decoded(i) if target else None, self.starts[i], max_pixels, self.with_text)
+            (
+                self.raw_path,
+                chunk,
+                target,
+                class_names,
+                self.decoded(i) if target else None,
+                self.starts[i],
+                max_pixels,
+                self.with_text,
+                self.relabel,
+            )
             for i, chunk in enumerate(self.groups)
         ]
         scan = Scan(sum(self.sizes))
@@ -361,7 +271,8 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
         Path(scratch).mkdir()
     # Decoded pixels, chunk by chunk: removed before the output is complete (by the store, remotely).
     with cluster_pool(len(row_group_chunks(raw.metadata, CHUNK_ROWS))) as pool:
-        info = _clean(out_dir, config, _Chunks.of(raw_path, scratch, pool), raw, source)
+        parts = dataclasses.replace(_Chunks.of(raw_path, scratch, pool), relabel=dict(config.relabel) or None)
+        info = _clean(out_dir, config, parts, raw, source)
     if "://" not in scratch:
         shutil.rmtree(scratch)
     return info
@@ -392,9 +303,19 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     for found, count in probes.items():  # in order of first appearance, as record by record
         modes[found.mode] += count
         sizes[f"{found.size[0]}x{found.size[1]}"] += count
+    relabeled = 0
+    if config.relabel:  # how many records the labels file corrected (it may name records this source lacks)
+        ids = raw.read(columns=["id"]).column("id")
+        relabeled = int(pc.sum(pc.is_in(ids, value_set=pa.array([record for record, _ in config.relabel]))).as_py() or 0)
     return assembly.finish(
-        scan, class_names, image_shape=[target[0][0], target[0][1], target[1]], source=source, modes=modes, size_counts=sizes
+        scan,
+        class_names,
+        image_shape=[target[0][0], target[0][1], target[1]],
+        source=source,
+        modes=modes,
+        size_counts=sizes,
+        relabeled=relabeled,
     )
 
 
-CLEAN = Stage("clean", "5", _build, info=CleanInfo)
+CLEAN = Stage("clean", "6", _build, info=CleanInfo)

@@ -145,3 +145,66 @@ def test_colour_images_are_judged_by_lite0s_imagenet_features_and_champion_only_
     assert audited.info.records == 240 and audited.info.label_issues <= 12  # the stripes' classes are clear to ImageNet features
     with pytest.raises(ConfigError, match='embeddings = "champion", but there is none to use: no champion'):
         AUDIT.run(store, AuditConfig(embeddings="champion"), {"data": clean})
+
+
+def test_the_audits_suggested_labels_applied_by_clean_correct_the_flipped_ones(
+    store: ArtifactStore, tmp_path: Path, digits: tuple[list[str], list[bytes], np.ndarray]
+) -> None:
+    """The audit's labels.csv, named in [clean] labels, gives most flipped records their true label back;
+    the file's content keys the clean stage (a copy elsewhere reuses it, one changed line does not)."""
+    from imgflow.config import build_run_config
+    from imgflow.stages.audit import LABELS
+
+    ids, images, labels = digits
+    rng = np.random.default_rng(11)
+    flipped = rng.choice(len(ids), size=len(ids) // 20, replace=False).tolist()
+    noisy = labels.copy()
+    for i in flipped:
+        noisy[i] = (labels[i] + rng.integers(1, 10)) % 10
+    table = tmp_path / "noisy.parquet"
+    clean = _clean(store, table, {"id": ids, "image": images, "label": noisy.tolist()})
+    audited = AUDIT.run(store, AuditConfig(), {"data": clean})
+    suggestions = audited.file(LABELS)
+    spec = tmp_path / "digits.toml"
+    spec.write_text(f'source = "parquet:{table}"\n[clean]\nimage_size = [28, 28]\nchannels = 1\nlabels = "{LABELS}"\n')
+    (tmp_path / LABELS).write_bytes(suggestions.read_bytes())  # beside the spec: a relative path is its folder's
+    cfg = build_run_config(str(spec), store.root)
+    assert cfg.clean.labels == str(tmp_path / LABELS) and len(cfg.clean.relabel) == audited.info.label_issues
+    raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
+    corrected = CLEAN.run(store, cfg.clean, {"raw": raw})
+    assert corrected.key != clean.key and corrected.info.relabeled == audited.info.label_issues
+    table_after = open_parquet(corrected.file("records.parquet")).read(columns=["id", "label"])
+    after = dict(zip(table_after.column("id").to_pylist(), table_after.column("label").to_pylist(), strict=True))
+    truth = {ids[i]: int(labels[i]) for i in flipped if ids[i] in after}
+    repaired = sum(after[record] == label for record, label in truth.items())
+    assert repaired >= 0.75 * len(truth), (repaired, len(truth))  # most flips undone by accepting the suggestions
+    # The content keys it, not the path: the same lines elsewhere reuse the output; a changed line does not.
+    moved = tmp_path / "elsewhere.csv"
+    moved.write_bytes(suggestions.read_bytes())
+    same = cfg.clean.replace(labels=str(moved))
+    assert CLEAN.run(store, same, {"raw": raw}).status == "cached"
+    lines = suggestions.read_text().splitlines()
+    moved.write_text("\n".join(lines[:-1]) + "\n")
+    from imgflow.data.cleantable import read_labels
+
+    assert CLEAN.key(same.replace(relabel=read_labels(moved)), {"raw": raw}) != corrected.key
+
+
+def test_a_labels_file_that_cannot_be_applied_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    from imgflow.data.cleantable import read_labels
+    from imgflow.runtime.errors import ConfigError
+
+    path = tmp_path / "labels.csv"
+    with pytest.raises(ConfigError, match=r"cannot read .*labels\.csv"):
+        read_labels(path)
+    path.write_text("record,class\na,1\n")
+    with pytest.raises(ConfigError, match="has no id or label column"):
+        read_labels(path)
+    path.write_text("id,label\na,1\nb,\n")
+    with pytest.raises(ConfigError, match="line 3 has an empty label"):
+        read_labels(path)
+    path.write_text("id,label\na,1\nb,2\na,3\n")
+    with pytest.raises(ConfigError, match="line 4 gives a the label '3', an earlier line '1'"):
+        read_labels(path)
+    path.write_text("id,label,given\nb,2,x\na,1,y\na,1,y\n")
+    assert read_labels(path) == (("a", "1"), ("b", "2"))
