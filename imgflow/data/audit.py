@@ -22,20 +22,22 @@ probabilities are flatter, so more correct labels look doubtful (benchmarks/RESU
 and the vote comes free with the neighbour search that near-duplicates need anyway.
 
 Memory stays flat in the number of records: the reduction is fitted on the first ``FIT_RECORDS``
-records and applied batch by batch, so only ``DIMS`` floats a record are kept; the neighbour search
+records (fewer when they are long) and applied batch by batch, so only ``DIMS`` floats a record are kept; the neighbour search
 (faiss: exact, or an HNSW graph on large data) never builds the n x n matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 DIMS = 32  # principal components kept of a look or an embedding
-FIT_RECORDS = 10_000  # the records the reduction is fitted on (the first ones)
+FIT_RECORDS = 10_000  # the records the reduction is fitted on (the first ones), at most
+FIT_FLOATS = 8_000_000  # ... and at most this many floats of them: the fit's copies dominate the audit's memory
 LOOK_SIDE = 32  # a look is the image at most this many pixels a side
 NEIGHBOURS = 10  # a record's neighbours: its label vote, its outlier score, its near-duplicate candidates
 # A label is suspected only where at least this share of the vote goes to one other label: cleanlab alone
@@ -73,12 +75,12 @@ def dhash(images: np.ndarray) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between two arrays of 64-bit hashes."""
-    return np.unpackbits(np.bitwise_xor(a, b).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    return np.bitwise_count(np.bitwise_xor(a, b))
 
 
 class Reducer:
-    """Rows reduced to ``DIMS`` principal components, fitted on the first ``FIT_RECORDS`` rows fed in
-    (kept until then), then applied to each batch as it comes; ``result()`` gives every row, centred
+    """Rows reduced to ``DIMS`` principal components, fitted on the first ``FIT_RECORDS`` rows fed in (fewer
+    for long rows: ``FIT_FLOATS``; kept until then), then applied to each batch as it comes; ``result()`` gives every row, centred
     and unit-length, in order, and ``unexplained()`` each row's share of its variation that the
     components miss (near 1: a row unlike the data the components were fitted on)."""
 
@@ -95,7 +97,7 @@ class Reducer:
             return
         self._waiting.append(rows.astype(np.float32))
         self._held += len(rows)
-        if self._held >= FIT_RECORDS:
+        if self._held >= min(FIT_RECORDS, FIT_FLOATS // max(rows.shape[1], 1)):
             self._fit()
 
     def _fit(self) -> None:
@@ -207,31 +209,29 @@ def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[LabelIss
 
 
 @dataclass(frozen=True)
-class Pair:
-    """Two records that look the same: their cosine ``distance`` and how many of their perceptual
-    hashes' 64 bits differ (the fewer, the likelier the same picture re-encoded)."""
+class Pairs:
+    """Pairs of records that look the same (lower index first), closest first: their cosine
+    ``distance`` and how many of their perceptual hashes' 64 bits differ (the fewer, the likelier the
+    same picture re-encoded). Arrays, not objects: a data set of near-identical pictures has about ten
+    pairs a record."""
 
-    first: int
-    second: int
-    distance: float
-    hash_bits: int
+    first: np.ndarray  # int64
+    second: np.ndarray  # int64
+    distance: np.ndarray  # float32
+    hash_bits: np.ndarray  # int64
 
 
-def near_duplicates(indices: np.ndarray, distances: np.ndarray, hashes: np.ndarray, threshold: float) -> list[Pair]:
+def near_duplicates(indices: np.ndarray, distances: np.ndarray, hashes: np.ndarray, threshold: float) -> Pairs:
     """Every pair of records within ``threshold`` of each other among their nearest neighbours, once
-    each (lower index first), closest first."""
+    each, closest first."""
     rows, cols = np.nonzero(distances <= threshold)
-    seen: set[tuple[int, int]] = set()
-    pairs = []
-    for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-        other = int(indices[row, col])
-        key = (min(row, other), max(row, other))
-        if key in seen:
-            continue
-        seen.add(key)
-        bits = int(hamming(hashes[[key[0]]], hashes[[key[1]]])[0])
-        pairs.append(Pair(key[0], key[1], float(distances[row, col]), bits))
-    return sorted(pairs, key=lambda pair: (pair.distance, pair.first))
+    others = indices[rows, cols]
+    low, high = np.minimum(rows, others), np.maximum(rows, others)
+    _, first = np.unique(low * max(len(indices), 1) + high, return_index=True)
+    low, high, distance = low[first], high[first], distances[rows, cols][first]
+    order = np.lexsort((low, distance))
+    low, high = low[order].astype(np.int64), high[order].astype(np.int64)
+    return Pairs(low, high, distance[order].astype(np.float32), hamming(hashes[low], hashes[high]).astype(np.int64))
 
 
 BLANK_SPREAD = 2.0  # grey levels: an image whose pixels vary less than this is blank
@@ -277,19 +277,23 @@ def outliers(blanks: np.ndarray, unexplained: np.ndarray, distances: np.ndarray)
 
 
 SPLIT_ORDER = ("train", "val", "test")
+ISSUES, PAIRS, OUTLIERS = "label_issues.parquet", "near_duplicates.parquet", "outliers.parquet"  # an audit's findings
 LABEL_ERROR, NEAR_DUPLICATE = "suspected label error", "near-duplicate"  # the kinds of what "exclude" leaves out
 
 
-def exclusions(found: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """What ``[audit] action = "exclude"`` leaves out, from an audit's findings (its ``audit.json``):
-    each suspected label error, and of each pair across splits the held-out record (the later split's:
-    the train copy still teaches, the test copy no longer inflates the test). (record id, why) pairs,
-    one per record (its first reason, which starts with its kind and a colon), sorted by id."""
+def exclusions(issues: pa.Table, pairs: pa.Table) -> list[tuple[str, str]]:
+    """What ``[audit] action = "exclude"`` leaves out, from an audit's findings (its ``ISSUES`` and
+    ``PAIRS`` tables): each suspected label error, and of each pair across splits the held-out record (the
+    later split's: the train copy still teaches, the test copy no longer inflates the test). (record id,
+    why) pairs, one per record (its first reason, which starts with its kind and a colon), sorted by id."""
     chosen: dict[str, str] = {}
-    for issue in found["label_issues"]:
+    for issue in issues.to_pylist():
         chosen.setdefault(issue["id"], f"{LABEL_ERROR}: given {issue['label']}, suggested {issue['suggested']}")
-    for pair in found["near_duplicates"]:
-        if pair["cross_split"]:
-            kept, left = sorted((pair["first"], pair["second"]), key=lambda record: SPLIT_ORDER.index(record["split"]))
-            chosen.setdefault(left["id"], f"{NEAR_DUPLICATE}: of {kept['id']} ({kept['split']}), in {left['split']}")
+    crossing = pairs.filter(pc.field("cross_split"))
+    for batch in crossing.to_batches(max_chunksize=65_536):
+        for pair in batch.to_pylist():
+            ends = sorted((("first", pair["first_split"]), ("second", pair["second_split"])), key=lambda end: SPLIT_ORDER.index(end[1]))
+            kept, left = ends[0][0], ends[1][0]
+            reason = f"{NEAR_DUPLICATE}: of {pair[kept + '_id']} ({pair[kept + '_split']}), in {pair[left + '_split']}"
+            chosen.setdefault(pair[left + "_id"], reason)
     return sorted(chosen.items())

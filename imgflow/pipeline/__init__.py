@@ -25,7 +25,6 @@ and ``REFERENCE`` (the current champion, whatever the candidate: what new data i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +203,9 @@ def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
 def audited_shards(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
     """The shard config with what the audit leaves out (``[audit] action = "exclude"``: the findings of
     every audit of the run, ``results``' ``audit`` or ``audit:<date>``); None while an audit is not built."""
-    from imgflow.data.audit import exclusions
+    import pyarrow.parquet as pq
+
+    from imgflow.data.audit import ISSUES, PAIRS, exclusions
     from imgflow.store.artifacts import ArtifactStore
 
     if not (cfg.audit.enabled and cfg.audit.action == "exclude"):
@@ -215,8 +216,8 @@ def audited_shards(cfg: RunConfig, results: Mapping[str, StageResult], measure: 
     store = ArtifactStore(cfg.artifacts)
     left: dict[str, str] = {}
     for result in audits:
-        found = json.loads(store.localize(result).file("audit.json").read_text())
-        left.update(exclusions(found))
+        local = store.localize(result)
+        left.update(exclusions(pq.read_table(local.file(ISSUES)), pq.read_table(local.file(PAIRS))))
     return cfg.shard.replace(exclude=tuple(sorted(left.items())))
 
 

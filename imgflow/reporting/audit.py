@@ -14,19 +14,23 @@ import numpy as np
 THUMBNAIL = 96  # pixels a side of each picture in the page (small images are enlarged, sharply)
 
 
-def _counts(issues: Sequence[Any], pairs: Sequence[Mapping[str, Any]], outliers: Sequence[Any]) -> str:
-    cross = sum(pair["cross_split"] for pair in pairs)
+def _counts(counts: Mapping[str, int]) -> str:
     return (
-        f"{len(issues)} suspected label errors, {len(pairs)} near-duplicate pairs ({cross} across splits: leakage), "
-        f"{len(outliers)} outliers"
+        f"{counts['label_issues']} suspected label errors, {counts['near_duplicates']} near-duplicate pairs "
+        f"({counts['cross_split']} across splits: leakage), {counts['outliers']} outliers"
     )
 
 
 def report_markdown(
-    title: str, note: str, issues: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]], outliers: Sequence[Mapping[str, Any]]
+    title: str,
+    note: str,
+    counts: Mapping[str, int],
+    issues: Sequence[Mapping[str, Any]],
+    pairs: Sequence[Mapping[str, Any]],
+    outliers: Sequence[Mapping[str, Any]],
 ) -> str:
-    """The counts and the top ten of each finding, as Markdown."""
-    lines = [f"# Audit: {title}", "", note, "", f"**{_counts(issues, pairs, outliers)}**", ""]
+    """The counts and the top ten of each finding (the lists are the top ones, most important first), as Markdown."""
+    lines = [f"# Audit: {title}", "", note, "", f"**{_counts(counts)}**", ""]
     if issues:
         lines += ["## Suspected label errors", "", "| record | split | given | suggested | label quality |", "|---|---|---|---|---:|"]
         lines += [f"| {i['id']} | {i['split']} | {i['label']} | {i['suggested']} | {i['score']:.3f} |" for i in issues[:10]]
@@ -75,15 +79,16 @@ def _figure(pixels: Mapping[str, np.ndarray], record: Mapping[str, Any], caption
 def report_html(
     title: str,
     note: str,
+    counts: Mapping[str, int],
     issues: Sequence[Mapping[str, Any]],
     pairs: Sequence[Mapping[str, Any]],
     outliers: Sequence[Mapping[str, Any]],
     pixels: Mapping[str, np.ndarray],
     shown: int,
 ) -> str:
-    """A self-contained page: the counts, then up to ``shown`` of each finding as pictures (``pixels`` by
-    record id): label errors with the given and the suggested label, near-duplicate pairs side by side
-    (leakage first), outliers."""
+    """A self-contained page: the ``counts``, then up to ``shown`` of each finding (the lists are the top
+    ones) as pictures (``pixels`` by record id): label errors with the given and the suggested label,
+    near-duplicate pairs side by side (leakage first), outliers."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -91,10 +96,10 @@ def report_html(
         "figure{display:inline-block;margin:6px;text-align:center;font-size:12px;vertical-align:top}",
         "figure img{image-rendering:pixelated;border:1px solid #ccc}.pair{display:inline-block;border:1px solid #ddd;margin:4px;padding:2px}",
         ".leak{background:#fdd}.given{color:#b00}.suggested{color:#070}</style></head><body>",
-        f"<h1>Audit: {esc(title)}</h1><p>{esc(note)}</p><p><b>{esc(_counts(issues, pairs, outliers))}</b></p>",
+        f"<h1>Audit: {esc(title)}</h1><p>{esc(note)}</p><p><b>{esc(_counts(counts))}</b></p>",
     ]
     if issues:
-        parts.append(f"<h2>Suspected label errors ({len(issues)}; the {min(shown, len(issues))} most doubtful)</h2>")
+        parts.append(f"<h2>Suspected label errors ({counts['label_issues']}; the {min(shown, len(issues))} most doubtful)</h2>")
         parts += [
             _figure(
                 pixels,
@@ -105,7 +110,7 @@ def report_html(
             for i in issues[:shown]
         ]
     if pairs:
-        parts.append(f"<h2>Near-duplicates ({len(pairs)}; leakage across splits first)</h2>")
+        parts.append(f"<h2>Near-duplicates ({counts['near_duplicates']}; leakage across splits first)</h2>")
         for p in pairs[:shown]:
             sides = "".join(
                 _figure(pixels, p[side], f"{esc(p[side]['id'])}<br>{esc(p[side]['split'])}, {esc(p[side]['label'])}")

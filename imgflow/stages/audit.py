@@ -2,10 +2,12 @@
 
 Output folder::
 
-    audit.json    every finding: each suspected label error (record, split, given and suggested label,
-                  cleanlab's label quality score), each near-duplicate pair (both records, their
-                  distance, their perceptual hashes' differing bits, whether it crosses splits) and
-                  each outlier (its score); what the embeddings were
+    audit.json    the counts, what the embeddings were, and the top findings of each kind
+    label_issues.parquet     each suspected label error: id, split, given and suggested label,
+                             cleanlab's label quality score; most doubtful first
+    near_duplicates.parquet  each pair: both records (id, split, label), their distance, their
+                             perceptual hashes' differing bits, whether it crosses splits; leakage first
+    outliers.parquet         each outlier: id, split, label, why, its neighbour distance
     report.md     the counts and the top findings (the Prefect artifact)
     report.html   the findings as pictures: label errors with their given and suggested labels,
                   near-duplicate pairs side by side (leakage first), outliers
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from imgflow.config import AuditConfig
 from imgflow.data import audit
-from imgflow.data.cleantable import pixel_array
+from imgflow.data.cleantable import SPLITS, pixel_array
 from imgflow.data.tables import open_parquet
 from imgflow.reporting.audit import report_html, report_markdown
 from imgflow.results import AuditInfo, CleanInfo, StageResult
@@ -62,6 +66,7 @@ def _batches(data: StageResult, text: bool) -> Iterator[tuple[np.ndarray, np.nda
 
 
 LITE0_SIDE = 48  # "auto" embeds images at least this many pixels a side with Lite0's ImageNet features
+STEP = 128  # images Lite0 embeds at once, at most (fewer for large ones: ``eval_batch``)
 
 
 class Embedder(NamedTuple):
@@ -76,13 +81,25 @@ class Embedder(NamedTuple):
 def _lite0(shape: tuple[int, ...]) -> Callable[[np.ndarray, list[str] | None], np.ndarray]:
     """EfficientNet-Lite0's ImageNet features (its pooled last block: 1,280 floats) of images of ``shape``,
     at their own size (from 32 to 224 pixels a side)."""
+    import tensorflow as tf
+
     from imgflow.config import TrainConfig
     from imgflow.training.frozen import extractor
+    from imgflow.training.inputs import eval_batch
     from imgflow.training.models import make_transfer
 
     side = min(224, max(32, max(shape[:2])))
     network = extractor(make_transfer(shape, 2, TrainConfig(model="transfer", backbone_size=side)))
-    return lambda pixels, _: np.asarray(network(pixels.astype(np.float32), training=False), dtype=np.float32)
+    step = eval_batch((side, side), largest=STEP)
+    # One traced graph for every batch: eager calls kept each layer's activations alive (4 GB at 512
+    # images of 64 px) and paid Python for every layer.
+    graph = tf.function(lambda images: network(images, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+
+    def embed(pixels: np.ndarray, _: list[str] | None) -> np.ndarray:
+        parts = [graph(tf.constant(pixels[i : i + step], tf.float32)) for i in range(0, len(pixels), step)]
+        return np.concatenate([np.asarray(part, dtype=np.float32) for part in parts])
+
+    return embed
 
 
 def _embedder(config: AuditConfig, champion: StageResult | None, info: CleanInfo) -> Embedder:
@@ -132,8 +149,7 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
     records = len(ids)
     label_array = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     hash_array = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    look_rows = looks.result()
-    near, near_d = audit.nearest(look_rows)
+    near, near_d = audit.nearest(looks.result())
     if embedder.embed is not None:
         meaning, meaning_d = audit.nearest(meanings.result())
     else:
@@ -145,22 +161,39 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
     blank = np.concatenate(blanks) if blanks else np.zeros(0, bool)
     odd = audit.outliers(blank, looks.unexplained(), scores)
 
-    def record(index: int) -> dict[str, Any]:
-        return {"id": ids[index], "split": splits[index], "label": info.class_names[int(label_array[index])]}
-
-    found_issues = [{**record(i.index), "suggested": info.class_names[i.suggested], "score": round(i.score, 4)} for i in issues]
-    found_pairs = [
+    columns = _Columns(
+        pa.array(ids, pa.string()), np.array([SPLITS.index(split) for split in splits], np.int8), label_array, info.class_names
+    )
+    at = np.array([issue.index for issue in issues], np.int64)
+    issue_table = pa.table(
         {
-            "first": record(p.first),
-            "second": record(p.second),
-            "distance": round(p.distance, 5),
-            "hash_bits": p.hash_bits,
-            "cross_split": splits[p.first] != splits[p.second],
+            **columns.of(at),
+            "suggested": columns.names(np.array([issue.suggested for issue in issues], np.int64)),
+            "score": pa.array([round(issue.score, 4) for issue in issues], pa.float64()),
         }
-        for p in pairs
-    ]
-    found_pairs.sort(key=lambda pair: not pair["cross_split"])  # leakage first, closest first within each
-    found_outliers = [{**record(i), "why": why, "score": round(float(scores[i]), 4)} for i, why in odd]
+    )
+    cross = columns.splits[pairs.first] != columns.splits[pairs.second]
+    order = np.lexsort((pairs.distance, ~cross))  # leakage first, closest first within each
+    pair_table = pa.table(
+        {
+            **{f"first_{name}": value for name, value in columns.of(pairs.first[order]).items()},
+            **{f"second_{name}": value for name, value in columns.of(pairs.second[order]).items()},
+            "distance": pa.array(np.round(pairs.distance[order], 5)),
+            "hash_bits": pa.array(pairs.hash_bits[order]),
+            "cross_split": pa.array(cross[order]),
+        }
+    )
+    odd_at = np.array([index for index, _ in odd], np.int64)
+    outlier_table = pa.table(
+        {**columns.of(odd_at), "why": pa.array([why for _, why in odd], pa.string()), "score": pa.array(np.round(scores[odd_at], 4))}
+    )
+    for name, table in ((audit.ISSUES, issue_table), (audit.PAIRS, pair_table), (audit.OUTLIERS, outlier_table)):
+        pq.write_table(table, out_dir / name)
+    shown = config.examples
+    found_issues = issue_table.slice(0, max(shown, TOP)).to_pylist()
+    found_pairs = [_nested(row) for row in pair_table.slice(0, max(shown, TOP)).to_pylist()]
+    found_outliers = outlier_table.slice(0, max(shown, TOP)).to_pylist()
+    counts = {"label_issues": len(issues), "near_duplicates": len(pairs.first), "cross_split": int(cross.sum()), "outliers": len(odd)}
     note = f"{records} records of {info.source}; embeddings: {embeddings}"
     write_json_atomic(
         out_dir / "audit.json",
@@ -168,37 +201,60 @@ def _build(out_dir: Path, config: AuditConfig, inputs: Mapping[str, StageResult]
             "note": note,
             "embeddings": embeddings,
             "config": config.model_dump(),
-            "label_issues": found_issues,
-            "near_duplicates": found_pairs,
-            "outliers": found_outliers,
+            **counts,
+            "examples": {"label_issues": found_issues[:shown], "near_duplicates": found_pairs[:shown], "outliers": found_outliers[:shown]},
         },
     )
-    _suggestions(out_dir / LABELS, found_issues)
-    shown = _pictures(
-        data, [f["id"] for f in found_issues[: config.examples]], found_pairs[: config.examples], found_outliers[: config.examples]
-    )
-    (out_dir / "report.md").write_text(report_markdown(info.source, note, found_issues, found_pairs, found_outliers))
-    (out_dir / "report.html").write_text(report_html(info.source, note, found_issues, found_pairs, found_outliers, shown, config.examples))
+    _suggestions(out_dir / LABELS, issue_table)
+    pictures = _pictures(data, [f["id"] for f in found_issues[:shown]], found_pairs[:shown], found_outliers[:shown])
+    (out_dir / "report.md").write_text(report_markdown(info.source, note, counts, found_issues, found_pairs, found_outliers))
+    (out_dir / "report.html").write_text(report_html(info.source, note, counts, found_issues, found_pairs, found_outliers, pictures, shown))
     return AuditInfo(
         records=records,
         embeddings=embeddings,
-        label_issues=len(found_issues),
-        near_duplicates=len(found_pairs),
-        cross_split=sum(1 for pair in found_pairs if pair["cross_split"]),
-        outliers=len(found_outliers),
+        label_issues=counts["label_issues"],
+        near_duplicates=counts["near_duplicates"],
+        cross_split=counts["cross_split"],
+        outliers=counts["outliers"],
         examples={"label_issues": found_issues[:TOP], "near_duplicates": found_pairs[:TOP], "outliers": found_outliers[:TOP]},
         note=note,
     )
 
 
-def _suggestions(path: Path, issues: list[dict[str, Any]]) -> None:
+class _Columns(NamedTuple):
+    """The audited records' ids, splits (codes into ``SPLITS``) and labels, for the findings' tables."""
+
+    ids: pa.Array
+    splits: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def names(self, labels: np.ndarray) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(labels.astype(np.int32)), pa.array(self.class_names))
+
+    def of(self, at: np.ndarray) -> dict[str, pa.Array]:
+        """The id, split and label of the records at ``at``."""
+        return {
+            "id": self.ids.take(pa.array(at, pa.int64())),
+            "split": pa.DictionaryArray.from_arrays(pa.array(self.splits[at].astype(np.int32)), pa.array(SPLITS)),
+            "label": self.names(self.labels[at]),
+        }
+
+
+def _nested(row: dict[str, Any]) -> dict[str, Any]:
+    """A near-duplicates row as the report and the summary show it: both records, then the pair's figures."""
+    side = {end: {name: row[f"{end}_{name}"] for name in ("id", "split", "label")} for end in ("first", "second")}
+    return {**side, "distance": row["distance"], "hash_bits": row["hash_bits"], "cross_split": row["cross_split"]}
+
+
+def _suggestions(path: Path, issues: pa.Table) -> None:
     """The suspected label errors as a labels CSV (``id``, ``label``: the suggested one; then the given
     label, the score and the split, for the person who reviews it): kept as it is, or with the lines one
     disagrees with deleted, it is what ``[clean] labels`` applies."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "label", "given", "score", "split"])
-        writer.writerows([issue["id"], issue["suggested"], issue["label"], issue["score"], issue["split"]] for issue in issues)
+        writer.writerows([issue["id"], issue["suggested"], issue["label"], issue["score"], issue["split"]] for issue in issues.to_pylist())
 
 
 def _pictures(
