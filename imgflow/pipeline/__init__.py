@@ -78,6 +78,8 @@ class Step:
     # The step's config from the run's settings and the results so far (``measure``: it may measure
     # this machine; else None when it would need to), instead of the RunConfig field as it is.
     configure: Callable[[RunConfig, Mapping[str, StageResult], bool], Any] | None = None
+    # What a plan says of the step while ``configure`` cannot decide its config yet.
+    undecided: str = "its settings follow from what this run builds first"
     # Why the run's settings leave this step out (None: they do not), e.g. ``[audit] enabled = false``.
     left_out: Callable[[RunConfig], str | None] | None = None
 
@@ -232,8 +234,21 @@ PIPELINE = Pipeline(
         Step(DRIFT, DriftConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True),
         Step(AUDIT, AuditConfig, {"data": ("clean",), "reference": (REFERENCE,)}, per_partition=True, left_out=_audit_off),
         Step(MERGE, CleanConfig, {"parts": ("clean",)}, partitioned_only=True, fan_in=True),
-        Step(SHARD, ShardConfig, {"clean": ("merge", "clean")}, before=evaluable_splits, configure=audited_shards),
-        Step(TRAIN, TrainConfig, {"shards": ("shard",)}, configure=budgeted_training),
+        Step(
+            SHARD,
+            ShardConfig,
+            {"clean": ("merge", "clean")},
+            before=evaluable_splits,
+            configure=audited_shards,
+            undecided="what it leaves out follows from the audit this run builds",
+        ),
+        Step(
+            TRAIN,
+            TrainConfig,
+            {"shards": ("shard",)},
+            configure=budgeted_training,
+            undecided="the recipe plans it once the run has measured this machine",
+        ),
         Step(VALIDATE, GateConfig, {"shards": ("shard",), "model": ("train",), "champion": (CHAMPION,), "drift": ("drift",)}),
         Step(EXPORT, ExportConfig, {"shards": ("shard",), "model": ("train",)}, gated_by="validate"),
     ]

@@ -191,7 +191,7 @@ class Planner:
         if inputs is None:
             note = "its inputs are built in this run"
         elif config is None:
-            note = "its settings follow from what this run measures or builds first"
+            note = step.undecided
         else:
             key = step.stage.key(config, inputs)
             existing = None if how.force else self.store.lookup(step.name, key, fetch=False)

@@ -17,39 +17,39 @@ from imgflow.store.artifacts import MANIFEST, Stage
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def _audit(out_dir: Path, config: Any, inputs: dict[str, StageResult]) -> dict[str, Any]:
+def _census(out_dir: Path, config: Any, inputs: dict[str, StageResult]) -> dict[str, Any]:
     """A stage that only reads what the shard stage recorded and writes a note of it."""
     test = inputs["shards"].info.splits["test"].records
-    (out_dir / "audit.txt").write_text(f"{test} test records\n")
+    (out_dir / "census.txt").write_text(f"{test} test records\n")
     return {"test_records": test}
 
 
-AUDIT = Step(Stage("audit", "1", _audit), ShardConfig, {"shards": ("shard",)})
+CENSUS = Step(Stage("census", "1", _census), ShardConfig, {"shards": ("shard",)})
 
 
 @pytest.fixture
-def audited(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The declaration with the audit step after shard: what a change to ``imgflow/pipeline.py`` would make."""
+def with_census(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The declaration with a census step after shard: what a change to ``imgflow/pipeline.py`` would make."""
     at = PIPELINE.names.index("shard") + 1
-    extended = Pipeline([*PIPELINE.steps[:at], AUDIT, *PIPELINE.steps[at:]])
+    extended = Pipeline([*PIPELINE.steps[:at], CENSUS, *PIPELINE.steps[at:]])
     monkeypatch.setattr(PIPELINE, "steps", extended.steps)
     monkeypatch.setattr(PIPELINE, "names", extended.names)
 
 
-@pytest.mark.usefixtures("audited")
+@pytest.mark.usefixtures("with_census")
 def test_a_step_added_to_the_declaration_is_planned_run_and_reported(tmp_path: Path) -> None:
     from flows.train import train
 
     params = {"dataset": "digits", "artifacts": str(tmp_path / "artifacts"), "epochs": 1, "min_accuracy": 0.0, "limit": 400}
     cfg = build_run_config(params["dataset"], params["artifacts"], epochs=1, min_accuracy=0.0, limit=400)
     before = {p.stage: p for p in plan(cfg)}
-    assert before["audit"].action == "run" and list(before).index("audit") == list(before).index("shard") + 1
+    assert before["census"].action == "run" and list(before).index("census") == list(before).index("shard") + 1
 
     summary = train(**params)
-    assert summary["stages"]["audit"]["status"] == "ran"
-    outputs = list((tmp_path / "artifacts" / "audit").glob(f"*/{MANIFEST}"))
-    assert len(outputs) == 1 and (outputs[0].parent / "audit.txt").read_text().endswith("test records\n")
+    assert summary["stages"]["census"]["status"] == "ran"
+    outputs = list((tmp_path / "artifacts" / "census").glob(f"*/{MANIFEST}"))
+    assert len(outputs) == 1 and (outputs[0].parent / "census.txt").read_text().endswith("test records\n")
 
     after = {p.stage: p for p in plan(cfg)}
-    assert after["audit"].action == "reuse" and after["audit"].key == outputs[0].parent.name
-    assert train(**params)["stages"]["audit"]["status"] == "cached"
+    assert after["census"].action == "reuse" and after["census"].key == outputs[0].parent.name
+    assert train(**params)["stages"]["census"]["status"] == "cached"

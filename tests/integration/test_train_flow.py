@@ -22,7 +22,10 @@ def test_train_flow_promotes_reuses_and_gates(tmp_path: Path) -> None:
     import onnxruntime as ort
     import tensorflow as tf
 
+    import datetime as dt
+
     artifacts = tmp_path / "artifacts"
+    started = dt.datetime.now(dt.timezone.utc)
     first = _run(artifacts)
 
     # Every stage ran and the candidate was promoted as v1.
@@ -67,12 +70,21 @@ def test_train_flow_promotes_reuses_and_gates(tmp_path: Path) -> None:
     assert again["decision"] == "promoted" and again["version"] == "v1"
     assert again["metrics"] == first["metrics"]
 
-    # Each long stage reported its progress to the server as a progress artifact, finished at 100%.
+    # Each long stage reported its progress to the server as a progress artifact, finished at 100%: this
+    # test's runs' artifacts (a test before it on this worker's server may have been killed mid-training).
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+        ours = ArtifactFilterFlowRunId(any_=[run.id for run in runs])
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]), flow_run_id=ours))
     progress = {a.key: a.data for a in found}
     assert {f"imgflow-progress-{stage}" for stage in ("download", "clean", "shard", "train")} <= set(progress)
     assert all(value == 100.0 for value in progress.values()), progress

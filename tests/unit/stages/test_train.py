@@ -226,7 +226,7 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
 
     frozen = Candidate("lite0-frozen", {"freeze_epochs": 2, "epochs": 2}, 0.1).as_dict()
     scratch = Candidate("cnn-w4", {**STILL, "model": "cnn", "flip": "none", "freeze_epochs": 0}, 0.5).as_dict()
-    TRAIN.run(store, config.replace(budget="60s", deadline=10.0, race=(frozen, scratch)), {"shards": shards})
+    TRAIN.run(store, config.replace(budget="60s", deadline=3.0, race=(frozen, scratch)), {"shards": shards})
     out = capsys.readouterr().out
     assert f"reusing the frozen backbone's features of the {shards.info.splits['train'].records} train records from {cached.parent}" in out
     assert "computing the frozen backbone's features" not in out
