@@ -5,8 +5,8 @@ views of every record (``imgflow.stages.audit`` streams them in):
 
 - its **look**: the pixels at most 32x32, reduced to ``DIMS`` principal components, centred and
   unit-length. Two records whose looks are within ``threshold`` cosine distance are near-duplicates
-  (a resize, a re-encoding, a small crop), and a perceptual hash (``dhash``) says which pairs are the
-  same picture re-encoded;
+  (a resize, a re-encoding), and their perceptual hashes (``dhash``) differ in few bits when they are
+  the same picture re-encoded;
 - its **meaning**: a model's embedding (the champion's penultimate layer, or EfficientNet-Lite0's
   ImageNet features) reduced the same way, or the look itself. Its nearest neighbours vote for a label,
   leaving the record itself out: these out-of-sample probabilities feed cleanlab's confident learning
@@ -22,8 +22,8 @@ probabilities are flatter, so more correct labels look doubtful (benchmarks/RESU
 and the vote comes free with the neighbour search that near-duplicates need anyway.
 
 Memory stays flat in the number of records: the reduction is fitted on the first ``FIT_RECORDS``
-records (fewer when they are long) and applied batch by batch, so only ``DIMS`` floats a record are kept; the neighbour search
-(faiss: exact, or an HNSW graph on large data) never builds the n x n matrix.
+records (fewer when they are long) and applied batch by batch, so only ``DIMS`` floats a record are
+kept; the neighbour search (faiss: exact, or an HNSW graph on large data) never builds the n x n matrix.
 """
 
 from __future__ import annotations

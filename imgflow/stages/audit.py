@@ -17,8 +17,9 @@ Output folder::
 Inputs: ``data``, a clean table, and ``reference``, the current champion's registry folder, absent when
 there is none or when it learned from this very table (as for drift: a rerun after a promotion reuses
 the audit). How it judges is ``imgflow.data.audit``'s; this stage streams the table through it, one
-batch at a time, and keeps a few dozen floats a record. It changes nothing: what to do with the
-findings is the user's (the report says what each one is).
+batch at a time, and keeps a few dozen floats a record. It changes nothing itself: what to do with
+the findings is the user's (the report says what each one is), and ``[audit] action = "exclude"`` has
+the shard stage leave them out (``imgflow.pipeline.audited_shards``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Embedder(NamedTuple):
     what: str
 
 
+def _lite0_side(shape: tuple[int, ...]) -> int:
+    """The size Lite0 sees images of ``shape`` at: their own, from 32 to 224 pixels a side."""
+    return min(224, max(32, max(shape[:2])))
+
+
 def _lite0(shape: tuple[int, ...]) -> Callable[[np.ndarray, list[str] | None], np.ndarray]:
     """EfficientNet-Lite0's ImageNet features (its pooled last block: 1,280 floats) of images of ``shape``,
     at their own size (from 32 to 224 pixels a side)."""
@@ -88,11 +94,11 @@ def _lite0(shape: tuple[int, ...]) -> Callable[[np.ndarray, list[str] | None], n
     from imgflow.training.inputs import eval_batch
     from imgflow.training.models import make_transfer
 
-    side = min(224, max(32, max(shape[:2])))
+    side = _lite0_side(shape)
     network = extractor(make_transfer(shape, 2, TrainConfig(model="transfer", backbone_size=side)))
     step = eval_batch((side, side), largest=STEP)
-    # One traced graph for every batch: eager calls kept each layer's activations alive (4 GB at 512
-    # images of 64 px) and paid Python for every layer.
+    # One traced graph for every batch: eager calls kept each layer's activations alive and paid Python
+    # for every layer (benchmarks/RESULTS.md, "The audit": the memory at 200,000 records).
     graph = tf.function(lambda images: network(images, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
 
     def embed(pixels: np.ndarray, _: list[str] | None) -> np.ndarray:
@@ -124,8 +130,8 @@ def _embedder(config: AuditConfig, champion: StageResult | None, info: CleanInfo
     if config.embeddings == "champion":
         raise ConfigError(f'[audit] embeddings = "champion", but there is none to use: {why}; write "auto", "lite0" or "pixels"')
     if config.embeddings == "lite0" or min(shape[:2]) >= LITE0_SIDE:
-        side = min(224, max(32, max(shape[:2])))
-        return Embedder(_lite0(shape), False, f"EfficientNet-Lite0's ImageNet features at {side} px ({why})")
+        why = "as [audit] embeddings says" if config.embeddings == "lite0" else why
+        return Embedder(_lite0(shape), False, f"EfficientNet-Lite0's ImageNet features at {_lite0_side(shape)} px ({why})")
     return Embedder(None, False, f"pixels ({why}; images under {LITE0_SIDE} px a side)")
 
 
