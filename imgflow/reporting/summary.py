@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imgflow.pipeline import PIPELINE
+from imgflow.registry.versions import model_dir
 from imgflow.reporting.datachecks import Audit, Drift, Part, audit_line, audit_section, drift_section
 from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 from imgflow.runtime import cpus
+from imgflow.store.objectstore import ObjectRoot, is_remote
 
 
 class Metrics(Part):
@@ -67,6 +69,9 @@ class RunSummary(Part):
     tune: dict[str, Any] | None = None
     drift: Drift | None = None
     audit: Audit | None = None
+    # Where a browser on another machine opens what the run made (the model report): a presigned URL
+    # when the root is on s3://, where a file:// link would point at the worker's disk.
+    links: dict[str, str] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -193,6 +198,9 @@ def build_summary(
         audits = {"all": results["audit"]}
     if audits:
         had["audit"] = audit_section(audits, results.get("shard"))
+    if promoted and champion:
+        report = model_dir("", name) / champion["version"] / "report.html"
+        had["links"] = {"model_report": report_link(root, report.as_posix(), Path(champion["path"]) / "report.html")}
     return RunSummary(
         model=name,
         decision=decision,
@@ -205,6 +213,12 @@ def build_summary(
         cpus=cpus.budget().as_dict(),
         **had,
     )
+
+
+def report_link(root: str | Path, relative: str, local: Path) -> str:
+    """A browser's address for the file ``relative`` to the artifact root: a presigned URL on an
+    object-store root, else ``local``'s (the same file here) ``file://`` URI."""
+    return ObjectRoot(str(root)).link(relative) if is_remote(root) else local.as_uri()
 
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:
@@ -337,7 +351,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "| artifact | path |",
         "|---|---|",
         *[
-            f"| {name} | [{Path(path).name}]({Path(path).as_uri()}) |" if name == "model_report" else f"| {name} | `{path}` |"
+            f"| {name} | [{Path(path).name}]({(summary.get('links') or {}).get(name) or Path(path).as_uri()}) |"
+            if name == "model_report"
+            else f"| {name} | `{path}` |"
             for name, path in summary["artifacts"].items()
             if path
         ],

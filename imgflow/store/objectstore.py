@@ -91,6 +91,14 @@ class ObjectRoot:
         """The full URI of ``relative``, for pyarrow readers and writers elsewhere (Dask workers)."""
         return f"{self.uri}/{relative}"
 
+    def link(self, relative: str, seconds: int = 7 * 24 * 3600) -> str:
+        """An address a browser on another machine can open: on ``s3://`` a presigned GET (signed here
+        with the run's credentials, valid for ``seconds``, a week at most), elsewhere the object's URI."""
+        if not self.uri.startswith("s3://"):
+            return self.url(relative)
+        bucket, _, key = self.path(relative).partition("/")
+        return str(s3_client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds))
+
     def read_bytes(self, relative: str) -> bytes | None:
         """The object's bytes, or None when there is no such object. On ``s3://`` one GET, so the
         bytes are one version of an object another machine may be replacing: pyarrow asks for the

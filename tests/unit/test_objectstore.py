@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -180,6 +181,14 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
     assert [m["version"] for m in registry.history(here.root, "digits")] == ["v1", "v2"]
     assert json.loads((here.root / "models" / "digits" / "v2" / "card.json").read_text())["version"] == "v2"
     assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
+
+    # The run summary's link to a registered file opens in a browser on any machine: a presigned GET.
+    from imgflow.reporting.summary import report_link
+
+    link = report_link(s3_root, "models/digits/v2/card.json", here.root / "models" / "digits" / "v2" / "card.json")
+    assert link.startswith("http") and "Signature" in link, link
+    with urllib.request.urlopen(link, timeout=10) as response:
+        assert json.loads(response.read())["version"] == "v2"
 
 
 def test_a_holder_whose_renewals_keep_failing_gives_the_lease_up(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
