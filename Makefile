@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 WORKERS ?= -n $(shell $(PYTHON) -c 'import math; from imgflow.runtime.cpus import budget; print(math.ceil(budget().cores) + 1)') \
 	--dist load --maxschedchunk 1
 
-.PHONY: install run lint docs test test-fast durations fuzz server server-stop clipart benchmark lock clean
+.PHONY: install run lint docs test test-fast test-containers image durations fuzz server server-stop clipart benchmark lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,23 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
-	$(BIN)/python -m pytest $(WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) -m "not containers" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest $(WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) -m "not slow and not containers" $(PYTEST_ARGS)
+
+# imgflow's image (deploy/image/Dockerfile) from this checkout, with no network in the build: a
+# wheelhouse from requirements.lock, and a Debian bookworm base made here when BASE cannot be pulled.
+IMAGE ?= imgflow:latest
+image: $(STAMP)
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python bash deploy/image/build.sh
+
+# The image run as production runs it: alone with a CPU limit, and by a real Docker work pool's worker
+# against a real Prefect server (tests/containers; each skips, saying why, without a Docker daemon).
+test-containers: $(STAMP)
+	if docker info >/dev/null 2>&1; then IMAGE=$(IMAGE) PYTHON=$(BIN)/python bash deploy/image/build.sh; \
+	else echo "make test-containers: no Docker daemon answers; the tests skip"; fi
+	IMGFLOW_IMAGE=$(IMAGE) $(BIN)/python -m pytest -m containers $(PYTEST_ARGS) tests/containers
 
 # Rewrite tests/durations.json (the long tests' seconds, which order the suite) from a full run.
 durations: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -195,6 +196,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> int:
     from flows.heartbeats import grace
+    from flows.pools import create_pools
     from flows.server import server_state, start_server, stop_server
 
     home = Path(args.home).resolve()
@@ -205,6 +207,8 @@ def _server(args: argparse.Namespace) -> int:
             f"{'basic auth on' if server.auth else 'no auth'}; its log: {home / 'server.log'}"
         )
         print(f"A run silent for {grace(server.heartbeat).total_seconds():.0f} s (heartbeats every {server.heartbeat} s) is marked Crashed")
+        for pool in create_pools(server.api_url, server.auth):
+            print(f"work pool {pool.name} ({pool.kind}): {pool.outcome}")
         print(f"Point a client or worker at it:  source {home / 'client.env'}")
         print(f"Stop it:  imgflow server stop --home {args.home}")
         return 0
@@ -216,4 +220,29 @@ def _server(args: argparse.Namespace) -> int:
         print(f"no server started from {home} is running")
         return 3
     print(f"running (pid {running.pid}) on {running.database}: {running.api_url}, {'basic auth on' if running.auth else 'no auth'}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import yaml
+
+    from flows.kubernetes import base_job_template, deployment_variables, problems, render
+
+    if args.deploy_command == "k8s-template":
+        print(json.dumps(base_job_template(), indent=2))
+        return 0
+    variables, parameters = deployment_variables(args.deployment, Path(args.prefect_file))
+    manifest = render(variables)
+    found = problems(manifest)
+    print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    if found:
+        print(f"imgflow: the Job for {args.deployment} would be refused by the Kubernetes API:", file=sys.stderr)
+        for problem in found:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"imgflow: the Job for {args.deployment} is valid against the Kubernetes API's models (checked offline; "
+        f"parameters: {json.dumps(parameters)})",
+        file=sys.stderr,
+    )
     return 0

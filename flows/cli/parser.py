@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.admin import _cache, _datasets, _models, _server, _verify, _weights
+from flows.cli.admin import _cache, _datasets, _deploy, _models, _server, _verify, _weights
 from flows.cli.runs import _backfill, _plan, _predict, _run, _tune
 from flows.heartbeats import HEARTBEAT
 from flows.params import BackfillParams, RunParams, TuneParams, add_flags
@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
     server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
     server.set_defaults(handler=_server)
+
+    deploying = commands.add_parser(
+        "deploy", help="the Kubernetes work pool's job template, and a deployment's Job rendered and checked offline"
+    )
+    deploy_commands = deploying.add_subparsers(dest="deploy_command", required=True)
+    deploy_commands.add_parser("k8s-template", help="print the pool's base job template (prefect work-pool create --base-job-template)")
+    rendering = deploy_commands.add_parser(
+        "render-k8s", help="print the Job a deployment's flow run would get, checked against the API's schema"
+    )
+    rendering.add_argument("deployment", help="a deployment on the imgflow-kubernetes pool, e.g. retrain-kubernetes")
+    rendering.add_argument("--prefect-file", default="deploy/prefect.yaml", help="the deployments file (default deploy/prefect.yaml)")
+    deploying.set_defaults(handler=_deploy)
 
     datasets = commands.add_parser("datasets", help="build a real dataset from packages on this machine")
     recipes = datasets.add_subparsers(dest="recipe", required=True)

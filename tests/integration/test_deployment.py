@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.pools import create_pools
 from flows.postgres import server_programs
 from flows.server import RunningServer, prefect_server, server_state
 from imgflow.runtime.errors import UserError
@@ -102,9 +103,11 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploye
         with prefect_server(home, database=database, auth=True, heartbeat=30) as server:
             base = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "IMGFLOW_REPO")}
             deployed = Deployed(server, tmp_path, {**base, "PREFECT_HOME": str(tmp_path / "client"), **server.client_env()})
-            deployed.prefect("work-pool", "create", "imgflow", "--type", "process")
+            # as `imgflow server start` does: the process, Docker and Kubernetes pools deploy/prefect.yaml names
+            assert {pool.outcome for pool in create_pools(server.api_url, server.auth)} == {"created"}
             listed = deployed.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml").stdout
-            assert all(name in listed for name in ("train/retrain", "backfill/backfill", "predict/predict", "tune/tune"))
+            deployments = ("train/retrain", "backfill/backfill", "predict/predict", "tune/tune", "train/retrain-docker", "train/retrain-kubernetes")
+            assert all(name in listed for name in deployments), listed
             yield deployed
         assert server_state(home) is None
 

@@ -68,6 +68,8 @@ def test_server_starts_on_postgres_with_auth_stops_and_starts_again(home: Path) 
     started = imgflow("server", "start", "--home", str(home), "--port", "0", "--heartbeat", "45")
     assert started.returncode == 0, started.stderr
     assert "on postgres" in started.stdout and "basic auth on" in started.stdout
+    for pool in ("imgflow (process)", "imgflow-docker (docker)", "imgflow-kubernetes (kubernetes)"):  # what deploy/prefect.yaml names
+        assert f"work pool {pool}: created" in started.stdout, started.stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in (home / "client.env").read_text().splitlines())
     assert (home / "client.env").stat().st_mode & 0o077 == 0 and (home / "server-secrets.json").stat().st_mode & 0o077 == 0
     api_url, auth = env["PREFECT_API_URL"], env["PREFECT_API_AUTH_STRING"]
@@ -89,6 +91,7 @@ def test_server_starts_on_postgres_with_auth_stops_and_starts_again(home: Path) 
     # Started again: the same cluster (its data kept) and the same credentials, so client.env stays valid.
     restarted = imgflow("server", "start", "--home", str(home), "--port", "0")
     assert restarted.returncode == 0, restarted.stderr
+    assert "work pool imgflow-docker (docker): exists" in restarted.stdout, restarted.stdout  # kept as it was
     env = dict(line.removeprefix("export ").split("=", 1) for line in (home / "client.env").read_text().splitlines())
     assert env["PREFECT_API_AUTH_STRING"] == auth and status(env["PREFECT_API_URL"], auth) == 200
     running = imgflow("server", "status", "--home", str(home))
