@@ -57,7 +57,7 @@ test-containers: $(STAMP)
 
 # Rewrite tests/durations.json (the long tests' seconds, which order the suite) from a full run.
 durations: $(STAMP)
-	$(BIN)/python -m pytest $(WORKERS) --store-durations $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(WORKERS) -m "not containers" --store-durations $(PYTEST_ARGS)
 
 # Longer fuzzing than make test's fixed inputs (about 12 minutes on 2 cores): each Hypothesis target in
 # tests/fuzz draws fresh random inputs for FUZZ_SECONDS, then each atheris (libFuzzer) target runs for
