@@ -151,6 +151,10 @@ def release(
     if "validate" in results:
         _announce(summary)
         publish(f"imgflow-validation-{name}", results["validate"].file("report.md").read_text(), "gate decision, per-class metrics")
+    if summary.version and summary.artifacts.get("registry"):
+        # The promoted version's card in the UI itself: readable where the HTML report's link is not.
+        card = Path(str(summary.artifacts["registry"])) / "model_card.md"
+        publish(f"imgflow-model-card-{name}", card.read_text(), f"{summary.version}: inputs, accuracy, gate, lineage, config")
     return summary
 
 

@@ -178,7 +178,7 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
             expect(page.locator("a[href*='/runs/task-run/']", has_text=re.compile(rf"^{stage}$"))).to_have_count(1)
         page.screenshot(path=screenshots / "flow-run-tasks.png", full_page=True)
         page.get_by_text("Artifacts", exact=True).click()
-        for key in ("imgflow-run-mnist5k", "imgflow-data-quality-mnist5k", "imgflow-validation-mnist5k"):
+        for key in ("imgflow-run-mnist5k", "imgflow-data-quality-mnist5k", "imgflow-validation-mnist5k", "imgflow-model-card-mnist5k"):
             expect(page.get_by_text(key).first).to_be_visible()
         page.screenshot(path=screenshots / "flow-run-artifacts.png", full_page=True)
 
@@ -188,6 +188,7 @@ def _check_the_ui(deployed: Deployed, screenshots: Path) -> None:
             "imgflow-run-mnist5k": ["imgflow run: mnist5k PROMOTED as v1", f"test accuracy: {accuracy}"],
             "imgflow-data-quality-mnist5k": ["Data quality: sample:mnist5k", "records in: 2000"],
             "imgflow-validation-mnist5k": ["Validation: PROMOTE", f"test accuracy: {accuracy}", "precision"],
+            "imgflow-model-card-mnist5k": ["Model card: mnist5k v1", "Lineage"],
         }
         for key, texts in shown.items():
             page.goto(f"{ui}/artifacts/key/{key}")
