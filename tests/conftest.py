@@ -89,23 +89,6 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     return folder, json.loads(done.read_text())
 
 
-@pytest.fixture(autouse=True)
-def _wall_clock(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A test marked ``wall_clock`` asserts how long a whole run took (a budget kept): it runs while no
-    other slow test of the session does (an exclusive lock that every slow test holds shared), so that
-    another worker's server and training do not take the CPU its plan measured. Fast tests still run
-    beside it."""
-    exclusive = request.node.get_closest_marker("wall_clock") is not None
-    if not exclusive and request.node.get_closest_marker("slow") is None:
-        yield
-        return
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    with open(shared / "wall-clock.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Before the last test's teardown (which stops the session's servers), start a watchdog: if the

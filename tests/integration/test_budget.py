@@ -25,7 +25,7 @@ EPYC_SPEEDS = {
 }
 
 
-@pytest.mark.wall_clock  # its export took 41 s instead of 2 s while other workers' servers and training ran
+@pytest.mark.wall_clock  # make test runs it alone: beside other workers' servers and training its export took 41 s, not 2 s
 def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Slow by nature (about 90 s): a budgeted run spends its budget (a race, then training until the
     budget's end), which is what it checks."""
