@@ -26,11 +26,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/imgflow run --artifacts $(ARTIFACTS)
 
-# Lint and format (ruff) and types (mypy) over the library, the tasks and the flows: zero findings.
+# Lint and format (ruff), types (mypy) and the layers (import-linter's contracts in pyproject.toml)
+# over the library, the tasks and the flows: zero findings.
 lint: $(STAMP)
 	$(BIN)/ruff check imgflow flows tasks
 	$(BIN)/ruff format --check imgflow flows tasks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or reference.
 docs: $(STAMP)

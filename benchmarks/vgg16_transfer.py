@@ -53,7 +53,7 @@ def main() -> None:
     from imgflow.stages.train import TRAIN
     from imgflow.stages.validate import VALIDATE
     from imgflow.store.artifacts import ArtifactStore
-    from imgflow.training.weights import import_backbone
+    from imgflow.training.convolutions import import_backbone
 
     root = Path(args.artifacts or tempfile.mkdtemp(prefix="imgflow-vgg16-"))
     store = ArtifactStore(root)

@@ -23,10 +23,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from imgflow.config import RunConfig
 from imgflow.data.partitions import Partition
 from imgflow.pipeline import Step
+from imgflow.pipeline.conclude import conclude, localized
+from imgflow.pipeline.summary import RunSummary, summary_markdown
 from imgflow.pipeline.walk import How, Walked, walk
-from imgflow.registry.release import conclude, localized
 from imgflow.reporting.datachecks import Drift
-from imgflow.reporting.summary import RunSummary, summary_markdown
 from imgflow.results import StageResult, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.parallel import worker_count

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
@@ -206,16 +207,22 @@ class ExportInfo(_Strict):
     int8: Int8 | None
 
 
-# The info type of each stage's output, by stage name: each stage declares its own
-# (``imgflow.store.artifacts.Stage.info``), which registers it here as the stage is made.
-INFO_TYPES: dict[str, type[Info]] = {}
-
-
-def register_info(stage: str, info: type[Info]) -> None:
-    """Read ``stage``'s results' info as ``info`` (a stage made twice must declare the same type; one of
-    the base type, an ad-hoc stage, declares nothing)."""
-    if info is not Info and INFO_TYPES.setdefault(stage, info) is not info:
-        raise ValueError(f"stage {stage!r} declares its info as {info.__name__}, already declared as {INFO_TYPES[stage].__name__}")
+# The info type of each stage's output, by stage name: how a stored or serialized result of that stage
+# is read back. Fixed here, beside the types, so that reading a result imports nothing else; each
+# ``imgflow.stages.stage.Stage`` reads its own from this table (a test holds every pipeline stage in it).
+INFO_TYPES: Mapping[str, type[Info]] = MappingProxyType(
+    {
+        "download": DownloadInfo,
+        "clean": CleanInfo,
+        "merge": CleanInfo,  # a merged table is a clean table
+        "audit": AuditInfo,
+        "drift": DriftInfo,
+        "shard": ShardInfo,
+        "train": TrainInfo,
+        "validate": ValidateInfo,
+        "export": ExportInfo,
+    }
+)
 
 
 class StageResult(BaseModel):
@@ -237,8 +244,6 @@ class StageResult(BaseModel):
     def _typed_info(cls, data: Any) -> Any:
         """Read ``info`` as its stage's type, whether it comes as a dict (JSON) or a model."""
         if isinstance(data, dict) and "info" in data:
-            if data.get("stage") not in INFO_TYPES:  # the declaration's stages register their types when imported
-                import imgflow.pipeline  # noqa: F401
             info_type = INFO_TYPES.get(data.get("stage", ""), Info)
             info = data["info"]
             if not isinstance(info, info_type):

@@ -1,4 +1,4 @@
-"""Where ``imgflow.reporting.progress`` reports go inside a Prefect task: a progress artifact in the UI, a log line
+"""Where ``imgflow.runtime.progress`` reports go inside a Prefect task: a progress artifact in the UI, a log line
 now and then, and, when the run's output is a terminal (``imgflow run`` by hand), a progress bar.
 
 The artifact and the log are updated at most every ``every`` seconds (and at the end): each update is
@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from imgflow.reporting.progress import listening
+from imgflow.runtime.progress import listening
 
 
 class _TaskProgress:

@@ -11,8 +11,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from imgflow.config import TrainConfig
-from imgflow.reporting import progress
 from imgflow.results import StageResult
+from imgflow.runtime import progress
 from imgflow.stages.train import TRAIN
 from imgflow.store.artifacts import ArtifactStore
 from imgflow.training.tune import Pruned, open_study, pruning_listener, report_history, score, trial_config

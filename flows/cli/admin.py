@@ -69,13 +69,13 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from imgflow.store import cache
+    from imgflow.pipeline import housekeeping
     from imgflow.store.artifacts import ArtifactStore
 
     # An object-store root is listed and pruned in the bucket (the mirror's copies of what goes, too).
     root = args.artifacts
     if args.cache_command == "ls":
-        found = cache.entries(root)
+        found = housekeeping.entries(root)
         table = _table("stage", "key", "size", "age", "used by")
         table.columns[2].justify = table.columns[3].justify = "right"
         for entry in found:
@@ -93,7 +93,7 @@ def _cache(args: argparse.Namespace) -> int:
         console.print(table)
         console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {ArtifactStore(root).uri}")
         return 0
-    removed = cache.prune(root, keep_runs=args.keep_runs, dry_run=args.dry_run)
+    removed = housekeeping.prune(root, keep_runs=args.keep_runs, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for entry in removed:
         print(f"{verb} {entry.stage}/{entry.key} ({entry.bytes / 1e6:.1f} MB)")
@@ -103,7 +103,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _datasets(args: argparse.Namespace) -> int:
     from imgflow.data.recipes import clipart
-    from imgflow.reporting import progress
+    from imgflow.runtime import progress
 
     clipart.ensure_installed(install=not args.no_install)
     shown = {"step": -1}
@@ -127,7 +127,7 @@ def _datasets(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     """Re-hash the whole store and registry against their manifests and cards: 0 when all is whole, 1
     when anything is damaged (listed, and with --repair set aside so the next run rebuilds it)."""
-    from imgflow.store.cache import verify
+    from imgflow.pipeline.housekeeping import verify
 
     started = time.perf_counter()
     checked, damaged = verify(args.artifacts, repair=args.repair)
@@ -163,7 +163,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from imgflow.training.weights import LITE0, import_backbone, import_efficientnet_lite0
+    from imgflow.training.convolutions import import_backbone
+    from imgflow.training.weights import LITE0, import_efficientnet_lite0
 
     if args.file == "efficientnet-lite0":
         if args.backbone not in (None, LITE0) or args.output:

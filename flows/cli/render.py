@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from imgflow.pipeline.summary import race_lines
 from imgflow.reporting.datachecks import audit_line
-from imgflow.reporting.summary import race_lines
 
 
 def _console() -> Console:
@@ -67,7 +67,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["metrics"]["accuracy"] is not None:
         print(f"  test accuracy {summary['metrics']['accuracy']:.4f} on {summary['metrics']['test_records']} records")
     if "modalities" in summary["metrics"]:
-        from imgflow.reporting.summary import modalities_line
+        from imgflow.pipeline.summary import modalities_line
 
         print(f"  {modalities_line(summary['metrics']['modalities'])}")
     for reason in summary["reasons"]:

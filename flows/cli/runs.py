@@ -84,7 +84,7 @@ def _conclude_cached(cfg: RunConfig, params: RunParams, as_json: bool, cached: d
     """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
     run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
     is recorded; ``--refresh STAGE`` runs the flow again."""
-    from imgflow.registry.release import conclude, localized
+    from imgflow.pipeline.conclude import conclude, localized
 
     print(
         f"imgflow: every stage of this run is cached ({', '.join(cached)}): nothing to orchestrate, "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from imgflow.config.checks import Rule, check_value, described, parse_section
+from imgflow.config.labels import read_labels
 from imgflow.config.stages import (  # each stage's settings, re-exported: the package is their one address
     BACKBONE_NAMES as BACKBONE_NAMES,
 )
@@ -254,8 +255,6 @@ def build_run_config(
     configs = {section: parse_section(cls, values[section], f"dataset {spec.name} [{section}]") for section, cls in SECTIONS.items()}
     clean = configs["clean"]
     if isinstance(clean, CleanConfig) and clean.labels is not None:
-        from imgflow.data.cleantable import read_labels
-
         configs["clean"] = clean.replace(relabel=read_labels(Path(clean.labels)))
     fetch = configs.pop("download")
     effective_limit = limit if limit is not None else spec.limit

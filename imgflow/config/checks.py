@@ -9,6 +9,7 @@ top-level keys, which are no config's fields.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -143,3 +144,31 @@ def _explain(error: ValidationError, cls: type[StageConfig], values: Mapping[str
     if first["type"] == "rule" and len(first["loc"]) == 1:
         return f"{where} {name} {first['msg']}, got {described(values[name])}"
     return f"{where} {name} must be {expected(typing.get_type_hints(cls)[name])}, got {described(values[name])}"
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"15m"``, ``"90s"``, ``"1h30m"`` or ``"600"`` (seconds); a
+    ``ValueError`` for anything else."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    else:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None or not any(match.groups()):
+            raise ValueError(f'{text!r} is not a duration such as "15m", "90s" or "1h30m"')
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is no time at all: a budget must be above 0")
+    return seconds
+
+
+def is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True

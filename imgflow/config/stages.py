@@ -1,6 +1,6 @@
 """Each stage's settings: a frozen, strict pydantic model per stage (``imgflow.config.checks.StageConfig``)
 whose fields carry their rules (``Annotated[int, _at_least(1)]``), and the names they are checked
-against, listed here without importing what uses them (tests keep the lists equal)."""
+against: the modules that act on a setting import its names from here."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ from typing import Annotated, Any, Self
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from imgflow.config.checks import Rule, StageConfig
-from imgflow.data.images import MAX_PIXELS
+from imgflow.config.checks import Rule, StageConfig, is_duration
 from imgflow.store.fingerprint import INTERNAL, KEYLESS
-from imgflow.training.accel import PRECISIONS
-from imgflow.training.budget import is_duration
 
 BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.predict runs a registered model
 # What imgflow.training.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
@@ -24,7 +21,12 @@ BACKBONE_NAMES = ("EfficientNetLite0", "MobileNetV2", "MobileNetV3Small", "Effic
 LITE0 = "EfficientNetLite0"  # the backbone whose ImageNet weights imgflow has offline (imgflow.training.weights)
 IMAGENET, RANDOM = "imagenet", "random"  # [train] backbone_weights besides a file
 IMAGENET_SIZE, RANDOM_SIZE = 224, 96  # a transfer model's default backbone_size: ImageNet weights' own, or a small one
-SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # imgflow.training.optim.SCHEDULES
+SCHEDULE_NAMES = ("cosine", "exponential", "linear", "one_cycle", "plateau")  # what imgflow.training.optim schedules
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # imgflow.training.accel
+# The most pixels an image's header may declare (``[clean] max_pixels``): Pillow's own default
+# (about 9,459 x 9,459; 256 MiB of 24-bit pixels). A file claiming more is quarantined as
+# ``too_large`` from its header, before any pixel is decoded: a few bytes can claim gigabytes.
+MAX_PIXELS = 89_478_485
 FLIPS = ("none", "horizontal", "both")  # imgflow.training.inputs.make_augmenter
 MIN_TEST_RECORDS = 10  # the default [gate] min_test_records
 DRIFT_POLICIES = ("flag", "refuse")  # [gate] max_drift
@@ -237,7 +239,7 @@ class GateConfig(StageConfig):
 
 
 class DriftConfig(StageConfig):
-    # New data against the champion's (imgflow.data.drift): a check drifts beyond noise (p < alpha / checks)
+    # New data against the champion's (imgflow.serving.drift_checks): a check drifts beyond noise (p < alpha / checks)
     # and its threshold: a histogram's Jensen-Shannon distance, the champion's embeddings' squared MMD,
     # and the fall of the champion's accuracy on new held-out records.
     alpha: Annotated[float, Rule(lambda v: 0 < v < 1, "above 0 and below 1")] = 0.01

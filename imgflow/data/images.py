@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgflow.config.stages import MAX_PIXELS  # [clean] max_pixels' default
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -43,10 +45,6 @@ class BadImage(Exception):
 
 
 GRAYSCALE_MODES = ("1", "L", "I", "I;16", "F")
-# The most pixels an image's header may declare (``[clean] max_pixels``): Pillow's own default
-# (about 9,459 x 9,459; 256 MiB of 24-bit pixels). A file claiming more is quarantined as
-# ``too_large`` from its header, before any pixel is decoded: a few bytes can claim gigabytes.
-MAX_PIXELS = 89_478_485
 # imgflow checks every header against its caller's limit itself (``_opened``), so Pillow's global
 # limit, which would refuse (or only warn about) a different number of pixels, is off.
 Image.MAX_IMAGE_PIXELS = None

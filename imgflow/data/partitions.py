@@ -19,6 +19,8 @@ from imgflow.runtime.network import first_contact
 
 _DATE_FOLDER = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
+PART = "part:"  # the prefix of the merge stage's input names: one input per cleaned partition
+
 
 NO_SLICE = "(none)"
 

@@ -41,6 +41,7 @@ from imgflow.config import (
     TrainConfig,
 )
 from imgflow.data.cleantable import check_splits
+from imgflow.data.partitions import PART
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.runtime.errors import ConfigError
 from imgflow.stages.audit import AUDIT
@@ -48,11 +49,11 @@ from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
 from imgflow.stages.drift import DRIFT
 from imgflow.stages.export import EXPORT
-from imgflow.stages.merge import MERGE, PART
+from imgflow.stages.merge import MERGE
 from imgflow.stages.shard import SHARD
+from imgflow.stages.stage import Stage
 from imgflow.stages.train import TRAIN
 from imgflow.stages.validate import VALIDATE
-from imgflow.store.artifacts import Stage
 
 SOURCE = "<source>"  # the source's content fingerprint
 CHAMPION = "<champion>"  # the champion, when it is another model than the candidate

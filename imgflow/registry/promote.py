@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgflow.data.partitions import PART
 from imgflow.data.profile import PROFILE_FILE
 from imgflow.registry import versions as registry
 from imgflow.registry.model_report import report_html
 from imgflow.results import CleanInfo, ExportInfo, ShardInfo, StageResult, ValidateInfo, clean_table
 from imgflow.runtime.errors import ConfigError
 from imgflow.serving.views import REFERENCE_FILE
-from imgflow.stages.merge import PART
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
 from imgflow.store.fingerprint import code_fingerprint, to_jsonable
 

@@ -1,4 +1,4 @@
-"""What a run found in its data, as the run summary reports it (``imgflow.reporting.summary``): each
+"""What a run found in its data, as the run summary reports it (``imgflow.pipeline.summary``): each
 drift check (``imgflow.stages.drift``) and each audit (``imgflow.stages.audit``), by partition date
 ("all": a whole-source run)."""
 

@@ -28,7 +28,7 @@ from imgflow.runtime.errors import SourceError
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 60.0
-# Set by the download stage from [download] timeout: a context variable, as for imgflow.reporting.progress, so
+# Set by the download stage from [download] timeout: a context variable, as for imgflow.runtime.progress, so
 # the sources' signatures need not carry it.
 _budget: ContextVar[float] = ContextVar("imgflow_fetch_budget", default=DEFAULT_BUDGET)
 

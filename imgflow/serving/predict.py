@@ -49,8 +49,7 @@ from imgflow.data.images import BadImage, decode
 from imgflow.data.sources.folder import hidden, sidecars
 from imgflow.data.sources.parquet import ParquetPiece, ParquetSource
 from imgflow.data.text import BadText, normalize
-from imgflow.reporting import progress
-from imgflow.runtime import cpus
+from imgflow.runtime import cpus, progress
 from imgflow.runtime.errors import ConfigError, SourceError
 from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map, worker_count
 from imgflow.serving.inference import OnnxModel

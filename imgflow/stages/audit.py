@@ -42,7 +42,7 @@ from imgflow.results import AuditInfo, CleanInfo, StageResult
 from imgflow.runtime.errors import ConfigError
 from imgflow.serving.inference import OnnxModel
 from imgflow.serving.views import unless_learned_from
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
 
 BATCH = 512
@@ -278,4 +278,4 @@ def _pictures(
     return found
 
 
-AUDIT = Stage("audit", "1", _build, info=AuditInfo, relevant=unless_learned_from)
+AUDIT = Stage("audit", "1", _build, relevant=unless_learned_from)

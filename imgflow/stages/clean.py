@@ -53,11 +53,11 @@ from imgflow.data.images import GRAYSCALE_MODES, Probe
 from imgflow.data.recordkeys import FirstCopies, content_conflicts
 from imgflow.data.scan import Scan, scan_chunk
 from imgflow.data.tables import open_parquet, read_scratch, row_group_chunks
-from imgflow.reporting import progress
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
+from imgflow.runtime import progress
 from imgflow.runtime.errors import SourceError
 from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.scratch import shared_scratch
 
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
@@ -318,4 +318,4 @@ def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFi
     )
 
 
-CLEAN = Stage("clean", "6", _build, info=CleanInfo)
+CLEAN = Stage("clean", "6", _build)

@@ -21,11 +21,10 @@ import pyarrow.parquet as pq
 
 from imgflow.config import DownloadConfig
 from imgflow.data.sources import open_source, sample_records
-from imgflow.reporting import progress
 from imgflow.results import DownloadInfo, StageResult
-from imgflow.runtime import network
+from imgflow.runtime import network, progress
 from imgflow.runtime.errors import SourceError
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.string())])
 TEXT_SCHEMA = SCHEMA.append(pa.field("text", pa.binary()))
@@ -60,4 +59,4 @@ def _download(out_dir: Path, config: DownloadConfig) -> DownloadInfo:
     return DownloadInfo(records=count, source=config.source)
 
 
-DOWNLOAD = Stage("download", "1", _build, info=DownloadInfo)
+DOWNLOAD = Stage("download", "1", _build)

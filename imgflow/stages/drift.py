@@ -2,7 +2,7 @@
 
 Output folder::
 
-    drift.json     every check (``imgflow.data.drift.Check``: statistic, measure, size, threshold,
+    drift.json     every check (``imgflow.serving.drift_checks.Check``: statistic, measure, size, threshold,
                    p-value, drifted) and what was compared with what
     report.md      the same for a person (the Prefect artifact)
     report.html    the checks, with the histograms of both data side by side and the champion's
@@ -29,14 +29,14 @@ import pyarrow.compute as pc
 
 from imgflow.config import DriftConfig
 from imgflow.data.cleantable import pixel_array
-from imgflow.data.drift import Check, describe, judge, profile_checks, view_checks
 from imgflow.data.profile import PROFILE_FILE, Profile, read_profile
 from imgflow.data.tables import open_parquet
-from imgflow.reporting.drift import plot_embeddings, plot_histograms, report_html, report_markdown
+from imgflow.reporting.drift_report import plot_embeddings, plot_histograms, report_html, report_markdown
 from imgflow.results import CleanInfo, DriftInfo, StageResult
+from imgflow.serving.drift_checks import Check, describe, judge, profile_checks, view_checks
 from imgflow.serving.inference import OnnxModel
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, ModelView, model_view, read_view, unless_learned_from
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
 
 DATA_PROFILE = "data_profile.json"  # the champion's profile, in its registry folder
@@ -117,4 +117,4 @@ def _plot(out_dir: Path, reference: Profile, new: Profile, checks: list[Check], 
         plot_embeddings(views[0].embeddings, views[1].embeddings, out_dir / "embeddings.png")
 
 
-DRIFT = Stage("drift", "1", _build, info=DriftInfo, relevant=unless_learned_from)
+DRIFT = Stage("drift", "1", _build, relevant=unless_learned_from)

@@ -47,7 +47,7 @@ from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, sh
 from imgflow.runtime.errors import ExportMismatchError
 from imgflow.serving.inference import OnnxModel, int8_instructions, quantize_int8
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, REFERENCE_RECORDS, model_view
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
 
 
@@ -237,4 +237,4 @@ def _quantize(float_path: Path, int8_path: Path, shards: StageResult, config: Ex
     )
 
 
-EXPORT = Stage("export", "5", _build, info=ExportInfo, tensorflow=True)
+EXPORT = Stage("export", "5", _build, tensorflow=True)

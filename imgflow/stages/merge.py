@@ -24,14 +24,14 @@ import pyarrow.compute as pc
 from imgflow.config import CleanConfig
 from imgflow.data.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, natural_key
 from imgflow.data.images import encode_png
+from imgflow.data.partitions import PART
 from imgflow.data.recordkeys import RecordKeys, content_conflicts
 from imgflow.data.tables import open_parquet
-from imgflow.reporting import progress
 from imgflow.results import CleanInfo, StageResult
+from imgflow.runtime import progress
 from imgflow.runtime.errors import ConfigError
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 
-PART = "part:"  # the prefix of the merge stage's input names: one input per cleaned partition
 _BATCH = 4096
 
 
@@ -116,4 +116,4 @@ def _describe(sources: list[str]) -> str:
     return f"{sources[0]} .. {sources[-1].rsplit('/', 1)[-1]} ({len(sources)} partitions)"
 
 
-MERGE = Stage("merge", "4", _build, info=CleanInfo)
+MERGE = Stage("merge", "4", _build)

@@ -40,10 +40,10 @@ from imgflow.config import ShardConfig
 from imgflow.data.cleantable import SPLITS
 from imgflow.data.tables import open_parquet
 from imgflow.data.tfrecord import TFRecordWriter, encode_example, shard_name
-from imgflow.reporting import progress
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
+from imgflow.runtime import progress
 from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.scratch import shared_scratch
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
@@ -137,4 +137,4 @@ def _build(out_dir: Path, config: ShardConfig, inputs: Mapping[str, StageResult]
     )
 
 
-SHARD = Stage("shard", "6", _build, info=ShardInfo)
+SHARD = Stage("shard", "6", _build)

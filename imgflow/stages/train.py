@@ -25,7 +25,7 @@ from typing import Any
 from imgflow.config import TrainConfig
 from imgflow.results import StageResult, TrainInfo
 from imgflow.runtime import stopping
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 
 
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:
@@ -82,4 +82,4 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"config": resolved, "gpu": bool(gpus_without_tensorflow())}
 
 
-TRAIN = Stage("train", "8", _build, identity=_identity, info=TrainInfo, tensorflow=True)
+TRAIN = Stage("train", "8", _build, identity=_identity, tensorflow=True)

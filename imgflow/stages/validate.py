@@ -38,11 +38,11 @@ from imgflow.data.images import encode_png
 from imgflow.data.partitions import slice_of
 from imgflow.data.text import VOCABULARY_FILE, TextEncoder, read_vocabulary
 from imgflow.registry.gate import Paired, decide, paired, score
-from imgflow.reporting import progress
 from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_class_metrics, plot_confusion_matrix
 from imgflow.results import DriftInfo, PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
+from imgflow.runtime import progress
 from imgflow.serving.inference import OnnxModel
-from imgflow.store.artifacts import Stage
+from imgflow.stages.stage import Stage
 from imgflow.store.files import file_table, write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.training.tensorboard_logs import FOLDER as TENSORBOARD
@@ -353,4 +353,4 @@ def _build(out_dir: Path, config: GateConfig, inputs: Mapping[str, StageResult])
     )
 
 
-VALIDATE = Stage("validate", "6", _build, info=ValidateInfo, tensorflow=True)
+VALIDATE = Stage("validate", "6", _build, tensorflow=True)

@@ -27,14 +27,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgflow import __version__
-from imgflow.results import Info, StageResult, register_info
+from imgflow.results import Info, StageResult
 from imgflow.runtime import memory
-from imgflow.runtime.errors import ConfigError, UserError, note_stage
+from imgflow.runtime.errors import ConfigError
 from imgflow.store.files import file_lock, file_table, swap_in, write_bytes_atomic, write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.store.integrity import damage, manifest_damage, quarantine, record_verified
@@ -343,58 +342,3 @@ def _failpoint(point: str, marker: Path) -> None:
     if wanted == point:
         marker.touch()
         time.sleep(600)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One arrow of the pipeline: a name, a code version, and a function that builds its output.
-
-    ``build(out_dir, config, inputs)`` receives the upstream results by name and returns its info model
-    (counts, metrics: ``imgflow.results``) that lands in the manifest and the run summary. Long builds
-    report progress with ``imgflow.reporting.progress.report``. Bump ``version`` whenever a change to the stage's
-    code changes its output: it is part of the key.
-
-    ``identity(config)``, when given, is what the key holds of the config: the config with any field that
-    names something outside it (a weights file) replaced by that thing's content hash, so the key
-    follows content, never a path. ``info`` is the type of its info (``imgflow.results``: how a stored
-    or serialized result of this stage is read back); ``tensorflow``, whether building it imports
-    TensorFlow (a run about to build one imports it while Prefect's server starts). ``relevant(inputs)``,
-    when given, is the part of its inputs that bears on the output: the key and the build see only that.
-    """
-
-    name: str
-    version: str
-    build: Callable[[Path, Any, Mapping[str, StageResult]], Built]
-    identity: Callable[[Any], Any] | None = None
-    info: type[Info] = Info
-    tensorflow: bool = False
-    relevant: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-
-    def __post_init__(self) -> None:
-        register_info(self.name, self.info)
-
-    def key(self, config: Any, inputs: Mapping[str, StageResult | str]) -> str:
-        inputs = self.relevant(inputs) if self.relevant is not None else inputs
-        fingerprints = {name: value.fingerprint if isinstance(value, StageResult) else value for name, value in inputs.items()}
-        held = self.identity(config) if self.identity is not None else config
-        return stable_hash([self.name, self.version, held, fingerprints])[:KEY_LENGTH]
-
-    def run(self, store: ArtifactStore, config: Any, inputs: Mapping[str, StageResult | str], *, force: bool = False) -> StageResult:
-        key = self.key(config, inputs)
-        inputs = self.relevant(inputs) if self.relevant is not None else inputs
-        # Inputs built elsewhere are fetched into a local mirror only when this stage really runs.
-        results = {n: v for n, v in inputs.items() if isinstance(v, StageResult)}
-        try:
-            return store.build(
-                self.name,
-                key,
-                lambda out_dir: self.build(out_dir, config, {n: store.localize(v) for n, v in results.items()}),
-                config=config,
-                inputs={n: v.fingerprint if isinstance(v, StageResult) else v for n, v in inputs.items()},
-                force=force,
-            )
-        except Exception as error:
-            if not isinstance(error, UserError):
-                source = {"source": config.source} if hasattr(config, "source") else {}
-                note_stage(error, self.name, {**source, **{n: v.path for n, v in results.items()}})
-            raise

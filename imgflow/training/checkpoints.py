@@ -22,8 +22,7 @@ from typing import Any
 
 import keras
 
-from imgflow.reporting import progress
-from imgflow.runtime import stopping
+from imgflow.runtime import progress, stopping
 from imgflow.store.files import write_bytes_atomic, write_json_atomic
 from imgflow.store.objectstore import ObjectRoot
 
@@ -115,7 +114,7 @@ class StopOnRequest(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Reports each finished epoch to ``imgflow.reporting.progress`` (a progress bar, a Prefect artifact, and
+    """Reports each finished epoch to ``imgflow.runtime.progress`` (a progress bar, a Prefect artifact, and
     the epoch's metrics to an epoch listener). It runs after the checkpoint: a listener that stops the
     training stops it after a committed epoch."""
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import keras
 
-SCHEDULES = ("cosine", "exponential", "linear", "one_cycle", "plateau")
+from imgflow.config.stages import SCHEDULE_NAMES
+
 BEST_WEIGHTS = "best.weights.h5"
 
 
@@ -149,7 +150,7 @@ def learning_rate(rate: float, total_steps: int, recipe: Recipe) -> Any:
         return OneCycle(rate, total_steps)
     if recipe.schedule == "plateau":
         return rate
-    raise ValueError(f"unknown schedule {recipe.schedule!r}; known: {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {recipe.schedule!r}; known: {', '.join(SCHEDULE_NAMES)}")
 
 
 def optimizer(rate: float, total_steps: int, recipe: Recipe) -> keras.optimizers.Optimizer:

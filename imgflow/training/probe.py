@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.config import TrainConfig
+from imgflow.config.checks import parse_duration
 from imgflow.results import ShardInfo, StageResult, shard_files
 from imgflow.runtime import cpus
 from imgflow.store.artifacts import MANIFEST
 from imgflow.store.files import write_json_atomic
 from imgflow.store.fingerprint import stable_hash
 from imgflow.store.objectstore import cache_root
-from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
+from imgflow.training.budget import reserve_seconds, training_seconds
 from imgflow.training.recipe import FEATURE_SIZES, SYMMETRIC, choose
 from imgflow.training.sizing import BATCH, RESNET_RECORDS, RESNET_WIDTHS, SHRUNK_SIZES, WIDTHS, DataStats, Speeds, cnn_macs, resnet9_macs
 

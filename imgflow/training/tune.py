@@ -208,7 +208,7 @@ class Pruned(Exception):
 
 
 def pruning_listener(trial: Any) -> Any:
-    """An ``imgflow.reporting.progress`` epoch listener: reports each epoch's validation accuracy to the trial
+    """An ``imgflow.runtime.progress`` epoch listener: reports each epoch's validation accuracy to the trial
     and raises ``Pruned`` when the pruner says so."""
 
     def listen(epoch: int, metrics: Mapping[str, float]) -> None:

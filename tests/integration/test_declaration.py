@@ -12,7 +12,8 @@ from imgflow.config import ShardConfig, build_run_config
 from imgflow.pipeline import PIPELINE, Pipeline, Step
 from imgflow.pipeline.walk import plan
 from imgflow.results import StageResult
-from imgflow.store.artifacts import MANIFEST, Stage
+from imgflow.store.artifacts import MANIFEST
+from imgflow.stages.stage import Stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -1,9 +1,10 @@
 import json
 from pathlib import Path
 
-from imgflow.store import cache
+from imgflow.pipeline import housekeeping
 from imgflow.registry import versions as registry
-from imgflow.store.artifacts import ArtifactStore, Stage
+from imgflow.store.artifacts import ArtifactStore
+from imgflow.stages.stage import Stage
 from imgflow.store.files import file_lock
 
 
@@ -24,7 +25,7 @@ def _output(store: ArtifactStore, stage: str, tag: str) -> str:
 
 def _run(root: Path, keys: dict[str, str]) -> None:
     summary = {"model": "m", "decision": "promoted", "version": None, "stages": {s: {"key": k} for s, k in keys.items()}}
-    cache.record_run(root, summary)
+    housekeeping.record_run(root, summary)
 
 
 def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: ArtifactStore, tmp_path: Path) -> None:
@@ -42,12 +43,12 @@ def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: Ar
     _run(root, {"shard": old})
     _run(root, {"shard": recent})
 
-    listed = {(e.stage, e.key): e for e in cache.entries(root)}
+    listed = {(e.stage, e.key): e for e in housekeeping.entries(root)}
     assert listed[("shard", lineage)].models == ["m/v1"]
     assert len(listed[("shard", recent)].runs) == 1 and listed[("shard", recent)].bytes >= 1000
     assert not listed[("clean", ".tmp-deadbeef-1234")].complete
 
-    removed = cache.prune(root, keep_runs=1)
+    removed = housekeeping.prune(root, keep_runs=1)
     assert {(e.stage, e.key) for e in removed} == {
         ("shard", old), ("download", unused), ("clean", ".tmp-deadbeef-1234"), ("train", ".work-cafe")
     }
@@ -57,7 +58,7 @@ def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: Ar
 
 def test_dry_run_removes_nothing(store: ArtifactStore) -> None:
     key = _output(store, "download", "a")
-    assert [e.key for e in cache.prune(store.root, keep_runs=0, dry_run=True)] == [key]
+    assert [e.key for e in housekeeping.prune(store.root, keep_runs=0, dry_run=True)] == [key]
     assert store.lookup("download", key) is not None
 
 
@@ -65,15 +66,15 @@ def test_prune_leaves_what_a_live_build_holds(store: ArtifactStore) -> None:
     work = store.root / "train" / ".work-abc"
     work.mkdir(parents=True)
     with file_lock(store.root / "train" / ".lock-abc"):
-        assert cache.prune(store.root, keep_runs=0) == []
+        assert housekeeping.prune(store.root, keep_runs=0) == []
     assert work.exists()
-    assert [e.key for e in cache.prune(store.root, keep_runs=0)] == [".work-abc"]
+    assert [e.key for e in housekeeping.prune(store.root, keep_runs=0)] == [".work-abc"]
 
 
 def test_run_log_is_one_json_line_per_run(tmp_path: Path) -> None:
     _run(tmp_path, {"download": "k1"})
     _run(tmp_path, {"download": "k2"})
-    lines = (tmp_path / cache.RUNS).read_text().splitlines()
+    lines = (tmp_path / housekeeping.RUNS).read_text().splitlines()
     assert [json.loads(line)["stages"]["download"] for line in lines] == [["k1"], ["k2"]]
 
 
@@ -81,9 +82,9 @@ def test_a_partitioned_run_keeps_every_partitions_outputs(store: ArtifactStore) 
     days = [_output(store, "download", day) for day in ("d1", "d2")]
     summary = {"model": "m", "decision": "promoted", "version": None,
                "stages": {"download": {"status": "ran", "partitions": 2, "keys": days}}}
-    cache.record_run(store.root, summary)
-    assert cache.prune(store.root, keep_runs=1) == []
-    assert [e.key for e in cache.prune(store.root, keep_runs=0)] == sorted(days)
+    housekeeping.record_run(store.root, summary)
+    assert housekeeping.prune(store.root, keep_runs=1) == []
+    assert [e.key for e in housekeeping.prune(store.root, keep_runs=0)] == sorted(days)
 
 
 def test_on_an_s3_root_the_bucket_is_listed_and_pruned(s3_root: str, tmp_path: Path) -> None:
@@ -105,16 +106,16 @@ def test_on_an_s3_root_the_bucket_is_listed_and_pruned(s3_root: str, tmp_path: P
     with there.models("m") as root:
         registry.register(root, "m", {"model.onnx": onnx}, {"model_fingerprint": "f", "metrics": {}, "lineage": {"shard": {"key": lineage}}}, {})
     summary = {"model": "m", "decision": "promoted", "version": None, "stages": {"shard": {"key": recent}}}
-    cache.record_run(s3_root, summary)  # logged from this machine
+    housekeeping.record_run(s3_root, summary)  # logged from this machine
     assert remote.files("runs")[0].endswith(".json")
 
-    listed = {(e.stage, e.key): e for e in cache.entries(s3_root)}
+    listed = {(e.stage, e.key): e for e in housekeeping.entries(s3_root)}
     assert set(listed) == {("shard", lineage), ("shard", recent), ("download", unused), ("download", leased), ("train", ".work-cafe")}
     assert listed[("shard", lineage)].models == ["m/v1"] and len(listed[("shard", recent)].runs) == 1
     assert str(listed[("shard", recent)].path).startswith("s3://") and listed[("shard", recent)].bytes >= 1000
     assert not listed[("train", ".work-cafe")].complete
 
-    removed = cache.prune(s3_root, keep_runs=1)
+    removed = housekeeping.prune(s3_root, keep_runs=1)
     assert {(e.stage, e.key) for e in removed} == {("download", unused), ("train", ".work-cafe")}
     assert not remote.files(f"download/{unused}") and not (here.root / "download" / unused).exists()
     assert not remote.files("train/.work-cafe")

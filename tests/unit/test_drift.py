@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgflow.config import DriftConfig, GateConfig
 from imgflow.data.cleantable import pixel_array
-from imgflow.data.drift import judge, mmd_test, profile_checks, view_checks
+from imgflow.serving.drift_checks import judge, mmd_test, profile_checks, view_checks
 from imgflow.data.profile import Profile, read_profile
 from imgflow.data.sources import open_source, sample_records
 from imgflow.registry.gate import decide

@@ -10,7 +10,8 @@ import pytest
 
 from imgflow.store import integrity
 from imgflow.store.integrity import CORRUPT, DAMAGE_NOTE
-from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage
+from imgflow.store.artifacts import MANIFEST, ArtifactStore
+from imgflow.stages.stage import Stage
 
 
 def _stage(calls: list[int]) -> Stage:

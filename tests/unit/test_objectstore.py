@@ -21,7 +21,8 @@ import pytest
 from imgflow.registry import versions as registry
 from imgflow.runtime.errors import ConfigError
 from imgflow.store.objectstore import LeaseLost, ObjectRoot
-from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage
+from imgflow.store.artifacts import MANIFEST, ArtifactStore
+from imgflow.stages.stage import Stage
 
 
 def _machines(root: str, tmp_path: Path, count: int = 2) -> list[ArtifactStore]:
@@ -183,7 +184,7 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
     assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
 
     # The run summary's link to a registered file opens in a browser on any machine: a presigned GET.
-    from imgflow.reporting.summary import report_link
+    from imgflow.pipeline.summary import report_link
 
     link = report_link(s3_root, "models/digits/v2/card.json", here.root / "models" / "digits" / "v2" / "card.json")
     assert link.startswith("http") and "Signature" in link, link

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from imgflow.reporting import progress
+from imgflow.runtime import progress
 
 
 def test_reports_reach_the_listener_only_inside_its_block() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from imgflow.config import TrainConfig, build_run_config
 from imgflow.runtime.errors import ConfigError
-from imgflow.training.budget import parse_duration, reserve_seconds, training_seconds
+from imgflow.config.checks import parse_duration
+from imgflow.training.budget import reserve_seconds, training_seconds
 from imgflow.training.models import make_model
 from imgflow.training.recipe import choose
 from imgflow.training.sizing import DataStats, Speeds, cnn_macs, minimum_epochs, resnet9_macs

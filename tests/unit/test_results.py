@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -41,6 +45,21 @@ def test_other_stages_keep_any_info_and_every_pipeline_stage_has_a_type() -> Non
     assert type(ad_hoc.info) is Info and ad_hoc.info.accuracy == 0.9
     from imgflow.pipeline import PIPELINE
 
-    # Each stage declares its info type; reading a result back uses it.
+    # Every stage's info type is in the fixed table; its Stage reads it from there.
     assert all(INFO_TYPES[step.name] is step.stage.info is not Info for step in PIPELINE.steps)
     assert INFO_TYPES["merge"] is CleanInfo
+
+
+def test_reading_a_result_back_imports_only_the_results_module() -> None:
+    """No registry filled by importing the stages: a result read from JSON is typed at once."""
+    info = {"image_shape": [8, 8, 1], "class_names": ["a"], "data_fingerprint": "d", "splits": {}}
+    stored = json.dumps({"stage": "shard", "key": "k", "path": "/p", "fingerprint": "f", "status": "ran", "info": info})
+    code = (
+        "import sys\n"
+        "from imgflow.results import ShardInfo, StageResult\n"
+        "assert type(StageResult.model_validate_json(sys.argv[1]).info) is ShardInfo\n"
+        "print(sorted(m for m in sys.modules if m.startswith('imgflow')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, stored], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['imgflow', 'imgflow.results']"

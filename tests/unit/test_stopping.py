@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from imgflow.reporting import progress
+from imgflow.runtime import progress
 from imgflow.runtime import stopping
 
 

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.store.artifacts import MANIFEST, ArtifactStore, Stage, StageResult
+from imgflow.store.artifacts import MANIFEST, ArtifactStore, StageResult
+from imgflow.stages.stage import Stage
 
 
 def _writer(text: str):

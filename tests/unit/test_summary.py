@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imgflow.results import StageResult
-from imgflow.reporting.summary import build_summary, summary_markdown
+from imgflow.pipeline.summary import build_summary, summary_markdown
 
 CLEAN = {
     "source": "test:x", "records_in": 10, "kept": 8, "quarantined": 2, "quarantine_reasons": {"empty": 2},
@@ -84,7 +84,7 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
 
 
 def test_train_against_validation_accuracy_says_whether_the_model_underfits() -> None:
-    from imgflow.reporting.summary import fit
+    from imgflow.pipeline.summary import fit
 
     assert fit({"accuracy": 0.918, "val_accuracy": 0.9165})["verdict"].startswith("underfits")
     assert fit({"accuracy": 0.99, "val_accuracy": 0.90})["verdict"].startswith("overfits")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgflow.runtime.errors import ConfigError
-from imgflow.training.weights import import_backbone
+from imgflow.training.convolutions import import_backbone
 
 # VGG16's convolutions, block by block (output channels; 3x3 kernels), as HED's weights file lays them out.
 VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]

@@ -29,8 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from imgflow.reporting import progress
-from imgflow.runtime import cpus
+from imgflow.runtime import cpus, progress
 from imgflow.runtime.errors import SourceError
 
 SVG_ROOT = Path("/usr/share/openclipart/svg")

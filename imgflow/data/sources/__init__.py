@@ -10,46 +10,19 @@ label name and, from a source configured to carry text (``has_text``), the recor
 a download. ``fingerprint()`` describes the content (a file hash, or a catalog name + version +
 checksums), never when it was fetched.
 
-Adding a source: write a class with ``fingerprint`` and ``records`` and register its scheme in
-``SCHEMES``.
+Adding a source: write a class with ``fingerprint`` and ``records`` (``imgflow.data.sources.record.Source``)
+and register its scheme in ``SCHEMES``.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from imgflow.data.sources.record import RawRecord, Source
 from imgflow.runtime.errors import SourceError
 from imgflow.store.fingerprint import sha256_bytes
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    id: str
-    image: bytes
-    label: str
-    text: bytes | None = None  # as the source holds it: cleaning checks it is UTF-8
-
-
-def text_name(name: str) -> str:
-    """A file or entry name as text that any writer takes: a name whose bytes are not UTF-8 (Python
-    keeps those as lone surrogates, which Parquet and JSON refuse) shows them as ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-class Source(Protocol):
-    spec: str
-    has_text: bool  # whether records carry text (a text option is set)
-
-    def fingerprint(self) -> str:
-        """A hash of the source's content, so a changed source means a new download key."""
-        ...
-
-    def records(self) -> Iterator[RawRecord]:
-        """Every record, in a deterministic order."""
-        ...
 
 
 def _sample(rest: str, options: Mapping[str, Any]) -> Source:
@@ -112,16 +85,6 @@ def open_source(spec: str, options: Mapping[str, Any] | None = None) -> Source:
 def source_fingerprint(spec: str, options: Mapping[str, Any] | None = None) -> str:
     """The content fingerprint of a source: the download stage's only input."""
     return open_source(spec, options).fingerprint()
-
-
-def text_option(options: Mapping[str, Any], name: str) -> str | None:
-    """A text option's value (None: unset), checked to be a non-empty string."""
-    value = options.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise SourceError(f"[options] {name} must be a non-empty string, got {value!r}")
-    return value
 
 
 def sample_records(records: Iterable[RawRecord], limit: int) -> list[RawRecord]:

@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from imgflow.data.sources import RawRecord, text_name, text_option
 from imgflow.data.sources.folder import check_classes, class_label, hidden, sidecars
+from imgflow.data.sources.record import RawRecord, text_name, text_option
 from imgflow.runtime.errors import SourceError
 from imgflow.runtime.network import budget, check_reachable, fetch
 from imgflow.store.fingerprint import sha256_file, stable_hash

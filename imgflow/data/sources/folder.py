@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from imgflow.data.sources import RawRecord, text_name, text_option
+from imgflow.data.sources.record import RawRecord, text_name, text_option
 from imgflow.runtime.errors import SourceError
 from imgflow.store.fingerprint import sha256_file, stable_hash
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from imgflow.data.images import encode_png
-from imgflow.data.sources import RawRecord
+from imgflow.data.sources.record import RawRecord
 from imgflow.runtime.errors import SourceError
 from imgflow.store.fingerprint import sha256_file, stable_hash
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from imgflow.data.sources import RawRecord, text_option
+from imgflow.data.sources.record import RawRecord, text_option
 from imgflow.data.tables import open_parquet, row_group_chunks
 from imgflow.runtime.errors import SourceError
 from imgflow.runtime.network import first_contact

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from imgflow.data.sources import RawRecord, text_option
+from imgflow.data.sources.record import RawRecord, text_option
 from imgflow.runtime.errors import SourceError
 from imgflow.runtime.network import check_reachable, fetch
 from imgflow.store.fingerprint import stable_hash

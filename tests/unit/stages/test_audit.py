@@ -180,7 +180,7 @@ def test_the_audits_suggested_labels_applied_by_clean_correct_the_flipped_ones(
     """The audit's labels.csv, named in [clean] labels, gives most flipped records their true label back;
     the file's content keys the clean stage (a copy elsewhere reuses it, one changed line does not)."""
     from imgflow.config import build_run_config
-    from imgflow.data.cleantable import read_labels
+    from imgflow.config.labels import read_labels
     from imgflow.stages.audit import LABELS
 
     ids, _, labels = digits
@@ -210,7 +210,7 @@ def test_the_audits_suggested_labels_applied_by_clean_correct_the_flipped_ones(
 
 
 def test_a_labels_file_that_cannot_be_applied_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
-    from imgflow.data.cleantable import read_labels
+    from imgflow.config.labels import read_labels
     from imgflow.runtime.errors import ConfigError
 
     path = tmp_path / "labels.csv"

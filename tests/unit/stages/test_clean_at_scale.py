@@ -19,7 +19,8 @@ from imgflow.stages import clean as clean_module
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
-from imgflow.store.artifacts import ArtifactStore, Stage
+from imgflow.store.artifacts import ArtifactStore
+from imgflow.stages.stage import Stage
 from tests.conftest import digit_like, encode
 
 # Digests of (id, label, split, sha256) of every kept record and (id, reason) of every quarantined

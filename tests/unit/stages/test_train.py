@@ -209,7 +209,7 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     data = bytearray(cached.read_bytes())
     data[-3] ^= 0xFF
     cached.write_bytes(bytes(data))
-    from imgflow.store.cache import verify  # imgflow verify sees it, naming the file
+    from imgflow.pipeline.housekeeping import verify  # imgflow verify sees it, naming the file
 
     checked, damaged = verify(store.root)
     assert [d.what.split()[:2] for d in damaged] == [["train", "features"]] and "train.features.npy: sha256" in damaged[0].problems[0]

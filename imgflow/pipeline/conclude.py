@@ -11,12 +11,12 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from imgflow.config import RunConfig
+from imgflow.pipeline.housekeeping import record_run
+from imgflow.pipeline.summary import RunSummary, build_summary
 from imgflow.registry import promote
 from imgflow.registry import versions as registry
-from imgflow.reporting.summary import RunSummary, build_summary
 from imgflow.results import StageResult, clean_table
 from imgflow.store.artifacts import ArtifactStore
-from imgflow.store.cache import record_run
 from imgflow.store.fingerprint import to_jsonable
 
 Promoter = Callable[[str, str, Mapping[str, Any], Mapping[str, StageResult]], Mapping[str, Any]]

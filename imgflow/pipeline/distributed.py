@@ -1,6 +1,6 @@
 """Multi-worker training: run the train stage on every worker of a ``TF_CONFIG`` cluster.
 
-Each worker runs ``python -m imgflow.training.distributed --artifacts DIR --shards KEY [--config FILE.toml]``
+Each worker runs ``python -m imgflow.pipeline.distributed --artifacts DIR --shards KEY [--config FILE.toml]``
 with its own ``TF_CONFIG`` (the same cluster, its own task index); the train stage then trains under
 ``MultiWorkerMirroredStrategy``, every worker reading the shards from the shared artifact root. Worker
 0, the chief, writes the model into the artifact store under the same key a single-machine run would
@@ -77,7 +77,7 @@ def launch(count: int, worker_args: list[str]) -> int:
     share = f"{budget().cores / count:.3f}"  # the workers share this machine's CPU time, pools and all
     processes = [
         start_child(
-            [sys.executable, "-m", "imgflow.training.distributed", *worker_args],
+            [sys.executable, "-m", "imgflow.pipeline.distributed", *worker_args],
             env={**os.environ, OVERRIDE: share, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
         )
         for index in range(count)
@@ -102,7 +102,7 @@ def launch(count: int, worker_args: list[str]) -> int:
 def main() -> int:
     follow_parent()
     limit_threads()  # before the train stage imports TensorFlow
-    parser = argparse.ArgumentParser(prog="python -m imgflow.training.distributed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imgflow.pipeline.distributed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--shards", required=True, help="the key of a shard output under ARTIFACTS/shard/")
     parser.add_argument("--config", type=Path, help="a TOML file of [train] settings (default: the defaults)")

@@ -223,7 +223,7 @@ def report_link(root: str | Path, relative: str, local: Path) -> str:
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:
     """The budget, the run's seconds against it, and the plan training followed (when it trained)."""
-    from imgflow.training.budget import parse_duration
+    from imgflow.config.checks import parse_duration
 
     limit = parse_duration(budget)
     info = train.info if train is not None else None

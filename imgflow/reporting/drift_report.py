@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgflow.data.drift import Check, describe
 from imgflow.data.profile import EDGES, Profile
 from imgflow.reporting.reports import pyplot
+from imgflow.serving.drift_checks import Check, describe
 
 
 def _bin_labels(name: str, bins: int) -> list[str]:
