@@ -27,9 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its tests.helpers
-
-from tests.helpers import QuotaUnavailable, cpu_quota
+from imgflow.runtime.quota import QuotaUnavailable, cpu_quota
 
 
 def measure(root: Path, steps: int, precision: str) -> dict[str, float | str | int]:
@@ -37,13 +35,13 @@ def measure(root: Path, steps: int, precision: str) -> dict[str, float | str | i
     import time
 
     import keras
+    from training_speed import _shards
 
+    from imgflow.results import shard_files
     from imgflow.runtime import cpus
     from imgflow.training.accel import current_plan
     from imgflow.training.inputs import make_augmenter, shard_dataset
     from imgflow.training.models import build_model, compile_for_training
-    from imgflow.results import shard_files
-    from training_speed import _shards
 
     cfg, shards = _shards(root)
     t = cfg.train

@@ -1,7 +1,7 @@
 """Data-stage throughput: clean (images/s) and shard writing (MB/s) against the disk's raw sequential
 write speed, measured side by side in one run.
 
-The corpus is ``tests.helpers.dirty_folder``: real MNIST digits as PNG, JPEG, GIF, BMP and WebP in
+The corpus is ``imgflow.data.synthetic.dirty_folder``: real MNIST digits as PNG, JPEG, GIF, BMP and WebP in
 four modes and three sizes, with broken files mixed in, so clean pays for every decode path. Shard
 throughput counts the TFRecord bytes the stage writes; the raw write is the same number of bytes in
 1 MiB blocks to the same disk, buffered (like the shard writer) and buffered + fsync.
@@ -14,20 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its tests.helpers
-
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
-from imgflow.stages.clean import CLEAN
 from imgflow.data.sources import source_fingerprint
+from imgflow.data.synthetic import dirty_folder
+from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
 from imgflow.stages.shard import SHARD
 from imgflow.store.artifacts import ArtifactStore, StageResult
-from tests.helpers import dirty_folder
 
 
 def raw_write(folder: Path, size: int, sync: bool) -> float:

@@ -23,8 +23,7 @@ import numpy as np
 from _timing import timed_json
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import partitioned_parquet  # noqa: E402  (after the repository is on the path)
+from imgflow.data.synthetic import partitioned_parquet
 
 DAYS = ["2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04"]
 VARIANTS = {"ordinary": lambda a: a, "inverted": lambda a: 255 - a, "darkened": lambda a: (a * 0.4).astype(np.uint8)}

@@ -73,17 +73,16 @@ def handcrafted(spec_path: Path, root: Path) -> dict[str, float]:
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.svm import SVC
 
-    from imgflow.config import build_run_config
-    from imgflow.training.inputs import shard_dataset
-    from imgflow.results import shard_files
     from imgflow.data.sources import source_fingerprint
+    from imgflow.pipeline.context import open_run
+    from imgflow.results import shard_files
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from imgflow.store.artifacts import ArtifactStore
+    from imgflow.training.inputs import shard_dataset
 
-    cfg = build_run_config(str(spec_path), root)
-    store = ArtifactStore(root)
+    run = open_run(str(spec_path), root)
+    cfg, store = run.cfg, run.store
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     shards = SHARD.run(store, cfg.shard, {"clean": CLEAN.run(store, cfg.clean, {"raw": raw})})
     shape = tuple(shards.info.image_shape)

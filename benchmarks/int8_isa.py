@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgflow.data.sources.sample import SampleSource  # noqa: E402  (after the repository is on the path)
-from imgflow.serving.inference import int8_instructions, quantize_int8  # noqa: E402
+from imgflow.data.sources.sample import SampleSource
+from imgflow.serving.inference import int8_instructions, quantize_int8
 
 NO_VNNI = "Haswell"  # QEMU's CPU model: AVX2, no AVX-512, no VNNI
 CALIBRATION = 500

@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 from imgflow.config import build_run_config
-from imgflow.data.sources import open_source
 from imgflow.data.cleantable import assign_split
 from imgflow.data.images import decode
+from imgflow.data.sources import open_source
 
 
 def main(epochs: int | None) -> None:

@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgflow.registry import versions as registry
 from imgflow.config import BACKENDS
 from imgflow.data.images import encode_png
+from imgflow.registry import versions as registry
 from imgflow.runtime.parallel import worker_count
 from imgflow.serving.predict import PredictConfig, Predictor, predict
 

@@ -6,17 +6,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgflow.data import profile as profiling  # noqa: E402  (after the repository is on the path)
-from imgflow.data.cleantable import pixel_array  # noqa: E402
+from imgflow.data import profile as profiling
+from imgflow.data.cleantable import pixel_array
 
 
 def _measure(images: np.ndarray, slice_bytes: int) -> tuple[float, float]:

@@ -3,7 +3,7 @@
     python benchmarks/scale.py [--sizes 25000,50000,100000,200000] [--image-size 64] [--train]
                                [--repeat 3] [--min-seconds 20] [--speedup-at N] [--workdir DIR] [--keep]
 
-For each size N it generates a Parquet table of N synthetic RGB images (``tests.helpers.
+For each size N it generates a Parquet table of N synthetic RGB images (``imgflow.data.synthetic.
 synthetic_table``: PNG files of class-dependent stripes with noise) and runs each stage (download,
 clean, shard; with --train also train for one epoch, validate and export) in a fresh process of its
 own (the audit included: it runs between clean and shard), the earlier stages already in the store,
@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 DATA_STAGES = ("download", "clean", "audit", "shard")
 MODEL_STAGES = ("train", "validate", "export")
@@ -55,19 +54,18 @@ def run_stage(stage: str, dataset: str, artifacts: str, force: bool) -> None:
     from imgflow.runtime.parallel import start_forkserver
 
     start_forkserver()
-    from imgflow.config import build_run_config
-    from imgflow.pipeline import CHAMPION, PIPELINE, REFERENCE, SOURCE
     from imgflow.data.sources import source_fingerprint
-    from imgflow.store.artifacts import ArtifactStore
+    from imgflow.pipeline import CHAMPION, PIPELINE, REFERENCE, SOURCE
+    from imgflow.pipeline.context import open_run
 
-    cfg = build_run_config(dataset, artifacts, epochs=1, min_accuracy=0.0)
-    store = ArtifactStore(cfg.artifacts)
+    run = open_run(dataset, artifacts, partitions=False, epochs=1, min_accuracy=0.0)
+    cfg, store = run.cfg, run.store
     results: dict = {}
     external = {SOURCE: source_fingerprint(cfg.download.source)}
     for step in PIPELINE.run_steps(partitioned=False):
         inputs = PIPELINE.inputs(step, results, {**external, CHAMPION: None, REFERENCE: None})  # no champion
         started = time.perf_counter()
-        results[step.name] = step.stage.run(store, step.config_of(cfg), inputs, force=force and step.name == stage)
+        results[step.name] = step.stage.run(store, cfg.of(step.config), inputs, force=force and step.name == stage)
         if step.name == stage:
             seconds = time.perf_counter() - started
             print(json.dumps({"seconds": seconds, "status": results[step.name].status, "peak_rss_mb": _peak_rss_mb()}), flush=True)
@@ -128,8 +126,8 @@ def main() -> None:
         run_stage(args.run_stage, args.dataset, args.artifacts, args.force)
         return
 
+    from imgflow.data.synthetic import synthetic_table
     from imgflow.runtime.parallel import worker_count
-    from tests.helpers import synthetic_table
 
     sizes = [int(n) for n in args.sizes.split(",")]
     speedup_at = args.speedup_at or max(sizes)

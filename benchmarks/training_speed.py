@@ -25,15 +25,14 @@ import numpy as np
 
 
 def _shards(root: Path):  # noqa: ANN202 - StageResult
-    from imgflow.config import build_run_config
-    from imgflow.stages.clean import CLEAN
     from imgflow.data.sources import source_fingerprint
+    from imgflow.pipeline.context import open_run
+    from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from imgflow.store.artifacts import ArtifactStore
 
-    cfg = build_run_config("mnist5k", root)
-    store = ArtifactStore(root)
+    run = open_run("mnist5k", root)
+    cfg, store = run.cfg, run.store
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
     return cfg, SHARD.run(store, cfg.shard, {"clean": clean})
@@ -52,8 +51,8 @@ def _rate(dataset, batches: int, batch: int) -> float:  # noqa: ANN001 - tf.data
 def input_pipeline(root: Path, batch: int, batches: int) -> None:
     import tensorflow as tf
 
-    from imgflow.training.inputs import load_arrays, make_augmenter, shard_dataset
     from imgflow.results import shard_files
+    from imgflow.training.inputs import load_arrays, make_augmenter, shard_dataset
 
     cfg, shards = _shards(root)
     shape = tuple(shards.info.image_shape)
@@ -102,10 +101,10 @@ def resnet9(batch: int, steps: int, width: int) -> None:
 def mnist(root: Path) -> None:
     import keras
 
+    from imgflow.results import shard_files
     from imgflow.training.accel import current_plan
     from imgflow.training.inputs import load_arrays, make_augmenter, shard_dataset
     from imgflow.training.models import build_model, compile_for_training
-    from imgflow.results import shard_files
 
     cfg, shards = _shards(root)
     t = cfg.train

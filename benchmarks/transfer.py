@@ -40,18 +40,18 @@ def main() -> None:
     parser.add_argument("--artifacts", help="artifact root (default: a temporary folder)")
     args = parser.parse_args()
 
-    from imgflow.config import GateConfig, build_run_config
+    from imgflow.config import GateConfig
     from imgflow.data.sources import source_fingerprint
+    from imgflow.pipeline.context import open_run
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
     from imgflow.stages.train import TRAIN
     from imgflow.stages.validate import VALIDATE
-    from imgflow.store.artifacts import ArtifactStore
 
     root = Path(args.artifacts or tempfile.mkdtemp(prefix="imgflow-transfer-"))
-    cfg = build_run_config(args.dataset, root, limit=args.limit, overrides={"train": {"text": False}})
-    store = ArtifactStore(root)
+    run = open_run(args.dataset, root, partitions=False, limit=args.limit, overrides={"train": {"text": False}})
+    cfg, store = run.cfg, run.store
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
     shards = SHARD.run(store, cfg.shard, {"clean": clean})

@@ -20,10 +20,9 @@ from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from imgflow.config import RunConfig
-from imgflow.data.partitions import Partition
 from imgflow.pipeline import Step
 from imgflow.pipeline.conclude import conclude, localized
+from imgflow.pipeline.context import Run
 from imgflow.pipeline.summary import RunSummary, summary_markdown
 from imgflow.pipeline.walk import How, Walked, walk
 from imgflow.reporting.datachecks import Drift
@@ -56,7 +55,6 @@ class RunOptions:
     """How one run walks the pipeline: what to force, where to stop, and the flow run's title (what
     ran, for the UI's list of runs; ``release`` adds the outcome)."""
 
-    root: str
     forced: frozenset[str] = frozenset()
     until: str | None = None
     title: str = ""
@@ -108,35 +106,31 @@ class PrefectRun:
         """Nothing to do: the walk skipped ``step`` or reused ``result`` as it stands."""
 
 
-def run_pipeline(
-    cfg: RunConfig,
-    run: RunOptions,
-    partitions: list[Partition] | None = None,
-    fingerprint: str | None = None,
-    given: Mapping[str, StageResult] | None = None,
-) -> Walked:
+def run_pipeline(run: Run, options: RunOptions, fingerprint: str | None = None, given: Mapping[str, StageResult] | None = None) -> Walked:
     """The pipeline's one walk (``imgflow.pipeline.walk.walk``), every step a Prefect task."""
-    return walk(cfg, PrefectRun(run.root), forced=run.forced, until=run.until, partitions=partitions, fingerprint=fingerprint, given=given)
+    executor = PrefectRun(run.store.uri)
+    return walk(run, executor, forced=options.forced, until=options.until, fingerprint=fingerprint, given=given)
 
 
 def release(
-    cfg: RunConfig,
-    run: RunOptions,
+    run: Run,
+    options: RunOptions,
     results: dict[str, StageResult],
     started: float,
     parts: Mapping[str, Mapping[str, StageResult]] | None = None,
 ) -> RunSummary:
     """Promote what the gate passed and exported; publish the reports and an event; return the run
     summary."""
+    cfg = run.cfg
     name = cfg.dataset.name
-    results = localized(run.root, results)
+    results = localized(run.store, results)
     parts = (
-        {day: localized(run.root, known, read={"drift", "audit"}) for day, known in parts.items()} if parts is not None else None
+        {day: localized(run.store, known, read={"drift", "audit"}) for day, known in parts.items()} if parts is not None else None
     )  # their reports
-    summary = conclude(cfg, run.root, results, started, parts, run.until, promoter=stages.promote)
-    if run.title:
+    summary = conclude(run, results, started, parts, options.until, promoter=stages.promote)
+    if options.title:
         outcome = f"{summary.version} {summary.decision}" if summary.version else summary.decision
-        title_run(f"{run.title}: {outcome}")
+        title_run(f"{options.title}: {outcome}")
     table = clean_table(results)
     publish(f"imgflow-run-{name}", summary_markdown(summary.as_json()), "run summary: decision, metrics, stages, artifacts")
     if table is not None:

@@ -9,8 +9,6 @@ from prefect import flow
 
 from flows._pipeline import RunOptions, release, run_pipeline, task_runner, title_run
 from flows.params import BackfillParams, takes
-from imgflow.config import build_run_config
-from imgflow.data.partitions import select
 from imgflow.runtime.lifetime import watch_descendants
 
 
@@ -24,7 +22,7 @@ def backfill(params: BackfillParams) -> dict[str, Any]:
     wall time, as the train flow's does."""
     watch_descendants()
     started = time.time()
-    cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, budget=params.budget)
-    run = RunOptions(str(cfg.artifacts), title=title_run(f"backfill {cfg.dataset.name} {params.start}..{params.end}"))
-    walked = run_pipeline(cfg, run, select(cfg.download.source, params.start, params.end))
-    return release(cfg, run, walked.results, started, walked.parts).as_json()
+    run = params.open_run(partitions=(params.start, params.end))
+    options = RunOptions(title=title_run(f"backfill {run.cfg.dataset.name} {params.start}..{params.end}"))
+    walked = run_pipeline(run, options)
+    return release(run, options, walked.results, started, walked.parts).as_json()

@@ -15,12 +15,15 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imgflow.pipeline import ORDER
 from imgflow.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imgflow.pipeline.context import Run
 
 Model = TypeVar("Model", bound=BaseModel)
 StageName = Literal[ORDER]  # type: ignore[valid-type]
@@ -42,6 +45,15 @@ Budget = Annotated[
 
 class _Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def open_run(self, **how: Any) -> Run:
+        """The run these parameters describe, built once (``imgflow.pipeline.context.open_run``: its
+        settings, partitions and store); ``how``: which partitions, as of when."""
+        from imgflow.pipeline.context import open_run
+
+        values = self.model_dump()
+        settings = {name: values[name] for name in ("epochs", "min_accuracy", "limit", "budget") if name in values}
+        return open_run(values["dataset"], values["artifacts"], **settings, **how)
 
 
 class RunParams(_Params):

@@ -13,8 +13,8 @@ from imgflow.registry import versions as registry
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.lifetime import watch_descendants
 from imgflow.serving.predict import PredictConfig, input_options
-from imgflow.store.artifacts import ArtifactStore
 from tasks.predict import predict_images
+from tasks.store import store_at
 
 
 @flow(name="predict", flow_run_name="predict {input}")
@@ -39,8 +39,8 @@ def predict(
     ``id_column``, ``text_column`` and ``text_sidecar``. Returns the prediction summary."""
     watch_descendants()
     options = input_options(dataset, image_column=image_column, id_column=id_column, text_column=text_column, text_sidecar=text_sidecar)
-    store = ArtifactStore(artifacts)
-    remote = store.uri if store.remote is not None else None  # where workers on other machines find the model
+    store = store_at(artifacts)
+    remote = store.shared_uri  # where workers on other machines find the model (None: a folder here)
     artifacts = str(store.pull_models(name))  # an object-store root's registry, pulled here
     name = registry.resolve_name(artifacts, name)
     version = model or (registry.champion(artifacts, name) or {}).get("version")

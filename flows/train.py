@@ -11,8 +11,6 @@ from pydantic import Field
 
 from flows._pipeline import RunOptions, release, run_pipeline, scheduled_date, task_runner, title_run
 from flows.params import RunParams, takes
-from imgflow.config import build_run_config
-from imgflow.data.partitions import date_partitions, select
 from imgflow.pipeline import PIPELINE
 from imgflow.runtime.lifetime import watch_descendants
 
@@ -35,15 +33,8 @@ def train(params: RunParams, as_of: dt.date | None = None, source_fingerprint: F
     """
     watch_descendants()  # a deployment run's processes end with it too (the CLI starts this earlier)
     started = time.time()
-    cfg = build_run_config(
-        params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, limit=params.limit, budget=params.budget
-    )
     day = as_of or scheduled_date()
-    run = RunOptions(str(cfg.artifacts), PIPELINE.refreshed(params.refresh), params.until, title=title_run(f"{cfg.dataset.name} {day}"))
-    partitions = (
-        select(cfg.download.source, None, day)
-        if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source)
-        else None
-    )
-    walked = run_pipeline(cfg, run, partitions, source_fingerprint)
-    return release(cfg, run, walked.results, started, walked.parts).as_json()
+    run = params.open_run(as_of=day)
+    options = RunOptions(PIPELINE.refreshed(params.refresh), params.until, title=title_run(f"{run.cfg.dataset.name} {day}"))
+    walked = run_pipeline(run, options, source_fingerprint)
+    return release(run, options, walked.results, started, walked.parts).as_json()

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from flows._pipeline import RunOptions, publish, release, run_pipeline, task_runner, title_run
 from flows.params import TuneParams, takes
-from imgflow.config import build_run_config
 from imgflow.results import ShardInfo
 from imgflow.runtime.lifetime import watch_descendants
-from imgflow.store.objectstore import is_remote, mirror_dir
 from imgflow.training.tune import (
     choose,
     finished,
@@ -42,15 +39,15 @@ def tune(params: TuneParams) -> dict[str, Any]:
     Returns the run summary with a ``tune`` entry."""
     watch_descendants()
     started = time.time()
-    cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, limit=params.limit)
+    run = params.open_run(partitions=False)
+    cfg = run.cfg
     searched = resolve_space(cfg.dataset, params.space)
     trials, parallel, seed = params.trials, params.parallel, params.seed
-    run = RunOptions(str(cfg.artifacts), until="shard", title=title_run(f"tune {cfg.dataset.name}"))
-    results = run_pipeline(cfg, run).results
+    results = run_pipeline(run, RunOptions(until="shard", title=title_run(f"tune {cfg.dataset.name}"))).results
     shards = results["shard"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
-    folder = study_dir(mirror_dir(run.root) if is_remote(run.root) else Path(run.root), name)
+    folder = study_dir(run.store.root, name)  # the local folder (an object-store root's mirror)
     study = open_study(folder, name, seed, cfg.train.epochs)
     prepare(study, searched, cfg.train)
     while len(finished(study)) < trials:
@@ -65,7 +62,7 @@ def tune(params: TuneParams) -> dict[str, Any]:
                 {param.name: param.suggest(trial) for param in searched},
                 cfg.train,
                 shards,
-                run.root,
+                run.store.uri,
             )
             for trial in asked
         ]
@@ -88,8 +85,10 @@ def tune(params: TuneParams) -> dict[str, Any]:
         "tuning: every trial, the best one and the one released",
     )
     # The released configuration through the whole pipeline: its training is the trial's (cached).
-    chosen = dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
-    final = RunOptions(run.root, title=f"tune {cfg.dataset.name}")
+    chosen = dataclasses.replace(
+        run, cfg=dataclasses.replace(cfg, train=trial_config(cfg.train, {param.name: released[param.name] for param in searched}))
+    )
+    final = RunOptions(title=f"tune {cfg.dataset.name}")
     summary = release(chosen, final, run_pipeline(chosen, final, given=results).results, started)
     tuned = {
         "study": name,

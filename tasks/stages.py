@@ -25,6 +25,7 @@ from imgflow.runtime.errors import UserError
 from imgflow.store.artifacts import ArtifactStore
 from imgflow.store.fingerprint import stable_hash
 from tasks.progress import task_progress
+from tasks.store import store_at
 
 StageInputs = Mapping[str, "StageResult | str"]
 
@@ -46,13 +47,13 @@ def stage_task(step: Step) -> Task:
         if parameters.get("force"):
             return None
         key = stage.key(parameters["config"], parameters["inputs"])
-        return key if ArtifactStore(parameters["root"]).lookup(stage.name, key, fetch=False) is not None else None
+        return key if store_at(parameters["root"]).lookup(stage.name, key, fetch=False) is not None else None
 
     def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         key = stored(parameters)
         if key is None:
             return None  # not in the store (never built, or pruned): run, whatever Prefect remembers
-        return f"imgflow-{stage.name}-{key}-{stable_hash(ArtifactStore(parameters['root']).uri)[:12]}"
+        return f"imgflow-{stage.name}-{key}-{stable_hash(store_at(parameters['root']).uri)[:12]}"
 
     def run_name(parameters: dict[str, Any]) -> str:
         """What the UI lists the task run as: the stage, and whether its output is reused."""
@@ -60,7 +61,7 @@ def stage_task(step: Step) -> Task:
 
     def run_stage(config: Any, inputs: StageInputs, root: str, force: bool = False) -> StageResult:
         with task_progress(stage.name):
-            result = stage.run(ArtifactStore(root), config, inputs, force=force)
+            result = stage.run(store_at(root), config, inputs, force=force)
         get_run_logger().info("%s %s -> %s", stage.name, result.status, result.path)
         return result
 
@@ -97,8 +98,13 @@ def task_of(step: Step) -> Task:
 
 
 @task(name="promote", task_run_name="promote")
-def promote(root: str, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
+def promote_task(root: str, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
     """Register the exported candidate and move the champion pointer to it."""
-    pointer = promote_candidate(root, name, config, results)
+    pointer = promote_candidate(store_at(root), name, config, results)
     get_run_logger().info("champion of %s is now %s (accuracy %.4f)", name, pointer["version"], pointer["accuracy"])
     return pointer
+
+
+def promote(store: ArtifactStore, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
+    """The promotion of a run's conclusion (``imgflow.pipeline.conclude``) as a Prefect task."""
+    return promote_task(store.uri, name, config, results)

@@ -14,9 +14,9 @@ from imgflow.config import TrainConfig
 from imgflow.results import StageResult
 from imgflow.runtime import progress
 from imgflow.stages.train import TRAIN
-from imgflow.store.artifacts import ArtifactStore
 from imgflow.training.tune import Pruned, open_study, pruning_listener, report_history, score, trial_config
 from tasks.progress import task_progress
+from tasks.store import store_at
 
 
 @task(name="trial", task_run_name="trial {number}")
@@ -40,7 +40,7 @@ def tune_trial(
     logger = get_run_logger()
     try:
         with task_progress("train"), progress.watching_epochs(pruning_listener(trial)):
-            result = TRAIN.run(ArtifactStore(root), trial_config(base, params), {"shards": shards})
+            result = TRAIN.run(store_at(root), trial_config(base, params), {"shards": shards})
     except Pruned as why:
         logger.info("%s", why)
         return {"state": "pruned", "detail": str(why)}

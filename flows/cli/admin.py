@@ -15,12 +15,13 @@ from imgflow.runtime.errors import ConfigError
 def _models(args: argparse.Namespace) -> int:
     from imgflow.registry import promote
     from imgflow.registry import versions as registry
-    from imgflow.store.artifacts import ArtifactStore
+    from tasks.store import store_at
 
     command = args.models_command or "ls"
+    store = store_at(args.artifacts)
     # Reads see the registry in the local folder (pulled first from an object-store root); promote
     # and rollback lock, pull and push it themselves.
-    root = args.artifacts if command in ("promote", "rollback") else ArtifactStore(args.artifacts).pull_models(args.name)
+    root = store.root if command in ("promote", "rollback") else store.pull_models(args.name)
     if command == "ls":
         names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
         console = _console()
@@ -46,7 +47,7 @@ def _models(args: argparse.Namespace) -> int:
                 )
             console.print(table)
         return 0
-    name = registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
+    name = registry.resolve_name(store.pull_models(args.name), args.name)
     if command == "show":
         folder = registry.model_dir(root, name) / args.version
         if not (folder / "card.json").is_file():
@@ -61,21 +62,21 @@ def _models(args: argparse.Namespace) -> int:
         print(f"\nfolder: {folder}" + (f"\nreport: {folder / 'report.html'}" if (folder / "report.html").is_file() else ""))
         return 0
     if command == "promote":
-        pointer = promote.promote_version(root, name, args.version, args.reason)
+        pointer = promote.promote_version(store, name, args.version, args.reason)
     else:
-        pointer = promote.rollback(root, name, args.reason)
+        pointer = promote.rollback(store, name, args.reason)
     print(f"{name}: champion {pointer['previous'] or '-'} -> {pointer['version']} (accuracy {pointer['accuracy']:.4f}), by {pointer['by']}")
     return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
     from imgflow.pipeline import housekeeping
-    from imgflow.store.artifacts import ArtifactStore
+    from tasks.store import store_at
 
     # An object-store root is listed and pruned in the bucket (the mirror's copies of what goes, too).
-    root = args.artifacts
+    store = store_at(args.artifacts)
     if args.cache_command == "ls":
-        found = housekeeping.entries(root)
+        found = housekeeping.entries(store)
         table = _table("stage", "key", "size", "age", "used by")
         table.columns[2].justify = table.columns[3].justify = "right"
         for entry in found:
@@ -91,9 +92,9 @@ def _cache(args: argparse.Namespace) -> int:
             )
         console = _console()
         console.print(table)
-        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {ArtifactStore(root).uri}")
+        console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {store.uri}")
         return 0
-    removed = housekeeping.prune(root, keep_runs=args.keep_runs, dry_run=args.dry_run)
+    removed = housekeeping.prune(store, keep_runs=args.keep_runs, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for entry in removed:
         print(f"{verb} {entry.stage}/{entry.key} ({entry.bytes / 1e6:.1f} MB)")
@@ -128,9 +129,10 @@ def _verify(args: argparse.Namespace) -> int:
     """Re-hash the whole store and registry against their manifests and cards: 0 when all is whole, 1
     when anything is damaged (listed, and with --repair set aside so the next run rebuilds it)."""
     from imgflow.pipeline.housekeeping import verify
+    from tasks.store import store_at
 
     started = time.perf_counter()
-    checked, damaged = verify(args.artifacts, repair=args.repair)
+    checked, damaged = verify(store_at(args.artifacts), repair=args.repair)
     seconds = time.perf_counter() - started
     if args.json:
         print(

@@ -61,11 +61,9 @@ def _crash_log(artifacts: str | None, error: Exception) -> Path:
     import tempfile
     import traceback
 
-    from imgflow.store.objectstore import is_remote, mirror_dir
+    from imgflow.store.roots import local_folder
 
-    root = Path(artifacts or "artifacts")
-    if artifacts and is_remote(artifacts):
-        root = mirror_dir(artifacts)
+    root = local_folder(artifacts or "artifacts")
     name = f"error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     text = f"imgflow {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(error))
     for folder in (root / "logs", Path(tempfile.gettempdir())):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import sys
 import time
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from flows.cli.render import _console, _print_predictions, _print_tuning, _quiet_tracebacks, _report, _table
 from flows.params import BackfillParams, RunParams, TuneParams, from_args
-from imgflow.config import RunConfig
 from imgflow.runtime import memory
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.lifetime import watch_descendants
@@ -21,28 +19,7 @@ from imgflow.runtime.parallel import start_forkserver
 
 if TYPE_CHECKING:
     from flows.server import TemporaryAPI
-
-
-def _run_config(params: RunParams | TuneParams) -> RunConfig:
-    from imgflow.config import build_run_config
-
-    return build_run_config(
-        params.dataset,
-        params.artifacts,
-        epochs=params.epochs,
-        min_accuracy=params.min_accuracy,
-        limit=params.limit,
-        budget=getattr(params, "budget", None),
-    )
-
-
-def _partitions(cfg: RunConfig) -> list[Any] | None:
-    """The date partitions a run of ``cfg`` today reads, or None for a whole-source run."""
-    from imgflow.data.partitions import date_partitions, select
-
-    if cfg.download.source.startswith("parquet:") and date_partitions(cfg.download.source):
-        return select(cfg.download.source, None, dt.date.today())
-    return None
+    from imgflow.pipeline.context import Run
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -54,16 +31,16 @@ def _run(args: argparse.Namespace) -> int:
     # fingerprint taken while checking is handed to the flow, which need not open the source again.
     started = time.time()
     params = from_args(RunParams, args)
-    cfg = _run_config(params)
-    partitions = _partitions(cfg)
+    run = params.open_run()
+    cfg = run.cfg
     forced = PIPELINE.refreshed(params.refresh)
-    if partitions is None:
+    if run.partitions is None:
         fingerprint = source_fingerprint(cfg.download.source, cfg.download.options)
-        planned, cached = cached_run(cfg, forced=forced, until=params.until, fingerprint=fingerprint)
+        planned, cached = cached_run(run, forced=forced, until=params.until, fingerprint=fingerprint)
         if cached is not None:
-            return _conclude_cached(cfg, params, args.json, cached, started)
+            return _conclude_cached(run, params, args.json, cached, started)
     else:
-        fingerprint, planned = None, plan(cfg, forced=forced, until=params.until, partitions=partitions)
+        fingerprint, planned = None, plan(run, forced=forced, until=params.until)
     start_forkserver()  # the data stages' worker processes get ready while Prefect starts
     from flows.server import TemporaryAPI
 
@@ -80,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     return _run_flow(train, args.json, api=api, **params.model_dump(), source_fingerprint=fingerprint)
 
 
-def _conclude_cached(cfg: RunConfig, params: RunParams, as_json: bool, cached: dict[str, Any], started: float) -> int:
+def _conclude_cached(run: Run, params: RunParams, as_json: bool, cached: dict[str, Any], started: float) -> int:
     """A run whose every stage is cached: what the flow would conclude (the same promotion, summary and
     run log) without starting Prefect or importing TensorFlow. Nothing is orchestrated, so no flow run
     is recorded; ``--refresh STAGE`` runs the flow again."""
@@ -92,7 +69,7 @@ def _conclude_cached(cfg: RunConfig, params: RunParams, as_json: bool, cached: d
         file=sys.stderr,
         flush=True,
     )
-    summary = conclude(cfg, params.artifacts, localized(params.artifacts, cached), started, until=params.until)
+    summary = conclude(run, localized(run.store, cached), started, until=params.until)
     _report(summary.as_json(), as_json)
     return 0
 
@@ -103,8 +80,9 @@ def _plan(args: argparse.Namespace) -> int:
     from imgflow.pipeline.walk import plan
 
     params = from_args(RunParams, args)
-    cfg = _run_config(params)
-    planned = plan(cfg, forced=PIPELINE.refreshed(params.refresh), until=params.until, partitions=_partitions(cfg))
+    run = params.open_run()
+    cfg = run.cfg
+    planned = plan(run, forced=PIPELINE.refreshed(params.refresh), until=params.until)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in planned]), flush=True)
         return 0
@@ -123,12 +101,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from imgflow.config import build_run_config
-    from imgflow.data.partitions import select
-
     params = from_args(BackfillParams, args)
-    cfg = build_run_config(params.dataset, params.artifacts, epochs=params.epochs, min_accuracy=params.min_accuracy, budget=params.budget)
-    select(cfg.download.source, params.start, params.end)  # a wrong range or source costs nothing
+    params.open_run(partitions=(params.start, params.end))  # a wrong range or source costs nothing
     start_forkserver()
     from flows.backfill import backfill
 
@@ -160,11 +134,11 @@ def _run_flow(
 def _predict(args: argparse.Namespace) -> int:
     from imgflow.registry import versions as registry
     from imgflow.serving.predict import input_options, input_pieces
-    from imgflow.store.artifacts import ArtifactStore
+    from tasks.store import store_at
 
     if not args.output.endswith(".parquet"):
         raise ConfigError(f"--output must be a .parquet file, got {args.output}")
-    registry.resolve_name(ArtifactStore(args.artifacts).pull_models(args.name), args.name)
+    registry.resolve_name(store_at(args.artifacts).pull_models(args.name), args.name)
     columns = {
         "image_column": args.image_column,
         "id_column": args.id_column,
@@ -196,7 +170,7 @@ def _tune(args: argparse.Namespace) -> int:
     from imgflow.training.tune import resolve_space
 
     params = from_args(TuneParams, args)
-    cfg = _run_config(params)
+    cfg = params.open_run(partitions=False).cfg
     resolve_space(cfg.dataset, params.space)  # a bad space costs nothing
     source_fingerprint(cfg.download.source, cfg.download.options)  # nor a missing source
     import tensorflow  # noqa: F401 - imported here, not by a task's thread (see _run)

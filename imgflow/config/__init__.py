@@ -95,7 +95,7 @@ from imgflow.config.stages import (
     _at_least as _at_least,
 )
 from imgflow.runtime.errors import ConfigError
-from imgflow.store.objectstore import is_remote
+from imgflow.store.roots import canonical_root
 
 Config = TypeVar("Config")
 REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
@@ -261,7 +261,7 @@ def build_run_config(
     check_value(f"dataset {spec.name} limit", effective_limit, int | None, _TOP_RULES["limit"])
     return RunConfig(
         dataset=spec,
-        artifacts=str(artifacts) if is_remote(artifacts) else str(Path(artifacts).resolve()),
+        artifacts=canonical_root(artifacts),
         download=DownloadConfig(source=spec.source, limit=effective_limit, options=spec.options, timeout=fetch.timeout),
         **configs,
         fixed=tuple(sorted(set(values["train"]) - {"budget"})),

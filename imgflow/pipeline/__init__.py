@@ -42,6 +42,7 @@ from imgflow.config import (
 )
 from imgflow.data.cleantable import check_splits
 from imgflow.data.partitions import PART
+from imgflow.pipeline.context import Run
 from imgflow.results import CleanInfo, StageResult, ValidateInfo
 from imgflow.runtime.errors import ConfigError
 from imgflow.stages.audit import AUDIT
@@ -76,9 +77,9 @@ class Step:
     retries: int = 0  # only where the network is: anything else would fail the same way again
     # A check of the run's settings against this step's inputs before it runs (``ConfigError`` to refuse).
     before: Callable[[RunConfig, Mapping[str, StageResult]], None] | None = None
-    # The step's config from the run's settings and the results so far (``measure``: it may measure
-    # this machine; else None when it would need to), instead of the RunConfig field as it is.
-    configure: Callable[[RunConfig, Mapping[str, StageResult], bool], Any] | None = None
+    # The step's config from the run (its settings, its store) and the results so far (``measure``: it may
+    # measure this machine; else None when it would need to), instead of the RunConfig field as it is.
+    configure: Callable[[Run, Mapping[str, StageResult], bool], Any] | None = None
     # What a plan says of the step while ``configure`` cannot decide its config yet.
     undecided: str = "its settings follow from what this run builds first"
     # Why the run's settings leave this step out (None: they do not), e.g. ``[audit] enabled = false``.
@@ -93,11 +94,11 @@ class Step:
         found = {name for names in self.inputs.values() for name in names if name not in EXTERNAL}
         return found | ({self.gated_by} if self.gated_by else set())
 
-    def config_of(self, cfg: RunConfig, results: Mapping[str, StageResult] | None = None, measure: bool = True) -> Any:
-        """The step's config: the RunConfig field, or what ``configure`` makes of it and ``results``."""
+    def config_of(self, run: Run, results: Mapping[str, StageResult] | None = None, measure: bool = True) -> Any:
+        """The step's config: the run's RunConfig field, or what ``configure`` makes of it and ``results``."""
         if self.configure is not None and results is not None:
-            return self.configure(cfg, results, measure)
-        return cfg.of(self.config)
+            return self.configure(run, results, measure)
+        return run.cfg.of(self.config)
 
     @property
     def against_champion(self) -> bool:
@@ -189,10 +190,11 @@ class Pipeline:
         return parts is not None and name in self.names and self.step(name).per_partition
 
 
-def budgeted_training(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
+def budgeted_training(run: Run, results: Mapping[str, StageResult], measure: bool) -> Any:
     """The train config under a time budget: the recipe's plan (``imgflow.training.probe.budgeted``)."""
     from imgflow.training.probe import budgeted
 
+    cfg = run.cfg
     return budgeted(cfg.train, cfg.fixed, results, cfg.gate.metric, run=measure)
 
 
@@ -203,23 +205,22 @@ def evaluable_splits(cfg: RunConfig, inputs: Mapping[str, StageResult]) -> None:
     check_splits(info, cfg.gate.min_test_records)
 
 
-def audited_shards(cfg: RunConfig, results: Mapping[str, StageResult], measure: bool) -> Any:
+def audited_shards(run: Run, results: Mapping[str, StageResult], measure: bool) -> Any:
     """The shard config with what the audit leaves out (``[audit] action = "exclude"``: the findings of
     every audit of the run, ``results``' ``audit`` or ``audit:<date>``); None while an audit is not built."""
     import pyarrow.parquet as pq
 
     from imgflow.data.audit import ISSUES, PAIRS, exclusions
-    from imgflow.store.artifacts import ArtifactStore
 
+    cfg = run.cfg
     if not (cfg.audit.enabled and cfg.audit.action == "exclude"):
         return cfg.shard
     audits = [result for name, result in results.items() if name == "audit" or name.startswith("audit:")]
     if not audits or any(result is None for result in audits):
         return None
-    store = ArtifactStore(cfg.artifacts)
     left: dict[str, str] = {}
     for result in audits:
-        local = store.localize(result)
+        local = run.store.localize(result)
         left.update(exclusions(pq.read_table(local.file(ISSUES)), pq.read_table(local.file(PAIRS))))
     return cfg.shard.replace(exclude=tuple(sorted(left.items())))
 

@@ -34,6 +34,7 @@ from imgflow.runtime.lifetime import follow_parent, start_child
 from imgflow.runtime.network import free_port
 from imgflow.stages.train import TRAIN
 from imgflow.store.artifacts import ArtifactStore
+from imgflow.store.roots import open_store
 from imgflow.training.accel import plan
 
 
@@ -54,19 +55,18 @@ def trainable_fingerprint(result: StageResult) -> str:
     return digest.hexdigest()
 
 
-def run_worker(artifacts: Path, shards_key: str, config: TrainConfig) -> tuple[int, StageResult, str]:
-    """Train on this worker; return its task index, the train result (the chief's is stored) and the
-    fingerprint of its trainable weights."""
-    store = ArtifactStore(artifacts)
+def run_worker(store: ArtifactStore, shards_key: str, config: TrainConfig) -> tuple[int, StageResult, str]:
+    """Train on this worker; return its task index, the train result (the chief's is stored in
+    ``store``, the others' in a temporary one) and the fingerprint of its trainable weights."""
     shards = store.lookup("shard", shards_key)
     if shards is None:
-        raise ConfigError(f"no complete shard output {shards_key!r} under {artifacts / 'shard'}")
+        raise ConfigError(f"no complete shard output {shards_key!r} in {store.uri}/shard")
     index = plan(config.precision, config.jit_compile, [], os.environ.get("TF_CONFIG")).task_index
     if index == 0:
         result = TRAIN.run(store, config, {"shards": shards})
         return index, result, trainable_fingerprint(result)
     with tempfile.TemporaryDirectory(prefix=f"imgflow-worker-{index}-") as scratch:
-        result = TRAIN.run(ArtifactStore(scratch), config, {"shards": shards})
+        result = TRAIN.run(open_store(scratch), config, {"shards": shards})
         return index, result, trainable_fingerprint(result)
 
 
@@ -103,7 +103,7 @@ def main() -> int:
     follow_parent()
     limit_threads()  # before the train stage imports TensorFlow
     parser = argparse.ArgumentParser(prog="python -m imgflow.pipeline.distributed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--artifacts", default="artifacts", help="the artifact root: a folder or an object-store URI")
     parser.add_argument("--shards", required=True, help="the key of a shard output under ARTIFACTS/shard/")
     parser.add_argument("--config", type=Path, help="a TOML file of [train] settings (default: the defaults)")
     parser.add_argument(
@@ -118,7 +118,7 @@ def main() -> int:
     try:
         values = tomllib.loads(args.config.read_text()).get("train", {}) if args.config else {}
         config = parse_section(TrainConfig, values, str(args.config or "train config"))
-        index, result, trainable = run_worker(args.artifacts.resolve(), args.shards, config)
+        index, result, trainable = run_worker(open_store(args.artifacts), args.shards, config)
     except UserError as exc:
         print(f"imgflow: error: {exc}", file=sys.stderr)
         return 2

@@ -14,14 +14,9 @@ so that no run takes what is left of it for complete. The mirror's copy of a rem
 
 from __future__ import annotations
 
-import fcntl
-import json
-import shutil
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +24,6 @@ from typing import Any
 from imgflow.pipeline import PIPELINE
 from imgflow.registry import versions as registry
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
-from imgflow.store.integrity import CORRUPT
-
-RUNS = "runs.jsonl"
-REMOTE_RUNS = "runs"  # an object-store root's run log: one object per run
 
 
 @dataclass
@@ -47,9 +38,9 @@ class Entry:
     models: list[str] = field(default_factory=list)  # "name/version" of registered models built from it
 
 
-def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
-    """Append a finished run to the run log (one JSON line, so concurrent runs cannot interleave); on
-    an object-store root, to the mirror's and, as an object of its own, to the bucket's."""
+def record_run(store: ArtifactStore, summary: Mapping[str, Any]) -> None:
+    """Append a finished run to the store's run log: when, the model, the decision and the keys of
+    every output it used."""
     line = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": summary["model"],
@@ -63,22 +54,7 @@ def record_run(root: str | Path, summary: Mapping[str, Any]) -> None:
         },
         **({"partitions": summary["partitions"]} if "partitions" in summary else {}),
     }
-    store = ArtifactStore(root)
-    text = json.dumps(line, sort_keys=True)
-    with open(store.root / RUNS, "a") as log:
-        log.write(text + "\n")
-    if store.remote is not None:
-        store.remote.write_bytes(f"{REMOTE_RUNS}/{line['at']}-{uuid.uuid4().hex[:8]}.json", text.encode())
-
-
-def _runs(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every logged run, oldest first."""
-    if store.remote is not None:
-        names = [f"{REMOTE_RUNS}/{name}" for name in store.remote.files(REMOTE_RUNS) if name.endswith(".json")]
-        with ThreadPoolExecutor(8) as pool:
-            return [json.loads(data) for data in pool.map(store.remote.read_bytes, names) if data is not None]
-    path = store.root / RUNS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    store.log_run(line)
 
 
 def _used(run: Mapping[str, Any]) -> set[tuple[str, str]]:
@@ -86,109 +62,36 @@ def _used(run: Mapping[str, Any]) -> set[tuple[str, str]]:
     return {(stage, key) for stage, keys in run["stages"].items() for key in ([keys] if isinstance(keys, str) else keys)}
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _cards(store: ArtifactStore) -> list[tuple[str, str, dict[str, Any]]]:
-    """(model, version, card) of every registered version: read in the bucket on an object-store root
-    (its cards alone, not the models)."""
-    if store.remote is None:
-        root = store.root
-        names = sorted(p.name for p in (root / "models").glob("*"))
-        return [(name, version, registry.card(root, name, version)) for name in names for version in registry.versions(root, name)]
-    remote = store.remote
-    cards = [f for f in remote.files("models") if f.count("/") == 2 and f.endswith("/card.json")]
-    with ThreadPoolExecutor(8) as pool:
-        data = list(pool.map(lambda f: remote.read_bytes(f"models/{f}"), cards))
-    return [(*f.split("/")[:2], json.loads(card)) for f, card in zip(cards, data, strict=True) if card is not None]
-
-
 def _model_users(store: ArtifactStore) -> dict[tuple[str, str], list[str]]:
     users: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for name, version, card in _cards(store):
+    for name, version, card in store.model_cards():
         for stage, item in card.get("lineage", {}).items():
             users[(stage, item["key"])].append(f"{name}/{version}")
     return users
 
 
-def entries(root: str | Path) -> list[Entry]:
-    """Every stage output under ``root`` (in the bucket, for an object-store root), complete or left
+def entries(store: ArtifactStore) -> list[Entry]:
+    """Every stage output in ``store`` (in the bucket, for an object-store root), complete or left
     by a killed run, with who uses it."""
-    store = ArtifactStore(root)
     models = _model_users(store)
     runs: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for run in _runs(store):
+    for run in store.logged_runs():
         for used in _used(run):
             runs[used].append(run["at"])
-    if store.remote is not None:
-        return _remote_entries(store, runs, models)
-    root = store.root
-    found = []
-    for stage in PIPELINE.names:
-        for path in sorted((root / stage).glob("*")) if (root / stage).is_dir() else []:
-            if not path.is_dir() or path.name == CORRUPT:  # damaged outputs set aside stay for a person to look at
-                continue
-            complete = (path / MANIFEST).is_file()
-            key = path.name
-            found.append(
-                Entry(
-                    stage=stage,
-                    key=key,
-                    path=path,
-                    bytes=_size(path),
-                    created=path.stat().st_mtime,
-                    complete=complete,
-                    runs=runs.get((stage, key), []),
-                    models=models.get((stage, key), []),
-                )
-            )
-    return found
-
-
-def _remote_entries(
-    store: ArtifactStore, runs: Mapping[tuple[str, str], list[str]], models: Mapping[tuple[str, str], list[str]]
-) -> list[Entry]:
-    assert store.remote is not None
-    found = []
-    for stage in PIPELINE.names:
-        outputs: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
-        for name, size, modified in store.remote.listing(stage):
-            key, sep, rest = name.partition("/")
-            if sep:  # top-level objects are leases
-                outputs[key].append((rest, size, modified))
-        for key, files in sorted(outputs.items()):
-            names = {name: modified for name, _, modified in files}
-            found.append(
-                Entry(
-                    stage=stage,
-                    key=key,
-                    path=store.remote.url(f"{stage}/{key}"),
-                    bytes=sum(size for _, size, _ in files),
-                    created=names.get(MANIFEST, max(names.values())),
-                    complete=MANIFEST in names,
-                    runs=runs.get((stage, key), []),
-                    models=models.get((stage, key), []),
-                )
-            )
-    return found
-
-
-def _in_use(store: ArtifactStore, stage: str, key: str) -> bool:
-    """Whether a live build holds this key's lock right now (on an object-store root: whether its
-    lease object is there, a dead holder's included until a run takes it over)."""
-    if store.remote is not None:
-        return store.remote.read_bytes(f"{stage}/.lease-{key}") is not None
-    lock = store.root / stage / f".lock-{key}"
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    return [
+        Entry(
+            stage=stage,
+            key=stored.key,
+            path=stored.where,
+            bytes=stored.bytes,
+            created=stored.created,
+            complete=stored.complete,
+            runs=runs.get((stage, stored.key), []),
+            models=models.get((stage, stored.key), []),
+        )
+        for stage in PIPELINE.names
+        for stored in store.outputs(stage)
+    ]
 
 
 def _key_of(entry: Entry) -> str:
@@ -199,7 +102,7 @@ def _key_of(entry: Entry) -> str:
     return name.removeprefix(".work-")
 
 
-def prune(root: str | Path, keep_runs: int = 5, dry_run: bool = False) -> list[Entry]:
+def prune(store: ArtifactStore, keep_runs: int = 5, dry_run: bool = False) -> list[Entry]:
     """Remove outputs no registered model and none of the last ``keep_runs`` runs used; return them.
 
     The leftovers of killed runs (``.tmp-``, ``.old-``, ``.work-`` folders) go too, so a killed
@@ -207,27 +110,18 @@ def prune(root: str | Path, keep_runs: int = 5, dry_run: bool = False) -> list[E
     build holds the lock of is touched. Lock files stay: removing one under a waiting run would let
     two runs build the same key.
     """
-    store = ArtifactStore(root)
-    recent = _runs(store)[-keep_runs:] if keep_runs > 0 else []
+    recent = store.logged_runs()[-keep_runs:] if keep_runs > 0 else []
     needed = {used for run in recent for used in _used(run)}
     removed = []
-    for entry in entries(root):
+    for entry in entries(store):
         if entry.models or (entry.stage, _key_of(entry)) in needed:
             continue
-        if _in_use(store, entry.stage, _key_of(entry)):
+        if store.in_use(entry.stage, _key_of(entry)):
             continue
         removed.append(entry)
         if not dry_run:
-            _remove(store, entry)
+            store.remove(entry.stage, entry.key)
     return removed
-
-
-def _remove(store: ArtifactStore, entry: Entry) -> None:
-    if store.remote is not None:
-        folder = f"{entry.stage}/{entry.key}"
-        for name in sorted(store.remote.files(folder), key=lambda name: name != MANIFEST):  # manifest first: incomplete at once
-            store.remote.delete(f"{folder}/{name}")
-    shutil.rmtree(store.root / entry.stage / entry.key, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -240,9 +134,9 @@ class Damage:
     moved_to: Path | None = None  # where ``--repair`` set it aside
 
 
-def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
+def verify(store: ArtifactStore, repair: bool = False) -> tuple[int, list[Damage]]:
     """Re-hash every complete stage output, every sealed cache beside them (a train stage's frozen
-    features) and every registered model version under ``root`` (its local mirror, for an object-store
+    features) and every registered model version in ``store``'s local folder (the mirror, for an object-store
     root: the root itself is checked on every fetch) against its manifest, seal or card, like ``restic
     check``; return how many were checked and the damaged ones. With ``repair``, damaged stage outputs are
     set aside (``imgflow.store.integrity.quarantine``) so the next run rebuilds them, damaged cache files
@@ -250,17 +144,17 @@ def verify(root: str | Path, repair: bool = False) -> tuple[int, list[Damage]]:
     be rebuilt: promote another)."""
     from imgflow.store.integrity import SEAL, SEALED_CACHE, damage, manifest_damage, quarantine, seal_damage
 
-    store = ArtifactStore(root)
     checked, found = 0, []
-    for entry in entries(store.root):  # the local folder, or an object-store root's mirror
-        if not entry.complete:
-            continue
-        checked += 1
-        folder = Path(entry.path)  # a local root's folder: verify reads the mirror of an object-store root
-        problems = manifest_damage(folder, (folder / MANIFEST).read_bytes(), rehash=True)
-        if problems:
-            moved = quarantine(folder, problems) if repair else None
-            found.append(Damage(f"{entry.stage} {entry.key}", folder, problems, moved))
+    for stage in PIPELINE.names:
+        for stored in store.local_outputs(stage):  # the local folder, or an object-store root's mirror
+            if not stored.complete:
+                continue
+            checked += 1
+            folder = Path(stored.where)
+            problems = manifest_damage(folder, (folder / MANIFEST).read_bytes(), rehash=True)
+            if problems:
+                moved = quarantine(folder, problems) if repair else None
+                found.append(Damage(f"{stage} {stored.key}", folder, problems, moved))
     # Caches kept beside the outputs (a train stage's frozen features), sealed file by file: a damaged
     # one would be computed again on its next use; with ``repair``, its files go now.
     for record in sorted(store.root.glob(f"*/{SEALED_CACHE}/*/*{SEAL}")):

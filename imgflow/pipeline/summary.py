@@ -15,7 +15,7 @@ from imgflow.registry.versions import model_dir
 from imgflow.reporting.datachecks import Audit, Drift, Part, audit_line, audit_section, drift_section
 from imgflow.results import CleanInfo, StageResult, TrainInfo, ValidateInfo, clean_table
 from imgflow.runtime import cpus
-from imgflow.store.objectstore import ObjectRoot, is_remote
+from imgflow.store.artifacts import ArtifactStore
 
 
 class Metrics(Part):
@@ -94,7 +94,7 @@ def _partitioned_entry(results: list[StageResult]) -> dict[str, Any]:
 
 def build_summary(
     name: str,
-    root: str | Path,
+    store: ArtifactStore,
     results: Mapping[str, StageResult],
     champion: Mapping[str, Any] | None,
     seconds: float,
@@ -154,7 +154,7 @@ def build_summary(
         return str(results[stage].file(name)) if stage in results else None
 
     artifacts = {
-        "root": str(root),
+        "root": store.uri,
         "data_quality_report": str(table.file("report.md")) if table is not None else None,
         "audit_report": path("audit", "report.html"),
         "training_curves": path("train", "training_curves.png"),
@@ -200,7 +200,7 @@ def build_summary(
         had["audit"] = audit_section(audits, results.get("shard"))
     if promoted and champion:
         report = model_dir("", name) / champion["version"] / "report.html"
-        had["links"] = {"model_report": report_link(root, report.as_posix(), Path(champion["path"]) / "report.html")}
+        had["links"] = {"model_report": store.link(report.as_posix())}
     return RunSummary(
         model=name,
         decision=decision,
@@ -213,12 +213,6 @@ def build_summary(
         cpus=cpus.budget().as_dict(),
         **had,
     )
-
-
-def report_link(root: str | Path, relative: str, local: Path) -> str:
-    """A browser's address for the file ``relative`` to the artifact root: a presigned URL on an
-    object-store root, else ``local``'s (the same file here) ``file://`` URI."""
-    return ObjectRoot(str(root)).link(relative) if is_remote(root) else local.as_uri()
 
 
 def _budget_entry(budget: str, seconds: float, train: StageResult | None) -> BudgetEntry:

@@ -3,14 +3,14 @@ decides what each step does (``Planner``: plan; ``flows/_pipeline.PrefectRun``: 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from imgflow.config import DownloadConfig, RunConfig
-from imgflow.data.partitions import Partition
+from imgflow.config import DownloadConfig
 from imgflow.data.sources import source_fingerprint
 from imgflow.pipeline import CHAMPION, PIPELINE, REFERENCE, SOURCE, Step, part_inputs, promoted
+from imgflow.pipeline.context import Run
 from imgflow.registry.promote import versus_champion
 from imgflow.registry.versions import champion_result
 from imgflow.results import StageResult
@@ -75,12 +75,11 @@ class Walked(NamedTuple):
 
 
 def walk(
-    cfg: RunConfig,
+    run: Run,
     executor: Executor,
     *,
     forced: frozenset[str] = frozenset(),
     until: str | None = None,
-    partitions: Sequence[Partition] | None = None,
     fingerprint: str | None = None,
     given: Mapping[str, StageResult] | None = None,
 ) -> Walked:
@@ -90,7 +89,7 @@ def walk(
     champion, a gated step only when its gate promotes, ``before`` on a step's inputs before it is
     built, and ``configure`` for its config. ``given``: results this run has already (tuning's data
     stages), taken as they are."""
-    store = ArtifactStore(cfg.artifacts)
+    cfg, store, partitions = run.cfg, run.store, run.partitions
     store.pull_models(cfg.dataset.name)  # where versus_champion reads it
     reference = champion_result(store.root, cfg.dataset.name)  # what new data is compared with
     wanted = PIPELINE.until(until)
@@ -114,7 +113,7 @@ def walk(
             if any(SOURCE in providers for providers in step.inputs.values()):
                 taken = fingerprint if partition is None else None  # the caller's, of the whole source
                 external[SOURCE] = taken or executor.fingerprint(download, concurrent)
-            config = download if step.config is DownloadConfig else step.config_of(cfg)  # a partition's own source
+            config = download if step.config is DownloadConfig else step.config_of(run)  # a partition's own source
             inputs = PIPELINE.inputs(step, known, external)
             known[step.name] = executor.build(step, config, inputs, How(step.name in forced, day, concurrent))
         submitted[day or ""] = known
@@ -138,7 +137,7 @@ def walk(
             continue
         external = {CHAMPION: None, REFERENCE: reference}
         if step.against_champion and results.get("train") is not None and results.get("shard") is not None:
-            check = versus_champion(store, cfg.dataset.name, step.config_of(cfg), results["train"], results["shard"])
+            check = versus_champion(store, cfg.dataset.name, step.config_of(run), results["train"], results["shard"])
             if check.recorded is not None and step.name not in forced:
                 results[step.name] = check.recorded  # the candidate already is the champion, gated as it is now
                 executor.passed(step, "the candidate is the champion", result=check.recorded)
@@ -150,7 +149,7 @@ def walk(
             inputs = part_inputs({day: known[provider] for day, known in parts.items()}) if ready else None
         else:
             inputs = PIPELINE.inputs(step, results, external, parts if concurrent else None)
-        config = step.config_of(cfg)
+        config = step.config_of(run)
         if inputs is not None:
             if step.before is not None:
                 step.before(cfg, inputs)
@@ -160,7 +159,7 @@ def walk(
                 if concurrent
                 else results
             )
-            config = step.config_of(cfg, known, executor.measure)
+            config = step.config_of(run, known, executor.measure)
         how = How(step.name in forced, pending_gate=bool(step.gated_by) and gate is None)
         results[step.name] = executor.settle(executor.build(step, config, inputs, how))
     return Walked(results, parts if concurrent else None)
@@ -212,31 +211,24 @@ class Planner:
         self.planned.append(PlannedStage(step.name, action, key, why, partition))
 
 
-def plan(
-    cfg: RunConfig,
-    *,
-    forced: frozenset[str] = frozenset(),
-    until: str | None = None,
-    partitions: Sequence[Partition] | None = None,
-    fingerprint: str | None = None,
-) -> list[PlannedStage]:
+def plan(run: Run, *, forced: frozenset[str] = frozenset(), until: str | None = None, fingerprint: str | None = None) -> list[PlannedStage]:
     """Every stage of a run and whether it would run or reuse a stored output, without running
     anything (nor importing TensorFlow): the walk a run makes (``walk``), with a ``Planner``. The keys
     are computed as the run would compute them, from the source's fingerprint (``fingerprint`` when the
     caller took it already) and each stored upstream output's. A stage whose input is not built yet
     runs, and so does everything after it."""
-    planner = Planner(ArtifactStore(cfg.artifacts))
-    walk(cfg, planner, forced=forced, until=until, partitions=partitions, fingerprint=fingerprint)
+    planner = Planner(run.store)
+    walk(run, planner, forced=forced, until=until, fingerprint=fingerprint)
     return planner.planned
 
 
 def cached_run(
-    cfg: RunConfig, *, forced: frozenset[str] = frozenset(), until: str | None = None, fingerprint: str | None = None
+    run: Run, *, forced: frozenset[str] = frozenset(), until: str | None = None, fingerprint: str | None = None
 ) -> tuple[list[PlannedStage], dict[str, StageResult] | None]:
     """The plan of a whole-source run, and when it runs no stage, the stored output of every stage it
     reuses (status ``cached``): all a run with nothing to run reports."""
-    planner = Planner(ArtifactStore(cfg.artifacts))
-    walked = walk(cfg, planner, forced=forced, until=until, fingerprint=fingerprint)
+    planner = Planner(run.store)
+    walked = walk(run, planner, forced=forced, until=until, fingerprint=fingerprint)
     if any(p.action == "run" for p in planner.planned):
         return planner.planned, None
     return planner.planned, {stage: result.with_status("cached") for stage, result in walked.results.items() if result is not None}

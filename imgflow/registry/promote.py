@@ -136,7 +136,7 @@ def versus_champion(store: ArtifactStore, name: str, gate: Any, model: StageResu
     return ChampionCheck(recorded=result)
 
 
-def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
+def promote(store: ArtifactStore, name: str, config: Mapping[str, Any], results: Mapping[str, StageResult]) -> dict[str, Any]:
     """Register the candidate (once) and make it the champion; return the champion pointer."""
     card, card_md = model_card(name, config, results)
     table = clean_table(results)
@@ -165,7 +165,7 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         "report.html": report_html({**card, "name": name}, Path(results["validate"].path), Path(results["train"].path)),
     }
     # One promotion at a time per model: two runs promoting the same candidate register it once.
-    with ArtifactStore(root).models(name) as local:
+    with store.models(name) as local:
         version = registry.register(local, name, files, card, documents)
         current = registry.champion(local, name)
         if current is not None and current["version"] == version:
@@ -173,15 +173,15 @@ def promote(root: str | Path, name: str, config: Mapping[str, Any], results: Map
         return registry.set_champion(local, name, version, reason="; ".join(card["decision"]["reasons"]))
 
 
-def promote_version(root: str | Path, name: str, version: str, reason: str) -> dict[str, Any]:
+def promote_version(store: ArtifactStore, name: str, version: str, reason: str) -> dict[str, Any]:
     """Make a registered ``version`` the champion by hand (recorded with who and why)."""
-    with ArtifactStore(root).models(name) as local:
+    with store.models(name) as local:
         return registry.set_champion(local, name, version, reason=f"manual promotion: {reason}")
 
 
-def rollback(root: str | Path, name: str, reason: str) -> dict[str, Any]:
+def rollback(store: ArtifactStore, name: str, reason: str) -> dict[str, Any]:
     """Point the champion back at the version it replaced (recorded with who and why)."""
-    with ArtifactStore(root).models(name) as local:
+    with store.models(name) as local:
         current = registry.champion(local, name)
         if current is None or not current.get("previous"):
             raise ConfigError(f"model {name} has no earlier champion to roll back to")

@@ -201,9 +201,9 @@ class _Plan:
     def folder(self) -> Path:
         if self.root is None:
             return Path(self.version_dir)
-        from imgflow.store.artifacts import ArtifactStore
+        from imgflow.store.roots import open_store
 
-        return ArtifactStore(self.root).pull_version(self.name, self.version)
+        return open_store(self.root).pull_version(self.name, self.version)
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,6 +20,7 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,16 +29,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from imgflow import __version__
 from imgflow.results import Info, StageResult
 from imgflow.runtime import memory
-from imgflow.runtime.errors import ConfigError
-from imgflow.store.files import file_lock, file_table, swap_in, write_bytes_atomic, write_json_atomic
+from imgflow.store.files import file_lock, file_table, swap_in, write_json_atomic
 from imgflow.store.fingerprint import stable_hash
-from imgflow.store.integrity import damage, manifest_damage, quarantine, record_verified
-from imgflow.store.objectstore import ObjectRoot, is_remote, mirror_dir
+from imgflow.store.integrity import CORRUPT, manifest_damage, quarantine, record_verified
 from imgflow.store.scratch import SHARED_SCRATCH
 
 MANIFEST = "manifest.json"
@@ -46,25 +45,34 @@ KEY_LENGTH = 20
 REPAIRED: dict[tuple[str, str], str] = {}
 # What a build returns: its stage's info model (a plain mapping for ad-hoc stages, e.g. in tests).
 Built = Info | Mapping[str, Any]
+RUNS = "runs.jsonl"  # the run log (imgflow.pipeline.housekeeping)
+
+
+class Stored(NamedTuple):
+    """One output (or a killed run's leftover) as the store holds it."""
+
+    key: str  # its folder's name: the key, or ``.tmp-<key>-<id>``, ``.old-<key>-<id>``, ``.work-<key>``
+    where: Path | str  # a local folder, or its URI on an object-store root
+    bytes: int
+    created: float
+    complete: bool
 
 
 class ArtifactStore:
-    """Stage outputs keyed by content, under one root: a local folder, or an object-store URI
-    (``s3://bucket/prefix``) worked through a local mirror.
+    """Stage outputs keyed by content, under one local folder: the store's interface, and its backend
+    for a local root. ``imgflow.store.remote.RemoteArtifactStore`` is the other backend (an
+    object-store root worked through a local mirror); ``imgflow.store.roots.open_store`` chooses one
+    when a root is opened, and callers never ask which they hold.
 
-    With an object-store root the remote copy is the truth: an output counts as complete when its
-    manifest is there, and ``lookup`` brings a complete output into the mirror (checking every file
-    against the manifest) before handing out its local path. ``build`` takes the local lock and the
-    root's cross-machine lease (``imgflow.store.objectstore``), builds locally as for a local root, then
-    publishes: every file first, the manifest last. The registry (``models/``) moves the same way,
-    under a lease per model (``models``).
+    Every output is read and written in the local folder ``root``: the backends differ in where the
+    truth is (here: this folder), what ``lookup`` fetches first, the lock a build takes and what
+    happens once an output is complete (published, or nothing). The registry (``models/``) is moved the
+    same way: ``models`` is one writer's turn at it, ``pull_models`` and ``pull_version`` bring it here.
     """
 
-    def __init__(self, root: str | Path, mirror: Path | None = None) -> None:
-        """``mirror``: the local folder of an object-store root (default: ``objectstore.mirror_dir``)."""
-        self.remote = ObjectRoot(str(root)) if is_remote(root) else None
-        self.root = (mirror or mirror_dir(str(root))) if self.remote else Path(root).resolve()
-        self.uri = self.remote.uri if self.remote else str(self.root)
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
 
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -96,61 +104,38 @@ class ArtifactStore:
             fingerprint=manifest["fingerprint"],
             status="cached",
             info=manifest["info"],  # read back as the stage's info type
-            uri=self.remote.url(f"{stage}/{key}") if self.remote else None,
+            uri=self.url(f"{stage}/{key}"),
         )
 
-    def lookup(self, stage: str, key: str, *, fetch: bool = True) -> StageResult | None:
-        """The complete output for ``key``, or None when there is none.
+    def url(self, relative: str) -> str | None:
+        """Where other machines find ``relative`` (None: only on this machine's disk)."""
+        return None
 
-        With an object-store root, the output is brought into the local mirror first (unless
-        ``fetch`` is False: then only its manifest is read, for plans that need no files).
-        """
-        if self.remote is None:
-            return self._local(stage, key)
-        remote = self.remote.read_bytes(f"{stage}/{key}/{MANIFEST}")
-        if remote is None:
-            return None
-        local = self.stage_dir(stage, key) / MANIFEST
-        if not fetch:
-            return self._result(stage, key, remote)
-        if local.is_file() and local.read_bytes() == remote:
-            if not damage(local.parent, json.loads(remote)["files"]):
-                return self._result(stage, key, remote)
-            local.unlink()  # a damaged mirror copy: fetched again from the root, which is the truth
-        parent = self.root / stage
-        parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(parent / f".fetch-{key}"):
-            if not (local.is_file() and local.read_bytes() == remote):
-                tmp = parent / f".fetch-{key}-{uuid.uuid4().hex[:8]}"
-                try:
-                    self.remote.download(f"{stage}/{key}", json.loads(remote)["files"], tmp)
-                    (tmp / MANIFEST).write_bytes(remote)
-                    swap_in(tmp, self.stage_dir(stage, key))
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-        return self._result(stage, key, remote)
+    def link(self, relative: str) -> str:
+        """A link a person can open to ``relative``, a file under the root (a ``file://`` URI here)."""
+        return (self.root / relative).as_uri()
+
+    @property
+    def shared_uri(self) -> str | None:
+        """The root as workers on other machines reach it (None: a folder on this machine)."""
+        return None
+
+    def lookup(self, stage: str, key: str, *, fetch: bool = True) -> StageResult | None:
+        """The complete output for ``key``, or None when there is none. ``fetch``: bring its files into the
+        local folder first (with a remote backend; False reads only the manifest, for plans)."""
+        return self._local(stage, key)
 
     def localize(self, result: StageResult) -> StageResult:
         """``result`` (built here or on another machine) with its files in this store's local folder."""
-        if self.remote is None:
-            return result
-        found = self.lookup(result.stage, result.key)
-        if found is not None:
-            return found.with_status(result.status)
-        if Path(result.path).exists():
-            return result  # not a stage output (the champion, from the pulled registry)
-        raise FileNotFoundError(f"{result.stage} output {result.key} is not in the artifact root {self.uri}")
+        return result
 
     @contextlib.contextmanager
     def _locked(self, folder: Path, name: str) -> Iterator[Any]:
-        """The lock on ``name`` in ``folder``: a file lock here, and the root's lease when it is remote."""
+        """The lock on ``name`` in ``folder``: a file lock here (a remote backend adds the root's lease,
+        which it yields)."""
         folder.mkdir(parents=True, exist_ok=True)
         with file_lock(folder / f".lock-{name}"):
-            if self.remote is None:
-                yield None
-                return
-            with self.remote.lease(f"{folder.relative_to(self.root).as_posix()}/.lease-{name}") as lease:
-                yield lease
+            yield None
 
     def build(
         self,
@@ -178,32 +163,16 @@ class ArtifactStore:
             if existing is not None and not force:
                 return existing
             local = self._local(stage, key)
-            if local is not None and not force and self.remote is not None:
-                # Built here by a run that died before publishing it: publish, do not rebuild.
-                self._publish(stage, key, lease)
+            if local is not None and not force:
+                self._complete(stage, key, lease)  # built here by a run that died before completing it
                 return local
             result = self._build_locked(stage, key, build, {"config": config, "inputs": dict(inputs)})
-            if self.remote is not None:
-                self._publish(stage, key, lease, replace=force)
-                for name in self.remote.files(f"{stage}/.work-{key}"):  # shared scratch (see shared_scratch)
-                    self.remote.delete(f"{stage}/.work-{key}/{name}")
+            self._complete(stage, key, lease, replace=force)
             return result
 
-    def _publish(self, stage: str, key: str, lease: Any, replace: bool = False) -> None:
-        """Copy the local output of ``key`` to the object-store root: files first, manifest last
-        (after removing the old manifest when replacing, so no reader mixes the two)."""
-        assert self.remote is not None
-        folder, prefix = self.stage_dir(stage, key), f"{stage}/{key}"
-        manifest = (folder / MANIFEST).read_bytes()
-        files = sorted(json.loads(manifest)["files"])
-        if replace:
-            self.remote.delete(f"{prefix}/{MANIFEST}")
-        self.remote.upload(folder, files, prefix)
-        _failpoint(f"{stage}@publish", folder.parent / f".failpoint-{key}")
-        lease.check()
-        self.remote.write_bytes(f"{prefix}/{MANIFEST}", manifest)
-        for stale in set(self.remote.files(prefix)) - {*files, MANIFEST}:
-            self.remote.delete(f"{prefix}/{stale}")
+    def _complete(self, stage: str, key: str, lease: Any, replace: bool = False) -> None:
+        """What follows a complete local output of ``key``: nothing on a local root (a remote backend
+        publishes it)."""
 
     def _build_locked(self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]) -> StageResult:
         """``build`` under this key's lock: into a temporary folder, manifest last, renamed into place."""
@@ -213,13 +182,13 @@ class ArtifactStore:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        shared = SHARED_SCRATCH.set(self.remote.url(f"{stage}/.work-{key}") if self.remote else None)
+        shared = SHARED_SCRATCH.set(self.url(f"{stage}/.work-{key}"))
         before = memory.resident()
         try:
             started = time.time()
             built = build(tmp)
             info = built if isinstance(built, Info) else Info(**built)
-            _failpoint(stage, tmp / ".failpoint")
+            failpoint(stage, tmp / ".failpoint")
             files = file_table(tmp)
             if not files:
                 raise RuntimeError(f"stage {stage!r} produced no output in {tmp}")
@@ -248,87 +217,80 @@ class ArtifactStore:
         assert result is not None
         return result.model_copy(update={"status": "ran", "repaired": REPAIRED.pop((stage, key), None)})
 
+    # What housekeeping (``imgflow.pipeline.housekeeping``) reads and removes, where the truth is.
+
+    def log_run(self, line: Mapping[str, Any]) -> None:
+        """Append a finished run to the run log (``runs.jsonl``: one JSON line, so concurrent runs
+        cannot interleave)."""
+        with open(self.root / RUNS, "a") as log:
+            log.write(json.dumps(line, sort_keys=True) + "\n")
+
+    def logged_runs(self) -> list[dict[str, Any]]:
+        """Every logged run, oldest first."""
+        path = self.root / RUNS
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def model_cards(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(model, version, card) of every registered version (its card alone, not the model)."""
+        found = sorted(p for p in self.root.glob("models/*/*/card.json") if not p.parent.name.startswith("."))
+        return [(p.parent.parent.name, p.parent.name, json.loads(p.read_text())) for p in found]
+
+    def outputs(self, stage: str) -> list[Stored]:
+        """Every output of ``stage`` where the truth is, complete or left by a killed run (``.tmp-``,
+        ``.old-``, ``.work-`` folders); damaged outputs set aside stay for a person to look at."""
+        return self.local_outputs(stage)
+
+    def local_outputs(self, stage: str) -> list[Stored]:
+        """Every output of ``stage`` in the local folder (an object-store root's mirror: what this
+        machine's files say, for ``verify``)."""
+        folder = self.root / stage
+        found = []
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if path.is_dir() and path.name != CORRUPT:
+                size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                found.append(Stored(path.name, path, size, path.stat().st_mtime, (path / MANIFEST).is_file()))
+        return found
+
+    def in_use(self, stage: str, key: str) -> bool:
+        """Whether a live build holds ``key``'s lock right now."""
+        lock = self.root / stage / f".lock-{key}"
+        if not lock.exists():
+            return False
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def remove(self, stage: str, key: str) -> None:
+        """Remove the output (or leftover) ``key`` of ``stage``."""
+        shutil.rmtree(self.root / stage / key, ignore_errors=True)
+
     def pull_models(self, name: str | None = None) -> Path:
         """Bring the registry of model ``name`` (every model when None) into the local folder: the
-        champion pointer, its history and every version not here yet. Returns the local root, where
-        ``imgflow.registry.versions`` reads it. A no-op on a local root."""
-        if self.remote is not None:
-            names = [name] if name else sorted({f.split("/", 1)[0] for f in self.remote.files("models")})
-            for model in names:
-                self._pull_model(model)
+        champion pointer, its history and every version not here yet (a remote backend's work; here
+        it is already). Returns the local root, where ``imgflow.registry.versions`` reads it."""
         return self.root
 
-    def _pull_model(self, name: str) -> None:
-        assert self.remote is not None
-        prefix, folder = f"models/{name}", self.root / "models" / name
-        found = self.remote.files(prefix)
-        if not found:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        versions = {f.split("/", 1)[0] for f in found if f.endswith("/card.json") and f.count("/") == 1}
-        for version in sorted(versions - {p.name for p in folder.iterdir() if p.is_dir()}):
-            self._fetch_version(name, version, [f.split("/", 1)[1] for f in found if f.startswith(f"{version}/")])
-        for pointer in ("history.jsonl", "champion.json"):
-            data = self.remote.read_bytes(f"{prefix}/{pointer}")
-            if data is not None:
-                write_bytes_atomic(folder / pointer, data)
-
     def pull_version(self, name: str, version: str) -> Path:
-        """The local folder of model ``name``'s ``version``, fetched from an object-store root if this
-        machine has none yet (a registered version never changes), alone: what a worker of a batch
-        prediction needs, not the whole registry."""
-        folder = self.root / "models" / name / version
-        if self.remote is not None and not folder.is_dir():
-            names = self.remote.files(f"models/{name}/{version}")
-            if "card.json" not in names:  # pushed last: without it the version is not registered (yet)
-                raise ConfigError(f"{self.remote.url(f'models/{name}/{version}')} is not a registered model version")
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            self._fetch_version(name, version, names)
-        return folder
-
-    def _fetch_version(self, name: str, version: str, names: list[str]) -> None:
-        """Download a version's files into a temporary folder, renamed into place once complete."""
-        assert self.remote is not None
-        folder = self.root / "models" / name
-        tmp = folder / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
-        try:
-            self.remote.download(f"models/{name}/{version}", names, tmp)
-            with contextlib.suppress(OSError):  # another process here pulled it first
-                os.rename(tmp, folder / version)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        """The local folder of model ``name``'s ``version`` (fetched first by a remote backend, alone:
+        what a worker of a batch prediction needs, not the whole registry)."""
+        return self.root / "models" / name / version
 
     @contextlib.contextmanager
     def models(self, name: str) -> Iterator[Path]:
         """Change the registry of model ``name``: one writer at a time (across machines for an
-        object-store root, where the registry is pulled first and pushed back after: new versions,
-        card last, then the history and the champion pointer). Yields the local root."""
-        with self._locked(self.root / "models" / name, "registry") as lease:
-            self.pull_models(name)
+        object-store root, which pulls it first and pushes it back after). Yields the local root."""
+        with self._locked(self.root / "models" / name, "registry"):
             yield self.root
-            if self.remote is not None:
-                self._push_model(name, lease)
-
-    def _push_model(self, name: str, lease: Any) -> None:
-        assert self.remote is not None
-        prefix, folder = f"models/{name}", self.root / "models" / name
-        published = {f.split("/", 1)[0] for f in self.remote.files(prefix) if f.endswith("/card.json")}
-        for version in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "card.json").is_file()):
-            if version.name in published:
-                continue  # versions never change once registered
-            names = sorted(p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file())
-            self.remote.upload(version, [n for n in names if n != "card.json"], f"{prefix}/{version.name}")
-            self.remote.upload(version, ["card.json"], f"{prefix}/{version.name}")
-        lease.check()
-        for pointer in ("history.jsonl", "champion.json"):
-            if (folder / pointer).is_file():
-                self.remote.upload(folder, [pointer], prefix)
 
 
 FAILPOINT = "IMGFLOW_FAILPOINT"
 
 
-def _failpoint(point: str, marker: Path) -> None:
+def failpoint(point: str, marker: Path) -> None:
     """Crash-test hook: with IMGFLOW_FAILPOINT=<point>, stop here.
 
     Points: ``<stage>`` (the stage wrote all its files, no manifest yet) and ``<stage>@publish`` (an

@@ -44,28 +44,28 @@ class CheckpointMirror:
 
     def __init__(self, uri: str) -> None:
         parent, _, self.name = uri.rstrip("/").rpartition("/")
-        self.remote = ObjectRoot(parent)
+        self.objects = ObjectRoot(parent)
         self.sent: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) of what the store holds
 
     def pull(self, folder: Path) -> None:
         if (folder / PROGRESS).is_file():
             return
-        names = self.remote.files(self.name)
-        data = self.remote.read_bytes(f"{self.name}/{PROGRESS}") if PROGRESS in names else None
+        names = self.objects.files(self.name)
+        data = self.objects.read_bytes(f"{self.name}/{PROGRESS}") if PROGRESS in names else None
         if data is None:
             return
         files = [n for n in names if n != PROGRESS and "/" not in n]
-        self.remote.download(self.name, files, folder)
+        self.objects.download(self.name, files, folder)
         write_bytes_atomic(folder / PROGRESS, data)  # last: the commit point here too
         self.sent = {n: _stamp(folder / n) for n in [*files, PROGRESS]}
 
     def push(self, folder: Path) -> None:
         present = {p.name: _stamp(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         changed = [n for n, stamp in sorted(present.items()) if n != PROGRESS and self.sent.get(n) != stamp]
-        self.remote.upload(folder, changed, self.name)
-        self.remote.upload(folder, [PROGRESS], self.name)
+        self.objects.upload(folder, changed, self.name)
+        self.objects.upload(folder, [PROGRESS], self.name)
         for gone in set(self.sent) - set(present):
-            self.remote.delete(f"{self.name}/{gone}")
+            self.objects.delete(f"{self.name}/{gone}")
         self.sent = present
 
 

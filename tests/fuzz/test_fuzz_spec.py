@@ -60,7 +60,7 @@ def _check(path: Path, doc: dict[str, Any] | None) -> None:
         return
     DOWNLOAD.key(cfg.download, {"source": "fingerprint"})
     for step in PIPELINE.steps:
-        step.stage.key(step.config_of(cfg), {})
+        step.stage.key(cfg.of(step.config), {})
 
 
 @fuzz_target(examples=400)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import partitioned_parquet
+from imgflow.data.synthetic import partitioned_parquet
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]

@@ -30,7 +30,7 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
     """Slow by nature (about 90 s): a budgeted run spends its budget (a race, then training until the
     budget's end), which is what it checks."""
     from flows.train import train
-    from imgflow.config import build_run_config
+    from imgflow.pipeline.context import open_run
     from imgflow.pipeline.walk import plan
 
     monkeypatch.setenv("IMGFLOW_CACHE", str(tmp_path / "cache"))  # a machine that has never been probed
@@ -40,18 +40,17 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
         "test_fraction = 0.2\nval_fraction = 0.06\n\n[train]\nwidth = 16\n\n[gate]\nmin_accuracy = 0.0\n"
     )
     artifacts = tmp_path / "artifacts"
-    cfg = build_run_config(str(spec), artifacts, budget=f"{BUDGET}s")
+    run = open_run(str(spec), artifacts, budget=f"{BUDGET}s")
     train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s", until="shard")
-    before = {p.stage: p for p in plan(cfg)}
+    before = {p.stage: p for p in plan(run)}
     assert before["train"].key is None and "recipe" in before["train"].note  # the data is built, this machine not measured
     # The speeds the recipe plans from: a quiet 2-core EPYC's, as its probe measured them. Measured here,
     # under the suite's other workers, they vary enough to change which candidates fit the 90 s (the
     # probe's own measuring is tested in tests/unit/test_recipe.py); what the race then decides is
     # measured for real.
-    from imgflow.store.artifacts import ArtifactStore
     from imgflow.training.probe import cache_path, data_stats
 
-    shards = ArtifactStore(artifacts).lookup("shard", before["shard"].key)
+    shards = run.store.lookup("shard", before["shard"].key)
     assert shards is not None
     seeded = cache_path(data_stats(shards))
     seeded.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +90,7 @@ def test_a_budgeted_run_keeps_its_budget_and_a_rerun_reuses_its_plan(tmp_path: P
 
     # The probe and the data's statistics are cached: planning now knows the train key, and a rerun
     # reuses every stage, training included.
-    after = {p.stage: p for p in plan(cfg)}
+    after = {p.stage: p for p in plan(run)}
     assert after["train"].action == "reuse" and after["train"].key == first["stages"]["train"]["key"]
     second = train(dataset=str(spec), artifacts=str(artifacts), budget=f"{BUDGET}s")
     assert second["stages"]["train"]["status"] == "cached"

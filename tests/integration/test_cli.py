@@ -185,7 +185,7 @@ def test_run_json_ends_with_the_summary(tmp_path: Path) -> None:
 def test_dirty_folder_runs_end_to_end_and_accounts_for_every_file(tmp_path: Path) -> None:
     """Real digits in five formats and four modes, at three sizes, with broken files, a duplicate and a
     label conflict mixed in: every bad file is quarantined with its reason and a model is promoted."""
-    from tests.helpers import dirty_folder
+    from imgflow.data.synthetic import dirty_folder
 
     corpus = dirty_folder(tmp_path / "digits", count=2000)
     spec = tmp_path / "digits.toml"

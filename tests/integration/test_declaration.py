@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from imgflow.config import ShardConfig, build_run_config
+from imgflow.config import ShardConfig
 from imgflow.pipeline import PIPELINE, Pipeline, Step
+from imgflow.pipeline.context import open_run
 from imgflow.pipeline.walk import plan
 from imgflow.results import StageResult
-from imgflow.store.artifacts import MANIFEST
 from imgflow.stages.stage import Stage
+from imgflow.store.artifacts import MANIFEST
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -42,8 +43,8 @@ def test_a_step_added_to_the_declaration_is_planned_run_and_reported(tmp_path: P
     from flows.train import train
 
     params = {"dataset": "digits", "artifacts": str(tmp_path / "artifacts"), "epochs": 1, "min_accuracy": 0.0, "limit": 400}
-    cfg = build_run_config(params["dataset"], params["artifacts"], epochs=1, min_accuracy=0.0, limit=400)
-    before = {p.stage: p for p in plan(cfg)}
+    run = open_run(params["dataset"], params["artifacts"], epochs=1, min_accuracy=0.0, limit=400)
+    before = {p.stage: p for p in plan(run)}
     assert before["census"].action == "run" and list(before).index("census") == list(before).index("shard") + 1
 
     summary = train(**params)
@@ -51,6 +52,6 @@ def test_a_step_added_to_the_declaration_is_planned_run_and_reported(tmp_path: P
     outputs = list((tmp_path / "artifacts" / "census").glob(f"*/{MANIFEST}"))
     assert len(outputs) == 1 and (outputs[0].parent / "census.txt").read_text().endswith("test records\n")
 
-    after = {p.stage: p for p in plan(cfg)}
+    after = {p.stage: p for p in plan(run)}
     assert after["census"].action == "reuse" and after["census"].key == outputs[0].parent.name
     assert train(**params)["stages"]["census"]["status"] == "cached"

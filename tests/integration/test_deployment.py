@@ -32,7 +32,7 @@ from flows.postgres import server_programs
 from flows.server import RunningServer, prefect_server, server_state
 from imgflow.runtime.errors import UserError
 from imgflow.runtime.lifetime import descendants, running
-from tests.helpers import partitioned_parquet
+from imgflow.data.synthetic import partitioned_parquet
 from tests.conftest import seed_prefect_home
 
 pytestmark = pytest.mark.slow

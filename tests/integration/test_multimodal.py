@@ -1,5 +1,5 @@
 """Image + text through ``imgflow run`` and ``imgflow predict``, as a user runs them, on data whose class
-needs both: the image tells one bit, the caption the other (``tests.helpers.captioned_folder``)."""
+needs both: the image tells one bit, the caption the other (``imgflow.data.synthetic.captioned_folder``)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import captioned_folder
+from imgflow.data.synthetic import captioned_folder
 
 IMGFLOW = [sys.executable, "-m", "flows.cli"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import QuotaUnavailable, cpu_quota
+from imgflow.runtime.quota import QuotaUnavailable, cpu_quota
 
 
 @pytest.mark.slow

@@ -59,3 +59,17 @@ def test_the_library_is_laid_out_by_concept() -> None:
     """A newcomer finds a dozen concepts at the top of imgflow/."""
     entries = [p for p in (REPO / "imgflow").iterdir() if p.name != "__pycache__"]
     assert len(entries) <= 12, sorted(p.name for p in entries)
+
+
+def test_the_benchmarks_import_nothing_from_the_tests() -> None:
+    """Benchmarks are run from a checkout as scripts: what they share with the tests lives in the library
+    (``imgflow.data.synthetic``, ``imgflow.runtime.quota``), not in ``tests``."""
+    import ast
+
+    found = {}
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        found[path.name] = sorted(name for name in names if name.split(".")[0] == "tests")
+    assert len(found) > 10 and {name: names for name, names in found.items() if names} == {}

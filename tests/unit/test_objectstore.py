@@ -20,13 +20,14 @@ import pytest
 
 from imgflow.registry import versions as registry
 from imgflow.runtime.errors import ConfigError
-from imgflow.store.objectstore import LeaseLost, ObjectRoot
-from imgflow.store.artifacts import MANIFEST, ArtifactStore
 from imgflow.stages.stage import Stage
+from imgflow.store.artifacts import MANIFEST, ArtifactStore
+from imgflow.store.objectstore import LeaseLost, ObjectRoot
+from imgflow.store.roots import open_store
 
 
 def _machines(root: str, tmp_path: Path, count: int = 2) -> list[ArtifactStore]:
-    return [ArtifactStore(root, mirror=tmp_path / f"machine-{i}") for i in range(count)]
+    return [open_store(root, mirror=tmp_path / f"machine-{i}") for i in range(count)]
 
 
 def _counting(calls: list[int], text: str = "hello", pause: float = 0.0) -> Stage:
@@ -184,9 +185,7 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
     assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
 
     # The run summary's link to a registered file opens in a browser on any machine: a presigned GET.
-    from imgflow.pipeline.summary import report_link
-
-    link = report_link(s3_root, "models/digits/v2/card.json", here.root / "models" / "digits" / "v2" / "card.json")
+    link = here.link("models/digits/v2/card.json")
     assert link.startswith("http") and "Signature" in link, link
     with urllib.request.urlopen(link, timeout=10) as response:
         assert json.loads(response.read())["version"] == "v2"

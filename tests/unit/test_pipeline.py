@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from imgflow.config import build_run_config
-from imgflow.runtime.errors import ConfigError
 from imgflow.data.partitions import date_partitions
-from imgflow.pipeline import ORDER, PIPELINE
-from imgflow.pipeline.walk import cached_run, plan
 from imgflow.data.sources import source_fingerprint
-from imgflow.store.artifacts import ArtifactStore
-from tests.helpers import partitioned_parquet
+from imgflow.pipeline import ORDER, PIPELINE
+from imgflow.pipeline.context import open_run
+from imgflow.pipeline.walk import cached_run, plan
+from imgflow.runtime.errors import ConfigError
+from imgflow.data.synthetic import partitioned_parquet
 
 
 def test_the_declaration_orders_every_stage_merge_included() -> None:
@@ -47,8 +47,9 @@ def _actions(planned: list) -> dict[str, str]:
 
 
 def test_plan_on_a_fresh_store_runs_everything_and_knows_only_the_first_key(tmp_path: Path) -> None:
-    cfg = build_run_config(_spec(tmp_path), tmp_path / "artifacts")
-    planned = plan(cfg)
+    run = open_run(_spec(tmp_path), tmp_path / "artifacts")
+    cfg = run.cfg
+    planned = plan(run)
     assert _actions(planned) == dict.fromkeys(("download", "clean", "drift", "audit", "shard", "train", "validate", "export"), "run")
     download = planned[0]
     from imgflow.stages.download import DOWNLOAD
@@ -64,31 +65,31 @@ def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
 
-    cfg = build_run_config(_spec(tmp_path), tmp_path / "artifacts")
-    store = ArtifactStore(cfg.artifacts)
+    run = open_run(_spec(tmp_path), tmp_path / "artifacts")
+    cfg, store = run.cfg, run.store
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
     shards = SHARD.run(store, cfg.shard, {"clean": clean})
 
-    planned = {p.stage: p for p in plan(cfg)}
+    planned = {p.stage: p for p in plan(run)}
     assert [planned[s].key for s in ("download", "clean", "shard")] == [raw.key, clean.key, shards.key]
     assert _actions(planned.values()) == {"download": "reuse", "clean": "reuse", "drift": "run", "audit": "run", "shard": "reuse",
                                           "train": "run", "validate": "run", "export": "run"}
     assert planned["drift"].key is not None  # no champion yet: it compares with nothing, but it has its key
     assert planned["train"].key is not None and planned["validate"].key is None  # train's inputs are built
 
-    assert _actions(plan(cfg, forced=PIPELINE.refreshed("clean"))) == {
+    assert _actions(plan(run, forced=PIPELINE.refreshed("clean"))) == {
         "download": "reuse", "clean": "run", "drift": "run", "audit": "run", "shard": "run", "train": "run", "validate": "run", "export": "run"}
-    assert _actions(plan(cfg, until="clean")) == {
+    assert _actions(plan(run, until="clean")) == {
         "download": "reuse", "clean": "reuse", "drift": "skip", "audit": "skip", "shard": "skip", "train": "skip", "validate": "skip",
         "export": "skip"}
     # [audit] enabled = false leaves the audit out, saying why.
-    off = {p.stage: p for p in plan(dataclasses.replace(cfg, audit=cfg.audit.replace(enabled=False)))}
+    off = {p.stage: p for p in plan(dataclasses.replace(run, cfg=dataclasses.replace(cfg, audit=cfg.audit.replace(enabled=False))))}
     assert (off["audit"].action, off["audit"].note) == ("skip", "[audit] enabled = false")
 
     # A run that would run a stage has no cached conclusion; one stopped at shard has, every output stored.
-    assert cached_run(cfg)[1] is None
-    planned_until, cached = cached_run(cfg, until="shard")
+    assert cached_run(run)[1] is None
+    planned_until, cached = cached_run(run, until="shard")
     assert _actions(planned_until)["train"] == "skip"
     assert cached == {"download": raw.with_status("cached"), "clean": clean.with_status("cached"),
                       "shard": shards.with_status("cached")}
@@ -96,10 +97,51 @@ def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -
 
 def test_plan_of_a_partitioned_source_has_each_partition_and_the_merge(tmp_path: Path) -> None:
     lake = partitioned_parquet(tmp_path / "lake", ["2024-05-01", "2024-05-02"], per_day=20)
-    cfg = build_run_config(f"parquet:{lake}", tmp_path / "artifacts")
-    planned = plan(cfg, partitions=date_partitions(cfg.download.source))
+    run = open_run(f"parquet:{lake}", tmp_path / "artifacts", as_of=dt.date(2024, 5, 31))
+    assert run.partitions == tuple(date_partitions(run.cfg.download.source))  # the run reads them up to as_of
+    planned = plan(run)
     assert [(p.stage, p.partition) for p in planned[:8]] == [
         ("download", "2024-05-01"), ("clean", "2024-05-01"), ("drift", "2024-05-01"), ("audit", "2024-05-01"),
         ("download", "2024-05-02"), ("clean", "2024-05-02"), ("drift", "2024-05-02"), ("audit", "2024-05-02")]
     assert [p.stage for p in planned[8:]] == ["merge", "shard", "train", "validate", "export"]
     assert {p.action for p in planned} == {"run"}
+
+
+# The keys of a small run as 8cca6cf (the code before the store, the stages' Stage and the run context
+# moved) computed them: a store made then is reused, stage for stage. A deliberate change to a stage's
+# output bumps its version, and then this table, with the reason in the commit.
+KEYS_BEFORE_THE_MOVE = {
+    "download": "fb69398b57e1592ee983",
+    "clean": "3ddf096875405c0eff56",
+    "shard": "4e1897a68e95c5a7dcdc",
+    "audit": "7b8db2837ff509106d2f",
+    "drift": "d525fe4b2434855ed730",
+    "train": "9ffc8c29cc98ba2d6242",
+}
+
+
+def test_every_stage_key_is_the_one_an_older_store_holds(tmp_path: Path) -> None:
+    from imgflow.stages.audit import AUDIT
+    from imgflow.stages.clean import CLEAN
+    from imgflow.stages.download import DOWNLOAD
+    from imgflow.stages.drift import DRIFT
+    from imgflow.stages.shard import SHARD
+    from imgflow.stages.train import TRAIN
+
+    run = open_run(_spec(tmp_path), tmp_path / "artifacts")
+    cfg, store = run.cfg, run.store
+    raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
+    clean = CLEAN.run(store, cfg.clean, {"raw": raw})
+    shards = SHARD.run(store, cfg.shard, {"clean": clean})
+    keys = {
+        "download": raw.key,
+        "clean": clean.key,
+        "shard": shards.key,
+        "audit": AUDIT.key(cfg.audit, {"data": clean}),
+        "drift": DRIFT.key(cfg.drift, {"data": clean}),
+        "train": TRAIN.key(cfg.train, {"shards": shards}),
+    }
+    assert keys == KEYS_BEFORE_THE_MOVE
+    assert {p.stage: p.key for p in plan(run) if p.stage in ("download", "clean", "shard", "train")} == {
+        s: KEYS_BEFORE_THE_MOVE[s] for s in ("download", "clean", "shard", "train")
+    }

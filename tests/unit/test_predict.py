@@ -10,6 +10,7 @@ import pytest
 
 from imgflow.runtime.errors import ConfigError, SourceError
 from imgflow.serving.predict import input_options, input_pieces, piece_inputs
+from imgflow.store.roots import open_store
 from tests.conftest import digit_like, encode
 
 
@@ -139,9 +140,8 @@ def test_a_dask_cluster_predicts_from_an_s3_root_what_one_process_predicts(
     import imgflow.serving.predict as predict_module
     from flows.predict import predict as predict_flow
     from imgflow.serving.predict import PredictConfig, predict
-    from imgflow.store.artifacts import ArtifactStore
 
-    with ArtifactStore(s3_root).models("tiny") as root:  # registered on the bucket, as training registers
+    with open_store(s3_root).models("tiny") as root:  # registered on the bucket, as training registers
         version = root / "models" / "tiny" / "v1"
         shutil.copytree(_tiny_version(tmp_path / "v1"), version)
     images = [encode(digit_like(i)) for i in range(70)]

@@ -8,8 +8,8 @@ import keras
 import pytest
 
 from imgflow.config import TrainConfig, build_run_config
-from imgflow.runtime.errors import ConfigError
 from imgflow.config.checks import parse_duration
+from imgflow.runtime.errors import ConfigError
 from imgflow.training.budget import reserve_seconds, training_seconds
 from imgflow.training.models import make_model
 from imgflow.training.recipe import choose

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from imgflow.registry import versions as registry
-from imgflow.runtime.errors import ConfigError
 from imgflow.registry.promote import promote_version, rollback
+from imgflow.runtime.errors import ConfigError
+from imgflow.store.artifacts import ArtifactStore
 
 
 def _files(tmp_path: Path, text: str) -> dict[str, Path]:
@@ -59,20 +60,20 @@ def test_manual_promotion_and_rollback_move_the_pointer_and_say_who_and_why(tmp_
     for text, accuracy in (("a", 0.9), ("b", 0.95), ("c", 0.97)):
         registry.register(root, "m", _files(tmp_path, text), _card(f"f{text}", accuracy), {})
     with pytest.raises(ConfigError, match="no earlier champion to roll back to"):
-        rollback(root, "m", "nothing yet")
+        rollback(ArtifactStore(root), "m", "nothing yet")
     registry.set_champion(root, "m", "v2", "gate")
     registry.set_champion(root, "m", "v3", "gate")
-    pointer = rollback(root, "m", "v3 mislabels sevens in production")
+    pointer = rollback(ArtifactStore(root), "m", "v3 mislabels sevens in production")
     assert (pointer["version"], pointer["previous"]) == ("v2", "v3")
     assert registry.champion(root, "m")["version"] == "v2"
-    promote_version(root, "m", "v1", "compare with the oldest")
+    promote_version(ArtifactStore(root), "m", "v1", "compare with the oldest")
     moves = registry.history(root, "m")
     assert [(m["version"], m["previous"]) for m in moves] == [("v2", None), ("v3", "v2"), ("v2", "v3"), ("v1", "v2")]
     assert moves[2]["reason"] == "rollback from v3: v3 mislabels sevens in production"
     assert moves[3]["reason"] == "manual promotion: compare with the oldest"
     assert all(m["by"] for m in moves)
     with pytest.raises(ConfigError, match="has no version 'v9'"):
-        promote_version(root, "m", "v9", "typo")
+        promote_version(ArtifactStore(root), "m", "v9", "typo")
     assert registry.champion(root, "m")["version"] == "v1"
 
 

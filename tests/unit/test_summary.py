@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgflow.results import StageResult
 from imgflow.pipeline.summary import build_summary, summary_markdown
+from imgflow.results import StageResult
+from imgflow.store.artifacts import ArtifactStore
 
 CLEAN = {
     "source": "test:x", "records_in": 10, "kept": 8, "quarantined": 2, "quarantine_reasons": {"empty": 2},
@@ -41,7 +42,7 @@ def _validate(promote: bool) -> StageResult:
 def test_a_promoted_run() -> None:
     results = {s: _result(s) for s in ("download", "clean", "shard", "train", "export")} | {"validate": _validate(True)}
     champion = {"version": "v1", "model_fingerprint": "train-fp", "path": "/a/models/m/v1"}
-    summary = build_summary("m", "/a", results, champion, 1.234).as_json()
+    summary = build_summary("m", ArtifactStore("/a"), results, champion, 1.234).as_json()
     assert (summary["decision"], summary["version"], summary["seconds"]) == ("promoted", "v1", 1.23)
     assert list(summary["stages"]) == ["download", "clean", "drift", "audit", "shard", "train", "validate", "export"]
     assert summary["stages"]["clean"]["records_in"] == 10 and summary["stages"]["clean"]["class_balance"] == {"a": 4, "b": 4}
@@ -53,7 +54,7 @@ def test_a_promoted_run() -> None:
 def test_a_rejected_run_keeps_the_old_champion_and_exports_nothing() -> None:
     results = {s: _result(s, "cached") for s in ("download", "clean", "shard", "train")} | {"validate": _validate(False)}
     champion = {"version": "v1", "model_fingerprint": "older", "path": "/a/models/m/v1"}
-    summary = build_summary("m", "/a", results, champion, 1.0).as_json()
+    summary = build_summary("m", ArtifactStore("/a"), results, champion, 1.0).as_json()
     assert (summary["decision"], summary["version"]) == ("rejected", None)
     assert summary["stages"]["export"] == {"status": "skipped"} and summary["artifacts"]["savedmodel"] is None
     assert summary["stages"]["train"]["resumed_from_epoch"] is None  # it did not train in this run
@@ -61,7 +62,7 @@ def test_a_rejected_run_keeps_the_old_champion_and_exports_nothing() -> None:
 
 def test_a_run_stopped_by_until_says_so() -> None:
     results = {s: _result(s) for s in ("download", "clean", "shard")}
-    summary = build_summary("m", "/a", results, None, 1.0, until="shard").as_json()
+    summary = build_summary("m", ArtifactStore("/a"), results, None, 1.0, until="shard").as_json()
     assert summary["decision"] == "stopped" and summary["reasons"] == ["stopped after shard (--until): nothing was validated"]
     assert summary["metrics"] == {"accuracy": None, "test_records": None, "champion_accuracy": None}
     assert [s for s, e in summary["stages"].items() if e["status"] == "skipped"] == ["drift", "audit", "train", "validate", "export"]
@@ -74,7 +75,7 @@ def test_a_partitioned_run_lists_partitions_and_the_merge() -> None:
         "2024-05-02": {"download": _result("download", "cached"), "clean": _result("clean", "ran")},
     }
     results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
-    summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
+    summary = build_summary("m", ArtifactStore("/a"), results, None, 1.0, parts).as_json()
     assert list(summary["stages"]) == ["download", "clean", "drift", "audit", "merge", "shard", "train", "validate", "export"]
     assert summary["partitions"] == {"2024-05-01": "cached", "2024-05-02": "ran"}
     assert summary["stages"]["download"] == {"status": "cached", "partitions": 2, "keys": ["download-key"] * 2}
@@ -98,11 +99,11 @@ def test_the_audit_is_counted_over_partitions_and_in_the_markdown() -> None:
         for day in ("2024-05-01", "2024-05-02")
     }
     results = {s: _result(s) for s in ("merge", "shard", "train", "export")} | {"validate": _validate(True)}
-    summary = build_summary("m", "/a", results, None, 1.0, parts).as_json()
+    summary = build_summary("m", ArtifactStore("/a"), results, None, 1.0, parts).as_json()
     audit = summary["audit"]
     assert (audit["label_issues"], audit["near_duplicates"], audit["cross_split"], audit["outliers"]) == (2, 4, 2, 0)
     assert set(audit["checks"]) == {"2024-05-01", "2024-05-02"} and audit["checks"]["2024-05-01"]["report"] == "/a/audit/report.html"
     assert audit["checks"]["2024-05-02"]["examples"]["label_issues"][0]["suggested"] == "b"
     assert "- audit: 2 suspected label errors, 4 near-duplicate pairs (2 across splits), 0 outliers" in summary_markdown(summary)
-    whole = build_summary("m", "/a", {**results, "audit": _result("audit")}, None, 1.0).as_json()
+    whole = build_summary("m", ArtifactStore("/a"), {**results, "audit": _result("audit")}, None, 1.0).as_json()
     assert set(whole["audit"]["checks"]) == {"all"} and whole["artifacts"]["audit_report"] == "/a/audit/report.html"

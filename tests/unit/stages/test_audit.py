@@ -132,11 +132,14 @@ def test_flipped_labels_and_test_images_copied_into_train_are_found(
     # [audit] action = "exclude": the shards leave out each suspect and the held-out copy of each pair.
     from imgflow.config import build_run_config
     from imgflow.pipeline import audited_shards
+    from imgflow.pipeline.context import Run
     from imgflow.stages.shard import EXCLUDED, SHARD
 
     cfg = build_run_config(f"parquet:{planted.table}", planted.store.root, overrides={"audit": {"action": "exclude"}})
-    assert audited_shards(dataclasses.replace(cfg, audit=cfg.audit.replace(action="report")), {"audit": audited}, True) == cfg.shard
-    shard_config = audited_shards(cfg, {"audit": audited}, True)
+    run = Run(cfg, planted.store)
+    reported = dataclasses.replace(run, cfg=dataclasses.replace(cfg, audit=cfg.audit.replace(action="report")))
+    assert audited_shards(reported, {"audit": audited}, True) == cfg.shard
+    shard_config = audited_shards(run, {"audit": audited}, True)
     left = dict(shard_config.exclude)
     originals_left = [original for original, _ in planted_pairs if original in left]
     assert len(originals_left) >= 45 and all(left[o].startswith("near-duplicate: of copy-of-") and left[o].endswith("in test") for o in originals_left)
@@ -160,7 +163,7 @@ def test_colour_images_are_judged_by_lite0s_imagenet_features_and_champion_only_
     """Images of 48 pixels a side or more mean what EfficientNet-Lite0's ImageNet features say (not their
     pixels); asking for the champion's embeddings where there is none stops, saying what to write."""
     from imgflow.runtime.errors import ConfigError
-    from tests.helpers import synthetic_table
+    from imgflow.data.synthetic import synthetic_table
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
     table = synthetic_table(tmp_path / "stripes.parquet", 240, size=64, classes=4)

@@ -11,16 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
-from imgflow.store.fingerprint import sha256_file, stable_hash
-from imgflow.store.objectstore import ObjectRoot
-from imgflow.results import DownloadInfo, StageResult
 from imgflow.data.sources import source_fingerprint
+from imgflow.results import DownloadInfo, StageResult
 from imgflow.stages import clean as clean_module
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
-from imgflow.store.artifacts import ArtifactStore
 from imgflow.stages.stage import Stage
+from imgflow.store.artifacts import ArtifactStore
+from imgflow.store.fingerprint import sha256_file, stable_hash
+from imgflow.store.objectstore import ObjectRoot
+from imgflow.store.roots import open_store
 from tests.conftest import digit_like, encode
 
 # Digests of (id, label, split, sha256) of every kept record and (id, reason) of every quarantined
@@ -60,7 +61,7 @@ def test_the_bundled_sample_cleans_as_it_always_did(store: ArtifactStore, small_
 
 @pytest.mark.slow
 def test_the_dirty_folder_cleans_as_it_always_did(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
-    from tests.helpers import dirty_folder
+    from imgflow.data.synthetic import dirty_folder
 
     corpus = dirty_folder(tmp_path / "dirty", count=2000)
     assert _digests(_clean(store, f"folder:{corpus.root}", CleanConfig())) == GOLDEN["dirty"]
@@ -117,7 +118,7 @@ def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
     alone = CLEAN.run(ArtifactStore(tmp_path / "alone"), CleanConfig(), {"raw": local})
     alone_shards = SHARD.run(ArtifactStore(tmp_path / "alone"), ShardConfig(records_per_shard=70), {"clean": alone})
 
-    shared = ArtifactStore(s3_root, mirror=tmp_path / "mirror")
+    shared = open_store(s3_root, mirror=tmp_path / "mirror")
 
     def upload(out_dir: Path, config: dict, inputs: dict) -> DownloadInfo:
         shutil.copy(local.file("records.parquet"), out_dir)
@@ -137,7 +138,7 @@ def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
     ranges = [task for task in stream.data if task["key"].startswith("write_shards")]
     assert len(ranges) == len(shards.info.splits["train"].files) > 1
     for one, spread in ((alone, cleaned), (alone_shards, shards)):
-        spread = ArtifactStore(s3_root, mirror=tmp_path / "fresh-mirror").localize(spread)  # as published
+        spread = open_store(s3_root, mirror=tmp_path / "fresh-mirror").localize(spread)  # as published
         files = sorted(p.name for p in Path(one.path).iterdir() if p.name != "manifest.json")
         assert files == sorted(p.name for p in Path(spread.path).iterdir() if p.name != "manifest.json")
         assert {n: sha256_file(Path(one.path) / n) for n in files} == {n: sha256_file(Path(spread.path) / n) for n in files}

@@ -111,7 +111,7 @@ def test_an_example_with_text_is_what_tensorflow_serializes() -> None:
 def test_text_travels_from_the_clean_table_into_the_training_input(tmp_path, store: ArtifactStore) -> None:
     from imgflow.training.inputs import load_arrays, shard_dataset, with_tokens
     from imgflow.data.text import TextEncoder
-    from tests.helpers import captioned_folder
+    from imgflow.data.synthetic import captioned_folder
 
     captioned_folder(tmp_path / "data", per_class=20, side=8)
     config = DownloadConfig(source=f"folder:{tmp_path / 'data'}", options={"text_sidecar": ".txt"})

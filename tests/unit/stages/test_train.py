@@ -253,7 +253,7 @@ def test_a_frozen_lite0_with_text_trains_its_head_and_text_tower_on_features_and
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
-    from tests.helpers import captioned_folder
+    from imgflow.data.synthetic import captioned_folder
     from imgflow.data.text import TextEncoder, read_vocabulary
 
     monkeypatch.setenv("IMGFLOW_WEIGHTS", str(tmp_path / "weights"))
