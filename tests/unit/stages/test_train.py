@@ -211,14 +211,14 @@ def test_a_frozen_lite0_trains_its_head_on_features_computed_once_per_shards_and
     cached.write_bytes(bytes(data))
     from imgflow.pipeline.housekeeping import verify  # imgflow verify sees it, naming the file
 
-    checked, damaged = verify(store.root)
+    checked, damaged = verify(store)
     assert [d.what.split()[:2] for d in damaged] == [["train", "features"]] and "train.features.npy: sha256" in damaged[0].problems[0]
     assert checked >= 4  # the outputs, and the train and validation features
     TRAIN.run(store, config.replace(learning_rate=2e-3), {"shards": shards})
     out = capsys.readouterr().out
     assert f"the cached features in {cached.parent} are not as written (train.features.npy: sha256" in out
     assert "computing the frozen backbone's features of the" in out
-    assert verify(store.root)[1] == []  # computed again, sealed again
+    assert verify(store)[1] == []  # computed again, sealed again
 
     # A race's frozen candidate uses the same features, from the stage's folder, not its build's scratch
     # (which the store removes once the race's output is published).
