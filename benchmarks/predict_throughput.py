@@ -6,7 +6,7 @@ Uses the champion of a model already trained under --artifacts (run `make run` f
 each the median of --repeat runs over the same images:
 
 - model only: pre-decoded uint8 pixels through the backend in batches of --batch-size;
-- end to end: ``imgflow.serving.predict.predict`` over the test images written as PNG files (decode, batch,
+- end to end: ``imgflow.serving.batch.predict`` over the test images written as PNG files (decode, batch,
   run, write the Parquet output), as `imgflow predict` does.
 
 Then all cores against one, side by side: ``predict`` (ONNX) over a Parquet table of --table-images
@@ -37,7 +37,7 @@ from imgflow.config import BACKENDS
 from imgflow.data.images import encode_png
 from imgflow.registry import versions as registry
 from imgflow.runtime.parallel import worker_count
-from imgflow.serving.predict import PredictConfig, Predictor, predict
+from imgflow.serving.batch import PredictConfig, Predictor, predict
 
 
 def _held_out(version_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows._pipeline import RunOptions, release, run_pipeline, task_runner, title_run
 from flows.params import BackfillParams, takes
+from flows.pipeline import RunOptions, release, run_pipeline, task_runner, title_run
 from imgflow.runtime.lifetime import watch_descendants
 
 

@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows._pipeline import publish
+from flows.pipeline import publish
 from imgflow.config import BACKENDS
 from imgflow.registry import versions as registry
 from imgflow.runtime.errors import ConfigError
 from imgflow.runtime.lifetime import watch_descendants
-from imgflow.serving.predict import PredictConfig, input_options
+from imgflow.serving.batch import PredictConfig, input_options
 from tasks.predict import predict_images
 from tasks.store import store_at
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import Field
 
-from flows._pipeline import RunOptions, release, run_pipeline, scheduled_date, task_runner, title_run
 from flows.params import RunParams, takes
+from flows.pipeline import RunOptions, release, run_pipeline, scheduled_date, task_runner, title_run
 from imgflow.pipeline import PIPELINE
 from imgflow.runtime.lifetime import watch_descendants
 

@@ -1,5 +1,5 @@
 """The ``tune`` flow: search ``[train]`` settings on the validation split, then train, gate, export and
-promote the best configuration like any run (``imgflow.training.tune`` has the rules)."""
+promote the best configuration like any run (``imgflow.training.search`` has the rules)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows._pipeline import RunOptions, publish, release, run_pipeline, task_runner, title_run
 from flows.params import TuneParams, takes
+from flows.pipeline import RunOptions, publish, release, run_pipeline, task_runner, title_run
 from imgflow.results import ShardInfo
 from imgflow.runtime.lifetime import watch_descendants
-from imgflow.training.tune import (
+from imgflow.training.search import (
     choose,
     finished,
     open_study,
@@ -33,7 +33,7 @@ from tasks.tune import tune_trial
 @takes(TuneParams)
 def tune(params: TuneParams) -> dict[str, Any]:
     """Search the spec's ``[search]`` space (or ``space``) for ``trials`` trials, each the train stage
-    scored on the validation split; then the released configuration (``imgflow.training.tune.choose``: the best
+    scored on the validation split; then the released configuration (``imgflow.training.search.choose``: the best
     trial's, or the spec's own when no trial beats it by more than the noise) goes through validate, the
     gate, export and promotion on the test split. The parameters are ``flows.params.TuneParams``'s.
     Returns the run summary with a ``tune`` entry."""

@@ -1,4 +1,4 @@
-"""The batch-prediction task: runs ``imgflow.serving.predict.predict`` and reports its progress."""
+"""The batch-prediction task: runs ``imgflow.serving.batch.predict`` and reports its progress."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from imgflow.serving.predict import PredictConfig, predict
+from imgflow.serving.batch import PredictConfig, predict
 from tasks.progress import task_progress
 
 

@@ -1,5 +1,5 @@
 """The tuner's Prefect task: one trial, the train stage with the trial's settings, judged per epoch by
-the study's pruner (``imgflow.training.tune``). Its training output is the train stage's, keyed like any other:
+the study's pruner (``imgflow.training.search``). Its training output is the train stage's, keyed like any other:
 a trial repeated, or asked again after a kill, reuses or resumes it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from imgflow.config import TrainConfig
 from imgflow.results import StageResult
 from imgflow.runtime import progress
 from imgflow.stages.train import TRAIN
-from imgflow.training.tune import Pruned, open_study, pruning_listener, report_history, score, trial_config
+from imgflow.training.search import Pruned, open_study, pruning_listener, report_history, score, trial_config
 from tasks.progress import task_progress
 from tasks.store import store_at
 

@@ -22,9 +22,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from flows.cli.crash import STOP_GRACE, _crash_log, _crashed, _on_stop_signal, _stopped
+from flows.cli.crash import STOP_GRACE, crash_log, crashed, on_stop_signal, stopped
 from flows.cli.parser import build_parser
-from flows.cli.runs import _backfill, _predict, _run, _tune
+from flows.cli.runs import backfill_command, predict_command, run_command, tune_command
 from imgflow.runtime import memory, stopping
 from imgflow.runtime.errors import UserError, machine_fault
 
@@ -46,9 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().addHandler(logging.StreamHandler())
     # The commands that run a flow import TensorFlow, Keras and Prefect first: with the collector
     # paused until the flow starts (imgflow.runtime.memory).
-    settling = memory.settling() if args.handler in (_run, _backfill, _predict, _tune) else contextlib.nullcontext()
+    settling = (
+        memory.settling() if args.handler in (run_command, backfill_command, predict_command, tune_command) else contextlib.nullcontext()
+    )
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_stop_signal)
+        signal.signal(signum, on_stop_signal)
     try:
         with settling:
             return args.handler(args)
@@ -57,20 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one paragraph, the traceback in a file
         if stopping.requested() is not None:  # whatever a stop broke on its way out
-            return _stopped()
+            return stopped()
         fault = machine_fault(exc, getattr(args, "artifacts", None))
         if fault is not None:
             try:
-                details = f"details: {_crash_log(getattr(args, 'artifacts', None), exc)}"
+                details = f"details: {crash_log(getattr(args, 'artifacts', None), exc)}"
             except Exception:  # noqa: BLE001 - neither the root nor the temporary folder takes a file
                 details = "no folder here could take its details"
             print(f"imgflow: error: {fault} ({details})", file=sys.stderr)
             return 2
-        return _crashed(args, exc)
-    except BaseException:  # KeyboardInterrupt from _on_stop_signal, Prefect's TerminationSignal
+        return crashed(args, exc)
+    except BaseException:  # KeyboardInterrupt from on_stop_signal, Prefect's TerminationSignal
         if stopping.requested() is None:
             raise
-        return _stopped()
+        return stopped()
 
 
 def entry() -> int:

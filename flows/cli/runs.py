@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flows.cli.render import _console, _print_predictions, _print_tuning, _quiet_tracebacks, _report, _table
+from flows.cli.render import print_predictions, print_summary, print_tuning, quiet_tracebacks, rich_console, rich_table
 from flows.params import BackfillParams, RunParams, TuneParams, from_args
 from imgflow.runtime import memory
 from imgflow.runtime.errors import ConfigError
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from imgflow.pipeline.context import Run
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     from imgflow.data.sources import source_fingerprint
     from imgflow.pipeline import PIPELINE
     from imgflow.pipeline.walk import cached_run, plan
@@ -70,11 +70,11 @@ def _conclude_cached(run: Run, params: RunParams, as_json: bool, cached: dict[st
         flush=True,
     )
     summary = conclude(run, localized(run.store, cached), started, until=params.until)
-    _report(summary.as_json(), as_json)
+    print_summary(summary.as_json(), as_json)
     return 0
 
 
-def _plan(args: argparse.Namespace) -> int:
+def plan_command(args: argparse.Namespace) -> int:
     """What ``imgflow run`` with the same flags would run and reuse: no Prefect, no TensorFlow."""
     from imgflow.pipeline import PIPELINE
     from imgflow.pipeline.walk import plan
@@ -88,19 +88,19 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     partitioned = any(p.partition for p in planned)
     columns = ("stage", "partition", "action", "key", "why") if partitioned else ("stage", "action", "key", "why")
-    table = _table(*columns, title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
+    table = rich_table(*columns, title=f"plan: {cfg.dataset.name} under {cfg.artifacts}")
     style = {"run": "bold yellow", "reuse": "green", "skip": "dim"}
     for p in planned:
         cells = [p.stage, *([p.partition or ""] if partitioned else []), f"[{style[p.action]}]{p.action}[/]"]
         table.add_row(*cells, p.key or "(not known yet)", p.note)
-    console = _console()
+    console = rich_console()
     console.print(table)
     counts = {action: sum(p.action == action for p in planned) for action in ("run", "reuse", "skip")}
     console.print(", ".join(f"{n} to {action}" for action, n in counts.items() if n))
     return 0
 
 
-def _backfill(args: argparse.Namespace) -> int:
+def backfill_command(args: argparse.Namespace) -> int:
     params = from_args(BackfillParams, args)
     params.open_run(partitions=(params.start, params.end))  # a wrong range or source costs nothing
     start_forkserver()
@@ -123,17 +123,17 @@ def _run_flow(
     watch_descendants()  # nothing this run starts outlives it, however it ends
     if api is None:
         api = TemporaryAPI()
-    _quiet_tracebacks()
+    quiet_tracebacks()
     memory.settle()  # what the imports made lives as long as the process: out of every later collection
     with api.serving():
         summary = flow(**parameters)
-    _report(summary, as_json, printer)
+    print_summary(summary, as_json, printer)
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def predict_command(args: argparse.Namespace) -> int:
     from imgflow.registry import versions as registry
-    from imgflow.serving.predict import input_options, input_pieces
+    from imgflow.serving.batch import input_options, input_pieces
     from tasks.store import store_at
 
     if not args.output.endswith(".parquet"):
@@ -151,7 +151,7 @@ def _predict(args: argparse.Namespace) -> int:
     return _run_flow(
         predict,
         args.json,
-        printer=_print_predictions,
+        printer=print_predictions,
         input=args.input,
         output=args.output,
         artifacts=args.artifacts,
@@ -165,16 +165,16 @@ def _predict(args: argparse.Namespace) -> int:
     )
 
 
-def _tune(args: argparse.Namespace) -> int:
+def tune_command(args: argparse.Namespace) -> int:
     from imgflow.data.sources import source_fingerprint
-    from imgflow.training.tune import resolve_space
+    from imgflow.training.search import resolve_space
 
     params = from_args(TuneParams, args)
     cfg = params.open_run(partitions=False).cfg
     resolve_space(cfg.dataset, params.space)  # a bad space costs nothing
     source_fingerprint(cfg.download.source, cfg.download.options)  # nor a missing source
-    import tensorflow  # noqa: F401 - imported here, not by a task's thread (see _run)
+    import tensorflow  # noqa: F401 - imported here, not by a task's thread (see run_command)
 
     from flows.tune import tune
 
-    return _run_flow(tune, args.json, printer=_print_tuning, **params.model_dump())
+    return _run_flow(tune, args.json, printer=print_tuning, **params.model_dump())

@@ -107,7 +107,7 @@ class DatasetSpec:
 
     ``sections`` holds per-stage settings from the spec file (``[clean]``, ``[train]``, ...), layered
     under the command line's; ``search`` its ``[search]`` table, the space ``imgflow tune`` searches
-    (``imgflow.training.tune.parse_space`` checks it).
+    (``imgflow.training.search.parse_space`` checks it).
     """
 
     name: str

@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from imgflow.config.checks import Rule, StageConfig, is_duration
 from imgflow.store.fingerprint import INTERNAL, KEYLESS
 
-BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.predict runs a registered model
+BACKENDS = ("onnx", "onnx-int8", "tensorflow")  # how imgflow.serving.batch runs a registered model
 # What imgflow.training.models builds, checked here without importing Keras (tests/unit/test_models.py keeps
 # them equal to the builders').
 MODEL_NAMES = ("cnn", "resnet9", "transfer")

@@ -18,18 +18,18 @@ from imgflow.config.stages import MAX_PIXELS  # [clean] max_pixels' default
 
 
 @dataclass(frozen=True)
-class Probe:
+class Header:
     """What the header of an image says, before any pixel is decoded."""
 
     size: tuple[int, int]  # (height, width)
     mode: str
 
     def text(self) -> str:
-        """``"HxW MODE"``: how a probe travels compactly between processes and is counted."""
+        """``"HxW MODE"``: how a header travels compactly between processes and is counted."""
         return f"{self.size[0]}x{self.size[1]} {self.mode}"
 
     @classmethod
-    def from_text(cls, text: str) -> Probe:
+    def from_text(cls, text: str) -> Header:
         size, mode = text.split(" ", 1)
         height, width = size.split("x")
         return cls((int(height), int(width)), mode)
@@ -81,11 +81,11 @@ def _opened(data: bytes, max_pixels: int, truncation: bool = False) -> Iterator[
         ) from None
 
 
-def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Probe:
+def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     """Size and mode from the header; ``BadImage`` for empty files, files that are not images and
     headers declaring no area or over ``max_pixels`` pixels."""
     with _opened(data, max_pixels) as image:
-        return Probe(size=(image.height, image.width), mode=image.mode)
+        return Header(size=(image.height, image.width), mode=image.mode)
 
 
 def decode(data: bytes, size: tuple[int, int], channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A raw table's records checked one by one, a chunk at a time in a worker process (``scan_chunk``), and
 what the clean stage keeps of all of them (``Scan``): compact keys, never the images.
 
-Each record's label (corrected where ``[clean] labels`` names its id), its image header probed, and once
+Each record's label (corrected where ``[clean] labels`` names its id), its image header read, and once
 the target shape is known its pixels decoded, converted and resized, with their content hash; what is
 wrong with it is a quarantine reason. The decoded pixels go to a chunk file in scratch
 (``imgflow.stages.clean`` writes them out in order).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from imgflow.data.images import BadImage, Probe, decode, probe
+from imgflow.data.images import BadImage, Header, decode, read_header
 from imgflow.data.recordkeys import Coded, RecordKeys
 from imgflow.data.tables import open_parquet, write_scratch
 from imgflow.data.text import BadText, normalize
@@ -60,10 +60,10 @@ class Scan:
         self.keys.extend(found.ids, found.labels, found.digests, found.decoded)
         self.headers.extend(found.headers)
 
-    def probes(self) -> dict[Probe, int]:
+    def header_counts(self) -> dict[Header, int]:
         """The headers read (size and mode), with how many records had each, in order of first
         appearance; records with an unreadable header are not counted."""
-        return {Probe.from_text(header): count for header, count in self.headers.counts().items()}
+        return {Header.from_text(header): count for header, count in self.headers.counts().items()}
 
 
 def scan_chunk(
@@ -77,7 +77,7 @@ def scan_chunk(
     with_text: bool = False,
     relabel: Mapping[str, str] | None = None,
 ) -> ChunkScan:
-    """Probe every record of ``groups``, its label corrected where ``relabel`` names its id; with a
+    """Read the header of every record of ``groups``, its label corrected where ``relabel`` names its id; with a
     ``target`` shape also decode the usable ones, writing their pixels (and cleaned text) to
     ``decoded_path`` (``DECODED``). Runs in a worker process."""
     table = open_parquet(raw_path).read_row_groups(groups, columns=["id", "image", "label"] + (["text"] if with_text else []))
@@ -98,7 +98,7 @@ def scan_chunk(
             reasons[offset] = UNLABELED
             continue
         try:
-            headers[offset] = probe(data, max_pixels).text()
+            headers[offset] = read_header(data, max_pixels).text()
         except BadImage as bad:
             reasons[offset] = (bad.reason, bad.detail)
             continue

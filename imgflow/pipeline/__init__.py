@@ -8,7 +8,7 @@
                                   └─▶ drift (against the champion's data)
 
 Everything that needs the graph reads it from ``PIPELINE``, and one walk (``imgflow.pipeline.walk``) goes through it
-for every purpose: running under Prefect (``flows/_pipeline.py``'s executor submits tasks), planning
+for every purpose: running under Prefect (``flows/pipeline.py``'s executor submits tasks), planning
 (``plan``: the keys, what is stored, nothing run) and the all-cached path (``cached_run``). The walk
 owns the partitions, fan-in, the champion check, the gate, ``before`` and ``configure``; an executor
 only builds. ``--refresh`` (a stage and everything downstream of it), ``--until`` (a stage and

@@ -1,5 +1,5 @@
 """The one walk of the declared pipeline (``imgflow.pipeline.PIPELINE``), for every purpose: an executor
-decides what each step does (``Planner``: plan; ``flows/_pipeline.PrefectRun``: run under Prefect)."""
+decides what each step does (``Planner``: plan; ``flows/pipeline.PrefectRun``: run under Prefect)."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ record; an image seen under two labels is quarantined in every copy. A record's 
 of its pixels: adding data never moves an old record between splits, and no image is in train and test.
 
 How, at any size: the raw table is cut into chunks of row groups, and worker processes
-(``imgflow.runtime.parallel``) scan them: each record's header is probed and, once the target shape is known,
+(``imgflow.runtime.parallel``) scan them: each record's header is read and, once the target shape is known,
 its pixels decoded into a chunk file in a scratch folder. Only compact keys come back (id, label,
-probe, content hash or quarantine reason), so memory holds one chunk per worker, never the dataset.
-When the spec fixes ``image_size`` and ``channels`` one pass does both; otherwise a first pass probes
+header, content hash or quarantine reason), so memory holds one chunk per worker, never the dataset.
+When the spec fixes ``image_size`` and ``channels`` one pass does both; otherwise a first pass reads
 every header (the most common size, whether every image is grayscale), a second decodes. Duplicates
 and conflicts are found on the content hashes, then the chunks are written out in order: a parallel
 run's output is byte-identical to a serial one's. With ``IMGFLOW_TASK_RUNNER=dask[:ADDRESS]`` the
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from imgflow.config import CleanConfig
 from imgflow.data.cleantable import QUARANTINE_SCHEMA, CleanTableWriter, assign_split, natural_key
-from imgflow.data.images import GRAYSCALE_MODES, Probe
+from imgflow.data.images import GRAYSCALE_MODES, Header
 from imgflow.data.recordkeys import FirstCopies, content_conflicts
 from imgflow.data.scan import Scan, scan_chunk
 from imgflow.data.tables import open_parquet, read_scratch, row_group_chunks
@@ -63,21 +63,21 @@ from imgflow.store.scratch import shared_scratch
 CHUNK_ROWS = 4096  # records a worker takes at once: about 50 MB of 64x64 RGB pixels
 
 
-def _target_shape(config: CleanConfig, probes: Mapping[Probe, int]) -> tuple[tuple[int, int], int]:
-    """The (height, width) and channels every image becomes: the spec's, else the probes' majority
-    (``probes``: how many records had each header)."""
+def _target_shape(config: CleanConfig, headers_seen: Mapping[Header, int]) -> tuple[tuple[int, int], int]:
+    """The (height, width) and channels every image becomes: the spec's, else the headers' majority
+    (``headers_seen``: how many records had each header)."""
     if config.image_size is not None:
         size = (int(config.image_size[0]), int(config.image_size[1]))
     else:
         sizes: Counter[tuple[int, int]] = Counter()
-        for found, count in probes.items():
+        for found, count in headers_seen.items():
             sizes[found.size] += count
         size = sizes.most_common(1)[0][0]
     if config.channels is not None:
         if config.channels not in (1, 3):
             raise SourceError(f"channels must be 1 or 3, got {config.channels}")
         return size, config.channels
-    return size, 1 if all(p.mode in GRAYSCALE_MODES for p in probes) else 3
+    return size, 1 if all(p.mode in GRAYSCALE_MODES for p in headers_seen) else 3
 
 
 @dataclass(frozen=True)
@@ -281,26 +281,26 @@ def _build(out_dir: Path, config: CleanConfig, inputs: Mapping[str, StageResult]
 def _clean(out_dir: Path, config: CleanConfig, parts: _Chunks, raw: pq.ParquetFile, source: str) -> CleanInfo:
     """Scan (one pass or two), then assemble: see the module docstring."""
     total = raw.metadata.num_rows
-    # With the shape fixed by the spec, one pass probes and decodes; else the probes decide it first.
+    # With the shape fixed by the spec, one pass reads headers and decodes; else the headers decide it first.
     target = _target_shape(config, {}) if config.image_size is not None and config.channels is not None else None
     class_names = list(config.class_names) if config.class_names else None
     assembly = _Assembly(out_dir, config, parts, raw, class_names, target[1]) if target is not None else None
     scan = parts.scan(target, class_names, config.max_pixels, "images", assembly.on_chunk if assembly else None)
-    probes = scan.probes()
-    if not probes:
+    headers_seen = scan.header_counts()
+    if not headers_seen:
         examples = "; ".join(f"{scan.keys.id(p)}: {reason} ({detail})" for p, (reason, detail) in list(scan.reasons.items())[:3])
         raise SourceError(f"dataset source {source} has no decodable image among its {total} records, e.g. {examples}")
     if class_names is None:
         class_names = sorted(scan.keys.labels.counts(where=scan.headers.codes() >= 0), key=natural_key)
     if target is None:
-        target = _target_shape(config, probes)
+        target = _target_shape(config, headers_seen)
         assembly = _Assembly(out_dir, config, parts, raw, class_names, target[1])
         del scan  # the first pass's keys: the second pass finds them again
         scan = parts.scan(target, class_names, config.max_pixels, "images decoded", assembly.on_chunk)
     assert assembly is not None
     modes: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
-    for found, count in probes.items():  # in order of first appearance, as record by record
+    for found, count in headers_seen.items():  # in order of first appearance, as record by record
         modes[found.mode] += count
         sizes[f"{found.size[0]}x{found.size[1]}"] += count
     relabeled = 0

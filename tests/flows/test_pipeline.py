@@ -11,7 +11,7 @@ def test_task_runner_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from flows._pipeline import task_runner
+    from flows.pipeline import task_runner
 
     monkeypatch.delenv("IMGFLOW_TASK_RUNNER", raising=False)
     assert isinstance(task_runner(), ThreadPoolTaskRunner)

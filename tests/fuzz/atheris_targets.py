@@ -29,10 +29,10 @@ from pathlib import Path
 import atheris
 
 from imgflow.config import build_run_config
-from imgflow.runtime.errors import ConfigError, SourceError
-from imgflow.data.images import BadImage, decode, probe
+from imgflow.data.images import BadImage, decode, read_header
 from imgflow.data.sources import open_source
 from imgflow.data.sources.archive import ArchiveSource  # noqa: F401  (loaded now, so that it is instrumented)
+from imgflow.runtime.errors import ConfigError, SourceError
 from tests.conftest import digit_like, encode
 
 LIMIT = 1 << 22  # as in test_fuzz_images: a declared 4-megapixel image still decodes quickly
@@ -41,7 +41,7 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="imgflow-atheris-"))
 
 
 def image(data: bytes) -> None:
-    for run in (lambda: probe(data, LIMIT), lambda: decode(data, (8, 8), 3, LIMIT)):
+    for run in (lambda: read_header(data, LIMIT), lambda: decode(data, (8, 8), 3, LIMIT)):
         try:
             run()
         except BadImage as bad:

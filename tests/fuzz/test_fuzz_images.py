@@ -11,14 +11,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
 from imgflow.config import CleanConfig, DownloadConfig
-from imgflow.data.images import BadImage, decode, probe
+from imgflow.data.images import BadImage, decode, read_header
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD
 from imgflow.store.artifacts import ArtifactStore
@@ -100,7 +100,7 @@ image_files = st.one_of(st.binary(max_size=512), mutated(), mutated())
 @given(data=image_files, channels=st.sampled_from([1, 3]))
 def test_any_bytes_probe_and_decode_to_pixels_or_a_reason(data: bytes, channels: int) -> None:
     try:
-        found = probe(data, LIMIT)
+        found = read_header(data, LIMIT)
     except BadImage as bad:
         assert bad.reason in REASONS and bad.detail
     else:

@@ -70,7 +70,7 @@ def test_a_model_with_text_beats_either_modality_alone_and_its_exports_agree(tmp
         assert all(row["error"] is None for row in rows) and len(rows) == 600
         return float(np.mean([row["id"].split("/")[0] == row["label"] for row in rows]))
 
-    from imgflow.serving.predict import PredictConfig, predict
+    from imgflow.serving.batch import PredictConfig, predict
 
     with_text = accuracy(out)
     predict(str(tmp_path / "data"), version, tmp_path / "tf.parquet", PredictConfig(backend="tensorflow"), {"text_sidecar": ".txt"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgflow.data.images import BadImage, decode, encode_png, probe
+from imgflow.data.images import BadImage, decode, encode_png, read_header
 from tests.conftest import claimed_png, digit_like, encode
 
 
@@ -22,9 +22,9 @@ def test_decode_and_probe_name_what_is_wrong() -> None:
         with pytest.raises(BadImage) as bad:
             decode(data, (16, 16), 1)
         assert bad.value.reason == reason and bad.value.detail
-    assert probe(png).size == (16, 16) and probe(png).mode == "L"
+    assert read_header(png).size == (16, 16) and read_header(png).mode == "L"
     with pytest.raises(BadImage, match="empty: zero bytes"):
-        probe(b"")
+        read_header(b"")
 
 
 def test_png_round_trip_keeps_every_pixel() -> None:
@@ -35,12 +35,12 @@ def test_png_round_trip_keeps_every_pixel() -> None:
 
 def test_a_header_claiming_too_many_pixels_is_too_large_before_any_decoding() -> None:
     bomb = claimed_png(100_000, 100_000)  # 10 gigapixels claimed in about 100 bytes
-    for read in (probe, lambda data: decode(data, (8, 8), 1)):
+    for read in (read_header, lambda data: decode(data, (8, 8), 1)):
         with pytest.raises(BadImage) as bad:
             read(bomb)
         assert bad.value.reason == "too_large" and "100000x100000" in bad.value.detail and "max_pixels" in bad.value.detail
     small = encode(digit_like(1))  # 16 x 16 = 256 pixels: the limit is the caller's
-    assert probe(small, max_pixels=256).size == (16, 16)
+    assert read_header(small, max_pixels=256).size == (16, 16)
     with pytest.raises(BadImage, match="too_large: .*over max_pixels = 255"):
         decode(small, (16, 16), 1, max_pixels=255)
 

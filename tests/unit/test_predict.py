@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgflow.runtime.errors import ConfigError, SourceError
-from imgflow.serving.predict import input_options, input_pieces, piece_inputs
+from imgflow.serving.batch import input_options, input_pieces, piece_inputs
 from imgflow.store.roots import open_store
 from tests.conftest import digit_like, encode
 
@@ -104,8 +104,8 @@ def test_a_pool_of_workers_writes_what_one_process_writes(tmp_path: Path, monkey
     """The pieces run on two worker processes, each with its own ONNX Runtime session (one thread),
     and the output is byte for byte one process's (one session using every core); a broken image is
     an error row wherever it falls."""
-    import imgflow.serving.predict as predict_module
-    from imgflow.serving.predict import PredictConfig, predict
+    import imgflow.serving.batch as predict_module
+    from imgflow.serving.batch import PredictConfig, predict
 
     version = _tiny_version(tmp_path / "v1")
     _images(tmp_path / "images", 60)
@@ -137,9 +137,9 @@ def test_a_dask_cluster_predicts_from_an_s3_root_what_one_process_predicts(
     import pyarrow.fs as pafs
     from distributed import Client, LocalCluster, get_task_stream
 
-    import imgflow.serving.predict as predict_module
+    import imgflow.serving.batch as predict_module
     from flows.predict import predict as predict_flow
-    from imgflow.serving.predict import PredictConfig, predict
+    from imgflow.serving.batch import PredictConfig, predict
 
     with open_store(s3_root).models("tiny") as root:  # registered on the bucket, as training registers
         version = root / "models" / "tiny" / "v1"

@@ -1,4 +1,4 @@
-"""imgflow.training.tune without training: the search space's checks, the study's resume rules, the report."""
+"""imgflow.training.search without training: the search space's checks, the study's resume rules, the report."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 
 from imgflow.config import TrainConfig
 from imgflow.runtime.errors import ConfigError
-from imgflow.training.tune import Param, choose, finished, open_study, parse_space, plot_trials, prepare, report_markdown, trials_table
+from imgflow.training.search import Param, choose, finished, open_study, parse_space, plot_trials, prepare, report_markdown, trials_table
 
 
 def test_a_space_of_ranges_and_choices_follows_the_fields_types() -> None:
