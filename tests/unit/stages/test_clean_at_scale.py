@@ -13,7 +13,7 @@ import pytest
 from imgflow.config import CleanConfig, DownloadConfig, ShardConfig
 from imgflow.data.sources import source_fingerprint
 from imgflow.results import DownloadInfo, StageResult
-from imgflow.stages import clean as clean_module
+from imgflow.data import assembly
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
@@ -51,7 +51,7 @@ def _clean(store: ArtifactStore, spec: str, config: CleanConfig) -> StageResult:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of one 1,024-record row group, on two worker processes: the parallel path on small data."""
-    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 1024)
+    monkeypatch.setattr(assembly, "CHUNK_ROWS", 1024)
     monkeypatch.setenv("IMGFLOW_WORKERS", "2")
 
 
@@ -84,7 +84,7 @@ def _raw(folder: Path) -> StageResult:
 
 def test_one_core_and_several_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = _raw(tmp_path / "raw")
-    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 40)
+    monkeypatch.setattr(assembly, "CHUNK_ROWS", 40)
     outputs = {}
     for workers in ("1", "2"):
         monkeypatch.setenv("IMGFLOW_WORKERS", workers)
@@ -113,7 +113,7 @@ def test_a_dask_cluster_on_an_s3_root_writes_what_one_process_writes(
     from distributed import Client, LocalCluster, get_task_stream
 
     local = _raw(tmp_path / "raw")
-    monkeypatch.setattr(clean_module, "CHUNK_ROWS", 40)
+    monkeypatch.setattr(assembly, "CHUNK_ROWS", 40)
     monkeypatch.setenv("IMGFLOW_WORKERS", "1")
     alone = CLEAN.run(ArtifactStore(tmp_path / "alone"), CleanConfig(), {"raw": local})
     alone_shards = SHARD.run(ArtifactStore(tmp_path / "alone"), ShardConfig(records_per_shard=70), {"clean": alone})
