@@ -44,8 +44,12 @@ test: lint docs
 	$(BIN)/python -m pytest $(WORKERS) -m "not containers and not wall_clock" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m wall_clock $(PYTEST_ARGS)
 
+# The fast tier's tests are short and busy on the CPU: one worker per core, each taking whole modules
+# (--dist loadfile), so a module's shared fixtures are built once, not on every worker.
+FAST_WORKERS ?= -n $(shell $(PYTHON) -c 'import math; from imgflow.runtime.cpus import budget; print(math.ceil(budget().cores))') \
+	--dist loadfile
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest $(WORKERS) -m "not slow and not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(FAST_WORKERS) -m "not slow and not containers and not wall_clock" $(PYTEST_ARGS)
 
 # imgflow's image (deploy/image/Dockerfile) from this checkout, with no network in the build: a
 # wheelhouse from requirements.lock, and a Debian bookworm base made here when BASE cannot be pulled.

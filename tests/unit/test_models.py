@@ -175,7 +175,8 @@ def test_gpus_are_counted_without_tensorflow_as_cuda_visible_devices_narrows_the
     assert gpus_without_tensorflow({}, tmp_path / "no-driver") == []
 
 
-@pytest.mark.parametrize("weights", ["imagenet", None], ids=["pretrained", "random"])
+# The random backbone trains for real (about 24 s on 2 cores): the full tier, not the fast one.
+@pytest.mark.parametrize("weights", ["imagenet", pytest.param(None, marks=pytest.mark.slow)], ids=["pretrained", "random"])
 def test_fine_tuning_keeps_a_pretrained_backbones_batch_norm_statistics_and_a_random_one_learns_its_own(
     weights: str | None, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
