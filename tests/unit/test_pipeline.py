@@ -10,11 +10,12 @@ import pytest
 
 from imgflow.data.partitions import date_partitions
 from imgflow.data.sources import source_fingerprint
-from imgflow.pipeline import ORDER, PIPELINE
-from imgflow.pipeline.context import open_run
-from imgflow.pipeline.walk import cached_run, plan
-from imgflow.runtime.errors import ConfigError
 from imgflow.data.synthetic import partitioned_parquet
+from imgflow.pipeline import ORDER, PIPELINE
+from imgflow.pipeline.context import Run, open_run
+from imgflow.pipeline.walk import cached_run, plan
+from imgflow.results import StageResult
+from imgflow.runtime.errors import ConfigError
 
 
 def test_the_declaration_orders_every_stage_merge_included() -> None:
@@ -60,16 +61,22 @@ def test_plan_on_a_fresh_store_runs_everything_and_knows_only_the_first_key(tmp_
     assert not (tmp_path / "artifacts").exists()  # planning writes nothing
 
 
-def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -> None:
+def _data_stages(run: Run) -> tuple[StageResult, StageResult, StageResult]:
+    """The run's download, clean and shard outputs, built into its store."""
     from imgflow.stages.clean import CLEAN
     from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.shard import SHARD
 
-    run = open_run(_spec(tmp_path), tmp_path / "artifacts")
     cfg, store = run.cfg, run.store
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     clean = CLEAN.run(store, cfg.clean, {"raw": raw})
-    shards = SHARD.run(store, cfg.shard, {"clean": clean})
+    return raw, clean, SHARD.run(store, cfg.shard, {"clean": clean})
+
+
+def test_plan_reuses_what_the_store_holds_and_stops_where_told(tmp_path: Path) -> None:
+    run = open_run(_spec(tmp_path), tmp_path / "artifacts")
+    cfg = run.cfg
+    raw, clean, shards = _data_stages(run)
 
     planned = {p.stage: p for p in plan(run)}
     assert [planned[s].key for s in ("download", "clean", "shard")] == [raw.key, clean.key, shards.key]
@@ -122,17 +129,12 @@ KEYS_BEFORE_THE_MOVE = {
 
 def test_every_stage_key_is_the_one_an_older_store_holds(tmp_path: Path) -> None:
     from imgflow.stages.audit import AUDIT
-    from imgflow.stages.clean import CLEAN
-    from imgflow.stages.download import DOWNLOAD
     from imgflow.stages.drift import DRIFT
-    from imgflow.stages.shard import SHARD
     from imgflow.stages.train import TRAIN
 
     run = open_run(_spec(tmp_path), tmp_path / "artifacts")
-    cfg, store = run.cfg, run.store
-    raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
-    clean = CLEAN.run(store, cfg.clean, {"raw": raw})
-    shards = SHARD.run(store, cfg.shard, {"clean": clean})
+    cfg = run.cfg
+    raw, clean, shards = _data_stages(run)
     keys = {
         "download": raw.key,
         "clean": clean.key,
