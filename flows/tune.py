@@ -47,7 +47,7 @@ def tune(params: TuneParams) -> dict[str, Any]:
     shards = results["shard"]
     assert isinstance(shards.info, ShardInfo), shards.stage
     name = study_name(cfg.dataset.name, cfg.train, shards, searched, seed)
-    folder = study_dir(run.store.root, name)  # the local folder (an object-store root's mirror)
+    folder = study_dir(run.store.folder, name)  # the local folder (an object-store root's mirror)
     study = open_study(folder, name, seed, cfg.train.epochs)
     prepare(study, searched, cfg.train)
     while len(finished(study)) < trials:

@@ -21,7 +21,7 @@ def models_command(args: argparse.Namespace) -> int:
     store = store_at(args.artifacts)
     # Reads see the registry in the local folder (pulled first from an object-store root); promote
     # and rollback lock, pull and push it themselves.
-    root = store.root if command in ("promote", "rollback") else store.pull_models(args.name)
+    root = store.folder if command in ("promote", "rollback") else store.pull_models(args.name)
     if command == "ls":
         names = [registry.resolve_name(root, args.name)] if args.name else registry.model_names(root)
         console = rich_console()

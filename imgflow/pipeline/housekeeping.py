@@ -157,7 +157,7 @@ def verify(store: ArtifactStore, repair: bool = False) -> tuple[int, list[Damage
                 found.append(Damage(f"{stage} {stored.key}", folder, problems, moved))
     # Caches kept beside the outputs (a train stage's frozen features), sealed file by file: a damaged
     # one would be computed again on its next use; with ``repair``, its files go now.
-    for record in sorted(store.root.glob(f"*/{SEALED_CACHE}/*/*{SEAL}")):
+    for record in sorted(store.folder.glob(f"*/{SEALED_CACHE}/*/*{SEAL}")):
         checked += 1
         problems = seal_damage(record, rehash=True)
         if problems:

@@ -91,7 +91,7 @@ def walk(
     stages), taken as they are."""
     cfg, store, partitions = run.cfg, run.store, run.partitions
     store.pull_models(cfg.dataset.name)  # where versus_champion reads it
-    reference = champion_result(store.root, cfg.dataset.name)  # what new data is compared with
+    reference = champion_result(store.folder, cfg.dataset.name)  # what new data is compared with
     wanted = PIPELINE.until(until)
     concurrent = partitions is not None
     submitted: dict[str, dict[str, Any]] = {}

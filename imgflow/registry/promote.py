@@ -121,12 +121,12 @@ class ChampionCheck:
 
 def versus_champion(store: ArtifactStore, name: str, gate: Any, model: StageResult, shards: StageResult) -> ChampionCheck:
     """The one place that decides champion against candidate (for the flows and ``imgflow plan``)."""
-    champion = registry.champion(store.root, name)
+    champion = registry.champion(store.folder, name)
     if champion is None:
         return ChampionCheck()
     if champion["model_fingerprint"] != model.fingerprint:
-        return ChampionCheck(rival=registry.champion_result(store.root, name))
-    recorded = registry.card(store.root, name, champion["version"])["lineage"].get("validate")
+        return ChampionCheck(rival=registry.champion_result(store.folder, name))
+    recorded = registry.card(store.folder, name, champion["version"])["lineage"].get("validate")
     result = store.lookup("validate", recorded["key"]) if recorded else None
     if result is None:
         return ChampionCheck()

@@ -64,18 +64,18 @@ class ArtifactStore:
     object-store root worked through a local mirror); ``imgflow.store.roots.open_store`` chooses one
     when a root is opened, and callers never ask which they hold.
 
-    Every output is read and written in the local folder ``root``: the backends differ in where the
+    Every output is read and written in the local folder ``folder`` (``uri`` is the root): the backends differ in where the
     truth is (here: this folder), what ``lookup`` fetches first, the lock a build takes and what
     happens once an output is complete (published, or nothing). The registry (``models/``) is moved the
     same way: ``models`` is one writer's turn at it, ``pull_models`` and ``pull_version`` bring it here.
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).resolve()
-        self.uri = str(self.root)
+        self.folder = Path(root).resolve()
+        self.uri = str(self.folder)
 
     def stage_dir(self, stage: str, key: str) -> Path:
-        return self.root / stage / key
+        return self.folder / stage / key
 
     def _local(self, stage: str, key: str) -> StageResult | None:
         """The complete, undamaged local output of ``key``; a damaged one (``imgflow.store.integrity``: an
@@ -113,7 +113,7 @@ class ArtifactStore:
 
     def link(self, relative: str) -> str:
         """A link a person can open to ``relative``, a file under the root (a ``file://`` URI here)."""
-        return (self.root / relative).as_uri()
+        return (self.folder / relative).as_uri()
 
     @property
     def shared_uri(self) -> str | None:
@@ -158,7 +158,7 @@ class ArtifactStore:
         existing = self.lookup(stage, key, fetch=False)
         if existing is not None and not force:
             return existing
-        with self._locked(self.root / stage, key) as lease:
+        with self._locked(self.folder / stage, key) as lease:
             existing = self.lookup(stage, key, fetch=False)
             if existing is not None and not force:
                 return existing
@@ -176,7 +176,7 @@ class ArtifactStore:
 
     def _build_locked(self, stage: str, key: str, build: Callable[[Path], Built], provenance: dict[str, Any]) -> StageResult:
         """``build`` under this key's lock: into a temporary folder, manifest last, renamed into place."""
-        parent = self.root / stage
+        parent = self.folder / stage
         # Leftovers of runs that died holding this key's lock (we hold it now, so none is live).
         for stale in [*parent.glob(f".tmp-{key}-*"), *parent.glob(f".old-{key}-*")]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -222,17 +222,17 @@ class ArtifactStore:
     def log_run(self, line: Mapping[str, Any]) -> None:
         """Append a finished run to the run log (``runs.jsonl``: one JSON line, so concurrent runs
         cannot interleave)."""
-        with open(self.root / RUNS, "a") as log:
+        with open(self.folder / RUNS, "a") as log:
             log.write(json.dumps(line, sort_keys=True) + "\n")
 
     def logged_runs(self) -> list[dict[str, Any]]:
         """Every logged run, oldest first."""
-        path = self.root / RUNS
+        path = self.folder / RUNS
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def model_cards(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(model, version, card) of every registered version (its card alone, not the model)."""
-        found = sorted(p for p in self.root.glob("models/*/*/card.json") if not p.parent.name.startswith("."))
+        found = sorted(p for p in self.folder.glob("models/*/*/card.json") if not p.parent.name.startswith("."))
         return [(p.parent.parent.name, p.parent.name, json.loads(p.read_text())) for p in found]
 
     def outputs(self, stage: str) -> list[Stored]:
@@ -243,7 +243,7 @@ class ArtifactStore:
     def local_outputs(self, stage: str) -> list[Stored]:
         """Every output of ``stage`` in the local folder (an object-store root's mirror: what this
         machine's files say, for ``verify``)."""
-        folder = self.root / stage
+        folder = self.folder / stage
         found = []
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             if path.is_dir() and path.name != CORRUPT:
@@ -253,7 +253,7 @@ class ArtifactStore:
 
     def in_use(self, stage: str, key: str) -> bool:
         """Whether a live build holds ``key``'s lock right now."""
-        lock = self.root / stage / f".lock-{key}"
+        lock = self.folder / stage / f".lock-{key}"
         if not lock.exists():
             return False
         with open(lock, "a") as handle:
@@ -266,25 +266,25 @@ class ArtifactStore:
 
     def remove(self, stage: str, key: str) -> None:
         """Remove the output (or leftover) ``key`` of ``stage``."""
-        shutil.rmtree(self.root / stage / key, ignore_errors=True)
+        shutil.rmtree(self.folder / stage / key, ignore_errors=True)
 
     def pull_models(self, name: str | None = None) -> Path:
         """Bring the registry of model ``name`` (every model when None) into the local folder: the
         champion pointer, its history and every version not here yet (a remote backend's work; here
         it is already). Returns the local root, where ``imgflow.registry.versions`` reads it."""
-        return self.root
+        return self.folder
 
     def pull_version(self, name: str, version: str) -> Path:
         """The local folder of model ``name``'s ``version`` (fetched first by a remote backend, alone:
         what a worker of a batch prediction needs, not the whole registry)."""
-        return self.root / "models" / name / version
+        return self.folder / "models" / name / version
 
     @contextlib.contextmanager
     def models(self, name: str) -> Iterator[Path]:
         """Change the registry of model ``name``: one writer at a time (across machines for an
         object-store root, which pulls it first and pushes it back after). Yields the local root."""
-        with self._locked(self.root / "models" / name, "registry"):
-            yield self.root
+        with self._locked(self.folder / "models" / name, "registry"):
+            yield self.folder
 
 
 FAILPOINT = "IMGFLOW_FAILPOINT"

@@ -33,12 +33,12 @@ REMOTE_RUNS = "runs"  # an object-store root's run log: one object per run
 
 
 class RemoteArtifactStore(ArtifactStore):
-    """Stage outputs on an object-store root, read and written through the local folder ``root`` (its
+    """Stage outputs on an object-store root, read and written through the local folder ``folder`` (its
     mirror on this machine: ``mirror``, default ``objectstore.mirror_dir``)."""
 
     def __init__(self, uri: str, mirror: Path | None = None) -> None:
         self.objects = ObjectRoot(uri)
-        self.root = mirror or mirror_dir(uri)
+        self.folder = mirror or mirror_dir(uri)
         self.uri = self.objects.uri
 
     def url(self, relative: str) -> str:
@@ -63,7 +63,7 @@ class RemoteArtifactStore(ArtifactStore):
             if not damage(local.parent, json.loads(remote)["files"]):
                 return self._result(stage, key, remote)
             local.unlink()  # a damaged mirror copy: fetched again from the root, which is the truth
-        parent = self.root / stage
+        parent = self.folder / stage
         parent.mkdir(parents=True, exist_ok=True)
         with file_lock(parent / f".fetch-{key}"):
             if not (local.is_file() and local.read_bytes() == remote):
@@ -87,7 +87,7 @@ class RemoteArtifactStore(ArtifactStore):
     @contextlib.contextmanager
     def _locked(self, folder: Path, name: str) -> Iterator[Any]:
         """The file lock, then the root's lease on ``name`` (yielded: a publish checks it still holds)."""
-        relative = f"{folder.relative_to(self.root).as_posix()}/.lease-{name}"
+        relative = f"{folder.relative_to(self.folder).as_posix()}/.lease-{name}"
         with super()._locked(folder, name), self.objects.lease(relative) as lease:
             yield lease
 
@@ -154,10 +154,10 @@ class RemoteArtifactStore(ArtifactStore):
         names = [name] if name else sorted({f.split("/", 1)[0] for f in self.objects.files("models")})
         for model in names:
             self._pull_model(model)
-        return self.root
+        return self.folder
 
     def _pull_model(self, name: str) -> None:
-        prefix, folder = f"models/{name}", self.root / "models" / name
+        prefix, folder = f"models/{name}", self.folder / "models" / name
         found = self.objects.files(prefix)
         if not found:
             return
@@ -182,7 +182,7 @@ class RemoteArtifactStore(ArtifactStore):
 
     def _fetch_version(self, name: str, version: str, names: list[str]) -> None:
         """Download a version's files into a temporary folder, renamed into place once complete."""
-        folder = self.root / "models" / name
+        folder = self.folder / "models" / name
         tmp = folder / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
         try:
             self.objects.download(f"models/{name}/{version}", names, tmp)
@@ -193,13 +193,13 @@ class RemoteArtifactStore(ArtifactStore):
 
     @contextlib.contextmanager
     def models(self, name: str) -> Iterator[Path]:
-        with self._locked(self.root / "models" / name, "registry") as lease:
+        with self._locked(self.folder / "models" / name, "registry") as lease:
             self.pull_models(name)
-            yield self.root
+            yield self.folder
             self._push_model(name, lease)
 
     def _push_model(self, name: str, lease: Any) -> None:
-        prefix, folder = f"models/{name}", self.root / "models" / name
+        prefix, folder = f"models/{name}", self.folder / "models" / name
         published = {f.split("/", 1)[0] for f in self.objects.files(prefix) if f.endswith("/card.json")}
         for version in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "card.json").is_file()):
             if version.name in published:

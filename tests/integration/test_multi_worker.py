@@ -21,7 +21,7 @@ def _launch(store: ArtifactStore, shards: StageResult, tmp_path: Path, epochs: i
     config = tmp_path / "train.toml"
     config.write_text(f"[train]\nmodel = 'cnn'\nwidth = 4\nepochs = {epochs}\nbatch_size = 32\ntranslate = 0.0\nrotate = 0.0\nzoom = 0.0\n")
     return subprocess.Popen(
-        [sys.executable, "-m", "imgflow.pipeline.distributed", "--local-workers", "2", "--artifacts", str(store.root),
+        [sys.executable, "-m", "imgflow.pipeline.distributed", "--local-workers", "2", "--artifacts", str(store.folder),
          "--shards", shards.key, "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

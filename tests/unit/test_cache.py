@@ -29,7 +29,7 @@ def _run(store: ArtifactStore, keys: dict[str, str]) -> None:
 
 
 def test_ls_says_who_uses_what_and_prune_keeps_lineage_and_recent_runs(store: ArtifactStore, tmp_path: Path) -> None:
-    root = store.root
+    root = store.folder
     lineage = _output(store, "shard", "champion")
     old = _output(store, "shard", "old")
     recent = _output(store, "shard", "recent")
@@ -63,9 +63,9 @@ def test_dry_run_removes_nothing(store: ArtifactStore) -> None:
 
 
 def test_prune_leaves_what_a_live_build_holds(store: ArtifactStore) -> None:
-    work = store.root / "train" / ".work-abc"
+    work = store.folder / "train" / ".work-abc"
     work.mkdir(parents=True)
-    with file_lock(store.root / "train" / ".lock-abc"):
+    with file_lock(store.folder / "train" / ".lock-abc"):
         assert housekeeping.prune(store, keep_runs=0) == []
     assert work.exists()
     assert [e.key for e in housekeeping.prune(store, keep_runs=0)] == [".work-abc"]
@@ -117,6 +117,6 @@ def test_on_an_s3_root_the_bucket_is_listed_and_pruned(s3_root: str, tmp_path: P
 
     removed = housekeeping.prune(here, keep_runs=1)
     assert {(e.stage, e.key) for e in removed} == {("download", unused), ("train", ".work-cafe")}
-    assert not remote.files(f"download/{unused}") and not (here.root / "download" / unused).exists()
+    assert not remote.files(f"download/{unused}") and not (here.folder / "download" / unused).exists()
     assert not remote.files("train/.work-cafe")
     assert there.lookup("shard", lineage) and there.lookup("shard", recent) and there.lookup("download", leased)

@@ -52,7 +52,7 @@ def test_a_damaged_output_is_set_aside_and_rebuilt_and_the_rebuild_says_so(store
     import re
 
     assert re.search(found, again.repaired), again.repaired
-    aside = list((store.root / "demo" / CORRUPT).iterdir())
+    aside = list((store.folder / "demo" / CORRUPT).iterdir())
     assert len(aside) == 1 and aside[0].name.startswith(first.key)
     assert re.search(found, (aside[0] / DAMAGE_NOTE).read_text())
     # The rebuilt output is whole, and a third run reuses it.

@@ -166,9 +166,9 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
     with here.models("digits") as root:
         version = registry.register(root, "digits", {"model.onnx": model}, card, {"model_card.md": "# {version}"})
         registry.set_champion(root, "digits", version, reason="first")
-    assert registry.champion(there.root, "digits") is None
-    assert there.pull_models() == there.root
-    pointer = registry.champion(there.root, "digits")
+    assert registry.champion(there.folder, "digits") is None
+    assert there.pull_models() == there.folder
+    pointer = registry.champion(there.folder, "digits")
     assert pointer["version"] == "v1" and pointer["accuracy"] == 0.9
     assert (Path(pointer["path"]) / "model.onnx").read_bytes() == b"onnx bytes"
     assert (Path(pointer["path"]) / "model_card.md").read_text() == "# v1"
@@ -179,10 +179,10 @@ def test_the_registry_is_shared_through_the_root(s3_root: str, tmp_path: Path) -
         assert registry.register(root, "digits", {"model.onnx": model}, card2, {}) == "v2"
         registry.set_champion(root, "digits", "v2", reason="better")
     here.pull_models("digits")
-    assert registry.versions(here.root, "digits") == ["v1", "v2"]
-    assert [m["version"] for m in registry.history(here.root, "digits")] == ["v1", "v2"]
-    assert json.loads((here.root / "models" / "digits" / "v2" / "card.json").read_text())["version"] == "v2"
-    assert here.pull_models("nope") == here.root and registry.model_names(here.root) == ["digits"]
+    assert registry.versions(here.folder, "digits") == ["v1", "v2"]
+    assert [m["version"] for m in registry.history(here.folder, "digits")] == ["v1", "v2"]
+    assert json.loads((here.folder / "models" / "digits" / "v2" / "card.json").read_text())["version"] == "v2"
+    assert here.pull_models("nope") == here.folder and registry.model_names(here.folder) == ["digits"]
 
     # The run summary's link to a registered file opens in a browser on any machine: a presigned GET.
     link = here.link("models/digits/v2/card.json")

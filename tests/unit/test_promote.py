@@ -18,10 +18,10 @@ def test_versus_champion_reuses_the_champions_own_validation_while_it_stands(sto
     assert versus_champion(store, "digits", gate, model, shards) == ChampionCheck()  # no champion yet
     validated = VALIDATE.run(store, gate, {"shards": shards, "model": model})
     card = {"model_fingerprint": model.fingerprint, "metrics": {"accuracy": 0.5}, "lineage": {"validate": {"key": validated.key}}}
-    onnx = store.root / "model.onnx"
+    onnx = store.folder / "model.onnx"
     onnx.write_text("not needed: the champion is not evaluated")
-    registry.register(store.root, "digits", {"model.onnx": onnx}, card, {})
-    registry.set_champion(store.root, "digits", "v1", "test")
+    registry.register(store.folder, "digits", {"model.onnx": onnx}, card, {})
+    registry.set_champion(store.folder, "digits", "v1", "test")
 
     same = versus_champion(store, "digits", gate, model, shards)
     assert same.rival is None and same.recorded is not None and same.recorded.key == validated.key

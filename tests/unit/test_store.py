@@ -46,7 +46,7 @@ def test_failed_build_leaves_nothing_a_later_run_would_read(store: ArtifactStore
     with pytest.raises(ValueError, match="boom"):
         stage.run(store, {}, {})
     assert store.lookup("demo", stage.key({}, {})) is None
-    assert [p.name for p in (store.root / "demo").iterdir()] == [f".lock-{stage.key({}, {})}"]
+    assert [p.name for p in (store.folder / "demo").iterdir()] == [f".lock-{stage.key({}, {})}"]
 
 
 def test_output_without_manifest_is_not_complete(store: ArtifactStore) -> None:
@@ -81,7 +81,7 @@ def test_force_rebuilds_and_swaps_the_output_in(store: ArtifactStore) -> None:
     forced = stage.run(store, {}, {}, force=True)
     assert forced.status == "ran" and forced.path == first.path and len(calls) == 2
     assert (Path(forced.path) / "out.txt").read_text() == "build 2"
-    assert sorted(p.name for p in (store.root / "demo").iterdir() if not p.name.startswith((".lock", ".verified-"))) == [first.key]
+    assert sorted(p.name for p in (store.folder / "demo").iterdir() if not p.name.startswith((".lock", ".verified-"))) == [first.key]
 
 
 def test_concurrent_builders_of_one_key_build_once(store: ArtifactStore) -> None:

@@ -135,7 +135,7 @@ def test_flipped_labels_and_test_images_copied_into_train_are_found(
     from imgflow.pipeline.context import Run
     from imgflow.stages.shard import EXCLUDED, SHARD
 
-    cfg = build_run_config(f"parquet:{planted.table}", planted.store.root, overrides={"audit": {"action": "exclude"}})
+    cfg = build_run_config(f"parquet:{planted.table}", planted.store.folder, overrides={"audit": {"action": "exclude"}})
     run = Run(cfg, planted.store)
     reported = dataclasses.replace(run, cfg=dataclasses.replace(cfg, audit=cfg.audit.replace(action="report")))
     assert audited_shards(reported, {"audit": audited}, True) == cfg.shard
@@ -192,7 +192,7 @@ def test_the_audits_suggested_labels_applied_by_clean_correct_the_flipped_ones(
     spec = tmp_path / "digits.toml"
     spec.write_text(f'source = "parquet:{planted.table}"\n[clean]\nimage_size = [28, 28]\nchannels = 1\nlabels = "{LABELS}"\n')
     (tmp_path / LABELS).write_bytes(suggestions.read_bytes())  # beside the spec: a relative path is its folder's
-    cfg = build_run_config(str(spec), store.root)
+    cfg = build_run_config(str(spec), store.folder)
     assert cfg.clean.labels == str(tmp_path / LABELS) and len(cfg.clean.relabel) == audited.info.label_issues
     raw = DOWNLOAD.run(store, cfg.download, {"source": source_fingerprint(cfg.download.source)})
     corrected = CLEAN.run(store, cfg.clean, {"raw": raw})

@@ -18,7 +18,7 @@ from tests.conftest import claimed_png, digit_like, encode
 
 
 def _raw(store: ArtifactStore, rows: list[tuple[str, bytes, str]]) -> StageResult:
-    folder = store.root / "raw"
+    folder = store.folder / "raw"
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {"id": [r[0] for r in rows], "image": [r[1] for r in rows], "label": [r[2] for r in rows]}, schema=SCHEMA
@@ -164,7 +164,7 @@ def test_unlabeled_records_are_quarantined(store: ArtifactStore) -> None:
 def _raw_with_text(store: ArtifactStore, rows: list[tuple[str, bytes, str, bytes | None]], name: str = "raw") -> StageResult:
     from imgflow.stages.download import TEXT_SCHEMA
 
-    folder = store.root / name
+    folder = store.folder / name
     folder.mkdir(parents=True, exist_ok=True)
     columns = dict(zip(TEXT_SCHEMA.names, map(list, zip(*rows, strict=True)), strict=True))
     pq.write_table(pa.table(columns, schema=TEXT_SCHEMA), folder / "records.parquet")

@@ -46,4 +46,4 @@ def test_empty_source_fails_and_leaves_nothing(store: ArtifactStore, monkeypatch
     monkeypatch.setitem(sources.SCHEMES, "list", lambda rest, options: ListSource([]))
     with pytest.raises(SourceError, match="list:empty holds no records"):
         DOWNLOAD.run(store, DownloadConfig(source="list:empty"), {"source": "x"})
-    assert [p.name for p in (store.root / "download").iterdir() if not p.name.startswith(".lock-")] == []
+    assert [p.name for p in (store.folder / "download").iterdir() if not p.name.startswith(".lock-")] == []

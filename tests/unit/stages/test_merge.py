@@ -17,7 +17,7 @@ from tests.conftest import digit_like, encode
 
 
 def _cleaned(store: ArtifactStore, name: str, rows: list[tuple[str, bytes, str]], config: CleanConfig) -> StageResult:
-    folder = store.root / "raw" / name
+    folder = store.folder / "raw" / name
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"id": [r[0] for r in rows], "image": [r[1] for r in rows], "label": [r[2] for r in rows]},
                             schema=SCHEMA), folder / "records.parquet")

@@ -25,8 +25,8 @@ def test_validate_compares_with_the_champion_on_the_same_test_split(store: Artif
     exported = EXPORT.run(store, ExportConfig(), {"shards": shards, "model": champion_model})
     card = {"model_fingerprint": champion_model.fingerprint, "metrics": {"accuracy": first.info.accuracy},
             "lineage": {"validate": {"key": first.key}}}
-    registry.register(store.root, "digits", {"model.onnx": exported.file("model.onnx")}, card, {})
-    registry.set_champion(store.root, "digits", "v1", "test")
+    registry.register(store.folder, "digits", {"model.onnx": exported.file("model.onnx")}, card, {})
+    registry.set_champion(store.folder, "digits", "v1", "test")
 
     candidate = untrained_model(store, shards, 2)
     check = versus_champion(store, "digits", gate, candidate, shards)
