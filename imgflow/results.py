@@ -209,7 +209,7 @@ class ExportInfo(_Strict):
 
 # The info type of each stage's output, by stage name: how a stored or serialized result of that stage
 # is read back. Fixed here, beside the types, so that reading a result imports nothing else; each
-# ``imgflow.stages.stage.Stage`` reads its own from this table (a test holds every pipeline stage in it).
+# ``imgflow.store.stage.Stage`` reads its own from this table (a test holds every pipeline stage in it).
 INFO_TYPES: Mapping[str, type[Info]] = MappingProxyType(
     {
         "download": DownloadInfo,

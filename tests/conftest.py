@@ -38,7 +38,7 @@ absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 from imgflow.results import StageResult, TrainInfo  # noqa: E402
 from imgflow.store.artifacts import ArtifactStore  # noqa: E402
-from imgflow.stages.stage import Stage  # noqa: E402
+from imgflow.store.stage import Stage  # noqa: E402
 
 # How long the session may take, after its last test ran, to tear its servers down and exit.
 _EXIT_GRACE_SECONDS = 180

@@ -52,9 +52,9 @@ from imgflow.stages.drift import DRIFT
 from imgflow.stages.export import EXPORT
 from imgflow.stages.merge import MERGE
 from imgflow.stages.shard import SHARD
-from imgflow.stages.stage import Stage
 from imgflow.stages.train import TRAIN
 from imgflow.stages.validate import VALIDATE
+from imgflow.store.stage import Stage
 
 SOURCE = "<source>"  # the source's content fingerprint
 CHAMPION = "<champion>"  # the champion, when it is another model than the candidate

@@ -42,8 +42,8 @@ from imgflow.results import AuditInfo, CleanInfo, StageResult
 from imgflow.runtime.errors import ConfigError
 from imgflow.serving.inference import OnnxModel
 from imgflow.serving.views import unless_learned_from
-from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
+from imgflow.store.stage import Stage
 
 BATCH = 512
 LABELS = "labels.csv"  # the suspected label errors with the suggested labels: a [clean] labels file to review

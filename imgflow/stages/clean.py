@@ -52,8 +52,8 @@ from imgflow.data.tables import open_parquet
 from imgflow.results import CleanInfo, DownloadInfo, StageResult
 from imgflow.runtime.errors import SourceError
 from imgflow.runtime.parallel import cluster_pool, dask_address
-from imgflow.stages.stage import Stage
 from imgflow.store.scratch import shared_scratch
+from imgflow.store.stage import Stage
 
 
 def _target_shape(config: CleanConfig, headers_seen: Mapping[Header, int]) -> tuple[tuple[int, int], int]:

@@ -24,7 +24,7 @@ from imgflow.data.sources import open_source, sample_records
 from imgflow.results import DownloadInfo, StageResult
 from imgflow.runtime import network, progress
 from imgflow.runtime.errors import SourceError
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.string())])
 TEXT_SCHEMA = SCHEMA.append(pa.field("text", pa.binary()))

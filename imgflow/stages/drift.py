@@ -36,8 +36,8 @@ from imgflow.results import CleanInfo, DriftInfo, StageResult
 from imgflow.serving.drift_checks import Check, describe, judge, profile_checks, view_checks
 from imgflow.serving.inference import OnnxModel
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, ModelView, model_view, read_view, unless_learned_from
-from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
+from imgflow.store.stage import Stage
 
 DATA_PROFILE = "data_profile.json"  # the champion's profile, in its registry folder
 

@@ -47,8 +47,8 @@ from imgflow.results import ExportInfo, Int8, Parity, ShardInfo, StageResult, sh
 from imgflow.runtime.errors import ExportMismatchError
 from imgflow.serving.inference import OnnxModel, int8_instructions, quantize_int8
 from imgflow.serving.views import HELD_OUT, REFERENCE_FILE, REFERENCE_RECORDS, model_view
-from imgflow.stages.stage import Stage
 from imgflow.store.files import write_json_atomic
+from imgflow.store.stage import Stage
 
 
 def _build(out_dir: Path, config: ExportConfig, inputs: Mapping[str, StageResult]) -> ExportInfo:

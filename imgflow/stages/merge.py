@@ -30,7 +30,7 @@ from imgflow.data.tables import open_parquet
 from imgflow.results import CleanInfo, StageResult
 from imgflow.runtime import progress
 from imgflow.runtime.errors import ConfigError
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 
 _BATCH = 4096
 

@@ -43,8 +43,8 @@ from imgflow.data.tfrecord import TFRecordWriter, encode_example, shard_name
 from imgflow.results import CleanInfo, ShardInfo, SplitShards, StageResult
 from imgflow.runtime import progress
 from imgflow.runtime.parallel import cluster_pool, dask_address, ordered_map
-from imgflow.stages.stage import Stage
 from imgflow.store.scratch import shared_scratch
+from imgflow.store.stage import Stage
 
 _EXAMPLE_OVERHEAD = 64  # bytes of a serialized example besides its pixels (framing, names, id)
 _MIN_SHARD_BYTES = 10 * 2**20

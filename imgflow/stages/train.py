@@ -25,7 +25,7 @@ from typing import Any
 from imgflow.config import TrainConfig
 from imgflow.results import StageResult, TrainInfo
 from imgflow.runtime import stopping
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 
 
 def _build(out_dir: Path, config: TrainConfig, inputs: Mapping[str, StageResult]) -> TrainInfo:

@@ -42,9 +42,9 @@ from imgflow.reporting.reports import confusion_matrix, per_class_markdown, per_
 from imgflow.results import DriftInfo, PairedCounts, ShardInfo, StageResult, ValidateInfo, shard_files
 from imgflow.runtime import progress
 from imgflow.serving.inference import OnnxModel
-from imgflow.stages.stage import Stage
 from imgflow.store.files import file_table, write_json_atomic
 from imgflow.store.fingerprint import stable_hash
+from imgflow.store.stage import Stage
 from imgflow.training.tensorboard_logs import FOLDER as TENSORBOARD
 from imgflow.training.tensorboard_logs import write_images
 

@@ -13,7 +13,7 @@ from imgflow.pipeline import PIPELINE, Pipeline, Step
 from imgflow.pipeline.context import open_run
 from imgflow.pipeline.walk import plan
 from imgflow.results import StageResult
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 from imgflow.store.artifacts import MANIFEST
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from imgflow.pipeline import housekeeping
 from imgflow.registry import versions as registry
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 from imgflow.store.artifacts import RUNS, ArtifactStore
 from imgflow.store.files import file_lock
 from imgflow.store.roots import open_store

@@ -11,7 +11,7 @@ import pytest
 from imgflow.store import integrity
 from imgflow.store.integrity import CORRUPT, DAMAGE_NOTE
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 
 
 def _stage(calls: list[int]) -> Stage:

@@ -20,7 +20,7 @@ import pytest
 
 from imgflow.registry import versions as registry
 from imgflow.runtime.errors import ConfigError
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 from imgflow.store.artifacts import MANIFEST, ArtifactStore
 from imgflow.store.objectstore import LeaseLost, ObjectRoot
 from imgflow.store.roots import open_store

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from imgflow.store.artifacts import MANIFEST, ArtifactStore, StageResult
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 
 
 def _writer(text: str):

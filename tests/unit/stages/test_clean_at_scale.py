@@ -17,7 +17,7 @@ from imgflow.data import assembly
 from imgflow.stages.clean import CLEAN
 from imgflow.stages.download import DOWNLOAD, SCHEMA
 from imgflow.stages.shard import SHARD
-from imgflow.stages.stage import Stage
+from imgflow.store.stage import Stage
 from imgflow.store.artifacts import ArtifactStore
 from imgflow.store.fingerprint import sha256_file, stable_hash
 from imgflow.store.objectstore import ObjectRoot

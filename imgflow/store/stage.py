@@ -1,7 +1,9 @@
-"""What a stage is: a name, a code version, and a function that builds its output into a folder.
+"""What a stage is: a name, a code version, and a function that builds its output into a folder; the
+unit the store keys (``Stage.key``: name, version, config, input fingerprints) and builds (``Stage.run``).
 
-Each stage module defines one (``imgflow.stages.shard.SHARD``, ...); ``imgflow.pipeline`` declares how
-they connect, and an ``imgflow.store`` store keeps their outputs by key.
+It lives with the store, below the stages: each stage module defines one (``imgflow.stages.shard.SHARD``,
+...) and imports nothing from another module of ``imgflow/stages/``; ``imgflow.pipeline`` declares how
+they connect (``Step``).
 """
 
 from __future__ import annotations
